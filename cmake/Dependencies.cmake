@@ -1,0 +1,15 @@
+# Every third-party dependency is a Debian package installed by scripts/setup.sh.
+# See docs/dependencies.md for why each one was chosen.
+find_package(Threads REQUIRED)
+find_package(Boost 1.81 REQUIRED CONFIG COMPONENTS headers)
+find_package(OpenSSL 3 REQUIRED)
+find_package(fmt REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(nlohmann_json REQUIRED)
+find_package(yaml-cpp REQUIRED)
+find_package(CLI11 REQUIRED)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(RE2 REQUIRED IMPORTED_TARGET re2)
+if(MP_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+endif()

@@ -1,0 +1,9 @@
+add_library(mp_warnings INTERFACE)
+target_compile_options(mp_warnings INTERFACE
+  -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Wcast-align -Wunused -Woverloaded-virtual
+  -Wnull-dereference -Wimplicit-fallthrough
+  $<$<CXX_COMPILER_ID:GNU>:-Wno-maybe-uninitialized>)
+# Asio is used with one io_context per thread; no handler runs on another thread's context.
+add_library(mp_asio INTERFACE)
+target_link_libraries(mp_asio INTERFACE Boost::headers Threads::Threads)
+target_compile_definitions(mp_asio INTERFACE BOOST_ASIO_NO_DEPRECATED BOOST_ASIO_DISABLE_BOOST_COROUTINE)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs every build, test and benchmark dependency of MarchProxy from Debian packages.
+# Idempotent: installs only what is missing, and says nothing when everything is present.
+set -euo pipefail
+
+PKGS=(
+  # build
+  cmake ninja-build g++ ccache pkg-config
+  clang-14 clang libclang-rt-14-dev llvm-14      # libFuzzer + sanitizer runtimes
+  libboost1.81-dev libssl-dev libfmt-dev libspdlog-dev nlohmann-json3-dev
+  libyaml-cpp-dev libcli11-dev libre2-dev libgtest-dev libgmock-dev libbenchmark-dev
+  # tests
+  python3 curl procps iproute2 prometheus
+  # benchmarks (peers and load generators)
+  nginx-light haproxy wrk nghttp2-client gnuplot-nox
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The peers are packaged as services; we run our own instances with our own configs.
+  for s in nginx haproxy prometheus; do
+    $SUDO systemctl disable --now "$s" >/dev/null 2>&1 || true
+    $SUDO service "$s" stop >/dev/null 2>&1 || true
+  done
+fi

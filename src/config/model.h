@@ -1,0 +1,250 @@
+#pragma once
+// The config snapshot: the one contract between the manager and the proxies (ARCHITECTURE.md).
+//
+// A Snapshot is plain data. It is built once (from YAML/JSON by config/loader.h, or by the manager),
+// validated as a whole (config/validate.h), then published read-only as
+// std::shared_ptr<const Snapshot>. Nothing on the request path mutates it. Derived, fast-lookup forms
+// (compiled routes, regexes, load-balancer tables) are built from it by the proxy at apply time.
+//
+// Every field here is documented for users in docs/config-reference.md; keep the two in step.
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace marchproxy::config {
+
+inline constexpr int kSchemaVersion = 1;
+
+using Millis = std::chrono::milliseconds;
+
+// Where a value came from in a hand-written file, for error messages. line 0 = unknown (JSON from
+// the manager, or defaults).
+struct SourcePos {
+  int line = 0;
+  int column = 0;
+};
+
+// ---------------------------------------------------------------- listeners
+
+struct Listener {
+  std::string name;
+  std::string address = "0.0.0.0";  // IPv4 or IPv6 literal
+  uint16_t port = 0;                 // 0 = kernel-chosen (tests); logged at start
+  SourcePos pos;
+};
+
+struct Admin {
+  bool enabled = true;
+  std::string address = "127.0.0.1";
+  uint16_t port = 9901;
+};
+
+// ---------------------------------------------------------------- headers
+
+struct HeaderValue {
+  std::string name;
+  std::string value;
+};
+
+// Applied in order: remove, then set (replace any existing), then add (append).
+struct HeaderRewrite {
+  std::vector<std::string> remove;
+  std::vector<HeaderValue> set;
+  std::vector<HeaderValue> add;
+  bool empty() const { return remove.empty() && set.empty() && add.empty(); }
+};
+
+// Which forwarding headers the proxy writes towards the upstream.
+struct Forwarding {
+  bool x_forwarded_for = true;    // append the client address
+  bool x_forwarded_proto = true;  // set to the listener's scheme
+  bool x_forwarded_host = true;   // set to the client's Host
+  bool via = true;                // append "1.1 marchproxy"
+  // When false (the default) incoming X-Forwarded-* headers are dropped and rewritten, so that
+  // clients cannot spoof them; set true only behind another trusted proxy.
+  bool trust_downstream = false;
+};
+
+// ---------------------------------------------------------------- routes
+
+enum class PathMatch { kPrefix, kExact, kRegex };
+
+struct HeaderMatch {
+  enum class Kind { kPresent, kExact, kPrefix, kRegex };
+  std::string name;  // lower-case
+  Kind kind = Kind::kPresent;
+  std::string value;
+  bool invert = false;  // match when the header does NOT match
+};
+
+struct RouteMatch {
+  PathMatch path_kind = PathMatch::kPrefix;
+  std::string path = "/";            // prefix, exact path, or RE2 regex (full match)
+  std::vector<std::string> methods;  // empty = any; upper-case tokens
+  std::vector<HeaderMatch> headers;  // all must match
+};
+
+enum class RetryOn : uint8_t {
+  kConnectFailure = 1,  // connect refused / timed out / reset before any response byte
+  kStatus502 = 2,
+  kStatus503 = 4,
+  kStatus504 = 8,
+};
+
+struct RetryPolicy {
+  uint32_t attempts = 0;  // retries after the first try (0 = off)
+  uint8_t on = static_cast<uint8_t>(RetryOn::kConnectFailure);  // bit set of RetryOn
+  Millis per_try_timeout{0};                                    // 0 = route timeout
+  // Only idempotent methods (GET HEAD OPTIONS PUT DELETE TRACE) are retried, and never once any part
+  // of the request body has been sent upstream beyond what the proxy still holds.
+};
+
+struct ForwardAction {
+  std::string cluster;
+  std::optional<std::string> prefix_rewrite;  // replaces the matched prefix (prefix routes only)
+  std::optional<std::string> host_rewrite;    // Host sent upstream
+  Millis timeout{0};  // whole upstream exchange until the response head; 0 = cluster's response timeout
+  RetryPolicy retry;
+};
+
+struct RedirectAction {
+  int code = 301;                     // 301 302 303 307 308
+  std::optional<std::string> scheme;  // "http" | "https"
+  std::optional<std::string> host;    // host[:port]
+  std::optional<std::string> path;    // replaces the whole path
+  std::optional<std::string> prefix_rewrite;
+  bool strip_query = false;
+};
+
+struct DirectResponseAction {
+  int status = 200;
+  std::string body;
+  std::string content_type = "text/plain";
+};
+
+enum class ActionKind { kForward, kRedirect, kDirectResponse };
+
+struct Route {
+  std::string name;  // for metrics and logs; defaulted to "<vhost>/<index>"
+  RouteMatch match;
+  ActionKind action = ActionKind::kForward;
+  ForwardAction forward;
+  RedirectAction redirect;
+  DirectResponseAction direct;
+  HeaderRewrite request_headers;
+  HeaderRewrite response_headers;
+  SourcePos pos;
+};
+
+struct VirtualHost {
+  std::string name;
+  // Exact names ("example.com"), wildcards ("*.example.com" = any sub-domain, not the apex) or "*"
+  // (default). Matched case-insensitively on Host without its port. Exact beats wildcard (longest
+  // wildcard first), then "*".
+  std::vector<std::string> domains;
+  std::vector<Route> routes;  // first match wins, in file order
+  HeaderRewrite request_headers;
+  HeaderRewrite response_headers;
+  SourcePos pos;
+};
+
+// ---------------------------------------------------------------- clusters
+
+struct Endpoint {
+  std::string host;  // IP literal or DNS name (resolved at apply time)
+  uint16_t port = 0;
+  uint32_t weight = 1;  // 1..1000
+  SourcePos pos;
+};
+
+enum class LbPolicy { kRoundRobin, kWeightedRoundRobin, kLeastRequest, kRingHash, kMaglev };
+
+struct HashPolicy {
+  enum class Source { kSourceIp, kHeader };
+  Source source = Source::kSourceIp;
+  std::string header;  // lower-case, when source == kHeader
+};
+
+struct HealthCheck {
+  enum class Type { kNone, kHttp, kTcp };
+  Type type = Type::kNone;
+  Millis interval{5000};
+  Millis timeout{1000};
+  uint32_t healthy_threshold = 2;    // consecutive successes to mark healthy
+  uint32_t unhealthy_threshold = 3;  // consecutive failures to mark unhealthy
+  std::string path = "/";            // http only
+  std::string host;                  // http only; empty = endpoint host
+  std::vector<std::pair<int, int>> expected_statuses{{200, 399}};  // inclusive ranges
+};
+
+struct OutlierDetection {
+  bool enabled = true;
+  uint32_t consecutive_5xx = 5;
+  uint32_t consecutive_connect_failures = 3;
+  Millis base_ejection_time{10'000};  // doubled on each repeated ejection
+  Millis max_ejection_time{300'000};
+  uint32_t max_ejection_percent = 50;  // never eject more than this share of a cluster
+};
+
+struct ClusterTimeouts {
+  Millis connect{2000};
+  Millis response{30'000};  // from request sent to response head received
+  Millis idle{60'000};      // idle pooled upstream connections are closed after this
+};
+
+struct Cluster {
+  std::string name;
+  std::vector<Endpoint> endpoints;
+  LbPolicy lb = LbPolicy::kRoundRobin;
+  HashPolicy hash;  // ring_hash / maglev only
+  HealthCheck health_check;
+  OutlierDetection outlier;
+  ClusterTimeouts timeouts;
+  uint32_t max_idle_connections = 64;  // per endpoint, per worker
+  uint32_t retry_budget_percent = 20;  // retries in flight <= this % of active requests (min 3)
+  SourcePos pos;
+};
+
+// ---------------------------------------------------------------- limits and timeouts
+
+struct Limits {
+  uint32_t max_connections = 10'000;      // per proxy process; over it new connections are closed
+  uint32_t max_request_line = 8 * 1024;   // 414 beyond
+  uint32_t max_header_bytes = 64 * 1024;  // whole head; 431 beyond
+  uint32_t max_headers = 100;             // 431 beyond
+  uint64_t max_body_bytes = 0;            // 0 = unlimited; 413 beyond
+};
+
+struct Timeouts {
+  Millis header_read{10'000};  // from first byte of a request to its complete head (408)
+  Millis idle{60'000};         // keep-alive idle between requests
+  Millis body_read{60'000};    // max gap between body reads from the client (408)
+  Millis drain{20'000};        // graceful shutdown deadline
+};
+
+struct AccessLog {
+  bool enabled = false;
+  std::string path = "-";  // "-" = stdout
+};
+
+// ---------------------------------------------------------------- snapshot
+
+struct Snapshot {
+  int schema = kSchemaVersion;
+  uint64_t version = 0;  // monotonically increasing; the manager sets it, files may
+  std::string hash;      // content hash (hex SHA-256 of the canonical JSON), computed on load
+  uint32_t workers = 0;  // 0 = one per core
+  std::vector<Listener> listeners;
+  Admin admin;
+  std::vector<VirtualHost> virtual_hosts;
+  std::vector<Cluster> clusters;
+  Forwarding forwarding;
+  Limits limits;
+  Timeouts timeouts;
+  AccessLog access_log;
+};
+
+}  // namespace marchproxy::config
