@@ -3,6 +3,8 @@
 #include <cstdio>
 
 #include "common/base/log.h"
+#include "config/loader.h"
+#include "config/writer.h"
 #include "ingress/ingress.h"
 
 #ifndef MP_VERSION
@@ -21,6 +23,10 @@ int main(int argc, char** argv) {
   ingress->add_option("-c,--config", ingress_opts.config_path, "YAML or JSON config file")->required();
   ingress->add_flag("!--no-watch", ingress_opts.watch, "Reload only on SIGHUP, not on file change");
 
+  std::string check_path;
+  auto* check = app.add_subcommand("check", "Validate a config file; print every error with its line and field");
+  check->add_option("file", check_path, "YAML or JSON config file")->required();
+
   auto* version = app.add_subcommand("version", "Print the version");
   CLI11_PARSE(app, argc, argv);
   if (!marchproxy::log::setLevel(log_level)) {
@@ -29,6 +35,17 @@ int main(int argc, char** argv) {
   }
   if (*version) {
     std::printf("marchproxy %s\n", MP_VERSION);
+    return 0;
+  }
+  if (*check) {
+    auto r = marchproxy::config::loadFile(check_path);
+    for (const auto& w : r.warnings) std::printf("warning: %s\n", w.toString().c_str());
+    if (!r.snapshot) {
+      for (const auto& e : r.errors) std::printf("%s\n", e.toString().c_str());
+      std::printf("%s: %zu error(s)\n", check_path.c_str(), r.errors.size());
+      return 1;
+    }
+    std::printf("%s\n", marchproxy::config::summary(*r.snapshot).c_str());
     return 0;
   }
   if (*ingress) return marchproxy::ingress::run(ingress_opts);

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Runs every test MarchProxy has, from a fresh checkout: installs dependencies, builds each preset,
+# runs unit tests (plain and under ASan+UBSan), integration tests (release build, and the
+# concurrency-heavy ones again under TSan), and every fuzzer for a bounded time.
+#
+#   scripts/test.sh                 everything (what .ci/run calls)
+#   FUZZ_SECONDS=10 scripts/test.sh shorter fuzzing
+#   STAGES="release asan" scripts/test.sh   a subset of: release asan tsan fuzz
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+STAGES=${STAGES:-"release asan tsan fuzz"}
+JOBS=${JOBS:-$(nproc)}
+export CTEST_OUTPUT_ON_FAILURE=1
+
+bash scripts/setup.sh
+
+has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
+section() { printf '\n==== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
+build() {  # build PRESET [targets...]
+  local preset=$1; shift
+  cmake --preset "$preset" >/dev/null
+  if (($#)); then cmake --build --preset "$preset" -j "$JOBS" --target "$@"
+  else cmake --build --preset "$preset" -j "$JOBS"; fi
+}
+
+failed=()
+passed=0
+run() {  # run NAME CMD...: keeps going after a failure, reports all at the end
+  local name=$1; shift
+  if "$@"; then passed=$((passed + 1)); else failed+=("$name"); fi
+}
+
+if has_stage release; then
+  section "release: build"
+  build release
+  section "release: unit + integration tests"
+  run release-tests ctest --test-dir build/release -j "$JOBS" --timeout 900
+fi
+
+if has_stage asan; then
+  section "asan-ubsan: build"
+  build asan-ubsan
+  section "asan-ubsan: unit tests"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    run asan-unit ctest --test-dir build/asan-ubsan -L unit -j "$JOBS"
+  section "asan-ubsan: integration tests against the sanitized binary"
+  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    run asan-integration ctest --test-dir build/asan-ubsan -L integration -j "$JOBS" --timeout 900
+fi
+
+if has_stage tsan; then
+  section "tsan: build marchproxy"
+  build tsan marchproxy
+  section "tsan: multi-worker integration tests (reload under load, load balancing, drain)"
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+    run tsan-integration ctest --test-dir build/tsan -L integration -R "reload|load_balancing|health" -j 1 --timeout 900
+fi
+
+if has_stage fuzz; then
+  section "fuzz: build"
+  build fuzz
+  for f in build/fuzz/tests/fuzz/*_fuzz; do
+    name=$(basename "$f")
+    corpus_seed=tests/fuzz/corpus/${name%_fuzz}
+    work=build/fuzz/corpus-$name
+    mkdir -p "$work"
+    section "fuzz: $name for ${FUZZ_SECONDS}s"
+    seeds=()
+    [ -d "$corpus_seed" ] && seeds+=("$corpus_seed")
+    run "$name" "$f" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+      -artifact_prefix=build/fuzz/ "$work" "${seeds[@]}"
+  done
+fi
+
+section "summary"
+((${#failed[@]})) && echo "failed stages: ${failed[*]}"
+echo "stages: $passed passed, ${#failed[@]} failed"
+((${#failed[@]} == 0))

@@ -1,0 +1,445 @@
+#include "config/writer.h"
+
+#include <openssl/evp.h>
+
+#include <fmt/format.h>
+
+#include <unordered_set>
+#include <vector>
+
+#include "common/base/duration.h"
+#include "config/syntax.h"
+
+namespace marchproxy::config {
+
+namespace {
+
+using namespace syntax;  // NOLINT(google-build-using-namespace)
+
+// A streaming JSON writer: enough for our fixed schema, byte-for-byte deterministic, and escaping
+// chosen so that yaml-cpp (our one reader for YAML and JSON) reads every string back unchanged.
+class JsonOut {
+ public:
+  explicit JsonOut(bool pretty) : pretty_(pretty) {}
+
+  void beginObject() { open('{'); }
+  void endObject() { close('}'); }
+  void beginArray() { open('['); }
+  void endArray() { close(']'); }
+
+  void key(std::string_view k) {
+    separate();
+    quoted(k);
+    out_ += pretty_ ? ": " : ":";
+    afterKey_ = true;
+  }
+
+  void str(std::string_view s) {
+    beforeValue();
+    quoted(s);
+  }
+  void num(uint64_t n) {
+    beforeValue();
+    out_ += std::to_string(n);
+  }
+  void num(int64_t n) {
+    beforeValue();
+    out_ += std::to_string(n);
+  }
+  void num(uint32_t n) { num(static_cast<uint64_t>(n)); }
+  void num(uint16_t n) { num(static_cast<uint64_t>(n)); }
+  void num(int n) { num(static_cast<int64_t>(n)); }
+  void boolean(bool b) {
+    beforeValue();
+    out_ += b ? "true" : "false";
+  }
+  void duration(Millis d) { str(formatDuration(d)); }
+
+  // Shorthands for "key": value.
+  template <typename T>
+  void field(std::string_view k, const T& v) {
+    key(k);
+    if constexpr (std::is_same_v<T, bool>) boolean(v);
+    else if constexpr (std::is_same_v<T, Millis>) duration(v);
+    else if constexpr (std::is_integral_v<T>) num(v);
+    else str(v);
+  }
+
+  std::string take() { return std::move(out_); }
+
+ private:
+  void open(char c) {
+    beforeValue();
+    out_ += c;
+    first_.push_back(true);
+  }
+
+  void close(char c) {
+    bool empty = first_.back();
+    first_.pop_back();
+    if (!empty) newline();
+    out_ += c;
+  }
+
+  // Before a key, or before a value inside an array: the comma and the line break.
+  void separate() {
+    if (first_.empty()) return;
+    if (!first_.back()) out_ += ',';
+    first_.back() = false;
+    newline();
+  }
+
+  void beforeValue() {
+    if (afterKey_) {
+      afterKey_ = false;
+      return;
+    }
+    separate();
+  }
+
+  void newline() {
+    if (!pretty_) return;
+    out_ += '\n';
+    out_.append(first_.size() * 2, ' ');
+  }
+
+  void quoted(std::string_view s) {
+    out_ += '"';
+    for (size_t i = 0; i < s.size(); ++i) {
+      auto c = static_cast<unsigned char>(s[i]);
+      switch (c) {
+        case '"': out_ += "\\\""; continue;
+        case '\\': out_ += "\\\\"; continue;
+        case '\n': out_ += "\\n"; continue;
+        case '\r': out_ += "\\r"; continue;
+        case '\t': out_ += "\\t"; continue;
+        default: break;
+      }
+      if (c < 0x20 || c == 0x7F) {
+        out_ += fmt::format("\\u{:04x}", c);
+        continue;
+      }
+      // YAML reads NEL, LS and PS as line breaks and a BOM as a stream marker, and C1 controls are
+      // outside its printable set: escape them so that they survive the round trip. Everything
+      // else non-ASCII stays raw UTF-8 (yaml-cpp refuses \u surrogate pairs, so we never need them).
+      auto next = [&](size_t k) { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0; };
+      if (c == 0xC2 && next(1) >= 0x80 && next(1) <= 0x9F) {
+        out_ += fmt::format("\\u{:04x}", next(1));
+        i += 1;
+        continue;
+      }
+      if (c == 0xE2 && next(1) == 0x80 && (next(2) == 0xA8 || next(2) == 0xA9)) {
+        out_ += next(2) == 0xA8 ? "\\u2028" : "\\u2029";
+        i += 2;
+        continue;
+      }
+      if (c == 0xEF && next(1) == 0xBB && next(2) == 0xBF) {
+        out_ += "\\ufeff";
+        i += 2;
+        continue;
+      }
+      out_ += static_cast<char>(c);
+    }
+    out_ += '"';
+  }
+
+  std::string out_;
+  bool pretty_;
+  std::vector<bool> first_;  // per open container: nothing written in it yet
+  bool afterKey_ = false;
+};
+
+void writeHeaderValues(JsonOut& j, std::string_view k, const std::vector<HeaderValue>& values) {
+  j.key(k);
+  // A map reads best; a list of {name, value} is needed only when one name is added twice.
+  std::unordered_set<std::string_view> names;
+  bool unique = true;
+  for (const auto& v : values) unique = unique && names.insert(v.name).second;
+  if (unique) {
+    j.beginObject();
+    for (const auto& v : values) j.field(v.name, v.value);
+    j.endObject();
+  } else {
+    j.beginArray();
+    for (const auto& v : values) {
+      j.beginObject();
+      j.field("name", v.name);
+      j.field("value", v.value);
+      j.endObject();
+    }
+    j.endArray();
+  }
+}
+
+void writeHeaderRewrite(JsonOut& j, std::string_view k, const HeaderRewrite& h) {
+  j.key(k);
+  j.beginObject();
+  j.key("remove");
+  j.beginArray();
+  for (const auto& r : h.remove) j.str(r);
+  j.endArray();
+  writeHeaderValues(j, "set", h.set);
+  writeHeaderValues(j, "add", h.add);
+  j.endObject();
+}
+
+void writeRoute(JsonOut& j, const Route& r) {
+  j.beginObject();
+  j.field("name", r.name);
+  j.key("match");
+  j.beginObject();
+  j.field(nameOf(kPathMatches, r.match.path_kind), r.match.path);
+  j.key("methods");
+  j.beginArray();
+  for (const auto& m : r.match.methods) j.str(m);
+  j.endArray();
+  j.key("headers");
+  j.beginArray();
+  for (const auto& h : r.match.headers) {
+    j.beginObject();
+    j.field("name", h.name);
+    if (h.kind == HeaderMatch::Kind::kPresent) j.field("present", true);
+    else j.field(nameOf(kHeaderMatchKinds, h.kind), h.value);
+    j.field("invert", h.invert);
+    j.endObject();
+  }
+  j.endArray();
+  j.endObject();
+
+  switch (r.action) {
+    case ActionKind::kForward: {
+      const ForwardAction& f = r.forward;
+      j.key("forward");
+      j.beginObject();
+      j.field("cluster", f.cluster);
+      if (f.prefix_rewrite) j.field("prefix_rewrite", *f.prefix_rewrite);
+      if (f.host_rewrite) j.field("host_rewrite", *f.host_rewrite);
+      j.field("timeout", f.timeout);
+      j.key("retries");
+      j.beginObject();
+      j.field("attempts", f.retry.attempts);
+      j.key("on");
+      j.beginArray();
+      for (const auto& s : kRetryOn)
+        if (f.retry.on & static_cast<uint8_t>(s.value)) j.str(s.name);
+      j.endArray();
+      j.field("per_try_timeout", f.retry.per_try_timeout);
+      j.endObject();
+      j.endObject();
+      break;
+    }
+    case ActionKind::kRedirect: {
+      const RedirectAction& d = r.redirect;
+      j.key("redirect");
+      j.beginObject();
+      j.field("code", d.code);
+      if (d.scheme) j.field("scheme", *d.scheme);
+      if (d.host) j.field("host", *d.host);
+      if (d.path) j.field("path", *d.path);
+      if (d.prefix_rewrite) j.field("prefix_rewrite", *d.prefix_rewrite);
+      j.field("strip_query", d.strip_query);
+      j.endObject();
+      break;
+    }
+    case ActionKind::kDirectResponse: {
+      j.key("direct_response");
+      j.beginObject();
+      j.field("status", r.direct.status);
+      j.field("body", r.direct.body);
+      j.field("content_type", r.direct.content_type);
+      j.endObject();
+      break;
+    }
+  }
+  writeHeaderRewrite(j, "request_headers", r.request_headers);
+  writeHeaderRewrite(j, "response_headers", r.response_headers);
+  j.endObject();
+}
+
+void writeCluster(JsonOut& j, const Cluster& c) {
+  j.beginObject();
+  j.field("name", c.name);
+  j.field("lb", nameOf(kLbPolicies, c.lb));
+  // hash_on is written only where it means something (or was set), so that a file without it
+  // round-trips without the "only used by ring_hash" warning.
+  bool hashing = c.lb == LbPolicy::kRingHash || c.lb == LbPolicy::kMaglev;
+  if (hashing || c.hash.source != HashPolicy::Source::kSourceIp) {
+    if (c.hash.source == HashPolicy::Source::kSourceIp) j.field("hash_on", kHashOnSourceIp);
+    else j.field("hash_on", std::string(kHashOnHeaderPrefix) + c.hash.header);
+  }
+  j.key("endpoints");
+  j.beginArray();
+  for (const auto& e : c.endpoints) {
+    j.beginObject();
+    j.field("address", formatHostPort(e.host, e.port));
+    j.field("weight", e.weight);
+    j.endObject();
+  }
+  j.endArray();
+
+  const HealthCheck& h = c.health_check;
+  j.key("health_check");
+  j.beginObject();
+  j.field("type", nameOf(kHealthTypes, h.type));
+  j.field("interval", h.interval);
+  j.field("timeout", h.timeout);
+  j.field("healthy_threshold", h.healthy_threshold);
+  j.field("unhealthy_threshold", h.unhealthy_threshold);
+  j.field("path", h.path);
+  j.field("host", h.host);
+  j.key("expected_status");
+  j.beginArray();
+  for (auto [lo, hi] : h.expected_statuses) {
+    if (lo == hi) j.num(lo);
+    else j.str(fmt::format("{}-{}", lo, hi));
+  }
+  j.endArray();
+  j.endObject();
+
+  const OutlierDetection& o = c.outlier;
+  j.key("outlier_detection");
+  j.beginObject();
+  j.field("enabled", o.enabled);
+  j.field("consecutive_5xx", o.consecutive_5xx);
+  j.field("consecutive_connect_failures", o.consecutive_connect_failures);
+  j.field("base_ejection_time", o.base_ejection_time);
+  j.field("max_ejection_time", o.max_ejection_time);
+  j.field("max_ejection_percent", o.max_ejection_percent);
+  j.endObject();
+
+  j.key("timeouts");
+  j.beginObject();
+  j.field("connect", c.timeouts.connect);
+  j.field("response", c.timeouts.response);
+  j.field("idle", c.timeouts.idle);
+  j.endObject();
+  j.field("max_idle_connections", c.max_idle_connections);
+  j.field("retry_budget_percent", c.retry_budget_percent);
+  j.endObject();
+}
+
+std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
+  JsonOut j(pretty);
+  j.beginObject();
+  j.field("schema", s.schema);
+  if (!identityOnly) {
+    j.field("version", s.version);
+    if (!s.hash.empty()) j.field("hash", s.hash);
+  }
+  j.field("workers", s.workers);
+
+  j.key("admin");
+  j.beginObject();
+  j.field("enabled", s.admin.enabled);
+  j.field("address", s.admin.address);
+  j.field("port", s.admin.port);
+  j.endObject();
+
+  j.key("listeners");
+  j.beginArray();
+  for (const auto& l : s.listeners) {
+    j.beginObject();
+    j.field("name", l.name);
+    j.field("address", l.address);
+    j.field("port", l.port);
+    j.endObject();
+  }
+  j.endArray();
+
+  j.key("virtual_hosts");
+  j.beginArray();
+  for (const auto& v : s.virtual_hosts) {
+    j.beginObject();
+    j.field("name", v.name);
+    j.key("domains");
+    j.beginArray();
+    for (const auto& d : v.domains) j.str(d);
+    j.endArray();
+    writeHeaderRewrite(j, "request_headers", v.request_headers);
+    writeHeaderRewrite(j, "response_headers", v.response_headers);
+    j.key("routes");
+    j.beginArray();
+    for (const auto& r : v.routes) writeRoute(j, r);
+    j.endArray();
+    j.endObject();
+  }
+  j.endArray();
+
+  j.key("clusters");
+  j.beginArray();
+  for (const auto& c : s.clusters) writeCluster(j, c);
+  j.endArray();
+
+  const Forwarding& f = s.forwarding;
+  j.key("forwarding");
+  j.beginObject();
+  j.field("x_forwarded_for", f.x_forwarded_for);
+  j.field("x_forwarded_proto", f.x_forwarded_proto);
+  j.field("x_forwarded_host", f.x_forwarded_host);
+  j.field("via", f.via);
+  j.field("trust_downstream", f.trust_downstream);
+  j.endObject();
+
+  const Limits& l = s.limits;
+  j.key("limits");
+  j.beginObject();
+  j.field("max_connections", l.max_connections);
+  j.field("max_request_line", l.max_request_line);
+  j.field("max_header_bytes", l.max_header_bytes);
+  j.field("max_headers", l.max_headers);
+  j.field("max_body_bytes", l.max_body_bytes);
+  j.endObject();
+
+  const Timeouts& t = s.timeouts;
+  j.key("timeouts");
+  j.beginObject();
+  j.field("header_read", t.header_read);
+  j.field("idle", t.idle);
+  j.field("body_read", t.body_read);
+  j.field("drain", t.drain);
+  j.endObject();
+
+  j.key("access_log");
+  j.beginObject();
+  j.field("enabled", s.access_log.enabled);
+  j.field("path", s.access_log.path);
+  j.endObject();
+
+  j.endObject();
+  std::string out = j.take();
+  if (pretty) out += '\n';
+  return out;
+}
+
+std::string plural(size_t n, std::string_view one, std::string_view many) {
+  return fmt::format("{} {}", n, n == 1 ? one : many);
+}
+
+}  // namespace
+
+std::string toJson(const Snapshot& s, bool pretty) { return writeJson(s, pretty, false); }
+
+std::string computeHash(const Snapshot& s) {
+  std::string json = writeJson(s, false, true);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  // SHA-256 over bytes in memory cannot fail short of OpenSSL being unusable, which is fatal anyway.
+  if (EVP_Digest(json.data(), json.size(), digest, &len, EVP_sha256(), nullptr) != 1) return {};
+  std::string hex;
+  hex.reserve(len * 2);
+  for (unsigned int i = 0; i < len; ++i) hex += fmt::format("{:02x}", digest[i]);
+  return hex;
+}
+
+std::string summary(const Snapshot& s) {
+  size_t routes = 0, endpoints = 0;
+  for (const auto& v : s.virtual_hosts) routes += v.routes.size();
+  for (const auto& c : s.clusters) endpoints += c.endpoints.size();
+  std::string hash = s.hash.empty() ? computeHash(s) : s.hash;
+  return fmt::format("OK: {}, {}, {}, {} ({}); version {}; hash {}\u2026", plural(s.listeners.size(), "listener", "listeners"),
+                     plural(s.virtual_hosts.size(), "virtual host", "virtual hosts"),
+                     plural(routes, "route", "routes"), plural(s.clusters.size(), "cluster", "clusters"),
+                     plural(endpoints, "endpoint", "endpoints"), s.version, hash.substr(0, 8));
+}
+
+}  // namespace marchproxy::config

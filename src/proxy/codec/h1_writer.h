@@ -1,0 +1,57 @@
+#pragma once
+// Serialises HTTP/1.1 heads on their way through the proxy: the request towards the upstream and
+// the response towards the client. Hop-by-hop headers (RFC 9110 §7.6.1: Connection, the headers
+// it names, Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade) and the
+// framing headers are never copied: the proxy writes its own framing for each hop.
+#include <string>
+#include <string_view>
+
+#include "common/http/h1_parser.h"
+#include "config/model.h"
+
+namespace marchproxy::proxy::codec {
+
+// Header rewrites of a virtual host and of a route, applied in that order (the route wins).
+struct Rewrites {
+  const config::HeaderRewrite* vhost = nullptr;
+  const config::HeaderRewrite* route = nullptr;
+};
+
+enum class BodyOut { kNone, kContentLength, kChunked };
+
+struct UpstreamRequest {
+  std::string_view method;
+  std::string_view path;   // already rewritten
+  std::string_view query;  // without '?'
+  std::string_view host;   // Host to send upstream
+  std::string_view client_ip;
+  std::string_view scheme;          // of the downstream listener
+  std::string_view request_id;      // sent as X-Request-Id when the client sent none
+  BodyOut body = BodyOut::kNone;
+  uint64_t content_length = 0;
+};
+
+// Appends the upstream request head (HTTP/1.1, keep-alive) to out.
+void writeUpstreamRequest(std::string& out, const http::RequestHead& req, const UpstreamRequest& up,
+                          const config::Forwarding& fwd, Rewrites rewrites);
+
+struct DownstreamResponse {
+  BodyOut body = BodyOut::kNone;
+  uint64_t content_length = 0;
+  bool keep_alive = true;
+  bool client_http10 = false;
+  std::string_view request_id;  // echoed as X-Request-Id
+};
+
+// Appends the response head for the client to out, from the upstream's parsed head.
+void writeDownstreamResponse(std::string& out, const http::ResponseHead& resp, const DownstreamResponse& down,
+                             Rewrites rewrites);
+
+// Appends a complete proxy-generated response (error, redirect, direct response).
+void writeLocalResponse(std::string& out, int status, std::string_view content_type, std::string_view body,
+                        bool keep_alive, bool head_request, std::string_view location,
+                        std::string_view request_id, Rewrites rewrites);
+
+std::string_view reasonPhrase(int status);
+
+}  // namespace marchproxy::proxy::codec

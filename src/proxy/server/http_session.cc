@@ -1,0 +1,845 @@
+#include "proxy/server/http_session.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+#include <array>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <chrono>
+
+#include "common/base/clock.h"
+#include "common/base/log.h"
+#include "proxy/codec/h1_writer.h"
+#include "proxy/server/worker.h"
+
+namespace marchproxy::proxy::server {
+namespace {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using Millis = std::chrono::milliseconds;
+using http::BodyFraming;
+constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
+
+constexpr size_t kBodyChunk = 64 * 1024;  // read size while streaming bodies
+constexpr size_t kMaxRetryDiscard = 64 * 1024;
+
+bool isIdempotent(std::string_view m) {
+  return m == "GET" || m == "HEAD" || m == "OPTIONS" || m == "PUT" || m == "DELETE" || m == "TRACE";
+}
+
+int codeClass(int status) {
+  int c = status / 100;
+  return c < 1 ? 0 : c > 5 ? 4 : c - 1;
+}
+
+}  // namespace
+
+HttpSession::HttpSession(tcp::socket socket, Worker& worker, const ListenerInfo& listener)
+    : client_(std::move(socket)), worker_(worker), listener_(listener) {
+  boost::system::error_code ec;
+  client_.set_option(tcp::no_delay(true), ec);
+  auto ep = client_.remote_endpoint(ec);
+  if (!ec) {
+    auto addr = ep.address();
+    client_ip_ = addr.is_v6() && addr.to_v6().is_v4_mapped()
+                     ? asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6()).to_string()
+                     : addr.to_string();
+  }
+  worker_.link(this);
+  ++worker_.stats().connections_total;
+}
+
+HttpSession::~HttpSession() {
+  closeClient();
+  worker_.unlink(this);
+}
+
+void HttpSession::setPhase(Phase p, Millis timeout) {
+  phase_ = p;
+  timed_out_ = false;
+  deadline_ns_ = coarseNowNs() + timeout.count() * kNsPerMs;
+}
+
+void HttpSession::expire() {
+  timed_out_ = true;
+  deadline_ns_ = INT64_MAX;
+  boost::system::error_code ec;
+  client_.cancel(ec);
+  if (upstream_) upstream_->socket.cancel(ec);
+}
+
+void HttpSession::cancelIfIdle() {
+  if (phase_ == Phase::kIdle) {
+    boost::system::error_code ec;
+    client_.cancel(ec);
+  }
+}
+
+void HttpSession::forceClose() {
+  linger_ = false;
+  boost::system::error_code ec;
+  client_.close(ec);
+  if (upstream_) upstream_->socket.close(ec);
+}
+
+void HttpSession::closeClient() {
+  if (!client_.is_open()) return;
+  boost::system::error_code ec;
+  client_.shutdown(tcp::socket::shutdown_both, ec);
+  client_.close(ec);
+}
+
+asio::awaitable<void> HttpSession::run() {
+  for (;;) {
+    {
+      const bool ok_step = co_await readHead();
+      if (!ok_step) break;
+    }
+    {
+      const bool ok_step = co_await handleRequest();
+      if (!ok_step) break;
+    }
+  }
+  if (linger_) {
+    co_await lingerClose();
+  }
+  closeClient();
+}
+
+// Reads until one complete request head is in rbuf_ (or answers and fails). While the connection
+// is idle it holds no buffer: it waits for readability first, which also saves the speculative
+// read that would fail with EAGAIN.
+asio::awaitable<bool> HttpSession::readHead() {
+  if (rbuf_.empty()) {
+    if (worker_.draining()) co_return false;
+    rbuf_.release();
+    ubuf_.release();
+    const auto& t = worker_.runtime()->rt->snapshot->timeouts;
+    setPhase(Phase::kIdle, t.idle);
+    auto [ec] = co_await client_.async_wait(tcp::socket::wait_read, kNoThrow);
+    if (ec || timed_out_) co_return false;
+  }
+  // Each request routes on the newest config; one already in flight keeps its own.
+  wrt_ = worker_.runtime();
+  const config::Snapshot& snap = *wrt_->rt->snapshot;
+  limits_.max_request_line = snap.limits.max_request_line;
+  limits_.max_header_bytes = snap.limits.max_header_bytes;
+  limits_.max_headers = snap.limits.max_headers;
+  const size_t max_head = limits_.max_request_line + limits_.max_header_bytes + 16;
+  setPhase(Phase::kReadingHead, snap.timeouts.header_read);
+  for (;;) {
+    if (!rbuf_.empty()) {
+      http::ParseError perr;
+      auto st = http::parseRequest(rbuf_.view(), limits_, req_, perr);
+      if (st == http::ParseStatus::kComplete) co_return true;
+      if (st == http::ParseStatus::kError) {
+        start_ns_ = monoNowNs();
+        linger_ = true;
+        co_await respondError(perr.http_status, perr.reason, false);
+        co_return false;
+      }
+    }
+    size_t room = rbuf_.prepare(2048, max_head);
+    if (room == 0) {  // the parser bounds heads itself; this is a backstop
+      start_ns_ = monoNowNs();
+      co_await respondError(431, "request head too large", false);
+      co_return false;
+    }
+    auto [ec, n] = co_await client_.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
+    if (ec) {
+      if (timed_out_ && !rbuf_.empty()) {
+        start_ns_ = monoNowNs();
+        co_await respondError(408, "timed out reading the request head", false);
+      }
+      co_return false;
+    }
+    rbuf_.commit(n);
+    worker_.stats().bytes_in += n;
+  }
+}
+
+asio::awaitable<bool> HttpSession::handleRequest() {
+  WorkerStats& stats = worker_.stats();
+  ++stats.requests_total;
+  start_ns_ = monoNowNs();
+  upstream_start_ns_ = upstream_end_ns_ = 0;
+  req_bytes_ = req_.head_size;
+  resp_bytes_ = 0;
+  route_id_ = -1;
+  log_cluster_ = {};
+  log_upstream_.clear();
+  http10_ = req_.minor_version == 0;
+  head_request_ = req_.method == "HEAD";
+  worker_.newRequestId(request_id_);
+  if (worker_.accessLog()) {
+    log_method_.assign(req_.method);
+    log_host_.assign(req_.host);
+    log_path_.assign(req_.path);
+  }
+  const config::Snapshot& snap = *wrt_->rt->snapshot;
+  const bool has_body = req_.framing == BodyFraming::kChunked ||
+                        (req_.framing == BodyFraming::kContentLength && req_.content_length > 0);
+  // The head leaves the buffer now. Its views stay valid until the next read into rbuf_, and
+  // everything below that uses them (routing, the upstream head) runs before any read. A body, if
+  // any, follows in rbuf_; local responses never read it (the connection closes and lingers).
+  rbuf_.consume(req_.head_size);
+
+  if (snap.limits.max_body_bytes && req_.framing == BodyFraming::kContentLength &&
+      req_.content_length > snap.limits.max_body_bytes) {
+    linger_ = true;
+    {
+      const bool result = co_await respondError(413, "request body larger than limits.max_body_bytes", false);
+      co_return result;
+    }
+  }
+  if (req_.method == "CONNECT") {
+    linger_ = has_body;
+    {
+      const bool result = co_await respondError(405, "CONNECT is not served by an ingress listener", false);
+      co_return result;
+    }
+  }
+
+  auto m = wrt_->rt->routes->match(req_.host, req_.method, req_.path, req_.headers);
+  if (!m) {
+    linger_ = has_body;
+    {
+      const bool result = co_await respondError(404, "no route for this host and path", !has_body && req_.keep_alive);
+      co_return result;
+    }
+  }
+  route_id_ = static_cast<int>(m->route_id);
+  const config::Route& route = *m->route;
+  switch (route.action) {
+    case config::ActionKind::kDirectResponse: {
+      linger_ = has_body;
+      {
+        const bool result = co_await respondLocal(route.direct.status, route.direct.body, !has_body && req_.keep_alive, {},
+                                      route.direct.content_type, &*m);
+        co_return result;
+      }
+    }
+    case config::ActionKind::kRedirect: {
+      std::string location = router::redirectLocation(route.redirect, *m, listener_.scheme, req_.host, req_.path,
+                                                      req_.query);
+      linger_ = has_body;
+      {
+        const bool result = co_await respondLocal(route.redirect.code, {}, !has_body && req_.keep_alive, location, {}, &*m);
+        co_return result;
+      }
+    }
+    case config::ActionKind::kForward:
+      {
+        const bool result = co_await forward(*m);
+        co_return result;
+      }
+  }
+  co_return false;
+}
+
+asio::awaitable<bool> HttpSession::respondError(int status, std::string_view reason, bool keep_alive) {
+  std::string body = fmt::format("{} {}: {}\n", status, codec::reasonPhrase(status), reason);
+  auto& lr = worker_.stats().local_responses;
+  ++lr[status];
+  bool keep = co_await respondLocal(status, body, keep_alive, {}, "text/plain", nullptr);
+  finishRequest(status, reason);
+  co_return keep;
+}
+
+asio::awaitable<bool> HttpSession::respondLocal(int status, std::string_view body, bool keep_alive,
+                                                std::string_view location, std::string_view content_type,
+                                                const router::RouteTable::Match* m) {
+  keep_alive = keep_alive && !worker_.draining();
+  wbuf_.clear();
+  codec::Rewrites rw;
+  if (m) rw = {&m->vhost->response_headers, &m->route->response_headers};
+  codec::writeLocalResponse(wbuf_, status, content_type, body, keep_alive, head_request_, location,
+                            std::string_view(request_id_, sizeof request_id_), rw);
+  const Millis write_timeout = wrt_ ? wrt_->rt->snapshot->timeouts.body_read : Millis(10'000);
+  setPhase(Phase::kWritingClient, write_timeout);
+  bool ok = co_await writeClient(wbuf_);
+  if (m) finishRequest(status, {});
+  co_return ok && keep_alive;
+}
+
+asio::awaitable<bool> HttpSession::writeClient(std::string_view a, std::string_view b) {
+  std::array<asio::const_buffer, 2> bufs{asio::buffer(a.data(), a.size()), asio::buffer(b.data(), b.size())};
+  auto [ec, n] = co_await asio::async_write(client_, bufs, kNoThrow);
+  worker_.stats().bytes_out += n;
+  resp_bytes_ += n;
+  co_return !ec;
+}
+
+// Reads and drops what the client is still sending after an early final response, so that closing
+// the socket does not reset the connection before the client has read our answer.
+asio::awaitable<void> HttpSession::lingerClose() {
+  boost::system::error_code ec;
+  client_.shutdown(tcp::socket::shutdown_send, ec);
+  if (ec) co_return;
+  setPhase(Phase::kLingering, Millis(2000));
+  char sink[16 * 1024];
+  size_t total = 0;
+  while (total < 4 * 1024 * 1024) {
+    auto [rec, n] = co_await client_.async_read_some(asio::buffer(sink), kNoThrow);
+    if (rec) break;
+    total += n;
+  }
+}
+
+void HttpSession::report(int cluster, int endpoint, upstream::Outcome o) {
+  const auto& health = wrt_->rt->clusters[static_cast<size_t>(cluster)].health;
+  if (health) health->onResult(static_cast<size_t>(endpoint), o, upstream::steadyNowNs());
+}
+
+void HttpSession::finishRequest(int status, std::string_view error) {
+  const int64_t end = monoNowNs();
+  if (route_id_ >= 0 && wrt_) {
+    RouteStats* rs = wrt_->route_stats[static_cast<size_t>(route_id_)];
+    ++rs->by_class[static_cast<size_t>(codeClass(status))];
+    rs->latency.observe(static_cast<double>(end - start_ns_) / 1e9);
+  }
+  if (AccessLogWriter* log = worker_.accessLog()) {
+    AccessEntry e;
+    e.request_id = std::string_view(request_id_, sizeof request_id_);
+    e.client = client_ip_;
+    e.method = log_method_;
+    e.host = log_host_;
+    e.path = log_path_;
+    e.protocol = http10_ ? "HTTP/1.0" : "HTTP/1.1";
+    if (route_id_ >= 0 && wrt_) e.route = wrt_->rt->routes->routeName(static_cast<uint32_t>(route_id_));
+    e.cluster = log_cluster_;
+    e.upstream = log_upstream_;
+    e.error = error;
+    e.status = status;
+    e.bytes_in = req_bytes_;
+    e.bytes_out = resp_bytes_;
+    e.duration_ms = static_cast<double>(end - start_ns_) / 1e6;
+    if (upstream_start_ns_) e.upstream_ms = static_cast<double>((upstream_end_ns_ ? upstream_end_ns_ : end) -
+                                                                upstream_start_ns_) / 1e6;
+    e.unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+    log->append(e);
+  }
+}
+
+// Streams the rest of a request body (whatever is not already in rbuf_) from the client to the
+// upstream, with backpressure: one buffer in flight at a time. Returns false when the exchange
+// must stop; upstream_failed tells whose fault it was.
+asio::awaitable<bool> HttpSession::streamRequestBody(upstream::UpstreamConnection& up, bool& upstream_failed) {
+  const config::Snapshot& snap = *wrt_->rt->snapshot;
+  const uint64_t max_body = snap.limits.max_body_bytes;
+  const bool chunked = req_.framing == BodyFraming::kChunked;
+  uint64_t remaining = chunked ? 0 : req_.content_length;
+  uint64_t body_seen = 0;
+  upstream_failed = false;
+  for (;;) {
+    if (!rbuf_.empty()) {
+      size_t take;
+      bool done = false;
+      if (chunked) {
+        pieces_.clear();
+        auto r = chunks_.decode(rbuf_.view(), max_body ? &pieces_ : nullptr);
+        if (r.error) {
+          co_await respondError(400, r.reason, false);
+          co_return false;
+        }
+        for (auto p : pieces_) body_seen += p.size();
+        take = r.consumed;
+        done = r.done;
+      } else {
+        take = static_cast<size_t>(std::min<uint64_t>(remaining, rbuf_.size()));
+        remaining -= take;
+        body_seen += take;
+        done = remaining == 0;
+      }
+      if (max_body && body_seen > max_body) {
+        linger_ = true;
+        co_await respondError(413, "request body larger than limits.max_body_bytes", false);
+        co_return false;
+      }
+      if (take) {
+        setPhase(Phase::kWritingUpstream, snap.timeouts.body_read);
+        auto [ec, n] = co_await asio::async_write(up.socket, asio::buffer(rbuf_.view().data(), take), kNoThrow);
+        if (ec) {
+          upstream_failed = true;
+          co_return false;
+        }
+        req_bytes_ += take;
+        rbuf_.consume(take);
+      }
+      if (done) co_return true;
+    }
+    setPhase(Phase::kReadingBody, snap.timeouts.body_read);
+    size_t room = rbuf_.prepare(16 * 1024, kBodyChunk);
+    auto [ec, n] = co_await client_.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
+    if (ec) {
+      if (timed_out_) {
+        co_await respondError(408, "timed out reading the request body", false);
+      }
+      co_return false;
+    }
+    rbuf_.commit(n);
+    worker_.stats().bytes_in += n;
+  }
+}
+
+// Streams a response body from the upstream to the client. The part already in ubuf_ has been
+// consumed by the caller except for what `framing` still needs. dechunk: the client speaks
+// HTTP/1.0, so chunked framing is removed and the connection closes at the end.
+asio::awaitable<bool> HttpSession::streamResponseBody(upstream::UpstreamConnection& up, BodyFraming framing,
+                                                      uint64_t remaining, bool dechunk, bool& upstream_clean) {
+  const Millis stall = wrt_->rt->snapshot->timeouts.body_read;
+  upstream_clean = false;
+  for (;;) {
+    if (!ubuf_.empty()) {
+      size_t take = 0;
+      bool done = false;
+      if (framing == BodyFraming::kChunked) {
+        pieces_.clear();
+        auto r = chunks_.decode(ubuf_.view(), dechunk ? &pieces_ : nullptr);
+        if (r.error) {
+          spdlog::debug("upstream sent a malformed chunked body: {}", r.reason);
+          co_return false;  // the client sees a truncated body and a closed connection
+        }
+        take = r.consumed;
+        done = r.done;
+      } else if (framing == BodyFraming::kContentLength) {
+        take = static_cast<size_t>(std::min<uint64_t>(remaining, ubuf_.size()));
+        remaining -= take;
+        done = remaining == 0;
+      } else {
+        take = ubuf_.size();
+      }
+      if (take) {
+        setPhase(Phase::kWritingClient, stall);
+        bool ok;
+        if (dechunk && framing == BodyFraming::kChunked) {
+          ok = true;
+          for (auto p : pieces_) {
+            auto [ec, n] = co_await asio::async_write(client_, asio::buffer(p.data(), p.size()), kNoThrow);
+            worker_.stats().bytes_out += n;
+            resp_bytes_ += n;
+            if (ec) {
+              ok = false;
+              break;
+            }
+          }
+        } else {
+          ok = co_await writeClient(ubuf_.view().substr(0, take));
+        }
+        ubuf_.consume(take);
+        if (!ok) co_return false;
+      }
+      if (done) {
+        upstream_clean = ubuf_.empty();  // extra bytes after a response: the upstream is broken
+        co_return true;
+      }
+    } else if (framing == BodyFraming::kContentLength && remaining == 0) {
+      upstream_clean = true;
+      co_return true;
+    }
+    setPhase(Phase::kStreamingResponse, stall);
+    size_t room = ubuf_.prepare(16 * 1024, kBodyChunk);
+    auto [ec, n] = co_await up.socket.async_read_some(asio::buffer(ubuf_.tail(), room), kNoThrow);
+    if (ec) {
+      // EOF is the end of an until-close body; anything else truncates the response.
+      co_return framing == BodyFraming::kUntilClose && ec == asio::error::eof;
+    }
+    ubuf_.commit(n);
+  }
+}
+
+asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
+  WorkerRuntime& wrt = *wrt_;
+  const Runtime& rt = *wrt.rt;
+  const config::Snapshot& snap = *rt.snapshot;
+  const size_t ci = static_cast<size_t>(m.cluster);
+  const ClusterRuntime& cr = rt.clusters[ci];
+  const config::Cluster& cc = *cr.config;
+  const config::Route& route = *m.route;
+  const config::RetryPolicy& rp = route.forward.retry;
+  ClusterStats& cstats = *wrt.cluster_stats[ci];
+  upstream::LoadBalancer& lb = *wrt.lbs[ci];
+  log_cluster_ = cc.name;
+
+  // --- the upstream request head; built now because req_'s views die once rbuf_ moves on
+  std::string rewritten;
+  std::string_view path = req_.path;
+  if (router::hasPathRewrite(route)) {
+    rewritten = router::rewritePath(m, req_.path);
+    path = rewritten;
+  }
+  codec::UpstreamRequest up_req;
+  up_req.method = req_.method;
+  up_req.path = path;
+  up_req.query = req_.query;
+  up_req.host = route.forward.host_rewrite ? std::string_view(*route.forward.host_rewrite) : req_.host;
+  up_req.client_ip = client_ip_;
+  up_req.scheme = listener_.scheme;
+  up_req.request_id = std::string_view(request_id_, sizeof request_id_);
+  if (req_.framing == BodyFraming::kContentLength) {
+    up_req.body = codec::BodyOut::kContentLength;
+    up_req.content_length = req_.content_length;
+  } else if (req_.framing == BodyFraming::kChunked) {
+    up_req.body = codec::BodyOut::kChunked;
+  }
+  std::string up_head;
+  up_head.reserve(512 + req_.head_size);
+  codec::writeUpstreamRequest(up_head, req_, up_req, snap.forwarding,
+                              {&m.vhost->request_headers, &route.request_headers});
+
+  uint64_t hash = 0;
+  if (cc.lb == config::LbPolicy::kRingHash || cc.lb == config::LbPolicy::kMaglev) {
+    if (cc.hash.source == config::HashPolicy::Source::kHeader) {
+      const http::Header* h = req_.find(cc.hash.header);
+      hash = upstream::hashKey(h ? h->value : std::string_view{});
+    } else {
+      hash = upstream::hashKey(client_ip_);
+    }
+  }
+  const bool idempotent = isIdempotent(req_.method);
+  const bool expect_continue = req_.expect_continue && !http10_;
+  bool client_keep = req_.keep_alive;
+  const BodyFraming req_framing = req_.framing;
+  // req_'s views must not be used after the first read below (framing fields are values).
+
+  // --- how much of the body is already here? A body held whole in rbuf_ can be replayed on retry.
+  size_t held = 0;
+  bool body_whole = true;
+  chunks_.reset();
+  if (req_framing == BodyFraming::kContentLength) {
+    held = static_cast<size_t>(std::min<uint64_t>(req_.content_length, rbuf_.size()));
+    body_whole = held == req_.content_length;
+  } else if (req_framing == BodyFraming::kChunked) {
+    http::ChunkedDecoder probe;
+    pieces_.clear();
+    auto r = probe.decode(rbuf_.view(), &pieces_);
+    if (r.error) {
+      linger_ = true;
+      {
+        const bool result = co_await respondError(400, r.reason, false);
+        co_return result;
+      }
+    }
+    uint64_t data = 0;
+    for (auto p : pieces_) data += p.size();
+    if (snap.limits.max_body_bytes && data > snap.limits.max_body_bytes) {
+      linger_ = true;
+      {
+        const bool result = co_await respondError(413, "request body larger than limits.max_body_bytes", false);
+        co_return result;
+      }
+    }
+    body_whole = r.done;
+    if (body_whole) held = r.consumed;
+  }
+
+  const Millis response_timeout = route.forward.timeout.count() ? route.forward.timeout : cc.timeouts.response;
+  const Millis try_timeout = rp.per_try_timeout.count() ? rp.per_try_timeout : response_timeout;
+  uint32_t retries_left = rp.attempts;
+  int exclude = -1;
+  bool force_fresh = false;
+  bool sent_continue = false;
+  uint32_t& active = wrt.active_requests[ci];
+  ++active;
+  bool counted_retry = false;  // this request holds one unit of the cluster's retry budget
+  struct ActiveGuard {
+    uint32_t& active;
+    uint32_t& retries;
+    bool& counted;
+    ~ActiveGuard() {
+      --active;
+      if (counted) --retries;
+    }
+  } active_guard{active, wrt.retries_in_flight[ci], counted_retry};
+
+  // A retry is allowed only if the request can be sent again byte for byte and nobody downstream
+  // could have seen a side effect; the budget stops retry storms when a cluster is melting.
+  auto may_retry = [&](uint8_t cause) -> bool {
+    if (retries_left == 0 || !idempotent || !body_whole) return false;
+    if (!(rp.on & cause)) return false;
+    uint32_t budget = std::max<uint32_t>(3, active * cc.retry_budget_percent / 100);
+    return wrt.retries_in_flight[ci] < budget;
+  };
+
+  for (;;) {
+    const int64_t now = upstream::steadyNowNs();
+    int idx = lb.pick(hash, exclude, [&](size_t i) { return cr.health->available(i, now); });
+    if (idx < 0) {
+      linger_ = !body_whole;
+      {
+        const bool result = co_await respondError(503, "no healthy upstream", client_keep && body_whole);
+        co_return result;
+      }
+    }
+    const size_t ei = static_cast<size_t>(idx);
+    upstream::EndpointPool& pool = *wrt.pools[ci][ei];
+    log_upstream_ = cr.keys[ei];
+    if (!upstream_start_ns_) upstream_start_ns_ = monoNowNs();
+
+    std::unique_ptr<upstream::UpstreamConnection> conn;
+    if (!force_fresh) conn = pool.checkout(coarseNowNs(), cc.timeouts.idle.count() * kNsPerMs);
+    const bool reused = conn != nullptr;
+    force_fresh = false;
+    ++pool.active;
+    lb.onRequestStart(ei);
+    struct EndpointGuard {
+      upstream::EndpointPool& pool;
+      upstream::LoadBalancer& lb;
+      size_t ei;
+      HttpSession* s;
+      ~EndpointGuard() {
+        --pool.active;
+        lb.onRequestEnd(ei);
+        s->upstream_ = nullptr;
+      }
+    } endpoint_guard{pool, lb, ei, this};
+
+    bool retrying = false;
+    auto begin_retry = [&](bool counts) {
+      if (counts) {
+        --retries_left;
+        ++cstats.retries;
+        if (!counted_retry) {
+          counted_retry = true;
+          ++wrt.retries_in_flight[ci];
+        }
+      }
+      exclude = idx;
+      retrying = true;
+    };
+
+    if (!conn) {
+      conn = std::make_unique<upstream::UpstreamConnection>(worker_.ioc());
+      upstream_ = conn.get();
+      setPhase(Phase::kConnecting, cc.timeouts.connect);
+      auto [ec] = co_await conn->socket.async_connect(pool.endpoint(), kNoThrow);
+      if (ec) {
+        const bool timeout = timed_out_;
+        ++cstats.connect_failures;
+        report(m.cluster, idx, upstream::Outcome::kConnectFailure);
+        if (may_retry(static_cast<uint8_t>(config::RetryOn::kConnectFailure))) {
+          begin_retry(true);
+          continue;
+        }
+        linger_ = !body_whole;
+        {
+          const bool result = co_await respondError(timeout ? 504 : 502,
+                                        timeout ? "upstream connect timed out" : "upstream connect failed",
+                                        client_keep && body_whole);
+          co_return result;
+        }
+      }
+      boost::system::error_code oec;
+      conn->socket.set_option(tcp::no_delay(true), oec);
+      ++cstats.connections_opened;
+    }
+    upstream_ = conn.get();
+
+    // --- send the head and the body bytes already held, in one write
+    setPhase(Phase::kWritingUpstream, try_timeout);
+    {
+      std::array<asio::const_buffer, 2> bufs{asio::buffer(up_head), asio::buffer(rbuf_.view().data(), held)};
+      auto [ec, n] = co_await asio::async_write(conn->socket, bufs, kNoThrow);
+      if (ec) {
+        if (reused && !timed_out_ && body_whole) {
+          force_fresh = true;  // a pooled connection the upstream had just closed: try a new one
+          continue;
+        }
+        report(m.cluster, idx, upstream::Outcome::kConnectFailure);
+        linger_ = !body_whole;
+        {
+          const bool result = co_await respondError(timed_out_ ? 504 : 502, "upstream write failed", false);
+          co_return result;
+        }
+      }
+    }
+    if (!body_whole) {
+      rbuf_.consume(held);
+      req_bytes_ += held;
+      held = 0;
+      if (expect_continue && !sent_continue) {
+        sent_continue = true;
+        setPhase(Phase::kWritingClient, snap.timeouts.body_read);
+        {
+          const bool ok_step = co_await writeClient("HTTP/1.1 100 Continue\r\n\r\n");
+          if (!ok_step) co_return false;
+        }
+      }
+      chunks_.reset();  // for chunked nothing was consumed yet: decoding restarts at the body's start
+      bool upstream_failed = false;
+      const bool body_sent = co_await streamRequestBody(*conn, upstream_failed);
+      if (!body_sent) {
+        if (!upstream_failed) co_return false;  // client side failed; already answered or gone
+        // The upstream stopped reading: it may have answered early (e.g. 413); try to relay that.
+      }
+    }
+
+    // --- the response head
+    setPhase(Phase::kWaitingResponse, try_timeout);
+    bool got_head = false;
+    bool any_byte = false;
+    http::ParseError perr;
+    for (;;) {
+      if (!ubuf_.empty()) {
+        any_byte = true;
+        auto st = http::parseResponse(ubuf_.view(), limits_, head_request_, resp_, perr);
+        if (st == http::ParseStatus::kComplete) {
+          if (resp_.status >= 100 && resp_.status < 200 && resp_.status != 101) {
+            ubuf_.consume(resp_.head_size);  // interim responses are not relayed
+            continue;
+          }
+          got_head = true;
+          break;
+        }
+        if (st == http::ParseStatus::kError) break;
+      }
+      size_t room = ubuf_.prepare(4096, limits_.max_request_line + limits_.max_header_bytes + 16);
+      if (room == 0) break;
+      auto [ec, n] = co_await conn->socket.async_read_some(asio::buffer(ubuf_.tail(), room), kNoThrow);
+      if (ec) {
+        if (timed_out_) {
+          ++cstats.timeouts;
+          report(m.cluster, idx, upstream::Outcome::k5xx);
+          ubuf_.clear();
+          if (may_retry(static_cast<uint8_t>(config::RetryOn::kStatus504))) {
+            begin_retry(true);
+            break;
+          }
+          linger_ = !body_whole;
+          {
+            const bool result = co_await respondError(504, "upstream response timed out", false);
+            co_return result;
+          }
+        }
+        if (!any_byte && reused && body_whole && ubuf_.empty()) {
+          force_fresh = true;  // closed while we sent on a pooled connection: one fresh try
+          retrying = true;
+          break;
+        }
+        report(m.cluster, idx, upstream::Outcome::kConnectFailure);
+        ubuf_.clear();
+        if (!any_byte && may_retry(static_cast<uint8_t>(config::RetryOn::kConnectFailure))) {
+          begin_retry(true);
+          break;
+        }
+        linger_ = !body_whole;
+        {
+          const bool result = co_await respondError(502, "upstream closed the connection before responding", false);
+          co_return result;
+        }
+      }
+      ubuf_.commit(n);
+    }
+    if (retrying) continue;
+    if (!got_head) {
+      report(m.cluster, idx, upstream::Outcome::k5xx);
+      ubuf_.clear();
+      linger_ = !body_whole;
+      {
+        const bool result = co_await respondError(502, perr.reason[0] ? perr.reason : "invalid response from upstream", false);
+        co_return result;
+      }
+    }
+
+    const int status = resp_.status;
+    report(m.cluster, idx, status >= 500 ? upstream::Outcome::k5xx : upstream::Outcome::kSuccess);
+    if (status >= 502 && status <= 504) {
+      uint8_t cause = static_cast<uint8_t>(status == 502   ? config::RetryOn::kStatus502
+                                           : status == 503 ? config::RetryOn::kStatus503
+                                                           : config::RetryOn::kStatus504);
+      if (may_retry(cause)) {
+        // Drop this response; keep the connection only if its body is already fully here.
+        bool reusable = resp_.keep_alive && resp_.framing == BodyFraming::kContentLength &&
+                        ubuf_.size() == resp_.head_size + resp_.content_length &&
+                        resp_.content_length <= kMaxRetryDiscard;
+        ubuf_.clear();
+        if (reusable) {
+          ++conn->requests;
+          pool.checkin(std::move(conn), coarseNowNs(), cc.max_idle_connections, cc.timeouts.idle.count() * kNsPerMs);
+        }
+        begin_retry(true);
+        continue;
+      }
+    }
+    upstream_end_ns_ = monoNowNs();
+
+    // --- relay the response
+    rbuf_.consume(held);  // the request body is delivered; what follows is the next request
+    req_bytes_ += held;
+    held = 0;
+    codec::DownstreamResponse down;
+    const bool dechunk = resp_.framing == BodyFraming::kChunked && http10_;
+    if (resp_.framing == BodyFraming::kContentLength) {
+      down.body = codec::BodyOut::kContentLength;
+      down.content_length = resp_.content_length;
+    } else if (resp_.framing == BodyFraming::kChunked && !dechunk) {
+      down.body = codec::BodyOut::kChunked;
+    } else if (resp_.framing == BodyFraming::kNone && (head_request_ || status == 304) &&
+               resp_.find("content-length")) {
+      down.body = codec::BodyOut::kContentLength;  // describes the representation, not this message
+      down.content_length = resp_.content_length;
+    }
+    if (resp_.framing == BodyFraming::kUntilClose || dechunk) client_keep = false;
+    client_keep = client_keep && !worker_.draining();
+    down.keep_alive = client_keep;
+    down.client_http10 = http10_;
+    down.request_id = std::string_view(request_id_, sizeof request_id_);
+    wbuf_.clear();
+    codec::writeDownstreamResponse(wbuf_, resp_, down, {&m.vhost->response_headers, &route.response_headers});
+
+    // Head plus the body bytes that came with it, in one write when the framing allows.
+    const http::BodyFraming rframing = resp_.framing;
+    uint64_t remaining = resp_.content_length;
+    const bool resp_keep = resp_.keep_alive;
+    ubuf_.consume(resp_.head_size);
+    std::string_view first;
+    if (rframing == BodyFraming::kContentLength) {
+      first = ubuf_.view().substr(0, static_cast<size_t>(std::min<uint64_t>(remaining, ubuf_.size())));
+      remaining -= first.size();
+    } else if (rframing == BodyFraming::kUntilClose) {
+      first = ubuf_.view();
+    } else if (rframing == BodyFraming::kChunked && !dechunk) {
+      chunks_.reset();
+      auto r = chunks_.decode(ubuf_.view(), nullptr);
+      if (r.error) {
+        report(m.cluster, idx, upstream::Outcome::k5xx);
+        {
+          const bool result = co_await respondError(502, r.reason, false);
+          co_return result;
+        }
+      }
+      first = ubuf_.view().substr(0, r.consumed);
+      if (r.done) remaining = 0;
+    }
+    setPhase(Phase::kWritingClient, snap.timeouts.body_read);
+    bool ok = co_await writeClient(wbuf_, first);
+    ubuf_.consume(first.size());
+    bool upstream_clean = false;
+    if (ok) {
+      if (rframing == BodyFraming::kNone) {
+        upstream_clean = ubuf_.empty();
+      } else if (rframing == BodyFraming::kChunked && !dechunk && chunks_.done()) {
+        upstream_clean = ubuf_.empty();
+      } else if (rframing == BodyFraming::kContentLength && remaining == 0) {
+        upstream_clean = ubuf_.empty();
+      } else {
+        if (dechunk) chunks_.reset();
+        ok = co_await streamResponseBody(*conn, rframing, remaining, dechunk, upstream_clean);
+      }
+    }
+    if (ok && upstream_clean && resp_keep && rframing != BodyFraming::kUntilClose) {
+      ++conn->requests;
+      pool.checkin(std::move(conn), coarseNowNs(), cc.max_idle_connections, cc.timeouts.idle.count() * kNsPerMs);
+    }
+    ubuf_.clear();
+    finishRequest(status, ok ? std::string_view{} : std::string_view{"response relay interrupted"});
+    co_return ok && client_keep;
+  }
+}
+
+}  // namespace marchproxy::proxy::server

@@ -1,0 +1,110 @@
+#pragma once
+// HttpSession: one downstream HTTP/1.1 connection, from accept to close.
+//
+//   read head ──▶ route ──▶ local response (404, redirect, direct)
+//                      └──▶ forward: pick endpoint ─▶ pooled/new upstream connection ─▶ send head
+//                           (+ body, streamed) ─▶ read response head ─▶ [retry?] ─▶ stream
+//                           response body to the client ─▶ return upstream connection to pool
+//   ──▶ next request on the same connection (keep-alive, pipelining) or close.
+//
+// Lives in its coroutine frame on one worker thread. Deadlines are not timers: the session stores
+// the deadline of the phase it is in, and the worker's sweep (every 100 ms) cancels the sockets of
+// sessions past their deadline; the coroutine then sees operation_aborted with timed_out_ set and
+// answers 408/504 as the phase demands. This costs no syscall per request.
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/base/buffer.h"
+#include "common/http/h1_parser.h"
+#include "proxy/router/route_table.h"
+#include "proxy/upstream/health_state.h"
+#include "proxy/upstream/pool.h"
+
+namespace marchproxy::proxy::server {
+
+class Worker;
+struct ListenerInfo;
+struct WorkerRuntime;
+
+class HttpSession {
+ public:
+  HttpSession(boost::asio::ip::tcp::socket socket, Worker& worker, const ListenerInfo& listener);
+  ~HttpSession();
+  HttpSession(const HttpSession&) = delete;
+  HttpSession& operator=(const HttpSession&) = delete;
+
+  boost::asio::awaitable<void> run();
+
+  // --- called by the worker (same thread)
+  int64_t deadline() const { return deadline_ns_; }
+  void expire();            // the deadline passed: cancel pending I/O
+  void cancelIfIdle();      // draining: idle keep-alive connections close now
+  void forceClose();        // shutdown: close both sockets; the coroutine unwinds
+  HttpSession* prev = nullptr;
+  HttpSession* next = nullptr;
+
+ private:
+  enum class Phase : uint8_t {
+    kIdle, kReadingHead, kReadingBody, kConnecting, kWritingUpstream, kWaitingResponse,
+    kStreamingResponse, kWritingClient, kLingering,
+  };
+
+  boost::asio::awaitable<bool> readHead();
+  boost::asio::awaitable<bool> handleRequest();
+  boost::asio::awaitable<bool> forward(const router::RouteTable::Match& m);
+  // Sends a proxy-generated response. Returns whether the connection may carry another request.
+  boost::asio::awaitable<bool> respondLocal(int status, std::string_view body, bool keep_alive,
+                                            std::string_view location = {},
+                                            std::string_view content_type = "text/plain",
+                                            const router::RouteTable::Match* m = nullptr);
+  boost::asio::awaitable<bool> respondError(int status, std::string_view reason, bool keep_alive);
+  boost::asio::awaitable<bool> streamRequestBody(upstream::UpstreamConnection& up, bool& upstream_failed);
+  boost::asio::awaitable<bool> streamResponseBody(upstream::UpstreamConnection& up, http::BodyFraming framing,
+                                                  uint64_t remaining, bool dechunk, bool& upstream_clean);
+  boost::asio::awaitable<bool> writeClient(std::string_view a, std::string_view b = {});
+  boost::asio::awaitable<void> lingerClose();
+
+  void setPhase(Phase p, std::chrono::milliseconds timeout);
+  void report(int cluster, int endpoint, upstream::Outcome o);
+  void finishRequest(int status, std::string_view error);
+  void closeClient();
+
+  boost::asio::ip::tcp::socket client_;
+  Worker& worker_;
+  const ListenerInfo& listener_;
+  std::shared_ptr<WorkerRuntime> wrt_;
+  std::string client_ip_;
+
+  Buffer rbuf_;  // downstream bytes: request heads, buffered body, pipelined requests
+  Buffer ubuf_;  // upstream bytes: response heads and body
+  std::string wbuf_;  // heads being written
+  http::RequestHead req_;
+  http::ResponseHead resp_;
+  http::ChunkedDecoder chunks_;
+  std::vector<std::string_view> pieces_;
+  http::ParseLimits limits_;
+  upstream::UpstreamConnection* upstream_ = nullptr;  // in use, for cancellation
+
+  Phase phase_ = Phase::kIdle;
+  bool timed_out_ = false;
+  bool linger_ = false;  // unread request body may be pending: close gently
+  int64_t deadline_ns_ = INT64_MAX;
+
+  // Per request, for the access log and metrics.
+  int64_t start_ns_ = 0;
+  int64_t upstream_start_ns_ = 0;
+  int64_t upstream_end_ns_ = 0;
+  uint64_t req_bytes_ = 0;
+  uint64_t resp_bytes_ = 0;
+  char request_id_[32];
+  int route_id_ = -1;
+  std::string log_method_, log_host_, log_path_, log_upstream_;
+  std::string_view log_cluster_;
+  bool http10_ = false;
+  bool head_request_ = false;
+};
+
+}  // namespace marchproxy::proxy::server

@@ -1,0 +1,55 @@
+#include "proxy/server/runtime.h"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <fmt/format.h>
+
+namespace marchproxy::proxy::server {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+Result<std::shared_ptr<const Runtime>> buildRuntime(std::shared_ptr<const config::Snapshot> snapshot,
+                                                    upstream::HealthRegistry& health, uint64_t generation) {
+  auto routes = router::RouteTable::build(snapshot);
+  if (!routes) return Error{routes.error().message};
+  auto rt = std::make_shared<Runtime>();
+  rt->snapshot = snapshot;
+  rt->routes = std::move(routes.value());
+  rt->generation = generation;
+
+  asio::io_context resolver_ctx;  // DNS names in endpoints are resolved once per apply
+  tcp::resolver resolver(resolver_ctx);
+  rt->clusters.resize(snapshot->clusters.size());
+  for (size_t ci = 0; ci < snapshot->clusters.size(); ++ci) {
+    const config::Cluster& c = snapshot->clusters[ci];
+    ClusterRuntime& cr = rt->clusters[ci];
+    cr.config = &c;
+    cr.hash_table = upstream::buildHashTable(c);
+    for (size_t ei = 0; ei < c.endpoints.size(); ++ei) {
+      const config::Endpoint& e = c.endpoints[ei];
+      boost::system::error_code ec;
+      asio::ip::address addr = asio::ip::make_address(e.host, ec);
+      if (ec) {
+        auto results = resolver.resolve(e.host, std::to_string(e.port), ec);
+        if (ec || results.empty()) {
+          return Error{fmt::format("clusters[{}].endpoints[{}]: cannot resolve \"{}\": {}", ci, ei, e.host,
+                                   ec ? ec.message() : "no addresses")};
+        }
+        addr = results.begin()->endpoint().address();
+      }
+      tcp::endpoint ep(addr, e.port);
+      cr.addresses.push_back(ep);
+      cr.keys.push_back(upstream::endpointKey(e));
+      cr.pool_keys.push_back(addr.is_v6() ? fmt::format("[{}]:{}", addr.to_string(), e.port)
+                                          : fmt::format("{}:{}", addr.to_string(), e.port));
+    }
+  }
+  auto healths = health.apply(*snapshot);
+  for (size_t ci = 0; ci < healths.size() && ci < rt->clusters.size(); ++ci) rt->clusters[ci].health = healths[ci];
+  return std::shared_ptr<const Runtime>(std::move(rt));
+}
+
+}  // namespace marchproxy::proxy::server

@@ -1,0 +1,39 @@
+#pragma once
+// Runtime: a validated snapshot compiled for the data plane (route table, resolved endpoints,
+// shared health state). Built on the control thread, then published to every worker as
+// std::shared_ptr<const Runtime>; immutable afterwards. A request keeps the Runtime it started with
+// alive until it finishes, which is what makes a reload hitless.
+#include <boost/asio/ip/tcp.hpp>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/base/result.h"
+#include "config/model.h"
+#include "proxy/router/route_table.h"
+#include "proxy/upstream/health_state.h"
+#include "proxy/upstream/load_balancer.h"
+
+namespace marchproxy::proxy::server {
+
+struct ClusterRuntime {
+  const config::Cluster* config = nullptr;
+  std::vector<boost::asio::ip::tcp::endpoint> addresses;  // by endpoint index
+  std::vector<std::string> keys;                          // as configured: metrics, logs
+  std::vector<std::string> pool_keys;                     // resolved "ip:port": connection pools
+  std::shared_ptr<const upstream::ClusterHealth> health;
+  std::shared_ptr<const upstream::HashTable> hash_table;  // ring_hash / maglev, shared by workers
+};
+
+struct Runtime {
+  std::shared_ptr<const config::Snapshot> snapshot;
+  std::shared_ptr<const router::RouteTable> routes;
+  std::vector<ClusterRuntime> clusters;  // by cluster index in the snapshot
+  uint64_t generation = 0;               // counts applies in this process
+};
+
+// Resolves endpoint names (blocking; control thread only) and compiles the route table.
+Result<std::shared_ptr<const Runtime>> buildRuntime(std::shared_ptr<const config::Snapshot> snapshot,
+                                                    upstream::HealthRegistry& health, uint64_t generation);
+
+}  // namespace marchproxy::proxy::server

@@ -1,0 +1,93 @@
+#pragma once
+// Server: one proxy process. Owns the workers, the listening sockets, the admin endpoint, the
+// health checker and the config life cycle (load, validate, compile, publish; reload on SIGHUP or
+// file change; drain on SIGTERM).
+//
+// Threads:
+//   main (control) — signals, file watch, reloads, active health checks. The only writer of the
+//                    current Runtime and of the listener set.
+//   admin          — /ready /live /metrics /config; asks workers for their counters by posting.
+//   worker-N       — the data plane (worker.h).
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "config/model.h"
+#include "proxy/server/runtime.h"
+#include "proxy/server/worker.h"
+#include "proxy/upstream/health_state.h"
+
+namespace marchproxy::proxy::upstream {
+class HealthChecker;
+}
+
+namespace marchproxy::proxy::server {
+
+struct ServerOptions {
+  std::string config_path;
+  bool watch = true;  // reload when the file changes, as well as on SIGHUP
+};
+
+class Server {
+ public:
+  explicit Server(ServerOptions options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Loads the config, binds, serves until SIGTERM/SIGINT and a drain. Returns the exit code.
+  int run();
+
+  // --- any thread
+  bool admitConnection();
+  void releaseConnection();
+  bool draining() const { return draining_.load(std::memory_order_relaxed); }
+  bool ready() const { return ready_.load(std::memory_order_relaxed) && !draining(); }
+
+  // --- admin thread
+  std::string metricsText();
+  std::string configJson();
+
+ private:
+  struct BoundListener {
+    std::string key;
+    config::Listener config;
+    uint16_t port = 0;  // actual port (kernel-chosen when configured as 0)
+    std::vector<int> fds;  // one per worker, until handed over
+  };
+
+  // Validates, compiles and publishes a snapshot. Returns false (old config keeps serving) with
+  // the reasons logged when anything fails.
+  bool apply(std::shared_ptr<config::Snapshot> snapshot, bool initial);
+  Result<std::vector<BoundListener>> bindNew(const config::Snapshot& s);
+  void reload(const char* why);
+  void startFileWatch();
+  void beginDrain();
+  void startAdmin(const config::Admin& admin);
+
+  ServerOptions options_;
+  boost::asio::io_context control_;
+  boost::asio::io_context admin_ioc_;
+  std::thread admin_thread_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::map<std::string, BoundListener> listeners_;  // by key; control thread only
+  upstream::HealthRegistry health_;
+  std::unique_ptr<upstream::HealthChecker> checker_;
+  std::shared_ptr<const Runtime> current_;  // control thread; admin reads current_atomic_
+  std::atomic<std::shared_ptr<const Runtime>> current_atomic_;
+  uint64_t generation_ = 0;
+  std::atomic<uint32_t> connections_{0};
+  std::atomic<uint32_t> max_connections_{0};
+  std::atomic<bool> draining_{false};
+  std::atomic<bool> ready_{false};
+  std::atomic<uint64_t> reloads_ok_{0};
+  std::atomic<uint64_t> reloads_failed_{0};
+  std::atomic<int64_t> loaded_at_unix_{0};
+  int exit_code_ = 0;
+};
+
+}  // namespace marchproxy::proxy::server

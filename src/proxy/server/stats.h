@@ -1,0 +1,89 @@
+#pragma once
+// Per-worker counters. Plain integers: they are written only by their worker's thread, and read
+// only on that same thread when /metrics asks (the admin thread posts a collect job to each
+// worker and merges the copies). So the request path does no atomic operations at all.
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+
+namespace marchproxy::proxy::server {
+
+struct Histogram {
+  // Seconds; Prometheus-style cumulative buckets are built at render time.
+  static constexpr std::array<double, 14> kBounds{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                  0.1,    0.25,  0.5,    1.0,   2.5,   5.0,  10.0};
+  std::array<uint64_t, kBounds.size() + 1> buckets{};  // last = +Inf
+  uint64_t count = 0;
+  double sum = 0;
+
+  void observe(double seconds) {
+    size_t i = 0;
+    while (i < kBounds.size() && seconds > kBounds[i]) ++i;
+    ++buckets[i];
+    ++count;
+    sum += seconds;
+  }
+  void merge(const Histogram& o) {
+    for (size_t i = 0; i < buckets.size(); ++i) buckets[i] += o.buckets[i];
+    count += o.count;
+    sum += o.sum;
+  }
+};
+
+struct RouteStats {
+  std::string vhost, route, cluster;
+  std::array<uint64_t, 5> by_class{};  // 1xx..5xx
+  Histogram latency;
+  void merge(const RouteStats& o) {
+    for (size_t i = 0; i < by_class.size(); ++i) by_class[i] += o.by_class[i];
+    latency.merge(o.latency);
+  }
+};
+
+struct ClusterStats {
+  uint64_t retries = 0;
+  uint64_t connect_failures = 0;
+  uint64_t timeouts = 0;
+  uint64_t connections_opened = 0;
+  uint64_t active = 0;  // upstream connections in use (gauge, filled at collect time)
+  uint64_t idle = 0;    // idle pooled connections (gauge, filled at collect time)
+  void merge(const ClusterStats& o) {
+    retries += o.retries;
+    connect_failures += o.connect_failures;
+    timeouts += o.timeouts;
+    connections_opened += o.connections_opened;
+    active += o.active;
+    idle += o.idle;
+  }
+};
+
+struct WorkerStats {
+  uint64_t connections_total = 0;
+  uint64_t connections_rejected = 0;  // over limits.max_connections
+  uint64_t connections_active = 0;    // gauge
+  uint64_t requests_total = 0;
+  uint64_t bytes_in = 0;
+  uint64_t bytes_out = 0;
+  std::map<int, uint64_t> local_responses;  // proxy-generated responses by status (errors, redirects)
+  // Keyed by "vhost\x1froute"; entries persist across reloads so counters never go backwards.
+  std::map<std::string, RouteStats> routes;
+  std::map<std::string, ClusterStats> clusters;
+
+  void merge(const WorkerStats& o) {
+    connections_total += o.connections_total;
+    connections_rejected += o.connections_rejected;
+    connections_active += o.connections_active;
+    requests_total += o.requests_total;
+    bytes_in += o.bytes_in;
+    bytes_out += o.bytes_out;
+    for (auto& [k, v] : o.local_responses) local_responses[k] += v;
+    for (auto& [k, v] : o.routes) {
+      auto [it, fresh] = routes.try_emplace(k, v);
+      if (!fresh) it->second.merge(v);
+    }
+    for (auto& [k, v] : o.clusters) clusters[k].merge(v);
+  }
+};
+
+}  // namespace marchproxy::proxy::server

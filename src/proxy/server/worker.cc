@@ -1,0 +1,271 @@
+#include "proxy/server/worker.h"
+
+#include <pthread.h>
+#include <sys/socket.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "common/base/clock.h"
+#include "common/base/log.h"
+#include "proxy/server/http_session.h"
+#include "proxy/server/server.h"
+
+namespace marchproxy::proxy::server {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
+
+struct Worker::Acceptor {
+  Acceptor(asio::io_context& ioc, ListenerInfo i) : acceptor(ioc), info(std::move(i)) {}
+  tcp::acceptor acceptor;
+  ListenerInfo info;
+  bool closed = false;
+};
+
+Worker::Worker(unsigned index, Server& server)
+    : index_(index), server_(server), ioc_(1), rng_(std::random_device{}()), sweep_timer_(ioc_) {
+  work_.emplace(ioc_.get_executor());
+}
+
+Worker::~Worker() { join(); }
+
+void Worker::start() {
+  thread_ = std::thread([this] {
+    char name[16];
+    std::snprintf(name, sizeof name, "worker-%u", index_);
+    pthread_setname_np(pthread_self(), name);
+    asio::co_spawn(ioc_, sweepLoop(), asio::detached);
+    for (;;) {
+      try {
+        ioc_.run();
+        break;
+      } catch (const std::exception& e) {
+        // A handler must never throw; if one does, log it and keep this worker serving.
+        spdlog::error("worker {}: unexpected exception: {}", index_, e.what());
+      }
+    }
+    if (access_log_) access_log_->flush();
+  });
+}
+
+void Worker::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Worker::post(std::function<void()> fn) { asio::post(ioc_, std::move(fn)); }
+
+void Worker::applyRuntime(std::shared_ptr<const Runtime> rt) {
+  auto w = std::make_shared<WorkerRuntime>();
+  const config::Snapshot& snap = *rt->snapshot;
+  w->rt = rt;
+  const size_t nc = rt->clusters.size();
+  w->lbs.reserve(nc);
+  w->pools.resize(nc);
+  w->cluster_stats.resize(nc);
+  w->active_requests.assign(nc, 0);
+  w->retries_in_flight.assign(nc, 0);
+  for (size_t ci = 0; ci < nc; ++ci) {
+    const ClusterRuntime& cr = rt->clusters[ci];
+    w->lbs.push_back(upstream::makeLoadBalancer(*cr.config, rng_(), cr.hash_table));
+    for (size_t ei = 0; ei < cr.addresses.size(); ++ei)
+      w->pools[ci].push_back(pools_.get(cr.addresses[ei], cr.pool_keys[ei]));
+    w->cluster_stats[ci] = &stats_.clusters[cr.config->name];
+  }
+  const router::RouteTable& routes = *rt->routes;
+  w->route_stats.resize(routes.routeCount());
+  for (uint32_t id = 0; id < routes.routeCount(); ++id) {
+    const std::string& vhost = routes.vhostName(routes.routeVhost(id));
+    const std::string& route = routes.routeName(id);
+    RouteStats& rs = stats_.routes[vhost + '\x1f' + route];
+    rs.vhost = vhost;
+    rs.route = route;
+    // Every route of a vhost is a distinct object in the snapshot; find this one's action.
+    const config::VirtualHost& vh = snap.virtual_hosts[routes.routeVhost(id)];
+    for (const config::Route& r : vh.routes)
+      if (r.name == route) rs.cluster = r.action == config::ActionKind::kForward ? r.forward.cluster : "";
+    w->route_stats[id] = &rs;
+  }
+  // Access log: reopen only when its settings change.
+  const std::string want = snap.access_log.enabled ? snap.access_log.path : std::string();
+  if (want != access_log_path_) {
+    if (access_log_) access_log_->flush();
+    access_log_.reset();
+    access_log_path_.clear();
+    if (!want.empty()) {
+      try {
+        access_log_ = std::make_unique<AccessLogWriter>(want);
+        access_log_path_ = want;
+      } catch (const std::exception& e) {
+        spdlog::error("worker {}: access log disabled: {}", index_, e.what());
+      }
+    }
+  }
+  wrt_ = std::move(w);
+}
+
+void Worker::addListener(const std::string& key, int fd, ListenerInfo info) {
+  auto acc = std::make_shared<Acceptor>(ioc_, std::move(info));
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  boost::system::error_code ec;
+  acc->acceptor.assign(ss.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(), fd, ec);
+  if (ec) {
+    spdlog::error("worker {}: listener {}: {}", index_, acc->info.name, ec.message());
+    ::close(fd);
+    return;
+  }
+  if (draining_) {
+    acc->acceptor.close(ec);
+    return;
+  }
+  acceptors_[key] = acc;
+  asio::co_spawn(ioc_, acceptLoop(acc), asio::detached);
+}
+
+void Worker::removeListener(const std::string& key) {
+  auto it = acceptors_.find(key);
+  if (it == acceptors_.end()) return;
+  it->second->closed = true;
+  boost::system::error_code ec;
+  it->second->acceptor.close(ec);
+  acceptors_.erase(it);
+}
+
+asio::awaitable<void> Worker::acceptLoop(std::shared_ptr<Acceptor> acc) {
+  int64_t last_error_log = 0;
+  for (;;) {
+    auto [ec, socket] = co_await acc->acceptor.async_accept(kNoThrow);
+    if (acc->closed || draining_) co_return;
+    if (ec) {
+      if (ec == asio::error::operation_aborted) co_return;
+      // Out of descriptors or memory: say so at most once a second and back off briefly, rather
+      // than spinning on a listener that stays readable.
+      int64_t now = coarseNowNs();
+      if (now - last_error_log > 1'000'000'000) {
+        spdlog::warn("listener {}: accept failed: {}", acc->info.name, ec.message());
+        last_error_log = now;
+      }
+      asio::steady_timer t(ioc_, std::chrono::milliseconds(50));
+      co_await t.async_wait(kNoThrow);
+      continue;
+    }
+    if (!server_.admitConnection()) {
+      ++stats_.connections_rejected;
+      boost::system::error_code cec;
+      socket.close(cec);
+      continue;
+    }
+    asio::co_spawn(
+        ioc_,
+        [](tcp::socket s, Worker* w, std::shared_ptr<Acceptor> a) -> asio::awaitable<void> {
+          struct Release {
+            Server& server;
+            ~Release() { server.releaseConnection(); }
+          } release{w->server()};
+          HttpSession session(std::move(s), *w, a->info);
+          co_await session.run();
+        }(std::move(socket), this, acc),
+        [](std::exception_ptr e) {
+          if (!e) return;
+          try {
+            std::rethrow_exception(e);
+          } catch (const std::exception& ex) {
+            spdlog::error("session ended by an exception: {}", ex.what());
+          }
+        });
+  }
+}
+
+asio::awaitable<void> Worker::sweepLoop() {
+  int ticks = 0;
+  while (!stopped_) {
+    sweep_timer_.expires_after(std::chrono::milliseconds(100));
+    auto [ec] = co_await sweep_timer_.async_wait(kNoThrow);
+    if (stopped_) co_return;
+    const int64_t now = coarseNowNs();
+    // expire() only cancels I/O; completions run later, so the list is stable during the walk.
+    for (HttpSession* s = sessions_head_; s; s = s->next)
+      if (s->deadline() <= now) s->expire();
+    if (++ticks % 10 == 0) {
+      pools_.sweep(now);
+      if (access_log_) access_log_->flush();
+    }
+  }
+}
+
+void Worker::beginDrain() {
+  draining_ = true;
+  for (auto& [key, acc] : acceptors_) {
+    acc->closed = true;
+    boost::system::error_code ec;
+    acc->acceptor.close(ec);
+  }
+  acceptors_.clear();
+  for (HttpSession* s = sessions_head_; s; s = s->next) s->cancelIfIdle();
+}
+
+void Worker::stop() {
+  stopped_ = true;
+  draining_ = true;
+  sweep_timer_.cancel();
+  for (auto& [key, acc] : acceptors_) {
+    acc->closed = true;
+    boost::system::error_code ec;
+    acc->acceptor.close(ec);
+  }
+  acceptors_.clear();
+  for (HttpSession* s = sessions_head_; s; s = s->next) s->forceClose();
+  pools_.closeAll();
+  if (access_log_) access_log_->flush();
+  work_.reset();
+}
+
+void Worker::collect(WorkerStats* out) {
+  *out = stats_;
+  out->connections_active = session_count_;
+  for (auto& [name, cs] : out->clusters) cs.active = cs.idle = 0;
+  if (wrt_) {
+    for (size_t ci = 0; ci < wrt_->rt->clusters.size(); ++ci) {
+      ClusterStats& cs = out->clusters[wrt_->rt->clusters[ci].config->name];
+      for (const auto& p : wrt_->pools[ci]) {
+        cs.active += p->active;
+        cs.idle += p->idle();
+      }
+    }
+  }
+}
+
+void Worker::newRequestId(char (&out)[32]) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  uint64_t a = rng_(), b = rng_();
+  for (int i = 0; i < 16; ++i) {
+    out[i] = kHex[(a >> (i * 4)) & 0xf];
+    out[16 + i] = kHex[(b >> (i * 4)) & 0xf];
+  }
+}
+
+void Worker::link(HttpSession* s) {
+  s->prev = nullptr;
+  s->next = sessions_head_;
+  if (sessions_head_) sessions_head_->prev = s;
+  sessions_head_ = s;
+  ++session_count_;
+  session_gauge_.store(session_count_, std::memory_order_relaxed);
+}
+
+void Worker::unlink(HttpSession* s) {
+  if (s->prev) s->prev->next = s->next;
+  else sessions_head_ = s->next;
+  if (s->next) s->next->prev = s->prev;
+  --session_count_;
+  session_gauge_.store(session_count_, std::memory_order_relaxed);
+}
+
+}  // namespace marchproxy::proxy::server
