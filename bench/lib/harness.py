@@ -36,11 +36,11 @@ TITLES = {
 READING = {
     "h1": ("CPU µs/req is the proxy's utime+stime (all its processes) over the measured run ÷ "
            "requests completed; × columns are the median of per-round ratios (lower is better for "
-           "CPU and p99). The origin-alone row is the physical limit: wrk straight at the origin, "
-           "with the origin moved onto the proxy core for that run. busy % is the target's "
-           "CPU time ÷ wall time: near 100 % means the target was the bottleneck. noise % is the "
-           "share of the proxy core used by processes outside the benchmark. origin conns /1k req "
-           "should be ~0 for a proxy (its pool to the origin is reused)."),
+           "CPU and p99). The origin-alone row is the physical limit: wrk straight at the origin. "
+           "busy % is the target's CPU time ÷ wall time, then the whole proxy core's: a core near "
+           "100 % was the bottleneck (by default the origin shares it, the load generator does "
+           "not). noise % is the share of the proxy core used by processes outside the benchmark. "
+           "origin conns /1k req should be ~0 for a proxy (its pool to the origin is reused)."),
     "h1-new": ("Every request opens a new client connection (wrk -H 'Connection: close'); the "
                "proxies keep their pool to the origin. wrk's latency starts when the request is "
                "written, so it excludes the TCP handshake. CPU µs/req includes accept, the "
@@ -74,7 +74,9 @@ def parse_args(argv):
                          "less than 15%% busy with other work (0: don't wait)")
     ap.add_argument("--proxy-cpus", default="0", help="taskset list for the proxy under test")
     ap.add_argument("--load-cpus", default="1", help="taskset list for wrk / the idle client")
-    ap.add_argument("--origin-cpus", default="1", help="taskset list for the origin")
+    ap.add_argument("--origin-cpus", default=None,
+                    help="taskset list for the origin (default: the proxy's, so that the load "
+                         "generator keeps a core to itself and is never the limit)")
     ap.add_argument("--marchproxy", default=None,
                     help="binary (default build/bench/src/cli/marchproxy, then build/release/...)")
     ap.add_argument("--results-dir", default=None,
@@ -91,6 +93,8 @@ class Bench:
         self.registry = PidRegistry(args.pid_file)
         self.proxy_cpus = procstat.parse_cpus(args.proxy_cpus)
         self.load_cpus = procstat.parse_cpus(args.load_cpus)
+        if args.origin_cpus is None:
+            args.origin_cpus = args.proxy_cpus
         self.origin_cpus = procstat.parse_cpus(args.origin_cpus)
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         # Same connection limits for every server: enough for the idle scenario, within the fd limit.
@@ -101,6 +105,7 @@ class Bench:
         self.proxies = {}  # name -> Target
         self.skipped = {}  # name -> reason
         self.broken = set()  # proxies that failed to start once: not started again
+        self.quiet_timeouts = 0  # consecutive quiet waits that ran out
 
     # ------------------------------------------------------------ setup
     def check_layout(self):
@@ -117,11 +122,17 @@ class Bench:
 
     def layout(self):
         a = self.args
+        if self.load_cpus & self.proxy_cpus:
+            shares = "all of them sharing CPUs"
+        elif self.origin_cpus & self.proxy_cpus:
+            shares = "sharing the proxy's core, so the load generator's core has headroom"
+        elif self.origin_cpus & self.load_cpus:
+            shares = "sharing the load generator's core"
+        else:
+            shares = "on a core of its own"
         return (f"pinning: proxy under test on CPU {a.proxy_cpus} ({a.workers} worker(s)); "
-                f"load generator on CPU {a.load_cpus}; origin (1 nginx worker) on CPU "
-                f"{a.origin_cpus}, sharing a core with the "
-                f"{'load generator' if self.origin_cpus & self.load_cpus else 'proxy' if self.origin_cpus & self.proxy_cpus else 'nothing'}"
-                f"; for the origin-alone row the origin is moved onto CPU {a.proxy_cpus}")
+                f"origin (1 nginx worker) on CPU {a.origin_cpus}, {shares}; load generator on "
+                f"CPU {a.load_cpus}; the origin-alone row runs the origin on CPU {a.proxy_cpus}")
 
     def layout_short(self):
         a = self.args
@@ -172,9 +183,16 @@ class Bench:
         return v
 
     def wait_quiet(self):
-        """Wait (bounded) for the proxy core(s) to be idle: other tenants' bursts pass by."""
-        if self.args.quiet_wait <= 0:
-            return None
+        """Wait (bounded) for the proxy core(s) to be idle: other tenants' bursts pass by.
+
+        Returns the busy % seen last. After two waits in a row that ran out, the machine is
+        taken to be busy for good and the remaining runs no longer wait.
+        """
+        if self.args.quiet_wait <= 0 or self.quiet_timeouts >= 2:
+            c0 = procstat.core_ticks(self.proxy_cpus)
+            time.sleep(0.2)
+            d = procstat.core_delta(c0, procstat.core_ticks(self.proxy_cpus))
+            return 100 * d["busy"] / d["total"] if d["total"] else None
         deadline = time.monotonic() + self.args.quiet_wait
         waited = False
         while True:
@@ -183,9 +201,12 @@ class Bench:
             d = procstat.core_delta(c0, procstat.core_ticks(self.proxy_cpus))
             busy = 100 * d["busy"] / d["total"] if d["total"] else 0.0
             if busy < 15 or time.monotonic() > deadline:
+                self.quiet_timeouts = 0 if busy < 15 else self.quiet_timeouts + 1
                 if waited:
                     log(f"    proxy core {'quiet' if busy < 15 else 'still busy'} "
                         f"({busy:.0f}% busy)")
+                if self.quiet_timeouts == 2:
+                    log("    the machine stays busy: not waiting before the next runs")
                 return busy
             if not waited:
                 log(f"    proxy core {busy:.0f}% busy with other work: waiting up to "
@@ -270,6 +291,7 @@ class Bench:
             "loadgen_cpu_us_per_req": w["cpu_s"] * 1e6 / reqs if reqs else None,
             "loadgen_util_pct": 100 * w["cpu_s"] / (wall * len(self.load_cpus)) if wall else None,
             "steal_pct": 100 * core["steal"] / core["total"] if core["total"] else None,
+            "core_busy_pct": 100 * core["busy"] / core["total"] if core["total"] else None,
             "wrk_command": shlex.join(cmd),
             "wrk_text": w["text"],
         })
@@ -289,6 +311,9 @@ class Bench:
             if run["load_core_foreign_pct"] > 10:
                 run["noise"].append(f"{run['load_core_foreign_pct']:.0f}% of the load generator's "
                                     f"core went to other processes")
+        if run["loadgen_util_pct"] and run["loadgen_util_pct"] > 90:
+            run["noise"].append(f"the load generator was {run['loadgen_util_pct']:.0f}% busy: "
+                                f"req/s and latency describe wrk more than the target")
         if n_err:
             detail = ", ".join(f"{k} {v}" for k, v in errs.items() if v)
             run["flags"].append(f"{n_err} errors ({detail}; status = non-2xx/3xx responses)")

@@ -14,7 +14,7 @@ import subprocess
 # Metrics summarised per scenario kind: (key in a run, unit shown in the table).
 WRK_METRICS = ["rps", "p50_ms", "p99_ms", "cpu_us_per_req", "util_pct", "hwm_mib",
                "origin_conns_per_1k", "origin_cpu_us_per_req", "loadgen_cpu_us_per_req",
-               "loadgen_util_pct", "foreign_pct", "load_core_foreign_pct", "steal_pct"]
+               "loadgen_util_pct", "core_busy_pct", "foreign_pct", "load_core_foreign_pct", "steal_pct"]
 IDLE_METRICS = ["rss_per_conn_bytes", "pss_per_conn_bytes", "rss_before_mib", "rss_idle_mib",
                 "hwm_mib", "setup_cpu_us_per_conn", "setup_seconds"]
 # Metrics compared with the peers round by round.
@@ -150,7 +150,8 @@ def table(scenario, summary, params):
                 f"{_med(s, 'setup_cpu_us_per_conn')} | {_med(s, 'hwm_mib')} | {_errors(s)} |")
         return "\n".join(rows)
     rows.append("| target | req/s | p50 ms | p99 ms | CPU µs/req (min–max) | × nginx | × HAProxy | "
-                "× origin | p99 × nginx | p99 × HAProxy | busy % | noise % | peak RSS MiB | "
+                "× origin | p99 × nginx | p99 × HAProxy | busy %: target / core | noise % | "
+                "peak RSS MiB | "
                 "origin conns /1k req | errors |")
     rows.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for t, s in summary.items():
@@ -159,7 +160,8 @@ def table(scenario, summary, params):
             f"{_med(s, 'p99_ms', 3)} | {_range(s, 'cpu_us_per_req', 2)} | "
             f"{_ratio(s, 'cpu_us_per_req', 'nginx')} | {_ratio(s, 'cpu_us_per_req', 'haproxy')} | "
             f"{_ratio(s, 'cpu_us_per_req', 'origin')} | {_ratio(s, 'p99_ms', 'nginx')} | "
-            f"{_ratio(s, 'p99_ms', 'haproxy')} | {_med(s, 'util_pct', 0)} | "
+            f"{_ratio(s, 'p99_ms', 'haproxy')} | {_med(s, 'util_pct', 0)} / "
+            f"{_med(s, 'core_busy_pct', 0)} | "
             f"{_med(s, 'foreign_pct', 0)} | {_med(s, 'hwm_mib')} | "
             f"{_med(s, 'origin_conns_per_1k', 2)} | {_errors(s)} |")
     return "\n".join(rows)

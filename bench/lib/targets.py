@@ -6,6 +6,7 @@ written to the run's pid file (pid + start time) so bench/run.sh can end them by
 Python process dies first.
 """
 
+import hashlib
 import os
 import re
 import shutil
@@ -320,8 +321,13 @@ class MarchProxy(Target):
 
     def __init__(self, work_dir, registry, cpus, values, binary):
         super().__init__(work_dir, registry, cpus, values)
-        self.binary = binary
+        self.source_binary = binary
         self.build_type = _cmake_build_type(binary)
+        # Run a copy: a rebuild of the build tree during the run must not change what we measure.
+        self.binary = os.path.join(work_dir, "marchproxy-bin")
+        shutil.copy2(binary, self.binary)
+        with open(self.binary, "rb") as f:
+            self.sha256 = hashlib.sha256(f.read()).hexdigest()
 
     def command(self):
         return [self.binary, "ingress", "--config", self.config_path]
@@ -329,7 +335,8 @@ class MarchProxy(Target):
     def version(self):
         v = _run_text([self.binary, "version"]).split("\n")[0]
         git = _run_text(["git", "-C", REPO_DIR, "describe", "--always", "--dirty"])
-        return f"{v} (git {git}, build type {self.build_type or 'unknown'}, {self.binary})"
+        return (f"{v} (git {git}, build type {self.build_type or 'unknown'}, "
+                f"copied from {self.source_binary}, sha256 {self.sha256[:16]})")
 
 
 PROXIES = {"nginx": Nginx, "haproxy": HAProxy, "marchproxy": MarchProxy}

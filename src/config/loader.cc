@@ -1,9 +1,5 @@
 #include "config/loader.h"
 
-#include <yaml-cpp/depthguard.h>
-#include <yaml-cpp/eventhandler.h>
-#include <yaml-cpp/yaml.h>
-
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -11,38 +7,27 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <functional>
 #include <optional>
 #include <unordered_set>
 
 #include "common/base/duration.h"
 #include "config/syntax.h"
+#include "config/yaml_document.h"
 
 namespace marchproxy::config {
 
 namespace {
 
 using namespace syntax;  // NOLINT(google-build-using-namespace)
+using yaml::Value;
 
-// yaml-cpp shares one node between an anchor and its aliases; walking the tree expands them. The
+// A document shares one value between an anchor and its aliases; walking the tree expands them. The
 // budget keeps a few hundred bytes of "billion laughs" from costing minutes and gigabytes: a file
 // without aliases has fewer values than bytes, so it never comes near; aliases may add a fixed
 // allowance on top.
 constexpr size_t kExtraValues = 100'000;
 constexpr size_t kExtraBytes = 4 << 20;
-
-SourcePos posOf(const YAML::Mark& m) {
-  if (m.line < 0 || m.is_null()) return {};
-  return {m.line + 1, m.column + 1};
-}
-
-// A quoted scalar is a string even when it reads like a number: `port: "80"` is a type error, as it
-// would be in JSON.
-bool isQuoted(const YAML::Node& n) {
-  const std::string& tag = n.Tag();
-  return tag == "!" || tag == "tag:yaml.org,2002:str";
-}
 
 std::optional<bool> parseBool(std::string_view s) {
   for (auto t : {"true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"})
@@ -57,23 +42,27 @@ bool looksNumeric(std::string_view s) {
   if (s.empty()) return false;
   bool digit = false;
   for (char c : s) {
-    if (c >= '0' && c <= '9') digit = true;
-    else if (c != '.' && c != 'e' && c != 'E' && c != '-' && c != '+') return false;
+    if (c >= '0' && c <= '9')
+      digit = true;
+    else if (c != '.' && c != 'e' && c != 'E' && c != '-' && c != '+')
+      return false;
   }
   return digit;
 }
 
-std::string describe(const YAML::Node& n) {
-  switch (n.Type()) {
-    case YAML::NodeType::Null: return "null";
-    case YAML::NodeType::Sequence: return "a list";
-    case YAML::NodeType::Map: return "a map";
-    case YAML::NodeType::Scalar:
-      if (isQuoted(n)) return "a string";
-      if (parseBool(n.Scalar())) return "a boolean";
-      if (looksNumeric(n.Scalar())) return "a number";
+std::string describe(const Value& n) {
+  switch (n.kind) {
+    case Value::Kind::kNull:
+      return "null";
+    case Value::Kind::kList:
+      return "a list";
+    case Value::Kind::kMap:
+      return "a map";
+    case Value::Kind::kScalar:
+      if (n.quoted) return "a string";
+      if (parseBool(n.text)) return "a boolean";
+      if (looksNumeric(n.text)) return "a number";
       return "a string";
-    case YAML::NodeType::Undefined: break;
   }
   return "nothing";
 }
@@ -98,7 +87,9 @@ std::string child(const std::string& path, std::string_view key) {
   return path.empty() ? std::string(key) : path + "." + std::string(key);
 }
 
-std::string index(const std::string& path, size_t i) { return fmt::format("{}[{}]", path, i); }
+std::string index(const std::string& path, size_t i) {
+  return fmt::format("{}[{}]", path, i);
+}
 
 // Text -> Snapshot, one field at a time. Reports type errors, unknown and missing fields and
 // syntax that can only be judged on the text (a port written "80a"); rules on values that a
@@ -106,44 +97,43 @@ std::string index(const std::string& path, size_t i) { return fmt::format("{}[{}
 // same checks. Every value read records its position, so validate() can point at its line too.
 class Decoder {
  public:
-  Decoder(size_t textBytes, detail::PositionIndex& positions, std::vector<Diagnostic>& errors,
-          std::vector<Diagnostic>& warnings, std::unordered_set<std::string>& poisoned)
-      : positions_(positions),
+  Decoder(const yaml::Document& doc, size_t textBytes, detail::PositionIndex& positions,
+          std::vector<Diagnostic>& errors, std::unordered_set<std::string>& poisoned)
+      : doc_(doc),
+        positions_(positions),
         errors_(errors),
-        warnings_(warnings),
         poisoned_(poisoned),
         maxValues_(textBytes + kExtraValues),
         maxBytes_(2 * textBytes + kExtraBytes) {}
 
-  void snapshot(const YAML::Node& root, Snapshot& s, std::optional<std::string>& declaredHash) {
-    rootPos_ = posOf(root.Mark());
+  void snapshot(const Value& root, Snapshot& s, std::optional<std::string>& declaredHash) {
+    rootPos_ = root.pos;
     positions_[""] = rootPos_;
-    if (!root.IsMap()) {
+    if (!root.isMap()) {
       errorAt(rootPos_, "", "expected a map of settings at the top level, got " + describe(root));
       return;
     }
-    auto seen = map(root, "",
-                    {
-                        {"schema", [&](auto& n, auto& p) { integer(n, p, s.schema, 0, 1'000'000); }, true},
-                        {"version", [&](auto& n, auto& p) { integer(n, p, s.version, 0, UINT64_MAX); }},
-                        {"hash", [&](auto& n, auto& p) { str(n, p, declaredHash.emplace()); }},
-                        {"workers", [&](auto& n, auto& p) { integer(n, p, s.workers, 0, kMaxWorkers); }},
-                        {"admin", [&](auto& n, auto& p) { admin(n, p, s.admin); }},
-                        {"listeners", [&](auto& n, auto& p) { listeners(n, p, s.listeners); }, true},
-                        {"virtual_hosts", [&](auto& n, auto& p) { virtualHosts(n, p, s.virtual_hosts); }},
-                        {"clusters", [&](auto& n, auto& p) { clusters(n, p, s.clusters); }},
-                        {"forwarding", [&](auto& n, auto& p) { forwarding(n, p, s.forwarding); }},
-                        {"limits", [&](auto& n, auto& p) { limits(n, p, s.limits); }},
-                        {"timeouts", [&](auto& n, auto& p) { timeouts(n, p, s.timeouts); }},
-                        {"access_log", [&](auto& n, auto& p) { accessLog(n, p, s.access_log); }},
-                    },
-                    {{"schema", "missing required field \"schema\" (add \"schema: 1\" at the top)"}},
-                    /*extensions=*/true);
-    (void)seen;
+    map(root, "",
+        {
+            {"schema", [&](auto& n, auto& p) { integer(n, p, s.schema, 0, 1'000'000); }, true},
+            {"version", [&](auto& n, auto& p) { integer(n, p, s.version, 0, UINT64_MAX); }},
+            {"hash", [&](auto& n, auto& p) { str(n, p, declaredHash.emplace()); }},
+            {"workers", [&](auto& n, auto& p) { integer(n, p, s.workers, 0, kMaxWorkers); }},
+            {"admin", [&](auto& n, auto& p) { admin(n, p, s.admin); }},
+            {"listeners", [&](auto& n, auto& p) { listeners(n, p, s.listeners); }, true},
+            {"virtual_hosts", [&](auto& n, auto& p) { virtualHosts(n, p, s.virtual_hosts); }},
+            {"clusters", [&](auto& n, auto& p) { clusters(n, p, s.clusters); }},
+            {"forwarding", [&](auto& n, auto& p) { forwarding(n, p, s.forwarding); }},
+            {"limits", [&](auto& n, auto& p) { limits(n, p, s.limits); }},
+            {"timeouts", [&](auto& n, auto& p) { timeouts(n, p, s.timeouts); }},
+            {"access_log", [&](auto& n, auto& p) { accessLog(n, p, s.access_log); }},
+        },
+        {{"schema", "missing required field \"schema\" (add \"schema: 1\" at the top)"}},
+        /*extensions=*/true);
   }
 
  private:
-  using Reader = std::function<void(const YAML::Node&, const std::string&)>;
+  using Reader = std::function<void(const Value&, const std::string&)>;
   struct Field {
     std::string_view key;
     Reader read;
@@ -160,7 +150,8 @@ class Decoder {
   }
 
   // The keys of `group` present, in file order (so "the second one" is the second the user wrote).
-  static std::vector<std::string_view> among(const Seen& seen, std::initializer_list<std::string_view> group) {
+  static std::vector<std::string_view> among(const Seen& seen,
+                                             std::initializer_list<std::string_view> group) {
     std::vector<std::string_view> out;
     for (auto k : seen)
       if (std::find(group.begin(), group.end(), k) != group.end()) out.push_back(k);
@@ -188,11 +179,13 @@ class Decoder {
     errors_.push_back({at.line, at.column, path, std::move(message)});
     if (poison) poisoned_.insert(path);
   }
-  void error(const std::string& path, std::string message) { errorAt(locate(path), path, std::move(message)); }
+  void error(const std::string& path, std::string message) {
+    errorAt(locate(path), path, std::move(message));
+  }
 
-  void typeError(const YAML::Node& n, const std::string& path, std::string_view expected) {
+  void typeError(const Value& n, const std::string& path, std::string_view expected) {
     std::string message = fmt::format("expected {}, got {}", expected, describe(n));
-    if (n.IsNull()) message += " (write \"\" for an empty string, [] for an empty list)";
+    if (n.isNull()) message += " (write \"\" for an empty string, [] for an empty list)";
     error(path, std::move(message));
   }
 
@@ -214,24 +207,23 @@ class Decoder {
   // Walks a map once, in file order: unknown keys (with a suggestion), duplicate keys and missing
   // required keys are errors; each known key's value is handed to its reader. Returns the keys
   // present, or nullopt when the node is not a map.
-  std::optional<Seen> map(const YAML::Node& n, const std::string& path, const std::vector<Field>& fields,
+  std::optional<Seen> map(const Value& n, const std::string& path, const std::vector<Field>& fields,
                           const std::vector<CustomMissing>& customMissing = {}, bool extensions = false) {
-    if (!n.IsMap()) {
+    if (!n.isMap()) {
       typeError(n, path, "a map");
       return std::nullopt;
     }
     Seen seen;
-    for (auto it = n.begin(); it != n.end(); ++it) {
+    for (size_t i = 0; i + 1 < n.items.size(); i += 2) {
       if (!spend(1, 0)) return seen;
-      // Copies, not references: the iterator's pair is a temporary (yaml-cpp nodes are handles).
-      const YAML::Node key = it->first;
-      const YAML::Node value = it->second;
-      SourcePos keyPos = posOf(key.Mark());
-      if (!key.IsScalar()) {
+      const Value& key = doc_.at(n.items[i]);
+      const Value& value = doc_.at(n.items[i + 1]);
+      SourcePos keyPos = key.pos;
+      if (!key.isScalar()) {
         errorAt(keyPos, path, "keys must be plain names, got " + describe(key), false);
         continue;
       }
-      const std::string& name = key.Scalar();
+      const std::string& name = key.text;
       // Top-level "x-" keys are ignored: the place for YAML anchors that other sections alias.
       if (extensions && name.starts_with("x-")) continue;
       auto field = std::find_if(fields.begin(), fields.end(), [&](const Field& f) { return f.key == name; });
@@ -239,8 +231,10 @@ class Decoder {
         std::vector<std::string_view> keys;
         for (const auto& f : fields) keys.push_back(f.key);
         std::string message = "unknown field " + quote(name);
-        if (auto guess = closest(name, keys)) message += fmt::format(" (did you mean \"{}\"?)", *guess);
-        else message += " (expected one of: " + join(keys, "or") + ")";
+        if (auto guess = closest(name, keys))
+          message += fmt::format(" (did you mean \"{}\"?)", *guess);
+        else
+          message += " (expected one of: " + join(keys, "or") + ")";
         errorAt(keyPos, path, std::move(message), false);
         continue;
       }
@@ -252,8 +246,7 @@ class Decoder {
       std::string childPath = child(path, field->key);
       // A null value's own mark points past the key, often at the next line; the key is where the
       // user looks.
-      SourcePos valuePos = posOf(value.Mark());
-      positions_[childPath] = value.IsNull() || valuePos.line == 0 ? keyPos : valuePos;
+      positions_[childPath] = value.isNull() || value.pos.line == 0 ? keyPos : value.pos;
       field->read(value, childPath);
     }
     SourcePos mapPos = locate(path);
@@ -269,31 +262,30 @@ class Decoder {
     return seen;
   }
 
-  using Each = std::function<void(const YAML::Node&, const std::string&, size_t)>;
-  bool list(const YAML::Node& n, const std::string& path, const Each& each) {
-    if (!n.IsSequence()) {
+  using Each = std::function<void(const Value&, const std::string&, size_t)>;
+  bool list(const Value& n, const std::string& path, const Each& each) {
+    if (!n.isList()) {
       typeError(n, path, "a list");
       return false;
     }
-    size_t i = 0;
-    for (auto it = n.begin(); it != n.end(); ++it, ++i) {
+    for (size_t i = 0; i < n.items.size(); ++i) {
       if (!spend(1, 0)) return false;
       std::string p = index(path, i);
-      SourcePos at = posOf(it->Mark());
-      positions_[p] = at.line ? at : locate(path);
-      each(*it, p, i);
+      const Value& e = doc_.at(n.items[i]);
+      positions_[p] = e.pos.line ? e.pos : locate(path);
+      each(e, p, i);
     }
     return true;
   }
 
   // ------------------------------------------------------------ scalars
 
-  bool str(const YAML::Node& n, const std::string& path, std::string& out) {
-    if (!n.IsScalar()) {
+  bool str(const Value& n, const std::string& path, std::string& out) {
+    if (!n.isScalar()) {
       typeError(n, path, "a string");
       return false;
     }
-    const std::string& v = n.Scalar();
+    const std::string& v = n.text;
     if (!spend(0, v.size())) return false;
     if (!isValidUtf8(v)) {
       error(path, "must be valid UTF-8");
@@ -303,16 +295,16 @@ class Decoder {
     return true;
   }
 
-  bool optStr(const YAML::Node& n, const std::string& path, std::optional<std::string>& out) {
+  bool optStr(const Value& n, const std::string& path, std::optional<std::string>& out) {
     std::string v;
     if (!str(n, path, v)) return false;
     out = std::move(v);
     return true;
   }
 
-  bool boolean(const YAML::Node& n, const std::string& path, bool& out) {
+  bool boolean(const Value& n, const std::string& path, bool& out) {
     std::optional<bool> b;
-    if (n.IsScalar() && !isQuoted(n)) b = parseBool(n.Scalar());
+    if (n.isScalar() && !n.quoted) b = parseBool(n.text);
     if (!b) {
       typeError(n, path, "a boolean (true or false)");
       return false;
@@ -322,13 +314,13 @@ class Decoder {
   }
 
   template <typename T>
-  bool integer(const YAML::Node& n, const std::string& path, T& out, uint64_t lo, uint64_t hi,
+  bool integer(const Value& n, const std::string& path, T& out, uint64_t lo, uint64_t hi,
                std::string_view rangeMessage = {}) {
-    if (!n.IsScalar() || isQuoted(n)) {
+    if (!n.isScalar() || n.quoted) {
       typeError(n, path, "a number");
       return false;
     }
-    std::string_view s = n.Scalar();
+    std::string_view s = n.text;
     bool negative = false;
     if (!s.empty() && s[0] == '-') {
       negative = true;
@@ -336,8 +328,10 @@ class Decoder {
     }
     bool digits = !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
     if (!digits) {
-      if (looksNumeric(n.Scalar())) error(path, "must be a whole number");
-      else typeError(n, path, "a number");
+      if (looksNumeric(n.text))
+        error(path, "must be a whole number");
+      else
+        typeError(n, path, "a number");
       return false;
     }
     uint64_t v = 0;
@@ -345,24 +339,27 @@ class Decoder {
     for (char c : s) {
       if (overflow) break;
       auto d = static_cast<uint64_t>(c - '0');
-      if (v > (UINT64_MAX - d) / 10) overflow = true;
-      else v = v * 10 + d;
+      if (v > (UINT64_MAX - d) / 10)
+        overflow = true;
+      else
+        v = v * 10 + d;
     }
     bool isZero = !overflow && v == 0;
     if (overflow || (negative && !isZero) || v < lo || v > hi) {
-      error(path, rangeMessage.empty() ? fmt::format("must be between {} and {}", lo, hi) : std::string(rangeMessage));
+      error(path, rangeMessage.empty() ? fmt::format("must be between {} and {}", lo, hi)
+                                       : std::string(rangeMessage));
       return false;
     }
     out = static_cast<T>(v);
     return true;
   }
 
-  bool duration(const YAML::Node& n, const std::string& path, Millis& out) {
-    if (!n.IsScalar()) {
+  bool duration(const Value& n, const std::string& path, Millis& out) {
+    if (!n.isScalar()) {
       typeError(n, path, "a duration like \"5s\"");
       return false;
     }
-    const std::string& s = n.Scalar();
+    const std::string& s = n.text;
     if (s == "0") {
       out = Millis{0};
       return true;
@@ -379,13 +376,13 @@ class Decoder {
   }
 
   template <typename T>
-  bool size(const YAML::Node& n, const std::string& path, T& out) {
-    if (!n.IsScalar()) {
+  bool size(const Value& n, const std::string& path, T& out) {
+    if (!n.isScalar()) {
       typeError(n, path, "a size like 65536 or 64KiB");
       return false;
     }
     std::string why;
-    auto v = parseSize(n.Scalar(), &why);
+    auto v = parseSize(n.text, &why);
     if (!v) {
       error(path, why);
       return false;
@@ -399,7 +396,7 @@ class Decoder {
   }
 
   template <typename E, size_t N>
-  bool enumeration(const YAML::Node& n, const std::string& path, const Spelling<E> (&table)[N], E& out,
+  bool enumeration(const Value& n, const std::string& path, const Spelling<E> (&table)[N], E& out,
                    std::string_view what) {
     std::string s;
     if (!str(n, path, s)) return false;
@@ -409,16 +406,18 @@ class Decoder {
     }
     auto names = namesOf(table);
     std::string message = fmt::format("unknown {} {}", what, quote(s));
-    if (auto guess = closest(s, names)) message += fmt::format(" (did you mean \"{}\"?)", *guess);
-    else message += " (expected " + join(names, "or") + ")";
+    if (auto guess = closest(s, names))
+      message += fmt::format(" (did you mean \"{}\"?)", *guess);
+    else
+      message += " (expected " + join(names, "or") + ")";
     error(path, std::move(message));
     return false;
   }
 
-  void strList(const YAML::Node& n, const std::string& path, std::vector<std::string>& out,
+  void strList(const Value& n, const std::string& path, std::vector<std::string>& out,
                std::string (*normalise)(std::string_view) = nullptr) {
     out.clear();
-    list(n, path, [&](const YAML::Node& e, const std::string& p, size_t) {
+    list(n, path, [&](const Value& e, const std::string& p, size_t) {
       std::string v;
       str(e, p, v);  // keep the slot even on error, so indexes match the file
       out.push_back(normalise != nullptr ? normalise(v) : std::move(v));
@@ -426,9 +425,9 @@ class Decoder {
   }
 
   // `admin: off` is short for `admin: {enabled: false}` (and `on` for enabled with defaults).
-  bool toggle(const YAML::Node& n, bool& enabled) {
-    if (n.IsScalar() && !isQuoted(n)) {
-      if (auto b = parseBool(n.Scalar())) {
+  bool toggle(const Value& n, bool& enabled) {
+    if (n.isScalar() && !n.quoted) {
+      if (auto b = parseBool(n.text)) {
         enabled = *b;
         return true;
       }
@@ -438,7 +437,7 @@ class Decoder {
 
   // ------------------------------------------------------------ sections
 
-  void admin(const YAML::Node& n, const std::string& path, Admin& a) {
+  void admin(const Value& n, const std::string& path, Admin& a) {
     if (toggle(n, a.enabled)) return;
     map(n, path,
         {
@@ -449,13 +448,13 @@ class Decoder {
   }
 
   // Listen addresses are IP literals; "[::1]" is accepted and stored as "::1".
-  void address(const YAML::Node& n, const std::string& path, std::string& out) {
+  void address(const Value& n, const std::string& path, std::string& out) {
     if (!str(n, path, out)) return;
     if (out.size() >= 2 && out.front() == '[' && out.back() == ']') out = out.substr(1, out.size() - 2);
   }
 
-  void listeners(const YAML::Node& n, const std::string& path, std::vector<Listener>& out) {
-    list(n, path, [&](const YAML::Node& e, const std::string& p, size_t) {
+  void listeners(const Value& n, const std::string& path, std::vector<Listener>& out) {
+    list(n, path, [&](const Value& e, const std::string& p, size_t) {
       Listener& l = out.emplace_back();
       l.pos = locate(p);
       map(e, p,
@@ -467,31 +466,32 @@ class Decoder {
     });
   }
 
-  void headerValues(const YAML::Node& n, const std::string& path, std::vector<HeaderValue>& out) {
-    if (n.IsMap()) {
-      size_t i = 0;
-      for (auto it = n.begin(); it != n.end(); ++it, ++i) {
+  void headerValues(const Value& n, const std::string& path, std::vector<HeaderValue>& out) {
+    if (n.isMap()) {
+      for (size_t k = 0; k + 1 < n.items.size(); k += 2) {
         if (!spend(1, 0)) return;
-        std::string p = index(path, i);
-        positions_[p] = posOf(it->first.Mark());
+        std::string p = index(path, k / 2);
+        const Value& name = doc_.at(n.items[k]);
+        const Value& value = doc_.at(n.items[k + 1]);
+        positions_[p] = name.pos;
         HeaderValue& h = out.emplace_back();
-        if (!it->first.IsScalar()) {
-          error(p, "header names must be strings, got " + describe(it->first));
+        if (!name.isScalar()) {
+          error(p, "header names must be strings, got " + describe(name));
           continue;
         }
-        h.name = it->first.Scalar();
+        h.name = name.text;
         if (!spend(0, h.name.size())) return;
-        str(it->second, p, h.value);
+        str(value, p, h.value);
       }
       return;
     }
-    if (!n.IsSequence()) {
+    if (!n.isList()) {
       typeError(n, path, "a map of header name to value");
       return;
     }
     // The list form, [{name: set-cookie, value: a}, {name: set-cookie, value: b}], can add one
     // header twice, which a map cannot express.
-    list(n, path, [&](const YAML::Node& e, const std::string& p, size_t) {
+    list(n, path, [&](const Value& e, const std::string& p, size_t) {
       HeaderValue& h = out.emplace_back();
       map(e, p,
           {
@@ -501,7 +501,7 @@ class Decoder {
     });
   }
 
-  void headerRewrite(const YAML::Node& n, const std::string& path, HeaderRewrite& h) {
+  void headerRewrite(const Value& n, const std::string& path, HeaderRewrite& h) {
     map(n, path,
         {
             {"remove", [&](auto& v, auto& p) { strList(v, p, h.remove); }},
@@ -510,32 +510,35 @@ class Decoder {
         });
   }
 
-  void virtualHosts(const YAML::Node& n, const std::string& path, std::vector<VirtualHost>& out) {
-    list(n, path, [&](const YAML::Node& e, const std::string& p, size_t) {
+  void virtualHosts(const Value& n, const std::string& path, std::vector<VirtualHost>& out) {
+    list(n, path, [&](const Value& e, const std::string& p, size_t) {
       VirtualHost& v = out.emplace_back();
       v.pos = locate(p);
       std::vector<char> named;  // per route: name written in the file
       bool hasName = false;
-      auto seen = map(e, p,
-                      {
-                          {"name", [&](auto& x, auto& q) { hasName = str(x, q, v.name); }, true},
-                          {"domains", [&](auto& x, auto& q) { strList(x, q, v.domains, toLower); }, true},
-                          {"request_headers", [&](auto& x, auto& q) { headerRewrite(x, q, v.request_headers); }},
-                          {"response_headers", [&](auto& x, auto& q) { headerRewrite(x, q, v.response_headers); }},
-                          {"routes", [&](auto& x, auto& q) { routes(x, q, v.routes, named); }, true},
-                      });
+      auto seen =
+          map(e, p,
+              {
+                  {"name", [&](auto& x, auto& q) { hasName = str(x, q, v.name); }, true},
+                  {"domains", [&](auto& x, auto& q) { strList(x, q, v.domains, toLower); }, true},
+                  {"request_headers", [&](auto& x, auto& q) { headerRewrite(x, q, v.request_headers); }},
+                  {"response_headers", [&](auto& x, auto& q) { headerRewrite(x, q, v.response_headers); }},
+                  {"routes", [&](auto& x, auto& q) { routes(x, q, v.routes, named); }, true},
+              });
       if (!seen) return;
       // Routes may come before the name in the file, so default their names once the map is read.
       for (size_t i = 0; i < v.routes.size() && i < named.size(); ++i) {
         if (named[i]) continue;
-        if (hasName) v.routes[i].name = fmt::format("{}/{}", v.name, i);
-        else poisoned_.insert(fmt::format("{}.routes[{}].name", p, i));
+        if (hasName)
+          v.routes[i].name = fmt::format("{}/{}", v.name, i);
+        else
+          poisoned_.insert(fmt::format("{}.routes[{}].name", p, i));
       }
     });
   }
 
-  void routes(const YAML::Node& n, const std::string& path, std::vector<Route>& out, std::vector<char>& named) {
-    list(n, path, [&](const YAML::Node& e, const std::string& p, size_t) {
+  void routes(const Value& n, const std::string& path, std::vector<Route>& out, std::vector<char>& named) {
+    list(n, path, [&](const Value& e, const std::string& p, size_t) {
       Route& r = out.emplace_back();
       named.push_back(0);
       r.pos = locate(p);
@@ -543,33 +546,34 @@ class Decoder {
     });
   }
 
-  void route(const YAML::Node& n, const std::string& path, Route& r, char& named) {
-    auto seen = map(n, path,
-                    {
-                        {"name",
-                         [&](auto& v, auto& p) {
-                           named = 1;
-                           str(v, p, r.name);
-                         }},
-                        {"match", [&](auto& v, auto& p) { match(v, p, r.match); }},
-                        {"forward",
-                         [&](auto& v, auto& p) {
-                           r.action = ActionKind::kForward;
-                           forward(v, p, r.forward);
-                         }},
-                        {"redirect",
-                         [&](auto& v, auto& p) {
-                           r.action = ActionKind::kRedirect;
-                           redirect(v, p, r.redirect);
-                         }},
-                        {"direct_response",
-                         [&](auto& v, auto& p) {
-                           r.action = ActionKind::kDirectResponse;
-                           direct(v, p, r.direct);
-                         }},
-                        {"request_headers", [&](auto& v, auto& p) { headerRewrite(v, p, r.request_headers); }},
-                        {"response_headers", [&](auto& v, auto& p) { headerRewrite(v, p, r.response_headers); }},
-                    });
+  void route(const Value& n, const std::string& path, Route& r, char& named) {
+    auto seen =
+        map(n, path,
+            {
+                {"name",
+                 [&](auto& v, auto& p) {
+                   named = 1;
+                   str(v, p, r.name);
+                 }},
+                {"match", [&](auto& v, auto& p) { match(v, p, r.match); }},
+                {"forward",
+                 [&](auto& v, auto& p) {
+                   r.action = ActionKind::kForward;
+                   forward(v, p, r.forward);
+                 }},
+                {"redirect",
+                 [&](auto& v, auto& p) {
+                   r.action = ActionKind::kRedirect;
+                   redirect(v, p, r.redirect);
+                 }},
+                {"direct_response",
+                 [&](auto& v, auto& p) {
+                   r.action = ActionKind::kDirectResponse;
+                   direct(v, p, r.direct);
+                 }},
+                {"request_headers", [&](auto& v, auto& p) { headerRewrite(v, p, r.request_headers); }},
+                {"response_headers", [&](auto& v, auto& p) { headerRewrite(v, p, r.response_headers); }},
+            });
     if (!seen) {
       poisoned_.insert(path);
       return;
@@ -579,13 +583,14 @@ class Decoder {
       error(path, "needs an action: one of \"forward\", \"redirect\" or \"direct_response\"");
       poisoned_.insert(path + ".forward");
     } else if (actions.size() > 1) {
-      error(child(path, actions[1]), fmt::format("a route has one action, and this one already has \"{}\"", actions[0]));
+      error(child(path, actions[1]),
+            fmt::format("a route has one action, and this one already has \"{}\"", actions[0]));
     }
   }
 
-  void match(const YAML::Node& n, const std::string& path, RouteMatch& m) {
+  void match(const Value& n, const std::string& path, RouteMatch& m) {
     auto pathField = [&](PathMatch kind) {
-      return [&, kind](const YAML::Node& v, const std::string& p) {
+      return [&, kind](const Value& v, const std::string& p) {
         m.path_kind = kind;
         str(v, p, m.path);
       };
@@ -601,15 +606,16 @@ class Decoder {
     if (!seen) return;
     std::vector<std::string_view> kinds = among(*seen, {"prefix", "exact", "regex"});
     if (kinds.size() > 1)
-      error(child(path, kinds[1]), fmt::format("a route matches one path kind, and this one already has \"{}\"", kinds[0]));
+      error(child(path, kinds[1]),
+            fmt::format("a route matches one path kind, and this one already has \"{}\"", kinds[0]));
   }
 
-  void headerMatches(const YAML::Node& n, const std::string& path, std::vector<HeaderMatch>& out) {
-    list(n, path, [&](const YAML::Node& e, const std::string& p, size_t) {
+  void headerMatches(const Value& n, const std::string& path, std::vector<HeaderMatch>& out) {
+    list(n, path, [&](const Value& e, const std::string& p, size_t) {
       HeaderMatch& h = out.emplace_back();
       bool present = true;
       auto valueField = [&](HeaderMatch::Kind kind) {
-        return [&, kind](const YAML::Node& v, const std::string& q) {
+        return [&, kind](const Value& v, const std::string& q) {
           h.kind = kind;
           str(v, q, h.value);
         };
@@ -638,11 +644,12 @@ class Decoder {
       if (kinds.empty())
         error(p, "needs one of \"exact\", \"prefix\", \"regex\" or \"present\"");
       else if (kinds.size() > 1)
-        error(child(p, kinds[1]), fmt::format("a header match has one kind, and this one already has \"{}\"", kinds[0]));
+        error(child(p, kinds[1]),
+              fmt::format("a header match has one kind, and this one already has \"{}\"", kinds[0]));
     });
   }
 
-  void forward(const YAML::Node& n, const std::string& path, ForwardAction& f) {
+  void forward(const Value& n, const std::string& path, ForwardAction& f) {
     map(n, path,
         {
             {"cluster", [&](auto& v, auto& p) { str(v, p, f.cluster); }, true},
@@ -653,7 +660,7 @@ class Decoder {
         });
   }
 
-  void retries(const YAML::Node& n, const std::string& path, RetryPolicy& r) {
+  void retries(const Value& n, const std::string& path, RetryPolicy& r) {
     map(n, path,
         {
             {"attempts", [&](auto& v, auto& p) { integer(v, p, r.attempts, 0, kMaxRetryAttempts); }},
@@ -662,30 +669,35 @@ class Decoder {
         });
   }
 
-  void retryOn(const YAML::Node& n, const std::string& path, uint8_t& on) {
+  void retryOn(const Value& n, const std::string& path, uint8_t& on) {
     on = 0;
-    list(n, path, [&](const YAML::Node& e, const std::string& p, size_t) {
-      if (!e.IsScalar()) {  // 502 may be written as a number or a string
+    list(n, path, [&](const Value& e, const std::string& p, size_t) {
+      if (!e.isScalar()) {  // 502 may be written as a number or a string
         typeError(e, p, "a retry condition");
         return;
       }
-      std::string name = e.Scalar();
+      std::string name = e.text;
       if (auto v = valueOf(kRetryOn, name)) {
         on |= static_cast<uint8_t>(*v);
         return;
       }
       auto names = namesOf(kRetryOn);
       std::string message = "unknown retry condition " + quote(name);
-      if (auto guess = closest(name, names)) message += fmt::format(" (did you mean \"{}\"?)", *guess);
-      else message += " (expected " + join(names, "or") + ")";
+      if (auto guess = closest(name, names))
+        message += fmt::format(" (did you mean \"{}\"?)", *guess);
+      else
+        message += " (expected " + join(names, "or") + ")";
       error(p, std::move(message));
     });
   }
 
-  void redirect(const YAML::Node& n, const std::string& path, RedirectAction& d) {
+  void redirect(const Value& n, const std::string& path, RedirectAction& d) {
     map(n, path,
         {
-            {"code", [&](auto& v, auto& p) { integer(v, p, d.code, 0, 999, "must be one of 301, 302, 303, 307, 308"); }},
+            {"code",
+             [&](auto& v, auto& p) {
+               integer(v, p, d.code, 0, 999, "must be one of 301, 302, 303, 307, 308");
+             }},
             {"scheme",
              [&](auto& v, auto& p) {
                if (optStr(v, p, d.scheme)) d.scheme = toLower(*d.scheme);
@@ -697,7 +709,7 @@ class Decoder {
         });
   }
 
-  void direct(const YAML::Node& n, const std::string& path, DirectResponseAction& d) {
+  void direct(const Value& n, const std::string& path, DirectResponseAction& d) {
     map(n, path,
         {
             {"status", [&](auto& v, auto& p) { integer(v, p, d.status, 200, 599); }},
@@ -706,14 +718,15 @@ class Decoder {
         });
   }
 
-  void clusters(const YAML::Node& n, const std::string& path, std::vector<Cluster>& out) {
-    list(n, path, [&](const YAML::Node& e, const std::string& p, size_t) {
+  void clusters(const Value& n, const std::string& path, std::vector<Cluster>& out) {
+    list(n, path, [&](const Value& e, const std::string& p, size_t) {
       Cluster& c = out.emplace_back();
       c.pos = locate(p);
       map(e, p,
           {
               {"name", [&](auto& v, auto& q) { str(v, q, c.name); }, true},
-              {"lb", [&](auto& v, auto& q) { enumeration(v, q, kLbPolicies, c.lb, "load-balancing policy"); }},
+              {"lb",
+               [&](auto& v, auto& q) { enumeration(v, q, kLbPolicies, c.lb, "load-balancing policy"); }},
               {"hash_on", [&](auto& v, auto& q) { hashOn(v, q, c.hash); }},
               {"endpoints", [&](auto& v, auto& q) { endpoints(v, q, c.endpoints); }, true},
               {"health_check", [&](auto& v, auto& q) { healthCheck(v, q, c.health_check); }},
@@ -721,12 +734,13 @@ class Decoder {
               {"timeouts", [&](auto& v, auto& q) { clusterTimeouts(v, q, c.timeouts); }},
               {"max_idle_connections",
                [&](auto& v, auto& q) { integer(v, q, c.max_idle_connections, 0, kMaxIdleConnections); }},
-              {"retry_budget_percent", [&](auto& v, auto& q) { integer(v, q, c.retry_budget_percent, 0, 100); }},
+              {"retry_budget_percent",
+               [&](auto& v, auto& q) { integer(v, q, c.retry_budget_percent, 0, 100); }},
           });
     });
   }
 
-  void hashOn(const YAML::Node& n, const std::string& path, HashPolicy& h) {
+  void hashOn(const Value& n, const std::string& path, HashPolicy& h) {
     std::string s;
     if (!str(n, path, s)) return;
     if (s == kHashOnSourceIp) {
@@ -739,15 +753,15 @@ class Decoder {
     }
   }
 
-  void endpoints(const YAML::Node& n, const std::string& path, std::vector<Endpoint>& out) {
-    list(n, path, [&](const YAML::Node& e, const std::string& p, size_t) {
+  void endpoints(const Value& n, const std::string& path, std::vector<Endpoint>& out) {
+    list(n, path, [&](const Value& e, const std::string& p, size_t) {
       Endpoint& ep = out.emplace_back();
       ep.pos = locate(p);
-      if (e.IsScalar()) {
+      if (e.isScalar()) {
         endpointAddress(e, p, ep);
         return;
       }
-      if (!e.IsMap()) {
+      if (!e.isMap()) {
         typeError(e, p, "\"host:port\" or a map with address and weight");
         return;
       }
@@ -760,7 +774,7 @@ class Decoder {
     });
   }
 
-  void endpointAddress(const YAML::Node& n, const std::string& path, Endpoint& ep) {
+  void endpointAddress(const Value& n, const std::string& path, Endpoint& ep) {
     // Errors name the endpoint's host or port, as validate() does for snapshots built in code, and
     // an endpoint whose address cannot be read is left out of validate()'s checks altogether.
     std::string endpointPath = path.ends_with(".address") ? path.substr(0, path.size() - 8) : path;
@@ -777,11 +791,13 @@ class Decoder {
       return;
     }
     ep.host = toLower(hp->host);
-    if (hp->port < 1 || hp->port > 65535) error(endpointPath + ".port", "must be between 1 and 65535");
-    else ep.port = static_cast<uint16_t>(hp->port);
+    if (hp->port < 1 || hp->port > 65535)
+      error(endpointPath + ".port", "must be between 1 and 65535");
+    else
+      ep.port = static_cast<uint16_t>(hp->port);
   }
 
-  void healthCheck(const YAML::Node& n, const std::string& path, HealthCheck& h) {
+  void healthCheck(const Value& n, const std::string& path, HealthCheck& h) {
     map(n, path,
         {
             {"type", [&](auto& v, auto& p) { enumeration(v, p, kHealthTypes, h.type, "health check type"); }},
@@ -789,22 +805,25 @@ class Decoder {
             {"host", [&](auto& v, auto& p) { str(v, p, h.host); }},
             {"interval", [&](auto& v, auto& p) { duration(v, p, h.interval); }},
             {"timeout", [&](auto& v, auto& p) { duration(v, p, h.timeout); }},
-            {"healthy_threshold", [&](auto& v, auto& p) { integer(v, p, h.healthy_threshold, 1, kMaxThreshold); }},
+            {"healthy_threshold",
+             [&](auto& v, auto& p) { integer(v, p, h.healthy_threshold, 1, kMaxThreshold); }},
             {"unhealthy_threshold",
              [&](auto& v, auto& p) { integer(v, p, h.unhealthy_threshold, 1, kMaxThreshold); }},
             {"expected_status", [&](auto& v, auto& p) { expectedStatus(v, p, h.expected_statuses); }},
         });
   }
 
-  void expectedStatus(const YAML::Node& n, const std::string& path, std::vector<std::pair<int, int>>& out) {
+  void expectedStatus(const Value& n, const std::string& path, std::vector<std::pair<int, int>>& out) {
     out.clear();
-    list(n, path, [&](const YAML::Node& e, const std::string& p, size_t) {
-      auto bad = [&] { error(p, "expected a status like 200, a range like \"200-299\" or a class like \"2xx\""); };
-      if (!e.IsScalar()) {
+    list(n, path, [&](const Value& e, const std::string& p, size_t) {
+      auto bad = [&] {
+        error(p, "expected a status like 200, a range like \"200-299\" or a class like \"2xx\"");
+      };
+      if (!e.isScalar()) {
         bad();
         return;
       }
-      std::string_view s = e.Scalar();
+      std::string_view s = e.text;
       auto number = [](std::string_view d) -> int {
         if (d.size() != 3 || !std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; }))
           return -1;
@@ -828,7 +847,7 @@ class Decoder {
     });
   }
 
-  void outlier(const YAML::Node& n, const std::string& path, OutlierDetection& o) {
+  void outlier(const Value& n, const std::string& path, OutlierDetection& o) {
     if (toggle(n, o.enabled)) return;
     map(n, path,
         {
@@ -838,11 +857,12 @@ class Decoder {
              [&](auto& v, auto& p) { integer(v, p, o.consecutive_connect_failures, 0, 1'000'000); }},
             {"base_ejection_time", [&](auto& v, auto& p) { duration(v, p, o.base_ejection_time); }},
             {"max_ejection_time", [&](auto& v, auto& p) { duration(v, p, o.max_ejection_time); }},
-            {"max_ejection_percent", [&](auto& v, auto& p) { integer(v, p, o.max_ejection_percent, 0, 100); }},
+            {"max_ejection_percent",
+             [&](auto& v, auto& p) { integer(v, p, o.max_ejection_percent, 0, 100); }},
         });
   }
 
-  void clusterTimeouts(const YAML::Node& n, const std::string& path, ClusterTimeouts& t) {
+  void clusterTimeouts(const Value& n, const std::string& path, ClusterTimeouts& t) {
     map(n, path,
         {
             {"connect", [&](auto& v, auto& p) { duration(v, p, t.connect); }},
@@ -851,7 +871,7 @@ class Decoder {
         });
   }
 
-  void forwarding(const YAML::Node& n, const std::string& path, Forwarding& f) {
+  void forwarding(const Value& n, const std::string& path, Forwarding& f) {
     map(n, path,
         {
             {"x_forwarded_for", [&](auto& v, auto& p) { boolean(v, p, f.x_forwarded_for); }},
@@ -862,10 +882,11 @@ class Decoder {
         });
   }
 
-  void limits(const YAML::Node& n, const std::string& path, Limits& l) {
+  void limits(const Value& n, const std::string& path, Limits& l) {
     map(n, path,
         {
-            {"max_connections", [&](auto& v, auto& p) { integer(v, p, l.max_connections, 1, kMaxConnections); }},
+            {"max_connections",
+             [&](auto& v, auto& p) { integer(v, p, l.max_connections, 1, kMaxConnections); }},
             {"max_request_line", [&](auto& v, auto& p) { size(v, p, l.max_request_line); }},
             {"max_header_bytes", [&](auto& v, auto& p) { size(v, p, l.max_header_bytes); }},
             {"max_headers", [&](auto& v, auto& p) { integer(v, p, l.max_headers, 1, kMaxHeaders); }},
@@ -873,7 +894,7 @@ class Decoder {
         });
   }
 
-  void timeouts(const YAML::Node& n, const std::string& path, Timeouts& t) {
+  void timeouts(const Value& n, const std::string& path, Timeouts& t) {
     map(n, path,
         {
             {"header_read", [&](auto& v, auto& p) { duration(v, p, t.header_read); }},
@@ -883,7 +904,7 @@ class Decoder {
         });
   }
 
-  void accessLog(const YAML::Node& n, const std::string& path, AccessLog& a) {
+  void accessLog(const Value& n, const std::string& path, AccessLog& a) {
     if (toggle(n, a.enabled)) return;
     // Writing the section at all means "log": enabled defaults to true here.
     a.enabled = true;
@@ -894,9 +915,9 @@ class Decoder {
         });
   }
 
+  const yaml::Document& doc_;
   detail::PositionIndex& positions_;
   std::vector<Diagnostic>& errors_;
-  std::vector<Diagnostic>& warnings_;
   std::unordered_set<std::string>& poisoned_;
   SourcePos rootPos_;
   const size_t maxValues_, maxBytes_;
@@ -923,29 +944,15 @@ void sortByPosition(std::vector<Diagnostic>& d) {
   });
 }
 
-// Counts documents without building nodes; remembers where the last one started.
-class DocumentCounter : public YAML::EventHandler {
- public:
-  void OnDocumentStart(const YAML::Mark& mark) override { lastStart = mark; }
-  void OnDocumentEnd() override {}
-  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
-  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
-  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
-  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
-  void OnSequenceEnd() override {}
-  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
-  void OnMapEnd() override {}
-
-  YAML::Mark lastStart;
-};
-
 LoadResult fileError(std::string message) {
   LoadResult r;
   r.errors.push_back({0, 0, "", std::move(message)});
   return r;
 }
 
-std::string mib(uint64_t bytes) { return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20)); }
+std::string mib(uint64_t bytes) {
+  return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20));
+}
 
 }  // namespace
 
@@ -954,51 +961,22 @@ LoadResult loadString(std::string_view text) {
   if (text.size() > kMaxConfigBytes)
     return fileError(fmt::format("the config is {}; the limit is 16 MiB", mib(text.size())));
 
-  YAML::Node root;
-  try {
-    std::string copy(text);
-    // Pass 1, events only: is there exactly one document? YAML::LoadAll cannot be used for this:
-    // on some malformed input (`"a", "b"` at the top level) yaml-cpp 0.7 yields empty documents
-    // forever without consuming input. Asking for at most two documents is always finite.
-    {
-      std::istringstream in(copy);
-      YAML::Parser parser(in);
-      DocumentCounter counter;
-      parser.HandleNextDocument(counter);
-      if (parser.HandleNextDocument(counter)) {
-        SourcePos at = posOf(counter.lastStart);
-        result.errors.push_back({at.line, at.column, "",
-                                 "unexpected content after the end of the document (only one YAML document is "
-                                 "allowed)"});
-        return result;
-      }
-    }
-    // Pass 2: the node tree, with marks.
-    root = YAML::Load(copy);
-  } catch (const YAML::DeepRecursion& e) {
-    // yaml-cpp's own message for this one is "bad file".
-    SourcePos at = posOf(e.mark);
-    result.errors.push_back({at.line, at.column, "", fmt::format("nesting is too deep (over {} levels)", e.depth())});
-    return result;
-  } catch (const YAML::Exception& e) {
-    SourcePos at = posOf(e.mark);
-    result.errors.push_back({at.line, at.column, "", "invalid YAML: " + e.msg});
-    return result;
-  } catch (const std::exception& e) {
-    result.errors.push_back({0, 0, "", std::string("invalid YAML: ") + e.what()});
+  yaml::Document doc;
+  if (auto error = doc.parse(text)) {
+    result.errors.push_back(std::move(*error));
     return result;
   }
-  if (root.IsNull()) return fileError("the config is empty");
+  if (doc.root() == nullptr || doc.root()->isNull()) return fileError("the config is empty");
 
   Snapshot s;
   detail::PositionIndex positions;
   std::unordered_set<std::string> poisoned;
   std::optional<std::string> declaredHash;
   try {
-    Decoder(text.size(), positions, result.errors, result.warnings, poisoned).snapshot(root, s, declaredHash);
+    Decoder(doc, text.size(), positions, result.errors, poisoned).snapshot(*doc.root(), s, declaredHash);
   } catch (const std::exception& e) {
-    // yaml-cpp throws on node access in ways the decoder is written to avoid; should one slip
-    // through, it is a rejected config, not a crashed proxy.
+    // Nothing in the decoder throws by design (bad_alloc aside); should something slip through, it
+    // is a rejected config, not a crashed proxy.
     result.errors.push_back({0, 0, "", std::string("internal error while reading the config: ") + e.what()});
   }
 
@@ -1016,9 +994,9 @@ LoadResult loadString(std::string_view text) {
   result.snapshot->hash = computeHash(*result.snapshot);
   if (declaredHash && !declaredHash->empty() && *declaredHash != result.snapshot->hash) {
     SourcePos at = positions.contains("hash") ? positions["hash"] : SourcePos{};
-    result.warnings.push_back({at.line, at.column, "hash",
-                               "does not match the content (computed " + result.snapshot->hash +
-                                   "); the computed hash is used"});
+    result.warnings.push_back(
+        {at.line, at.column, "hash",
+         "does not match the content (computed " + result.snapshot->hash + "); the computed hash is used"});
   }
   return result;
 }

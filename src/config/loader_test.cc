@@ -3,12 +3,12 @@
 #include "config/loader.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <unistd.h>
 
 namespace marchproxy::config {
 namespace {
@@ -127,9 +127,8 @@ TEST(Loader, AliasExpansionIsBounded) {
     return out + "]";
   };
   std::string yaml = "x-m: &m " + repeat("GET", 100) + "\n" +
-                     "x-r: &r {match: {methods: *m}, direct_response: {status: 200}}\n" +
-                     "x-rs: &rs " + repeat("*r", 100) + "\n" +
-                     "x-v: &v {name: v, domains: [a], routes: *rs}\n" +
+                     "x-r: &r {match: {methods: *m}, direct_response: {status: 200}}\n" + "x-rs: &rs " +
+                     repeat("*r", 100) + "\n" + "x-v: &v {name: v, domains: [a], routes: *rs}\n" +
                      "schema: 1\nlisteners: [{name: a, port: 1}]\nvirtual_hosts: " + repeat("*v", 300) + "\n";
   ASSERT_LT(yaml.size(), 4000u);
   auto start = std::chrono::steady_clock::now();
@@ -139,7 +138,8 @@ TEST(Loader, AliasExpansionIsBounded) {
   EXPECT_EQ(r.errors[0].toString(), "line 1: the config is too large once YAML aliases are expanded");
 
   // Text is budgeted too: one 4 KiB string aliased 10,000 times.
-  yaml = "x-s: &s " + std::string(4096, 'a') + "\nx-d: &d " + repeat("*s", 100) + "\nx-v: &v {name: v, domains: *d, routes: [{direct_response: {status: 200}}]}\n" +
+  yaml = "x-s: &s " + std::string(4096, 'a') + "\nx-d: &d " + repeat("*s", 100) +
+         "\nx-v: &v {name: v, domains: *d, routes: [{direct_response: {status: 200}}]}\n" +
          "schema: 1\nlisteners: [{name: a, port: 1}]\nvirtual_hosts: " + repeat("*v", 100) + "\n";
   r = loadString(yaml);
   ASSERT_EQ(r.errors.size(), 1u) << all(r.errors);
@@ -163,6 +163,13 @@ clusters: [{name: app, endpoints: [127.0.0.1:9001]}]
 )");
   ASSERT_NE(s, nullptr);
   EXPECT_EQ(s->virtual_hosts[1].request_headers.set[0].value, "prod");
+}
+
+TEST(Loader, AliasCyclesAndUnknownAnchorsAreErrors) {
+  EXPECT_EQ(onlyError("schema: 1\nx-a: &a [1, *a]\nlisteners: [{name: a, port: 1}]\n"),
+            "line 2: an alias refers to a node that contains it");
+  EXPECT_EQ(onlyError("schema: 1\nlisteners: *nope\n"),
+            "line 2: invalid YAML: the referenced anchor is not defined");
 }
 
 TEST(Loader, InputOver16MiBIsRefused) {
@@ -209,7 +216,8 @@ TEST(Loader, MessagesEscapeAndShortenUserText) {
   std::string longName(200, 'n');
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\n" + longName + ": 1\n"),
             "line 3: unknown field \"" + std::string(80, 'n') +
-                "...\" (expected one of: schema, version, hash, workers, admin, listeners, virtual_hosts, clusters, "
+                "...\" (expected one of: schema, version, hash, workers, admin, listeners, virtual_hosts, "
+                "clusters, "
                 "forwarding, limits, timeouts or access_log)");
 }
 
@@ -237,14 +245,16 @@ TEST(Loader, WrongTypes) {
             "line 2: listeners[0].name: expected a string, got a list");
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\nforwarding: {via: 1}\n"),
             "line 3: forwarding.via: expected a boolean (true or false), got a number");
-  EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\nadmin: {address: 127.0.0.1, port: true}\n"),
-            "line 3: admin.port: expected a number, got a boolean");
+  EXPECT_EQ(
+      onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\nadmin: {address: 127.0.0.1, port: true}\n"),
+      "line 3: admin.port: expected a number, got a boolean");
 }
 
 TEST(Loader, NullValueIsReportedAtItsKey) {
-  EXPECT_EQ(onlyError("schema: 1\nlisteners:\n  - name:\n    port: 1\n"),
-            "line 3: listeners[0].name: expected a string, got null (write \"\" for an empty string, [] for an "
-            "empty list)");
+  EXPECT_EQ(
+      onlyError("schema: 1\nlisteners:\n  - name:\n    port: 1\n"),
+      "line 3: listeners[0].name: expected a string, got null (write \"\" for an empty string, [] for an "
+      "empty list)");
 }
 
 TEST(Loader, NumberRanges) {
@@ -296,11 +306,14 @@ clusters:
     yaml += "\n";
     return onlyError(yaml);
   };
-  EXPECT_EQ(endpoint("127.0.0.1"), "line 7: clusters[0].endpoints[0]: \"127.0.0.1\" is missing a port (write host:port)");
-  EXPECT_EQ(endpoint("\"::1:80\""),
-            "line 7: clusters[0].endpoints[0]: \"::1:80\" is not host:port (IPv6 addresses need brackets, like "
-            "[::1]:8080)");
-  EXPECT_EQ(endpoint("app:http"), "line 7: clusters[0].endpoints[0]: \"app:http\" has a port that is not a number");
+  EXPECT_EQ(endpoint("127.0.0.1"),
+            "line 7: clusters[0].endpoints[0]: \"127.0.0.1\" is missing a port (write host:port)");
+  EXPECT_EQ(
+      endpoint("\"::1:80\""),
+      "line 7: clusters[0].endpoints[0]: \"::1:80\" is not host:port (IPv6 addresses need brackets, like "
+      "[::1]:8080)");
+  EXPECT_EQ(endpoint("app:http"),
+            "line 7: clusters[0].endpoints[0]: \"app:http\" has a port that is not a number");
   EXPECT_EQ(endpoint("\"bad host:80\""),
             "line 7: clusters[0].endpoints[0].host: \"bad host\" is not an IP address or host name");
   EXPECT_EQ(endpoint("{address: a.internal:80, weight: 0}"),
@@ -370,9 +383,10 @@ TEST(Loader, Sizes) {
             "line 3: limits.max_header_bytes: is too large");
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\nlimits: {max_request_line: 100}\n"),
             "line 3: limits.max_request_line: must be between 256 and 1MiB");
-  EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\nlimits: {max_request_line: 16KiB, "
-                      "max_header_bytes: 8KiB}\n"),
-            "line 3: limits.max_header_bytes: must not be smaller than max_request_line (the head includes it)");
+  EXPECT_EQ(
+      onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\nlimits: {max_request_line: 16KiB, "
+                "max_header_bytes: 8KiB}\n"),
+      "line 3: limits.max_header_bytes: must not be smaller than max_request_line (the head includes it)");
 }
 
 TEST(Loader, EnumSuggestions) {
@@ -384,7 +398,8 @@ clusters:
     lb: round-robin
     endpoints: [10.0.0.1:80]
 )"),
-            "line 6: clusters[0].lb: unknown load-balancing policy \"round-robin\" (did you mean \"round_robin\"?)");
+            "line 6: clusters[0].lb: unknown load-balancing policy \"round-robin\" (did you mean "
+            "\"round_robin\"?)");
   EXPECT_EQ(onlyError(R"(schema: 1
 listeners: [{name: http, port: 8080}]
 virtual_hosts: [{name: app, domains: ["*"], routes: [{forward: {cluster: a}}]}]
@@ -443,15 +458,19 @@ virtual_hosts:
     domains: ["*"]
     routes:
 )";
-  EXPECT_EQ(onlyError(head + "      - match: { prefix: /a, exact: /b }\n        direct_response: {status: 200}\n"),
-            "line 7: virtual_hosts[0].routes[0].match.exact: a route matches one path kind, and this one already "
-            "has \"prefix\"");
+  EXPECT_EQ(
+      onlyError(head + "      - match: { prefix: /a, exact: /b }\n        direct_response: {status: 200}\n"),
+      "line 7: virtual_hosts[0].routes[0].match.exact: a route matches one path kind, and this one already "
+      "has \"prefix\"");
   EXPECT_EQ(onlyError(head + "      - match: { prefix: api }\n        direct_response: {status: 200}\n"),
             "line 7: virtual_hosts[0].routes[0].match.prefix: must start with \"/\"");
-  EXPECT_EQ(onlyError(head + "      - match: { exact: \"/a?b=1\" }\n        direct_response: {status: 200}\n"),
-            "line 7: virtual_hosts[0].routes[0].match.exact: must not contain a query (\"?\") or a fragment (\"#\")");
-  EXPECT_EQ(onlyError(head + "      - match:\n          regex: \"/a(b\"\n        direct_response: {status: 200}\n"),
-            "line 8: virtual_hosts[0].routes[0].match.regex: invalid regular expression: missing ): /a(b");
+  EXPECT_EQ(
+      onlyError(head + "      - match: { exact: \"/a?b=1\" }\n        direct_response: {status: 200}\n"),
+      "line 7: virtual_hosts[0].routes[0].match.exact: must not contain a query (\"?\") or a fragment "
+      "(\"#\")");
+  EXPECT_EQ(
+      onlyError(head + "      - match:\n          regex: \"/a(b\"\n        direct_response: {status: 200}\n"),
+      "line 8: virtual_hosts[0].routes[0].match.regex: invalid regular expression: missing ): /a(b");
 }
 
 TEST(Loader, MethodsAndHeaderMatches) {
@@ -483,14 +502,17 @@ virtual_hosts:
   EXPECT_EQ(m.headers[2].kind, HeaderMatch::Kind::kRegex);
   EXPECT_TRUE(m.headers[2].invert);
 
-  EXPECT_EQ(onlyError(head + "      - match: { methods: [\"GE T\"] }\n        direct_response: {status: 200}\n"),
-            "line 7: virtual_hosts[0].routes[0].match.methods[0]: \"GE T\" is not a valid method name");
-  EXPECT_EQ(onlyError(head + "      - match: { headers: [{name: x}] }\n        direct_response: {status: 200}\n"),
-            "line 7: virtual_hosts[0].routes[0].match.headers[0]: needs one of \"exact\", \"prefix\", \"regex\" or "
-            "\"present\"");
-  EXPECT_EQ(onlyError(head + "      - match:\n          headers:\n            - {name: x, regex: \"(\"}\n"
-                             "        direct_response: {status: 200}\n"),
-            "line 9: virtual_hosts[0].routes[0].match.headers[0].regex: invalid regular expression: missing ): (");
+  EXPECT_EQ(
+      onlyError(head + "      - match: { methods: [\"GE T\"] }\n        direct_response: {status: 200}\n"),
+      "line 7: virtual_hosts[0].routes[0].match.methods[0]: \"GE T\" is not a valid method name");
+  EXPECT_EQ(
+      onlyError(head + "      - match: { headers: [{name: x}] }\n        direct_response: {status: 200}\n"),
+      "line 7: virtual_hosts[0].routes[0].match.headers[0]: needs one of \"exact\", \"prefix\", \"regex\" or "
+      "\"present\"");
+  EXPECT_EQ(
+      onlyError(head + "      - match:\n          headers:\n            - {name: x, regex: \"(\"}\n"
+                       "        direct_response: {status: 200}\n"),
+      "line 9: virtual_hosts[0].routes[0].match.headers[0].regex: invalid regular expression: missing ): (");
 }
 
 TEST(Loader, PrefixRewriteNeedsAPrefixMatch) {
@@ -506,7 +528,8 @@ virtual_hosts:
           prefix_rewrite: /new
 clusters: [{name: a, endpoints: [10.0.0.1:80]}]
 )"),
-            "line 10: virtual_hosts[0].routes[0].forward.prefix_rewrite: is only allowed on routes with a prefix match");
+            "line 10: virtual_hosts[0].routes[0].forward.prefix_rewrite: is only allowed on routes with a "
+            "prefix match");
 }
 
 TEST(Loader, RedirectAndDirectResponseRules) {
@@ -523,8 +546,9 @@ virtual_hosts:
             "line 7: virtual_hosts[0].routes[0].redirect.scheme: must be \"http\" or \"https\"");
   EXPECT_EQ(onlyError(head + "      - redirect: { host: \"a b\" }\n"),
             "line 7: virtual_hosts[0].routes[0].redirect.host: \"a b\" is not a valid host name");
-  EXPECT_EQ(onlyError(head + "      - redirect: { path: /x, prefix_rewrite: /y }\n"),
-            "line 7: virtual_hosts[0].routes[0].redirect.prefix_rewrite: cannot be combined with redirect.path");
+  EXPECT_EQ(
+      onlyError(head + "      - redirect: { path: /x, prefix_rewrite: /y }\n"),
+      "line 7: virtual_hosts[0].routes[0].redirect.prefix_rewrite: cannot be combined with redirect.path");
   EXPECT_EQ(onlyError(head + "      - direct_response: { status: 100 }\n"),
             "line 7: virtual_hosts[0].routes[0].direct_response.status: must be between 200 and 599");
   EXPECT_EQ(onlyError(head + "      - direct_response: { status: 204, body: x }\n"),
@@ -545,9 +569,10 @@ virtual_hosts:
   EXPECT_EQ(onlyError(head + "    request_headers:\n      set:\n        x-a: \"one\\r\\nx-b: two\"\n"),
             "line 10: virtual_hosts[0].request_headers.set[0]: the value of \"x-a\" must not contain control "
             "characters (CR, LF, NUL)");
-  EXPECT_EQ(onlyError(head + "    response_headers:\n      remove: [Content-Length]\n"),
-            "line 9: virtual_hosts[0].response_headers.remove[0]: \"Content-Length\" is managed by the proxy and "
-            "cannot be rewritten");
+  EXPECT_EQ(
+      onlyError(head + "    response_headers:\n      remove: [Content-Length]\n"),
+      "line 9: virtual_hosts[0].response_headers.remove[0]: \"Content-Length\" is managed by the proxy and "
+      "cannot be rewritten");
   EXPECT_EQ(onlyError(head + "    request_headers:\n      set: { host: a }\n"),
             "line 9: virtual_hosts[0].request_headers.set[0]: \"host\" cannot be rewritten here (use "
             "forward.host_rewrite)");
@@ -555,8 +580,9 @@ virtual_hosts:
             "line 9: virtual_hosts[0].request_headers.set[1]: \"X-A\" is set twice (also set[0])");
 
   // The list form can add one header twice.
-  auto s = loadOk(head + "    response_headers:\n      add:\n        - { name: set-cookie, value: a=1 }\n"
-                         "        - { name: set-cookie, value: b=2 }\n");
+  auto s = loadOk(head +
+                  "    response_headers:\n      add:\n        - { name: set-cookie, value: a=1 }\n"
+                  "        - { name: set-cookie, value: b=2 }\n");
   ASSERT_NE(s, nullptr);
   EXPECT_EQ(s->virtual_hosts[0].response_headers.add.size(), 2u);
 }
@@ -576,15 +602,19 @@ virtual_hosts:
     return onlyError(yaml);
   };
   EXPECT_EQ(domains("[\"a.*.example\"]"),
-            "line 8: virtual_hosts[1].domains[0]: \"a.*.example\" a wildcard must be the whole leftmost label, like "
+            "line 8: virtual_hosts[1].domains[0]: \"a.*.example\" a wildcard must be the whole leftmost "
+            "label, like "
             "\"*.example.com\"");
-  EXPECT_EQ(domains("[\"b.example:8080\"]"),
-            "line 8: virtual_hosts[1].domains[0]: \"b.example:8080\" must not include a port (domains are matched "
-            "against the Host header without its port)");
+  EXPECT_EQ(
+      domains("[\"b.example:8080\"]"),
+      "line 8: virtual_hosts[1].domains[0]: \"b.example:8080\" must not include a port (domains are matched "
+      "against the Host header without its port)");
   EXPECT_EQ(domains("[b.example, A.Example]"),
             "line 8: virtual_hosts[1].domains[1]: \"a.example\" is already used by virtual_hosts[0] (\"a\")");
-  EXPECT_EQ(domains("[b.example, b.example]"), "line 8: virtual_hosts[1].domains[1]: duplicate domain \"b.example\"");
-  EXPECT_EQ(domains("[]"), "line 8: virtual_hosts[1].domains: at least one domain is required (\"*\" matches any)");
+  EXPECT_EQ(domains("[b.example, b.example]"),
+            "line 8: virtual_hosts[1].domains[1]: duplicate domain \"b.example\"");
+  EXPECT_EQ(domains("[]"),
+            "line 8: virtual_hosts[1].domains: at least one domain is required (\"*\" matches any)");
 }
 
 TEST(Loader, ListenerRules) {
@@ -606,8 +636,9 @@ listeners:
             "line 3: listeners[0].address: must be an IPv4 or IPv6 address (names are not resolved here)");
   EXPECT_EQ(onlyError("schema: 1\nlisteners: []\n"), "line 2: listeners: at least one listener is required");
   // Port 0 (kernel-chosen) never collides; "[::1]" is accepted as "::1".
-  auto s = loadOk("schema: 1\nlisteners:\n  - { name: a, port: 0 }\n  - { name: b, port: 0 }\n"
-                  "  - { name: c, address: \"[::1]\", port: 80 }\n");
+  auto s = loadOk(
+      "schema: 1\nlisteners:\n  - { name: a, port: 0 }\n  - { name: b, port: 0 }\n"
+      "  - { name: c, address: \"[::1]\", port: 80 }\n");
   ASSERT_NE(s, nullptr);
   EXPECT_EQ(s->listeners[2].address, "::1");
 }
@@ -652,12 +683,13 @@ clusters: [{name: a, endpoints: [10.0.0.1:80]}]
 )";
   auto s = loadOk(yaml);
   ASSERT_NE(s, nullptr);
-  EXPECT_EQ(s->virtual_hosts[0].routes[0].forward.retry.on,
-            static_cast<uint8_t>(RetryOn::kConnectFailure) | static_cast<uint8_t>(RetryOn::kStatus503) |
-                static_cast<uint8_t>(RetryOn::kStatus504));
+  EXPECT_EQ(s->virtual_hosts[0].routes[0].forward.retry.on, static_cast<uint8_t>(RetryOn::kConnectFailure) |
+                                                                static_cast<uint8_t>(RetryOn::kStatus503) |
+                                                                static_cast<uint8_t>(RetryOn::kStatus504));
   yaml.replace(yaml.find("connect-failure"), 15, "connect-failures");
   EXPECT_EQ(onlyError(yaml),
-            "line 9: virtual_hosts[0].routes[0].forward.retries.on[0]: unknown retry condition \"connect-failures\" "
+            "line 9: virtual_hosts[0].routes[0].forward.retries.on[0]: unknown retry condition "
+            "\"connect-failures\" "
             "(did you mean \"connect-failure\"?)");
 }
 
@@ -679,14 +711,15 @@ clusters:
   EXPECT_EQ(r.snapshot, nullptr);
   std::vector<std::string> got;
   for (const auto& e : r.errors) got.push_back(e.toString());
-  EXPECT_EQ(got, (std::vector<std::string>{
-                     "line 3: listeners[0].port: must be between 0 and 65535",
-                     "line 8: virtual_hosts[0].routes[0].forward.cluster: no cluster named \"nope\"",
-                     "line 11: clusters[0].lb: unknown load-balancing policy \"fastest\" (expected round_robin, "
-                     "weighted_round_robin, least_request, ring_hash or maglev)",
-                     "line 12: clusters[0].endpoints[0]: \"10.0.0.1\" is missing a port (write host:port)",
-                     "line 13: clusters[0]: unknown field \"timout\" (did you mean \"timeouts\"?)",
-                 }));
+  EXPECT_EQ(got,
+            (std::vector<std::string>{
+                "line 3: listeners[0].port: must be between 0 and 65535",
+                "line 8: virtual_hosts[0].routes[0].forward.cluster: no cluster named \"nope\"",
+                "line 11: clusters[0].lb: unknown load-balancing policy \"fastest\" (expected round_robin, "
+                "weighted_round_robin, least_request, ring_hash or maglev)",
+                "line 12: clusters[0].endpoints[0]: \"10.0.0.1\" is missing a port (write host:port)",
+                "line 13: clusters[0]: unknown field \"timout\" (did you mean \"timeouts\"?)",
+            }));
 }
 
 // ---------------------------------------------------------------- warnings
@@ -717,12 +750,13 @@ virtual_hosts:
   ASSERT_TRUE(r.ok()) << all(r.errors);
   std::vector<std::string> got;
   for (const auto& w : r.warnings) got.push_back(w.toString());
-  EXPECT_EQ(got, (std::vector<std::string>{
-                     "line 9: virtual_hosts[0].routes[2]: can never match: routes[1] (\"api\") comes first and "
-                     "matches every path under \"/api\"",
-                     "line 12: virtual_hosts[0].routes[5]: can never match: routes[4] (\"all\") comes first and "
-                     "matches every request",
-                 }));
+  EXPECT_EQ(got,
+            (std::vector<std::string>{
+                "line 9: virtual_hosts[0].routes[2]: can never match: routes[1] (\"api\") comes first and "
+                "matches every path under \"/api\"",
+                "line 12: virtual_hosts[0].routes[5]: can never match: routes[4] (\"all\") comes first and "
+                "matches every request",
+            }));
 }
 
 // ---------------------------------------------------------------- shorthands and forms

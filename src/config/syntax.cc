@@ -1,7 +1,6 @@
 #include "config/syntax.h"
 
 #include <arpa/inet.h>
-
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -11,8 +10,12 @@ namespace marchproxy::config::syntax {
 
 namespace {
 
-bool isDigit(char c) { return c >= '0' && c <= '9'; }
-bool isAlpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+bool isDigit(char c) {
+  return c >= '0' && c <= '9';
+}
+bool isAlpha(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
 bool allDigits(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), isDigit);
 }
@@ -92,8 +95,8 @@ bool isValidUtf8(std::string_view s) {
       cp = (cp << 6) | (cc & 0x3F);
     }
     // Overlong forms, surrogates and values past U+10FFFF are not UTF-8.
-    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-        cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10FFFF ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
       return false;
     i += len;
   }
@@ -105,8 +108,21 @@ bool isToken(std::string_view s) {
   for (char c : s) {
     if (isAlpha(c) || isDigit(c)) continue;
     switch (c) {
-      case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+': case '-':
-      case '.': case '^': case '_': case '`': case '|': case '~':
+      case '!':
+      case '#':
+      case '$':
+      case '%':
+      case '&':
+      case '\'':
+      case '*':
+      case '+':
+      case '-':
+      case '.':
+      case '^':
+      case '_':
+      case '`':
+      case '|':
+      case '~':
         continue;
       default:
         return false;
@@ -127,8 +143,7 @@ bool isName(std::string_view s) {
   if (s.empty() || s.size() > kMaxNameLength) return false;
   if (!isAlpha(s[0]) && !isDigit(s[0])) return false;
   for (char c : s)
-    if (!isAlpha(c) && !isDigit(c) && c != '.' && c != '_' && c != '-' && c != ':' && c != '/')
-      return false;
+    if (!isAlpha(c) && !isDigit(c) && c != '.' && c != '_' && c != '-' && c != ':' && c != '/') return false;
   return true;
 }
 
@@ -139,7 +154,8 @@ std::optional<std::string> checkPath(std::string_view s) {
   for (char c : s) {
     if (c == '?' || c == '#') return "must not contain a query (\"?\") or a fragment (\"#\")";
     auto u = static_cast<unsigned char>(c);
-    if (u <= 0x20 || u >= 0x7F) return "must contain only visible ASCII characters (percent-encode the others)";
+    if (u <= 0x20 || u >= 0x7F)
+      return "must contain only visible ASCII characters (percent-encode the others)";
   }
   return std::nullopt;
 }
@@ -155,11 +171,16 @@ std::string quote(std::string_view s) {
   std::string out = "\"";
   for (char c : s) {
     auto u = static_cast<unsigned char>(c);
-    if (c == '\n') out += "\\n";
-    else if (c == '\r') out += "\\r";
-    else if (c == '\t') out += "\\t";
-    else if (u < 0x20 || u == 0x7F) out += fmt::format("\\x{:02x}", u);
-    else out += c;
+    if (c == '\n')
+      out += "\\n";
+    else if (c == '\r')
+      out += "\\r";
+    else if (c == '\t')
+      out += "\\t";
+    else if (u < 0x20 || u == 0x7F)
+      out += fmt::format("\\x{:02x}", u);
+    else
+      out += c;
   }
   if (cut) out += "...";
   out += "\"";
@@ -196,7 +217,9 @@ bool isDnsName(std::string_view s) {
   return true;
 }
 
-bool isHost(std::string_view s) { return isIpv4(s) || isIpv6(s) || isDnsName(s); }
+bool isHost(std::string_view s) {
+  return isIpv4(s) || isIpv6(s) || isDnsName(s);
+}
 
 std::optional<std::string> checkDomain(std::string_view s) {
   if (s == "*") return std::nullopt;
@@ -319,11 +342,16 @@ std::optional<uint64_t> parseSize(std::string_view s, std::string* error) {
   std::string_view unit = s.substr(i);
   while (!unit.empty() && unit.front() == ' ') unit.remove_prefix(1);
   uint64_t mult;
-  if (unit.empty() || unit == "B") mult = 1;
-  else if (unit == "KiB") mult = uint64_t{1} << 10;
-  else if (unit == "MiB") mult = uint64_t{1} << 20;
-  else if (unit == "GiB") mult = uint64_t{1} << 30;
-  else if (unit == "TiB") mult = uint64_t{1} << 40;
+  if (unit.empty() || unit == "B")
+    mult = 1;
+  else if (unit == "KiB")
+    mult = uint64_t{1} << 10;
+  else if (unit == "MiB")
+    mult = uint64_t{1} << 20;
+  else if (unit == "GiB")
+    mult = uint64_t{1} << 30;
+  else if (unit == "TiB")
+    mult = uint64_t{1} << 40;
   else {
     *error = "unknown size unit \"" + std::string(unit) + "\" (use KiB, MiB or GiB)";
     return std::nullopt;
@@ -335,8 +363,7 @@ std::optional<uint64_t> parseSize(std::string_view s, std::string* error) {
   return n * mult;
 }
 
-std::optional<std::string_view> closest(std::string_view word,
-                                        std::span<const std::string_view> candidates) {
+std::optional<std::string_view> closest(std::string_view word, std::span<const std::string_view> candidates) {
   if (word.size() > 64) return std::nullopt;  // not a typo of any of our keys; and O(n*m) work
   std::optional<std::string_view> best;
   size_t bestDistance = SIZE_MAX;

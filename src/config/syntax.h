@@ -129,8 +129,8 @@ std::optional<std::string> checkDomain(std::string_view s);
 std::optional<std::string> checkAuthority(std::string_view s);
 
 struct HostPort {
-  std::string host;  // brackets removed
-  uint32_t port = 0; // not range-checked here; > 65535 is reported by the caller
+  std::string host;   // brackets removed
+  uint32_t port = 0;  // not range-checked here; > 65535 is reported by the caller
 };
 // "host:port" / "[v6]:port". Error text in *error when it does not parse.
 std::optional<HostPort> parseHostPort(std::string_view s, std::string* error);

@@ -1,8 +1,7 @@
 #include "config/validate.h"
 
-#include <re2/re2.h>
-
 #include <fmt/format.h>
+#include <re2/re2.h>
 
 #include <array>
 #include <set>
@@ -26,8 +25,8 @@ std::string rangeMessage(uint64_t lo, uint64_t hi) {
 // Headers whose value the proxy owns: framing and hop-by-hop fields. Letting a rewrite touch them is
 // how request smuggling and broken keep-alive happen.
 constexpr std::array<std::string_view, 9> kManagedHeaders = {
-    "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
-    "te",             "trailer",           "proxy-connection", "host"};
+    "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
+    "trailer",        "proxy-connection",  "host"};
 
 bool isRetryable(uint8_t on) {
   uint8_t known = 0;
@@ -43,8 +42,8 @@ class Validator {
 
   void run() {
     if (s_.schema != kSchemaVersion)
-      error("schema", {}, fmt::format("unsupported schema {}: this build reads schema {}", s_.schema,
-                                      kSchemaVersion));
+      error("schema", {},
+            fmt::format("unsupported schema {}: this build reads schema {}", s_.schema, kSchemaVersion));
     if (s_.workers > kMaxWorkers) error("workers", {}, rangeMessage(0, kMaxWorkers));
     admin();
     listeners();
@@ -83,8 +82,10 @@ class Validator {
   }
 
   void name(const std::string& value, const std::string& path, SourcePos at) {
-    if (value.empty()) error(path, at, "must not be empty");
-    else if (!isName(value)) error(path, at, std::string(kNameRule));
+    if (value.empty())
+      error(path, at, "must not be empty");
+    else if (!isName(value))
+      error(path, at, std::string(kNameRule));
   }
 
   void text(const std::string& value, const std::string& path, SourcePos at) {
@@ -172,13 +173,16 @@ class Validator {
       return false;
     };
     auto managedMessage = [](const std::string& n) {
-      if (toLower(n) == "host") return std::string("\"host\" cannot be rewritten here (use forward.host_rewrite)");
+      if (toLower(n) == "host")
+        return std::string("\"host\" cannot be rewritten here (use forward.host_rewrite)");
       return quote(n) + " is managed by the proxy and cannot be rewritten";
     };
     for (size_t i = 0; i < h.remove.size(); ++i) {
       std::string p = fmt::format("{}.remove[{}]", path, i);
-      if (!isToken(h.remove[i])) error(p, at, quote(h.remove[i]) + " is not a valid header name");
-      else if (managed(h.remove[i])) error(p, at, managedMessage(h.remove[i]));
+      if (!isToken(h.remove[i]))
+        error(p, at, quote(h.remove[i]) + " is not a valid header name");
+      else if (managed(h.remove[i]))
+        error(p, at, managedMessage(h.remove[i]));
     }
     auto values = [&](const std::vector<HeaderValue>& list, std::string_view kind, bool unique) {
       std::unordered_map<std::string, size_t> seen;
@@ -191,7 +195,8 @@ class Validator {
         }
         if (managed(v.name)) error(p, at, managedMessage(v.name));
         if (!isFieldValue(v.value))
-          error(p, at, "the value of " + quote(v.name) + " must not contain control characters (CR, LF, NUL)");
+          error(p, at,
+                "the value of " + quote(v.name) + " must not contain control characters (CR, LF, NUL)");
         else if (!isValidUtf8(v.value))
           error(p, at, "the value of " + quote(v.name) + " must be valid UTF-8");
         else if (v.value.size() > kMaxHeaderValueLength)
@@ -223,7 +228,8 @@ class Validator {
                 fmt::format("duplicate virtual host name {} (also virtual_hosts[{}])", quote(v.name),
                             it->second));
       }
-      if (v.domains.empty()) error(path + ".domains", v.pos, "at least one domain is required (\"*\" matches any)");
+      if (v.domains.empty())
+        error(path + ".domains", v.pos, "at least one domain is required (\"*\" matches any)");
       for (size_t d = 0; d < v.domains.size(); ++d) {
         std::string p = fmt::format("{}.domains[{}]", path, d);
         if (auto e = checkDomain(v.domains[d])) {
@@ -272,15 +278,20 @@ class Validator {
     for (size_t i = 0; i < m.methods.size(); ++i) {
       std::string p = fmt::format("{}.match.methods[{}]", path, i);
       const std::string& method = m.methods[i];
-      if (!isToken(method)) error(p, at, quote(method) + " is not a valid method name");
-      else if (method != toUpper(method)) error(p, at, quote(method) + " must be upper-case");
-      else if (!methods.insert(method).second) error(p, at, "duplicate method " + quote(method));
+      if (!isToken(method))
+        error(p, at, quote(method) + " is not a valid method name");
+      else if (method != toUpper(method))
+        error(p, at, quote(method) + " must be upper-case");
+      else if (!methods.insert(method).second)
+        error(p, at, "duplicate method " + quote(method));
     }
     for (size_t i = 0; i < m.headers.size(); ++i) {
       std::string p = fmt::format("{}.match.headers[{}]", path, i);
       const HeaderMatch& h = m.headers[i];
-      if (!isToken(h.name)) error(p + ".name", at, quote(h.name) + " is not a valid header name");
-      else if (h.name != toLower(h.name)) error(p + ".name", at, quote(h.name) + " must be lower-case");
+      if (!isToken(h.name))
+        error(p + ".name", at, quote(h.name) + " is not a valid header name");
+      else if (h.name != toLower(h.name))
+        error(p + ".name", at, quote(h.name) + " must be lower-case");
       std::string vp = p + "." + std::string(nameOf(kHeaderMatchKinds, h.kind));
       switch (h.kind) {
         case HeaderMatch::Kind::kPresent:
@@ -288,9 +299,12 @@ class Validator {
           break;
         case HeaderMatch::Kind::kExact:
         case HeaderMatch::Kind::kPrefix:
-          if (!isFieldValue(h.value)) error(vp, at, "must not contain control characters (CR, LF, NUL)");
-          else if (!isValidUtf8(h.value)) error(vp, at, "must be valid UTF-8");
-          else if (h.value.size() > kMaxHeaderValueLength) error(vp, at, "is longer than 8192 bytes");
+          if (!isFieldValue(h.value))
+            error(vp, at, "must not contain control characters (CR, LF, NUL)");
+          else if (!isValidUtf8(h.value))
+            error(vp, at, "must be valid UTF-8");
+          else if (h.value.size() > kMaxHeaderValueLength)
+            error(vp, at, "is longer than 8192 bytes");
           break;
         case HeaderMatch::Kind::kRegex:
           regex(h.value, vp, at);
@@ -299,9 +313,15 @@ class Validator {
     }
 
     switch (r.action) {
-      case ActionKind::kForward: forward(r, path); break;
-      case ActionKind::kRedirect: redirect(r, path); break;
-      case ActionKind::kDirectResponse: direct(r, path); break;
+      case ActionKind::kForward:
+        forward(r, path);
+        break;
+      case ActionKind::kRedirect:
+        redirect(r, path);
+        break;
+      case ActionKind::kDirectResponse:
+        direct(r, path);
+        break;
     }
     headerRewrite(r.request_headers, path + ".request_headers", at);
     headerRewrite(r.response_headers, path + ".response_headers", at);
@@ -315,16 +335,20 @@ class Validator {
       error(path + ".cluster", at, "must not be empty");
     } else {
       referenced_.insert(f.cluster);
-      if (!clusterNames().contains(f.cluster)) error(path + ".cluster", at, "no cluster named " + quote(f.cluster));
+      if (!clusterNames().contains(f.cluster))
+        error(path + ".cluster", at, "no cluster named " + quote(f.cluster));
     }
     if (f.prefix_rewrite) prefixRewrite(r, *f.prefix_rewrite, path + ".prefix_rewrite");
     if (f.host_rewrite) {
-      if (auto e = checkAuthority(*f.host_rewrite)) error(path + ".host_rewrite", at, quote(*f.host_rewrite) + " " + *e);
+      if (auto e = checkAuthority(*f.host_rewrite))
+        error(path + ".host_rewrite", at, quote(*f.host_rewrite) + " " + *e);
     }
     nonNegative(f.timeout, path + ".timeout", at);
     const RetryPolicy& retry = f.retry;
-    if (retry.attempts > kMaxRetryAttempts) error(path + ".retries.attempts", at, rangeMessage(0, kMaxRetryAttempts));
-    if (!isRetryable(retry.on)) error(path + ".retries.on", at, "contains an unknown retry condition");
+    if (retry.attempts > kMaxRetryAttempts)
+      error(path + ".retries.attempts", at, rangeMessage(0, kMaxRetryAttempts));
+    if (!isRetryable(retry.on))
+      error(path + ".retries.on", at, "contains an unknown retry condition");
     else if (retry.attempts > 0 && retry.on == 0)
       error(path + ".retries.on", at, "must name at least one condition when attempts is above 0");
     nonNegative(retry.per_try_timeout, path + ".retries.per_try_timeout", at);
@@ -360,8 +384,10 @@ class Validator {
       if (auto e = checkPath(*d.path)) error(path + ".path", at, *e);
     }
     if (d.prefix_rewrite) {
-      if (d.path) error(path + ".prefix_rewrite", at, "cannot be combined with redirect.path");
-      else prefixRewrite(r, *d.prefix_rewrite, path + ".prefix_rewrite");
+      if (d.path)
+        error(path + ".prefix_rewrite", at, "cannot be combined with redirect.path");
+      else
+        prefixRewrite(r, *d.prefix_rewrite, path + ".prefix_rewrite");
     }
   }
 
@@ -371,13 +397,18 @@ class Validator {
     std::string path = route + ".direct_response";
     // 1xx are interim responses: a client waits for the real one after them, forever.
     if (d.status < 200 || d.status > 599) error(path + ".status", at, rangeMessage(200, 599));
-    if (d.body.size() > kMaxDirectBodyBytes) error(path + ".body", at, "is larger than 1 MiB");
-    else text(d.body, path + ".body", at);
+    if (d.body.size() > kMaxDirectBodyBytes)
+      error(path + ".body", at, "is larger than 1 MiB");
+    else
+      text(d.body, path + ".body", at);
     if ((d.status == 204 || d.status == 304) && !d.body.empty())
       error(path + ".body", at, fmt::format("must be empty for status {}", d.status));
-    if (!isFieldValue(d.content_type)) error(path + ".content_type", at, "must not contain control characters (CR, LF, NUL)");
-    else if (!isValidUtf8(d.content_type)) error(path + ".content_type", at, "must be valid UTF-8");
-    else if (d.content_type.size() > kMaxHeaderValueLength) error(path + ".content_type", at, "is longer than 8192 bytes");
+    if (!isFieldValue(d.content_type))
+      error(path + ".content_type", at, "must not contain control characters (CR, LF, NUL)");
+    else if (!isValidUtf8(d.content_type))
+      error(path + ".content_type", at, "must be valid UTF-8");
+    else if (d.content_type.size() > kMaxHeaderValueLength)
+      error(path + ".content_type", at, "is longer than 8192 bytes");
   }
 
   // A route can never match when an earlier route with no method or header conditions already
@@ -422,12 +453,12 @@ class Validator {
       }
       if (by) {
         const Route& first = v.routes[*by];
-        std::string what = coveredPrefix == "/" ? std::string("every request")
+        std::string what = coveredPrefix == "/"    ? std::string("every request")
                            : coveredPrefix.empty() ? "every request for " + quote(m.path)
                                                    : "every path under " + quote(coveredPrefix);
         warn(fmt::format("{}.routes[{}]", path, i), r.pos,
-             fmt::format("can never match: routes[{}] ({}) comes first and matches {}", *by, quote(first.name),
-                         what));
+             fmt::format("can never match: routes[{}] ({}) comes first and matches {}", *by,
+                         quote(first.name), what));
       }
       if (m.methods.empty() && m.headers.empty() && !regex) {
         if (m.path_kind == PathMatch::kPrefix) {
@@ -526,8 +557,10 @@ class Validator {
     for (size_t i = 0; i < h.expected_statuses.size(); ++i) {
       auto [lo, hi] = h.expected_statuses[i];
       std::string p = fmt::format("{}.expected_status[{}]", path, i);
-      if (lo < 100 || lo > 599 || hi < 100 || hi > 599) error(p, at, "statuses must be between 100 and 599");
-      else if (lo > hi) error(p, at, fmt::format("range {}-{} is empty", lo, hi));
+      if (lo < 100 || lo > 599 || hi < 100 || hi > 599)
+        error(p, at, "statuses must be between 100 and 599");
+      else if (lo > hi)
+        error(p, at, fmt::format("range {}-{} is empty", lo, hi));
     }
   }
 
@@ -538,9 +571,11 @@ class Validator {
     nonZero(o.base_ejection_time, path + ".base_ejection_time", at);
     if (o.max_ejection_time < o.base_ejection_time)
       error(path + ".max_ejection_time", at,
-            fmt::format("must not be shorter than base_ejection_time ({})", formatDuration(o.base_ejection_time)));
+            fmt::format("must not be shorter than base_ejection_time ({})",
+                        formatDuration(o.base_ejection_time)));
     if (o.enabled && o.consecutive_5xx == 0 && o.consecutive_connect_failures == 0)
-      warn(path, at, "is enabled but both consecutive_5xx and consecutive_connect_failures are 0: nothing ejects");
+      warn(path, at,
+           "is enabled but both consecutive_5xx and consecutive_connect_failures are 0: nothing ejects");
   }
 
   void limits() {
@@ -552,8 +587,10 @@ class Validator {
     if (l.max_header_bytes < kMinHeaderBytes || l.max_header_bytes > kMaxHeaderBytes)
       error("limits.max_header_bytes", {}, "must be between 1KiB and 16MiB");
     else if (l.max_header_bytes < l.max_request_line)
-      error("limits.max_header_bytes", {}, "must not be smaller than max_request_line (the head includes it)");
-    if (l.max_headers < 1 || l.max_headers > kMaxHeaders) error("limits.max_headers", {}, rangeMessage(1, kMaxHeaders));
+      error("limits.max_header_bytes", {},
+            "must not be smaller than max_request_line (the head includes it)");
+    if (l.max_headers < 1 || l.max_headers > kMaxHeaders)
+      error("limits.max_headers", {}, rangeMessage(1, kMaxHeaders));
   }
 
   void timeouts() {
@@ -566,9 +603,12 @@ class Validator {
 
   void accessLog() {
     const AccessLog& a = s_.access_log;
-    if (a.path.empty()) error("access_log.path", {}, "must not be empty (\"-\" is stdout)");
-    else if (a.path.find('\0') != std::string::npos) error("access_log.path", {}, "must not contain NUL");
-    else text(a.path, "access_log.path", {});
+    if (a.path.empty())
+      error("access_log.path", {}, "must not be empty (\"-\" is stdout)");
+    else if (a.path.find('\0') != std::string::npos)
+      error("access_log.path", {}, "must not contain NUL");
+    else
+      text(a.path, "access_log.path", {});
   }
 
   const Snapshot& s_;

@@ -46,8 +46,9 @@ TEST(Validate, DefaultSnapshotNeedsAListener) {
   std::vector<Diagnostic> warnings;
   EXPECT_EQ(strings(validate(Snapshot{}, &warnings)),
             (std::vector<std::string>{"listeners: at least one listener is required"}));
-  EXPECT_EQ(strings(warnings),
-            (std::vector<std::string>{"virtual_hosts: no virtual hosts: every request will be answered 404"}));
+  EXPECT_EQ(
+      strings(warnings),
+      (std::vector<std::string>{"virtual_hosts: no virtual hosts: every request will be answered 404"}));
 }
 
 TEST(Validate, PathsWithoutLines) {
@@ -102,17 +103,18 @@ TEST(Validate, ValuesOnlyCodeCanProduce) {
   s.virtual_hosts[0].routes[0].forward.retry.on = 0;
   s.virtual_hosts[0].routes[0].name = "";
   s.clusters[0].health_check.expected_statuses = {{300, 200}};
-  EXPECT_EQ(strings(validate(s)),
-            (std::vector<std::string>{
-                "schema: unsupported schema 2: this build reads schema 1",
-                "workers: must be between 0 and 256",
-                "virtual_hosts[0].routes[0].name: must not be empty",
-                "virtual_hosts[0].routes[0].forward.retries.on: must name at least one condition when attempts is "
-                "above 0",
-                "clusters[0].health_check.expected_status[0]: range 300-200 is empty",
-                "timeouts.drain: must not be negative",
-                "access_log.path: must not be empty (\"-\" is stdout)",
-            }));
+  EXPECT_EQ(
+      strings(validate(s)),
+      (std::vector<std::string>{
+          "schema: unsupported schema 2: this build reads schema 1",
+          "workers: must be between 0 and 256",
+          "virtual_hosts[0].routes[0].name: must not be empty",
+          "virtual_hosts[0].routes[0].forward.retries.on: must name at least one condition when attempts is "
+          "above 0",
+          "clusters[0].health_check.expected_status[0]: range 300-200 is empty",
+          "timeouts.drain: must not be negative",
+          "access_log.path: must not be empty (\"-\" is stdout)",
+      }));
 }
 
 TEST(Validate, InvalidUtf8IsRejected) {
@@ -121,11 +123,12 @@ TEST(Validate, InvalidUtf8IsRejected) {
   r.action = ActionKind::kDirectResponse;
   r.direct.body = "\xff\xfe";
   r.response_headers.set.push_back({"x-a", "caf\xe9"});
-  EXPECT_EQ(strings(validate(s)),
-            (std::vector<std::string>{
-                "virtual_hosts[0].routes[0].direct_response.body: must be valid UTF-8",
-                "virtual_hosts[0].routes[0].response_headers.set[0]: the value of \"x-a\" must be valid UTF-8",
-            }));
+  EXPECT_EQ(
+      strings(validate(s)),
+      (std::vector<std::string>{
+          "virtual_hosts[0].routes[0].direct_response.body: must be valid UTF-8",
+          "virtual_hosts[0].routes[0].response_headers.set[0]: the value of \"x-a\" must be valid UTF-8",
+      }));
 }
 
 TEST(Validate, WarningsAreSeparate) {

@@ -1,8 +1,7 @@
 #include "config/writer.h"
 
-#include <openssl/evp.h>
-
 #include <fmt/format.h>
+#include <openssl/evp.h>
 
 #include <unordered_set>
 #include <vector>
@@ -59,10 +58,14 @@ class JsonOut {
   template <typename T>
   void field(std::string_view k, const T& v) {
     key(k);
-    if constexpr (std::is_same_v<T, bool>) boolean(v);
-    else if constexpr (std::is_same_v<T, Millis>) duration(v);
-    else if constexpr (std::is_integral_v<T>) num(v);
-    else str(v);
+    if constexpr (std::is_same_v<T, bool>)
+      boolean(v);
+    else if constexpr (std::is_same_v<T, Millis>)
+      duration(v);
+    else if constexpr (std::is_integral_v<T>)
+      num(v);
+    else
+      str(v);
   }
 
   std::string take() { return std::move(out_); }
@@ -108,12 +111,23 @@ class JsonOut {
     for (size_t i = 0; i < s.size(); ++i) {
       auto c = static_cast<unsigned char>(s[i]);
       switch (c) {
-        case '"': out_ += "\\\""; continue;
-        case '\\': out_ += "\\\\"; continue;
-        case '\n': out_ += "\\n"; continue;
-        case '\r': out_ += "\\r"; continue;
-        case '\t': out_ += "\\t"; continue;
-        default: break;
+        case '"':
+          out_ += "\\\"";
+          continue;
+        case '\\':
+          out_ += "\\\\";
+          continue;
+        case '\n':
+          out_ += "\\n";
+          continue;
+        case '\r':
+          out_ += "\\r";
+          continue;
+        case '\t':
+          out_ += "\\t";
+          continue;
+        default:
+          break;
       }
       if (c < 0x20 || c == 0x7F) {
         out_ += fmt::format("\\u{:04x}", c);
@@ -198,8 +212,10 @@ void writeRoute(JsonOut& j, const Route& r) {
   for (const auto& h : r.match.headers) {
     j.beginObject();
     j.field("name", h.name);
-    if (h.kind == HeaderMatch::Kind::kPresent) j.field("present", true);
-    else j.field(nameOf(kHeaderMatchKinds, h.kind), h.value);
+    if (h.kind == HeaderMatch::Kind::kPresent)
+      j.field("present", true);
+    else
+      j.field(nameOf(kHeaderMatchKinds, h.kind), h.value);
     j.field("invert", h.invert);
     j.endObject();
   }
@@ -264,8 +280,10 @@ void writeCluster(JsonOut& j, const Cluster& c) {
   // round-trips without the "only used by ring_hash" warning.
   bool hashing = c.lb == LbPolicy::kRingHash || c.lb == LbPolicy::kMaglev;
   if (hashing || c.hash.source != HashPolicy::Source::kSourceIp) {
-    if (c.hash.source == HashPolicy::Source::kSourceIp) j.field("hash_on", kHashOnSourceIp);
-    else j.field("hash_on", std::string(kHashOnHeaderPrefix) + c.hash.header);
+    if (c.hash.source == HashPolicy::Source::kSourceIp)
+      j.field("hash_on", kHashOnSourceIp);
+    else
+      j.field("hash_on", std::string(kHashOnHeaderPrefix) + c.hash.header);
   }
   j.key("endpoints");
   j.beginArray();
@@ -290,8 +308,10 @@ void writeCluster(JsonOut& j, const Cluster& c) {
   j.key("expected_status");
   j.beginArray();
   for (auto [lo, hi] : h.expected_statuses) {
-    if (lo == hi) j.num(lo);
-    else j.str(fmt::format("{}-{}", lo, hi));
+    if (lo == hi)
+      j.num(lo);
+    else
+      j.str(fmt::format("{}-{}", lo, hi));
   }
   j.endArray();
   j.endObject();
@@ -417,7 +437,9 @@ std::string plural(size_t n, std::string_view one, std::string_view many) {
 
 }  // namespace
 
-std::string toJson(const Snapshot& s, bool pretty) { return writeJson(s, pretty, false); }
+std::string toJson(const Snapshot& s, bool pretty) {
+  return writeJson(s, pretty, false);
+}
 
 std::string computeHash(const Snapshot& s) {
   std::string json = writeJson(s, false, true);
@@ -436,7 +458,8 @@ std::string summary(const Snapshot& s) {
   for (const auto& v : s.virtual_hosts) routes += v.routes.size();
   for (const auto& c : s.clusters) endpoints += c.endpoints.size();
   std::string hash = s.hash.empty() ? computeHash(s) : s.hash;
-  return fmt::format("OK: {}, {}, {}, {} ({}); version {}; hash {}\u2026", plural(s.listeners.size(), "listener", "listeners"),
+  return fmt::format("OK: {}, {}, {}, {} ({}); version {}; hash {}\u2026",
+                     plural(s.listeners.size(), "listener", "listeners"),
                      plural(s.virtual_hosts.size(), "virtual host", "virtual hosts"),
                      plural(routes, "route", "routes"), plural(s.clusters.size(), "cluster", "clusters"),
                      plural(endpoints, "endpoint", "endpoints"), s.version, hash.substr(0, 8));

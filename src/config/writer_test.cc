@@ -163,8 +163,9 @@ TEST(Writer, SnapshotBuiltInCodeRoundTrips) {
   s.virtual_hosts.push_back(v);
   ASSERT_TRUE(validate(s).empty()) << all(validate(s));
   expectRoundTrip(s);
-  EXPECT_NE(toJson(s).find(R"("add":[{"name":"set-cookie","value":"a=1"},{"name":"set-cookie","value":"b=2"}])"),
-            std::string::npos)
+  EXPECT_NE(
+      toJson(s).find(R"("add":[{"name":"set-cookie","value":"a=1"},{"name":"set-cookie","value":"b=2"}])"),
+      std::string::npos)
       << toJson(s);
 }
 
@@ -373,8 +374,9 @@ virtual_hosts: [{name: app, domains: ["*"], routes: [{direct_response: {status: 
 TEST(Writer, Summary) {
   auto s = load(kEverything);
   ASSERT_NE(s, nullptr);
-  EXPECT_EQ(summary(*s), "OK: 2 listeners, 1 virtual host, 5 routes, 1 cluster (3 endpoints); version 42; hash " +
-                             s->hash.substr(0, 8) + "\u2026");
+  EXPECT_EQ(summary(*s),
+            "OK: 2 listeners, 1 virtual host, 5 routes, 1 cluster (3 endpoints); version 42; hash " +
+                s->hash.substr(0, 8) + "\u2026");
 }
 
 }  // namespace

@@ -1,11 +1,10 @@
 #include "config/yaml_document.h"
 
+#include <fmt/format.h>
 #include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/exceptions.h>
 #include <yaml-cpp/parser.h>
-
-#include <fmt/format.h>
 
 #include <algorithm>
 #include <istream>
@@ -43,7 +42,9 @@ class Builder : public YAML::EventHandler {
   }
   void OnDocumentEnd() override {}
 
-  void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override { add(Value::Kind::kNull, mark, anchor); }
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+    add(Value::Kind::kNull, mark, anchor);
+  }
 
   void OnAlias(const YAML::Mark& mark, YAML::anchor_t anchor) override {
     if (building()) return;
@@ -135,8 +136,9 @@ std::optional<Diagnostic> Document::parse(std::string_view text) {
       // A second document is an error; asking for exactly one more is what keeps this finite.
       if (!error && parser.HandleNextDocument(builder)) {
         SourcePos p = posOf(builder.lastDocument());
-        error = Diagnostic{p.line, p.column, "",
-                           "unexpected content after the end of the document (only one YAML document is allowed)"};
+        error = Diagnostic{
+            p.line, p.column, "",
+            "unexpected content after the end of the document (only one YAML document is allowed)"};
       }
     }
   } catch (const YAML::DeepRecursion& e) {

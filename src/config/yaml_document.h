@@ -25,8 +25,9 @@ struct Value {
   Kind kind = Kind::kNull;
   bool quoted = false;  // a quoted (or !!str) scalar: a string even when it reads like a number
   SourcePos pos;
-  std::string text;             // scalars
-  std::vector<uint32_t> items;  // lists: elements; maps: key, value, key, value... (indexes into the document)
+  std::string text;  // scalars
+  std::vector<uint32_t>
+      items;  // lists: elements; maps: key, value, key, value... (indexes into the document)
 
   bool isNull() const { return kind == Kind::kNull; }
   bool isScalar() const { return kind == Kind::kScalar; }

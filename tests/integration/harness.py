@@ -524,7 +524,7 @@ class Proxy:
     first non-admin one), self.admin_port. Every stderr line is kept in self.lines."""
 
     def __init__(self, config_yaml, workdir, watch=False, expect_listeners=("http",), admin=True,
-                 extra_args=(), log_level=None):
+                 extra_args=(), log_level=None, wait_ready=True):
         self.binary = find_binary()
         self.workdir = workdir
         self.config_path = os.path.join(workdir, "config.yaml")
@@ -550,17 +550,20 @@ class Proxy:
         self.returncode = None
         self.signals_sent = []
         self.killed = False            # stop() had to SIGKILL it
+        self.exit_observed = False     # wait_exit() returned a code to the test
         self.exited_on_its_own = False  # it was gone before stop() and nobody signalled it
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()
         want = set(expect_listeners) | ({"admin"} if admin else set())
         try:
             self._wait_ports(want)
+            self.port = next((self.ports[n] for n in expect_listeners), None)
+            self.admin_port = self.ports.get("admin")
+            if admin and wait_ready:
+                self._wait_ready()
         except BaseException:
             self.stop(timeout=2)
             raise
-        self.port = next((self.ports[n] for n in expect_listeners), None)
-        self.admin_port = self.ports.get("admin")
 
     # -- output
 
@@ -596,6 +599,23 @@ class Proxy:
                         f"marchproxy did not log listening lines for {sorted(want - set(self.ports))} "
                         f"within {START_DEADLINE}s:\n{self.tail()}")
                 self._cv.wait(min(left, 0.1))
+
+    def _wait_ready(self):
+        """/ready answers 503 while starting; a test starts once it says 200."""
+        deadline = time.monotonic() + START_DEADLINE
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"marchproxy exited with {self.proc.returncode} while starting:\n"
+                                     f"{self.tail()}")
+            try:
+                last = self.admin("/ready", timeout=2)
+                if last.status == 200:
+                    return
+            except (OSError, ConnectionClosed, ValueError) as e:
+                last = e
+            time.sleep(0.02)
+        raise AssertionError(f"/ready not 200 within {START_DEADLINE}s (last: {last!r}):\n{self.tail()}")
 
     def tail(self, n=80):
         with self._cv:
@@ -660,6 +680,7 @@ class Proxy:
         except subprocess.TimeoutExpired:
             return None
         self._reader.join(2)
+        self.exit_observed = True  # the test looked at the exit code itself
         return self.returncode
 
     def stop(self, timeout=STOP_DEADLINE):
@@ -1158,13 +1179,13 @@ class ProxyTestCase(unittest.TestCase):
         problems = []
         if p.killed:
             problems.append(f"did not exit within {STOP_DEADLINE}s of SIGTERM (killed)")
-        elif p.returncode is not None and p.returncode < 0:
+        elif p.returncode is not None and p.returncode < 0 and not p.exit_observed:
             problems.append(f"died of signal {-p.returncode} ({signal.Signals(-p.returncode).name})")
         elif p.exited_on_its_own:
             problems.append(f"exited on its own during the test with code {p.returncode}")
         if problems or self._failed() or os.environ.get("MARCHPROXY_ITEST_VERBOSE"):
             sys.stderr.write(f"\n----- marchproxy output ({self.id()}, pid {p.pid}, "
-                             f"exit {p.returncode}) -----\n{p.tail(200)}\n----- end -----\n")
+                             f"exit {p.returncode}, {p.binary}) -----\n{p.tail(200)}\n----- end -----\n")
         if problems:
             raise AssertionError(f"marchproxy (pid {p.pid}) " + "; ".join(problems))
 

@@ -157,10 +157,18 @@ class AdminTest(ProxyTestCase):
                 return None
             with open(self.log_path) as f:
                 lines = [ln for ln in f.read().split("\n") if ln.strip()]
-            parsed = [json.loads(ln) for ln in lines]
-            ids = {e.get("request_id") for e in parsed}
-            return parsed if {"itest-1", "itest-2", "itest-3"} <= ids else None
-        parsed = wait_until(entries, 10, message="access log lines for the three requests")
+            return lines if len(lines) >= 3 else None
+        lines = wait_until(entries, 10, message="three access log lines")
+        parsed = []
+        for ln in lines:
+            try:
+                parsed.append(json.loads(ln))
+            except ValueError:
+                self.fail(f"access log line is not JSON: {ln!r}")
+        ids = [e.get("request_id") for e in parsed]
+        self.assertEqual(ids, ["itest-1", "itest-2", "itest-3"],
+                         "request_id is the client's X-Request-Id (the one sent upstream)\n"
+                         + "\n".join(lines))
         for e in parsed:
             missing = [f for f in ACCESS_FIELDS if f not in e]
             self.assertEqual(missing, [], f"access log entry lacks fields: {e}")

@@ -111,7 +111,9 @@ class CheckCliTest(unittest.TestCase):
             self.skipTest("docs/config-reference.md not written yet")
         with open(doc) as f:
             blocks = re.findall(r"```ya?ml\n(.*?)```", f.read(), re.S)
-        full = [b for b in blocks if re.search(r"^schema:", b, re.M) and re.search(r"^listeners:", b, re.M)]
+        # Complete configs only: a skeleton with "{ ... }" placeholders is not meant to load.
+        full = [b for b in blocks if re.search(r"^schema:", b, re.M) and re.search(r"^listeners:", b, re.M)
+                and "..." not in b]
         if not full:
             self.skipTest("no complete config in docs/config-reference.md")
         for i, b in enumerate(full):

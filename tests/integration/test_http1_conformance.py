@@ -2,6 +2,7 @@
 keep-alive, HEAD/204 framing, and the request-smuggling / malformed classes (each rejected with its
 status, the connection closed, nothing forwarded, and the proxy still serving afterwards)."""
 import hashlib
+import time
 import unittest
 
 from harness import ProxyTestCase, Conn, ConnectionClosed, get, render, build_request, chunked_encode
@@ -182,6 +183,15 @@ class Http1Test(ProxyTestCase):
             self.assertStatus(c.request("GET", "/status/204"), 204)
             r = c.request("GET", "/id")
             self.assertEqual(r.body, b"O", "framing out of step after HEAD/204")
+
+    def test_requests_after_an_idle_pause(self):
+        # The first upstream request a second or more after start, and one after the pooled
+        # connection sat idle for a while (shorter than any configured timeout).
+        time.sleep(1.5)
+        self.assertStatus(get(self.p.port, "/id"), 200)
+        time.sleep(1.5)
+        self.assertStatus(get(self.p.port, "/id"), 200)
+        self.assertEqual(self.o.count, 2)
 
     def test_client_abort_mid_body(self):
         with Conn(self.p.port) as c:

@@ -123,6 +123,23 @@ class StreamingTest(ProxyTestCase):
                         f"proxy peak RSS {result['hwm'] // 1024} MiB while the origin was not reading")
         self.assertRssBounded("an upload to a slow reader")
 
+    def test_body_in_same_write_as_head(self):
+        # Head and a body bigger than one read buffer arriving together (the usual case for a
+        # client that writes a whole request at once), then sent separately.
+        for size in (8 << 10, 64 << 10, 1 << 20):
+            body = bytes(range(256)) * (size // 256)
+            for together in (True, False):
+                with self.subTest(size=size, together=together), Conn(self.p.port) as c:
+                    head = f"POST /sink HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n".encode()
+                    if together:
+                        c.send(head + body)
+                    else:
+                        c.send(head)
+                        c.send(body)
+                    r = c.read_response()
+                    self.assertStatus(r, 200)
+                    self.assertEqual(r.json()["sha256"], hashlib.sha256(body).hexdigest())
+
     def test_many_medium_bodies_keepalive(self):
         # 64 x 1 MiB both ways on one client connection: framing stays in step across requests.
         with Conn(self.p.port, timeout=30) as c:

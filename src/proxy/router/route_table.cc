@@ -94,6 +94,7 @@ std::optional<std::string_view> RouteTable::normalizeHost(std::string_view host,
 
 Result<std::shared_ptr<const RouteTable>> RouteTable::build(
     std::shared_ptr<const config::Snapshot> snapshot) {
+  if (!snapshot) return Error{"no snapshot"};
   std::shared_ptr<RouteTable> table(new RouteTable());
   table->snapshot_ = std::move(snapshot);
   const config::Snapshot& snap = *table->snapshot_;

@@ -3,6 +3,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
+#include <algorithm>
 #include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -55,6 +56,24 @@ HttpSession::HttpSession(tcp::socket socket, Worker& worker, const ListenerInfo&
 HttpSession::~HttpSession() {
   closeClient();
   worker_.unlink(this);
+}
+
+// For errors found before a request head is complete: nothing of the previous request may leak
+// into this one's log line or counters.
+void HttpSession::resetRequestState() {
+  start_ns_ = monoNowNs();
+  upstream_start_ns_ = upstream_end_ns_ = 0;
+  req_bytes_ = rbuf_.size();
+  resp_bytes_ = 0;
+  route_id_ = -1;
+  log_cluster_ = {};
+  log_upstream_.clear();
+  log_method_.clear();
+  log_host_.clear();
+  log_path_.clear();
+  char id[32];
+  worker_.newRequestId(id);
+  request_id_.assign(id, sizeof id);
 }
 
 void HttpSession::setPhase(Phase p, Millis timeout) {
@@ -136,7 +155,7 @@ asio::awaitable<bool> HttpSession::readHead() {
       auto st = http::parseRequest(rbuf_.view(), limits_, req_, perr);
       if (st == http::ParseStatus::kComplete) co_return true;
       if (st == http::ParseStatus::kError) {
-        start_ns_ = monoNowNs();
+        resetRequestState();
         linger_ = true;
         co_await respondError(perr.http_status, perr.reason, false);
         co_return false;
@@ -144,14 +163,14 @@ asio::awaitable<bool> HttpSession::readHead() {
     }
     size_t room = rbuf_.prepare(2048, max_head);
     if (room == 0) {  // the parser bounds heads itself; this is a backstop
-      start_ns_ = monoNowNs();
+      resetRequestState();
       co_await respondError(431, "request head too large", false);
       co_return false;
     }
     auto [ec, n] = co_await client_.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
     if (ec) {
       if (timed_out_ && !rbuf_.empty()) {
-        start_ns_ = monoNowNs();
+        resetRequestState();
         co_await respondError(408, "timed out reading the request head", false);
       }
       co_return false;
@@ -164,16 +183,16 @@ asio::awaitable<bool> HttpSession::readHead() {
 asio::awaitable<bool> HttpSession::handleRequest() {
   WorkerStats& stats = worker_.stats();
   ++stats.requests_total;
-  start_ns_ = monoNowNs();
-  upstream_start_ns_ = upstream_end_ns_ = 0;
+  resetRequestState();
   req_bytes_ = req_.head_size;
-  resp_bytes_ = 0;
-  route_id_ = -1;
-  log_cluster_ = {};
-  log_upstream_.clear();
   http10_ = req_.minor_version == 0;
   head_request_ = req_.method == "HEAD";
-  worker_.newRequestId(request_id_);
+  // A client (or an edge proxy in front of us) may bring its own request id; it is kept for the
+  // access log and error responses when it is a plain token of sane length.
+  const http::Header* rid = req_.find("x-request-id");
+  if (rid && !rid->value.empty() && rid->value.size() <= 128 &&
+      std::all_of(rid->value.begin(), rid->value.end(), [](char c) { return c > 0x20 && c < 0x7f && c != '"'; }))
+    request_id_.assign(rid->value);
   if (worker_.accessLog()) {
     log_method_.assign(req_.method);
     log_host_.assign(req_.host);
@@ -257,7 +276,7 @@ asio::awaitable<bool> HttpSession::respondLocal(int status, std::string_view bod
   codec::Rewrites rw;
   if (m) rw = {&m->vhost->response_headers, &m->route->response_headers};
   codec::writeLocalResponse(wbuf_, status, content_type, body, keep_alive, head_request_, location,
-                            std::string_view(request_id_, sizeof request_id_), rw);
+                            request_id_, rw);
   const Millis write_timeout = wrt_ ? wrt_->rt->snapshot->timeouts.body_read : Millis(10'000);
   setPhase(Phase::kWritingClient, write_timeout);
   bool ok = co_await writeClient(wbuf_);
@@ -303,7 +322,7 @@ void HttpSession::finishRequest(int status, std::string_view error) {
   }
   if (AccessLogWriter* log = worker_.accessLog()) {
     AccessEntry e;
-    e.request_id = std::string_view(request_id_, sizeof request_id_);
+    e.request_id = request_id_;
     e.client = client_ip_;
     e.method = log_method_;
     e.host = log_host_;
@@ -329,12 +348,13 @@ void HttpSession::finishRequest(int status, std::string_view error) {
 // Streams the rest of a request body (whatever is not already in rbuf_) from the client to the
 // upstream, with backpressure: one buffer in flight at a time. Returns false when the exchange
 // must stop; upstream_failed tells whose fault it was.
-asio::awaitable<bool> HttpSession::streamRequestBody(upstream::UpstreamConnection& up, bool& upstream_failed) {
+asio::awaitable<bool> HttpSession::streamRequestBody(upstream::UpstreamConnection& up, uint64_t already_sent,
+                                                     bool& upstream_failed) {
   const config::Snapshot& snap = *wrt_->rt->snapshot;
   const uint64_t max_body = snap.limits.max_body_bytes;
   const bool chunked = req_.framing == BodyFraming::kChunked;
-  uint64_t remaining = chunked ? 0 : req_.content_length;
-  uint64_t body_seen = 0;
+  uint64_t remaining = chunked ? 0 : req_.content_length - already_sent;
+  uint64_t body_seen = already_sent;
   upstream_failed = false;
   for (;;) {
     if (!rbuf_.empty()) {
@@ -480,7 +500,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
   up_req.host = route.forward.host_rewrite ? std::string_view(*route.forward.host_rewrite) : req_.host;
   up_req.client_ip = client_ip_;
   up_req.scheme = listener_.scheme;
-  up_req.request_id = std::string_view(request_id_, sizeof request_id_);
+  up_req.request_id = request_id_;
   if (req_.framing == BodyFraming::kContentLength) {
     up_req.body = codec::BodyOut::kContentLength;
     up_req.content_length = req_.content_length;
@@ -492,15 +512,9 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
   codec::writeUpstreamRequest(up_head, req_, up_req, snap.forwarding,
                               {&m.vhost->request_headers, &route.request_headers});
 
-  uint64_t hash = 0;
-  if (cc.lb == config::LbPolicy::kRingHash || cc.lb == config::LbPolicy::kMaglev) {
-    if (cc.hash.source == config::HashPolicy::Source::kHeader) {
-      const http::Header* h = req_.find(cc.hash.header);
-      hash = upstream::hashKey(h ? h->value : std::string_view{});
-    } else {
-      hash = upstream::hashKey(client_ip_);
-    }
-  }
+  const uint64_t hash = cc.lb == config::LbPolicy::kRingHash || cc.lb == config::LbPolicy::kMaglev
+                            ? upstream::requestHash(cc.hash, client_ip_, req_.headers)
+                            : 0;
   const bool idempotent = isIdempotent(req_.method);
   const bool expect_continue = req_.expect_continue && !http10_;
   bool client_keep = req_.keep_alive;
@@ -659,6 +673,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       }
     }
     if (!body_whole) {
+      const uint64_t already_sent = held;
       rbuf_.consume(held);
       req_bytes_ += held;
       held = 0;
@@ -672,7 +687,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       }
       chunks_.reset();  // for chunked nothing was consumed yet: decoding restarts at the body's start
       bool upstream_failed = false;
-      const bool body_sent = co_await streamRequestBody(*conn, upstream_failed);
+      const bool body_sent = co_await streamRequestBody(*conn, already_sent, upstream_failed);
       if (!body_sent) {
         if (!upstream_failed) co_return false;  // client side failed; already answered or gone
         // The upstream stopped reading: it may have answered early (e.g. 413); try to relay that.
@@ -698,9 +713,21 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
         }
         if (st == http::ParseStatus::kError) break;
       }
-      size_t room = ubuf_.prepare(4096, limits_.max_request_line + limits_.max_header_bytes + 16);
-      if (room == 0) break;
-      auto [ec, n] = co_await conn->socket.async_read_some(asio::buffer(ubuf_.tail(), room), kNoThrow);
+      boost::system::error_code ec;
+      size_t n = 0;
+      if (!any_byte) {
+        // The answer cannot be there yet: wait for readability instead of a read that would
+        // fail with EAGAIN first (one syscall less per request).
+        auto [wec] = co_await conn->socket.async_wait(tcp::socket::wait_read, kNoThrow);
+        ec = wec;
+      }
+      if (!ec) {
+        size_t room = ubuf_.prepare(4096, limits_.max_request_line + limits_.max_header_bytes + 16);
+        if (room == 0) break;
+        auto [rec, rn] = co_await conn->socket.async_read_some(asio::buffer(ubuf_.tail(), room), kNoThrow);
+        ec = rec;
+        n = rn;
+      }
       if (ec) {
         if (timed_out_) {
           ++cstats.timeouts;
@@ -788,7 +815,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
     client_keep = client_keep && !worker_.draining();
     down.keep_alive = client_keep;
     down.client_http10 = http10_;
-    down.request_id = std::string_view(request_id_, sizeof request_id_);
+    down.request_id = request_id_;
     wbuf_.clear();
     codec::writeDownstreamResponse(wbuf_, resp_, down, {&m.vhost->response_headers, &route.response_headers});
 

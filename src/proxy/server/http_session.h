@@ -61,13 +61,15 @@ class HttpSession {
                                             std::string_view content_type = "text/plain",
                                             const router::RouteTable::Match* m = nullptr);
   boost::asio::awaitable<bool> respondError(int status, std::string_view reason, bool keep_alive);
-  boost::asio::awaitable<bool> streamRequestBody(upstream::UpstreamConnection& up, bool& upstream_failed);
+  boost::asio::awaitable<bool> streamRequestBody(upstream::UpstreamConnection& up, uint64_t already_sent,
+                                                 bool& upstream_failed);
   boost::asio::awaitable<bool> streamResponseBody(upstream::UpstreamConnection& up, http::BodyFraming framing,
                                                   uint64_t remaining, bool dechunk, bool& upstream_clean);
   boost::asio::awaitable<bool> writeClient(std::string_view a, std::string_view b = {});
   boost::asio::awaitable<void> lingerClose();
 
   void setPhase(Phase p, std::chrono::milliseconds timeout);
+  void resetRequestState();
   void report(int cluster, int endpoint, upstream::Outcome o);
   void finishRequest(int status, std::string_view error);
   void closeClient();
@@ -99,7 +101,7 @@ class HttpSession {
   int64_t upstream_end_ns_ = 0;
   uint64_t req_bytes_ = 0;
   uint64_t resp_bytes_ = 0;
-  char request_id_[32];
+  std::string request_id_;  // the client's X-Request-Id when sane, else generated
   int route_id_ = -1;
   std::string log_method_, log_host_, log_path_, log_upstream_;
   std::string_view log_cluster_;

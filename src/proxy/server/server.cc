@@ -321,6 +321,8 @@ void Server::startAdmin(const config::Admin& admin) {
 }
 
 int Server::run() {
+  // Before anything binds: a SIGTERM that arrives during start-up must drain, not kill.
+  asio::signal_set signals(control_, SIGHUP, SIGTERM, SIGINT);
   config::LoadResult r = config::loadFile(options_.config_path);
   if (!r.snapshot) {
     spdlog::error("cannot start: {} error(s) in {}", r.errors.size(), options_.config_path);
@@ -349,7 +351,6 @@ int Server::run() {
   spdlog::info("marchproxy ingress ready: {} worker(s), config version {} hash {}", n, r.snapshot->version,
                r.snapshot->hash.substr(0, 12));
 
-  asio::signal_set signals(control_, SIGHUP, SIGTERM, SIGINT);
   std::function<void()> wait_signal;
   wait_signal = [&] {
     signals.async_wait([&](const boost::system::error_code& ec, int sig) {

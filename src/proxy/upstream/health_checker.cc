@@ -25,7 +25,7 @@ using tcp = asio::ip::tcp;
 namespace {
 
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
-constexpr size_t kMaxResponseHead = 16 * 1024;
+constexpr size_t kMaxResponseHead = size_t{16} * 1024;
 constexpr std::chrono::milliseconds kMaxFirstDelay{1000};
 
 bool sameCheck(const config::HealthCheck& a, const config::HealthCheck& b) {

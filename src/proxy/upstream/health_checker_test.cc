@@ -91,8 +91,8 @@ uint16_t closedPort() {
   return a.local_endpoint().port();  // closed when `a` goes out of scope
 }
 
-config::Snapshot snapshotWith(std::vector<uint16_t> ports, config::HealthCheck::Type type, uint32_t healthy,
-                              uint32_t unhealthy) {
+config::Snapshot snapshotWith(const std::vector<uint16_t>& ports, config::HealthCheck::Type type,
+                              uint32_t healthy, uint32_t unhealthy) {
   config::Snapshot s;
   config::Cluster& c = s.clusters.emplace_back();
   c.name = "app";
