@@ -1,7 +1,7 @@
 add_library(mp_warnings INTERFACE)
 target_compile_options(mp_warnings INTERFACE
   -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Wcast-align -Wunused -Woverloaded-virtual
-  -Wnull-dereference -Wimplicit-fallthrough
+  -Wimplicit-fallthrough
   $<$<CXX_COMPILER_ID:GNU>:-Wno-maybe-uninitialized>)
 # Asio is used with one io_context per thread; no handler runs on another thread's context.
 add_library(mp_asio INTERFACE)

@@ -59,14 +59,16 @@ def log(msg):
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenario", default="all", choices=SCENARIOS + ["all"])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of all targets (results: >= 3)")
     ap.add_argument("--duration", type=int, default=10, help="seconds of each measured wrk run")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured wrk load first")
     ap.add_argument("--workers", type=int, default=1, help="workers/threads of every proxy")
-    ap.add_argument("--proxies", default="nginx,haproxy,marchproxy")
+    ap.add_argument("--proxies", default="nginx,haproxy,marchproxy",
+                    help="comma-separated, in the order they run in each round")
     ap.add_argument("--no-origin", action="store_true", help="skip the origin-alone reference")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections")
-    ap.add_argument("--idle-conns", type=int, default=10000)
+    ap.add_argument("--idle-conns", type=int, default=10000,
+                    help="idle client connections in the idle scenario")
     ap.add_argument("--idle-settle", type=float, default=2.0,
                     help="seconds to wait with N idle connections before reading RSS")
     ap.add_argument("--quiet-wait", type=float, default=20.0,
@@ -81,9 +83,10 @@ def parse_args(argv):
                     help="binary (default build/bench/src/cli/marchproxy, then build/release/...)")
     ap.add_argument("--results-dir", default=None,
                     help="default bench/results for a full run, bench/work/results otherwise")
-    ap.add_argument("--work-dir", required=True)
-    ap.add_argument("--pid-file", default=None)
-    ap.add_argument("--invocation", default=None, help="the command line, as run.sh saw it")
+    # Set by run.sh.
+    ap.add_argument("--work-dir", required=True, help=argparse.SUPPRESS)
+    ap.add_argument("--pid-file", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--invocation", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -236,6 +239,7 @@ class Bench:
             origin_pids = self.origin.pids()
             o_conns0, o_reqs0 = self.origin.status()
             cpu0 = procstat.cpu_ticks(pids)
+            ctx0 = procstat.ctx_switches(pids)
             ocpu0 = procstat.cpu_ticks(origin_pids)
             core0 = procstat.core_ticks(self.proxy_cpus)
             lcore0 = procstat.core_ticks(self.load_cpus)
@@ -247,6 +251,7 @@ class Bench:
                                    f"(status {target.proc.returncode}); see {target.log_path}")
             pids_after = target.pids()
             cpu1 = procstat.cpu_ticks(set(pids) | set(pids_after))
+            ctx1 = procstat.ctx_switches(pids_after)
             ocpu1 = procstat.cpu_ticks(origin_pids)
             o_conns1, o_reqs1 = self.origin.status()
             mem = procstat.memory_kb(pids_after)
@@ -280,6 +285,8 @@ class Bench:
             "cpu_s": cpu_s,
             "cpu_us_per_req": cpu_s * 1e6 / reqs if reqs else None,
             "util_pct": 100 * cpu_s / wall if wall else None,
+            "sleeps_per_req": (ctx1[0] - ctx0[0]) / reqs if reqs else None,
+            "preemptions_per_req": (ctx1[1] - ctx0[1]) / reqs if reqs else None,
             "hwm_mib": mem["hwm_kb"] / 1024, "rss_mib": mem["rss_kb"] / 1024,
             "pss_mib": mem["pss_kb"] / 1024,
             "pids": pids_after,

@@ -81,6 +81,30 @@ def cpu_delta_seconds(before, after):
     return ticks / CLK_TCK, stable
 
 
+def ctx_switches(pids):
+    """(voluntary, involuntary) context switches summed over every thread of pids.
+
+    Voluntary ones are mostly the event loop going to sleep in epoll_wait: per request, they say
+    how well a proxy batches. Involuntary ones are preemptions, by noise or by the origin.
+    """
+    vol = invol = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                for line in _read(f"/proc/{pid}/task/{tid}/status").splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        invol += int(line.split()[1])
+            except OSError:
+                pass
+    return vol, invol
+
+
 def memory_kb(pids):
     """Sum over pids of VmRSS, VmHWM (kB, from /proc/PID/status) and Pss (kB, smaps_rollup).
 

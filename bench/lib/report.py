@@ -12,7 +12,8 @@ import statistics
 import subprocess
 
 # Metrics summarised per scenario kind: (key in a run, unit shown in the table).
-WRK_METRICS = ["rps", "p50_ms", "p99_ms", "cpu_us_per_req", "util_pct", "hwm_mib",
+WRK_METRICS = ["rps", "p50_ms", "p99_ms", "cpu_us_per_req", "util_pct", "sleeps_per_req",
+               "preemptions_per_req", "hwm_mib",
                "origin_conns_per_1k", "origin_cpu_us_per_req", "loadgen_cpu_us_per_req",
                "loadgen_util_pct", "core_busy_pct", "foreign_pct", "load_core_foreign_pct", "steal_pct"]
 IDLE_METRICS = ["rss_per_conn_bytes", "pss_per_conn_bytes", "rss_before_mib", "rss_idle_mib",
@@ -320,7 +321,7 @@ set grid ytics
 set key off
 set label 1 "{results['started']} · {results['machine']['nproc']} CPUs · {results['layout_short']}" at screen 0.01,0.025 font "sans,8"
 plot '{dat}' using 0:2:(0.6):5:xtic(1) with boxes lc rgb variable, \\
-     '' using 0:2:3:4 with yerrorbars lc rgb "black" ps 0, \\
+     '' using 0:2:3:4 with yerrorbars lc rgb "black" pt 7 ps 0.4, \\
      '' using 0:4:(sprintf("%.{0 if sc == 'idle' else 1}f", $2)) with labels offset 0,0.8
 """
     p = subprocess.run([gnuplot], input=script, text=True, capture_output=True)
@@ -332,7 +333,7 @@ plot '{dat}' using 0:2:(0.6):5:xtic(1) with boxes lc rgb variable, \\
 
 # ---------------------------------------------------------------- files
 
-def write(results, out_dir, work_dir):
+def write(results, out_dir, work_dir, write_json=True):
     """Write <scenario>-<stamp>.json/.md/.png into out_dir and refresh LATEST.md; return paths."""
     os.makedirs(out_dir, exist_ok=True)
     base = f"{results['scenario']}-{results['stamp']}"
@@ -340,9 +341,10 @@ def write(results, out_dir, work_dir):
     md_path = os.path.join(out_dir, base + ".md")
     png_path = os.path.join(out_dir, base + ".png")
     has_chart = chart(results, png_path, work_dir)
-    with open(json_path, "w") as f:
-        json.dump(results, f, indent=1, sort_keys=False)
-        f.write("\n")
+    if write_json:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=1, sort_keys=False)
+            f.write("\n")
     with open(md_path, "w") as f:
         f.write(markdown(results, os.path.basename(png_path) if has_chart else None))
     update_latest(out_dir, results, base, has_chart)
@@ -377,6 +379,8 @@ def update_latest(out_dir, results, base, has_chart):
         body += [f"![{sc}]({base}.png)", ""]
     if results["goals"]:
         body += _goal_lines(results) + [""]
+    if "marchproxy" in results["summary"]:
+        body += [f"MarchProxy: {results['versions'].get('marchproxy', '?')}", ""]
     body.append(results["layout"])
     sections[sc] = "\n".join(body)
     order = ["h1", "h1-new", "idle"]
@@ -385,3 +389,16 @@ def update_latest(out_dir, results, base, has_chart):
         f.write(LATEST_HEADER)
         for name in names:
             f.write(f"\n<!-- scenario:{name} -->\n{sections[name]}\n<!-- /scenario -->\n")
+
+
+if __name__ == "__main__":
+    # Re-draw the .md, the chart and LATEST.md from results files, after this file changed:
+    #   python3 bench/lib/report.py bench/results/h1-20261125-194812.json ...
+    import sys
+    import tempfile
+    for path in sys.argv[1:]:
+        with open(path) as f:
+            res = json.load(f)
+        with tempfile.TemporaryDirectory() as tmp:
+            print(", ".join(p for p in write(res, os.path.dirname(os.path.abspath(path)), tmp,
+                                             write_json=False) if p))

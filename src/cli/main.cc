@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   marchproxy::log::init();
   CLI::App app{"MarchProxy: ingress reverse proxy and egress forward proxy"};
   app.require_subcommand(1);
+  app.fallthrough();  // global options such as --log-level may also follow the subcommand
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off");
 

@@ -13,6 +13,7 @@ What lives here (see README.md beside this file):
 Nothing here asserts timing: waits are generous polls with deadlines, tests assert behaviour.
 """
 
+import atexit
 import glob
 import hashlib
 import json
@@ -55,7 +56,15 @@ def find_binary():
     if not cands:
         raise unittest.SkipTest("marchproxy binary not found: set MARCHPROXY_BIN or build it "
                                 "(cmake --preset dev && cmake --build build/dev)")
-    return max(cands, key=os.path.getmtime)
+    path = max(cands, key=os.path.getmtime)
+    global _announced
+    if not _announced:
+        _announced = True
+        sys.stderr.write(f"[harness] MARCHPROXY_BIN not set; using the newest build: {path}\n")
+    return path
+
+
+_announced = False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -514,6 +523,30 @@ def metric_sum(samples, name, **labels):
 # ------------------------------------------------------------------------------------------------
 # the proxy process
 
+SETPRIV = shutil.which("setpriv")
+_live = set()  # proxies not yet stopped, killed at interpreter exit whatever happened
+
+
+@atexit.register
+def _kill_leftovers():
+    for p in list(_live):
+        try:
+            os.kill(p.pid, signal.SIGKILL)
+            p.proc.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+
+def _sigterm_exits(signum, frame):
+    # Stop the run as ^C does (unittest lets KeyboardInterrupt through), so atexit kills the rest.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, _sigterm_exits)
+
+_SANITIZER_RE = re.compile(r"ERROR: (Address|Leak|Thread|Memory)Sanitizer|WARNING: ThreadSanitizer|"
+                           r"runtime error: ")
 _LISTEN_RE = re.compile(r"listening: listener=(\S+) address=(\S+):(\d+)")
 
 
@@ -524,12 +557,15 @@ class Proxy:
     first non-admin one), self.admin_port. Every stderr line is kept in self.lines."""
 
     def __init__(self, config_yaml, workdir, watch=False, expect_listeners=("http",), admin=True,
-                 extra_args=(), log_level=None, wait_ready=True):
+                 extra_args=(), log_level=None, wait_ready=True, config_path=None):
         self.binary = find_binary()
         self.workdir = workdir
-        self.config_path = os.path.join(workdir, "config.yaml")
         self.stderr_path = os.path.join(workdir, "proxy.stderr")
-        self.write_config(config_yaml)
+        if config_path:  # the caller laid the file out itself (e.g. a ConfigMap-style symlink)
+            self.config_path = config_path
+        else:
+            self.config_path = os.path.join(workdir, "config.yaml")
+            self.write_config(config_yaml)
         args = [self.binary, "ingress", "--config", self.config_path]
         if not watch:
             args.append("--no-watch")
@@ -538,15 +574,19 @@ class Proxy:
             args += ["--log-level", log_level]
         args += list(extra_args)
         self.args = args
+        # If the test runner itself dies (ctest timeout, ^C, kill), take the proxy with it:
+        # setpriv sets the parent-death signal and execs the binary, so the PID is the proxy's.
+        launch = ([SETPRIV, "--pdeathsig", "KILL", "--"] if SETPRIV else []) + args
         self.lines = []
         self.ports = {}
         self.addresses = {}
         self.port_conflicts = []
         self._cv = threading.Condition()
         self._log = open(self.stderr_path, "w", buffering=1)
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(launch, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
         self.pid = self.proc.pid
+        _live.add(self)
         self.returncode = None
         self.signals_sent = []
         self.killed = False            # stop() had to SIGKILL it
@@ -703,6 +743,7 @@ class Proxy:
                                       "SIGTERM; killed with SIGKILL")
         self._reader.join(2)
         self.returncode = self.proc.returncode
+        _live.discard(self)
         try:
             self.proc.stdout.close()
         except OSError:
@@ -764,13 +805,15 @@ class Origin:
       /sleep/MS      sleeps MS ms, then 200 with the name
       /bytes/N       N pattern bytes with Content-Length, streamed
       /chunked/N     N pattern bytes, chunked
+      /eof/N         N pattern bytes delimited by closing the connection (no length, no chunks)
       /sink          reads any body, answers {"length", "sha256"}
                      (any path: ?pause_ms=N waits N ms before reading the request body)
       /health        200, or 503 while .healthy is False
       /close         answers with Connection: close, then closes
       /hop           answers with hop-by-hop headers that a proxy must not pass on
     Every response carries X-Origin-Name. Controls: .healthy, .fail_status (every non-/health
-    response becomes that status), .gate (a threading.Event: non-/health requests wait for it).
+    response becomes that status), .gate (a threading.Event: non-/health requests wait for it),
+    .keepalive_timeout (seconds: idle keep-alive connections are closed silently after it).
     Counters: .count (non-/health requests), .health_count, .inflight, .connections (accepted),
     .log (list of (method, target) of non-/health requests), .last_headers."""
 
@@ -779,6 +822,8 @@ class Origin:
         self.healthy = True
         self.fail_status = None
         self.gate = None
+        self.keepalive_timeout = None  # seconds; an idle keep-alive connection is closed after it
+        self.idle_closes = 0
         self.lock = threading.Lock()
         self.count = 0
         self.health_count = 0
@@ -867,7 +912,16 @@ class Origin:
                 pass
 
     def _one(self, c, rfile):
-        line = rfile.readline(65537)
+        ka = self.keepalive_timeout
+        c.settimeout(ka)  # None = wait forever for the next request
+        try:
+            line = rfile.readline(65537)
+        except socket.timeout:
+            with self.lock:
+                self.idle_closes += 1
+            return False  # our keep-alive timeout: close silently, as servers do
+        finally:
+            c.settimeout(None)
         if not line:
             return False
         while line in (b"\r\n", b"\n"):  # tolerate stray CRLF between requests (RFC 9112 2.2)
@@ -1020,6 +1074,15 @@ class Origin:
         if path == "/sink":
             body = json.dumps({"name": self.name, "length": length, "sha256": sha}).encode()
             return self._write(c, 200, [("Content-Type", "application/json")], body_for(body), close)
+        if path.startswith("/eof/"):  # no Content-Length, no chunking: the body ends at close
+            n = int(path.split("/")[2])
+            hdr = [f"HTTP/1.1 200 OK", f"X-Origin-Name: {self.name}",
+                   "Content-Type: application/octet-stream", "Connection: close"]
+            c.sendall(("\r\n".join(hdr) + "\r\n\r\n").encode())
+            if method != "HEAD":
+                for chunk in pattern_chunks(n):
+                    c.sendall(chunk)
+            return False
         if path == "/close":
             self._write(c, 200, [("Content-Type", "text/plain")], body_for(self.name.encode()),
                         close=True)
@@ -1111,7 +1174,7 @@ def read_request_head(sock, limit=1 << 20):
     return data
 
 
-_KEYWORDS = {"id", "echo", "status", "sleep", "bytes", "chunked", "sink", "close", "hop"}
+_KEYWORDS = {"id", "echo", "status", "sleep", "bytes", "chunked", "eof", "sink", "close", "hop"}
 
 
 def _behaviour_path(path):
@@ -1183,6 +1246,11 @@ class ProxyTestCase(unittest.TestCase):
             problems.append(f"died of signal {-p.returncode} ({signal.Signals(-p.returncode).name})")
         elif p.exited_on_its_own:
             problems.append(f"exited on its own during the test with code {p.returncode}")
+        elif p.returncode not in (0, None) and not p.exit_observed:
+            problems.append(f"exit code {p.returncode} after SIGTERM (the contract says 0)")
+        sanitizer = [ln for ln in p.lines if _SANITIZER_RE.search(ln)]
+        if sanitizer:
+            problems.append("sanitizer report: " + sanitizer[0])
         if problems or self._failed() or os.environ.get("MARCHPROXY_ITEST_VERBOSE"):
             sys.stderr.write(f"\n----- marchproxy output ({self.id()}, pid {p.pid}, "
                              f"exit {p.returncode}, {p.binary}) -----\n{p.tail(200)}\n----- end -----\n")

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import unittest
 
 from harness import (ProxyTestCase, Conn, get, request, render, wait_until, metric_sum, parse_metrics)
@@ -134,6 +135,17 @@ class AdminTest(ProxyTestCase):
             for c in conns:
                 c.close()
         wait_until(lambda: self.p.metric(gauge) <= base, 5, message=f"{gauge} back to {base}")
+        # a request held at the origin keeps one upstream connection active
+        self.a.gate = threading.Event()
+        t = threading.Thread(target=lambda: get(self.p.port, "/api/id", timeout=20), daemon=True)
+        t.start()
+        try:
+            wait_until(lambda: self.a.inflight == 1, 5, message="request held at the origin")
+            wait_until(lambda: self.p.metric("marchproxy_upstream_connections_active", cluster="a") >= 1, 5,
+                       message="marchproxy_upstream_connections_active{cluster=a} >= 1 while a request is held")
+        finally:
+            self.a.gate.set()
+            t.join(10)
         wait_until(lambda: self.p.metric("marchproxy_upstream_connections_active", cluster="a") == 0, 5,
                    message="no upstream connection in use once the requests are done")
 

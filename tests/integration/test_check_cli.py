@@ -7,7 +7,7 @@ import subprocess
 import tempfile
 import unittest
 
-from harness import SOURCE_DIR, find_binary
+from harness import SOURCE_DIR, ProxyTestCase, find_binary, get
 
 VALID = """
 schema: 1
@@ -160,6 +160,34 @@ class CheckCliTest(unittest.TestCase):
         rc, out = self.check("/nonexistent/marchproxy-itest.yaml")
         self.assertNotEqual(rc, 0, out)
         self.assertIn("marchproxy-itest.yaml", out)
+
+
+MINIMAL = """
+schema: 1
+workers: 1
+admin: { address: 127.0.0.1, port: 0 }
+listeners: [ { name: http, address: 127.0.0.1, port: 0 } ]
+virtual_hosts:
+  - name: app
+    domains: ["*"]
+    routes:
+      - match: { prefix: / }
+        direct_response: { status: 200, body: "hi" }
+"""
+
+
+class IngressCliTest(ProxyTestCase):
+    def test_log_level_after_subcommand(self):
+        # Contract: marchproxy ingress --config FILE [--no-watch] [--log-level debug]
+        p = self.start_proxy(MINIMAL, log_level="debug")
+        self.assertStatus(get(p.port, "/"), 200)
+
+    def test_ingress_missing_config_file(self):
+        r = subprocess.run([find_binary(), "ingress", "--config", "/nonexistent/mp.yaml", "--no-watch"],
+                           capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        out = (r.stdout + r.stderr).decode(errors="replace")
+        self.assertNotEqual(r.returncode, 0, out)
+        self.assertIn("mp.yaml", out)
 
 
 if __name__ == "__main__":

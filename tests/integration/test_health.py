@@ -105,6 +105,42 @@ class ActiveHealthTest(ProxyTestCase):
         wait_until(lambda: get(self.p.port, "/id").status == 200, 10, message="B serving again")
 
 
+TCP_CHECK = """
+schema: 1
+workers: 2
+admin: { address: 127.0.0.1, port: 0 }
+listeners: [ { name: http, address: 127.0.0.1, port: 0 } ]
+virtual_hosts:
+  - name: app
+    domains: ["*"]
+    routes:
+      - match: { prefix: / }
+        forward: { cluster: c }
+clusters:
+  - name: c
+    endpoints: [ "${A}", "${DEAD}" ]
+    health_check: { type: tcp, interval: 300ms, timeout: 250ms, healthy_threshold: 1, unhealthy_threshold: 1 }
+    outlier_detection: { enabled: false }
+    timeouts: { connect: 1s, response: 5s }
+"""
+
+
+class TcpHealthTest(ProxyTestCase):
+    def test_tcp_check_marks_dead_endpoint(self):
+        a = self.start_origin("A")
+        dead_port = free_port()
+        p = self.start_proxy(render(TCP_CHECK, A=a.address, DEAD=f"127.0.0.1:{dead_port}"))
+
+        def healthy(port):
+            return p.metric("marchproxy_upstream_endpoint_healthy", cluster="c",
+                            endpoint=lambda e: e.rsplit(":", 1)[-1] == str(port))
+        wait_until(lambda: healthy(dead_port) == 0 and healthy(a.port) == 1, 10,
+                   message="dead endpoint unhealthy, live one healthy")
+        statuses = [get(p.port, "/id").status for _ in range(20)]
+        self.assertEqual(statuses, [200] * 20)
+        self.assertEqual(a.count, 20)
+
+
 class PassiveHealthTest(ProxyTestCase):
     def setUp(self):
         self.b = self.start_origin("B")

@@ -5,7 +5,8 @@ import hashlib
 import time
 import unittest
 
-from harness import ProxyTestCase, Conn, ConnectionClosed, get, render, build_request, chunked_encode
+from harness import (ProxyTestCase, Conn, ConnectionClosed, get, render, build_request, chunked_encode,
+                     pattern_sha256, wait_until)
 
 H1 = """
 schema: 1
@@ -193,6 +194,31 @@ class Http1Test(ProxyTestCase):
         self.assertStatus(get(self.p.port, "/id"), 200)
         self.assertEqual(self.o.count, 2)
 
+    def test_origin_closing_after_response(self):
+        # The origin answers with Connection: close; the proxy must not reuse that connection.
+        with Conn(self.p.port) as c:
+            for _ in range(5):
+                self.assertStatus(c.request("GET", "/close"), 200)
+                self.assertStatus(c.request("GET", "/id"), 200)
+
+    def test_origin_idle_keepalive_timeout(self):
+        # The origin silently closes pooled connections after 0.3 s idle (as nginx and others do);
+        # a later request must not fail on the dead pooled connection.
+        self.o.keepalive_timeout = 0.3
+        for _ in range(3):
+            self.assertStatus(get(self.p.port, "/id"), 200)
+            time.sleep(1.0)
+        self.assertStatus(get(self.p.port, "/id"), 200)
+        self.assertGreaterEqual(self.o.idle_closes, 1, "the origin never closed an idle connection")
+
+    def test_close_delimited_upstream_response(self):
+        for version in ("HTTP/1.1", "HTTP/1.0"):
+            with self.subTest(version=version), Conn(self.p.port) as c:
+                c.send(f"GET /eof/100000 {version}\r\nHost: t\r\n\r\n".encode())
+                r = c.read_response()
+                self.assertStatus(r, 200)
+                self.assertEqual(hashlib.sha256(r.body).hexdigest(), pattern_sha256(100000))
+
     def test_client_abort_mid_body(self):
         with Conn(self.p.port) as c:
             c.send(b"POST /sink HTTP/1.1\r\nHost: t\r\nContent-Length: 900\r\n\r\n" + b"x" * 100)
@@ -253,6 +279,48 @@ class Http1Test(ProxyTestCase):
                 sinks = [q for q in self.o.requests if q.get("body_length", 0) > 1000]
                 self.assertEqual(sinks, [], f"{name}: the origin got a complete over-limit body")
                 self.assertServes(self.p)
+
+
+LIMITED = """
+schema: 1
+workers: 1
+admin: { address: 127.0.0.1, port: 0 }
+listeners: [ { name: http, address: 127.0.0.1, port: 0 } ]
+virtual_hosts:
+  - name: app
+    domains: ["*"]
+    routes:
+      - match: { prefix: / }
+        forward: { cluster: o }
+clusters:
+  - name: o
+    endpoints: [ "${O}" ]
+limits: { max_connections: 3 }
+timeouts: { header_read: 2s, idle: 30s, drain: 1s }
+"""
+
+
+class ConnectionLimitTest(ProxyTestCase):
+    def test_max_connections(self):
+        o = self.start_origin("O")
+        p = self.start_proxy(render(LIMITED, O=o.address))
+        conns = [Conn(p.port) for _ in range(3)]
+        for c in conns:
+            self.addCleanup(c.close)
+            self.assertStatus(c.request("GET", "/id"), 200)
+        with Conn(p.port) as extra:
+            try:
+                extra.send(build_request("GET", "/id?over-limit"))
+                r = extra.read_response()
+            except (ConnectionClosed, OSError):
+                r = None
+            self.assertTrue(r is None or r.status == 503, f"4th connection over max_connections: {r!r}")
+        self.assertNotIn(("GET", "/id?over-limit"), o.log)
+        for c in conns:  # the admitted ones still work
+            self.assertStatus(c.request("GET", "/id"), 200)
+        conns[0].close()
+        wait_until(lambda: get(p.port, "/id").status == 200, 10,
+                   message="a new connection admitted once one closed")
 
 
 if __name__ == "__main__":

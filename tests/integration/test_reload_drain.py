@@ -1,5 +1,7 @@
 """Reload (SIGHUP under load, file change, bad config rejected) and graceful drain on SIGTERM."""
+import os
 import signal
+import socket
 import threading
 import time
 import unittest
@@ -100,8 +102,10 @@ class ReloadTest(ProxyTestCase):
             try:
                 while not stop.is_set():
                     t0 = time.monotonic()
+                    # client 3 is slow, so that reloads land while its requests are in flight
+                    path = f"/sleep/150?client={n}" if n == 3 else f"/id?client={n}"
                     try:
-                        r = c.request("GET", f"/id?client={n}")
+                        r = c.request("GET", path)
                     except ConnectionClosed as e:
                         with lock:
                             failures.append(f"client {n}: {e} (got {e.got_bytes} bytes on this "
@@ -211,6 +215,138 @@ class ReloadTest(ProxyTestCase):
         self.assertEqual(p.metric("marchproxy_config_reloads_total", result="ok"), 1)
 
 
+DETAILS = """
+schema: 1
+version: ${VERSION}
+workers: 1
+admin: { address: 127.0.0.1, port: 0 }
+listeners:
+  - { name: http, address: 127.0.0.1, port: 0 }
+${EXTRA}
+virtual_hosts:
+  - name: app
+    domains: ["*"]
+    request_headers: { set: { x-config: "v${VERSION}" } }
+    routes:
+      - match: { prefix: / }
+        forward: { cluster: c }
+clusters:
+  - name: c
+    endpoints: [ "${A}", "${B}" ]
+    health_check: { type: http, path: /health, interval: 300ms, timeout: 250ms, healthy_threshold: 1, unhealthy_threshold: 1 }
+    outlier_detection: { enabled: false }
+timeouts: { header_read: 2s, idle: 30s, drain: 1s }
+"""
+
+
+class ReloadDetailsTest(ProxyTestCase):
+    def setUp(self):
+        self.a = self.start_origin("A")
+        self.b = self.start_origin("B")
+
+    def config(self, version, extra=""):
+        return render(DETAILS, VERSION=version, EXTRA=extra, A=self.a.address, B=self.b.address)
+
+    def wait_version(self, p, version):
+        wait_until(lambda: p.config_info().get("version") == version, 10,
+                   message=f"/config version {version}")
+
+    def test_version_only_change_is_applied(self):
+        # Contract: a good new config logs "config reloaded" and /config shows the new version.
+        # Here the file differs from the running one only in its version.
+        p = self.start_proxy(self.config(1).replace('"v1"', '"same"'))
+        mark = p.mark()
+        p.reload(self.config(2).replace('"v2"', '"same"'))
+        self.wait_version(p, 2)
+        p.wait_log("config reloaded", since=mark)
+
+    def test_listener_added_and_removed(self):
+        p = self.start_proxy(self.config(1))
+        http = p.port
+        p.reload(self.config(2, "  - { name: extra, address: 127.0.0.1, port: 0 }"))
+        self.wait_version(p, 2)
+        wait_until(lambda: "extra" in p.ports, 5, message="a listening line for the new listener")
+        extra = p.ports["extra"]
+        self.assertStatus(get(extra, "/id"), 200)
+        self.assertStatus(get(http, "/id"), 200, "the old listener keeps its port")
+        p.reload(self.config(3))
+        self.wait_version(p, 3)
+        wait_until(lambda: connect_refused(extra), 5, message="removed listener's port refused")
+        self.assertStatus(get(http, "/id"), 200)
+        self.assertEqual(p.port_conflicts, [], "a listener changed port across reloads")
+
+    def test_listener_bind_failure_is_a_failed_reload(self):
+        p = self.start_proxy(self.config(1))
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        mark = p.mark()
+        p.reload(self.config(2, f"  - {{ name: clash, address: 127.0.0.1, port: {port} }}"))
+        p.wait_log("config reload failed", since=mark)
+        wait_until(lambda: p.metric("marchproxy_config_reloads_total", result="failed") == 1, 5,
+                   message="failed reload counted")
+        self.assertEqual(p.config_info().get("version"), 1)
+        self.assertStatus(get(p.port, "/id"), 200)
+
+    def test_health_state_and_idle_connections_survive_reload(self):
+        p = self.start_proxy(self.config(1))
+        wait_until(lambda: {get(p.port, "/id").text for _ in range(4)} == {"A", "B"}, 10,
+                   message="both endpoints serving")
+        self.a.healthy = False
+        wait_until(lambda: p.metric("marchproxy_upstream_endpoint_healthy", cluster="c",
+                                    endpoint=lambda e: e.endswith(f":{self.a.port}")) == 0, 10,
+                   message="A unhealthy")
+        for _ in range(4):
+            self.assertEqual(get(p.port, "/id").text, "B")
+        conns_b = self.b.connections
+        p.reload(self.config(2))
+        self.wait_version(p, 2)
+        a0 = self.a.count
+        ids = [get(p.port, "/id").text for _ in range(10)]
+        self.assertEqual(ids, ["B"] * 10, "an endpoint that stays keeps its (unhealthy) state")
+        self.assertEqual(self.a.count, a0)
+        self.assertEqual(self.b.connections, conns_b,
+                         "idle upstream connections to endpoints that remain are kept")
+
+    def test_unchanged_content_is_ignored_then_change_applies(self):
+        p = self.start_proxy(self.config(1), watch=True)
+        text = self.config(1)
+        mark = p.mark()
+        p.write_config(text, atomic=False)
+        p.write_config(text, atomic=True)
+        time.sleep(1.5)  # settle: a watcher that reacts does so well within this
+        self.assertEqual(p.metric("marchproxy_config_reloads_total", result="ok"), 0,
+                         "rewriting the same content must not count as a reload")
+        self.assertFalse([ln for ln in p.log_lines_since(mark) if "config reloaded" in ln])
+        p.write_config(self.config(2))
+        self.wait_version(p, 2)
+
+    def test_configmap_symlink_swap(self):
+        # Kubernetes mounts: config.yaml -> ..data/config.yaml, ..data -> ..<timestamp>; an
+        # update swaps ..data atomically and never touches config.yaml itself.
+        d = os.path.join(self.tmpdir(), "configmap")
+        os.makedirs(d)
+
+        def publish(n, text):
+            ts = os.path.join(d, f"..v{n}")
+            os.makedirs(ts)
+            with open(os.path.join(ts, "config.yaml"), "w") as f:
+                f.write(text)
+            tmp = os.path.join(d, "..data_tmp")
+            os.symlink(f"..v{n}", tmp)
+            os.replace(tmp, os.path.join(d, "..data"))
+        publish(1, self.config(1))
+        os.symlink("..data/config.yaml", os.path.join(d, "config.yaml"))
+        p = self.start_proxy(None, watch=True, config_path=os.path.join(d, "config.yaml"))
+        self.assertEqual(p.config_info().get("version"), 1)
+        publish(2, self.config(2))
+        self.wait_version(p, 2)
+        publish(3, self.config(3))
+        self.wait_version(p, 3)
+
+
 DRAIN = """
 schema: 1
 workers: 2
@@ -247,6 +383,7 @@ class DrainTest(ProxyTestCase):
                 with Conn(p.port, timeout=20) as c:
                     r = c.request("GET", "/sleep/3000")
                     result["status"], result["body"] = r.status, r.body
+                    result["connection"] = (r.header("connection") or "").lower()
             except Exception as e:  # noqa: BLE001
                 result["error"] = repr(e)
         t = threading.Thread(target=slow, daemon=True)
@@ -260,7 +397,8 @@ class DrainTest(ProxyTestCase):
         self.assertTrue(p.alive(), "exited before its in-flight request finished")
         self.assertTrue(idle.closed_by_peer(5), "idle keep-alive connection not closed on drain")
         t.join(20)
-        self.assertEqual(result, {"status": 200, "body": b"S"})
+        self.assertEqual(result, {"status": 200, "body": b"S", "connection": "close"},
+                         "the in-flight request completes, its response says Connection: close")
         self.assertEqual(p.wait_exit(15), 0, f"exit code after drain:\n{p.tail()}")
 
     def test_sigterm_right_after_listening(self):

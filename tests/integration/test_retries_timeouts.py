@@ -22,7 +22,20 @@ virtual_hosts:
         forward: { cluster: failpair, retries: { attempts: 2, on: ["503"] } }
       - match: { prefix: /no-retry-503/ }
         forward: { cluster: failpair }
+      - match: { prefix: /retry-alldead/ }
+        forward: { cluster: alldead, retries: { attempts: 2, on: [connect-failure] } }
+      - match: { prefix: /per-try/ }
+        forward: { cluster: heldpair, timeout: 5s, retries: { attempts: 1, on: ["504"], per_try_timeout: 300ms } }
 clusters:
+  - name: alldead
+    endpoints: [ "${DEAD}", "${DEAD2}" ]
+    outlier_detection: { enabled: false }
+    timeouts: { connect: 1s, response: 5s }
+  - name: heldpair
+    lb: round_robin
+    endpoints: [ "${H}", "${B}" ]
+    outlier_detection: { enabled: false }
+    timeouts: { connect: 1s, response: 5s }
   - name: deadpair
     lb: round_robin
     endpoints: [ "${DEAD}", "${B}" ]
@@ -42,8 +55,11 @@ class RetryTest(ProxyTestCase):
         self.b = self.start_origin("B")
         self.f = self.start_origin("F")
         self.f.fail_status = 503
+        self.h = self.start_origin("H")
+        self.h.gate = threading.Event()  # H holds every request (until the test ends)
         self.p = self.start_proxy(render(RETRIES, DEAD=f"127.0.0.1:{free_port()}", B=self.b.address,
-                                         F=self.f.address))
+                                         F=self.f.address, DEAD2=f"127.0.0.1:{free_port()}",
+                                         H=self.h.address))
 
     def retries(self, cluster):
         return self.p.metric("marchproxy_upstream_retries_total", cluster=cluster)
@@ -76,6 +92,20 @@ class RetryTest(ProxyTestCase):
             self.assertEqual(r.text, "B")
         self.assertGreaterEqual(self.f.count, 1, "the failing endpoint was never tried")
         self.assertGreaterEqual(self.retries("failpair") - before, self.f.count)
+
+    def test_retries_exhausted(self):
+        before = self.retries("alldead")
+        for i in range(3):
+            r = get(self.p.port, f"/retry-alldead/id?i={i}")
+            self.assertIn(r.status, (502, 503), r)
+        self.assertGreaterEqual(self.retries("alldead") - before, 6, "2 retries for each of 3 requests")
+
+    def test_per_try_timeout_retried_on_504(self):
+        for i in range(6):
+            r = get(self.p.port, f"/per-try/id?i={i}", timeout=10)
+            self.assertStatus(r, 200)
+            self.assertEqual(r.text, "B")
+        self.assertGreaterEqual(self.h.count, 1, "the held endpoint was never tried")
 
     def test_503_surfaces_without_retry_policy(self):
         statuses = [get(self.p.port, f"/no-retry-503/id?i={i}").status for i in range(10)]

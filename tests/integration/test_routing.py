@@ -282,5 +282,127 @@ class NoDefaultVhostTest(ProxyTestCase):
         self.assertEqual([p.strip() for p in xff.split(",")], ["1.2.3.4", "127.0.0.1"], seen)
 
 
+MORE = """
+schema: 1
+workers: 2
+admin: { address: 127.0.0.1, port: 0 }
+listeners: [ { name: http, address: 127.0.0.1, port: 0 } ]
+virtual_hosts:
+  - name: app
+    domains: ["*"]
+    request_headers: { set: { x-layer: vhost, x-vhost: app } }
+    response_headers: { add: { x-vhost-resp: app } }
+    routes:
+      - match: { prefix: /hm/prefix, headers: [ { name: x-tenant, prefix: "acme-" } ] }
+        direct_response: { status: 200, body: "prefix" }
+      - match: { prefix: /hm/regex, headers: [ { name: x-user, regex: "[a-z]+" } ] }
+        direct_response: { status: 200, body: "regex" }
+      - match: { prefix: /hm/present, headers: [ { name: x-debug, present: true } ] }
+        direct_response: { status: 200, body: "present" }
+      - match: { prefix: /hm/absent, headers: [ { name: cookie, present: false } ] }
+        direct_response: { status: 200, body: "no-cookie" }
+      - match: { prefix: /hm/invert, headers: [ { name: x-env, exact: prod, invert: true } ] }
+        direct_response: { status: 200, body: "not-prod" }
+      - match: { prefix: /hm/all, headers: [ { name: x-a, exact: "1" }, { name: x-b, exact: "2" } ] }
+        direct_response: { status: 200, body: "all" }
+      - match: { prefix: /hm }
+        direct_response: { status: 200, body: "fallback" }
+      - match: { prefix: /forbidden }
+        direct_response: { status: 403, body: '{"error":"nope"}', content_type: application/json }
+      - match: { prefix: /hostrw/ }
+        forward: { cluster: a, host_rewrite: internal.svc }
+      - match: { prefix: /redir-prefix/ }
+        redirect: { code: 302, prefix_rewrite: /moved/ }
+      - match: { prefix: /redir-strip }
+        redirect: { code: 307, path: /stripped, strip_query: true }
+      - match: { prefix: /layers/ }
+        forward: { cluster: a }
+        request_headers: { set: { x-layer: route } }
+        response_headers: { add: { x-route-resp: r }, set: { content-type: text/x-replaced } }
+      - match: { prefix: /segment }
+        direct_response: { status: 200, body: "segment" }
+      - match: { prefix: / }
+        forward: { cluster: a }
+clusters:
+  - name: a
+    endpoints: [ "${A}" ]
+"""
+
+
+class MoreRoutingTest(ProxyTestCase):
+    def setUp(self):
+        self.a = self.start_origin("A")
+        self.p = self.start_proxy(render(MORE, A=self.a.address))
+
+    def text(self, path, headers=None):
+        r = request(self.p.port, "GET", path, headers=headers)
+        return r.text if r.status == 200 else r.status
+
+    def test_header_match_kinds(self):
+        cases = [
+            ("/hm/prefix", [("X-Tenant", "acme-eu")], "prefix"),
+            ("/hm/prefix", [("X-Tenant", "eu-acme-")], "fallback"),
+            ("/hm/regex", [("X-User", "alice")], "regex"),
+            ("/hm/regex", [("X-User", "alice1")], "fallback"),  # the whole value must match
+            ("/hm/present", [("X-Debug", "")], "present"),
+            ("/hm/present", [], "fallback"),
+            ("/hm/absent", [], "no-cookie"),
+            ("/hm/absent", [("Cookie", "a=1")], "fallback"),
+            ("/hm/invert", [("X-Env", "dev")], "not-prod"),
+            ("/hm/invert", [], "not-prod"),
+            ("/hm/invert", [("X-Env", "prod")], "fallback"),
+            ("/hm/all", [("X-A", "1"), ("X-B", "2")], "all"),
+            ("/hm/all", [("X-A", "1")], "fallback"),
+        ]
+        for path, headers, want in cases:
+            with self.subTest(path=path, headers=headers):
+                self.assertEqual(self.text(path, headers), want)
+
+    def test_prefix_is_a_byte_prefix(self):
+        # As in nginx and Envoy (docs/config-reference.md, match.prefix): "/segment" also covers
+        # "/segmentx"; a trailing slash in the prefix is how a user asks for whole segments.
+        self.assertEqual(self.text("/segment"), "segment")
+        self.assertEqual(self.text("/segment/x"), "segment")
+        self.assertEqual(self.text("/segmentx/echo"), "segment")
+
+    def test_direct_response_status_and_type(self):
+        r = get(self.p.port, "/forbidden")
+        self.assertStatus(r, 403)
+        self.assertEqual(r.body, b'{"error":"nope"}')
+        self.assertEqual(r.header("content-type"), "application/json")
+
+    def test_host_rewrite(self):
+        seen = request(self.p.port, "GET", "/hostrw/echo", host="public.test").json()["headers"]
+        self.assertEqual(header_pairs_get(seen, "host"), ["internal.svc"], seen)
+        self.assertEqual(header_pairs_get(seen, "x-forwarded-host"), ["public.test"], seen)
+
+    def test_redirect_prefix_rewrite_and_strip_query(self):
+        r = get(self.p.port, "/redir-prefix/a/b?q=1")
+        self.assertStatus(r, 302)
+        self.assertIn(r.header("location"), ("/moved/a/b?q=1", "http://test.local/moved/a/b?q=1"), r)
+        r = get(self.p.port, "/redir-strip?q=1")
+        self.assertStatus(r, 307)
+        self.assertIn(r.header("location"), ("/stripped", "http://test.local/stripped"), r)
+
+    def test_vhost_then_route_rewrites(self):
+        r = request(self.p.port, "GET", "/layers/echo", headers=[("X-Layer", "client")])
+        self.assertStatus(r, 200)
+        seen = r.json()["headers"]
+        self.assertEqual(header_pairs_get(seen, "x-layer"), ["route"], "route rewrite applies after the vhost's")
+        self.assertEqual(header_pairs_get(seen, "x-vhost"), ["app"], seen)
+        self.assertEqual(r.header("x-vhost-resp"), "app", r)
+        self.assertEqual(r.header("x-route-resp"), "r", r)
+        self.assertEqual(r.header_all("content-type"), ["text/x-replaced"], r)
+        seen = request(self.p.port, "GET", "/other/echo").json()["headers"]
+        self.assertEqual(header_pairs_get(seen, "x-layer"), ["vhost"], seen)
+
+    def test_target_passes_unchanged(self):
+        for target in ("/a%2Fb/echo?x=%20y&z", "/echo?q=a+b&q=c", "/echo/%7Euser", "/echo?"):
+            with self.subTest(target=target):
+                r = request(self.p.port, "GET", target)
+                self.assertStatus(r, 200)
+                self.assertEqual(r.json()["target"], target)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -57,6 +57,15 @@ class Buffer {
   void commit(size_t n) { end_ += n; }
   size_t capacity() const { return cap_; }
 
+  // If nothing is buffered and the buffer grew beyond `capacity`, goes back to that size.
+  void shrinkTo(size_t capacity) {
+    if (empty() && cap_ > capacity) {
+      data_.reset(new char[capacity]);
+      cap_ = capacity;
+      begin_ = end_ = 0;
+    }
+  }
+
   // Frees the memory if nothing is buffered; the next prepare() allocates again.
   void release() {
     if (empty()) {

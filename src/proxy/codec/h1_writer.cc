@@ -160,7 +160,7 @@ void writeUpstreamRequest(std::string& out, const http::RequestHead& req, const 
   out.append(up.method);
   out.push_back(' ');
   out.append(up.path);
-  if (!up.query.empty()) {
+  if (up.has_query || !up.query.empty()) {
     out.push_back('?');
     out.append(up.query);
   }

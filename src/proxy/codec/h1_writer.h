@@ -23,6 +23,7 @@ struct UpstreamRequest {
   std::string_view method;
   std::string_view path;   // already rewritten
   std::string_view query;  // without '?'
+  bool has_query = false;  // the target had a '?' (possibly with an empty query): kept as sent
   std::string_view host;   // Host to send upstream
   std::string_view client_ip;
   std::string_view scheme;          // of the downstream listener

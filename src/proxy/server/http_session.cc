@@ -55,6 +55,7 @@ HttpSession::HttpSession(tcp::socket socket, Worker& worker, const ListenerInfo&
 
 HttpSession::~HttpSession() {
   closeClient();
+  if (x_) worker_.releaseExchange(std::move(x_));
   worker_.unlink(this);
 }
 
@@ -67,13 +68,13 @@ void HttpSession::resetRequestState() {
   resp_bytes_ = 0;
   route_id_ = -1;
   log_cluster_ = {};
-  log_upstream_.clear();
-  log_method_.clear();
-  log_host_.clear();
-  log_path_.clear();
+  x_->log_upstream.clear();
+  x_->log_method.clear();
+  x_->log_host.clear();
+  x_->log_path.clear();
   char id[32];
   worker_.newRequestId(id);
-  request_id_.assign(id, sizeof id);
+  x_->request_id.assign(id, sizeof id);
 }
 
 void HttpSession::setPhase(Phase p, Millis timeout) {
@@ -132,15 +133,6 @@ asio::awaitable<void> HttpSession::run() {
 // is idle it holds no buffer: it waits for readability first, which also saves the speculative
 // read that would fail with EAGAIN.
 asio::awaitable<bool> HttpSession::readHead() {
-  if (rbuf_.empty()) {
-    if (worker_.draining()) co_return false;
-    rbuf_.release();
-    ubuf_.release();
-    const auto& t = worker_.runtime()->rt->snapshot->timeouts;
-    setPhase(Phase::kIdle, t.idle);
-    auto [ec] = co_await client_.async_wait(tcp::socket::wait_read, kNoThrow);
-    if (ec || timed_out_) co_return false;
-  }
   // Each request routes on the newest config; one already in flight keeps its own.
   wrt_ = worker_.runtime();
   const config::Snapshot& snap = *wrt_->rt->snapshot;
@@ -148,11 +140,21 @@ asio::awaitable<bool> HttpSession::readHead() {
   limits_.max_header_bytes = snap.limits.max_header_bytes;
   limits_.max_headers = snap.limits.max_headers;
   const size_t max_head = limits_.max_request_line + limits_.max_header_bytes + 16;
-  setPhase(Phase::kReadingHead, snap.timeouts.header_read);
+  if (rbuf_.empty()) {
+    if (worker_.draining()) co_return false;
+    // Idle keep-alive: give the per-request state back to the worker and keep only a small read
+    // buffer (like nginx's client_header_buffer_size), so idle connections stay cheap.
+    if (x_) worker_.releaseExchange(std::move(x_));
+    rbuf_.shrinkTo(kIdleBufferBytes);
+    setPhase(Phase::kIdle, snap.timeouts.idle);
+  } else {
+    setPhase(Phase::kReadingHead, snap.timeouts.header_read);
+  }
   for (;;) {
     if (!rbuf_.empty()) {
+      if (!x_) x_ = worker_.acquireExchange();
       http::ParseError perr;
-      auto st = http::parseRequest(rbuf_.view(), limits_, req_, perr);
+      auto st = http::parseRequest(rbuf_.view(), limits_, x_->req, perr);
       if (st == http::ParseStatus::kComplete) co_return true;
       if (st == http::ParseStatus::kError) {
         resetRequestState();
@@ -161,7 +163,7 @@ asio::awaitable<bool> HttpSession::readHead() {
         co_return false;
       }
     }
-    size_t room = rbuf_.prepare(2048, max_head);
+    size_t room = rbuf_.prepare(512, max_head);
     if (room == 0) {  // the parser bounds heads itself; this is a backstop
       resetRequestState();
       co_await respondError(431, "request head too large", false);
@@ -175,6 +177,7 @@ asio::awaitable<bool> HttpSession::readHead() {
       }
       co_return false;
     }
+    if (phase_ == Phase::kIdle) setPhase(Phase::kReadingHead, snap.timeouts.header_read);
     rbuf_.commit(n);
     worker_.stats().bytes_in += n;
   }
@@ -184,37 +187,37 @@ asio::awaitable<bool> HttpSession::handleRequest() {
   WorkerStats& stats = worker_.stats();
   ++stats.requests_total;
   resetRequestState();
-  req_bytes_ = req_.head_size;
-  http10_ = req_.minor_version == 0;
-  head_request_ = req_.method == "HEAD";
+  req_bytes_ = x_->req.head_size;
+  http10_ = x_->req.minor_version == 0;
+  head_request_ = x_->req.method == "HEAD";
   // A client (or an edge proxy in front of us) may bring its own request id; it is kept for the
   // access log and error responses when it is a plain token of sane length.
-  const http::Header* rid = req_.find("x-request-id");
+  const http::Header* rid = x_->req.find("x-request-id");
   if (rid && !rid->value.empty() && rid->value.size() <= 128 &&
       std::all_of(rid->value.begin(), rid->value.end(), [](char c) { return c > 0x20 && c < 0x7f && c != '"'; }))
-    request_id_.assign(rid->value);
+    x_->request_id.assign(rid->value);
   if (worker_.accessLog()) {
-    log_method_.assign(req_.method);
-    log_host_.assign(req_.host);
-    log_path_.assign(req_.path);
+    x_->log_method.assign(x_->req.method);
+    x_->log_host.assign(x_->req.host);
+    x_->log_path.assign(x_->req.path);
   }
   const config::Snapshot& snap = *wrt_->rt->snapshot;
-  const bool has_body = req_.framing == BodyFraming::kChunked ||
-                        (req_.framing == BodyFraming::kContentLength && req_.content_length > 0);
+  const bool has_body = x_->req.framing == BodyFraming::kChunked ||
+                        (x_->req.framing == BodyFraming::kContentLength && x_->req.content_length > 0);
   // The head leaves the buffer now. Its views stay valid until the next read into rbuf_, and
   // everything below that uses them (routing, the upstream head) runs before any read. A body, if
   // any, follows in rbuf_; local responses never read it (the connection closes and lingers).
-  rbuf_.consume(req_.head_size);
+  rbuf_.consume(x_->req.head_size);
 
-  if (snap.limits.max_body_bytes && req_.framing == BodyFraming::kContentLength &&
-      req_.content_length > snap.limits.max_body_bytes) {
+  if (snap.limits.max_body_bytes && x_->req.framing == BodyFraming::kContentLength &&
+      x_->req.content_length > snap.limits.max_body_bytes) {
     linger_ = true;
     {
       const bool result = co_await respondError(413, "request body larger than limits.max_body_bytes", false);
       co_return result;
     }
   }
-  if (req_.method == "CONNECT") {
+  if (x_->req.method == "CONNECT") {
     linger_ = has_body;
     {
       const bool result = co_await respondError(405, "CONNECT is not served by an ingress listener", false);
@@ -222,11 +225,11 @@ asio::awaitable<bool> HttpSession::handleRequest() {
     }
   }
 
-  auto m = wrt_->rt->routes->match(req_.host, req_.method, req_.path, req_.headers);
+  auto m = wrt_->rt->routes->match(x_->req.host, x_->req.method, x_->req.path, x_->req.headers);
   if (!m) {
     linger_ = has_body;
     {
-      const bool result = co_await respondError(404, "no route for this host and path", !has_body && req_.keep_alive);
+      const bool result = co_await respondError(404, "no route for this host and path", !has_body && x_->req.keep_alive);
       co_return result;
     }
   }
@@ -236,17 +239,17 @@ asio::awaitable<bool> HttpSession::handleRequest() {
     case config::ActionKind::kDirectResponse: {
       linger_ = has_body;
       {
-        const bool result = co_await respondLocal(route.direct.status, route.direct.body, !has_body && req_.keep_alive, {},
+        const bool result = co_await respondLocal(route.direct.status, route.direct.body, !has_body && x_->req.keep_alive, {},
                                       route.direct.content_type, &*m);
         co_return result;
       }
     }
     case config::ActionKind::kRedirect: {
-      std::string location = router::redirectLocation(route.redirect, *m, listener_.scheme, req_.host, req_.path,
-                                                      req_.query);
+      std::string location = router::redirectLocation(route.redirect, *m, listener_.scheme, x_->req.host, x_->req.path,
+                                                      x_->req.query);
       linger_ = has_body;
       {
-        const bool result = co_await respondLocal(route.redirect.code, {}, !has_body && req_.keep_alive, location, {}, &*m);
+        const bool result = co_await respondLocal(route.redirect.code, {}, !has_body && x_->req.keep_alive, location, {}, &*m);
         co_return result;
       }
     }
@@ -272,14 +275,14 @@ asio::awaitable<bool> HttpSession::respondLocal(int status, std::string_view bod
                                                 std::string_view location, std::string_view content_type,
                                                 const router::RouteTable::Match* m) {
   keep_alive = keep_alive && !worker_.draining();
-  wbuf_.clear();
+  x_->wbuf.clear();
   codec::Rewrites rw;
   if (m) rw = {&m->vhost->response_headers, &m->route->response_headers};
-  codec::writeLocalResponse(wbuf_, status, content_type, body, keep_alive, head_request_, location,
-                            request_id_, rw);
+  codec::writeLocalResponse(x_->wbuf, status, content_type, body, keep_alive, head_request_, location,
+                            x_->request_id, rw);
   const Millis write_timeout = wrt_ ? wrt_->rt->snapshot->timeouts.body_read : Millis(10'000);
   setPhase(Phase::kWritingClient, write_timeout);
-  bool ok = co_await writeClient(wbuf_);
+  bool ok = co_await writeClient(x_->wbuf);
   if (m) finishRequest(status, {});
   co_return ok && keep_alive;
 }
@@ -322,15 +325,15 @@ void HttpSession::finishRequest(int status, std::string_view error) {
   }
   if (AccessLogWriter* log = worker_.accessLog()) {
     AccessEntry e;
-    e.request_id = request_id_;
+    e.request_id = x_->request_id;
     e.client = client_ip_;
-    e.method = log_method_;
-    e.host = log_host_;
-    e.path = log_path_;
+    e.method = x_->log_method;
+    e.host = x_->log_host;
+    e.path = x_->log_path;
     e.protocol = http10_ ? "HTTP/1.0" : "HTTP/1.1";
     if (route_id_ >= 0 && wrt_) e.route = wrt_->rt->routes->routeName(static_cast<uint32_t>(route_id_));
     e.cluster = log_cluster_;
-    e.upstream = log_upstream_;
+    e.upstream = x_->log_upstream;
     e.error = error;
     e.status = status;
     e.bytes_in = req_bytes_;
@@ -352,8 +355,8 @@ asio::awaitable<bool> HttpSession::streamRequestBody(upstream::UpstreamConnectio
                                                      bool& upstream_failed) {
   const config::Snapshot& snap = *wrt_->rt->snapshot;
   const uint64_t max_body = snap.limits.max_body_bytes;
-  const bool chunked = req_.framing == BodyFraming::kChunked;
-  uint64_t remaining = chunked ? 0 : req_.content_length - already_sent;
+  const bool chunked = x_->req.framing == BodyFraming::kChunked;
+  uint64_t remaining = chunked ? 0 : x_->req.content_length - already_sent;
   uint64_t body_seen = already_sent;
   upstream_failed = false;
   for (;;) {
@@ -361,13 +364,13 @@ asio::awaitable<bool> HttpSession::streamRequestBody(upstream::UpstreamConnectio
       size_t take;
       bool done = false;
       if (chunked) {
-        pieces_.clear();
-        auto r = chunks_.decode(rbuf_.view(), max_body ? &pieces_ : nullptr);
+        x_->pieces.clear();
+        auto r = x_->chunks.decode(rbuf_.view(), max_body ? &x_->pieces : nullptr);
         if (r.error) {
           co_await respondError(400, r.reason, false);
           co_return false;
         }
-        for (auto p : pieces_) body_seen += p.size();
+        for (auto p : x_->pieces) body_seen += p.size();
         take = r.consumed;
         done = r.done;
       } else {
@@ -407,7 +410,7 @@ asio::awaitable<bool> HttpSession::streamRequestBody(upstream::UpstreamConnectio
   }
 }
 
-// Streams a response body from the upstream to the client. The part already in ubuf_ has been
+// Streams a response body from the upstream to the client. The part already in x_->ubuf has been
 // consumed by the caller except for what `framing` still needs. dechunk: the client speaks
 // HTTP/1.0, so chunked framing is removed and the connection closes at the end.
 asio::awaitable<bool> HttpSession::streamResponseBody(upstream::UpstreamConnection& up, BodyFraming framing,
@@ -415,12 +418,12 @@ asio::awaitable<bool> HttpSession::streamResponseBody(upstream::UpstreamConnecti
   const Millis stall = wrt_->rt->snapshot->timeouts.body_read;
   upstream_clean = false;
   for (;;) {
-    if (!ubuf_.empty()) {
+    if (!x_->ubuf.empty()) {
       size_t take = 0;
       bool done = false;
       if (framing == BodyFraming::kChunked) {
-        pieces_.clear();
-        auto r = chunks_.decode(ubuf_.view(), dechunk ? &pieces_ : nullptr);
+        x_->pieces.clear();
+        auto r = x_->chunks.decode(x_->ubuf.view(), dechunk ? &x_->pieces : nullptr);
         if (r.error) {
           spdlog::debug("upstream sent a malformed chunked body: {}", r.reason);
           co_return false;  // the client sees a truncated body and a closed connection
@@ -428,18 +431,18 @@ asio::awaitable<bool> HttpSession::streamResponseBody(upstream::UpstreamConnecti
         take = r.consumed;
         done = r.done;
       } else if (framing == BodyFraming::kContentLength) {
-        take = static_cast<size_t>(std::min<uint64_t>(remaining, ubuf_.size()));
+        take = static_cast<size_t>(std::min<uint64_t>(remaining, x_->ubuf.size()));
         remaining -= take;
         done = remaining == 0;
       } else {
-        take = ubuf_.size();
+        take = x_->ubuf.size();
       }
       if (take) {
         setPhase(Phase::kWritingClient, stall);
         bool ok;
         if (dechunk && framing == BodyFraming::kChunked) {
           ok = true;
-          for (auto p : pieces_) {
+          for (auto p : x_->pieces) {
             auto [ec, n] = co_await asio::async_write(client_, asio::buffer(p.data(), p.size()), kNoThrow);
             worker_.stats().bytes_out += n;
             resp_bytes_ += n;
@@ -449,13 +452,13 @@ asio::awaitable<bool> HttpSession::streamResponseBody(upstream::UpstreamConnecti
             }
           }
         } else {
-          ok = co_await writeClient(ubuf_.view().substr(0, take));
+          ok = co_await writeClient(x_->ubuf.view().substr(0, take));
         }
-        ubuf_.consume(take);
+        x_->ubuf.consume(take);
         if (!ok) co_return false;
       }
       if (done) {
-        upstream_clean = ubuf_.empty();  // extra bytes after a response: the upstream is broken
+        upstream_clean = x_->ubuf.empty();  // extra bytes after a response: the upstream is broken
         co_return true;
       }
     } else if (framing == BodyFraming::kContentLength && remaining == 0) {
@@ -463,13 +466,13 @@ asio::awaitable<bool> HttpSession::streamResponseBody(upstream::UpstreamConnecti
       co_return true;
     }
     setPhase(Phase::kStreamingResponse, stall);
-    size_t room = ubuf_.prepare(16 * 1024, kBodyChunk);
-    auto [ec, n] = co_await up.socket.async_read_some(asio::buffer(ubuf_.tail(), room), kNoThrow);
+    size_t room = x_->ubuf.prepare(16 * 1024, kBodyChunk);
+    auto [ec, n] = co_await up.socket.async_read_some(asio::buffer(x_->ubuf.tail(), room), kNoThrow);
     if (ec) {
       // EOF is the end of an until-close body; anything else truncates the response.
       co_return framing == BodyFraming::kUntilClose && ec == asio::error::eof;
     }
-    ubuf_.commit(n);
+    x_->ubuf.commit(n);
   }
 }
 
@@ -486,52 +489,53 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
   upstream::LoadBalancer& lb = *wrt.lbs[ci];
   log_cluster_ = cc.name;
 
-  // --- the upstream request head; built now because req_'s views die once rbuf_ moves on
+  // --- the upstream request head; built now because x_->req's views die once rbuf_ moves on
   std::string rewritten;
-  std::string_view path = req_.path;
+  std::string_view path = x_->req.path;
   if (router::hasPathRewrite(route)) {
-    rewritten = router::rewritePath(m, req_.path);
+    rewritten = router::rewritePath(m, x_->req.path);
     path = rewritten;
   }
   codec::UpstreamRequest up_req;
-  up_req.method = req_.method;
+  up_req.method = x_->req.method;
   up_req.path = path;
-  up_req.query = req_.query;
-  up_req.host = route.forward.host_rewrite ? std::string_view(*route.forward.host_rewrite) : req_.host;
+  up_req.query = x_->req.query;
+  up_req.has_query = x_->req.target.find('?') != std::string_view::npos;
+  up_req.host = route.forward.host_rewrite ? std::string_view(*route.forward.host_rewrite) : x_->req.host;
   up_req.client_ip = client_ip_;
   up_req.scheme = listener_.scheme;
-  up_req.request_id = request_id_;
-  if (req_.framing == BodyFraming::kContentLength) {
+  up_req.request_id = x_->request_id;
+  if (x_->req.framing == BodyFraming::kContentLength) {
     up_req.body = codec::BodyOut::kContentLength;
-    up_req.content_length = req_.content_length;
-  } else if (req_.framing == BodyFraming::kChunked) {
+    up_req.content_length = x_->req.content_length;
+  } else if (x_->req.framing == BodyFraming::kChunked) {
     up_req.body = codec::BodyOut::kChunked;
   }
   std::string up_head;
-  up_head.reserve(512 + req_.head_size);
-  codec::writeUpstreamRequest(up_head, req_, up_req, snap.forwarding,
+  up_head.reserve(512 + x_->req.head_size);
+  codec::writeUpstreamRequest(up_head, x_->req, up_req, snap.forwarding,
                               {&m.vhost->request_headers, &route.request_headers});
 
   const uint64_t hash = cc.lb == config::LbPolicy::kRingHash || cc.lb == config::LbPolicy::kMaglev
-                            ? upstream::requestHash(cc.hash, client_ip_, req_.headers)
+                            ? upstream::requestHash(cc.hash, client_ip_, x_->req.headers)
                             : 0;
-  const bool idempotent = isIdempotent(req_.method);
-  const bool expect_continue = req_.expect_continue && !http10_;
-  bool client_keep = req_.keep_alive;
-  const BodyFraming req_framing = req_.framing;
-  // req_'s views must not be used after the first read below (framing fields are values).
+  const bool idempotent = isIdempotent(x_->req.method);
+  const bool expect_continue = x_->req.expect_continue && !http10_;
+  bool client_keep = x_->req.keep_alive;
+  const BodyFraming req_framing = x_->req.framing;
+  // x_->req's views must not be used after the first read below (framing fields are values).
 
   // --- how much of the body is already here? A body held whole in rbuf_ can be replayed on retry.
   size_t held = 0;
   bool body_whole = true;
-  chunks_.reset();
+  x_->chunks.reset();
   if (req_framing == BodyFraming::kContentLength) {
-    held = static_cast<size_t>(std::min<uint64_t>(req_.content_length, rbuf_.size()));
-    body_whole = held == req_.content_length;
+    held = static_cast<size_t>(std::min<uint64_t>(x_->req.content_length, rbuf_.size()));
+    body_whole = held == x_->req.content_length;
   } else if (req_framing == BodyFraming::kChunked) {
     http::ChunkedDecoder probe;
-    pieces_.clear();
-    auto r = probe.decode(rbuf_.view(), &pieces_);
+    x_->pieces.clear();
+    auto r = probe.decode(rbuf_.view(), &x_->pieces);
     if (r.error) {
       linger_ = true;
       {
@@ -540,7 +544,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       }
     }
     uint64_t data = 0;
-    for (auto p : pieces_) data += p.size();
+    for (auto p : x_->pieces) data += p.size();
     if (snap.limits.max_body_bytes && data > snap.limits.max_body_bytes) {
       linger_ = true;
       {
@@ -592,7 +596,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
     }
     const size_t ei = static_cast<size_t>(idx);
     upstream::EndpointPool& pool = *wrt.pools[ci][ei];
-    log_upstream_ = cr.keys[ei];
+    x_->log_upstream = cr.keys[ei];
     if (!upstream_start_ns_) upstream_start_ns_ = monoNowNs();
 
     std::unique_ptr<upstream::UpstreamConnection> conn;
@@ -685,7 +689,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
           if (!ok_step) co_return false;
         }
       }
-      chunks_.reset();  // for chunked nothing was consumed yet: decoding restarts at the body's start
+      x_->chunks.reset();  // for chunked nothing was consumed yet: decoding restarts at the body's start
       bool upstream_failed = false;
       const bool body_sent = co_await streamRequestBody(*conn, already_sent, upstream_failed);
       if (!body_sent) {
@@ -700,12 +704,12 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
     bool any_byte = false;
     http::ParseError perr;
     for (;;) {
-      if (!ubuf_.empty()) {
+      if (!x_->ubuf.empty()) {
         any_byte = true;
-        auto st = http::parseResponse(ubuf_.view(), limits_, head_request_, resp_, perr);
+        auto st = http::parseResponse(x_->ubuf.view(), limits_, head_request_, x_->resp, perr);
         if (st == http::ParseStatus::kComplete) {
-          if (resp_.status >= 100 && resp_.status < 200 && resp_.status != 101) {
-            ubuf_.consume(resp_.head_size);  // interim responses are not relayed
+          if (x_->resp.status >= 100 && x_->resp.status < 200 && x_->resp.status != 101) {
+            x_->ubuf.consume(x_->resp.head_size);  // interim responses are not relayed
             continue;
           }
           got_head = true;
@@ -713,26 +717,17 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
         }
         if (st == http::ParseStatus::kError) break;
       }
-      boost::system::error_code ec;
-      size_t n = 0;
-      if (!any_byte) {
-        // The answer cannot be there yet: wait for readability instead of a read that would
-        // fail with EAGAIN first (one syscall less per request).
-        auto [wec] = co_await conn->socket.async_wait(tcp::socket::wait_read, kNoThrow);
-        ec = wec;
-      }
-      if (!ec) {
-        size_t room = ubuf_.prepare(4096, limits_.max_request_line + limits_.max_header_bytes + 16);
-        if (room == 0) break;
-        auto [rec, rn] = co_await conn->socket.async_read_some(asio::buffer(ubuf_.tail(), room), kNoThrow);
-        ec = rec;
-        n = rn;
-      }
+      // No readiness wait before the read: Asio re-arms epoll (a syscall) for every wait, while a
+      // read on a socket whose last read came up short is queued without trying, so the common
+      // case costs exactly one recv per response.
+      size_t room = x_->ubuf.prepare(4096, limits_.max_request_line + limits_.max_header_bytes + 16);
+      if (room == 0) break;
+      auto [ec, n] = co_await conn->socket.async_read_some(asio::buffer(x_->ubuf.tail(), room), kNoThrow);
       if (ec) {
         if (timed_out_) {
           ++cstats.timeouts;
           report(m.cluster, idx, upstream::Outcome::k5xx);
-          ubuf_.clear();
+          x_->ubuf.clear();
           if (may_retry(static_cast<uint8_t>(config::RetryOn::kStatus504))) {
             begin_retry(true);
             break;
@@ -743,13 +738,13 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
             co_return result;
           }
         }
-        if (!any_byte && reused && body_whole && ubuf_.empty()) {
+        if (!any_byte && reused && body_whole && x_->ubuf.empty()) {
           force_fresh = true;  // closed while we sent on a pooled connection: one fresh try
           retrying = true;
           break;
         }
         report(m.cluster, idx, upstream::Outcome::kConnectFailure);
-        ubuf_.clear();
+        x_->ubuf.clear();
         if (!any_byte && may_retry(static_cast<uint8_t>(config::RetryOn::kConnectFailure))) {
           begin_retry(true);
           break;
@@ -760,12 +755,12 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
           co_return result;
         }
       }
-      ubuf_.commit(n);
+      x_->ubuf.commit(n);
     }
     if (retrying) continue;
     if (!got_head) {
       report(m.cluster, idx, upstream::Outcome::k5xx);
-      ubuf_.clear();
+      x_->ubuf.clear();
       linger_ = !body_whole;
       {
         const bool result = co_await respondError(502, perr.reason[0] ? perr.reason : "invalid response from upstream", false);
@@ -773,7 +768,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       }
     }
 
-    const int status = resp_.status;
+    const int status = x_->resp.status;
     report(m.cluster, idx, status >= 500 ? upstream::Outcome::k5xx : upstream::Outcome::kSuccess);
     if (status >= 502 && status <= 504) {
       uint8_t cause = static_cast<uint8_t>(status == 502   ? config::RetryOn::kStatus502
@@ -781,10 +776,10 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
                                                            : config::RetryOn::kStatus504);
       if (may_retry(cause)) {
         // Drop this response; keep the connection only if its body is already fully here.
-        bool reusable = resp_.keep_alive && resp_.framing == BodyFraming::kContentLength &&
-                        ubuf_.size() == resp_.head_size + resp_.content_length &&
-                        resp_.content_length <= kMaxRetryDiscard;
-        ubuf_.clear();
+        bool reusable = x_->resp.keep_alive && x_->resp.framing == BodyFraming::kContentLength &&
+                        x_->ubuf.size() == x_->resp.head_size + x_->resp.content_length &&
+                        x_->resp.content_length <= kMaxRetryDiscard;
+        x_->ubuf.clear();
         if (reusable) {
           ++conn->requests;
           pool.checkin(std::move(conn), coarseNowNs(), cc.max_idle_connections, cc.timeouts.idle.count() * kNsPerMs);
@@ -800,39 +795,39 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
     req_bytes_ += held;
     held = 0;
     codec::DownstreamResponse down;
-    const bool dechunk = resp_.framing == BodyFraming::kChunked && http10_;
-    if (resp_.framing == BodyFraming::kContentLength) {
+    const bool dechunk = x_->resp.framing == BodyFraming::kChunked && http10_;
+    if (x_->resp.framing == BodyFraming::kContentLength) {
       down.body = codec::BodyOut::kContentLength;
-      down.content_length = resp_.content_length;
-    } else if (resp_.framing == BodyFraming::kChunked && !dechunk) {
+      down.content_length = x_->resp.content_length;
+    } else if (x_->resp.framing == BodyFraming::kChunked && !dechunk) {
       down.body = codec::BodyOut::kChunked;
-    } else if (resp_.framing == BodyFraming::kNone && (head_request_ || status == 304) &&
-               resp_.find("content-length")) {
+    } else if (x_->resp.framing == BodyFraming::kNone && (head_request_ || status == 304) &&
+               x_->resp.find("content-length")) {
       down.body = codec::BodyOut::kContentLength;  // describes the representation, not this message
-      down.content_length = resp_.content_length;
+      down.content_length = x_->resp.content_length;
     }
-    if (resp_.framing == BodyFraming::kUntilClose || dechunk) client_keep = false;
+    if (x_->resp.framing == BodyFraming::kUntilClose || dechunk) client_keep = false;
     client_keep = client_keep && !worker_.draining();
     down.keep_alive = client_keep;
     down.client_http10 = http10_;
-    down.request_id = request_id_;
-    wbuf_.clear();
-    codec::writeDownstreamResponse(wbuf_, resp_, down, {&m.vhost->response_headers, &route.response_headers});
+    down.request_id = x_->request_id;
+    x_->wbuf.clear();
+    codec::writeDownstreamResponse(x_->wbuf, x_->resp, down, {&m.vhost->response_headers, &route.response_headers});
 
     // Head plus the body bytes that came with it, in one write when the framing allows.
-    const http::BodyFraming rframing = resp_.framing;
-    uint64_t remaining = resp_.content_length;
-    const bool resp_keep = resp_.keep_alive;
-    ubuf_.consume(resp_.head_size);
+    const http::BodyFraming rframing = x_->resp.framing;
+    uint64_t remaining = x_->resp.content_length;
+    const bool resp_keep = x_->resp.keep_alive;
+    x_->ubuf.consume(x_->resp.head_size);
     std::string_view first;
     if (rframing == BodyFraming::kContentLength) {
-      first = ubuf_.view().substr(0, static_cast<size_t>(std::min<uint64_t>(remaining, ubuf_.size())));
+      first = x_->ubuf.view().substr(0, static_cast<size_t>(std::min<uint64_t>(remaining, x_->ubuf.size())));
       remaining -= first.size();
     } else if (rframing == BodyFraming::kUntilClose) {
-      first = ubuf_.view();
+      first = x_->ubuf.view();
     } else if (rframing == BodyFraming::kChunked && !dechunk) {
-      chunks_.reset();
-      auto r = chunks_.decode(ubuf_.view(), nullptr);
+      x_->chunks.reset();
+      auto r = x_->chunks.decode(x_->ubuf.view(), nullptr);
       if (r.error) {
         report(m.cluster, idx, upstream::Outcome::k5xx);
         {
@@ -840,22 +835,22 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
           co_return result;
         }
       }
-      first = ubuf_.view().substr(0, r.consumed);
+      first = x_->ubuf.view().substr(0, r.consumed);
       if (r.done) remaining = 0;
     }
     setPhase(Phase::kWritingClient, snap.timeouts.body_read);
-    bool ok = co_await writeClient(wbuf_, first);
-    ubuf_.consume(first.size());
+    bool ok = co_await writeClient(x_->wbuf, first);
+    x_->ubuf.consume(first.size());
     bool upstream_clean = false;
     if (ok) {
       if (rframing == BodyFraming::kNone) {
-        upstream_clean = ubuf_.empty();
-      } else if (rframing == BodyFraming::kChunked && !dechunk && chunks_.done()) {
-        upstream_clean = ubuf_.empty();
+        upstream_clean = x_->ubuf.empty();
+      } else if (rframing == BodyFraming::kChunked && !dechunk && x_->chunks.done()) {
+        upstream_clean = x_->ubuf.empty();
       } else if (rframing == BodyFraming::kContentLength && remaining == 0) {
-        upstream_clean = ubuf_.empty();
+        upstream_clean = x_->ubuf.empty();
       } else {
-        if (dechunk) chunks_.reset();
+        if (dechunk) x_->chunks.reset();
         ok = co_await streamResponseBody(*conn, rframing, remaining, dechunk, upstream_clean);
       }
     }
@@ -863,7 +858,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       ++conn->requests;
       pool.checkin(std::move(conn), coarseNowNs(), cc.max_idle_connections, cc.timeouts.idle.count() * kNsPerMs);
     }
-    ubuf_.clear();
+    x_->ubuf.clear();
     finishRequest(status, ok ? std::string_view{} : std::string_view{"response relay interrupted"});
     co_return ok && client_keep;
   }

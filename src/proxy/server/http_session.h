@@ -19,6 +19,7 @@
 
 #include "common/base/buffer.h"
 #include "common/http/h1_parser.h"
+#include "proxy/server/exchange.h"
 #include "proxy/router/route_table.h"
 #include "proxy/upstream/health_state.h"
 #include "proxy/upstream/pool.h"
@@ -31,6 +32,8 @@ struct WorkerRuntime;
 
 class HttpSession {
  public:
+  static constexpr size_t kIdleBufferBytes = 1024;
+
   HttpSession(boost::asio::ip::tcp::socket socket, Worker& worker, const ListenerInfo& listener);
   ~HttpSession();
   HttpSession(const HttpSession&) = delete;
@@ -80,13 +83,8 @@ class HttpSession {
   std::shared_ptr<WorkerRuntime> wrt_;
   std::string client_ip_;
 
-  Buffer rbuf_;  // downstream bytes: request heads, buffered body, pipelined requests
-  Buffer ubuf_;  // upstream bytes: response heads and body
-  std::string wbuf_;  // heads being written
-  http::RequestHead req_;
-  http::ResponseHead resp_;
-  http::ChunkedDecoder chunks_;
-  std::vector<std::string_view> pieces_;
+  Buffer rbuf_{kIdleBufferBytes};  // downstream bytes: request heads, buffered body, pipelined requests
+  std::unique_ptr<Exchange> x_;     // per-request state, borrowed from the worker while not idle
   http::ParseLimits limits_;
   upstream::UpstreamConnection* upstream_ = nullptr;  // in use, for cancellation
 
@@ -101,9 +99,7 @@ class HttpSession {
   int64_t upstream_end_ns_ = 0;
   uint64_t req_bytes_ = 0;
   uint64_t resp_bytes_ = 0;
-  std::string request_id_;  // the client's X-Request-Id when sane, else generated
   int route_id_ = -1;
-  std::string log_method_, log_host_, log_path_, log_upstream_;
   std::string_view log_cluster_;
   bool http10_ = false;
   bool head_request_ = false;

@@ -214,7 +214,7 @@ void Server::reload(const char* why) {
     logDiagnostics("config reload failed", r.errors);
     return;
   }
-  if (r.snapshot->hash == current_->snapshot->hash) {
+  if (r.snapshot->hash == current_->snapshot->hash && r.snapshot->version == current_->snapshot->version) {
     spdlog::debug("config reload ({}): unchanged", why);
     return;
   }

@@ -251,6 +251,22 @@ void Worker::newRequestId(char (&out)[32]) {
   }
 }
 
+std::unique_ptr<Exchange> Worker::acquireExchange() {
+  if (exchanges_.empty()) return std::make_unique<Exchange>();
+  std::unique_ptr<Exchange> x = std::move(exchanges_.back());
+  exchanges_.pop_back();
+  return x;
+}
+
+void Worker::releaseExchange(std::unique_ptr<Exchange> x) {
+  constexpr size_t kMaxPooled = 256;
+  if (exchanges_.size() >= kMaxPooled) return;
+  x->ubuf.clear();
+  x->ubuf.shrinkTo(16 * 1024);  // a streaming exchange may have grown it to 64 KiB
+  x->pieces.clear();
+  exchanges_.push_back(std::move(x));
+}
+
 void Worker::link(HttpSession* s) {
   s->prev = nullptr;
   s->next = sessions_head_;

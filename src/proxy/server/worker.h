@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "proxy/server/access_log.h"
+#include "proxy/server/exchange.h"
 #include "proxy/server/runtime.h"
 #include "proxy/server/stats.h"
 #include "proxy/upstream/load_balancer.h"
@@ -85,6 +86,11 @@ class Worker {
   // Open downstream connections; readable from any thread (drain waits on it).
   size_t sessionsApprox() const { return session_gauge_.load(std::memory_order_relaxed); }
 
+  // Per-request state pool (exchange.h). acquire never fails; release keeps at most a bounded
+  // number of warm objects and trims their large buffers.
+  std::unique_ptr<Exchange> acquireExchange();
+  void releaseExchange(std::unique_ptr<Exchange> x);
+
   // Session registry for deadlines and draining (intrusive, no allocation).
   void link(HttpSession* s);
   void unlink(HttpSession* s);
@@ -106,6 +112,7 @@ class Worker {
   std::map<std::string, std::shared_ptr<Acceptor>> acceptors_;
   std::unique_ptr<AccessLogWriter> access_log_;
   std::string access_log_path_;
+  std::vector<std::unique_ptr<Exchange>> exchanges_;
   HttpSession* sessions_head_ = nullptr;
   size_t session_count_ = 0;
   std::atomic<size_t> session_gauge_{0};

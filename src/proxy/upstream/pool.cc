@@ -1,24 +1,39 @@
 #include "proxy/upstream/pool.h"
 
+#include <sys/socket.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <boost/asio/socket_base.hpp>
 
 namespace marchproxy::proxy::upstream {
 
-EndpointPool::~EndpointPool() { *alive_ = false; }
+namespace {
+
+// True when an idle upstream connection is still usable: nothing to read (no EOF, no reset, no
+// unsolicited bytes). One non-blocking recv; called only for connections idle for a while.
+bool stillOpen(boost::asio::ip::tcp::socket& s) {
+  char b;
+  ssize_t n = ::recv(s.native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+}  // namespace
 
 std::unique_ptr<UpstreamConnection> EndpointPool::checkout(int64_t now_ns, int64_t idle_timeout_ns) {
+  // Connections reused within kTrustedIdleNs are taken as they are (the hot path makes no
+  // syscall); older ones are probed, since an upstream's own keep-alive timeout may have closed
+  // them. A connection that still fails is retried on a fresh one by the session when safe.
+  constexpr int64_t kTrustedIdleNs = 1'000'000'000;
   while (!idle_.empty()) {
     std::unique_ptr<UpstreamConnection> c = std::move(idle_.back());
     idle_.pop_back();
-    ++c->idle_generation;
-    if (now_ns - c->idle_since_ns >= idle_timeout_ns || !c->socket.is_open()) {
+    const int64_t idle_for = now_ns - c->idle_since_ns;
+    if (idle_for >= idle_timeout_ns || !c->socket.is_open() || (idle_for >= kTrustedIdleNs && !stillOpen(c->socket))) {
       boost::system::error_code ec;
       c->socket.close(ec);
       continue;
     }
-    boost::system::error_code ec;
-    c->socket.cancel(ec);  // disarms the idle watch; its completion sees a new generation
     last_used_ns = now_ns;
     return c;
   }
@@ -35,39 +50,13 @@ void EndpointPool::checkin(std::unique_ptr<UpstreamConnection> conn, int64_t now
   }
   conn->idle_since_ns = now_ns;
   last_used_ns = now_ns;
-  UpstreamConnection* raw = conn.get();
   idle_.push_back(std::move(conn));
-  watch(raw);
-}
-
-void EndpointPool::watch(UpstreamConnection* conn) {
-  uint64_t gen = conn->idle_generation;
-  std::weak_ptr<bool> alive = alive_;
-  conn->socket.async_wait(boost::asio::socket_base::wait_read,
-                          [this, conn, gen, alive](const boost::system::error_code& ec) {
-                            auto a = alive.lock();
-                            if (!a || !*a) return;
-                            if (ec == boost::asio::error::operation_aborted) return;
-                            // Readable while idle: the upstream closed it (EOF/RST) or broke the
-                            // protocol by sending unsolicited bytes. Either way it is unusable.
-                            if (conn->idle_generation != gen) return;
-                            drop(conn);
-                          });
-}
-
-void EndpointPool::drop(UpstreamConnection* conn) {
-  auto it = std::find_if(idle_.begin(), idle_.end(), [conn](auto& p) { return p.get() == conn; });
-  if (it == idle_.end()) return;
-  boost::system::error_code ec;
-  (*it)->socket.close(ec);
-  idle_.erase(it);
 }
 
 void EndpointPool::expire(int64_t now_ns) {
   // Oldest connections sit at the front.
   size_t n = 0;
   while (n < idle_.size() && now_ns - idle_[n]->idle_since_ns >= idle_timeout_ns) {
-    ++idle_[n]->idle_generation;
     boost::system::error_code ec;
     idle_[n]->socket.close(ec);
     ++n;

@@ -3,9 +3,9 @@
 //
 // Threading: everything here belongs to one worker thread; nothing is shared, nothing is locked.
 // Ownership: a connection is owned by the session using it (unique_ptr) or by its EndpointPool while
-// idle. While idle, each connection has a read-readiness wait armed, so an upstream that closes an
-// idle connection (or sends unsolicited bytes) is dropped at once instead of failing the next
-// request that would have picked it.
+// idle. Idle connections have no wait armed (in Asio each wait re-arms epoll: a syscall per
+// request); instead a connection idle for over a second is probed with a non-blocking peek when
+// it is taken, and one the upstream closed in the meantime is dropped.
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <cstdint>
@@ -21,14 +21,12 @@ struct UpstreamConnection {
   boost::asio::ip::tcp::socket socket;
   uint32_t requests = 0;      // responses completed on it; > 0 means it came from the pool
   int64_t idle_since_ns = 0;  // coarse clock
-  uint64_t idle_generation = 0;  // bumped at checkout: a stale idle-watch completion is ignored
 };
 
 class EndpointPool {
  public:
   EndpointPool(boost::asio::ip::tcp::endpoint endpoint, std::string key)
       : endpoint_(endpoint), key_(std::move(key)) {}
-  ~EndpointPool();
   EndpointPool(const EndpointPool&) = delete;
   EndpointPool& operator=(const EndpointPool&) = delete;
 
@@ -49,13 +47,9 @@ class EndpointPool {
   int64_t idle_timeout_ns = 60'000'000'000;
 
  private:
-  void watch(UpstreamConnection* conn);
-  void drop(UpstreamConnection* conn);
-
   boost::asio::ip::tcp::endpoint endpoint_;
   std::string key_;
   std::vector<std::unique_ptr<UpstreamConnection>> idle_;  // LIFO: back() is the warmest
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 // All endpoint pools of one worker, keyed by endpoint address. Pools outlive config reloads, so a
