@@ -60,7 +60,9 @@ fi
 
 if has_stage fuzz; then
   section "fuzz: build"
-  build fuzz
+  fuzz_targets=()
+  for src in tests/fuzz/*_fuzz.cc; do fuzz_targets+=("$(basename "$src" .cc)"); done
+  build fuzz "${fuzz_targets[@]}"
   for f in build/fuzz/tests/fuzz/*_fuzz; do
     name=$(basename "$f")
     corpus_seed=tests/fuzz/corpus/${name%_fuzz}

@@ -15,7 +15,8 @@ namespace marchproxy::proxy::server {
 
 struct Exchange {
   Buffer ubuf{16 * 1024};  // upstream bytes: response heads and body
-  std::string wbuf;        // heads being written
+  std::string wbuf;        // heads being written to the client
+  std::string up_head;     // the request head for the upstream (kept for retries)
   http::RequestHead req;
   http::ResponseHead resp;
   http::ChunkedDecoder chunks;

@@ -511,8 +511,8 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
   } else if (x_->req.framing == BodyFraming::kChunked) {
     up_req.body = codec::BodyOut::kChunked;
   }
-  std::string up_head;
-  up_head.reserve(512 + x_->req.head_size);
+  std::string& up_head = x_->up_head;
+  up_head.clear();
   codec::writeUpstreamRequest(up_head, x_->req, up_req, snap.forwarding,
                               {&m.vhost->request_headers, &route.request_headers});
 

@@ -29,7 +29,13 @@ struct Worker::Acceptor {
 };
 
 Worker::Worker(unsigned index, Server& server)
-    : index_(index), server_(server), ioc_(1), rng_(std::random_device{}()), sweep_timer_(ioc_) {
+    // Every socket of a worker is created, used and cancelled on the worker's own thread, so the
+    // reactor's per-descriptor locking can go (posting from other threads stays safe).
+    : index_(index),
+      server_(server),
+      ioc_(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO),
+      rng_(std::random_device{}()),
+      sweep_timer_(ioc_) {
   work_.emplace(ioc_.get_executor());
 }
 
