@@ -829,6 +829,8 @@ class Origin:
         self.health_count = 0
         self.inflight = 0
         self.connections = 0
+        self.data_connections = 0  # connections that carried at least one non-/health request
+        self._data_conns = set()
         self.log = []
         self.requests = []  # dicts: method, target, headers (non-/health)
         self.errors = []
@@ -956,6 +958,9 @@ class Origin:
                 self.count += 1
                 self.log.append((method, target))
                 self.requests.append(req)
+                if c not in self._data_conns:  # the connection carried proxied traffic
+                    self._data_conns.add(c)
+                    self.data_connections += 1
             self.inflight += 0 if is_health else 1
         try:
             conn_hdr = ",".join(hmap.get("connection", [])).lower()
