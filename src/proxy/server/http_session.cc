@@ -38,17 +38,15 @@ int codeClass(int status) {
 
 }  // namespace
 
-HttpSession::HttpSession(tcp::socket socket, Worker& worker, const ListenerInfo& listener)
+HttpSession::HttpSession(tcp::socket socket, const tcp::endpoint& peer, Worker& worker,
+                         const ListenerInfo& listener)
     : client_(std::move(socket)), worker_(worker), listener_(listener) {
   boost::system::error_code ec;
   client_.set_option(tcp::no_delay(true), ec);
-  auto ep = client_.remote_endpoint(ec);
-  if (!ec) {
-    auto addr = ep.address();
-    client_ip_ = addr.is_v6() && addr.to_v6().is_v4_mapped()
-                     ? asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6()).to_string()
-                     : addr.to_string();
-  }
+  const auto addr = peer.address();
+  client_ip_ = addr.is_v6() && addr.to_v6().is_v4_mapped()
+                   ? asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6()).to_string()
+                   : addr.to_string();
   worker_.link(this);
   ++worker_.stats().connections_total;
 }
@@ -108,8 +106,7 @@ void HttpSession::forceClose() {
 void HttpSession::closeClient() {
   if (!client_.is_open()) return;
   boost::system::error_code ec;
-  client_.shutdown(tcp::socket::shutdown_both, ec);
-  client_.close(ec);
+  client_.close(ec);  // sends FIN (lingerClose() already drained what the client was still sending)
 }
 
 asio::awaitable<void> HttpSession::run() {

@@ -34,7 +34,8 @@ class HttpSession {
  public:
   static constexpr size_t kIdleBufferBytes = 1024;
 
-  HttpSession(boost::asio::ip::tcp::socket socket, Worker& worker, const ListenerInfo& listener);
+  HttpSession(boost::asio::ip::tcp::socket socket, const boost::asio::ip::tcp::endpoint& peer, Worker& worker,
+              const ListenerInfo& listener);
   ~HttpSession();
   HttpSession(const HttpSession&) = delete;
   HttpSession& operator=(const HttpSession&) = delete;

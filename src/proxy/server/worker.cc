@@ -147,7 +147,8 @@ void Worker::removeListener(const std::string& key) {
 asio::awaitable<void> Worker::acceptLoop(std::shared_ptr<Acceptor> acc) {
   int64_t last_error_log = 0;
   for (;;) {
-    auto [ec, socket] = co_await acc->acceptor.async_accept(kNoThrow);
+    tcp::endpoint peer;  // filled by accept itself: no getpeername() per connection
+    auto [ec, socket] = co_await acc->acceptor.async_accept(peer, kNoThrow);
     if (acc->closed || draining_) co_return;
     if (ec) {
       if (ec == asio::error::operation_aborted) co_return;
@@ -170,14 +171,14 @@ asio::awaitable<void> Worker::acceptLoop(std::shared_ptr<Acceptor> acc) {
     }
     asio::co_spawn(
         ioc_,
-        [](tcp::socket s, Worker* w, std::shared_ptr<Acceptor> a) -> asio::awaitable<void> {
+        [](tcp::socket s, tcp::endpoint p, Worker* w, std::shared_ptr<Acceptor> a) -> asio::awaitable<void> {
           struct Release {
             Server& server;
             ~Release() { server.releaseConnection(); }
           } release{w->server()};
-          HttpSession session(std::move(s), *w, a->info);
+          HttpSession session(std::move(s), p, *w, a->info);
           co_await session.run();
-        }(std::move(socket), this, acc),
+        }(std::move(socket), peer, this, acc),
         [](std::exception_ptr e) {
           if (!e) return;
           try {
