@@ -586,6 +586,8 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
     int idx = lb.pick(hash, exclude, [&](size_t i) { return cr.health->available(i, now); });
     if (idx < 0) {
       linger_ = !body_whole;
+      rbuf_.consume(held);  // a body held whole is dropped with the request, never parsed as the next one
+      held = 0;
       {
         const bool result = co_await respondError(503, "no healthy upstream", client_keep && body_whole);
         co_return result;
@@ -642,6 +644,8 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
           continue;
         }
         linger_ = !body_whole;
+        rbuf_.consume(held);  // see above: a held body must not stay in the buffer
+        held = 0;
         {
           const bool result = co_await respondError(timeout ? 504 : 502,
                                         timeout ? "upstream connect timed out" : "upstream connect failed",
