@@ -696,6 +696,10 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       if (!body_sent) {
         if (!upstream_failed) co_return false;  // client side failed; already answered or gone
         // The upstream stopped reading: it may have answered early (e.g. 413); try to relay that.
+        // The rest of the request body is still on its way from the client, so this connection
+        // cannot carry another request: close it (gently) after the response.
+        client_keep = false;
+        linger_ = true;
       }
     }
 
