@@ -16,7 +16,8 @@ namespace marchproxy::proxy::server {
 struct Exchange {
   Buffer ubuf{16 * 1024};  // upstream bytes: response heads and body
   std::string wbuf;        // heads being written to the client
-  std::string up_head;     // the request head for the upstream (kept for retries)
+  std::string up_head;
+  std::string norm_path;   // the request path after normalisation, when it changed     // the request head for the upstream (kept for retries)
   http::RequestHead req;
   http::ResponseHead resp;
   http::ChunkedDecoder chunks;

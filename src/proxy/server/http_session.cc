@@ -12,6 +12,7 @@
 
 #include "common/base/clock.h"
 #include "common/base/log.h"
+#include "common/http/path.h"
 #include "proxy/codec/h1_writer.h"
 #include "proxy/server/worker.h"
 
@@ -222,7 +223,21 @@ asio::awaitable<bool> HttpSession::handleRequest() {
     }
   }
 
-  auto m = wrt_->rt->routes->match(x_->req.host, x_->req.method, x_->req.path, x_->req.headers);
+  // Route (and forward) on one spelling of the path: "/%61dmin" and "/x/../admin" are "/admin".
+  path_ = x_->req.path;
+  switch (http::normalizePath(path_, &x_->norm_path)) {
+    case http::PathNormalization::kNormalized:
+      path_ = x_->norm_path;
+      break;
+    case http::PathNormalization::kInvalid: {
+      linger_ = has_body;
+      const bool result = co_await respondError(400, "malformed percent-encoding in the path", false);
+      co_return result;
+    }
+    case http::PathNormalization::kUnchanged:
+      break;
+  }
+  auto m = wrt_->rt->routes->match(x_->req.host, x_->req.method, path_, x_->req.headers);
   if (!m) {
     linger_ = has_body;
     {
@@ -242,7 +257,7 @@ asio::awaitable<bool> HttpSession::handleRequest() {
       }
     }
     case config::ActionKind::kRedirect: {
-      std::string location = router::redirectLocation(route.redirect, *m, listener_.scheme, x_->req.host, x_->req.path,
+      std::string location = router::redirectLocation(route.redirect, *m, listener_.scheme, x_->req.host, path_,
                                                       x_->req.query);
       linger_ = has_body;
       {
@@ -488,9 +503,9 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
 
   // --- the upstream request head; built now because x_->req's views die once rbuf_ moves on
   std::string rewritten;
-  std::string_view path = x_->req.path;
+  std::string_view path = path_;
   if (router::hasPathRewrite(route)) {
-    rewritten = router::rewritePath(m, x_->req.path);
+    rewritten = router::rewritePath(m, path_);
     path = rewritten;
   }
   codec::UpstreamRequest up_req;

@@ -102,6 +102,7 @@ class HttpSession {
   uint64_t resp_bytes_ = 0;
   int route_id_ = -1;
   std::string_view log_cluster_;
+  std::string_view path_;  // the request path as routed: normalised (common/http/path.h)
   bool http10_ = false;
   bool head_request_ = false;
 };
