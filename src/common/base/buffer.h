@@ -10,8 +10,8 @@ namespace marchproxy {
 
 class Buffer {
  public:
-  // Memory is allocated on first prepare(), and can be given back with release() while empty, so
-  // that idle keep-alive connections cost no buffer (as nginx does).
+  // Memory is allocated on first prepare(); shrinkTo() trims it while empty, so that an idle
+  // keep-alive connection keeps only a small buffer (as nginx does).
   explicit Buffer(size_t initial_capacity = 4096) : initial_(initial_capacity) {}
 
   // Readable bytes.
@@ -62,15 +62,6 @@ class Buffer {
     if (empty() && cap_ > capacity) {
       data_.reset(new char[capacity]);
       cap_ = capacity;
-      begin_ = end_ = 0;
-    }
-  }
-
-  // Frees the memory if nothing is buffered; the next prepare() allocates again.
-  void release() {
-    if (empty()) {
-      data_.reset();
-      cap_ = 0;
       begin_ = end_ = 0;
     }
   }

@@ -25,6 +25,9 @@ using Millis = std::chrono::milliseconds;
 using http::BodyFraming;
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 
+// Style note: results of co_await are stored in a named local before they are tested or returned
+// (`const bool ok = co_await f(); if (!ok) ...`), never used inside a condition or a co_return
+// expression: g++ 12 miscompiles some of those forms (SIGILL on resume, seen here).
 constexpr size_t kBodyChunk = 64 * 1024;  // read size while streaming bodies
 constexpr size_t kMaxRetryDiscard = 64 * 1024;
 
