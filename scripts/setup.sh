@@ -23,8 +23,10 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Wait for a dpkg lock held by another install (parallel worktrees, unattended upgrades).
+  APT=(apt-get -o DPkg::Lock::Timeout=600)
+  $SUDO "${APT[@]}" update -qq
+  $SUDO "${APT[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The peers are packaged as services; we run our own instances with our own configs.
   for s in nginx haproxy prometheus; do
     $SUDO systemctl disable --now "$s" >/dev/null 2>&1 || true
