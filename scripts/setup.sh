@@ -9,8 +9,12 @@ PKGS=(
   clang-14 clang libclang-rt-14-dev llvm-14      # libFuzzer + sanitizer runtimes
   libboost1.81-dev libssl-dev libfmt-dev libspdlog-dev nlohmann-json3-dev
   libyaml-cpp-dev libcli11-dev libre2-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libnghttp2-dev libc-ares-dev                   # HTTP/2 (ingress), async DNS (egress)
+  libsqlite3-dev libpq-dev libcrypt-dev          # manager storage and password hashing
+  libbpf-dev bpftool gcc-multilib                # XDP/TC fast path (gcc-multilib: /usr/include/asm)
   # tests
   python3 curl procps iproute2 prometheus
+  postgresql-15 openssl iperf3 nftables          # real PostgreSQL for manager tests; TLS test certs
   # benchmarks (peers and load generators)
   nginx-light haproxy wrk nghttp2-client gnuplot-nox
 )
@@ -28,7 +32,7 @@ if ((${#missing[@]})); then
   $SUDO "${APT[@]}" update -qq
   $SUDO "${APT[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The peers are packaged as services; we run our own instances with our own configs.
-  for s in nginx haproxy prometheus; do
+  for s in nginx haproxy prometheus postgresql; do
     $SUDO systemctl disable --now "$s" >/dev/null 2>&1 || true
     $SUDO service "$s" stop >/dev/null 2>&1 || true
   done

@@ -124,6 +124,19 @@ class Builder : public YAML::EventHandler {
 };
 
 std::optional<Diagnostic> Document::parse(std::string_view text) {
+  size_t i = text.substr(0, 3) == "\xEF\xBB\xBF" ? 3 : 0;
+  while (i < text.size() && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n')) ++i;
+  if (i < text.size() && (text[i] == '{' || text[i] == '[')) {
+    auto json_error = parseJson(text);
+    if (!json_error) return std::nullopt;
+    // YAML's flow style reads much like JSON: a hand-written file may still be valid YAML.
+    if (!parseYaml(text)) return std::nullopt;
+    return json_error;
+  }
+  return parseYaml(text);
+}
+
+std::optional<Diagnostic> Document::parseYaml(std::string_view text) {
   values_.clear();
   std::optional<Diagnostic> error;
   try {
