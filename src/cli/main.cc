@@ -1,10 +1,11 @@
-// The `marchproxy` binary: ingress | check | version.
+// The `marchproxy` binary: ingress | check | xdp status | version.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
 #include "common/base/log.h"
 #include "config/loader.h"
 #include "config/writer.h"
+#include "fastpath/inspect.h"
 #include "ingress/ingress.h"
 
 #ifndef MP_VERSION
@@ -28,6 +29,11 @@ int main(int argc, char** argv) {
   auto* check = app.add_subcommand("check", "Validate a config file; print every error with its line and field");
   check->add_option("file", check_path, "YAML or JSON config file")->required();
 
+  auto* xdp = app.add_subcommand("xdp", "The XDP/TC fast path");
+  xdp->require_subcommand(1);
+  auto* xdp_status = xdp->add_subcommand(
+      "status", "Show where the fast path is attached (this network namespace), in which mode, and its counters");
+
   auto* version = app.add_subcommand("version", "Print the version");
   CLI11_PARSE(app, argc, argv);
   if (!marchproxy::log::setLevel(log_level)) {
@@ -48,6 +54,11 @@ int main(int argc, char** argv) {
     }
     std::printf("%s\n", marchproxy::config::summary(*r.snapshot).c_str());
     return 0;
+  }
+  if (*xdp_status) {
+    auto report = marchproxy::fastpath::inspect();
+    std::fputs(report.text.c_str(), stdout);
+    return report.permitted ? 0 : 1;
   }
   if (*ingress) return marchproxy::ingress::run(ingress_opts);
   return 2;
