@@ -1017,11 +1017,17 @@ LoadResult loadFile(const std::string& path) {
 
   std::ifstream in(path, std::ios::binary);
   if (!in) return fileError(fmt::format("cannot open \"{}\": {}", path, std::strerror(errno)));
-  // Read at most one byte past the limit: the file may have grown since it was measured.
-  std::string text(kMaxConfigBytes + 1, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  // Read in chunks, at most one byte past the limit (the file may have grown since it was measured).
+  // Sizing the buffer for the limit up front would touch 16 MiB of pages and show as peak RSS.
+  std::string text;
+  text.reserve(ec ? 0 : static_cast<size_t>(bytes));
+  char chunk[64 * 1024];
+  while (text.size() <= kMaxConfigBytes) {
+    in.read(chunk, sizeof chunk);
+    text.append(chunk, static_cast<size_t>(in.gcount()));
+    if (!in) break;
+  }
   if (in.bad()) return fileError(fmt::format("cannot read \"{}\": {}", path, std::strerror(errno)));
-  text.resize(static_cast<size_t>(in.gcount()));
   if (text.size() > kMaxConfigBytes) return fileError(fmt::format("\"{}\" is larger than 16 MiB", path));
   return loadString(text);
 }
