@@ -101,6 +101,21 @@ struct Server::Impl {
     });
   }
 
+  // After refusing a request early (413) the client may still be sending its body; reading and
+  // discarding it for a bounded time lets the client read our answer instead of a reset.
+  static void lingerDrain(tcp::socket& sock) {
+    timeval tv{2, 0};
+    ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char sink[16384];
+    std::size_t total = 0;
+    beast::error_code ec;
+    while (total < (64u << 20)) {
+      std::size_t n = sock.read_some(asio::buffer(sink), ec);
+      if (ec || n == 0) break;
+      total += n;
+    }
+  }
+
   template <typename Stream>
   void serve(Stream& stream, tcp::socket& sock) {
     beast::flat_buffer buf;
@@ -117,6 +132,7 @@ struct Server::Impl {
       bool keep = false;
       unsigned version = 11;
       if (ec == bhttp::error::body_limit) {
+        keep = false;
         resp = problem(ApiError(413, "body-too-large", "request body exceeds " + std::to_string(opts.max_body) +
                                                            " bytes"), "");
       } else if (ec) {
@@ -157,6 +173,7 @@ struct Server::Impl {
       bhttp::write(stream, out, ec);
       if (ec || !keep) {
         sock.shutdown(tcp::socket::shutdown_send, ec);
+        lingerDrain(sock);
         return;
       }
     }

@@ -2,6 +2,8 @@
 // foreign keys enforced, synchronous=FULL so a write acknowledged with 2xx survives power loss.
 #include <sqlite3.h>
 
+#include <cstring>
+
 #include "manager/store/db.h"
 
 namespace marchproxy::manager::store {
@@ -77,6 +79,8 @@ class SqliteConn final : public Conn {
     if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY) kind = DbError::Kind::unique;
     else if (ext == SQLITE_CONSTRAINT_FOREIGNKEY) kind = DbError::Kind::foreign_key;
     else if (ext == SQLITE_CONSTRAINT_CHECK) kind = DbError::Kind::check;
+    else if ((ext & 0xff) == SQLITE_CONSTRAINT && std::strstr(sqlite3_errmsg(db_), "FOREIGN KEY"))
+      kind = DbError::Kind::foreign_key;  // RESTRICT actions report the primary code only
     else if ((ext & 0xff) == SQLITE_BUSY || (ext & 0xff) == SQLITE_LOCKED) kind = DbError::Kind::busy;
     throw DbError(kind, std::string("sqlite: ") + sqlite3_errmsg(db_));
   }
