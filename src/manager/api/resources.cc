@@ -513,6 +513,20 @@ Row loadRow(Conn& c, const Spec& s, std::int64_t id) {
   return rows.rows.front();
 }
 
+// Role-level refusals that need no object: made before the body is parsed so a viewer gets 403, not
+// a validation error about a body it may not send at all.
+void earlyDeny(Ctx& x, Op op, const std::string& action, const std::string& resource) {
+  const Principal& p = x.who;
+  if (p.isAdmin()) return;
+  std::string why;
+  if (p.role == "viewer") why = "the viewer role is read-only";
+  else if (x.spec.res == Res::routes || x.spec.res == Res::certificates) why = "only admins edit " + x.spec.path;
+  else if (x.spec.res == Res::clusters && op != Op::update) why = "only admins create, delete or re-key clusters";
+  if (why.empty()) return;
+  auditDenied(x.app, p, x.req, action, resource, why);
+  policy::deny(why);
+}
+
 Response list(Ctx& x) {
   const Spec& s = x.spec;
   std::int64_t limit = 100, offset = 0;
@@ -599,9 +613,10 @@ Response getOne(Ctx& x) {
 
 Response create(Ctx& x) {
   const Spec& s = x.spec;
+  std::string action = s.noun + ".create";
+  earlyDeny(x, Op::create, action, s.path);
   Json body = parseBody(x.req);
   validateResourceBody(s.path, body, true);
-  std::string action = s.noun + ".create";
   try {
     return x.app.db.write([&](Conn& c) {
       authorize(x, c, Op::create, body);
@@ -646,10 +661,11 @@ Response create(Ctx& x) {
 Response update(Ctx& x) {
   const Spec& s = x.spec;
   auto id = pathId(x.req);
+  std::string action = s.noun + ".update", resource = s.path + "/" + std::to_string(id);
+  earlyDeny(x, Op::update, action, resource);
   Json body = parseBody(x.req);
   validateResourceBody(s.path, body, false);
   auto expected = ifMatch(x.req);
-  std::string action = s.noun + ".update", resource = s.path + "/" + std::to_string(id);
   try {
     return x.app.db.write([&](Conn& c) {
       Row before_row = loadRow(c, s, id);
@@ -710,8 +726,9 @@ Response update(Ctx& x) {
 Response remove(Ctx& x) {
   const Spec& s = x.spec;
   auto id = pathId(x.req);
-  auto expected = ifMatch(x.req);
   std::string action = s.noun + ".delete", resource = s.path + "/" + std::to_string(id);
+  earlyDeny(x, Op::remove, action, resource);
+  auto expected = ifMatch(x.req);
   try {
     return x.app.db.write([&](Conn& c) {
       Row before_row = loadRow(c, s, id);
@@ -756,6 +773,7 @@ Response remove(Ctx& x) {
 
 Response rotateClusterKey(Ctx& x) {
   auto id = pathId(x.req);
+  earlyDeny(x, Op::rotate, "cluster.rotate_key", "clusters/" + std::to_string(id));
   std::int64_t grace = 3600;
   if (!x.req.body.empty()) {
     Json b = parseBody(x.req);
@@ -789,6 +807,7 @@ Response rotateClusterKey(Ctx& x) {
 Response rotateServiceSecret(Ctx& x) {
   auto id = pathId(x.req);
   std::string resource = "services/" + std::to_string(id);
+  earlyDeny(x, Op::rotate, "service.rotate_secret", resource);
   try {
     return x.app.db.write([&](Conn& c) {
       Row r = loadRow(c, x.spec, id);

@@ -39,7 +39,7 @@ CREATE TABLE mappings (
   id {ID}, cluster_id {INT} NOT NULL REFERENCES clusters(id) ON DELETE RESTRICT,
   name TEXT NOT NULL, source_services TEXT NOT NULL DEFAULT '[]', source_collections TEXT NOT NULL DEFAULT '[]',
   destination_services TEXT NOT NULL, protocols TEXT NOT NULL,
-  ports TEXT NOT NULL, auth_required INTEGER NOT NULL DEFAULT 0, priority {INT} NOT NULL DEFAULT 100,
+  ports TEXT NOT NULL DEFAULT '[]', auth_required INTEGER NOT NULL DEFAULT 0, priority {INT} NOT NULL DEFAULT 100,
   enabled INTEGER NOT NULL DEFAULT 1, comment TEXT NOT NULL DEFAULT '',
   created_at TEXT NOT NULL, updated_at TEXT NOT NULL, version {INT} NOT NULL DEFAULT 1,
   UNIQUE (cluster_id, name));
@@ -50,7 +50,7 @@ CREATE TABLE certificates (
   created_at TEXT NOT NULL, updated_at TEXT NOT NULL, version {INT} NOT NULL DEFAULT 1);
 CREATE TABLE ingress_routes (
   id {ID}, cluster_id {INT} NOT NULL REFERENCES clusters(id) ON DELETE RESTRICT,
-  name TEXT NOT NULL, hosts TEXT NOT NULL, paths TEXT NOT NULL, backends TEXT NOT NULL,
+  name TEXT NOT NULL, hosts TEXT NOT NULL, paths TEXT NOT NULL DEFAULT '["/"]', backends TEXT NOT NULL,
   lb_policy TEXT NOT NULL DEFAULT 'round_robin', health_check TEXT NOT NULL DEFAULT '{}',
   rate_limit TEXT NOT NULL DEFAULT '{}',
   certificate_id {INT} REFERENCES certificates(id) ON DELETE RESTRICT,
