@@ -527,7 +527,7 @@ bool isEgressDocument(std::string_view text) {
 std::string summary(const Config& c) {
   size_t http = 0, socks = 0;
   for (const auto& l : c.listeners) (l.kind == ListenerConfig::Kind::kHttp ? http : socks)++;
-  return fmt::format("ok: egress config: {} listener(s) ({} http, {} socks5), {} service(s), {} JWT key(s), "
+  return fmt::format("OK: egress config: {} listener(s) ({} http, {} socks5), {} service(s), {} JWT key(s), "
                      "{} mapping(s); hash {}",
                      c.listeners.size(), http, socks, c.services.size(), c.jwt.keys.size(), c.rules.size(),
                      c.hash.substr(0, 12));
