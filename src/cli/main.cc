@@ -1,4 +1,4 @@
-// The `marchproxy` binary: ingress | manager | check | version.
+// The `marchproxy` binary: ingress | egress | manager | check | version.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
@@ -7,6 +7,10 @@
 #include "config/writer.h"
 #include "ingress/ingress.h"
 #include "manager/manager.h"
+#include "egress/config.h"
+#include "egress/server.h"
+#include <fstream>
+#include <sstream>
 
 #ifndef MP_VERSION
 #define MP_VERSION "dev"
@@ -24,6 +28,11 @@ int main(int argc, char** argv) {
   auto* ingress = app.add_subcommand("ingress", "Run the ingress reverse proxy");
   ingress->add_option("-c,--config", ingress_opts.config_path, "YAML or JSON config file")->required();
   ingress->add_flag("!--no-watch", ingress_opts.watch, "Reload only on SIGHUP, not on file change");
+
+  marchproxy::egress::Options egress_opts;
+  auto* egress = app.add_subcommand("egress", "Run the egress forward proxy (HTTP, CONNECT, SOCKS5)");
+  egress->add_option("-c,--config", egress_opts.config_path, "YAML or JSON egress config file (kind: egress)")->required();
+  egress->add_flag("!--no-watch", egress_opts.watch, "Reload only on SIGHUP, not on file change");
 
   std::string check_path;
   auto* check = app.add_subcommand("check", "Validate a config file; print every error with its line and field");
@@ -52,6 +61,21 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*check) {
+    {  // an egress config says so at the top level (kind: egress)
+      std::ifstream in(check_path, std::ios::binary);
+      std::stringstream text;
+      text << in.rdbuf();
+      if (in && marchproxy::egress::isEgressDocument(text.str())) {
+        auto er = marchproxy::egress::loadFile(check_path);
+        if (!er.config) {
+          for (const auto& e : er.errors) std::printf("%s\n", e.toString().c_str());
+          std::printf("%s: %zu error(s)\n", check_path.c_str(), er.errors.size());
+          return 1;
+        }
+        std::printf("%s\n", marchproxy::egress::summary(*er.config).c_str());
+        return 0;
+      }
+    }
     auto r = marchproxy::config::loadFile(check_path);
     for (const auto& w : r.warnings) std::printf("warning: %s\n", w.toString().c_str());
     if (!r.snapshot) {
@@ -64,5 +88,6 @@ int main(int argc, char** argv) {
   }
   if (*ingress) return marchproxy::ingress::run(ingress_opts);
   if (*manager) return marchproxy::manager::run(manager_opts);
+  if (*egress) return marchproxy::egress::run(egress_opts);
   return 2;
 }
