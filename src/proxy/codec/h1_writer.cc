@@ -38,7 +38,7 @@ struct ConnectionTokens {
   }
 };
 
-enum class Kind { kKeep, kHop, kFraming, kForwarded, kRequestId, kVia, kExpect, kHost };
+enum class Kind { kKeep, kHop, kFraming, kForwarded, kRequestId, kVia, kExpect, kHost, kClientCert };
 
 Kind classify(std::string_view n) {
   switch (n.size()) {
@@ -77,6 +77,10 @@ Kind classify(std::string_view n) {
     case 17:
       if (equalsIgnoreCase(n, "transfer-encoding")) return Kind::kFraming;
       if (equalsIgnoreCase(n, "x-forwarded-proto")) return Kind::kForwarded;
+      if (equalsIgnoreCase(n, "x-client-cert-san")) return Kind::kClientCert;
+      break;
+    case 21:
+      if (equalsIgnoreCase(n, "x-client-cert-subject")) return Kind::kClientCert;
       break;
     case 19:
       if (equalsIgnoreCase(n, "proxy-authorization")) return Kind::kHop;
@@ -177,6 +181,7 @@ void writeUpstreamRequest(std::string& out, const http::RequestHead& req, const 
       case Kind::kFraming:
       case Kind::kExpect:  // the proxy answers 100-continue itself
       case Kind::kHost:
+      case Kind::kClientCert:  // only the proxy speaks for a client certificate (mTLS), never the client
         continue;
       case Kind::kForwarded:
         if (!fwd.trust_downstream) continue;
@@ -212,6 +217,8 @@ void writeUpstreamRequest(std::string& out, const http::RequestHead& req, const 
   if (fwd.x_forwarded_host && !req.host.empty()) appendHeader(out, "X-Forwarded-Host", req.host);
   if (fwd.via) out.append(req.minor_version == 0 ? "Via: 1.0 marchproxy\r\n" : "Via: 1.1 marchproxy\r\n");
   if (!have_request_id && !up.request_id.empty()) appendHeader(out, "X-Request-Id", up.request_id);
+  if (!up.client_cert_subject.empty()) appendHeader(out, "X-Client-Cert-Subject", up.client_cert_subject);
+  if (!up.client_cert_san.empty()) appendHeader(out, "X-Client-Cert-San", up.client_cert_san);
   if (any_rewrites) appendRewrites(out, rw);
   appendFraming(out, up.body, up.content_length);
   out.append("\r\n");
