@@ -193,7 +193,12 @@ std::shared_ptr<const ServerContexts> ServerContexts::build(const config::Listen
       continue;
     }
     if (key_ok && SSL_CTX_use_PrivateKey_file(ctx, key.c_str(), SSL_FILETYPE_PEM) != 1) {
-      problems->push_back({field + ".key", "not a PEM private key (" + key + "): " + opensslError()});
+      if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
+        ERR_clear_error();
+        problems->push_back({field + ".key", "does not match the certificate " + cert});
+      } else {
+        problems->push_back({field + ".key", "not a PEM private key (" + key + "): " + opensslError()});
+      }
       continue;
     }
     if (!cert_ok || !key_ok) continue;
