@@ -1,6 +1,7 @@
 // The `marchproxy` binary: ingress | egress | manager | check | version.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 
 #include "common/base/log.h"
 #include "config/loader.h"
@@ -11,6 +12,7 @@
 #include "egress/server.h"
 #include <fstream>
 #include <sstream>
+#include "proxy/tls/server_contexts.h"
 
 #ifndef MP_VERSION
 #define MP_VERSION "dev"
@@ -81,6 +83,18 @@ int main(int argc, char** argv) {
     if (!r.snapshot) {
       for (const auto& e : r.errors) std::printf("%s\n", e.toString().c_str());
       std::printf("%s: %zu error(s)\n", check_path.c_str(), r.errors.size());
+      return 1;
+    }
+    // TLS files (certificates, keys, CA bundles, CRLs) are read and checked as the proxy would.
+    auto tls_problems = marchproxy::proxy::tls::checkSnapshot(
+        *r.snapshot, std::filesystem::absolute(check_path).parent_path());
+    size_t tls_errors = 0;
+    for (const auto& p : tls_problems) {
+      std::printf("%s%s\n", p.warning ? "warning: " : "", p.toString().c_str());
+      tls_errors += p.warning ? 0 : 1;
+    }
+    if (tls_errors) {
+      std::printf("%s: %zu error(s)\n", check_path.c_str(), tls_errors);
       return 1;
     }
     std::printf("%s\n", marchproxy::config::summary(*r.snapshot).c_str());

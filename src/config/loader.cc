@@ -462,8 +462,47 @@ class Decoder {
               {"name", [&](auto& v, auto& q) { str(v, q, l.name); }, true},
               {"address", [&](auto& v, auto& q) { address(v, q, l.address); }},
               {"port", [&](auto& v, auto& q) { integer(v, q, l.port, 0, 65535); }, true},
+              {"tls", [&](auto& v, auto& q) { listenerTls(v, q, l.tls.emplace()); }},
           });
     });
+  }
+
+  void listenerTls(const Value& n, const std::string& path, ListenerTls& t) {
+    map(n, path,
+        {
+            {"certificates",
+             [&](auto& v, auto& p) {
+               list(v, p, [&](const Value& e, const std::string& q, size_t) {
+                 TlsCertificate& c = t.certificates.emplace_back();
+                 c.pos = locate(q);
+                 map(e, q,
+                     {
+                         {"cert", [&](auto& x, auto& r) { str(x, r, c.cert); }, true},
+                         {"key", [&](auto& x, auto& r) { str(x, r, c.key); }, true},
+                         {"names", [&](auto& x, auto& r) { strList(x, r, c.names, toLower); }},
+                     });
+               });
+             },
+             true},
+            {"default_certificate", [&](auto& v, auto& p) { integer(v, p, t.default_certificate, 0, 1000); }},
+            {"min_version", [&](auto& v, auto& p) { str(v, p, t.min_version); }},
+            {"ciphers", [&](auto& v, auto& p) { str(v, p, t.ciphers); }},
+            {"groups", [&](auto& v, auto& p) { strList(v, p, t.groups); }},
+            {"alpn", [&](auto& v, auto& p) { strList(v, p, t.alpn); }},
+            {"session_tickets", [&](auto& v, auto& p) { boolean(v, p, t.session_tickets); }},
+            {"ticket_key_rotation", [&](auto& v, auto& p) { duration(v, p, t.ticket_key_rotation); }},
+            {"handshake_timeout", [&](auto& v, auto& p) { duration(v, p, t.handshake_timeout); }},
+            {"client_auth",
+             [&](auto& v, auto& p) {
+               ClientAuth& a = t.client_auth;
+               map(v, p,
+                   {
+                       {"mode", [&](auto& x, auto& q) { enumeration(x, q, kClientAuthModes, a.mode, "mode"); }, true},
+                       {"ca", [&](auto& x, auto& q) { str(x, q, a.ca); }},
+                       {"crl", [&](auto& x, auto& q) { str(x, q, a.crl); }},
+                   });
+             }},
+        });
   }
 
   void headerValues(const Value& n, const std::string& path, std::vector<HeaderValue>& out) {
@@ -524,6 +563,7 @@ class Decoder {
                   {"request_headers", [&](auto& x, auto& q) { headerRewrite(x, q, v.request_headers); }},
                   {"response_headers", [&](auto& x, auto& q) { headerRewrite(x, q, v.response_headers); }},
                   {"routes", [&](auto& x, auto& q) { routes(x, q, v.routes, named); }, true},
+                  {"redirect_to_https", [&](auto& x, auto& q) { integer(x, q, v.redirect_to_https, 0, 999); }},
               });
       if (!seen) return;
       // Routes may come before the name in the file, so default their names once the map is read.
@@ -573,6 +613,7 @@ class Decoder {
                  }},
                 {"request_headers", [&](auto& v, auto& p) { headerRewrite(v, p, r.request_headers); }},
                 {"response_headers", [&](auto& v, auto& p) { headerRewrite(v, p, r.response_headers); }},
+                {"allowed_client_names", [&](auto& v, auto& p) { strList(v, p, r.allowed_client_names); }},
             });
     if (!seen) {
       poisoned_.insert(path);

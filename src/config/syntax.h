@@ -76,6 +76,12 @@ inline constexpr Spelling<HeaderMatch::Kind> kHeaderMatchKinds[] = {
     {"present", HeaderMatch::Kind::kPresent},
 };
 
+inline constexpr Spelling<ClientAuth::Mode> kClientAuthModes[] = {
+    {"none", ClientAuth::Mode::kNone},
+    {"optional", ClientAuth::Mode::kOptional},
+    {"require", ClientAuth::Mode::kRequire},
+};
+
 template <typename E, size_t N>
 constexpr std::string_view nameOf(const Spelling<E> (&table)[N], E value) {
   for (const auto& s : table)

@@ -39,7 +39,7 @@ struct ConnectionTokens {
   }
 };
 
-enum class Kind { kKeep, kHop, kFraming, kForwarded, kRequestId, kVia, kExpect, kHost };
+enum class Kind { kKeep, kHop, kFraming, kForwarded, kRequestId, kVia, kExpect, kHost, kClientCert };
 
 Kind classify(std::string_view n) {
   switch (n.size()) {
@@ -78,6 +78,10 @@ Kind classify(std::string_view n) {
     case 17:
       if (equalsIgnoreCase(n, "transfer-encoding")) return Kind::kFraming;
       if (equalsIgnoreCase(n, "x-forwarded-proto")) return Kind::kForwarded;
+      if (equalsIgnoreCase(n, "x-client-cert-san")) return Kind::kClientCert;
+      break;
+    case 21:
+      if (equalsIgnoreCase(n, "x-client-cert-subject")) return Kind::kClientCert;
       break;
     case 19:
       if (equalsIgnoreCase(n, "proxy-authorization")) return Kind::kHop;
@@ -226,7 +230,8 @@ void writeUpstreamRequest(std::string& out_str, const http::RequestHead& req, co
   ConnectionTokens conn = connectionTokens(req);
   HeadOut out(out_str, kFixedHeadBytes + up.method.size() + up.path.size() + up.query.size() + up.host.size() +
                            headerBytes(req) + up.client_ip.size() + up.scheme.size() + req.host.size() +
-                           up.request_id.size() + (any_rewrites ? rewriteBytes(rw.vhost) + rewriteBytes(rw.route) : 0));
+                           up.request_id.size() + up.client_cert_subject.size() + up.client_cert_san.size() +
+                           (any_rewrites ? rewriteBytes(rw.vhost) + rewriteBytes(rw.route) : 0));
   out.put(up.method);
   out.put(' ');
   out.put(up.path);
@@ -247,6 +252,7 @@ void writeUpstreamRequest(std::string& out_str, const http::RequestHead& req, co
       case Kind::kFraming:
       case Kind::kExpect:  // the proxy answers 100-continue itself
       case Kind::kHost:
+      case Kind::kClientCert:  // only the proxy speaks for a client certificate (mTLS), never the client
         continue;
       case Kind::kForwarded:
         if (!fwd.trust_downstream) continue;
@@ -282,6 +288,8 @@ void writeUpstreamRequest(std::string& out_str, const http::RequestHead& req, co
   if (fwd.x_forwarded_host && !req.host.empty()) out.header("X-Forwarded-Host", req.host);
   if (fwd.via) out.put(req.minor_version == 0 ? "Via: 1.0 marchproxy\r\n" : "Via: 1.1 marchproxy\r\n");
   if (!have_request_id && !up.request_id.empty()) out.header("X-Request-Id", up.request_id);
+  if (!up.client_cert_subject.empty()) out.header("X-Client-Cert-Subject", up.client_cert_subject);
+  if (!up.client_cert_san.empty()) out.header("X-Client-Cert-San", up.client_cert_san);
   if (any_rewrites) appendRewrites(out, rw);
   appendFraming(out, up.body, up.content_length);
   out.put("\r\n");
