@@ -127,6 +127,7 @@ class Decoder {
             {"limits", [&](auto& n, auto& p) { limits(n, p, s.limits); }},
             {"timeouts", [&](auto& n, auto& p) { timeouts(n, p, s.timeouts); }},
             {"access_log", [&](auto& n, auto& p) { accessLog(n, p, s.access_log); }},
+            {"fast_path", [&](auto& n, auto& p) { fastPath(n, p, s.fast_path); }},
         },
         {{"schema", "missing required field \"schema\" (add \"schema: 1\" at the top)"}},
         /*extensions=*/true);
@@ -953,6 +954,65 @@ class Decoder {
         {
             {"enabled", [&](auto& v, auto& p) { boolean(v, p, a.enabled); }},
             {"path", [&](auto& v, auto& p) { str(v, p, a.path); }},
+        });
+  }
+
+  void rateLimit(const Value& n, const std::string& path, RateLimit& r) {
+    map(n, path,
+        {
+            {"packets_per_second",
+             [&](auto& v, auto& p) { integer(v, p, r.packets_per_second, 0, 1'000'000'000); }},
+            {"burst", [&](auto& v, auto& p) { integer(v, p, r.burst, 0, 1'000'000'000); }},
+        });
+  }
+
+  void portList(const Value& n, const std::string& path, std::vector<uint16_t>& out) {
+    out.clear();
+    list(n, path, [&](const Value& e, const std::string& p, size_t) {
+      uint16_t port = 0;
+      integer(e, p, port, 1, 65535);
+      out.push_back(port);
+    });
+  }
+
+  void fastPath(const Value& n, const std::string& path, FastPath& f) {
+    f.pos = n.pos;
+    if (toggle(n, f.enabled)) return;
+    // Writing the section at all means "on": enabled defaults to true here.
+    f.enabled = true;
+    map(n, path,
+        {
+            {"enabled", [&](auto& v, auto& p) { boolean(v, p, f.enabled); }},
+            {"interfaces", [&](auto& v, auto& p) { strList(v, p, f.interfaces); }},
+            {"mode", [&](auto& v, auto& p) { enumeration(v, p, kFastPathModes, f.mode, "fast path mode"); }},
+            {"deny", [&](auto& v, auto& p) { strList(v, p, f.deny); }},
+            {"allow", [&](auto& v, auto& p) { strList(v, p, f.allow); }},
+            {"per_source", [&](auto& v, auto& p) { rateLimit(v, p, f.per_source); }},
+            {"global", [&](auto& v, auto& p) { rateLimit(v, p, f.global); }},
+            {"syn", [&](auto& v, auto& p) { rateLimit(v, p, f.syn); }},
+            {"port_filter", [&](auto& v, auto& p) { boolean(v, p, f.port_filter); }},
+            {"extra_tcp_ports", [&](auto& v, auto& p) { portList(v, p, f.extra_tcp_ports); }},
+            {"extra_udp_ports", [&](auto& v, auto& p) { portList(v, p, f.extra_udp_ports); }},
+            {"egress_interfaces", [&](auto& v, auto& p) { strList(v, p, f.egress_interfaces); }},
+            {"icmp_echo", [&](auto& v, auto& p) { boolean(v, p, f.icmp_echo); }},
+            {"dscp",
+             [&](auto& v, auto& p) {
+               f.dscp.clear();
+               list(v, p, [&](const Value& e, const std::string& ep, size_t) {
+                 DscpRule& r = f.dscp.emplace_back();
+                 r.pos = e.pos;
+                 map(e, ep,
+                     {
+                         {"protocol", [&](auto& x, auto& xp) { str(x, xp, r.protocol); }},
+                         {"port", [&](auto& x, auto& xp) { integer(x, xp, r.port, 1, 65535); }, true},
+                         {"class",
+                          [&](auto& x, auto& xp) {
+                            enumeration(x, xp, kDscpClasses, r.dscp_class, "DSCP class");
+                          },
+                          true},
+                     });
+               });
+             }},
         });
   }
 
