@@ -206,7 +206,7 @@ listeners:
 
 TEST(Loader, UnknownFieldWithoutACloseMatchListsTheFields) {
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1, colour: red}]\n"),
-            "line 2: listeners[0]: unknown field \"colour\" (expected one of: name, address or port)");
+            "line 2: listeners[0]: unknown field \"colour\" (expected one of: name, address, port or tls)");
 }
 
 TEST(Loader, MessagesEscapeAndShortenUserText) {

@@ -76,6 +76,12 @@ inline constexpr Spelling<HeaderMatch::Kind> kHeaderMatchKinds[] = {
     {"present", HeaderMatch::Kind::kPresent},
 };
 
+inline constexpr Spelling<ClientAuth::Mode> kClientAuthModes[] = {
+    {"none", ClientAuth::Mode::kNone},
+    {"optional", ClientAuth::Mode::kOptional},
+    {"require", ClientAuth::Mode::kRequire},
+};
+
 inline constexpr Spelling<FastPathMode> kFastPathModes[] = {
     {"auto", FastPathMode::kAuto},
     {"native", FastPathMode::kNative},

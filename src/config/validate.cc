@@ -154,6 +154,7 @@ class Validator {
           break;
         }
       }
+      if (l.tls) listenerTls(*l.tls, path + ".tls", l.pos);
       if (s_.admin.enabled && s_.admin.port == l.port && overlaps(s_.admin.address, l.address))
         error(path, l.pos,
               fmt::format("{} overlaps the admin endpoint ({})", formatHostPort(l.address, l.port),
@@ -215,6 +216,39 @@ class Validator {
     values(h.add, "add", false);
   }
 
+  // Shape only; the files themselves are read and checked by proxy/tls (and `marchproxy check`).
+  void listenerTls(const ListenerTls& t, const std::string& path, SourcePos at) {
+    if (t.certificates.empty()) error(path + ".certificates", at, "at least one certificate is required");
+    for (size_t c = 0; c < t.certificates.size(); ++c) {
+      const TlsCertificate& tc = t.certificates[c];
+      std::string p = fmt::format("{}.certificates[{}]", path, c);
+      if (tc.cert.empty()) error(p + ".cert", tc.pos.line ? tc.pos : at, "must name a PEM certificate file");
+      if (tc.key.empty()) error(p + ".key", tc.pos.line ? tc.pos : at, "must name a PEM private key file");
+      for (size_t k = 0; k < tc.names.size(); ++k) {
+        if (auto e = checkDomain(tc.names[k]); e || tc.names[k] == "*")
+          error(fmt::format("{}.names[{}]", p, k), tc.pos.line ? tc.pos : at,
+                quote(tc.names[k]) + " " + (e ? *e : std::string("is not a certificate name")));
+      }
+    }
+    if (!t.certificates.empty() && t.default_certificate >= t.certificates.size())
+      error(path + ".default_certificate", at,
+            fmt::format("must be an index below {} (the number of certificates)", t.certificates.size()));
+    if (t.min_version != "1.2" && t.min_version != "1.3")
+      error(path + ".min_version", at, "must be \"1.2\" or \"1.3\" (older versions are not offered)");
+    if (t.groups.empty()) error(path + ".groups", at, "at least one group is required");
+    for (size_t a = 0; a < t.alpn.size(); ++a)
+      if (t.alpn[a] != "http/1.1")
+        error(fmt::format("{}.alpn[{}]", path, a), at, quote(t.alpn[a]) + " is not supported (only \"http/1.1\")");
+    if (t.handshake_timeout.count() <= 0) error(path + ".handshake_timeout", at, "must be positive");
+    if (t.session_tickets && t.ticket_key_rotation < Millis(1000))
+      error(path + ".ticket_key_rotation", at, "must be at least 1s");
+    const ClientAuth& ca = t.client_auth;
+    if (ca.mode != ClientAuth::Mode::kNone && ca.ca.empty())
+      error(path + ".client_auth.ca", at, "a CA bundle is required to verify client certificates");
+    if (ca.mode == ClientAuth::Mode::kNone && (!ca.ca.empty() || !ca.crl.empty()))
+      warn(path + ".client_auth", at, "mode is none: ca and crl are ignored");
+  }
+
   void virtualHosts() {
     if (s_.virtual_hosts.empty())
       warn("virtual_hosts", {}, "no virtual hosts: every request will be answered 404");
@@ -233,6 +267,8 @@ class Validator {
       }
       if (v.domains.empty())
         error(path + ".domains", v.pos, "at least one domain is required (\"*\" matches any)");
+      if (v.redirect_to_https != 0 && v.redirect_to_https != 301 && v.redirect_to_https != 308)
+        error(path + ".redirect_to_https", v.pos, "must be 301 or 308 (or 0 for off)");
       for (size_t d = 0; d < v.domains.size(); ++d) {
         std::string p = fmt::format("{}.domains[{}]", path, d);
         if (auto e = checkDomain(v.domains[d])) {

@@ -269,6 +269,50 @@ void writeRoute(JsonOut& j, const Route& r) {
   }
   writeHeaderRewrite(j, "request_headers", r.request_headers);
   writeHeaderRewrite(j, "response_headers", r.response_headers);
+  if (!r.allowed_client_names.empty()) {
+    j.key("allowed_client_names");
+    j.beginArray();
+    for (const auto& n : r.allowed_client_names) j.str(n);
+    j.endArray();
+  }
+  j.endObject();
+}
+
+void writeListenerTls(JsonOut& j, const ListenerTls& t) {
+  auto strs = [&](const char* key, const std::vector<std::string>& v) {
+    j.key(key);
+    j.beginArray();
+    for (const auto& x : v) j.str(x);
+    j.endArray();
+  };
+  j.key("tls");
+  j.beginObject();
+  j.key("certificates");
+  j.beginArray();
+  for (const auto& c : t.certificates) {
+    j.beginObject();
+    j.field("cert", c.cert);
+    j.field("key", c.key);
+    if (!c.names.empty()) strs("names", c.names);
+    j.endObject();
+  }
+  j.endArray();
+  j.field("default_certificate", t.default_certificate);
+  j.field("min_version", t.min_version);
+  if (!t.ciphers.empty()) j.field("ciphers", t.ciphers);
+  strs("groups", t.groups);
+  strs("alpn", t.alpn);
+  j.field("session_tickets", t.session_tickets);
+  j.field("ticket_key_rotation", t.ticket_key_rotation);
+  j.field("handshake_timeout", t.handshake_timeout);
+  if (t.client_auth.mode != ClientAuth::Mode::kNone) {
+    j.key("client_auth");
+    j.beginObject();
+    j.field("mode", nameOf(kClientAuthModes, t.client_auth.mode));
+    j.field("ca", t.client_auth.ca);
+    if (!t.client_auth.crl.empty()) j.field("crl", t.client_auth.crl);
+    j.endObject();
+  }
   j.endObject();
 }
 
@@ -362,6 +406,7 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
     j.field("name", l.name);
     j.field("address", l.address);
     j.field("port", l.port);
+    if (l.tls) writeListenerTls(j, *l.tls);
     j.endObject();
   }
   j.endArray();
@@ -377,6 +422,7 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
     j.endArray();
     writeHeaderRewrite(j, "request_headers", v.request_headers);
     writeHeaderRewrite(j, "response_headers", v.response_headers);
+    if (v.redirect_to_https != 0) j.field("redirect_to_https", v.redirect_to_https);
     j.key("routes");
     j.beginArray();
     for (const auto& r : v.routes) writeRoute(j, r);

@@ -69,6 +69,7 @@ class Server {
   Result<std::vector<BoundListener>> bindNew(const config::Snapshot& s);
   void reload(const char* why);
   void startFileWatch();
+  void startCertificateWatch();
   void beginDrain();
   void startAdmin(const config::Admin& admin);
   void applyFastPath(const config::Snapshot& s);  // control thread; with the ports actually bound
