@@ -1,4 +1,4 @@
-// The `marchproxy` binary: ingress | check | version.
+// The `marchproxy` binary: ingress | egress | manager | check | version.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
@@ -7,6 +7,11 @@
 #include "config/loader.h"
 #include "config/writer.h"
 #include "ingress/ingress.h"
+#include "manager/manager.h"
+#include "egress/config.h"
+#include "egress/server.h"
+#include <fstream>
+#include <sstream>
 #include "proxy/tls/server_contexts.h"
 
 #ifndef MP_VERSION
@@ -26,9 +31,26 @@ int main(int argc, char** argv) {
   ingress->add_option("-c,--config", ingress_opts.config_path, "YAML or JSON config file")->required();
   ingress->add_flag("!--no-watch", ingress_opts.watch, "Reload only on SIGHUP, not on file change");
 
+  marchproxy::egress::Options egress_opts;
+  auto* egress = app.add_subcommand("egress", "Run the egress forward proxy (HTTP, CONNECT, SOCKS5)");
+  egress->add_option("-c,--config", egress_opts.config_path, "YAML or JSON egress config file (kind: egress)")->required();
+  egress->add_flag("!--no-watch", egress_opts.watch, "Reload only on SIGHUP, not on file change");
+
   std::string check_path;
   auto* check = app.add_subcommand("check", "Validate a config file; print every error with its line and field");
   check->add_option("file", check_path, "YAML or JSON config file")->required();
+
+  marchproxy::manager::Options manager_opts;
+  auto* manager = app.add_subcommand("manager", "Run the manager REST API (see docs/manager.md)");
+  manager->add_option("--config", manager_opts.config_file, "Optional JSON file with the same keys as the flags");
+  manager->add_option("--listen", manager_opts.listen, "host:port to serve on (default 127.0.0.1:8000)");
+  manager->add_option("--tls-cert", manager_opts.tls_cert, "PEM certificate chain; with --tls-key serves HTTPS");
+  manager->add_option("--tls-key", manager_opts.tls_key, "PEM private key");
+  manager->add_option("--database-url", manager_opts.database_url,
+                      "sqlite:///path/file.db or postgres://user@host:port/db (default: <data-dir>/manager.db)");
+  manager->add_option("--data-dir", manager_opts.data_dir, "Directory for the SQLite file and a generated master key");
+  manager->add_option("--master-key-file", manager_opts.master_key_file, "File with the 32-byte master key");
+  manager->add_option("--pool-size", manager_opts.pool_size, "Database connections (default 8)");
 
   auto* version = app.add_subcommand("version", "Print the version");
   CLI11_PARSE(app, argc, argv);
@@ -41,6 +63,21 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*check) {
+    {  // an egress config says so at the top level (kind: egress)
+      std::ifstream in(check_path, std::ios::binary);
+      std::stringstream text;
+      text << in.rdbuf();
+      if (in && marchproxy::egress::isEgressDocument(text.str())) {
+        auto er = marchproxy::egress::loadFile(check_path);
+        if (!er.config) {
+          for (const auto& e : er.errors) std::printf("%s\n", e.toString().c_str());
+          std::printf("%s: %zu error(s)\n", check_path.c_str(), er.errors.size());
+          return 1;
+        }
+        std::printf("%s\n", marchproxy::egress::summary(*er.config).c_str());
+        return 0;
+      }
+    }
     auto r = marchproxy::config::loadFile(check_path);
     for (const auto& w : r.warnings) std::printf("warning: %s\n", w.toString().c_str());
     if (!r.snapshot) {
@@ -64,5 +101,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*ingress) return marchproxy::ingress::run(ingress_opts);
+  if (*manager) return marchproxy::manager::run(manager_opts);
+  if (*egress) return marchproxy::egress::run(egress_opts);
   return 2;
 }

@@ -127,6 +127,7 @@ class Decoder {
             {"limits", [&](auto& n, auto& p) { limits(n, p, s.limits); }},
             {"timeouts", [&](auto& n, auto& p) { timeouts(n, p, s.timeouts); }},
             {"access_log", [&](auto& n, auto& p) { accessLog(n, p, s.access_log); }},
+            {"fast_path", [&](auto& n, auto& p) { fastPath(n, p, s.fast_path); }},
         },
         {{"schema", "missing required field \"schema\" (add \"schema: 1\" at the top)"}},
         /*extensions=*/true);
@@ -968,6 +969,65 @@ class Decoder {
         });
   }
 
+  void rateLimit(const Value& n, const std::string& path, RateLimit& r) {
+    map(n, path,
+        {
+            {"packets_per_second",
+             [&](auto& v, auto& p) { integer(v, p, r.packets_per_second, 0, 1'000'000'000); }},
+            {"burst", [&](auto& v, auto& p) { integer(v, p, r.burst, 0, 1'000'000'000); }},
+        });
+  }
+
+  void portList(const Value& n, const std::string& path, std::vector<uint16_t>& out) {
+    out.clear();
+    list(n, path, [&](const Value& e, const std::string& p, size_t) {
+      uint16_t port = 0;
+      integer(e, p, port, 1, 65535);
+      out.push_back(port);
+    });
+  }
+
+  void fastPath(const Value& n, const std::string& path, FastPath& f) {
+    f.pos = n.pos;
+    if (toggle(n, f.enabled)) return;
+    // Writing the section at all means "on": enabled defaults to true here.
+    f.enabled = true;
+    map(n, path,
+        {
+            {"enabled", [&](auto& v, auto& p) { boolean(v, p, f.enabled); }},
+            {"interfaces", [&](auto& v, auto& p) { strList(v, p, f.interfaces); }},
+            {"mode", [&](auto& v, auto& p) { enumeration(v, p, kFastPathModes, f.mode, "fast path mode"); }},
+            {"deny", [&](auto& v, auto& p) { strList(v, p, f.deny); }},
+            {"allow", [&](auto& v, auto& p) { strList(v, p, f.allow); }},
+            {"per_source", [&](auto& v, auto& p) { rateLimit(v, p, f.per_source); }},
+            {"global", [&](auto& v, auto& p) { rateLimit(v, p, f.global); }},
+            {"syn", [&](auto& v, auto& p) { rateLimit(v, p, f.syn); }},
+            {"port_filter", [&](auto& v, auto& p) { boolean(v, p, f.port_filter); }},
+            {"extra_tcp_ports", [&](auto& v, auto& p) { portList(v, p, f.extra_tcp_ports); }},
+            {"extra_udp_ports", [&](auto& v, auto& p) { portList(v, p, f.extra_udp_ports); }},
+            {"egress_interfaces", [&](auto& v, auto& p) { strList(v, p, f.egress_interfaces); }},
+            {"icmp_echo", [&](auto& v, auto& p) { boolean(v, p, f.icmp_echo); }},
+            {"dscp",
+             [&](auto& v, auto& p) {
+               f.dscp.clear();
+               list(v, p, [&](const Value& e, const std::string& ep, size_t) {
+                 DscpRule& r = f.dscp.emplace_back();
+                 r.pos = e.pos;
+                 map(e, ep,
+                     {
+                         {"protocol", [&](auto& x, auto& xp) { str(x, xp, r.protocol); }},
+                         {"port", [&](auto& x, auto& xp) { integer(x, xp, r.port, 1, 65535); }, true},
+                         {"class",
+                          [&](auto& x, auto& xp) {
+                            enumeration(x, xp, kDscpClasses, r.dscp_class, "DSCP class");
+                          },
+                          true},
+                     });
+               });
+             }},
+        });
+  }
+
   const yaml::Document& doc_;
   detail::PositionIndex& positions_;
   std::vector<Diagnostic>& errors_;
@@ -1070,11 +1130,17 @@ LoadResult loadFile(const std::string& path) {
 
   std::ifstream in(path, std::ios::binary);
   if (!in) return fileError(fmt::format("cannot open \"{}\": {}", path, std::strerror(errno)));
-  // Read at most one byte past the limit: the file may have grown since it was measured.
-  std::string text(kMaxConfigBytes + 1, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  // Read in chunks, at most one byte past the limit (the file may have grown since it was measured).
+  // Sizing the buffer for the limit up front would touch 16 MiB of pages and show as peak RSS.
+  std::string text;
+  text.reserve(ec ? 0 : static_cast<size_t>(bytes));
+  char chunk[64 * 1024];
+  while (text.size() <= kMaxConfigBytes) {
+    in.read(chunk, sizeof chunk);
+    text.append(chunk, static_cast<size_t>(in.gcount()));
+    if (!in) break;
+  }
   if (in.bad()) return fileError(fmt::format("cannot read \"{}\": {}", path, std::strerror(errno)));
-  text.resize(static_cast<size_t>(in.gcount()));
   if (text.size() > kMaxConfigBytes) return fileError(fmt::format("\"{}\" is larger than 16 MiB", path));
   return loadString(text);
 }

@@ -212,13 +212,13 @@ TEST(Loader, UnknownFieldWithoutACloseMatchListsTheFields) {
 TEST(Loader, MessagesEscapeAndShortenUserText) {
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\n\"x\\e[2J\\n\": 1\n"),
             "line 3: unknown field \"x\\x1b[2J\\n\" (expected one of: schema, version, hash, workers, admin, "
-            "listeners, virtual_hosts, clusters, forwarding, limits, timeouts or access_log)");
+            "listeners, virtual_hosts, clusters, forwarding, limits, timeouts, access_log or fast_path)");
   std::string longName(200, 'n');
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\n" + longName + ": 1\n"),
             "line 3: unknown field \"" + std::string(80, 'n') +
                 "...\" (expected one of: schema, version, hash, workers, admin, listeners, virtual_hosts, "
                 "clusters, "
-                "forwarding, limits, timeouts or access_log)");
+                "forwarding, limits, timeouts, access_log or fast_path)");
 }
 
 TEST(Loader, DuplicateField) {

@@ -279,6 +279,44 @@ struct AccessLog {
   std::string path = "-";  // "-" = stdout
 };
 
+// ---------------------------------------------------------------- fast path (XDP / TC eBPF)
+
+// A token bucket: packets per second and the burst (bucket depth). 0 pps = off.
+struct RateLimit {
+  uint64_t packets_per_second = 0;
+  uint64_t burst = 0;  // 0 = one second's worth
+};
+
+enum class FastPathMode { kAuto, kNative, kGeneric, kUserspace };
+
+enum class DscpClass { kP0, kP1, kP2, kP3 };  // EF, AF41, AF21, best effort
+
+struct DscpRule {
+  std::string protocol = "tcp";  // tcp | udp
+  uint16_t port = 0;             // destination port
+  DscpClass dscp_class = DscpClass::kP3;
+  SourcePos pos;
+};
+
+// Packets the proxy would refuse anyway die in the driver (docs/fast-path.md).
+struct FastPath {
+  bool enabled = false;
+  std::vector<std::string> interfaces;  // XDP on each; empty = userspace enforcement only
+  FastPathMode mode = FastPathMode::kAuto;
+  std::vector<std::string> deny;   // CIDRs; the longest matching prefix of deny/allow wins
+  std::vector<std::string> allow;  // CIDRs that skip the rate limits and the port filter
+  RateLimit per_source;            // all packets from one source address
+  RateLimit global;                // all packets on the interface
+  RateLimit syn;                   // TCP SYNs from one source to the listening ports
+  bool port_filter = false;        // drop TCP SYN / UDP to ports the proxy does not serve
+  std::vector<uint16_t> extra_tcp_ports;  // served besides the listeners and admin (e.g. 22)
+  std::vector<uint16_t> extra_udp_ports;
+  std::vector<std::string> egress_interfaces;  // TC clsact egress program on each
+  std::vector<DscpRule> dscp;                  // egress marking by destination
+  bool icmp_echo = true;                       // false: egress drops ICMP echo request/reply
+  SourcePos pos;
+};
+
 // ---------------------------------------------------------------- snapshot
 
 struct Snapshot {
@@ -294,6 +332,7 @@ struct Snapshot {
   Limits limits;
   Timeouts timeouts;
   AccessLog access_log;
+  FastPath fast_path;
 };
 
 }  // namespace marchproxy::config

@@ -4,11 +4,13 @@
 #include <re2/re2.h>
 
 #include <array>
+#include <map>
 #include <set>
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 
+#include "common/base/cidr.h"
 #include "common/base/duration.h"
 #include "config/syntax.h"
 
@@ -52,6 +54,7 @@ class Validator {
     limits();
     timeouts();
     accessLog();
+    fastPath();
   }
 
  private:
@@ -655,6 +658,66 @@ class Validator {
       error("access_log.path", {}, "must not contain NUL");
     else
       text(a.path, "access_log.path", {});
+  }
+
+  void fastPath() {
+    const FastPath& f = s_.fast_path;
+    if (!f.enabled) return;
+    auto interfaces = [&](const std::vector<std::string>& names, const std::string& field) {
+      std::set<std::string> seen;
+      for (size_t i = 0; i < names.size(); ++i) {
+        std::string p = fmt::format("fast_path.{}[{}]", field, i);
+        const std::string& n = names[i];
+        // IFNAMSIZ - 1, and no separators the kernel refuses in a link name.
+        if (n.empty() || n.size() > 15 || n.find_first_of("/: \t\n") != std::string::npos || n == "." || n == "..")
+          error(p, f.pos, "must be a network interface name (1 to 15 characters, no \"/\", \":\" or spaces)");
+        else if (!seen.insert(n).second)
+          error(p, f.pos, "interface " + quote(n) + " is listed twice");
+      }
+    };
+    interfaces(f.interfaces, "interfaces");
+    interfaces(f.egress_interfaces, "egress_interfaces");
+    std::map<std::pair<std::string, int>, std::string> prefixes;  // canonical prefix -> list it is in
+    auto cidrs = [&](const std::vector<std::string>& list, const char* field) {
+      for (size_t i = 0; i < list.size(); ++i) {
+        std::string p = fmt::format("fast_path.{}[{}]", field, i);
+        auto c = parseCidr(list[i]);
+        if (!c) {
+          error(p, f.pos, quote(list[i]) + ": " + c.error().message);
+          continue;
+        }
+        auto [it, fresh] = prefixes.try_emplace({c->toString(), 0}, field);
+        if (!fresh)
+          error(p, f.pos,
+                it->second == field ? quote(list[i]) + " is listed twice"
+                                    : quote(list[i]) + " is in both fast_path.deny and fast_path.allow");
+      }
+    };
+    cidrs(f.deny, "deny");
+    cidrs(f.allow, "allow");
+    auto rate = [&](const RateLimit& r, const char* field) {
+      if (r.burst != 0 && r.packets_per_second == 0)
+        error(fmt::format("fast_path.{}.burst", field), f.pos, "is set but packets_per_second is 0 (off)");
+    };
+    rate(f.per_source, "per_source");
+    rate(f.global, "global");
+    rate(f.syn, "syn");
+    std::set<std::pair<std::string, uint16_t>> dscpSeen;
+    for (size_t i = 0; i < f.dscp.size(); ++i) {
+      const DscpRule& r = f.dscp[i];
+      std::string p = fmt::format("fast_path.dscp[{}]", i);
+      if (r.protocol != "tcp" && r.protocol != "udp")
+        error(p + ".protocol", r.pos, "must be \"tcp\" or \"udp\", got " + quote(r.protocol));
+      else if (!dscpSeen.insert({r.protocol, r.port}).second)
+        error(p, r.pos, fmt::format("{}/{} already has a class", r.protocol, r.port));
+    }
+    if ((!f.dscp.empty() || !f.icmp_echo) && f.egress_interfaces.empty())
+      warn("fast_path.egress_interfaces", f.pos,
+           "is empty: the dscp and icmp_echo settings only act on egress interfaces");
+    if (f.port_filter && f.allow.empty() && f.extra_tcp_ports.empty())
+      warn("fast_path.port_filter", f.pos,
+           "drops new TCP connections to every port the proxy does not serve (SSH too): list "
+           "extra_tcp_ports or an allow prefix for management access");
   }
 
   const Snapshot& s_;

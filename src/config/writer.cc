@@ -481,6 +481,56 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
   j.field("path", s.access_log.path);
   j.endObject();
 
+  // Written only when on, so that the hash of every config without a fast path stays what it was.
+  if (s.fast_path.enabled) {
+    const FastPath& fp = s.fast_path;
+    auto strings = [&](const char* key, const std::vector<std::string>& v) {
+      j.key(key);
+      j.beginArray();
+      for (const auto& x : v) j.str(x);
+      j.endArray();
+    };
+    auto ports = [&](const char* key, const std::vector<uint16_t>& v) {
+      j.key(key);
+      j.beginArray();
+      for (auto x : v) j.num(x);
+      j.endArray();
+    };
+    auto rate = [&](const char* key, const RateLimit& r) {
+      j.key(key);
+      j.beginObject();
+      j.field("packets_per_second", r.packets_per_second);
+      j.field("burst", r.burst);
+      j.endObject();
+    };
+    j.key("fast_path");
+    j.beginObject();
+    j.field("enabled", true);
+    strings("interfaces", fp.interfaces);
+    j.field("mode", nameOf(kFastPathModes, fp.mode));
+    strings("deny", fp.deny);
+    strings("allow", fp.allow);
+    rate("per_source", fp.per_source);
+    rate("global", fp.global);
+    rate("syn", fp.syn);
+    j.field("port_filter", fp.port_filter);
+    ports("extra_tcp_ports", fp.extra_tcp_ports);
+    ports("extra_udp_ports", fp.extra_udp_ports);
+    strings("egress_interfaces", fp.egress_interfaces);
+    j.key("dscp");
+    j.beginArray();
+    for (const DscpRule& r : fp.dscp) {
+      j.beginObject();
+      j.field("protocol", r.protocol);
+      j.field("port", r.port);
+      j.field("class", nameOf(kDscpClasses, r.dscp_class));
+      j.endObject();
+    }
+    j.endArray();
+    j.field("icmp_echo", fp.icmp_echo);
+    j.endObject();
+  }
+
   j.endObject();
   std::string out = j.take();
   if (pretty) out += '\n';

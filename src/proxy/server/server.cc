@@ -198,6 +198,7 @@ bool Server::apply(std::shared_ptr<config::Snapshot> snapshot, bool initial) {
     listeners_.emplace(b.key, std::move(b));
   }
   if (checker_) checker_->update(*snapshot);
+  if (!initial) applyFastPath(*snapshot);  // initially: once the admin port is bound (run())
   current_ = published;
   current_atomic_.store(published);
   loaded_at_unix_.store(
@@ -339,13 +340,27 @@ void Server::startAdmin(const config::Admin& admin) {
   auto fd = listenSocket(admin.address, admin.port);
   if (!fd) throw std::runtime_error(fmt::format("admin: cannot listen on {}: {}", hostPort(admin.address, admin.port),
                                                 fd.error().message));
-  spdlog::info("listening: listener=admin address={}", hostPort(admin.address, boundPort(*fd)));
+  admin_port_ = boundPort(*fd);
+  spdlog::info("listening: listener=admin address={}", hostPort(admin.address, admin_port_));
   startAdminServer(admin_ioc_, *fd, *this);
   admin_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "admin");
     auto guard = asio::make_work_guard(admin_ioc_);
     admin_ioc_.run();
   });
+}
+
+void Server::applyFastPath(const config::Snapshot& snapshot) {
+  if (!snapshot.fast_path.enabled) {
+    fast_path_.apply(snapshot);  // off (detaches whatever a previous config attached)
+    return;
+  }
+  // The port filter needs the ports as bound (a listener or the admin on port 0 gets one at bind).
+  config::Snapshot s = snapshot;
+  for (auto& l : s.listeners)
+    if (auto it = listeners_.find(listenerKey(l)); it != listeners_.end()) l.port = it->second.port;
+  if (admin_port_ != 0) s.admin.port = admin_port_;
+  fast_path_.apply(s);
 }
 
 int Server::run() {
@@ -374,6 +389,7 @@ int Server::run() {
     for (auto& w : workers_) w->join();
     return 1;
   }
+  applyFastPath(*r.snapshot);
   for (auto& w : workers_) w->start();
   ready_.store(true);
   spdlog::info("marchproxy ingress ready: {} worker(s), config version {} hash {}", n, r.snapshot->version,
@@ -404,6 +420,7 @@ int Server::run() {
     admin_ioc_.stop();
     admin_thread_.join();
   }
+  fast_path_.shutdown();
   spdlog::info("stopped");
   return exit_code_;
 }
@@ -439,7 +456,8 @@ std::string Server::metricsText() {
     else ++missing;
   }
   return renderMetrics(total, current_atomic_.load(), {reloads_ok_.load(), reloads_failed_.load(),
-                                                       connections_.load(), missing, draining()});
+                                                       connections_.load(), missing, draining()}) +
+         fast_path_.metricsText();
 }
 
 }  // namespace marchproxy::proxy::server
