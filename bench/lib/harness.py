@@ -25,10 +25,14 @@ import loadgen  # noqa: E402
 import procstat  # noqa: E402
 import report  # noqa: E402
 from targets import (BENCH_DIR, BODY, BUILD_HINT, PROXIES, MarchProxy, Origin, PidRegistry,  # noqa: E402
-                     StartError, default_marchproxy_binary, http_get)
+                     StartError, default_marchproxy_binary, http_get, make_certificates)
 
-SCENARIOS = ["h1", "h1-new", "idle"]
+SCENARIOS = ["h1", "h1-new", "idle", "tls", "tls-new", "tls-new-p384"]
+TLS_SCENARIOS = ("tls", "tls-new", "tls-new-p384")
 TITLES = {
+    "tls": "HTTPS keep-alive (TLS 1.3, ECDSA P-256), small response",
+    "tls-new": "HTTPS, a new TLS connection (full handshake, ECDSA P-256) per request",
+    "tls-new-p384": "HTTPS, a new TLS connection (full handshake, ECDSA P-384) per request",
     "h1": "HTTP/1.1 keep-alive, small response",
     "h1-new": "HTTP/1.1, a new client connection per request",
     "idle": "RSS per idle keep-alive client connection",
@@ -45,6 +49,12 @@ READING = {
                "proxies keep their pool to the origin. wrk's latency starts when the request is "
                "written, so it excludes the TCP handshake. CPU µs/req includes accept, the "
                "handshake's kernel work charged to the proxy, and close."),
+    "tls": ("As h1, over TLS (wrk negotiates TLS 1.3 with X25519; each proxy with its default "
+            "TLS settings). There is no origin-alone row: the origin speaks plain HTTP."),
+    "tls-new": ("As h1-new, over TLS: wrk makes a full handshake per request (it does not resume "
+                "sessions), so CPU µs/req is dominated by the handshake (ECDSA P-256 signature, "
+                "X25519 key exchange) done by OpenSSL in every proxy."),
+    "tls-new-p384": "As tls-new with an ECDSA P-384 certificate (a costlier signature).",
     "idle": ("RSS per idle conn = (RSS with N idle client connections − RSS before) ÷ N, summed "
              "over the proxy's processes (VmRSS). Each connection did one request through the "
              "proxy first. Kernel socket buffers are not in RSS. Pss splits pages shared between "
@@ -104,6 +114,7 @@ class Bench:
         conns = max(1024, min(nofile - 512, 16384))
         self.values = {"WORK": args.work_dir, "NOFILE": nofile, "WORKER_CONNECTIONS": conns,
                        "MAXCONN": conns, "WORKERS": args.workers, "BODY": BODY.replace("\n", "\\n")}
+        self.values.update(make_certificates(args.work_dir))
         self.origin = None
         self.proxies = {}  # name -> Target
         self.skipped = {}  # name -> reason
@@ -226,9 +237,13 @@ class Bench:
                 procstat.set_affinity(self.origin.proc.pid, self.proxy_cpus)
             else:
                 target.start()
-            cmd = loadgen.wrk_command(f"http://127.0.0.1:{target.port}/", a.duration,
-                                      a.connections, len(self.load_cpus), a.load_cpus,
-                                      scenario == "h1-new")
+            if scenario in TLS_SCENARIOS:
+                port = target.tls384_port if scenario == "tls-new-p384" else target.tls_port
+                url = f"https://127.0.0.1:{port}/"
+            else:
+                url = f"http://127.0.0.1:{target.port}/"
+            cmd = loadgen.wrk_command(url, a.duration, a.connections, len(self.load_cpus), a.load_cpus,
+                                      scenario in ("h1-new", "tls-new", "tls-new-p384"))
             wrk_log = os.path.join(a.work_dir, f"wrk-{scenario}.log")
             if a.warmup > 0:
                 warm = list(cmd)
@@ -429,7 +444,7 @@ class Bench:
         a = self.args
         started = datetime.datetime.now().astimezone()
         load_before = procstat.loadavg()
-        order = ([] if a.no_origin or sc == "idle" else ["origin"]) + list(self.proxies)
+        order = ([] if a.no_origin or sc == "idle" or sc in TLS_SCENARIOS else ["origin"]) + list(self.proxies)
         order = [t for t in order if t not in self.broken]
         runs = []
         for rnd in range(1, a.rounds + 1):

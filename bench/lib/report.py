@@ -33,6 +33,10 @@ GOALS = {
     "h1-new": [("cpu_us_per_req", "nginx", 1.0), ("cpu_us_per_req", "haproxy", 1.0),
                ("p99_ms", "nginx", 1.0), ("p99_ms", "haproxy", 1.0)],
     "idle": [("rss_per_conn_bytes", "nginx", 1.0)],
+    # Issue 3: CPU per request ≤ 0.8× both peers; handshakes (OpenSSL-bound) at parity or better.
+    "tls": [("cpu_us_per_req", "nginx", 0.8), ("cpu_us_per_req", "haproxy", 0.8)],
+    "tls-new": [("cpu_us_per_req", "nginx", 1.0), ("cpu_us_per_req", "haproxy", 1.0)],
+    "tls-new-p384": [("cpu_us_per_req", "nginx", 1.0), ("cpu_us_per_req", "haproxy", 1.0)],
 }
 
 

@@ -81,7 +81,7 @@ def render(template_name, out_path, values):
             raise KeyError(f"{template_name}: no value for @{key}@")
         return str(values[key])
 
-    text = re.sub(r"@([A-Z_]+)@", sub, text)
+    text = re.sub(r"@([A-Z0-9_]+)@", sub, text)
     with open(out_path, "w") as f:
         f.write(text)
     return text
@@ -107,6 +107,25 @@ def http_get(port, path="/", timeout=2.0):
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     return status, body.decode(errors="replace")
+
+
+def make_certificates(work_dir):
+    """Self-signed ECDSA certificates for the TLS scenarios, made with the openssl CLI: template
+    values CERT256/KEY256/PEM256 (cert+key in one file, for HAProxy) and the same for 384."""
+    values = {}
+    for bits, curve in (("256", "P-256"), ("384", "P-384")):
+        cert = os.path.join(work_dir, f"bench-{bits}.pem")
+        key = os.path.join(work_dir, f"bench-{bits}.key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", f"ec_paramgen_curve:{curve}",
+                        "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.local",
+                        "-addext", "subjectAltName=DNS:bench.local"], check=True, capture_output=True)
+        both = os.path.join(work_dir, f"bench-{bits}-combined.pem")
+        with open(both, "w") as out:
+            for f in (cert, key):
+                with open(f) as src:
+                    out.write(src.read())
+        values.update({f"CERT{bits}": cert, f"KEY{bits}": key, f"PEM{bits}": both})
+    return values
 
 
 def _tail(path, lines=15):
@@ -140,6 +159,11 @@ class Target:
         self.values = dict(values)  # template values shared by all targets
         self.port = free_port()
         self.values["PORT"] = self.port
+        # TLS listeners (scenarios tls*): ECDSA P-256 and P-384 certificates (make_certificates).
+        self.tls_port = free_port()
+        self.tls384_port = free_port()
+        self.values["TLS_PORT"] = self.tls_port
+        self.values["TLS384_PORT"] = self.tls384_port
         self.config_path = os.path.join(work_dir, f"{self.name}.{self.config_ext}")
         self.log_path = os.path.join(work_dir, f"{self.name}.log")
         self.proc = None

@@ -778,6 +778,18 @@ class Decoder {
                [&](auto& v, auto& q) { integer(v, q, c.max_idle_connections, 0, kMaxIdleConnections); }},
               {"retry_budget_percent",
                [&](auto& v, auto& q) { integer(v, q, c.retry_budget_percent, 0, 100); }},
+              {"tls",
+               [&](auto& v, auto& q) {
+                 UpstreamTls& t = c.tls.emplace();
+                 map(v, q,
+                     {
+                         {"sni", [&](auto& x, auto& r) { str(x, r, t.sni); }},
+                         {"verify", [&](auto& x, auto& r) { boolean(x, r, t.verify); }},
+                         {"ca", [&](auto& x, auto& r) { str(x, r, t.ca); }},
+                         {"client_cert", [&](auto& x, auto& r) { str(x, r, t.client_cert); }},
+                         {"client_key", [&](auto& x, auto& r) { str(x, r, t.client_key); }},
+                     });
+               }},
           });
     });
   }

@@ -234,6 +234,15 @@ struct ClusterTimeouts {
   Millis idle{60'000};      // idle pooled upstream connections are closed after this
 };
 
+// TLS towards a cluster's endpoints (re-encryption). Files as for listener TLS.
+struct UpstreamTls {
+  std::string sni;           // server name sent and verified; empty = the endpoint's host when it is a name
+  bool verify = true;        // verify the upstream's certificate chain and name
+  std::string ca;            // CA bundle to verify against; empty = the system's default store
+  std::string client_cert;   // optional client certificate (mTLS to the upstream) ...
+  std::string client_key;    // ... and its key
+};
+
 struct Cluster {
   std::string name;
   std::vector<Endpoint> endpoints;
@@ -244,6 +253,7 @@ struct Cluster {
   ClusterTimeouts timeouts;
   uint32_t max_idle_connections = 64;  // per endpoint, per worker
   uint32_t retry_budget_percent = 20;  // retries in flight <= this % of active requests (min 3)
+  std::optional<UpstreamTls> tls;      // absent = plain HTTP to the endpoints
   SourcePos pos;
 };
 

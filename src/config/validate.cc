@@ -524,6 +524,16 @@ class Validator {
       const SourcePos at = c.pos;
       std::string path = fmt::format("clusters[{}]", i);
       name(c.name, path + ".name", at);
+      if (c.tls) {
+        if (c.tls->client_cert.empty() != c.tls->client_key.empty())
+          error(path + ".tls." + (c.tls->client_cert.empty() ? "client_cert" : "client_key"), at,
+                "client_cert and client_key go together");
+        if (!c.tls->sni.empty()) {
+          if (auto e = checkDomain(c.tls->sni); e || c.tls->sni.find('*') != std::string::npos)
+            error(path + ".tls.sni", at, quote(c.tls->sni) + " " + (e ? *e : std::string("must be a host name")));
+        }
+        if (!c.tls->verify) warn(path + ".tls.verify", at, "false: the upstream's certificate is not checked");
+      }
       if (!c.name.empty()) {
         auto [it, fresh] = names.emplace(c.name, i);
         if (!fresh)

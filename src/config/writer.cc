@@ -378,6 +378,16 @@ void writeCluster(JsonOut& j, const Cluster& c) {
   j.field("idle", c.timeouts.idle);
   j.endObject();
   j.field("max_idle_connections", c.max_idle_connections);
+  if (c.tls) {
+    j.key("tls");
+    j.beginObject();
+    if (!c.tls->sni.empty()) j.field("sni", c.tls->sni);
+    j.field("verify", c.tls->verify);
+    if (!c.tls->ca.empty()) j.field("ca", c.tls->ca);
+    if (!c.tls->client_cert.empty()) j.field("client_cert", c.tls->client_cert);
+    if (!c.tls->client_key.empty()) j.field("client_key", c.tls->client_key);
+    j.endObject();
+  }
   j.field("retry_budget_percent", c.retry_budget_percent);
   j.endObject();
 }

@@ -517,7 +517,14 @@ asio::awaitable<bool> HttpSession::streamRequestBody(upstream::UpstreamConnectio
       }
       if (take) {
         setPhase(Phase::kWritingUpstream, snap.timeouts.body_read);
-        auto [ec, n] = co_await asio::async_write(up.socket, asio::buffer(rbuf_.view().data(), take), kNoThrow);
+        boost::system::error_code ec;
+        if (up.tls) {
+          auto [wec, wn] = co_await asio::async_write(*up.tls, asio::buffer(rbuf_.view().data(), take), kNoThrow);
+          ec = wec;
+        } else {
+          auto [wec, wn] = co_await asio::async_write(up.socket, asio::buffer(rbuf_.view().data(), take), kNoThrow);
+          ec = wec;
+        }
         if (ec) {
           upstream_failed = true;
           co_return false;
@@ -606,7 +613,19 @@ asio::awaitable<bool> HttpSession::streamResponseBody(upstream::UpstreamConnecti
     }
     setPhase(Phase::kStreamingResponse, stall);
     size_t room = x_->ubuf.prepare(16 * 1024, kBodyChunk);
-    auto [ec, n] = co_await up.socket.async_read_some(asio::buffer(x_->ubuf.tail(), room), kNoThrow);
+    boost::system::error_code ec;
+    size_t n = 0;
+    if (up.tls) {
+      auto [rec, rn] = co_await up.tls->async_read_some(asio::buffer(x_->ubuf.tail(), room), kNoThrow);
+      ec = rec;
+      n = rn;
+      // An upstream that closes without close_notify ends an until-close body like a plain EOF.
+      if (ec == asio::ssl::error::stream_truncated) ec = asio::error::eof;
+    } else {
+      auto [rec, rn] = co_await up.socket.async_read_some(asio::buffer(x_->ubuf.tail(), room), kNoThrow);
+      ec = rec;
+      n = rn;
+    }
     if (ec) {
       // EOF is the end of an until-close body; anything else truncates the response.
       co_return framing == BodyFraming::kUntilClose && ec == asio::error::eof;
@@ -801,6 +820,40 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       }
       boost::system::error_code oec;
       conn->socket.set_option(tcp::no_delay(true), oec);
+      if (cr.tls) {
+        // Re-encryption: the TLS handshake is part of connecting (same timeout, same retry rules).
+        SSL* ssl = cr.tls->newSession(cc.endpoints[static_cast<size_t>(idx)].host);
+        bool hs_ok = ssl != nullptr;
+        if (hs_ok) {
+          conn->tls = std::make_unique<asio::ssl::stream<tcp::socket&>>(conn->socket, ssl);
+          auto [hec] = co_await conn->tls->async_handshake(asio::ssl::stream_base::client, kNoThrow);
+          if (hec) {
+            hs_ok = false;
+            const long verify = SSL_get_verify_result(ssl);
+            spdlog::warn("upstream tls handshake failed: cluster={} endpoint={} reason={}", cc.name,
+                         cr.keys[static_cast<size_t>(idx)],
+                         verify != X509_V_OK ? std::string("certificate: ") + X509_verify_cert_error_string(verify)
+                                             : hec.message());
+          }
+        }
+        if (!hs_ok) {
+          const bool timeout = timed_out_;
+          ++cstats.connect_failures;
+          report(m.cluster, idx, upstream::Outcome::kConnectFailure);
+          if (may_retry(static_cast<uint8_t>(config::RetryOn::kConnectFailure))) {
+            begin_retry(true);
+            continue;
+          }
+          linger_ = !body_whole;
+          rbuf_.consume(held);
+          held = 0;
+          const bool result = co_await respondError(timeout ? 504 : 502,
+                                                    timeout ? "upstream TLS handshake timed out"
+                                                            : "upstream TLS handshake failed",
+                                                    client_keep && body_whole);
+          co_return result;
+        }
+      }
       ++cstats.connections_opened;
     }
     upstream_ = conn.get();
@@ -809,7 +862,14 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
     setPhase(Phase::kWritingUpstream, try_timeout);
     {
       std::array<asio::const_buffer, 2> bufs{asio::buffer(up_head), asio::buffer(rbuf_.view().data(), held)};
-      auto [ec, n] = co_await asio::async_write(conn->socket, bufs, kNoThrow);
+      boost::system::error_code ec;
+      if (conn->tls) {
+        auto [wec, wn] = co_await asio::async_write(*conn->tls, bufs, kNoThrow);
+        ec = wec;
+      } else {
+        auto [wec, wn] = co_await asio::async_write(conn->socket, bufs, kNoThrow);
+        ec = wec;
+      }
       if (ec) {
         if (reused && !timed_out_ && body_whole) {
           force_fresh = true;  // a pooled connection the upstream had just closed: try a new one
@@ -873,7 +933,17 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       // case costs exactly one recv per response.
       size_t room = x_->ubuf.prepare(4096, limits_.max_request_line + limits_.max_header_bytes + 16);
       if (room == 0) break;
-      auto [ec, n] = co_await conn->socket.async_read_some(asio::buffer(x_->ubuf.tail(), room), kNoThrow);
+      boost::system::error_code ec;
+      size_t n = 0;
+      if (conn->tls) {
+        auto [rec, rn] = co_await conn->tls->async_read_some(asio::buffer(x_->ubuf.tail(), room), kNoThrow);
+        ec = rec;
+        n = rn;
+      } else {
+        auto [rec, rn] = co_await conn->socket.async_read_some(asio::buffer(x_->ubuf.tail(), room), kNoThrow);
+        ec = rec;
+        n = rn;
+      }
       if (ec) {
         if (timed_out_) {
           ++cstats.timeouts;

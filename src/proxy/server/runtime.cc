@@ -48,7 +48,21 @@ Result<std::shared_ptr<const Runtime>> buildRuntime(std::shared_ptr<const config
       cr.keys.push_back(upstream::endpointKey(e));
       cr.pool_keys.push_back(addr.is_v6() ? fmt::format("[{}]:{}", addr.to_string(), e.port)
                                           : fmt::format("{}:{}", addr.to_string(), e.port));
+      // TLS connections are pooled apart from plain ones, and per cluster (SNI, client certificate).
+      if (c.tls) cr.pool_keys.back() += fmt::format("|tls|{}|{}", c.name, e.host);
     }
+  }
+  for (size_t ci = 0; ci < snapshot->clusters.size(); ++ci) {
+    const config::Cluster& c = snapshot->clusters[ci];
+    if (!c.tls) continue;
+    std::vector<tls::Problem> problems;
+    auto ctx = tls::ClientContext::build(*c.tls, fmt::format("clusters[{}].tls", ci), config_dir, &problems);
+    if (!ctx) {
+      std::string errors;
+      for (const auto& p : problems) errors += (errors.empty() ? "" : "; ") + p.toString();
+      return Error{errors};
+    }
+    rt->clusters[ci].tls = std::move(ctx);
   }
   for (size_t li = 0; li < snapshot->listeners.size(); ++li) {
     const config::Listener& l = snapshot->listeners[li];

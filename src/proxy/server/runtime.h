@@ -14,6 +14,7 @@
 #include "config/model.h"
 #include "proxy/router/route_table.h"
 #include "proxy/upstream/health_state.h"
+#include "proxy/tls/client_context.h"
 #include "proxy/tls/server_contexts.h"
 #include "proxy/upstream/load_balancer.h"
 
@@ -26,6 +27,7 @@ struct ClusterRuntime {
   std::vector<std::string> pool_keys;                     // resolved "ip:port": connection pools
   std::shared_ptr<const upstream::ClusterHealth> health;
   std::shared_ptr<const upstream::HashTable> hash_table;  // ring_hash / maglev, shared by workers
+  std::shared_ptr<const tls::ClientContext> tls;          // cluster tls: connections are TLS
 };
 
 struct Runtime {
@@ -39,6 +41,8 @@ struct Runtime {
   bool tlsFilesChanged() const {
     for (const auto& [name, t] : tls)
       if (t->filesChanged()) return true;
+    for (const auto& c : clusters)
+      if (c.tls && c.tls->filesChanged()) return true;
     return false;
   }
 };

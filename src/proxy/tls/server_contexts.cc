@@ -12,6 +12,7 @@
 
 #include "common/base/clock.h"
 #include "common/base/log.h"
+#include "proxy/tls/client_context.h"
 
 namespace marchproxy::proxy::tls {
 namespace {
@@ -358,6 +359,10 @@ int ServerContexts::ticketCallback(SSL* ssl, unsigned char* key_name, unsigned c
 
 std::vector<Problem> checkSnapshot(const config::Snapshot& s, const fs::path& base_dir) {
   std::vector<Problem> problems;
+  for (size_t i = 0; i < s.clusters.size(); ++i) {
+    if (!s.clusters[i].tls) continue;
+    ClientContext::build(*s.clusters[i].tls, "clusters[" + std::to_string(i) + "].tls", base_dir, &problems);
+  }
   for (size_t i = 0; i < s.listeners.size(); ++i) {
     if (!s.listeners[i].tls) continue;
     ServerContexts::build(*s.listeners[i].tls, "listeners[" + std::to_string(i) + "].tls", base_dir, &problems);

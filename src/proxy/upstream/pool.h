@@ -8,6 +8,7 @@
 // it is taken, and one the upstream closed in the meantime is dropped.
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -19,6 +20,9 @@ namespace marchproxy::proxy::upstream {
 struct UpstreamConnection {
   explicit UpstreamConnection(boost::asio::io_context& ioc) : socket(ioc) {}
   boost::asio::ip::tcp::socket socket;
+  // Set for a cluster with `tls`: reads and writes go through it (declared after the socket it
+  // wraps, so it is destroyed first).
+  std::unique_ptr<boost::asio::ssl::stream<boost::asio::ip::tcp::socket&>> tls;
   uint32_t requests = 0;      // responses completed on it; > 0 means it came from the pool
   int64_t idle_since_ns = 0;  // coarse clock
 };
