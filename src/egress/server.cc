@@ -1202,8 +1202,15 @@ asio::awaitable<void> Worker::acceptLoop(tcp::acceptor* acceptor, ListenerConfig
 
 void Worker::applyRuntime(std::shared_ptr<const Runtime> rt) {
   const bool initial = rt_ == nullptr;
+  const bool dns_changed = initial || rt->config->dns.servers != rt_->config->dns.servers ||
+                           rt->config->dns.timeout != rt_->config->dns.timeout;
   rt_ = std::move(rt);
-  resolver_.clear();
+  if (dns_changed) {
+    auto ok = resolver_.configure(rt_->config->dns);
+    if (!ok) spdlog::error("egress worker {}: {}", index_, ok.error().message);
+  } else {
+    resolver_.clearCache();
+  }
   if (!initial) revoke();
 }
 
@@ -1552,6 +1559,7 @@ void Egress::startAdmin(const AdminConfig& a) {
 
 int Egress::run() {
   asio::signal_set signals(control_, SIGHUP, SIGTERM, SIGINT);
+  initDnsLibrary();
   LoadResult r = loadFile(options_.config_path);
   if (!r.config) {
     spdlog::error("cannot start: {} error(s) in {}", r.errors.size(), options_.config_path);
