@@ -1,15 +1,18 @@
-// The `marchproxy` binary: ingress | egress | check | version.
+// The `marchproxy` binary: ingress | egress | manager | check | version.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 
 #include "common/base/log.h"
 #include "config/loader.h"
 #include "config/writer.h"
 #include "ingress/ingress.h"
+#include "manager/manager.h"
 #include "egress/config.h"
 #include "egress/server.h"
 #include <fstream>
 #include <sstream>
+#include "proxy/tls/server_contexts.h"
 
 #ifndef MP_VERSION
 #define MP_VERSION "dev"
@@ -36,6 +39,18 @@ int main(int argc, char** argv) {
   std::string check_path;
   auto* check = app.add_subcommand("check", "Validate a config file; print every error with its line and field");
   check->add_option("file", check_path, "YAML or JSON config file")->required();
+
+  marchproxy::manager::Options manager_opts;
+  auto* manager = app.add_subcommand("manager", "Run the manager REST API (see docs/manager.md)");
+  manager->add_option("--config", manager_opts.config_file, "Optional JSON file with the same keys as the flags");
+  manager->add_option("--listen", manager_opts.listen, "host:port to serve on (default 127.0.0.1:8000)");
+  manager->add_option("--tls-cert", manager_opts.tls_cert, "PEM certificate chain; with --tls-key serves HTTPS");
+  manager->add_option("--tls-key", manager_opts.tls_key, "PEM private key");
+  manager->add_option("--database-url", manager_opts.database_url,
+                      "sqlite:///path/file.db or postgres://user@host:port/db (default: <data-dir>/manager.db)");
+  manager->add_option("--data-dir", manager_opts.data_dir, "Directory for the SQLite file and a generated master key");
+  manager->add_option("--master-key-file", manager_opts.master_key_file, "File with the 32-byte master key");
+  manager->add_option("--pool-size", manager_opts.pool_size, "Database connections (default 8)");
 
   auto* version = app.add_subcommand("version", "Print the version");
   CLI11_PARSE(app, argc, argv);
@@ -70,10 +85,23 @@ int main(int argc, char** argv) {
       std::printf("%s: %zu error(s)\n", check_path.c_str(), r.errors.size());
       return 1;
     }
+    // TLS files (certificates, keys, CA bundles, CRLs) are read and checked as the proxy would.
+    auto tls_problems = marchproxy::proxy::tls::checkSnapshot(
+        *r.snapshot, std::filesystem::absolute(check_path).parent_path());
+    size_t tls_errors = 0;
+    for (const auto& p : tls_problems) {
+      std::printf("%s%s\n", p.warning ? "warning: " : "", p.toString().c_str());
+      tls_errors += p.warning ? 0 : 1;
+    }
+    if (tls_errors) {
+      std::printf("%s: %zu error(s)\n", check_path.c_str(), tls_errors);
+      return 1;
+    }
     std::printf("%s\n", marchproxy::config::summary(*r.snapshot).c_str());
     return 0;
   }
   if (*ingress) return marchproxy::ingress::run(ingress_opts);
+  if (*manager) return marchproxy::manager::run(manager_opts);
   if (*egress) return marchproxy::egress::run(egress_opts);
   return 2;
 }

@@ -1,0 +1,57 @@
+#pragma once
+// What every API handler shares: the database, the key ring, throttles, metrics, and the request's
+// authenticated principal. Authorisation decisions live in policy.h, next to this.
+#include <cstdint>
+#include <string>
+
+#include "manager/auth/keyring.h"
+#include "manager/auth/throttle.h"
+#include "manager/http/message.h"
+#include "manager/http/router.h"
+#include "manager/metrics.h"
+#include "manager/store/db.h"
+
+namespace marchproxy::manager::api {
+
+using http::ApiError;
+using http::Json;
+using http::Request;
+using http::Response;
+
+struct App {
+  store::Db& db;
+  auth::KeyRing& keys;
+  Metrics& metrics;
+  auth::Throttle user_throttle{5, std::chrono::seconds(900)};
+  auth::Throttle ip_throttle{30, std::chrono::seconds(900)};
+  int bcrypt_cost = 12;
+  std::string openapi;  // the document served at /api/v1/openapi.json
+  App(store::Db& d, auth::KeyRing& k, Metrics& m) : db(d), keys(k), metrics(m) {}
+};
+
+struct Principal {
+  std::int64_t user_id = 0;
+  std::string username;
+  std::string role;  // admin | service-owner | viewer
+  bool api_token = false;
+  bool isAdmin() const { return role == "admin"; }
+  bool isOwner() const { return role == "service-owner"; }
+};
+
+// Resolves the bearer credential (access JWT or personal API token) to an enabled user.
+// Throws 401 with a WWW-Authenticate header when missing or invalid.
+Principal authenticate(App& app, const Request& req);
+
+// Parses a JSON object body: 415 without a JSON content type, 400 on malformed JSON, 422 when not an
+// object.
+Json parseBody(const Request& req);
+
+std::int64_t pathId(const Request& req, const std::string& name = "id");
+
+// Adds every route to the router (see resources.cc, auth_routes.cc, admin_routes.cc).
+void addResourceRoutes(App& app, http::Router& r);
+void addAuthRoutes(App& app, http::Router& r);
+void addAdminRoutes(App& app, http::Router& r);
+http::Router buildRouter(App& app);
+
+}  // namespace marchproxy::manager::api

@@ -1,0 +1,49 @@
+#include "manager/api/policy.h"
+
+namespace marchproxy::manager::api::policy {
+
+void deny(const std::string& why) { throw ApiError(403, "forbidden", why); }
+
+void requireAdmin(const Principal& p) {
+  if (!p.isAdmin()) deny("this action needs the admin role (you are " + p.role + ")");
+}
+
+void requireWriter(const Principal& p) {
+  if (p.role == "viewer") deny("the viewer role is read-only");
+}
+
+bool ownsCluster(store::Conn& c, const Principal& p, std::int64_t cluster_id) {
+  return !c.exec("SELECT 1 FROM user_clusters WHERE user_id = ? AND cluster_id = ?",
+                 {std::to_string(p.user_id), std::to_string(cluster_id)})
+              .empty();
+}
+
+bool seesCluster(store::Conn& c, const Principal& p, std::int64_t cluster_id) {
+  return ownsCluster(c, p, cluster_id) ||
+         !c.exec("SELECT 1 FROM user_services us JOIN services s ON s.id = us.service_id "
+                 "WHERE us.user_id = ? AND s.cluster_id = ?",
+                 {std::to_string(p.user_id), std::to_string(cluster_id)})
+              .empty();
+}
+
+bool ownsService(store::Conn& c, const Principal& p, std::int64_t service_id) {
+  auto uid = std::to_string(p.user_id), sid = std::to_string(service_id);
+  return !c.exec("SELECT 1 FROM services s WHERE s.id = ? AND ("
+                 "EXISTS (SELECT 1 FROM user_services us WHERE us.user_id = ? AND us.service_id = s.id) OR "
+                 "EXISTS (SELECT 1 FROM user_clusters uc WHERE uc.user_id = ? AND uc.cluster_id = s.cluster_id))",
+                 {sid, uid, uid})
+              .empty();
+}
+
+std::string clusterScopeSql() {
+  return "cluster_id IN (SELECT cluster_id FROM user_clusters WHERE user_id = ? UNION "
+         "SELECT s2.cluster_id FROM user_services us2 JOIN services s2 ON s2.id = us2.service_id "
+         "WHERE us2.user_id = ?)";
+}
+
+std::string serviceScopeSql() {
+  return "(id IN (SELECT service_id FROM user_services WHERE user_id = ?) OR "
+         "cluster_id IN (SELECT cluster_id FROM user_clusters WHERE user_id = ?))";
+}
+
+}  // namespace marchproxy::manager::api::policy

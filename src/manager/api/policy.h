@@ -1,0 +1,26 @@
+#pragma once
+// Authorisation rules, enforced in the service layer for every endpoint:
+//   admin          everything;
+//   service-owner  reads and edits the clusters and services assigned to them (a cluster assignment
+//                  covers its services), creates services in assigned clusters, and writes mappings
+//                  whose source services are all theirs (or in an assigned cluster);
+//   viewer         reads configuration; no writes, no users, no audit log.
+// Self-service (own password, 2FA, API tokens, logout) is open to every role.
+#include <cstdint>
+#include <string>
+
+#include "manager/api/context.h"
+
+namespace marchproxy::manager::api::policy {
+
+[[noreturn]] void deny(const std::string& why);
+void requireAdmin(const Principal& p);
+void requireWriter(const Principal& p);  // admin or service-owner
+bool ownsCluster(store::Conn& c, const Principal& p, std::int64_t cluster_id);   // assigned directly
+bool seesCluster(store::Conn& c, const Principal& p, std::int64_t cluster_id);   // or owns a service in it
+bool ownsService(store::Conn& c, const Principal& p, std::int64_t service_id);
+// SQL conditions (with `?` bound to the user id, count returned) restricting lists for an owner.
+std::string clusterScopeSql();   // on column `cluster_id`, uses 2 parameters
+std::string serviceScopeSql();   // on columns `id`,`cluster_id`, uses 2 parameters
+
+}  // namespace marchproxy::manager::api::policy

@@ -1,0 +1,879 @@
+// Generic list/get/create/update/delete over the configuration resources, driven by the Spec tables
+// below. Every write runs in one transaction that also bumps the owning cluster's config_version
+// (when the change alters what proxies do) and appends the audit row.
+#include "manager/api/resources.h"
+
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include <functional>
+#include <memory>
+#include <set>
+
+#include "manager/api/context.h"
+#include "manager/api/policy.h"
+#include "manager/api/validate.h"
+#include "manager/audit/audit.h"
+#include "manager/crypto/crypto.h"
+#include "manager/util/time.h"
+
+namespace marchproxy::manager::api {
+namespace {
+
+using store::Conn;
+using store::Row;
+
+enum class Kind { text, integer, boolean, array, object };
+enum class Res { clusters, services, mappings, routes, certificates };
+enum class Op { read, create, update, remove, rotate };
+
+using Check = std::function<void(const Json&, const std::string&)>;
+
+struct Field {
+  std::string name;
+  Kind kind;
+  bool required = false;   // on create
+  bool updatable = true;
+  bool nullable = false;
+  Check check;
+  bool write_only = false;  // accepted, never returned (stored transformed by a hook)
+};
+
+struct Spec {
+  Res res;
+  std::string path, table, noun;
+  std::vector<Field> fields;
+  std::vector<std::pair<std::string, Kind>> readonly_out;  // extra columns returned
+  std::vector<std::string> filters, sorts;
+  bool cluster_scoped = false;
+};
+
+const char* kindName(Kind k) {
+  switch (k) {
+    case Kind::text: return "a string";
+    case Kind::integer: return "an integer";
+    case Kind::boolean: return "a boolean";
+    case Kind::array: return "an array";
+    case Kind::object: return "an object";
+  }
+  return "?";
+}
+
+bool kindMatches(Kind k, const Json& v) {
+  switch (k) {
+    case Kind::text: return v.is_string();
+    case Kind::integer: return v.is_number_integer();
+    case Kind::boolean: return v.is_boolean();
+    case Kind::array: return v.is_array();
+    case Kind::object: return v.is_object();
+  }
+  return false;
+}
+
+// --- composable checks -------------------------------------------------------------------------
+
+Check textMax(std::size_t max) {
+  return [max](const Json& v, const std::string& f) { validate::text(v, f, max); };
+}
+Check oneOf(std::vector<std::string> allowed) {
+  return [allowed](const Json& v, const std::string& f) {
+    for (const auto& a : allowed)
+      if (v == a) return;
+    std::string list;
+    for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+    validate::fail(f, "must be one of " + list);
+  };
+}
+Check intRange(std::int64_t lo, std::int64_t hi) {
+  return [lo, hi](const Json& v, const std::string& f) {
+    auto n = v.get<std::int64_t>();
+    if (n < lo || n > hi) validate::fail(f, "must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+  };
+}
+Check arrayOf(Check each, std::size_t max_items, bool non_empty, bool unique = true) {
+  return [=](const Json& v, const std::string& f) {
+    if (non_empty && v.empty()) validate::fail(f, "must not be empty");
+    if (v.size() > max_items) validate::fail(f, "more than " + std::to_string(max_items) + " items");
+    std::set<std::string> seen;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      std::string fi = f + "[" + std::to_string(i) + "]";
+      each(v[i], fi);
+      if (unique && !seen.insert(v[i].dump()).second) validate::fail(fi, "duplicate value " + v[i].dump());
+    }
+  };
+}
+Check positiveId() {
+  return [](const Json& v, const std::string& f) {
+    if (!v.is_number_integer() || v.get<std::int64_t>() < 1) validate::fail(f, "expected a positive integer id");
+  };
+}
+// An object with a fixed set of keys, each with its own check; unknown keys are refused.
+Check objectOf(std::vector<std::pair<std::string, Check>> keys, std::vector<std::string> required = {}) {
+  return [=](const Json& v, const std::string& f) {
+    if (!v.is_object()) validate::fail(f, "expected an object");
+    for (const auto& [k, val] : v.items()) {
+      auto it = std::find_if(keys.begin(), keys.end(), [&](const auto& p) { return p.first == k; });
+      if (it == keys.end()) validate::fail(f + "." + k, "unknown field");
+      it->second(val, f + "." + k);
+    }
+    for (const auto& r : required)
+      if (!v.contains(r)) validate::fail(f + "." + r, "required");
+  };
+}
+Check intIn(std::int64_t lo, std::int64_t hi) {
+  return [=](const Json& v, const std::string& f) {
+    if (!v.is_number_integer()) validate::fail(f, "expected an integer");
+    intRange(lo, hi)(v, f);
+  };
+}
+Check strCheck(Check c) {
+  return [=](const Json& v, const std::string& f) {
+    if (!v.is_string()) validate::fail(f, "expected a string");
+    c(v, f);
+  };
+}
+void pemCert(const Json& v, const std::string& f) {
+  validate::text(v, f, 65536);
+  const auto& s = v.get_ref<const std::string&>();
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_mem_buf(s.data(), int(s.size())), BIO_free);
+  std::unique_ptr<X509, decltype(&X509_free)> x(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr), X509_free);
+  if (!x) validate::fail(f, "not a PEM-encoded X.509 certificate");
+}
+void pemKey(const Json& v, const std::string& f) {
+  validate::text(v, f, 65536);
+  const auto& s = v.get_ref<const std::string&>();
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_mem_buf(s.data(), int(s.size())), BIO_free);
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> k(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr),
+                                                        EVP_PKEY_free);
+  if (!k) validate::fail(f, "not a PEM-encoded (unencrypted) private key");
+}
+void urlPath(const Json& v, const std::string& f) {
+  validate::text(v, f, 1024);
+  const auto& s = v.get_ref<const std::string&>();
+  if (s.empty() || s[0] != '/') validate::fail(f, "must start with '/'");
+}
+void headerName(const Json& v, const std::string& f) {
+  validate::text(v, f, 128);
+  const auto& s = v.get_ref<const std::string&>();
+  if (s.empty()) validate::fail(f, "must not be empty");
+  for (char c : s)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos))
+      validate::fail(f, "not a valid header name");
+}
+
+// --- the resources -------------------------------------------------------------------------------
+
+const std::vector<Spec>& specs() {
+  static const std::vector<Spec> all = [] {
+    std::vector<Spec> v;
+    Check nameCheck = validate::name;
+    v.push_back({Res::clusters, "clusters", "clusters", "cluster",
+                 {{"name", Kind::text, true, true, false, nameCheck},
+                  {"description", Kind::text, false, true, false, textMax(1024)},
+                  {"syslog_endpoint", Kind::text, false, true, false, validate::syslogEndpoint},
+                  {"log_auth", Kind::boolean},
+                  {"log_netflow", Kind::boolean},
+                  {"log_debug", Kind::boolean}},
+                 {{"config_version", Kind::integer}, {"prev_api_key_expires", Kind::text}},
+                 {"name"},
+                 {"name", "id", "created_at", "updated_at"}});
+    v.push_back({Res::services, "services", "services", "service",
+                 {{"cluster_id", Kind::integer, true, false, false, positiveId()},
+                  {"name", Kind::text, true, true, false, nameCheck},
+                  {"description", Kind::text, false, true, false, textMax(1024)},
+                  {"ip_fqdn", Kind::text, true, true, false, validate::hostOrIp},
+                  {"collection", Kind::text, false, true, false,
+                   [](const Json& j, const std::string& f) {
+                     if (!j.get_ref<const std::string&>().empty()) validate::name(j, f);
+                   }},
+                  {"auth_type", Kind::text, false, true, false, oneOf({"none", "base64", "jwt"})},
+                  {"jwt_expiry", Kind::integer, false, true, false, intRange(60, 86400)}},
+                 {{"secret_rotated_at", Kind::text}},
+                 {"cluster_id", "name", "collection", "auth_type", "ip_fqdn"},
+                 {"name", "id", "cluster_id", "collection", "created_at", "updated_at"},
+                 true});
+    v.push_back({Res::mappings, "mappings", "mappings", "mapping",
+                 {{"cluster_id", Kind::integer, true, false, false, positiveId()},
+                  {"name", Kind::text, true, true, false, nameCheck},
+                  {"source_services", Kind::array, false, true, false, arrayOf(positiveId(), 1000, false)},
+                  {"source_collections", Kind::array, false, true, false, arrayOf(validate::name, 100, false)},
+                  {"destination_services", Kind::array, true, true, false, arrayOf(positiveId(), 1000, true)},
+                  {"protocols", Kind::array, true, true, false,
+                   arrayOf(strCheck(oneOf({"http", "https", "tcp", "udp", "icmp"})), 5, true)},
+                  {"ports", Kind::array, false, true, false, arrayOf(validate::port, 100, false)},
+                  {"auth_required", Kind::boolean},
+                  {"priority", Kind::integer, false, true, false, intRange(0, 10000)},
+                  {"enabled", Kind::boolean},
+                  {"comment", Kind::text, false, true, false, textMax(1024)}},
+                 {},
+                 {"cluster_id", "name", "enabled"},
+                 {"name", "id", "cluster_id", "priority", "created_at", "updated_at"},
+                 true});
+    v.push_back(
+        {Res::routes, "routes", "ingress_routes", "route",
+         {{"cluster_id", Kind::integer, true, false, false, positiveId()},
+          {"name", Kind::text, true, true, false, nameCheck},
+          {"hosts", Kind::array, true, true, false, arrayOf(validate::hostPattern, 100, true)},
+          {"paths", Kind::array, false, true, false, arrayOf(urlPath, 100, false)},
+          {"backends", Kind::array, true, true, false,
+           arrayOf(objectOf({{"address", validate::hostPort}, {"weight", intIn(1, 1000)}}, {"address"}), 256, true)},
+          {"lb_policy", Kind::text, false, true, false, oneOf({"round_robin", "least_conn", "random", "ip_hash"})},
+          {"health_check", Kind::object, false, true, false,
+           objectOf({{"path", urlPath},
+                     {"interval_ms", intIn(100, 3600000)},
+                     {"timeout_ms", intIn(10, 600000)},
+                     {"healthy_threshold", intIn(1, 100)},
+                     {"unhealthy_threshold", intIn(1, 100)}})},
+          {"rate_limit", Kind::object, false, true, false,
+           objectOf({{"requests_per_second", intIn(1, 10000000)}, {"burst", intIn(0, 10000000)}},
+                    {"requests_per_second"})},
+          {"certificate_id", Kind::integer, false, true, true, positiveId()},
+          {"mtls_allow", Kind::array, false, true, false, arrayOf(textMax(256), 100, false)},
+          {"header_rewrites", Kind::array, false, true, false,
+           arrayOf(objectOf({{"action", strCheck(oneOf({"set", "add", "remove"}))},
+                             {"name", headerName},
+                             {"value", textMax(4096)}},
+                            {"action", "name"}),
+                   50, false, false)},
+          {"enabled", Kind::boolean}},
+         {},
+         {"cluster_id", "name", "enabled", "certificate_id"},
+         {"name", "id", "cluster_id", "created_at", "updated_at"},
+         true});
+    v.push_back({Res::certificates, "certificates", "certificates", "certificate",
+                 {{"name", Kind::text, true, true, false, nameCheck},
+                  {"description", Kind::text, false, true, false, textMax(1024)},
+                  {"cert_pem", Kind::text, true, true, false, pemCert},
+                  {"key_pem", Kind::text, true, true, false, pemKey, true}},
+                 {{"not_after", Kind::text}},
+                 {"name"},
+                 {"name", "id", "not_after", "created_at", "updated_at"}});
+    return v;
+  }();
+  return all;
+}
+
+const Spec& specFor(const std::string& path) {
+  for (const auto& s : specs())
+    if (s.path == path) return s;
+  throw std::logic_error("no spec " + path);
+}
+
+// --- values ----------------------------------------------------------------------------------
+
+store::Param toColumn(const Field& f, const Json& v) {
+  if (v.is_null()) return std::nullopt;
+  switch (f.kind) {
+    case Kind::text: return v.get<std::string>();
+    case Kind::integer: return std::to_string(v.get<std::int64_t>());
+    case Kind::boolean: return std::string(v.get<bool>() ? "1" : "0");
+    default: return v.dump();
+  }
+}
+
+Json fromColumn(Kind k, const std::optional<std::string>& v) {
+  if (!v) return nullptr;
+  switch (k) {
+    case Kind::text: return *v;
+    case Kind::integer: return std::stoll(*v);
+    case Kind::boolean: return *v != "0";
+    default: return Json::parse(*v, nullptr, false);
+  }
+}
+
+Json rowJson(const Spec& s, const Row& r) {
+  Json j = {{"id", r.i64("id")}};
+  for (const auto& f : s.fields)
+    if (!f.write_only) j[f.name] = fromColumn(f.kind, r.at(f.name));
+  for (const auto& [col, k] : s.readonly_out) j[col] = fromColumn(k, r.at(col));
+  if (s.res == Res::services) j["has_secret"] = !r.isNull("secret_enc");
+  j["created_at"] = r.str("created_at");
+  j["updated_at"] = r.str("updated_at");
+  j["version"] = r.i64("version");
+  return j;
+}
+
+std::string etag(std::int64_t version) { return "\"" + std::to_string(version) + "\""; }
+
+}  // namespace
+
+void validateResourceBody(const std::string& resource, const Json& body, bool create) {
+  const Spec& s = specFor(resource);
+  if (!body.is_object()) throw ApiError(422, "invalid-field", "request body must be a JSON object");
+  for (const auto& [k, v] : body.items()) {
+    auto it = std::find_if(s.fields.begin(), s.fields.end(), [&](const Field& f) { return f.name == k; });
+    if (it == s.fields.end()) validate::fail(k, "unknown field");
+    if (!create && !it->updatable) validate::fail(k, "cannot be changed after creation");
+    if (v.is_null()) {
+      if (!it->nullable) validate::fail(k, "must not be null");
+      continue;
+    }
+    if (!kindMatches(it->kind, v)) validate::fail(k, std::string("expected ") + kindName(it->kind));
+    if (it->check) it->check(v, k);
+  }
+  if (create)
+    for (const auto& f : s.fields)
+      if (f.required && !body.contains(f.name)) validate::fail(f.name, "required");
+  // Cross-field rules.
+  if (s.res == Res::mappings && create) {
+    bool has_src = (body.contains("source_services") && !body["source_services"].empty()) ||
+                   (body.contains("source_collections") && !body["source_collections"].empty());
+    if (!has_src) validate::fail("source_services", "a mapping needs source services or source collections");
+  }
+  if (s.res == Res::certificates && !create && (body.contains("cert_pem") != body.contains("key_pem")))
+    validate::fail(body.contains("cert_pem") ? "key_pem" : "cert_pem",
+                   "the certificate and its key are replaced together");
+}
+
+namespace {
+
+struct Ctx {
+  App& app;
+  const Spec& spec;
+  Principal who;
+  const Request& req;
+};
+
+void auditDenied(App& app, const Principal& who, const Request& req, const std::string& action,
+                 const std::string& resource, const std::string& why) {
+  try {
+    app.db.write([&](Conn& c) {
+      audit::append(c, {who.username, req.remote_ip, action, resource, why, "denied"});
+    });
+  } catch (const std::exception&) {
+  }
+}
+
+// Throws 403 unless `who` may do `op` on this object. `values` is the object after the change.
+void authorize(Ctx& x, Conn& c, Op op, const Json& values) {
+  const Principal& p = x.who;
+  if (p.isAdmin()) return;
+  if (op != Op::read) policy::requireWriter(p);
+  std::int64_t cid = values.contains("cluster_id") && values["cluster_id"].is_number_integer()
+                         ? values["cluster_id"].get<std::int64_t>()
+                         : 0;
+  std::int64_t id = values.value("id", std::int64_t(0));
+  switch (x.spec.res) {
+    case Res::clusters:
+      if (op == Op::read ? policy::seesCluster(c, p, id) : (op == Op::update && policy::ownsCluster(c, p, id))) return;
+      policy::deny(op == Op::read || op == Op::update ? "cluster " + std::to_string(id) + " is not assigned to you"
+                                                      : "only admins create, delete or re-key clusters");
+    case Res::services:
+      if (op == Op::create ? policy::ownsCluster(c, p, cid) : policy::ownsService(c, p, id)) return;
+      policy::deny(op == Op::create ? "cluster " + std::to_string(cid) + " is not assigned to you"
+                                    : "service " + std::to_string(id) + " is not assigned to you");
+    case Res::mappings: {
+      if (op == Op::read) {
+        if (policy::seesCluster(c, p, cid)) return;
+        policy::deny("cluster " + std::to_string(cid) + " is not assigned to you");
+      }
+      if (policy::ownsCluster(c, p, cid)) return;
+      if (values.contains("source_collections") && !values["source_collections"].empty())
+        policy::deny("mappings from collections need the cluster assigned to you");
+      for (const auto& sid : values.value("source_services", Json::array()))
+        if (!policy::ownsService(c, p, sid.get<std::int64_t>()))
+          policy::deny("source service " + sid.dump() + " is not assigned to you");
+      return;
+    }
+    case Res::routes:
+      if (op == Op::read && policy::seesCluster(c, p, cid)) return;
+      policy::deny(op == Op::read ? "cluster " + std::to_string(cid) + " is not assigned to you"
+                                  : "only admins edit ingress routes");
+    case Res::certificates:
+      if (op == Op::read) return;
+      policy::deny("only admins edit certificates");
+  }
+}
+
+// Checks that referenced objects exist and live in the same cluster. Throws 422 naming the field.
+void checkReferences(Conn& c, const Spec& s, const Json& v) {
+  if (!s.cluster_scoped) return;
+  std::int64_t cid = v["cluster_id"].get<std::int64_t>();
+  if (c.exec("SELECT 1 FROM clusters WHERE id = ?", {std::to_string(cid)}).empty())
+    validate::fail("cluster_id", "cluster " + std::to_string(cid) + " does not exist");
+  auto services = [&](const char* field) {
+    if (!v.contains(field)) return;
+    for (std::size_t i = 0; i < v[field].size(); ++i) {
+      auto sid = v[field][i].get<std::int64_t>();
+      auto r = c.exec("SELECT cluster_id FROM services WHERE id = ?", {std::to_string(sid)});
+      std::string fi = std::string(field) + "[" + std::to_string(i) + "]";
+      if (r.empty()) validate::fail(fi, "service " + std::to_string(sid) + " does not exist");
+      if (r.front().i64("cluster_id") != cid)
+        validate::fail(fi, "service " + std::to_string(sid) + " belongs to another cluster");
+    }
+  };
+  if (s.res == Res::mappings) {
+    services("source_services");
+    services("destination_services");
+    bool icmp_only = true;
+    for (const auto& pr : v["protocols"]) icmp_only &= pr == "icmp";
+    if (!icmp_only && v.value("ports", Json::array()).empty())
+      validate::fail("ports", "required for tcp, udp, http and https mappings");
+  }
+  if (s.res == Res::routes && v.contains("certificate_id") && !v["certificate_id"].is_null() &&
+      c.exec("SELECT 1 FROM certificates WHERE id = ?", {std::to_string(v["certificate_id"].get<std::int64_t>())})
+          .empty())
+    validate::fail("certificate_id", "certificate " + v["certificate_id"].dump() + " does not exist");
+}
+
+void bumpCluster(Conn& c, std::int64_t cluster_id) {
+  c.exec("UPDATE clusters SET config_version = config_version + 1 WHERE id = ?", {std::to_string(cluster_id)});
+}
+
+// Resource-specific columns computed on create/update (hashes, sealed secrets). Returns extra
+// response fields shown exactly once (api_key, secret).
+Json applyHooks(Ctx& x, std::vector<std::pair<std::string, store::Param>>& cols, const Json& body, const Json* before) {
+  Json once = Json::object();
+  switch (x.spec.res) {
+    case Res::clusters:
+      if (!before) {
+        std::string key = crypto::randomToken("mpk_");
+        cols.emplace_back("api_key_hash", crypto::sha256Hex(key));
+        once["api_key"] = key;
+      }
+      break;
+    case Res::services: {
+      std::string old_type = before ? before->value("auth_type", "none") : "none";
+      std::string type = body.value("auth_type", old_type);
+      if (type != old_type || (!before && type != "none")) {
+        if (type == "none") {
+          cols.emplace_back("secret_enc", std::nullopt);
+          cols.emplace_back("secret_rotated_at", std::nullopt);
+        } else {
+          std::string secret = type == "jwt" ? crypto::base64urlEncode(crypto::randomBytes(32))
+                                             : crypto::randomToken("mps_");
+          cols.emplace_back("secret_enc", x.app.keys.seal(secret, "services.secret"));
+          cols.emplace_back("secret_rotated_at", util::nowIso());
+          once["secret"] = secret;
+        }
+      }
+      break;
+    }
+    case Res::certificates:
+      for (auto& [col, val] : cols) {
+        if (col == "key_pem") {
+          col = "key_enc";
+          val = x.app.keys.seal(*val, "certificates.key");
+        }
+      }
+      if (body.contains("cert_pem")) {
+        const auto& pem = body["cert_pem"].get_ref<const std::string&>();
+        const auto& keypem = body["key_pem"].get_ref<const std::string&>();
+        std::unique_ptr<BIO, decltype(&BIO_free)> b1(BIO_new_mem_buf(pem.data(), int(pem.size())), BIO_free);
+        std::unique_ptr<X509, decltype(&X509_free)> cert(PEM_read_bio_X509(b1.get(), nullptr, nullptr, nullptr),
+                                                         X509_free);
+        std::unique_ptr<BIO, decltype(&BIO_free)> b2(BIO_new_mem_buf(keypem.data(), int(keypem.size())), BIO_free);
+        std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(
+            PEM_read_bio_PrivateKey(b2.get(), nullptr, nullptr, nullptr), EVP_PKEY_free);
+        if (!cert || !key || X509_check_private_key(cert.get(), key.get()) != 1)
+          validate::fail("key_pem", "does not match the certificate's public key");
+        std::tm tm{};
+        ASN1_TIME_to_tm(X509_get0_notAfter(cert.get()), &tm);
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.000Z", tm.tm_year + 1900, tm.tm_mon + 1,
+                      tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        cols.emplace_back("not_after", std::string(buf));
+      }
+      break;
+    default:
+      break;
+  }
+  return once;
+}
+
+std::string fieldList(const Json& body) {
+  std::string out;
+  for (const auto& [k, v] : body.items()) out += (out.empty() ? "" : ", ") + k;
+  return out;
+}
+
+// Maps database constraint failures to client errors.
+[[noreturn]] void rethrowDb(const store::DbError& e, const Spec& s) {
+  if (e.kind == store::DbError::Kind::unique)
+    throw ApiError(409, "conflict", "a " + s.noun + " with this name already exists" +
+                                        (s.cluster_scoped ? " in this cluster" : ""), "name");
+  if (e.kind == store::DbError::Kind::foreign_key)
+    throw ApiError(409, "conflict", "the " + s.noun + " is still referenced by other objects; remove those first");
+  throw;
+}
+
+std::optional<std::int64_t> ifMatch(const Request& req) {
+  std::string h = req.header("if-match");
+  if (h.empty() || h == "*") return std::nullopt;
+  if (h.size() >= 2 && h.front() == 'W' && h[1] == '/') h = h.substr(2);
+  if (h.size() < 3 || h.front() != '"' || h.back() != '"' ||
+      h.find_first_not_of("0123456789", 1) != h.size() - 1)
+    throw ApiError(412, "precondition-failed", "If-Match does not name a version of this resource", "If-Match");
+  return std::stoll(h.substr(1, h.size() - 2));
+}
+
+Row loadRow(Conn& c, const Spec& s, std::int64_t id) {
+  auto rows = c.exec("SELECT * FROM " + s.table + " WHERE id = ?", {std::to_string(id)});
+  if (rows.empty()) throw ApiError(404, "not-found", s.noun + " " + std::to_string(id) + " does not exist");
+  return rows.rows.front();
+}
+
+// Role-level refusals that need no object: made before the body is parsed so a viewer gets 403, not
+// a validation error about a body it may not send at all.
+void earlyDeny(Ctx& x, Op op, const std::string& action, const std::string& resource) {
+  const Principal& p = x.who;
+  if (p.isAdmin()) return;
+  std::string why;
+  if (p.role == "viewer") why = "the viewer role is read-only";
+  else if (x.spec.res == Res::routes || x.spec.res == Res::certificates) why = "only admins edit " + x.spec.path;
+  else if (x.spec.res == Res::clusters && op != Op::update) why = "only admins create, delete or re-key clusters";
+  if (why.empty()) return;
+  auditDenied(x.app, p, x.req, action, resource, why);
+  policy::deny(why);
+}
+
+Response list(Ctx& x) {
+  const Spec& s = x.spec;
+  std::int64_t limit = 100, offset = 0;
+  std::string order = "id";
+  std::string where = "1=1";
+  store::Params params;
+  auto num = [&](const std::string& k, const std::string& v, std::int64_t lo, std::int64_t hi) {
+    if (v.empty() || v.size() > 12 || v.find_first_not_of("0123456789") != std::string::npos || std::stoll(v) < lo ||
+        std::stoll(v) > hi)
+      throw ApiError(400, "invalid-query", k + " must be an integer " + std::to_string(lo) + "-" + std::to_string(hi),
+                     k);
+    return std::stoll(v);
+  };
+  for (const auto& [k, v] : x.req.query) {
+    if (k == "limit") {
+      limit = num(k, v, 1, 1000);
+    } else if (k == "offset") {
+      offset = num(k, v, 0, 1LL << 40);
+    } else if (k == "sort") {
+      bool desc = !v.empty() && v[0] == '-';
+      std::string col = desc ? v.substr(1) : v;
+      if (std::find(s.sorts.begin(), s.sorts.end(), col) == s.sorts.end()) {
+        std::string allowed;
+        for (const auto& a : s.sorts) allowed += (allowed.empty() ? "" : ", ") + a;
+        throw ApiError(400, "invalid-query", "sort: cannot sort by \"" + col + "\" (allowed: " + allowed + ")", "sort");
+      }
+      order = col + (desc ? " DESC" : "") + ", id";
+    } else if (k == "q") {
+      std::string esc;
+      for (char c : v) {
+        if (c == '%' || c == '_' || c == '\\') esc += '\\';
+        esc += c;
+      }
+      where += " AND name LIKE ? ESCAPE '\\'";
+      params.push_back("%" + esc + "%");
+    } else if (std::find(s.filters.begin(), s.filters.end(), k) != s.filters.end()) {
+      auto f = std::find_if(s.fields.begin(), s.fields.end(), [&](const Field& fd) { return fd.name == k; });
+      std::string val = v;
+      if (f != s.fields.end() && f->kind == Kind::integer) val = std::to_string(num(k, v, 0, 1LL << 62));
+      if (f != s.fields.end() && f->kind == Kind::boolean) {
+        if (v != "true" && v != "false") throw ApiError(400, "invalid-query", k + " must be true or false", k);
+        val = v == "true" ? "1" : "0";
+      }
+      where += " AND " + k + " = ?";
+      params.push_back(val);
+    } else {
+      throw ApiError(400, "invalid-query", "unknown query parameter \"" + k + "\"", k);
+    }
+  }
+  if (x.who.isOwner()) {
+    auto uid = std::to_string(x.who.user_id);
+    if (s.res == Res::clusters) where += " AND id IN (SELECT cluster_id FROM user_clusters WHERE user_id = ? UNION SELECT s2.cluster_id "
+                                         "FROM user_services us2 JOIN services s2 ON s2.id = us2.service_id WHERE us2.user_id = ?)";
+    else if (s.res == Res::services) where += " AND " + policy::serviceScopeSql();
+    else if (s.cluster_scoped) where += " AND " + policy::clusterScopeSql();
+    if (s.res != Res::certificates) {
+      params.push_back(uid);
+      params.push_back(uid);
+    }
+  }
+  return x.app.db.read([&](Conn& c) {
+    auto total = c.exec("SELECT COUNT(*) AS n FROM " + s.table + " WHERE " + where, params).front().i64("n");
+    auto p2 = params;
+    p2.push_back(std::to_string(limit));
+    p2.push_back(std::to_string(offset));
+    auto rows = c.exec("SELECT * FROM " + s.table + " WHERE " + where + " ORDER BY " + order + " LIMIT ? OFFSET ?", p2);
+    Json items = Json::array();
+    for (const auto& r : rows.rows) items.push_back(rowJson(s, r));
+    return Response::json(200, {{"items", items}, {"total", total}, {"limit", limit}, {"offset", offset}});
+  });
+}
+
+Response getOne(Ctx& x) {
+  auto id = pathId(x.req);
+  return x.app.db.read([&](Conn& c) {
+    Row r = loadRow(c, x.spec, id);
+    Json j = rowJson(x.spec, r);
+    authorize(x, c, Op::read, j);
+    auto resp = Response::json(200, j);
+    resp.headers.emplace_back("ETag", etag(r.i64("version")));
+    return resp;
+  });
+}
+
+Response create(Ctx& x) {
+  const Spec& s = x.spec;
+  std::string action = s.noun + ".create";
+  earlyDeny(x, Op::create, action, s.path);
+  Json body = parseBody(x.req);
+  validateResourceBody(s.path, body, true);
+  try {
+    return x.app.db.write([&](Conn& c) {
+      authorize(x, c, Op::create, body);
+      checkReferences(c, s, body);
+      std::vector<std::pair<std::string, store::Param>> cols;
+      for (const auto& [k, v] : body.items()) {
+        const auto& f = *std::find_if(s.fields.begin(), s.fields.end(), [&](const Field& fd) { return fd.name == k; });
+        cols.emplace_back(k, toColumn(f, v));
+      }
+      Json once = applyHooks(x, cols, body, nullptr);
+      std::string now = util::nowIso();
+      cols.emplace_back("created_at", now);
+      cols.emplace_back("updated_at", now);
+      std::string names, marks;
+      store::Params params;
+      for (auto& [k, v] : cols) {
+        names += (names.empty() ? "" : ", ") + k;
+        marks += marks.empty() ? "?" : ", ?";
+        params.push_back(v);
+      }
+      auto ins = c.exec("INSERT INTO " + s.table + " (" + names + ") VALUES (" + marks + ") RETURNING id", params);
+      std::int64_t id = ins.front().i64("id");
+      if (s.cluster_scoped) bumpCluster(c, body["cluster_id"].get<std::int64_t>());
+      audit::append(c, {x.who.username, x.req.remote_ip, action, s.path + "/" + std::to_string(id),
+                        "created " + s.noun + " \"" + body.value("name", "") + "\" (" + fieldList(body) + ")"});
+      Row r = loadRow(c, s, id);
+      Json j = rowJson(s, r);
+      for (const auto& [k, v] : once.items()) j[k] = v;
+      auto resp = Response::json(201, j);
+      resp.headers.emplace_back("Location", "/api/v1/" + s.path + "/" + std::to_string(id));
+      resp.headers.emplace_back("ETag", etag(r.i64("version")));
+      return resp;
+    });
+  } catch (const store::DbError& e) {
+    rethrowDb(e, s);
+  } catch (const ApiError& e) {
+    if (e.status == 403) auditDenied(x.app, x.who, x.req, action, s.path, e.detail);
+    throw;
+  }
+}
+
+Response update(Ctx& x) {
+  const Spec& s = x.spec;
+  auto id = pathId(x.req);
+  std::string action = s.noun + ".update", resource = s.path + "/" + std::to_string(id);
+  earlyDeny(x, Op::update, action, resource);
+  Json body = parseBody(x.req);
+  validateResourceBody(s.path, body, false);
+  auto expected = ifMatch(x.req);
+  try {
+    return x.app.db.write([&](Conn& c) {
+      Row before_row = loadRow(c, s, id);
+      Json before = rowJson(s, before_row);
+      authorize(x, c, Op::update, before);
+      Json after = before;
+      for (const auto& [k, v] : body.items()) after[k] = v;
+      authorize(x, c, Op::update, after);
+      if (expected && *expected != before_row.i64("version"))
+        throw ApiError(412, "precondition-failed",
+                       s.noun + " " + std::to_string(id) + " changed since you read it (version " +
+                           std::to_string(before_row.i64("version")) + ", If-Match " + std::to_string(*expected) + ")",
+                       "If-Match");
+      checkReferences(c, s, after);
+      std::vector<std::pair<std::string, store::Param>> cols;
+      for (const auto& [k, v] : body.items()) {
+        const auto& f = *std::find_if(s.fields.begin(), s.fields.end(), [&](const Field& fd) { return fd.name == k; });
+        cols.emplace_back(k, toColumn(f, v));
+      }
+      Json once = applyHooks(x, cols, body, &before);
+      cols.emplace_back("updated_at", util::nowIso());
+      std::string set;
+      store::Params params;
+      for (auto& [k, v] : cols) {
+        set += (set.empty() ? "" : ", ") + k + " = ?";
+        params.push_back(v);
+      }
+      params.push_back(std::to_string(id));
+      params.push_back(std::to_string(before_row.i64("version")));
+      auto res = c.exec("UPDATE " + s.table + " SET " + set + ", version = version + 1 WHERE id = ? AND version = ?",
+                        params);
+      if (res.affected != 1) throw ApiError(412, "precondition-failed", "concurrent update", "If-Match");
+      if (s.cluster_scoped) bumpCluster(c, after["cluster_id"].get<std::int64_t>());
+      if (s.res == Res::clusters && (body.contains("syslog_endpoint") || body.contains("log_auth") ||
+                                     body.contains("log_netflow") || body.contains("log_debug")))
+        bumpCluster(c, id);
+      if (s.res == Res::certificates)
+        c.exec("UPDATE clusters SET config_version = config_version + 1 WHERE id IN "
+               "(SELECT cluster_id FROM ingress_routes WHERE certificate_id = ?)",
+               {std::to_string(id)});
+      audit::append(c, {x.who.username, x.req.remote_ip, action, resource,
+                        "updated " + s.noun + " \"" + after.value("name", "") + "\" (" + fieldList(body) + ")"});
+      Row r = loadRow(c, s, id);
+      Json j = rowJson(s, r);
+      for (const auto& [k, v] : once.items()) j[k] = v;
+      auto resp = Response::json(200, j);
+      resp.headers.emplace_back("ETag", etag(r.i64("version")));
+      return resp;
+    });
+  } catch (const store::DbError& e) {
+    rethrowDb(e, s);
+  } catch (const ApiError& e) {
+    if (e.status == 403) auditDenied(x.app, x.who, x.req, action, resource, e.detail);
+    throw;
+  }
+}
+
+Response remove(Ctx& x) {
+  const Spec& s = x.spec;
+  auto id = pathId(x.req);
+  std::string action = s.noun + ".delete", resource = s.path + "/" + std::to_string(id);
+  earlyDeny(x, Op::remove, action, resource);
+  auto expected = ifMatch(x.req);
+  try {
+    return x.app.db.write([&](Conn& c) {
+      Row before_row = loadRow(c, s, id);
+      Json before = rowJson(s, before_row);
+      authorize(x, c, Op::remove, before);
+      if (expected && *expected != before_row.i64("version"))
+        throw ApiError(412, "precondition-failed",
+                       s.noun + " " + std::to_string(id) + " changed since you read it", "If-Match");
+      if (s.res == Res::clusters) {
+        // Owned rows must go first; say which kind blocks the delete.
+        for (const char* t : {"services", "mappings", "ingress_routes"})
+          if (!c.exec(std::string("SELECT 1 FROM ") + t + " WHERE cluster_id = ? LIMIT 1", {std::to_string(id)}).empty())
+            throw ApiError(409, "conflict", "cluster " + std::to_string(id) + " still has " + t + "; delete them first");
+      }
+      if (s.res == Res::services) {
+        // Mappings reference services inside JSON arrays, which foreign keys cannot see.
+        auto maps = c.exec("SELECT id, source_services, destination_services FROM mappings WHERE cluster_id = ?",
+                           {std::to_string(before["cluster_id"].get<std::int64_t>())});
+        for (const auto& m : maps.rows) {
+          for (const char* col : {"source_services", "destination_services"}) {
+            auto arr = Json::parse(m.str(col), nullptr, false);
+            for (const auto& sid : arr)
+              if (sid == id)
+                throw ApiError(409, "conflict", "service " + std::to_string(id) + " is used by mapping " +
+                                                    m.str("id") + "; change or delete the mapping first");
+          }
+        }
+      }
+      c.exec("DELETE FROM " + s.table + " WHERE id = ?", {std::to_string(id)});
+      if (s.cluster_scoped) bumpCluster(c, before["cluster_id"].get<std::int64_t>());
+      audit::append(c, {x.who.username, x.req.remote_ip, action, resource,
+                        "deleted " + s.noun + " \"" + before.value("name", "") + "\""});
+      return Response::noContent();
+    });
+  } catch (const store::DbError& e) {
+    rethrowDb(e, s);
+  } catch (const ApiError& e) {
+    if (e.status == 403) auditDenied(x.app, x.who, x.req, action, resource, e.detail);
+    throw;
+  }
+}
+
+Response rotateClusterKey(Ctx& x) {
+  auto id = pathId(x.req);
+  earlyDeny(x, Op::rotate, "cluster.rotate_key", "clusters/" + std::to_string(id));
+  std::int64_t grace = 3600;
+  if (!x.req.body.empty()) {
+    Json b = parseBody(x.req);
+    for (const auto& [k, v] : b.items()) {
+      if (k != "grace_seconds") validate::fail(k, "unknown field");
+      if (!v.is_number_integer()) validate::fail(k, "expected an integer");
+      intRange(0, 7 * 86400)(v, k);
+      grace = v.get<std::int64_t>();
+    }
+  }
+  std::string resource = "clusters/" + std::to_string(id);
+  try {
+    return x.app.db.write([&](Conn& c) {
+      Row r = loadRow(c, x.spec, id);
+      authorize(x, c, Op::rotate, rowJson(x.spec, r));
+      std::string key = crypto::randomToken("mpk_");
+      std::string until = util::isoFromUnixMs((util::unixNow() + grace) * 1000);
+      c.exec("UPDATE clusters SET prev_api_key_hash = api_key_hash, prev_api_key_expires = ?, api_key_hash = ?, "
+             "updated_at = ?, version = version + 1 WHERE id = ?",
+             {until, crypto::sha256Hex(key), util::nowIso(), std::to_string(id)});
+      audit::append(c, {x.who.username, x.req.remote_ip, "cluster.rotate_key", resource,
+                        "rotated the API key; the previous key works until " + until});
+      return Response::json(200, {{"api_key", key}, {"previous_key_valid_until", until}});
+    });
+  } catch (const ApiError& e) {
+    if (e.status == 403) auditDenied(x.app, x.who, x.req, "cluster.rotate_key", resource, e.detail);
+    throw;
+  }
+}
+
+Response rotateServiceSecret(Ctx& x) {
+  auto id = pathId(x.req);
+  std::string resource = "services/" + std::to_string(id);
+  earlyDeny(x, Op::rotate, "service.rotate_secret", resource);
+  try {
+    return x.app.db.write([&](Conn& c) {
+      Row r = loadRow(c, x.spec, id);
+      Json j = rowJson(x.spec, r);
+      authorize(x, c, Op::rotate, j);
+      std::string type = j["auth_type"];
+      if (type == "none") validate::fail("auth_type", "service " + std::to_string(id) + " has no secret to rotate");
+      std::string secret =
+          type == "jwt" ? crypto::base64urlEncode(crypto::randomBytes(32)) : crypto::randomToken("mps_");
+      c.exec("UPDATE services SET secret_enc = ?, secret_rotated_at = ?, updated_at = ?, version = version + 1 "
+             "WHERE id = ?",
+             {x.app.keys.seal(secret, "services.secret"), util::nowIso(), util::nowIso(), std::to_string(id)});
+      bumpCluster(c, j["cluster_id"].get<std::int64_t>());
+      audit::append(c, {x.who.username, x.req.remote_ip, "service.rotate_secret", resource, "rotated the " + type +
+                                                                                           " secret"});
+      return Response::json(200, {{"secret", secret}});
+    });
+  } catch (const ApiError& e) {
+    if (e.status == 403) auditDenied(x.app, x.who, x.req, "service.rotate_secret", resource, e.detail);
+    throw;
+  }
+}
+
+// Proxies (next issue) authenticate with their cluster's API key; this endpoint lets them (and
+// tests) check a key, honouring the grace window of the previous key after a rotation.
+Response clusterWhoami(App& app, const Request& req) {
+  std::string key = req.header("x-cluster-api-key");
+  if (key.empty()) {
+    ApiError e(401, "unauthorized", "missing X-Cluster-API-Key header");
+    throw e;
+  }
+  std::string hash = crypto::sha256Hex(key);
+  std::string now = util::nowIso();
+  auto rows = app.db.read([&](Conn& c) {
+    return c.exec("SELECT id, name, config_version FROM clusters WHERE api_key_hash = ? OR "
+                  "(prev_api_key_hash = ? AND prev_api_key_expires > ?)",
+                  {hash, hash, now});
+  });
+  if (rows.empty()) throw ApiError(401, "unauthorized", "unknown or expired cluster API key");
+  const auto& r = rows.front();
+  return Response::json(200, {{"cluster_id", r.i64("id")},
+                              {"name", r.str("name")},
+                              {"config_version", r.i64("config_version")}});
+}
+
+}  // namespace
+
+void addResourceRoutes(App& app, http::Router& router) {
+  for (const auto& spec : specs()) {
+    const Spec* s = &spec;
+    std::string base = "/api/v1/" + s->path;
+    auto wrap = [&app, s](Response (*fn)(Ctx&)) {
+      return [&app, s, fn](Request& req) {
+        Ctx x{app, *s, authenticate(app, req), req};
+        return fn(x);
+      };
+    };
+    router.add("GET", base, wrap(list));
+    router.add("POST", base, wrap(create));
+    router.add("GET", base + "/{id}", wrap(getOne));
+    router.add("PATCH", base + "/{id}", wrap(update));
+    router.add("DELETE", base + "/{id}", wrap(remove));
+    if (s->res == Res::clusters) router.add("POST", base + "/{id}/rotate-key", wrap(rotateClusterKey));
+    if (s->res == Res::services) router.add("POST", base + "/{id}/rotate-secret", wrap(rotateServiceSecret));
+  }
+  router.add("GET", "/api/v1/cluster/whoami", [&app](Request& req) { return clusterWhoami(app, req); });
+}
+
+}  // namespace marchproxy::manager::api

@@ -1,0 +1,17 @@
+#pragma once
+// The configuration resources administrators edit (clusters, services, mappings, ingress routes,
+// certificates), described as data: fields with their JSON kind, validation and mutability. One
+// generic implementation serves list/get/create/update/delete for all of them (resources.cc).
+#include <string>
+
+#include "manager/http/message.h"
+
+namespace marchproxy::manager::api {
+
+// Validates a request body for `resource` ("clusters", "services", "mappings", "routes",
+// "certificates") as create (all required fields) or update (only updatable fields). Throws
+// ApiError (422 with the field, or 400) on the first problem; checks that need the database
+// (references) are not made here. The fuzz target drives this.
+void validateResourceBody(const std::string& resource, const http::Json& body, bool create);
+
+}  // namespace marchproxy::manager::api

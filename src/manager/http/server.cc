@@ -1,0 +1,247 @@
+#include "manager/http/server.h"
+
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <spdlog/spdlog.h>
+#include <thread>
+
+namespace marchproxy::manager::http {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = asio::ip::tcp;
+
+bool percentDecode(std::string_view in, std::string& out) {
+  auto hexv = [](char h) -> int {
+    if (h >= '0' && h <= '9') return h - '0';
+    if (h >= 'a' && h <= 'f') return h - 'a' + 10;
+    if (h >= 'A' && h <= 'F') return h - 'A' + 10;
+    return -1;
+  };
+  out.clear();
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    if (in[i] != '%') {
+      out += in[i];
+      continue;
+    }
+    if (i + 2 >= in.size()) return false;
+    int a = hexv(in[i + 1]), b = hexv(in[i + 2]);
+    if (a < 0 || b < 0) return false;
+    out += char(a * 16 + b);
+    i += 2;
+  }
+  return true;
+}
+
+bool parseQuery(const std::string& q, std::map<std::string, std::string>& out) {
+  std::size_t i = 0;
+  while (i < q.size()) {
+    auto j = q.find('&', i);
+    if (j == std::string::npos) j = q.size();
+    std::string part = q.substr(i, j - i);
+    for (auto& ch : part)
+      if (ch == '+') ch = ' ';
+    auto eq = part.find('=');
+    std::string k, v;
+    if (!percentDecode(part.substr(0, eq), k)) return false;
+    if (eq != std::string::npos && !percentDecode(part.substr(eq + 1), v)) return false;
+    if (!k.empty()) out[k] = v;
+    i = j + 1;
+  }
+  return true;
+}
+
+struct Server::Impl {
+  ServerOptions opts;
+  Dispatch dispatch;
+  asio::io_context io;
+  tcp::acceptor acceptor{io};
+  std::unique_ptr<asio::ssl::context> ssl;
+  asio::signal_set signals{io, SIGINT, SIGTERM};
+  std::atomic<int> active{0};
+
+  void accept() {
+    acceptor.async_accept([this](beast::error_code ec, tcp::socket sock) {
+      if (ec) {
+        if (acceptor.is_open()) accept();
+        return;
+      }
+      if (active.load() >= opts.max_connections) {
+        sock.close();  // over the cap: refuse rather than queue without bound
+      } else {
+        timeval tv{opts.idle_timeout_s, 0};
+        ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        sock.set_option(tcp::no_delay(true), ec);
+        ++active;
+        std::thread([this, s = std::move(sock)]() mutable {
+          try {
+            if (ssl) {
+              beast::ssl_stream<tcp::socket> stream(std::move(s), *ssl);
+              beast::error_code hec;
+              stream.handshake(asio::ssl::stream_base::server, hec);
+              if (!hec) serve(stream, stream.next_layer());
+            } else {
+              serve(s, s);
+            }
+          } catch (const std::exception& e) {
+            spdlog::debug("manager connection ended: {}", e.what());
+          }
+          --active;
+        }).detach();
+      }
+      accept();
+    });
+  }
+
+  // After refusing a request early (413) the client may still be sending its body; reading and
+  // discarding it for a bounded time lets the client read our answer instead of a reset.
+  static void lingerDrain(tcp::socket& sock) {
+    timeval tv{2, 0};
+    ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char sink[16384];
+    std::size_t total = 0;
+    beast::error_code ec;
+    while (total < (64u << 20)) {
+      std::size_t n = sock.read_some(asio::buffer(sink), ec);
+      if (ec || n == 0) break;
+      total += n;
+    }
+  }
+
+  template <typename Stream>
+  void serve(Stream& stream, tcp::socket& sock) {
+    beast::flat_buffer buf;
+    beast::error_code ec;
+    std::string remote = sock.remote_endpoint(ec).address().to_string();
+    for (;;) {
+      bhttp::request_parser<bhttp::string_body> parser;
+      parser.body_limit(opts.max_body);
+      parser.header_limit(16 * 1024);
+      bhttp::read(stream, buf, parser, ec);
+      if (ec == bhttp::error::end_of_stream || ec == asio::error::eof || ec == asio::ssl::error::stream_truncated)
+        return;
+      Response resp;
+      bool keep = false;
+      unsigned version = 11;
+      if (ec == bhttp::error::body_limit) {
+        keep = false;
+        resp = problem(ApiError(413, "body-too-large", "request body exceeds " + std::to_string(opts.max_body) +
+                                                           " bytes"), "");
+      } else if (ec) {
+        if (buf.size() == 0 && !parser.got_some()) return;
+        resp = problem(ApiError(400, "malformed-request", "malformed HTTP request: " + ec.message()), "");
+      } else {
+        auto& m = parser.get();
+        version = m.version();
+        keep = m.keep_alive();
+        Request req;
+        req.method = std::string(m.method_string());
+        req.remote_ip = remote;
+        std::string target(m.target());
+        auto qpos = target.find('?');
+        std::string rawpath = target.substr(0, qpos);
+        if (!percentDecode(rawpath, req.path) ||
+            (qpos != std::string::npos && !parseQuery(target.substr(qpos + 1), req.query))) {
+          resp = problem(ApiError(400, "malformed-request", "broken percent-escape in the request target"), rawpath);
+        } else {
+          for (const auto& f : m) {
+            std::string name(f.name_string());
+            for (auto& ch : name) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+            req.headers[name] = std::string(f.value());
+          }
+          req.body = std::move(m.body());
+          resp = dispatch(req);
+        }
+      }
+      bhttp::response<bhttp::string_body> out{static_cast<bhttp::status>(resp.status), version};
+      out.set(bhttp::field::server, "marchproxy-manager");
+      if (!resp.content_type.empty()) out.set(bhttp::field::content_type, resp.content_type);
+      out.set(bhttp::field::cache_control, "no-store");
+      out.set("X-Content-Type-Options", "nosniff");
+      for (const auto& [k, v] : resp.headers) out.set(k, v);
+      out.body() = std::move(resp.body);
+      out.keep_alive(keep);
+      out.prepare_payload();
+      bhttp::write(stream, out, ec);
+      if (ec || !keep) {
+        sock.shutdown(tcp::socket::shutdown_send, ec);
+        lingerDrain(sock);
+        return;
+      }
+    }
+  }
+};
+
+Server::Server(ServerOptions opts, Dispatch dispatch) : impl_(std::make_unique<Impl>()) {
+  impl_->opts = std::move(opts);
+  impl_->dispatch = std::move(dispatch);
+}
+
+Server::~Server() = default;
+
+void Server::bind() {
+  auto& o = impl_->opts;
+  auto colon = o.listen.rfind(':');
+  if (colon == std::string::npos) throw std::runtime_error("listen: expected host:port, got \"" + o.listen + "\"");
+  std::string host = o.listen.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  unsigned long port = 0;
+  try {
+    port = std::stoul(o.listen.substr(colon + 1));
+  } catch (...) {
+    port = 70000;
+  }
+  if (port > 65535) throw std::runtime_error("listen: bad port in \"" + o.listen + "\"");
+  beast::error_code ec;
+  auto addr = asio::ip::make_address(host.empty() ? "0.0.0.0" : host, ec);
+  if (ec) throw std::runtime_error("listen: bad address \"" + host + "\" (use an IP address)");
+  if (!o.tls_cert.empty() || !o.tls_key.empty()) {
+    if (o.tls_cert.empty() || o.tls_key.empty()) throw std::runtime_error("tls: both --tls-cert and --tls-key are needed");
+    impl_->ssl = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_server);
+    impl_->ssl->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                            asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                            asio::ssl::context::no_tlsv1_1);
+    impl_->ssl->use_certificate_chain_file(o.tls_cert, ec);
+    if (ec) throw std::runtime_error("tls-cert: cannot load " + o.tls_cert + ": " + ec.message());
+    impl_->ssl->use_private_key_file(o.tls_key, asio::ssl::context::pem, ec);
+    if (ec) throw std::runtime_error("tls-key: cannot load " + o.tls_key + ": " + ec.message());
+  }
+  tcp::endpoint ep(addr, static_cast<unsigned short>(port));
+  auto& a = impl_->acceptor;
+  a.open(ep.protocol(), ec);
+  if (!ec) a.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) a.bind(ep, ec);
+  if (!ec) a.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) throw std::runtime_error("listen " + o.listen + ": " + ec.message());
+}
+
+unsigned short Server::port() const { return impl_->acceptor.local_endpoint().port(); }
+bool Server::tls() const { return impl_->ssl != nullptr; }
+
+void Server::run() {
+  impl_->signals.async_wait([this](beast::error_code, int sig) {
+    spdlog::info("manager: signal {}, stopping", sig);
+    stop();
+  });
+  impl_->accept();
+  impl_->io.run();
+}
+
+void Server::stop() {
+  asio::post(impl_->io, [this] {
+    beast::error_code ec;
+    impl_->acceptor.close(ec);
+    impl_->signals.cancel(ec);
+    impl_->io.stop();
+  });
+}
+
+}  // namespace marchproxy::manager::http

@@ -1,0 +1,164 @@
+#include "manager/manager.h"
+
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+#include <sstream>
+
+#include "manager/api/context.h"
+#include "manager/audit/audit.h"
+#include "manager/auth/keyring.h"
+#include "manager/crypto/crypto.h"
+#include "manager/http/server.h"
+#include "manager/store/migrations.h"
+#include "manager/util/time.h"
+
+namespace marchproxy::manager {
+
+std::string resolveOptions(Options& o) {
+  auto env = [](const char* name) -> std::string {
+    const char* v = std::getenv(name);
+    return v ? v : "";
+  };
+  auto fill = [](std::string& field, const std::string& value) {
+    if (field.empty()) field = value;
+  };
+  if (o.config_file.empty()) o.config_file = env("MARCHPROXY_MANAGER_CONFIG");
+  fill(o.listen, env("MARCHPROXY_LISTEN"));
+  fill(o.tls_cert, env("MARCHPROXY_TLS_CERT"));
+  fill(o.tls_key, env("MARCHPROXY_TLS_KEY"));
+  fill(o.database_url, env("MARCHPROXY_DATABASE_URL"));
+  fill(o.data_dir, env("MARCHPROXY_DATA_DIR"));
+  fill(o.master_key_file, env("MARCHPROXY_MASTER_KEY_FILE"));
+  if (!o.config_file.empty()) {
+    std::ifstream in(o.config_file);
+    if (!in) return "config file " + o.config_file + ": cannot read";
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::parse_error& e) {
+      return "config file " + o.config_file + ": " + e.what();
+    }
+    if (!j.is_object()) return "config file " + o.config_file + ": expected a JSON object";
+    for (const auto& [k, v] : j.items()) {
+      std::string* dst = k == "listen"            ? &o.listen
+                         : k == "tls_cert"        ? &o.tls_cert
+                         : k == "tls_key"         ? &o.tls_key
+                         : k == "database_url"    ? &o.database_url
+                         : k == "data_dir"        ? &o.data_dir
+                         : k == "master_key_file" ? &o.master_key_file
+                                                  : nullptr;
+      if (k == "pool_size") {
+        if (!v.is_number_integer()) return "config file " + o.config_file + ": pool_size: expected an integer";
+        if (o.pool_size == 0) o.pool_size = v.get<int>();
+        continue;
+      }
+      if (!dst) return "config file " + o.config_file + ": " + k + ": unknown field";
+      if (!v.is_string()) return "config file " + o.config_file + ": " + k + ": expected a string";
+      fill(*dst, v.get<std::string>());
+    }
+  }
+  fill(o.listen, "127.0.0.1:8000");
+  fill(o.data_dir, "marchproxy-data");
+  fill(o.database_url, "sqlite://" + o.data_dir + "/manager.db");
+  if (o.pool_size == 0) o.pool_size = 8;
+  if (o.pool_size < 1 || o.pool_size > 256) return "pool-size: must be 1-256";
+  return "";
+}
+
+namespace {
+
+void bootstrapAdmin(store::Db& db, int cost) {
+  bool empty = db.read([](store::Conn& c) { return c.exec("SELECT COUNT(*) AS n FROM users").front().i64("n") == 0; });
+  if (!empty) return;
+  const char* envpw = std::getenv("MARCHPROXY_ADMIN_PASSWORD");
+  std::string password = envpw && *envpw ? envpw : crypto::base64urlEncode(crypto::randomBytes(18));
+  if (password.size() < 12) throw std::runtime_error("MARCHPROXY_ADMIN_PASSWORD: must be at least 12 characters");
+  std::string hash = crypto::hashPassword(password, cost);
+  bool created = db.write([&](store::Conn& c) {
+    if (c.exec("SELECT COUNT(*) AS n FROM users").front().i64("n") != 0) return false;  // another manager won
+    std::string now = util::nowIso();
+    c.exec("INSERT INTO users (username, password_hash, role, created_at, updated_at) VALUES ('admin', ?, 'admin', ?, ?)",
+           {hash, now, now});
+    audit::append(c, {"-", "-", "user.bootstrap", "users/admin", "created the first admin user", "success"});
+    return true;
+  });
+  if (!created) return;
+  if (envpw && *envpw)
+    spdlog::warn("manager: created user \"admin\" with the password from MARCHPROXY_ADMIN_PASSWORD");
+  else
+    spdlog::warn("manager: created user \"admin\" with password: {} (shown once; change it after the first login)",
+                 password);
+}
+
+}  // namespace
+
+int run(Options opts) {
+  if (auto err = resolveOptions(opts); !err.empty()) {
+    spdlog::error("manager: {}", err);
+    return 2;
+  }
+  try {
+    ::mkdir(opts.data_dir.c_str(), 0700);
+    std::string master = auth::loadMasterKey(opts.master_key_file, opts.data_dir);
+    auto db = store::Db::open(opts.database_url, static_cast<std::size_t>(opts.pool_size));
+    int before = store::migrate(*db);
+    if (before != store::latestSchemaVersion())
+      spdlog::info("manager: database schema migrated from version {} to {}", before, store::latestSchemaVersion());
+    auth::KeyRing keys(master);
+    keys.load(*db);
+    Metrics metrics;
+    api::App app(*db, keys, metrics);
+    app.openapi = openapiDocument();
+    bootstrapAdmin(*db, app.bcrypt_cost);
+    http::Router router = api::buildRouter(app);
+
+    http::ServerOptions so;
+    so.listen = opts.listen;
+    so.tls_cert = opts.tls_cert;
+    so.tls_key = opts.tls_key;
+    http::Server server(so, [&](http::Request& req) {
+      auto t0 = std::chrono::steady_clock::now();
+      http::Response resp;
+      std::string route = "unmatched";
+      try {
+        const auto& r = router.match(req);
+        route = r.pattern;
+        resp = r.handler(req);
+      } catch (const http::ApiError& e) {
+        resp = http::problem(e, req.path);
+      } catch (const store::DbError& e) {
+        spdlog::error("manager: {} {}: {}", req.method, req.path, e.what());
+        bool down = e.kind == store::DbError::Kind::unavailable || e.kind == store::DbError::Kind::busy;
+        resp = http::problem(http::ApiError(down ? 503 : 500, down ? "database-unavailable" : "internal-error",
+                                            down ? "the database is unavailable; retry later" : "internal error"),
+                             req.path);
+      } catch (const std::exception& e) {
+        spdlog::error("manager: {} {}: {}", req.method, req.path, e.what());
+        resp = http::problem(http::ApiError(500, "internal-error", "internal error"), req.path);
+      }
+      double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      metrics.request(route, req.method, resp.status, secs);
+      spdlog::debug("manager: {} {} {} {:.1f}ms", req.method, req.path, resp.status, secs * 1000);
+      return resp;
+    });
+    server.bind();
+    spdlog::info("listening: listener=manager address={}:{} tls={} database={}",
+                 opts.listen.substr(0, opts.listen.rfind(':')), server.port(), server.tls() ? "on" : "off",
+                 db->dialect() == store::Dialect::sqlite ? "sqlite" : "postgres");
+    server.run();
+    return 0;
+  } catch (const store::SchemaTooNew& e) {
+    spdlog::error("manager: {}", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    spdlog::error("manager: {}", e.what());
+    return 1;
+  }
+}
+
+}  // namespace marchproxy::manager

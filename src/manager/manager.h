@@ -1,0 +1,26 @@
+#pragma once
+// `marchproxy manager`: the REST API over SQLite or PostgreSQL (see docs/manager.md).
+#include <string>
+
+namespace marchproxy::manager {
+
+struct Options {
+  std::string config_file;   // optional JSON file with the same keys as the flags
+  std::string listen;        // default 127.0.0.1:8000
+  std::string tls_cert, tls_key;
+  std::string database_url;  // default sqlite file <data_dir>/manager.db
+  std::string data_dir;      // default ./marchproxy-data
+  std::string master_key_file;
+  int pool_size = 0;         // default 8
+};
+
+// Fills unset options from MARCHPROXY_* environment variables, then the config file, then defaults.
+// Returns an error text (empty on success).
+std::string resolveOptions(Options& o);
+
+int run(Options opts);
+
+// The OpenAPI document embedded at build time from docs/openapi.json.
+const char* openapiDocument();
+
+}  // namespace marchproxy::manager

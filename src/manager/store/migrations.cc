@@ -1,0 +1,152 @@
+#include "manager/store/migrations.h"
+
+#include <string>
+#include <vector>
+
+#include "manager/util/time.h"
+
+namespace marchproxy::manager::store {
+namespace {
+
+// The tables are written once with two tokens, then expanded per dialect: {ID} an auto-increment
+// primary key, {INT} a 64-bit integer. Everything else is SQL both dialects accept. Booleans are
+// INTEGER 0/1 on both so values read back identically.
+constexpr const char* kV1Tables = R"SQL(
+CREATE TABLE users (
+  id {ID}, username TEXT NOT NULL UNIQUE, email TEXT NOT NULL DEFAULT '',
+  password_hash TEXT NOT NULL,
+  role TEXT NOT NULL CHECK (role IN ('admin', 'service-owner', 'viewer')),
+  totp_secret_enc TEXT, totp_enabled INTEGER NOT NULL DEFAULT 0, backup_codes TEXT NOT NULL DEFAULT '[]',
+  disabled INTEGER NOT NULL DEFAULT 0,
+  created_at TEXT NOT NULL, updated_at TEXT NOT NULL, version {INT} NOT NULL DEFAULT 1);
+CREATE TABLE clusters (
+  id {ID}, name TEXT NOT NULL UNIQUE, description TEXT NOT NULL DEFAULT '',
+  api_key_hash TEXT NOT NULL, prev_api_key_hash TEXT, prev_api_key_expires TEXT,
+  syslog_endpoint TEXT NOT NULL DEFAULT '', log_auth INTEGER NOT NULL DEFAULT 1,
+  log_netflow INTEGER NOT NULL DEFAULT 0, log_debug INTEGER NOT NULL DEFAULT 0,
+  config_version {INT} NOT NULL DEFAULT 1,
+  created_at TEXT NOT NULL, updated_at TEXT NOT NULL, version {INT} NOT NULL DEFAULT 1);
+CREATE TABLE services (
+  id {ID}, cluster_id {INT} NOT NULL REFERENCES clusters(id) ON DELETE RESTRICT,
+  name TEXT NOT NULL, description TEXT NOT NULL DEFAULT '', ip_fqdn TEXT NOT NULL,
+  collection TEXT NOT NULL DEFAULT '',
+  auth_type TEXT NOT NULL DEFAULT 'none' CHECK (auth_type IN ('none', 'base64', 'jwt')),
+  secret_enc TEXT, secret_rotated_at TEXT, jwt_expiry {INT} NOT NULL DEFAULT 3600,
+  created_at TEXT NOT NULL, updated_at TEXT NOT NULL, version {INT} NOT NULL DEFAULT 1,
+  UNIQUE (cluster_id, name));
+CREATE INDEX services_cluster ON services (cluster_id);
+CREATE TABLE mappings (
+  id {ID}, cluster_id {INT} NOT NULL REFERENCES clusters(id) ON DELETE RESTRICT,
+  name TEXT NOT NULL, source_services TEXT NOT NULL DEFAULT '[]', source_collections TEXT NOT NULL DEFAULT '[]',
+  destination_services TEXT NOT NULL, protocols TEXT NOT NULL,
+  ports TEXT NOT NULL DEFAULT '[]', auth_required INTEGER NOT NULL DEFAULT 0, priority {INT} NOT NULL DEFAULT 100,
+  enabled INTEGER NOT NULL DEFAULT 1, comment TEXT NOT NULL DEFAULT '',
+  created_at TEXT NOT NULL, updated_at TEXT NOT NULL, version {INT} NOT NULL DEFAULT 1,
+  UNIQUE (cluster_id, name));
+CREATE INDEX mappings_cluster ON mappings (cluster_id);
+CREATE TABLE certificates (
+  id {ID}, name TEXT NOT NULL UNIQUE, cert_pem TEXT NOT NULL, key_enc TEXT NOT NULL, not_after TEXT NOT NULL DEFAULT '',
+  description TEXT NOT NULL DEFAULT '',
+  created_at TEXT NOT NULL, updated_at TEXT NOT NULL, version {INT} NOT NULL DEFAULT 1);
+CREATE TABLE ingress_routes (
+  id {ID}, cluster_id {INT} NOT NULL REFERENCES clusters(id) ON DELETE RESTRICT,
+  name TEXT NOT NULL, hosts TEXT NOT NULL, paths TEXT NOT NULL DEFAULT '["/"]', backends TEXT NOT NULL,
+  lb_policy TEXT NOT NULL DEFAULT 'round_robin', health_check TEXT NOT NULL DEFAULT '{}',
+  rate_limit TEXT NOT NULL DEFAULT '{}',
+  certificate_id {INT} REFERENCES certificates(id) ON DELETE RESTRICT,
+  mtls_allow TEXT NOT NULL DEFAULT '[]', header_rewrites TEXT NOT NULL DEFAULT '[]',
+  enabled INTEGER NOT NULL DEFAULT 1,
+  created_at TEXT NOT NULL, updated_at TEXT NOT NULL, version {INT} NOT NULL DEFAULT 1,
+  UNIQUE (cluster_id, name));
+CREATE TABLE user_clusters (
+  user_id {INT} NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  cluster_id {INT} NOT NULL REFERENCES clusters(id) ON DELETE CASCADE,
+  PRIMARY KEY (user_id, cluster_id));
+CREATE TABLE user_services (
+  user_id {INT} NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  service_id {INT} NOT NULL REFERENCES services(id) ON DELETE CASCADE,
+  PRIMARY KEY (user_id, service_id));
+CREATE TABLE proxy_servers (
+  id {ID}, cluster_id {INT} NOT NULL REFERENCES clusters(id) ON DELETE CASCADE,
+  name TEXT NOT NULL, kind TEXT NOT NULL DEFAULT 'egress', address TEXT NOT NULL DEFAULT '',
+  applied_config_version {INT} NOT NULL DEFAULT 0, last_seen TEXT,
+  created_at TEXT NOT NULL, UNIQUE (cluster_id, name));
+CREATE TABLE settings (
+  key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TEXT NOT NULL, version {INT} NOT NULL DEFAULT 1);
+CREATE TABLE secrets (
+  name TEXT PRIMARY KEY, value_enc TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE refresh_tokens (
+  id {ID}, user_id {INT} NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  token_hash TEXT NOT NULL UNIQUE, family TEXT NOT NULL, expires_at TEXT NOT NULL,
+  revoked INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL);
+CREATE TABLE api_tokens (
+  id {ID}, user_id {INT} NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  name TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE, revoked INTEGER NOT NULL DEFAULT 0,
+  last_used_at TEXT, created_at TEXT NOT NULL, UNIQUE (user_id, name));
+CREATE TABLE audit_log (
+  id {ID}, ts TEXT NOT NULL, actor TEXT NOT NULL, source_ip TEXT NOT NULL, action TEXT NOT NULL,
+  resource TEXT NOT NULL, summary TEXT NOT NULL, outcome TEXT NOT NULL,
+  prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+)SQL";
+
+constexpr const char* kV1SqliteTriggers = R"SQL(
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+  BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+  BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+)SQL";
+
+constexpr const char* kV1PostgresTriggers = R"SQL(
+CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$;
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE OR DELETE ON audit_log
+  FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+  FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+)SQL";
+
+std::string expand(std::string sql, Dialect d) {
+  auto replaceAll = [&](const std::string& from, const std::string& to) {
+    for (std::size_t p = 0; (p = sql.find(from, p)) != std::string::npos; p += to.size()) sql.replace(p, from.size(), to);
+  };
+  replaceAll("{ID}", d == Dialect::sqlite ? "INTEGER PRIMARY KEY AUTOINCREMENT" : "BIGSERIAL PRIMARY KEY");
+  replaceAll("{INT}", d == Dialect::sqlite ? "INTEGER" : "BIGINT");
+  return sql;
+}
+
+struct Migration {
+  int version;
+  std::string sqlite, postgres;
+};
+
+const std::vector<Migration>& migrations() {
+  static const std::vector<Migration> list = {
+      {1, expand(kV1Tables, Dialect::sqlite) + kV1SqliteTriggers,
+       expand(kV1Tables, Dialect::postgres) + kV1PostgresTriggers},
+  };
+  return list;
+}
+
+}  // namespace
+
+int latestSchemaVersion() { return migrations().back().version; }
+
+int migrate(Db& db) {
+  return db.write([&](Conn& c) {
+    c.script("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TEXT NOT NULL)");
+    auto rows = c.exec("SELECT MAX(version) AS v FROM schema_version");
+    int current = static_cast<int>(rows.front().i64("v"));
+    if (current > latestSchemaVersion())
+      throw SchemaTooNew("database schema version " + std::to_string(current) + " is newer than this binary knows (" +
+                         std::to_string(latestSchemaVersion()) + "); upgrade marchproxy before starting the manager");
+    for (const auto& m : migrations()) {
+      if (m.version <= current) continue;
+      c.script(db.dialect() == Dialect::sqlite ? m.sqlite : m.postgres);
+      c.exec("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+             {std::to_string(m.version), util::nowIso()});
+    }
+    return current;
+  });
+}
+
+}  // namespace marchproxy::manager::store
