@@ -17,6 +17,7 @@ PKGS=(
   postgresql-15 openssl iperf3 nftables          # real PostgreSQL for manager tests; TLS test certs
   # benchmarks (peers and load generators)
   nginx-light haproxy wrk nghttp2-client gnuplot-nox
+  squid                                          # egress bench peer (forward proxy)
 )
 
 missing=()
@@ -32,7 +33,7 @@ if ((${#missing[@]})); then
   $SUDO "${APT[@]}" update -qq
   $SUDO "${APT[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The peers are packaged as services; we run our own instances with our own configs.
-  for s in nginx haproxy prometheus postgresql; do
+  for s in nginx haproxy prometheus postgresql squid; do
     $SUDO systemctl disable --now "$s" >/dev/null 2>&1 || true
     $SUDO service "$s" stop >/dev/null 2>&1 || true
   done

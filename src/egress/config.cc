@@ -420,7 +420,23 @@ class Decoder {
 
   void dns(const Value& n, const std::string& path, DnsConfig& d) {
     map(n, path,
-        {{"hosts", [&](const Value& m, const std::string& q) {
+        {{"servers", [&](const Value& m, const std::string& q) {
+            list(m, q, [&](const Value& s, const std::string& sq) {
+              std::string text;
+              str(s, sq, text);
+              if (!s.isScalar()) return;
+              std::string err;
+              if (!parseIp(text)) {
+                auto hp = config::syntax::parseHostPort(text, &err);
+                if (!hp || !parseIp(hp->host) || hp->port < 1 || hp->port > 65535) {
+                  error(s, sq, "must be an IP address, optionally with a port (\"127.0.0.1:5353\", \"[::1]:53\")");
+                  return;
+                }
+              }
+              d.servers.push_back(text);
+            });
+          }},
+         {"hosts", [&](const Value& m, const std::string& q) {
             if (!m.isMap()) {
               error(m, q, "expected a map of name: [addresses], got " + describe(m));
               return;

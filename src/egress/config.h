@@ -54,6 +54,7 @@ struct Service {
 };
 
 struct DnsConfig {
+  std::vector<std::string> servers;  // "ip" or "ip:port" ("[v6]:port"); empty = /etc/resolv.conf
   std::map<std::string, std::vector<IpAddr>> hosts;  // static answers, checked first (lower-case names)
   Millis min_ttl{1'000};
   Millis max_ttl{300'000};

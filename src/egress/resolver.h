@@ -1,12 +1,19 @@
 #pragma once
 // DNS for one worker: IP literals as themselves, then the config's static `dns.hosts`, then a
-// per-worker cache, then the system resolver (getaddrinfo on Asio's resolver thread). Positive
-// answers are cached for dns.min_ttl (getaddrinfo reports no TTL), failures for dns.negative_ttl.
+// per-worker cache, then c-ares (asynchronous, on the worker's own event loop: its sockets are
+// watched by Asio, its timeouts by a steady_timer). c-ares reads /etc/hosts first, then asks the
+// servers of dns.servers (or /etc/resolv.conf). Answers are cached for their DNS TTL clamped to
+// [dns.min_ttl, dns.max_ttl]; failures for dns.negative_ttl.
 //
 // Threading: one Resolver per worker, used only on that worker's thread.
+#include <ares.h>
+
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <chrono>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -19,12 +26,20 @@ namespace marchproxy::egress {
 
 class Resolver {
  public:
-  explicit Resolver(boost::asio::io_context& ioc) : ioc_(ioc) {}
+  explicit Resolver(boost::asio::io_context& ioc);
+  ~Resolver();
+  Resolver(const Resolver&) = delete;
+  Resolver& operator=(const Resolver&) = delete;
+
+  // (Re)creates the c-ares channel for this DNS config and empties the cache. Error text when the
+  // channel or the server list cannot be set up (the old channel keeps working then).
+  Result<bool> configure(const DnsConfig& dns);
 
   // Addresses for `host` (lower-case), or an error text such as "no such host".
   boost::asio::awaitable<Result<std::vector<IpAddr>>> resolve(std::string host, const DnsConfig& dns);
 
-  void clear() { cache_.clear(); }  // after a config change (dns.hosts may differ)
+  void clearCache() { cache_.clear(); }  // after a config change (dns.hosts or TTLs may differ)
+  uint64_t lookups() const { return lookups_; }  // queries sent to c-ares (cache misses)
 
  private:
   struct Entry {
@@ -32,8 +47,26 @@ class Resolver {
     std::string error;
     std::chrono::steady_clock::time_point expires;
   };
+  struct Watch {
+    explicit Watch(boost::asio::io_context& ioc, int fd) : sd(ioc, fd) {}
+    boost::asio::posix::stream_descriptor sd;
+    bool want_read = false, want_write = false, reading = false, writing = false;
+  };
+
+  static void onSockState(void* self, ares_socket_t fd, int readable, int writable);
+  void arm(int fd);
+  void armTimer();
+  void destroyChannel();
+
   boost::asio::io_context& ioc_;
+  ares_channel channel_ = nullptr;
+  std::unordered_map<int, std::unique_ptr<Watch>> watches_;
+  boost::asio::steady_timer timer_;
   std::unordered_map<std::string, Entry> cache_;
+  uint64_t lookups_ = 0;
 };
+
+// Once per process, before any Resolver.
+void initDnsLibrary();
 
 }  // namespace marchproxy::egress

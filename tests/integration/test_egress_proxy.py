@@ -235,6 +235,24 @@ class HttpForwardTest(EgressTestCase):
             self.assertEqual(json.loads(r.read())["length"], len(body))
         conn.close()
 
+    def test_destination_connections_are_pooled_and_a_closed_one_is_replaced(self):
+        conn = http.client.HTTPConnection(LOCALHOST, self.http_port, timeout=10)
+        for _ in range(5):
+            conn.request("GET", f"http://origin.test:{self.origin.port}/id", headers={"Proxy-Authorization": basic()})
+            r = conn.getresponse()
+            self.assertEqual((r.status, r.read()), (200, b"o1"))
+        self.assertEqual(self.origin.connections, 1)  # one pooled keep-alive connection served all five
+        # The origin closes its idle connection; the proxy notices and dials again.
+        self.origin.keepalive_timeout = 0.2
+        conn.request("GET", f"http://origin.test:{self.origin.port}/id", headers={"Proxy-Authorization": basic()})
+        self.assertEqual(conn.getresponse().read(), b"o1")
+        wait_until(lambda: self.origin.idle_closes >= 1, message="the origin closing the idle connection")
+        conn.request("GET", f"http://origin.test:{self.origin.port}/id", headers={"Proxy-Authorization": basic()})
+        r = conn.getresponse()
+        self.assertEqual((r.status, r.read()), (200, b"o1"))
+        self.assertEqual(self.origin.connections, 2)
+        conn.close()
+
     def test_no_or_wrong_credentials_get_407(self):
         rc, code, body = curl("-x", self.proxy, f"http://origin.test:{self.origin.port}/id")
         self.assertEqual(code, 407)
