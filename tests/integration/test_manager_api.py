@@ -324,6 +324,26 @@ class ApiTests(ManagerTestCase):
         self.assertIn("newer than this binary knows", m3.output())
 
 
+class ShutdownTests(ManagerTestCase):
+    """SIGTERM with an idle keep-alive connection and a half-sent request still exits promptly and
+    cleanly (exit 0), instead of waiting for the clients."""
+
+    def test_sigterm_with_idle_and_partial_connections(self):
+        import socket
+        idle = socket.create_connection(("127.0.0.1", self.mgr.port))
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"200 OK", idle.recv(4096))
+        partial = socket.create_connection(("127.0.0.1", self.mgr.port))
+        partial.sendall(b"POST /api/v1/clusters HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(0.2)
+        proc = self.mgr.proc
+        proc.send_signal(15)
+        proc.wait(timeout=15)
+        self.assertEqual(proc.returncode, 0, self.mgr.output())
+        idle.close()
+        partial.close()
+
+
 class FirstStartTests(ManagerTestCase):
     """No MARCHPROXY_ADMIN_PASSWORD: a random password is printed once; HTTPS works."""
 
