@@ -108,6 +108,8 @@ class ApiTests(ManagerTestCase):
         self.assertProblem(self.admin.get("/api/v1/clusters?limit=0"), 400, "limit")
         self.assertProblem(self.admin.get("/api/v1/clusters?sort=api_key_hash"), 400, "sort")
         self.assertProblem(self.admin.get("/api/v1/nope"), 404)
+        self.assertProblem(self.admin.get("/api/v1/clusters?%FF%FE=1"), 400)  # not UTF-8: still a problem+json
+        self.assertProblem(self.admin.get("/api/v1/clusters?a=%zz"), 400)
         self.assertProblem(self.admin.request("PUT", "/api/v1/clusters"), 405)
         # Nothing above was stored: prod and dup only.
         st, _, lst = self.admin.get("/api/v1/clusters")
