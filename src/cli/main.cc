@@ -1,12 +1,18 @@
-// The `marchproxy` binary: ingress | manager | check | version.
+// The `marchproxy` binary: ingress | egress | manager | check | version.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 
 #include "common/base/log.h"
 #include "config/loader.h"
 #include "config/writer.h"
 #include "ingress/ingress.h"
 #include "manager/manager.h"
+#include "egress/config.h"
+#include "egress/server.h"
+#include <fstream>
+#include <sstream>
+#include "proxy/tls/server_contexts.h"
 
 #ifndef MP_VERSION
 #define MP_VERSION "dev"
@@ -24,6 +30,11 @@ int main(int argc, char** argv) {
   auto* ingress = app.add_subcommand("ingress", "Run the ingress reverse proxy");
   ingress->add_option("-c,--config", ingress_opts.config_path, "YAML or JSON config file")->required();
   ingress->add_flag("!--no-watch", ingress_opts.watch, "Reload only on SIGHUP, not on file change");
+
+  marchproxy::egress::Options egress_opts;
+  auto* egress = app.add_subcommand("egress", "Run the egress forward proxy (HTTP, CONNECT, SOCKS5)");
+  egress->add_option("-c,--config", egress_opts.config_path, "YAML or JSON egress config file (kind: egress)")->required();
+  egress->add_flag("!--no-watch", egress_opts.watch, "Reload only on SIGHUP, not on file change");
 
   std::string check_path;
   auto* check = app.add_subcommand("check", "Validate a config file; print every error with its line and field");
@@ -52,6 +63,21 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*check) {
+    {  // an egress config says so at the top level (kind: egress)
+      std::ifstream in(check_path, std::ios::binary);
+      std::stringstream text;
+      text << in.rdbuf();
+      if (in && marchproxy::egress::isEgressDocument(text.str())) {
+        auto er = marchproxy::egress::loadFile(check_path);
+        if (!er.config) {
+          for (const auto& e : er.errors) std::printf("%s\n", e.toString().c_str());
+          std::printf("%s: %zu error(s)\n", check_path.c_str(), er.errors.size());
+          return 1;
+        }
+        std::printf("%s\n", marchproxy::egress::summary(*er.config).c_str());
+        return 0;
+      }
+    }
     auto r = marchproxy::config::loadFile(check_path);
     for (const auto& w : r.warnings) std::printf("warning: %s\n", w.toString().c_str());
     if (!r.snapshot) {
@@ -59,10 +85,23 @@ int main(int argc, char** argv) {
       std::printf("%s: %zu error(s)\n", check_path.c_str(), r.errors.size());
       return 1;
     }
+    // TLS files (certificates, keys, CA bundles, CRLs) are read and checked as the proxy would.
+    auto tls_problems = marchproxy::proxy::tls::checkSnapshot(
+        *r.snapshot, std::filesystem::absolute(check_path).parent_path());
+    size_t tls_errors = 0;
+    for (const auto& p : tls_problems) {
+      std::printf("%s%s\n", p.warning ? "warning: " : "", p.toString().c_str());
+      tls_errors += p.warning ? 0 : 1;
+    }
+    if (tls_errors) {
+      std::printf("%s: %zu error(s)\n", check_path.c_str(), tls_errors);
+      return 1;
+    }
     std::printf("%s\n", marchproxy::config::summary(*r.snapshot).c_str());
     return 0;
   }
   if (*ingress) return marchproxy::ingress::run(ingress_opts);
   if (*manager) return marchproxy::manager::run(manager_opts);
+  if (*egress) return marchproxy::egress::run(egress_opts);
   return 2;
 }

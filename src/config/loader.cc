@@ -127,6 +127,7 @@ class Decoder {
             {"limits", [&](auto& n, auto& p) { limits(n, p, s.limits); }},
             {"timeouts", [&](auto& n, auto& p) { timeouts(n, p, s.timeouts); }},
             {"access_log", [&](auto& n, auto& p) { accessLog(n, p, s.access_log); }},
+            {"fast_path", [&](auto& n, auto& p) { fastPath(n, p, s.fast_path); }},
         },
         {{"schema", "missing required field \"schema\" (add \"schema: 1\" at the top)"}},
         /*extensions=*/true);
@@ -462,8 +463,47 @@ class Decoder {
               {"name", [&](auto& v, auto& q) { str(v, q, l.name); }, true},
               {"address", [&](auto& v, auto& q) { address(v, q, l.address); }},
               {"port", [&](auto& v, auto& q) { integer(v, q, l.port, 0, 65535); }, true},
+              {"tls", [&](auto& v, auto& q) { listenerTls(v, q, l.tls.emplace()); }},
           });
     });
+  }
+
+  void listenerTls(const Value& n, const std::string& path, ListenerTls& t) {
+    map(n, path,
+        {
+            {"certificates",
+             [&](auto& v, auto& p) {
+               list(v, p, [&](const Value& e, const std::string& q, size_t) {
+                 TlsCertificate& c = t.certificates.emplace_back();
+                 c.pos = locate(q);
+                 map(e, q,
+                     {
+                         {"cert", [&](auto& x, auto& r) { str(x, r, c.cert); }, true},
+                         {"key", [&](auto& x, auto& r) { str(x, r, c.key); }, true},
+                         {"names", [&](auto& x, auto& r) { strList(x, r, c.names, toLower); }},
+                     });
+               });
+             },
+             true},
+            {"default_certificate", [&](auto& v, auto& p) { integer(v, p, t.default_certificate, 0, 1000); }},
+            {"min_version", [&](auto& v, auto& p) { str(v, p, t.min_version); }},
+            {"ciphers", [&](auto& v, auto& p) { str(v, p, t.ciphers); }},
+            {"groups", [&](auto& v, auto& p) { strList(v, p, t.groups); }},
+            {"alpn", [&](auto& v, auto& p) { strList(v, p, t.alpn); }},
+            {"session_tickets", [&](auto& v, auto& p) { boolean(v, p, t.session_tickets); }},
+            {"ticket_key_rotation", [&](auto& v, auto& p) { duration(v, p, t.ticket_key_rotation); }},
+            {"handshake_timeout", [&](auto& v, auto& p) { duration(v, p, t.handshake_timeout); }},
+            {"client_auth",
+             [&](auto& v, auto& p) {
+               ClientAuth& a = t.client_auth;
+               map(v, p,
+                   {
+                       {"mode", [&](auto& x, auto& q) { enumeration(x, q, kClientAuthModes, a.mode, "mode"); }, true},
+                       {"ca", [&](auto& x, auto& q) { str(x, q, a.ca); }},
+                       {"crl", [&](auto& x, auto& q) { str(x, q, a.crl); }},
+                   });
+             }},
+        });
   }
 
   void headerValues(const Value& n, const std::string& path, std::vector<HeaderValue>& out) {
@@ -524,6 +564,7 @@ class Decoder {
                   {"request_headers", [&](auto& x, auto& q) { headerRewrite(x, q, v.request_headers); }},
                   {"response_headers", [&](auto& x, auto& q) { headerRewrite(x, q, v.response_headers); }},
                   {"routes", [&](auto& x, auto& q) { routes(x, q, v.routes, named); }, true},
+                  {"redirect_to_https", [&](auto& x, auto& q) { integer(x, q, v.redirect_to_https, 0, 999); }},
               });
       if (!seen) return;
       // Routes may come before the name in the file, so default their names once the map is read.
@@ -573,6 +614,7 @@ class Decoder {
                  }},
                 {"request_headers", [&](auto& v, auto& p) { headerRewrite(v, p, r.request_headers); }},
                 {"response_headers", [&](auto& v, auto& p) { headerRewrite(v, p, r.response_headers); }},
+                {"allowed_client_names", [&](auto& v, auto& p) { strList(v, p, r.allowed_client_names); }},
             });
     if (!seen) {
       poisoned_.insert(path);
@@ -915,6 +957,65 @@ class Decoder {
         });
   }
 
+  void rateLimit(const Value& n, const std::string& path, RateLimit& r) {
+    map(n, path,
+        {
+            {"packets_per_second",
+             [&](auto& v, auto& p) { integer(v, p, r.packets_per_second, 0, 1'000'000'000); }},
+            {"burst", [&](auto& v, auto& p) { integer(v, p, r.burst, 0, 1'000'000'000); }},
+        });
+  }
+
+  void portList(const Value& n, const std::string& path, std::vector<uint16_t>& out) {
+    out.clear();
+    list(n, path, [&](const Value& e, const std::string& p, size_t) {
+      uint16_t port = 0;
+      integer(e, p, port, 1, 65535);
+      out.push_back(port);
+    });
+  }
+
+  void fastPath(const Value& n, const std::string& path, FastPath& f) {
+    f.pos = n.pos;
+    if (toggle(n, f.enabled)) return;
+    // Writing the section at all means "on": enabled defaults to true here.
+    f.enabled = true;
+    map(n, path,
+        {
+            {"enabled", [&](auto& v, auto& p) { boolean(v, p, f.enabled); }},
+            {"interfaces", [&](auto& v, auto& p) { strList(v, p, f.interfaces); }},
+            {"mode", [&](auto& v, auto& p) { enumeration(v, p, kFastPathModes, f.mode, "fast path mode"); }},
+            {"deny", [&](auto& v, auto& p) { strList(v, p, f.deny); }},
+            {"allow", [&](auto& v, auto& p) { strList(v, p, f.allow); }},
+            {"per_source", [&](auto& v, auto& p) { rateLimit(v, p, f.per_source); }},
+            {"global", [&](auto& v, auto& p) { rateLimit(v, p, f.global); }},
+            {"syn", [&](auto& v, auto& p) { rateLimit(v, p, f.syn); }},
+            {"port_filter", [&](auto& v, auto& p) { boolean(v, p, f.port_filter); }},
+            {"extra_tcp_ports", [&](auto& v, auto& p) { portList(v, p, f.extra_tcp_ports); }},
+            {"extra_udp_ports", [&](auto& v, auto& p) { portList(v, p, f.extra_udp_ports); }},
+            {"egress_interfaces", [&](auto& v, auto& p) { strList(v, p, f.egress_interfaces); }},
+            {"icmp_echo", [&](auto& v, auto& p) { boolean(v, p, f.icmp_echo); }},
+            {"dscp",
+             [&](auto& v, auto& p) {
+               f.dscp.clear();
+               list(v, p, [&](const Value& e, const std::string& ep, size_t) {
+                 DscpRule& r = f.dscp.emplace_back();
+                 r.pos = e.pos;
+                 map(e, ep,
+                     {
+                         {"protocol", [&](auto& x, auto& xp) { str(x, xp, r.protocol); }},
+                         {"port", [&](auto& x, auto& xp) { integer(x, xp, r.port, 1, 65535); }, true},
+                         {"class",
+                          [&](auto& x, auto& xp) {
+                            enumeration(x, xp, kDscpClasses, r.dscp_class, "DSCP class");
+                          },
+                          true},
+                     });
+               });
+             }},
+        });
+  }
+
   const yaml::Document& doc_;
   detail::PositionIndex& positions_;
   std::vector<Diagnostic>& errors_;
@@ -1017,11 +1118,17 @@ LoadResult loadFile(const std::string& path) {
 
   std::ifstream in(path, std::ios::binary);
   if (!in) return fileError(fmt::format("cannot open \"{}\": {}", path, std::strerror(errno)));
-  // Read at most one byte past the limit: the file may have grown since it was measured.
-  std::string text(kMaxConfigBytes + 1, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  // Read in chunks, at most one byte past the limit (the file may have grown since it was measured).
+  // Sizing the buffer for the limit up front would touch 16 MiB of pages and show as peak RSS.
+  std::string text;
+  text.reserve(ec ? 0 : static_cast<size_t>(bytes));
+  char chunk[64 * 1024];
+  while (text.size() <= kMaxConfigBytes) {
+    in.read(chunk, sizeof chunk);
+    text.append(chunk, static_cast<size_t>(in.gcount()));
+    if (!in) break;
+  }
   if (in.bad()) return fileError(fmt::format("cannot read \"{}\": {}", path, std::strerror(errno)));
-  text.resize(static_cast<size_t>(in.gcount()));
   if (text.size() > kMaxConfigBytes) return fileError(fmt::format("\"{}\" is larger than 16 MiB", path));
   return loadString(text);
 }

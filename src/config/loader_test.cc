@@ -206,19 +206,19 @@ listeners:
 
 TEST(Loader, UnknownFieldWithoutACloseMatchListsTheFields) {
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1, colour: red}]\n"),
-            "line 2: listeners[0]: unknown field \"colour\" (expected one of: name, address or port)");
+            "line 2: listeners[0]: unknown field \"colour\" (expected one of: name, address, port or tls)");
 }
 
 TEST(Loader, MessagesEscapeAndShortenUserText) {
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\n\"x\\e[2J\\n\": 1\n"),
             "line 3: unknown field \"x\\x1b[2J\\n\" (expected one of: schema, version, hash, workers, admin, "
-            "listeners, virtual_hosts, clusters, forwarding, limits, timeouts or access_log)");
+            "listeners, virtual_hosts, clusters, forwarding, limits, timeouts, access_log or fast_path)");
   std::string longName(200, 'n');
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\n" + longName + ": 1\n"),
             "line 3: unknown field \"" + std::string(80, 'n') +
                 "...\" (expected one of: schema, version, hash, workers, admin, listeners, virtual_hosts, "
                 "clusters, "
-                "forwarding, limits, timeouts or access_log)");
+                "forwarding, limits, timeouts, access_log or fast_path)");
 }
 
 TEST(Loader, DuplicateField) {

@@ -29,10 +29,43 @@ struct SourcePos {
 
 // ---------------------------------------------------------------- listeners
 
+// TLS on a listener (docs/tls.md). Files are PEM; relative paths are relative to the config file's
+// directory. They are read, checked and compiled into OpenSSL contexts by proxy/tls at apply time.
+struct TlsCertificate {
+  std::string cert;  // certificate chain, leaf first
+  std::string key;   // its private key (RSA or ECDSA)
+  // Names this certificate serves (exact "a.example.com" or wildcard "*.example.com"); empty = the
+  // DNS names of the certificate's subjectAltName (or its CN when it has none).
+  std::vector<std::string> names;
+  SourcePos pos;
+};
+
+struct ClientAuth {
+  enum class Mode { kNone, kOptional, kRequire };
+  Mode mode = Mode::kNone;
+  std::string ca;   // CA bundle the client certificate must chain to (required unless mode none)
+  std::string crl;  // optional CRL file (PEM); revoked client certificates are refused
+};
+
+struct ListenerTls {
+  // SNI picks among these: exact name, then the longest wildcard, then the default certificate.
+  std::vector<TlsCertificate> certificates;
+  uint32_t default_certificate = 0;  // index into certificates
+  std::string min_version = "1.2";   // "1.2" | "1.3"
+  std::string ciphers;               // TLS 1.2 cipher list (OpenSSL syntax); empty = modern AEAD-only set
+  std::vector<std::string> groups{"X25519", "P-256", "P-384"};
+  std::vector<std::string> alpn{"http/1.1"};
+  bool session_tickets = true;
+  Millis ticket_key_rotation{3'600'000};  // a fresh ticket key this often; the previous one still decrypts
+  Millis handshake_timeout{10'000};
+  ClientAuth client_auth;
+};
+
 struct Listener {
   std::string name;
   std::string address = "0.0.0.0";  // IPv4 or IPv6 literal
   uint16_t port = 0;                 // 0 = kernel-chosen (tests); logged at start
+  std::optional<ListenerTls> tls;    // absent = plain HTTP
   SourcePos pos;
 };
 
@@ -136,6 +169,9 @@ struct Route {
   DirectResponseAction direct;
   HeaderRewrite request_headers;
   HeaderRewrite response_headers;
+  // mTLS: when non-empty only clients whose verified certificate has one of these names (subject CN
+  // or a DNS/URI/email subjectAltName) may use the route; others get 403.
+  std::vector<std::string> allowed_client_names;
   SourcePos pos;
 };
 
@@ -148,6 +184,9 @@ struct VirtualHost {
   std::vector<Route> routes;  // first match wins, in file order
   HeaderRewrite request_headers;
   HeaderRewrite response_headers;
+  // On a plain-HTTP listener: answer every request with this redirect (301 or 308) to the same
+  // host and path over https. 0 = off.
+  int redirect_to_https = 0;
   SourcePos pos;
 };
 
@@ -230,6 +269,44 @@ struct AccessLog {
   std::string path = "-";  // "-" = stdout
 };
 
+// ---------------------------------------------------------------- fast path (XDP / TC eBPF)
+
+// A token bucket: packets per second and the burst (bucket depth). 0 pps = off.
+struct RateLimit {
+  uint64_t packets_per_second = 0;
+  uint64_t burst = 0;  // 0 = one second's worth
+};
+
+enum class FastPathMode { kAuto, kNative, kGeneric, kUserspace };
+
+enum class DscpClass { kP0, kP1, kP2, kP3 };  // EF, AF41, AF21, best effort
+
+struct DscpRule {
+  std::string protocol = "tcp";  // tcp | udp
+  uint16_t port = 0;             // destination port
+  DscpClass dscp_class = DscpClass::kP3;
+  SourcePos pos;
+};
+
+// Packets the proxy would refuse anyway die in the driver (docs/fast-path.md).
+struct FastPath {
+  bool enabled = false;
+  std::vector<std::string> interfaces;  // XDP on each; empty = userspace enforcement only
+  FastPathMode mode = FastPathMode::kAuto;
+  std::vector<std::string> deny;   // CIDRs; the longest matching prefix of deny/allow wins
+  std::vector<std::string> allow;  // CIDRs that skip the rate limits and the port filter
+  RateLimit per_source;            // all packets from one source address
+  RateLimit global;                // all packets on the interface
+  RateLimit syn;                   // TCP SYNs from one source to the listening ports
+  bool port_filter = false;        // drop TCP SYN / UDP to ports the proxy does not serve
+  std::vector<uint16_t> extra_tcp_ports;  // served besides the listeners and admin (e.g. 22)
+  std::vector<uint16_t> extra_udp_ports;
+  std::vector<std::string> egress_interfaces;  // TC clsact egress program on each
+  std::vector<DscpRule> dscp;                  // egress marking by destination
+  bool icmp_echo = true;                       // false: egress drops ICMP echo request/reply
+  SourcePos pos;
+};
+
 // ---------------------------------------------------------------- snapshot
 
 struct Snapshot {
@@ -245,6 +322,7 @@ struct Snapshot {
   Limits limits;
   Timeouts timeouts;
   AccessLog access_log;
+  FastPath fast_path;
 };
 
 }  // namespace marchproxy::config

@@ -76,6 +76,26 @@ inline constexpr Spelling<HeaderMatch::Kind> kHeaderMatchKinds[] = {
     {"present", HeaderMatch::Kind::kPresent},
 };
 
+inline constexpr Spelling<ClientAuth::Mode> kClientAuthModes[] = {
+    {"none", ClientAuth::Mode::kNone},
+    {"optional", ClientAuth::Mode::kOptional},
+    {"require", ClientAuth::Mode::kRequire},
+};
+
+inline constexpr Spelling<FastPathMode> kFastPathModes[] = {
+    {"auto", FastPathMode::kAuto},
+    {"native", FastPathMode::kNative},
+    {"generic", FastPathMode::kGeneric},
+    {"userspace", FastPathMode::kUserspace},
+};
+
+inline constexpr Spelling<DscpClass> kDscpClasses[] = {
+    {"P0", DscpClass::kP0},
+    {"P1", DscpClass::kP1},
+    {"P2", DscpClass::kP2},
+    {"P3", DscpClass::kP3},
+};
+
 template <typename E, size_t N>
 constexpr std::string_view nameOf(const Spelling<E> (&table)[N], E value) {
   for (const auto& s : table)

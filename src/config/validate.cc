@@ -4,11 +4,13 @@
 #include <re2/re2.h>
 
 #include <array>
+#include <map>
 #include <set>
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 
+#include "common/base/cidr.h"
 #include "common/base/duration.h"
 #include "config/syntax.h"
 
@@ -52,6 +54,7 @@ class Validator {
     limits();
     timeouts();
     accessLog();
+    fastPath();
   }
 
  private:
@@ -151,6 +154,7 @@ class Validator {
           break;
         }
       }
+      if (l.tls) listenerTls(*l.tls, path + ".tls", l.pos);
       if (s_.admin.enabled && s_.admin.port == l.port && overlaps(s_.admin.address, l.address))
         error(path, l.pos,
               fmt::format("{} overlaps the admin endpoint ({})", formatHostPort(l.address, l.port),
@@ -212,6 +216,39 @@ class Validator {
     values(h.add, "add", false);
   }
 
+  // Shape only; the files themselves are read and checked by proxy/tls (and `marchproxy check`).
+  void listenerTls(const ListenerTls& t, const std::string& path, SourcePos at) {
+    if (t.certificates.empty()) error(path + ".certificates", at, "at least one certificate is required");
+    for (size_t c = 0; c < t.certificates.size(); ++c) {
+      const TlsCertificate& tc = t.certificates[c];
+      std::string p = fmt::format("{}.certificates[{}]", path, c);
+      if (tc.cert.empty()) error(p + ".cert", tc.pos.line ? tc.pos : at, "must name a PEM certificate file");
+      if (tc.key.empty()) error(p + ".key", tc.pos.line ? tc.pos : at, "must name a PEM private key file");
+      for (size_t k = 0; k < tc.names.size(); ++k) {
+        if (auto e = checkDomain(tc.names[k]); e || tc.names[k] == "*")
+          error(fmt::format("{}.names[{}]", p, k), tc.pos.line ? tc.pos : at,
+                quote(tc.names[k]) + " " + (e ? *e : std::string("is not a certificate name")));
+      }
+    }
+    if (!t.certificates.empty() && t.default_certificate >= t.certificates.size())
+      error(path + ".default_certificate", at,
+            fmt::format("must be an index below {} (the number of certificates)", t.certificates.size()));
+    if (t.min_version != "1.2" && t.min_version != "1.3")
+      error(path + ".min_version", at, "must be \"1.2\" or \"1.3\" (older versions are not offered)");
+    if (t.groups.empty()) error(path + ".groups", at, "at least one group is required");
+    for (size_t a = 0; a < t.alpn.size(); ++a)
+      if (t.alpn[a] != "http/1.1")
+        error(fmt::format("{}.alpn[{}]", path, a), at, quote(t.alpn[a]) + " is not supported (only \"http/1.1\")");
+    if (t.handshake_timeout.count() <= 0) error(path + ".handshake_timeout", at, "must be positive");
+    if (t.session_tickets && t.ticket_key_rotation < Millis(1000))
+      error(path + ".ticket_key_rotation", at, "must be at least 1s");
+    const ClientAuth& ca = t.client_auth;
+    if (ca.mode != ClientAuth::Mode::kNone && ca.ca.empty())
+      error(path + ".client_auth.ca", at, "a CA bundle is required to verify client certificates");
+    if (ca.mode == ClientAuth::Mode::kNone && (!ca.ca.empty() || !ca.crl.empty()))
+      warn(path + ".client_auth", at, "mode is none: ca and crl are ignored");
+  }
+
   void virtualHosts() {
     if (s_.virtual_hosts.empty())
       warn("virtual_hosts", {}, "no virtual hosts: every request will be answered 404");
@@ -230,6 +267,8 @@ class Validator {
       }
       if (v.domains.empty())
         error(path + ".domains", v.pos, "at least one domain is required (\"*\" matches any)");
+      if (v.redirect_to_https != 0 && v.redirect_to_https != 301 && v.redirect_to_https != 308)
+        error(path + ".redirect_to_https", v.pos, "must be 301 or 308 (or 0 for off)");
       for (size_t d = 0; d < v.domains.size(); ++d) {
         std::string p = fmt::format("{}.domains[{}]", path, d);
         if (auto e = checkDomain(v.domains[d])) {
@@ -609,6 +648,66 @@ class Validator {
       error("access_log.path", {}, "must not contain NUL");
     else
       text(a.path, "access_log.path", {});
+  }
+
+  void fastPath() {
+    const FastPath& f = s_.fast_path;
+    if (!f.enabled) return;
+    auto interfaces = [&](const std::vector<std::string>& names, const std::string& field) {
+      std::set<std::string> seen;
+      for (size_t i = 0; i < names.size(); ++i) {
+        std::string p = fmt::format("fast_path.{}[{}]", field, i);
+        const std::string& n = names[i];
+        // IFNAMSIZ - 1, and no separators the kernel refuses in a link name.
+        if (n.empty() || n.size() > 15 || n.find_first_of("/: \t\n") != std::string::npos || n == "." || n == "..")
+          error(p, f.pos, "must be a network interface name (1 to 15 characters, no \"/\", \":\" or spaces)");
+        else if (!seen.insert(n).second)
+          error(p, f.pos, "interface " + quote(n) + " is listed twice");
+      }
+    };
+    interfaces(f.interfaces, "interfaces");
+    interfaces(f.egress_interfaces, "egress_interfaces");
+    std::map<std::pair<std::string, int>, std::string> prefixes;  // canonical prefix -> list it is in
+    auto cidrs = [&](const std::vector<std::string>& list, const char* field) {
+      for (size_t i = 0; i < list.size(); ++i) {
+        std::string p = fmt::format("fast_path.{}[{}]", field, i);
+        auto c = parseCidr(list[i]);
+        if (!c) {
+          error(p, f.pos, quote(list[i]) + ": " + c.error().message);
+          continue;
+        }
+        auto [it, fresh] = prefixes.try_emplace({c->toString(), 0}, field);
+        if (!fresh)
+          error(p, f.pos,
+                it->second == field ? quote(list[i]) + " is listed twice"
+                                    : quote(list[i]) + " is in both fast_path.deny and fast_path.allow");
+      }
+    };
+    cidrs(f.deny, "deny");
+    cidrs(f.allow, "allow");
+    auto rate = [&](const RateLimit& r, const char* field) {
+      if (r.burst != 0 && r.packets_per_second == 0)
+        error(fmt::format("fast_path.{}.burst", field), f.pos, "is set but packets_per_second is 0 (off)");
+    };
+    rate(f.per_source, "per_source");
+    rate(f.global, "global");
+    rate(f.syn, "syn");
+    std::set<std::pair<std::string, uint16_t>> dscpSeen;
+    for (size_t i = 0; i < f.dscp.size(); ++i) {
+      const DscpRule& r = f.dscp[i];
+      std::string p = fmt::format("fast_path.dscp[{}]", i);
+      if (r.protocol != "tcp" && r.protocol != "udp")
+        error(p + ".protocol", r.pos, "must be \"tcp\" or \"udp\", got " + quote(r.protocol));
+      else if (!dscpSeen.insert({r.protocol, r.port}).second)
+        error(p, r.pos, fmt::format("{}/{} already has a class", r.protocol, r.port));
+    }
+    if ((!f.dscp.empty() || !f.icmp_echo) && f.egress_interfaces.empty())
+      warn("fast_path.egress_interfaces", f.pos,
+           "is empty: the dscp and icmp_echo settings only act on egress interfaces");
+    if (f.port_filter && f.allow.empty() && f.extra_tcp_ports.empty())
+      warn("fast_path.port_filter", f.pos,
+           "drops new TCP connections to every port the proxy does not serve (SSH too): list "
+           "extra_tcp_ports or an allow prefix for management access");
   }
 
   const Snapshot& s_;

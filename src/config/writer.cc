@@ -269,6 +269,50 @@ void writeRoute(JsonOut& j, const Route& r) {
   }
   writeHeaderRewrite(j, "request_headers", r.request_headers);
   writeHeaderRewrite(j, "response_headers", r.response_headers);
+  if (!r.allowed_client_names.empty()) {
+    j.key("allowed_client_names");
+    j.beginArray();
+    for (const auto& n : r.allowed_client_names) j.str(n);
+    j.endArray();
+  }
+  j.endObject();
+}
+
+void writeListenerTls(JsonOut& j, const ListenerTls& t) {
+  auto strs = [&](const char* key, const std::vector<std::string>& v) {
+    j.key(key);
+    j.beginArray();
+    for (const auto& x : v) j.str(x);
+    j.endArray();
+  };
+  j.key("tls");
+  j.beginObject();
+  j.key("certificates");
+  j.beginArray();
+  for (const auto& c : t.certificates) {
+    j.beginObject();
+    j.field("cert", c.cert);
+    j.field("key", c.key);
+    if (!c.names.empty()) strs("names", c.names);
+    j.endObject();
+  }
+  j.endArray();
+  j.field("default_certificate", t.default_certificate);
+  j.field("min_version", t.min_version);
+  if (!t.ciphers.empty()) j.field("ciphers", t.ciphers);
+  strs("groups", t.groups);
+  strs("alpn", t.alpn);
+  j.field("session_tickets", t.session_tickets);
+  j.field("ticket_key_rotation", t.ticket_key_rotation);
+  j.field("handshake_timeout", t.handshake_timeout);
+  if (t.client_auth.mode != ClientAuth::Mode::kNone) {
+    j.key("client_auth");
+    j.beginObject();
+    j.field("mode", nameOf(kClientAuthModes, t.client_auth.mode));
+    j.field("ca", t.client_auth.ca);
+    if (!t.client_auth.crl.empty()) j.field("crl", t.client_auth.crl);
+    j.endObject();
+  }
   j.endObject();
 }
 
@@ -362,6 +406,7 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
     j.field("name", l.name);
     j.field("address", l.address);
     j.field("port", l.port);
+    if (l.tls) writeListenerTls(j, *l.tls);
     j.endObject();
   }
   j.endArray();
@@ -377,6 +422,7 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
     j.endArray();
     writeHeaderRewrite(j, "request_headers", v.request_headers);
     writeHeaderRewrite(j, "response_headers", v.response_headers);
+    if (v.redirect_to_https != 0) j.field("redirect_to_https", v.redirect_to_https);
     j.key("routes");
     j.beginArray();
     for (const auto& r : v.routes) writeRoute(j, r);
@@ -424,6 +470,56 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
   j.field("enabled", s.access_log.enabled);
   j.field("path", s.access_log.path);
   j.endObject();
+
+  // Written only when on, so that the hash of every config without a fast path stays what it was.
+  if (s.fast_path.enabled) {
+    const FastPath& fp = s.fast_path;
+    auto strings = [&](const char* key, const std::vector<std::string>& v) {
+      j.key(key);
+      j.beginArray();
+      for (const auto& x : v) j.str(x);
+      j.endArray();
+    };
+    auto ports = [&](const char* key, const std::vector<uint16_t>& v) {
+      j.key(key);
+      j.beginArray();
+      for (auto x : v) j.num(x);
+      j.endArray();
+    };
+    auto rate = [&](const char* key, const RateLimit& r) {
+      j.key(key);
+      j.beginObject();
+      j.field("packets_per_second", r.packets_per_second);
+      j.field("burst", r.burst);
+      j.endObject();
+    };
+    j.key("fast_path");
+    j.beginObject();
+    j.field("enabled", true);
+    strings("interfaces", fp.interfaces);
+    j.field("mode", nameOf(kFastPathModes, fp.mode));
+    strings("deny", fp.deny);
+    strings("allow", fp.allow);
+    rate("per_source", fp.per_source);
+    rate("global", fp.global);
+    rate("syn", fp.syn);
+    j.field("port_filter", fp.port_filter);
+    ports("extra_tcp_ports", fp.extra_tcp_ports);
+    ports("extra_udp_ports", fp.extra_udp_ports);
+    strings("egress_interfaces", fp.egress_interfaces);
+    j.key("dscp");
+    j.beginArray();
+    for (const DscpRule& r : fp.dscp) {
+      j.beginObject();
+      j.field("protocol", r.protocol);
+      j.field("port", r.port);
+      j.field("class", nameOf(kDscpClasses, r.dscp_class));
+      j.endObject();
+    }
+    j.endArray();
+    j.field("icmp_echo", fp.icmp_echo);
+    j.endObject();
+  }
 
   j.endObject();
   std::string out = j.take();

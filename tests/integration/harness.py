@@ -557,7 +557,7 @@ class Proxy:
     first non-admin one), self.admin_port. Every stderr line is kept in self.lines."""
 
     def __init__(self, config_yaml, workdir, watch=False, expect_listeners=("http",), admin=True,
-                 extra_args=(), log_level=None, wait_ready=True, config_path=None):
+                 extra_args=(), log_level=None, wait_ready=True, config_path=None, command="ingress"):
         self.binary = find_binary()
         self.workdir = workdir
         self.stderr_path = os.path.join(workdir, "proxy.stderr")
@@ -566,7 +566,7 @@ class Proxy:
         else:
             self.config_path = os.path.join(workdir, "config.yaml")
             self.write_config(config_yaml)
-        args = [self.binary, "ingress", "--config", self.config_path]
+        args = [self.binary, command, "--config", self.config_path]  # command: ingress | egress
         if not watch:
             args.append("--no-watch")
         log_level = log_level or os.environ.get("MARCHPROXY_ITEST_LOG_LEVEL")

@@ -1245,5 +1245,19 @@ TEST(H1Chunked, WriteChunkHeaderRoundTripsThroughDecoder) {
   }
 }
 
+
+TEST(Header, EqualsIgnoreCaseFoldsOnlyAsciiLetters) {
+  EXPECT_TRUE(equalsIgnoreCase("Content-Length", "content-length"));
+  EXPECT_TRUE(equalsIgnoreCase("X-FORWARDED-FOR", "x-forwarded-for"));
+  EXPECT_TRUE(equalsIgnoreCase("", ""));
+  EXPECT_FALSE(equalsIgnoreCase("content-length", "content-lengt"));
+  EXPECT_FALSE(equalsIgnoreCase("content-length", "content_length"));
+  // Pairs that differ only in bit 0x20 but are not letters must not match.
+  EXPECT_FALSE(equalsIgnoreCase("a@", "a`"));
+  EXPECT_FALSE(equalsIgnoreCase("[", "{"));
+  EXPECT_FALSE(equalsIgnoreCase("\r", "-"));
+  EXPECT_FALSE(equalsIgnoreCase("\xC1", "\xE1"));
+}
+
 }  // namespace
 }  // namespace marchproxy::http

@@ -1,8 +1,9 @@
 #include "proxy/codec/h1_writer.h"
 
 #include <array>
+#include <charconv>
+#include <cstring>
 
-#include <fmt/format.h>
 
 namespace marchproxy::proxy::codec {
 namespace {
@@ -38,7 +39,7 @@ struct ConnectionTokens {
   }
 };
 
-enum class Kind { kKeep, kHop, kFraming, kForwarded, kRequestId, kVia, kExpect, kHost };
+enum class Kind { kKeep, kHop, kFraming, kForwarded, kRequestId, kVia, kExpect, kHost, kClientCert };
 
 Kind classify(std::string_view n) {
   switch (n.size()) {
@@ -77,6 +78,10 @@ Kind classify(std::string_view n) {
     case 17:
       if (equalsIgnoreCase(n, "transfer-encoding")) return Kind::kFraming;
       if (equalsIgnoreCase(n, "x-forwarded-proto")) return Kind::kForwarded;
+      if (equalsIgnoreCase(n, "x-client-cert-san")) return Kind::kClientCert;
+      break;
+    case 21:
+      if (equalsIgnoreCase(n, "x-client-cert-subject")) return Kind::kClientCert;
       break;
     case 19:
       if (equalsIgnoreCase(n, "proxy-authorization")) return Kind::kHop;
@@ -115,58 +120,128 @@ bool rewritten(const Rewrites& r, std::string_view n) {
   return false;
 }
 
-void appendHeader(std::string& out, std::string_view name, std::string_view value) {
-  out.append(name);
-  out.append(": ");
-  out.append(value);
-  out.append("\r\n");
+// Writes a message head into `out` through a raw pointer. The caller sizes it once for an upper
+// bound of what it will write, so each piece is a memcpy instead of a std::string append with its
+// own capacity check (and no fmt). Writing past the bound is still safe: put() grows the string.
+class HeadOut {
+ public:
+  HeadOut(std::string& out, size_t bound) : out_(out) {
+    const size_t start = out_.size();
+    out_.resize(start + bound);
+    p_ = out_.data() + start;
+    end_ = out_.data() + out_.size();
+  }
+  HeadOut(const HeadOut&) = delete;
+  HeadOut& operator=(const HeadOut&) = delete;
+  ~HeadOut() { out_.resize(static_cast<size_t>(p_ - out_.data())); }
+
+  void put(std::string_view s) {
+    if (static_cast<size_t>(end_ - p_) < s.size()) grow(s.size());
+    std::memcpy(p_, s.data(), s.size());
+    p_ += s.size();
+  }
+  void put(char c) {
+    if (p_ == end_) grow(1);
+    *p_++ = c;
+  }
+  void number(uint64_t v) {
+    if (end_ - p_ < 20) grow(20);
+    p_ = std::to_chars(p_, end_, v).ptr;
+  }
+  void header(std::string_view name, std::string_view value) {
+    const size_t n = name.size() + value.size() + 4;
+    if (static_cast<size_t>(end_ - p_) < n) grow(n);
+    std::memcpy(p_, name.data(), name.size());
+    p_ += name.size();
+    *p_++ = ':';
+    *p_++ = ' ';
+    std::memcpy(p_, value.data(), value.size());
+    p_ += value.size();
+    *p_++ = '\r';
+    *p_++ = '\n';
+  }
+
+ private:
+  void grow(size_t n) {
+    const auto used = static_cast<size_t>(p_ - out_.data());
+    out_.resize(out_.size() + n + 256);
+    p_ = out_.data() + used;
+    end_ = out_.data() + out_.size();
+  }
+  std::string& out_;
+  char* p_ = nullptr;
+  char* end_ = nullptr;
+};
+
+// Bytes for every header a rewrite may add ("name: value\r\n").
+size_t rewriteBytes(const config::HeaderRewrite* rw) {
+  size_t n = 0;
+  if (!rw) return n;
+  for (const auto& h : rw->set) n += h.name.size() + h.value.size() + 4;
+  for (const auto& h : rw->add) n += h.name.size() + h.value.size() + 4;
+  return n;
 }
 
-void appendRewrites(std::string& out, const Rewrites& r) {
+template <typename Head>
+size_t headerBytes(const Head& head) {
+  size_t n = 0;
+  for (const auto& h : head.headers) n += h.name.size() + h.value.size() + 4;
+  return n;
+}
+
+void appendRewrites(HeadOut& out, const Rewrites& r) {
   if (r.vhost) {
     for (const auto& h : r.vhost->set)
       if (!r.route || (!listed(r.route->set, h.name) && !listed(r.route->remove, h.name)))
-        appendHeader(out, h.name, h.value);
+        out.header(h.name, h.value);
   }
   if (r.route)
-    for (const auto& h : r.route->set) appendHeader(out, h.name, h.value);
+    for (const auto& h : r.route->set) out.header(h.name, h.value);
   if (r.vhost)
     for (const auto& h : r.vhost->add)
-      if (!r.route || !listed(r.route->remove, h.name)) appendHeader(out, h.name, h.value);
+      if (!r.route || !listed(r.route->remove, h.name)) out.header(h.name, h.value);
   if (r.route)
-    for (const auto& h : r.route->add) appendHeader(out, h.name, h.value);
+    for (const auto& h : r.route->add) out.header(h.name, h.value);
 }
 
 bool hasRewrites(const Rewrites& r) {
   return (r.vhost && !r.vhost->empty()) || (r.route && !r.route->empty());
 }
 
-void appendFraming(std::string& out, BodyOut body, uint64_t length) {
+void appendFraming(HeadOut& out, BodyOut body, uint64_t length) {
   if (body == BodyOut::kContentLength) {
-    out.append("Content-Length: ");
-    fmt::format_to(std::back_inserter(out), "{}", length);
-    out.append("\r\n");
+    out.put("Content-Length: ");
+    out.number(length);
+    out.put("\r\n");
   } else if (body == BodyOut::kChunked) {
-    out.append("Transfer-Encoding: chunked\r\n");
+    out.put("Transfer-Encoding: chunked\r\n");
   }
 }
 
+// Room for the fixed parts of a head: start-line words, the headers the proxy adds itself, framing.
+constexpr size_t kFixedHeadBytes = 320;
+
+
 }  // namespace
 
-void writeUpstreamRequest(std::string& out, const http::RequestHead& req, const UpstreamRequest& up,
+void writeUpstreamRequest(std::string& out_str, const http::RequestHead& req, const UpstreamRequest& up,
                           const config::Forwarding& fwd, Rewrites rw) {
   const bool any_rewrites = hasRewrites(rw);
   ConnectionTokens conn = connectionTokens(req);
-  out.append(up.method);
-  out.push_back(' ');
-  out.append(up.path);
+  HeadOut out(out_str, kFixedHeadBytes + up.method.size() + up.path.size() + up.query.size() + up.host.size() +
+                           headerBytes(req) + up.client_ip.size() + up.scheme.size() + req.host.size() +
+                           up.request_id.size() + up.client_cert_subject.size() + up.client_cert_san.size() +
+                           (any_rewrites ? rewriteBytes(rw.vhost) + rewriteBytes(rw.route) : 0));
+  out.put(up.method);
+  out.put(' ');
+  out.put(up.path);
   if (up.has_query || !up.query.empty()) {
-    out.push_back('?');
-    out.append(up.query);
+    out.put('?');
+    out.put(up.query);
   }
-  out.append(" HTTP/1.1\r\nHost: ");
-  out.append(up.host);
-  out.append("\r\n");
+  out.put(" HTTP/1.1\r\nHost: ");
+  out.put(up.host);
+  out.put("\r\n");
 
   bool have_request_id = false;
   std::string_view prior_xff;
@@ -177,6 +252,7 @@ void writeUpstreamRequest(std::string& out, const http::RequestHead& req, const 
       case Kind::kFraming:
       case Kind::kExpect:  // the proxy answers 100-continue itself
       case Kind::kHost:
+      case Kind::kClientCert:  // only the proxy speaks for a client certificate (mTLS), never the client
         continue;
       case Kind::kForwarded:
         if (!fwd.trust_downstream) continue;
@@ -197,60 +273,77 @@ void writeUpstreamRequest(std::string& out, const http::RequestHead& req, const 
     }
     if (conn.count && conn.contains(h.name)) continue;
     if (any_rewrites && rewritten(rw, h.name)) continue;
-    appendHeader(out, h.name, h.value);
+    out.header(h.name, h.value);
   }
   if (fwd.x_forwarded_for) {
-    out.append("X-Forwarded-For: ");
+    out.put("X-Forwarded-For: ");
     if (!prior_xff.empty()) {
-      out.append(prior_xff);
-      out.append(", ");
+      out.put(prior_xff);
+      out.put(", ");
     }
-    out.append(up.client_ip);
-    out.append("\r\n");
+    out.put(up.client_ip);
+    out.put("\r\n");
   }
-  if (fwd.x_forwarded_proto) appendHeader(out, "X-Forwarded-Proto", up.scheme);
-  if (fwd.x_forwarded_host && !req.host.empty()) appendHeader(out, "X-Forwarded-Host", req.host);
-  if (fwd.via) out.append(req.minor_version == 0 ? "Via: 1.0 marchproxy\r\n" : "Via: 1.1 marchproxy\r\n");
-  if (!have_request_id && !up.request_id.empty()) appendHeader(out, "X-Request-Id", up.request_id);
+  if (fwd.x_forwarded_proto) out.header("X-Forwarded-Proto", up.scheme);
+  if (fwd.x_forwarded_host && !req.host.empty()) out.header("X-Forwarded-Host", req.host);
+  if (fwd.via) out.put(req.minor_version == 0 ? "Via: 1.0 marchproxy\r\n" : "Via: 1.1 marchproxy\r\n");
+  if (!have_request_id && !up.request_id.empty()) out.header("X-Request-Id", up.request_id);
+  if (!up.client_cert_subject.empty()) out.header("X-Client-Cert-Subject", up.client_cert_subject);
+  if (!up.client_cert_san.empty()) out.header("X-Client-Cert-San", up.client_cert_san);
   if (any_rewrites) appendRewrites(out, rw);
   appendFraming(out, up.body, up.content_length);
-  out.append("\r\n");
+  out.put("\r\n");
 }
 
-void writeDownstreamResponse(std::string& out, const http::ResponseHead& resp, const DownstreamResponse& down,
+void writeDownstreamResponse(std::string& out_str, const http::ResponseHead& resp, const DownstreamResponse& down,
                              Rewrites rw) {
   const bool any_rewrites = hasRewrites(rw);
   ConnectionTokens conn = connectionTokens(resp);
-  out.append("HTTP/1.1 ");
-  fmt::format_to(std::back_inserter(out), "{} ", resp.status);
-  out.append(resp.reason.empty() ? reasonPhrase(resp.status) : resp.reason);
-  out.append("\r\n");
+  const std::string_view reason = resp.reason.empty() ? reasonPhrase(resp.status) : resp.reason;
+  HeadOut out(out_str, kFixedHeadBytes + reason.size() + headerBytes(resp) +
+                           (any_rewrites ? rewriteBytes(rw.vhost) + rewriteBytes(rw.route) : 0));
+  out.put("HTTP/1.1 ");
+  out.number(static_cast<uint64_t>(resp.status));
+  out.put(' ');
+  out.put(reason);
+  out.put("\r\n");
   for (const auto& h : resp.headers) {
     Kind k = classify(h.name);
     if (k == Kind::kHop || k == Kind::kFraming) continue;
     if (conn.count && conn.contains(h.name)) continue;
     if (any_rewrites && rewritten(rw, h.name)) continue;
-    appendHeader(out, h.name, h.value);
+    out.header(h.name, h.value);
   }
   if (any_rewrites) appendRewrites(out, rw);
   appendFraming(out, down.body, down.content_length);
-  if (!down.keep_alive) out.append("Connection: close\r\n");
-  else if (down.client_http10) out.append("Connection: keep-alive\r\n");
-  out.append("\r\n");
+  if (!down.keep_alive) out.put("Connection: close\r\n");
+  else if (down.client_http10) out.put("Connection: keep-alive\r\n");
+  out.put("\r\n");
 }
 
-void writeLocalResponse(std::string& out, int status, std::string_view content_type, std::string_view body,
+void writeLocalResponse(std::string& out_str, int status, std::string_view content_type, std::string_view body,
                         bool keep_alive, bool head_request, std::string_view location,
                         std::string_view request_id, Rewrites rw) {
-  fmt::format_to(std::back_inserter(out), "HTTP/1.1 {} {}\r\nServer: marchproxy\r\n", status, reasonPhrase(status));
-  if (!location.empty()) appendHeader(out, "Location", location);
-  if (!content_type.empty() && !body.empty()) appendHeader(out, "Content-Type", content_type);
-  if (!request_id.empty()) appendHeader(out, "X-Request-Id", request_id);
-  if (hasRewrites(rw)) appendRewrites(out, rw);
-  fmt::format_to(std::back_inserter(out), "Content-Length: {}\r\n", body.size());
-  if (!keep_alive) out.append("Connection: close\r\n");
-  out.append("\r\n");
-  if (!head_request) out.append(body);
+  const bool any_rewrites = hasRewrites(rw);
+  const std::string_view reason = reasonPhrase(status);
+  HeadOut out(out_str, kFixedHeadBytes + reason.size() + location.size() + content_type.size() + request_id.size() +
+                           (any_rewrites ? rewriteBytes(rw.vhost) + rewriteBytes(rw.route) : 0) +
+                           (head_request ? 0 : body.size()));
+  out.put("HTTP/1.1 ");
+  out.number(static_cast<uint64_t>(status));
+  out.put(' ');
+  out.put(reason);
+  out.put("\r\nServer: marchproxy\r\n");
+  if (!location.empty()) out.header("Location", location);
+  if (!content_type.empty() && !body.empty()) out.header("Content-Type", content_type);
+  if (!request_id.empty()) out.header("X-Request-Id", request_id);
+  if (any_rewrites) appendRewrites(out, rw);
+  out.put("Content-Length: ");
+  out.number(body.size());
+  out.put("\r\n");
+  if (!keep_alive) out.put("Connection: close\r\n");
+  out.put("\r\n");
+  if (!head_request) out.put(body);
 }
 
 std::string_view reasonPhrase(int status) {

@@ -28,6 +28,10 @@ struct UpstreamRequest {
   std::string_view client_ip;
   std::string_view scheme;          // of the downstream listener
   std::string_view request_id;      // sent as X-Request-Id when the client sent none
+  // mTLS: the verified client certificate's subject (RFC 2253) and subjectAltNames ("DNS:a, URI:b").
+  // Sent as X-Client-Cert-Subject / X-Client-Cert-San; a client's own such headers are always dropped.
+  std::string_view client_cert_subject;
+  std::string_view client_cert_san;
   BodyOut body = BodyOut::kNone;
   uint64_t content_length = 0;
 };

@@ -124,5 +124,32 @@ TEST(LocalResponse, HeadRequestsGetLengthButNoBody) {
   EXPECT_EQ(out.substr(out.size() - 4), "\r\n\r\n");
 }
 
+
+// Pipelined responses are written after bytes already queued; the head is appended, never
+// overwriting them, and large headers and lengths come through whole.
+TEST(DownstreamResponse, AppendsAfterQueuedBytesWithLargeHeadersAndLengths) {
+  const std::string big(20000, 'v');
+  std::string raw = "HTTP/1.1 299 Custom Reason\r\nX-Big: " + big + "\r\nContent-Length: 0\r\n\r\n";
+  http::ResponseHead resp;
+  http::ParseError err;
+  ASSERT_EQ(http::parseResponse(raw, {}, false, resp, err), http::ParseStatus::kComplete);
+  DownstreamResponse down;
+  down.body = BodyOut::kContentLength;
+  down.content_length = 18446744073709551615ull;
+  std::string out = "queued";
+  writeDownstreamResponse(out, resp, down, {});
+  EXPECT_EQ(out, "queuedHTTP/1.1 299 Custom Reason\r\nX-Big: " + big +
+                     "\r\nContent-Length: 18446744073709551615\r\n\r\n");
+}
+
+TEST(LocalResponse, FullResponseWithLocationAndBody) {
+  std::string out = "x";
+  writeLocalResponse(out, 308, "text/plain", "moved\n", false, false, "https://a.example/p", "rid", {});
+  EXPECT_EQ(out,
+            "xHTTP/1.1 308 Permanent Redirect\r\nServer: marchproxy\r\nLocation: https://a.example/p\r\n"
+            "Content-Type: text/plain\r\nX-Request-Id: rid\r\nContent-Length: 6\r\nConnection: close\r\n\r\n"
+            "moved\n");
+}
+
 }  // namespace
 }  // namespace marchproxy::proxy::codec

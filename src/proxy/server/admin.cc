@@ -160,6 +160,16 @@ std::string renderMetrics(const WorkerStats& t, const std::shared_ptr<const Runt
   for (const auto& [status, n] : t.local_responses)
     fmt::format_to(std::back_inserter(o), "marchproxy_local_responses_total{{status=\"{}\"}} {}\n", status, n);
 
+  header(o, "marchproxy_tls_handshakes_total", "counter",
+         "TLS handshakes on TLS listeners by result: ok, or why they failed (docs/tls.md).");
+  for (const auto& [result, n] : t.tls_handshakes)
+    fmt::format_to(std::back_inserter(o), "marchproxy_tls_handshakes_total{{result=\"{}\"}} {}\n", result, n);
+  header(o, "marchproxy_tls_connections_total", "counter", "Completed TLS handshakes by protocol version.");
+  for (const auto& [version, n] : t.tls_versions)
+    fmt::format_to(std::back_inserter(o), "marchproxy_tls_connections_total{{version=\"{}\"}} {}\n", version, n);
+  header(o, "marchproxy_tls_resumptions_total", "counter", "Completed TLS handshakes that resumed a session.");
+  fmt::format_to(std::back_inserter(o), "marchproxy_tls_resumptions_total {}\n", t.tls_resumed);
+
   header(o, "marchproxy_downstream_connections_active", "gauge", "Open client connections.");
   fmt::format_to(std::back_inserter(o), "marchproxy_downstream_connections_active {}\n", t.connections_active);
   header(o, "marchproxy_downstream_connections_total", "counter", "Accepted client connections.");

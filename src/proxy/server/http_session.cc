@@ -7,6 +7,7 @@
 #include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/write.hpp>
 #include <chrono>
 
@@ -15,6 +16,7 @@
 #include "common/http/path.h"
 #include "proxy/codec/h1_writer.h"
 #include "proxy/server/worker.h"
+#include "proxy/tls/session_info.h"
 
 namespace marchproxy::proxy::server {
 namespace {
@@ -41,6 +43,15 @@ int codeClass(int status) {
 }
 
 }  // namespace
+
+struct HttpSession::TlsState {
+  TlsState(tcp::socket& socket, std::shared_ptr<const tls::ServerContexts> c, SSL* ssl)
+      : ctx(std::move(c)), stream(socket, ssl) {}
+  std::shared_ptr<const tls::ServerContexts> ctx;  // this connection's certificates, across reloads
+  asio::ssl::stream<tcp::socket&> stream;
+  tls::ClientIdentity identity;
+  bool established = false;
+};
 
 HttpSession::HttpSession(tcp::socket socket, const tcp::endpoint& peer, Worker& worker,
                          const ListenerInfo& listener)
@@ -114,6 +125,13 @@ void HttpSession::closeClient() {
 }
 
 asio::awaitable<void> HttpSession::run() {
+  if (listener_.tls) {
+    const bool ok_handshake = co_await handshake();
+    if (!ok_handshake) {
+      closeClient();
+      co_return;
+    }
+  }
   for (;;) {
     {
       const bool ok_step = co_await readHead();
@@ -124,10 +142,56 @@ asio::awaitable<void> HttpSession::run() {
       if (!ok_step) break;
     }
   }
+  if (tls_ && tls_->established && client_.is_open() && !linger_) {
+    co_await tlsShutdown();
+  }
   if (linger_) {
     co_await lingerClose();
   }
   closeClient();
+}
+
+// The TLS handshake, bounded by tls.handshake_timeout. Counts the result; a refused client
+// certificate is logged with the reason (it is the one failure an operator usually asks about).
+asio::awaitable<bool> HttpSession::handshake() {
+  WorkerStats& stats = worker_.stats();
+  const std::shared_ptr<WorkerRuntime>& wrt = worker_.runtime();
+  auto it = wrt->rt->tls.find(listener_.name);
+  if (it == wrt->rt->tls.end()) {
+    spdlog::error("listener {}: no TLS contexts in the current config", listener_.name);
+    co_return false;
+  }
+  SSL* ssl = it->second->newSession();
+  if (!ssl) {
+    ++stats.tls_handshakes["other"];
+    co_return false;
+  }
+  tls_ = std::make_unique<TlsState>(client_, it->second, ssl);
+  setPhase(Phase::kHandshake, it->second->handshakeTimeout());
+  auto [ec] = co_await tls_->stream.async_handshake(asio::ssl::stream_base::server, kNoThrow);
+  if (ec) {
+    tls::Failure f = tls::classifyFailure(ec, ssl, timed_out_);
+    ++stats.tls_handshakes[std::string(f.label)];
+    if (f.label == "client_cert")
+      spdlog::warn("tls handshake refused: listener={} client={} reason={}", listener_.name, client_ip_, f.detail);
+    else
+      spdlog::debug("tls handshake failed: listener={} client={} reason={}", listener_.name, client_ip_, f.detail);
+    co_return false;
+  }
+  tls_->established = true;
+  ++stats.tls_handshakes["ok"];
+  ++stats.tls_versions[std::string(tls::versionLabel(ssl))];
+  if (SSL_session_reused(ssl)) ++stats.tls_resumed;
+  if (it->second->clientAuth()) tls_->identity = tls::clientIdentity(ssl);
+  co_return true;
+}
+
+// Sends close_notify so that a client reading until close can tell the end from a truncation; the
+// peer's own close_notify is waited for only briefly (the connection is finished either way).
+asio::awaitable<void> HttpSession::tlsShutdown() {
+  setPhase(Phase::kLingering, Millis(100));
+  auto [ec] = co_await tls_->stream.async_shutdown(kNoThrow);
+  (void)ec;
 }
 
 // Reads until one complete request head is in rbuf_ (or answers and fails). While the connection
@@ -170,7 +234,17 @@ asio::awaitable<bool> HttpSession::readHead() {
       co_await respondError(431, "request head too large", false);
       co_return false;
     }
-    auto [ec, n] = co_await client_.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
+    boost::system::error_code ec;
+    size_t n = 0;
+    if (tls_) {
+      auto [rec, rn] = co_await tls_->stream.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
+      ec = rec;
+      n = rn;
+    } else {
+      auto [rec, rn] = co_await client_.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
+      ec = rec;
+      n = rn;
+    }
     if (ec) {
       if (timed_out_ && !rbuf_.empty()) {
         resetRequestState();
@@ -250,6 +324,28 @@ asio::awaitable<bool> HttpSession::handleRequest() {
   }
   route_id_ = static_cast<int>(m->route_id);
   const config::Route& route = *m->route;
+  if (!listener_.tls && m->vhost->redirect_to_https != 0) {
+    config::RedirectAction to_https;
+    to_https.code = m->vhost->redirect_to_https;
+    to_https.scheme = "https";
+    std::string location =
+        router::redirectLocation(to_https, *m, listener_.scheme, x_->req.host, path_, x_->req.query);
+    linger_ = has_body;
+    const bool result =
+        co_await respondLocal(to_https.code, {}, !has_body && x_->req.keep_alive, location, {}, &*m);
+    co_return result;
+  }
+  if (!route.allowed_client_names.empty()) {
+    const bool allowed = tls_ && tls_->identity.allows(route.allowed_client_names);
+    if (!allowed) {
+      spdlog::warn("client certificate not allowed: route={} client={} subject=\"{}\"", route.name, client_ip_,
+                   tls_ && tls_->identity.present ? tls_->identity.subject : std::string("(none)"));
+      linger_ = has_body;
+      const bool result = co_await respondError(403, "client certificate not allowed on this route",
+                                                !has_body && x_->req.keep_alive);
+      co_return result;
+    }
+  }
   switch (route.action) {
     case config::ActionKind::kDirectResponse: {
       linger_ = has_body;
@@ -304,7 +400,17 @@ asio::awaitable<bool> HttpSession::respondLocal(int status, std::string_view bod
 
 asio::awaitable<bool> HttpSession::writeClient(std::string_view a, std::string_view b) {
   std::array<asio::const_buffer, 2> bufs{asio::buffer(a.data(), a.size()), asio::buffer(b.data(), b.size())};
-  auto [ec, n] = co_await asio::async_write(client_, bufs, kNoThrow);
+  boost::system::error_code ec;
+  size_t n = 0;
+  if (tls_) {
+    auto [wec, wn] = co_await asio::async_write(tls_->stream, bufs, kNoThrow);
+    ec = wec;
+    n = wn;
+  } else {
+    auto [wec, wn] = co_await asio::async_write(client_, bufs, kNoThrow);
+    ec = wec;
+    n = wn;
+  }
   worker_.stats().bytes_out += n;
   resp_bytes_ += n;
   co_return !ec;
@@ -320,7 +426,17 @@ asio::awaitable<void> HttpSession::lingerClose() {
   char sink[16 * 1024];
   size_t total = 0;
   while (total < 4 * 1024 * 1024) {
-    auto [rec, n] = co_await client_.async_read_some(asio::buffer(sink), kNoThrow);
+    boost::system::error_code rec;
+    size_t n = 0;
+    if (tls_) {
+      auto [e, m] = co_await tls_->stream.async_read_some(asio::buffer(sink), kNoThrow);
+      rec = e;
+      n = m;
+    } else {
+      auto [e, m] = co_await client_.async_read_some(asio::buffer(sink), kNoThrow);
+      rec = e;
+      n = m;
+    }
     if (rec) break;
     total += n;
   }
@@ -413,7 +529,17 @@ asio::awaitable<bool> HttpSession::streamRequestBody(upstream::UpstreamConnectio
     }
     setPhase(Phase::kReadingBody, snap.timeouts.body_read);
     size_t room = rbuf_.prepare(16 * 1024, kBodyChunk);
-    auto [ec, n] = co_await client_.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
+    boost::system::error_code ec;
+    size_t n = 0;
+    if (tls_) {
+      auto [rec, rn] = co_await tls_->stream.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
+      ec = rec;
+      n = rn;
+    } else {
+      auto [rec, rn] = co_await client_.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
+      ec = rec;
+      n = rn;
+    }
     if (ec) {
       if (timed_out_) {
         co_await respondError(408, "timed out reading the request body", false);
@@ -458,10 +584,8 @@ asio::awaitable<bool> HttpSession::streamResponseBody(upstream::UpstreamConnecti
         if (dechunk && framing == BodyFraming::kChunked) {
           ok = true;
           for (auto p : x_->pieces) {
-            auto [ec, n] = co_await asio::async_write(client_, asio::buffer(p.data(), p.size()), kNoThrow);
-            worker_.stats().bytes_out += n;
-            resp_bytes_ += n;
-            if (ec) {
+            const bool piece_ok = co_await writeClient(p);
+            if (!piece_ok) {
               ok = false;
               break;
             }
@@ -520,6 +644,10 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
   up_req.client_ip = client_ip_;
   up_req.scheme = listener_.scheme;
   up_req.request_id = x_->request_id;
+  if (tls_ && tls_->identity.present) {
+    up_req.client_cert_subject = tls_->identity.subject;
+    up_req.client_cert_san = tls_->identity.san;
+  }
   if (x_->req.framing == BodyFraming::kContentLength) {
     up_req.body = codec::BodyOut::kContentLength;
     up_req.content_length = x_->req.content_length;

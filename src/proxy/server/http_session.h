@@ -53,9 +53,12 @@ class HttpSession {
  private:
   enum class Phase : uint8_t {
     kIdle, kReadingHead, kReadingBody, kConnecting, kWritingUpstream, kWaitingResponse,
-    kStreamingResponse, kWritingClient, kLingering,
+    kStreamingResponse, kWritingClient, kLingering, kHandshake,
   };
+  struct TlsState;  // the TLS stream and verified client identity (TLS listeners only)
 
+  boost::asio::awaitable<bool> handshake();
+  boost::asio::awaitable<void> tlsShutdown();
   boost::asio::awaitable<bool> readHead();
   boost::asio::awaitable<bool> handleRequest();
   boost::asio::awaitable<bool> forward(const router::RouteTable::Match& m);
@@ -79,6 +82,7 @@ class HttpSession {
   void closeClient();
 
   boost::asio::ip::tcp::socket client_;
+  std::unique_ptr<TlsState> tls_;  // set once the listener is TLS; reads and writes then go through it
   Worker& worker_;
   const ListenerInfo& listener_;
   std::shared_ptr<WorkerRuntime> wrt_;

@@ -6,13 +6,16 @@
 
 #include <fmt/format.h>
 
+#include "common/base/log.h"
+
 namespace marchproxy::proxy::server {
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
 Result<std::shared_ptr<const Runtime>> buildRuntime(std::shared_ptr<const config::Snapshot> snapshot,
-                                                    upstream::HealthRegistry& health, uint64_t generation) {
+                                                    upstream::HealthRegistry& health, uint64_t generation,
+                                                    const std::filesystem::path& config_dir) {
   auto routes = router::RouteTable::build(snapshot);
   if (!routes) return Error{routes.error().message};
   auto rt = std::make_shared<Runtime>();
@@ -46,6 +49,19 @@ Result<std::shared_ptr<const Runtime>> buildRuntime(std::shared_ptr<const config
       cr.pool_keys.push_back(addr.is_v6() ? fmt::format("[{}]:{}", addr.to_string(), e.port)
                                           : fmt::format("{}:{}", addr.to_string(), e.port));
     }
+  }
+  for (size_t li = 0; li < snapshot->listeners.size(); ++li) {
+    const config::Listener& l = snapshot->listeners[li];
+    if (!l.tls) continue;
+    std::vector<tls::Problem> problems;
+    auto ctx = tls::ServerContexts::build(*l.tls, fmt::format("listeners[{}].tls", li), config_dir, &problems);
+    std::string errors;
+    for (const auto& p : problems) {
+      if (p.warning) spdlog::warn("config: {}", p.toString());
+      else errors += (errors.empty() ? "" : "; ") + p.toString();
+    }
+    if (!ctx) return Error{errors.empty() ? fmt::format("listeners[{}].tls: unusable", li) : errors};
+    rt->tls[l.name] = std::move(ctx);
   }
   auto healths = health.apply(*snapshot);
   for (size_t ci = 0; ci < healths.size() && ci < rt->clusters.size(); ++ci) rt->clusters[ci].health = healths[ci];

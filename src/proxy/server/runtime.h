@@ -4,6 +4,8 @@
 // std::shared_ptr<const Runtime>; immutable afterwards. A request keeps the Runtime it started with
 // alive until it finishes, which is what makes a reload hitless.
 #include <boost/asio/ip/tcp.hpp>
+#include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,6 +14,7 @@
 #include "config/model.h"
 #include "proxy/router/route_table.h"
 #include "proxy/upstream/health_state.h"
+#include "proxy/tls/server_contexts.h"
 #include "proxy/upstream/load_balancer.h"
 
 namespace marchproxy::proxy::server {
@@ -30,10 +33,19 @@ struct Runtime {
   std::shared_ptr<const router::RouteTable> routes;
   std::vector<ClusterRuntime> clusters;  // by cluster index in the snapshot
   uint64_t generation = 0;               // counts applies in this process
+  // TLS listeners' compiled contexts, by listener name (proxy/tls). A connection keeps the one it
+  // was accepted with; new connections after a reload get the new one.
+  std::map<std::string, std::shared_ptr<const tls::ServerContexts>> tls;
+  bool tlsFilesChanged() const {
+    for (const auto& [name, t] : tls)
+      if (t->filesChanged()) return true;
+    return false;
+  }
 };
 
 // Resolves endpoint names (blocking; control thread only) and compiles the route table.
 Result<std::shared_ptr<const Runtime>> buildRuntime(std::shared_ptr<const config::Snapshot> snapshot,
-                                                    upstream::HealthRegistry& health, uint64_t generation);
+                                                    upstream::HealthRegistry& health, uint64_t generation,
+                                                    const std::filesystem::path& config_dir = {});
 
 }  // namespace marchproxy::proxy::server

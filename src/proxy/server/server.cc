@@ -38,7 +38,8 @@ constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 namespace {
 
 std::string listenerKey(const config::Listener& l) {
-  return fmt::format("{}|{}|{}", l.name, l.address, l.port);
+  // TLS on/off is part of the key: switching it re-creates the listener with the right scheme.
+  return fmt::format("{}|{}|{}{}", l.name, l.address, l.port, l.tls ? "|tls" : "");
 }
 
 // Creates a non-blocking SO_REUSEPORT listening socket. Returns the fd or an error text.
@@ -148,7 +149,8 @@ bool Server::apply(std::shared_ptr<config::Snapshot> snapshot, bool initial) {
     if (a.enabled != b.enabled || a.address != b.address || a.port != b.port)
       spdlog::warn("config reload: a change of \"admin\" takes effect only after a restart");
   }
-  auto rt = buildRuntime(snapshot, health_, ++generation_);
+  auto rt = buildRuntime(snapshot, health_, ++generation_,
+                         std::filesystem::absolute(options_.config_path).parent_path());
   if (!rt) {
     spdlog::error("config {}failed: {}", initial ? "" : "reload ", rt.error().message);
     return false;
@@ -187,7 +189,7 @@ bool Server::apply(std::shared_ptr<config::Snapshot> snapshot, bool initial) {
     for (size_t i = 0; i < workers_.size(); ++i) {
       Worker* wp = workers_[i].get();
       int fd = b.fds[i];
-      ListenerInfo info{b.config.name, "http"};
+      ListenerInfo info{b.config.name, b.config.tls ? "https" : "http", b.config.tls.has_value()};
       std::string key = b.key;
       wp->post([wp, key, fd, info] { wp->addListener(key, fd, info); });
     }
@@ -196,6 +198,7 @@ bool Server::apply(std::shared_ptr<config::Snapshot> snapshot, bool initial) {
     listeners_.emplace(b.key, std::move(b));
   }
   if (checker_) checker_->update(*snapshot);
+  if (!initial) applyFastPath(*snapshot);  // initially: once the admin port is bound (run())
   current_ = published;
   current_atomic_.store(published);
   loaded_at_unix_.store(
@@ -214,7 +217,8 @@ void Server::reload(const char* why) {
     logDiagnostics("config reload failed", r.errors);
     return;
   }
-  if (r.snapshot->hash == current_->snapshot->hash && r.snapshot->version == current_->snapshot->version) {
+  if (r.snapshot->hash == current_->snapshot->hash && r.snapshot->version == current_->snapshot->version &&
+      !current_->tlsFilesChanged()) {
     spdlog::debug("config reload ({}): unchanged", why);
     return;
   }
@@ -271,6 +275,31 @@ void Server::startFileWatch() {
       asio::detached);
 }
 
+// Certificates, keys, CA bundles and CRLs can live anywhere (cert-manager, certbot), so they are
+// polled rather than watched: once a second, a stat() per file of the TLS listeners. A change
+// reloads (the config's content hash is the same; reload() also compares the files).
+void Server::startCertificateWatch() {
+  asio::co_spawn(
+      control_,
+      [](Server* self) -> asio::awaitable<void> {
+        asio::steady_timer t(self->control_);
+        std::vector<tls::FileStamp> tried;  // a broken file is tried once per change, not every second
+        for (;;) {
+          t.expires_after(std::chrono::seconds(1));
+          auto [ec] = co_await t.async_wait(kNoThrow);
+          if (ec || self->draining()) co_return;
+          if (!self->current_ || !self->current_->tlsFilesChanged()) continue;
+          std::vector<tls::FileStamp> now;
+          for (const auto& [name, ctx] : self->current_->tls)
+            for (const auto& f : ctx->files()) now.push_back(tls::stampOf(f.path));
+          if (now == tried) continue;
+          tried = std::move(now);
+          self->reload("certificate file changed");
+        }
+      }(this),
+      asio::detached);
+}
+
 void Server::beginDrain() {
   if (draining_.exchange(true)) return;
   const auto deadline = std::chrono::steady_clock::now() + current_->snapshot->timeouts.drain;
@@ -311,13 +340,27 @@ void Server::startAdmin(const config::Admin& admin) {
   auto fd = listenSocket(admin.address, admin.port);
   if (!fd) throw std::runtime_error(fmt::format("admin: cannot listen on {}: {}", hostPort(admin.address, admin.port),
                                                 fd.error().message));
-  spdlog::info("listening: listener=admin address={}", hostPort(admin.address, boundPort(*fd)));
+  admin_port_ = boundPort(*fd);
+  spdlog::info("listening: listener=admin address={}", hostPort(admin.address, admin_port_));
   startAdminServer(admin_ioc_, *fd, *this);
   admin_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "admin");
     auto guard = asio::make_work_guard(admin_ioc_);
     admin_ioc_.run();
   });
+}
+
+void Server::applyFastPath(const config::Snapshot& snapshot) {
+  if (!snapshot.fast_path.enabled) {
+    fast_path_.apply(snapshot);  // off (detaches whatever a previous config attached)
+    return;
+  }
+  // The port filter needs the ports as bound (a listener or the admin on port 0 gets one at bind).
+  config::Snapshot s = snapshot;
+  for (auto& l : s.listeners)
+    if (auto it = listeners_.find(listenerKey(l)); it != listeners_.end()) l.port = it->second.port;
+  if (admin_port_ != 0) s.admin.port = admin_port_;
+  fast_path_.apply(s);
 }
 
 int Server::run() {
@@ -346,6 +389,7 @@ int Server::run() {
     for (auto& w : workers_) w->join();
     return 1;
   }
+  applyFastPath(*r.snapshot);
   for (auto& w : workers_) w->start();
   ready_.store(true);
   spdlog::info("marchproxy ingress ready: {} worker(s), config version {} hash {}", n, r.snapshot->version,
@@ -365,7 +409,10 @@ int Server::run() {
     });
   };
   wait_signal();
-  if (options_.watch) startFileWatch();
+  if (options_.watch) {
+    startFileWatch();
+    startCertificateWatch();
+  }
   auto guard = asio::make_work_guard(control_);
   control_.run();
   for (auto& w : workers_) w->join();
@@ -373,6 +420,7 @@ int Server::run() {
     admin_ioc_.stop();
     admin_thread_.join();
   }
+  fast_path_.shutdown();
   spdlog::info("stopped");
   return exit_code_;
 }
@@ -408,7 +456,8 @@ std::string Server::metricsText() {
     else ++missing;
   }
   return renderMetrics(total, current_atomic_.load(), {reloads_ok_.load(), reloads_failed_.load(),
-                                                       connections_.load(), missing, draining()});
+                                                       connections_.load(), missing, draining()}) +
+         fast_path_.metricsText();
 }
 
 }  // namespace marchproxy::proxy::server

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "config/model.h"
+#include "fastpath/fastpath.h"
 #include "proxy/server/runtime.h"
 #include "proxy/server/worker.h"
 #include "proxy/upstream/health_state.h"
@@ -45,6 +46,8 @@ class Server {
   // --- any thread
   bool admitConnection();
   void releaseConnection();
+  // The fast path's userspace enforcement (deny/allow, SYN rate) when XDP is not attached.
+  bool fastPathAdmit(const sockaddr* peer) { return fast_path_.admit(peer); }
   bool draining() const { return draining_.load(std::memory_order_relaxed); }
   bool ready() const { return ready_.load(std::memory_order_relaxed) && !draining(); }
 
@@ -66,8 +69,10 @@ class Server {
   Result<std::vector<BoundListener>> bindNew(const config::Snapshot& s);
   void reload(const char* why);
   void startFileWatch();
+  void startCertificateWatch();
   void beginDrain();
   void startAdmin(const config::Admin& admin);
+  void applyFastPath(const config::Snapshot& s);  // control thread; with the ports actually bound
 
   ServerOptions options_;
   boost::asio::io_context control_;
@@ -88,6 +93,8 @@ class Server {
   std::atomic<uint64_t> reloads_failed_{0};
   std::atomic<int64_t> loaded_at_unix_{0};
   int exit_code_ = 0;
+  uint16_t admin_port_ = 0;  // as bound
+  fastpath::FastPath fast_path_;
 };
 
 }  // namespace marchproxy::proxy::server

@@ -69,6 +69,11 @@ struct WorkerStats {
   // Keyed by "vhost\x1froute"; entries persist across reloads so counters never go backwards.
   std::map<std::string, RouteStats> routes;
   std::map<std::string, ClusterStats> clusters;
+  // TLS listeners: handshakes by result ("ok" or a failure label, tls/session_info.h), completed
+  // handshakes by version, and how many of those resumed a session (ticket).
+  std::map<std::string, uint64_t> tls_handshakes;
+  std::map<std::string, uint64_t> tls_versions;
+  uint64_t tls_resumed = 0;
 
   void merge(const WorkerStats& o) {
     connections_total += o.connections_total;
@@ -83,6 +88,9 @@ struct WorkerStats {
       if (!fresh) it->second.merge(v);
     }
     for (auto& [k, v] : o.clusters) clusters[k].merge(v);
+    for (auto& [k, v] : o.tls_handshakes) tls_handshakes[k] += v;
+    for (auto& [k, v] : o.tls_versions) tls_versions[k] += v;
+    tls_resumed += o.tls_resumed;
   }
 };
 

@@ -163,6 +163,11 @@ asio::awaitable<void> Worker::acceptLoop(std::shared_ptr<Acceptor> acc) {
       co_await t.async_wait(kNoThrow);
       continue;
     }
+    if (!server_.fastPathAdmit(peer.data())) {
+      boost::system::error_code cec;
+      socket.close(cec);
+      continue;
+    }
     if (!server_.admitConnection()) {
       ++stats_.connections_rejected;
       boost::system::error_code cec;

@@ -35,6 +35,7 @@ class Server;
 struct ListenerInfo {
   std::string name;
   std::string scheme = "http";
+  bool tls = false;  // handshake first, with the Runtime's tls contexts for this listener name
 };
 
 // The worker's view of one Runtime: the shared, immutable parts plus this worker's mutable state

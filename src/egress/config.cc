@@ -1,0 +1,536 @@
+#include "egress/config.h"
+
+#include <fmt/format.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+
+#include <charconv>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+
+#include "common/base/duration.h"
+#include "config/syntax.h"
+#include "config/yaml_document.h"
+
+namespace marchproxy::egress {
+
+namespace {
+
+using config::Diagnostic;
+using config::yaml::Document;
+using config::yaml::Value;
+
+constexpr size_t kMaxConfigBytes = 16 << 20;
+
+std::string hexOf(const unsigned char* p, size_t n) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < n; ++i) {
+    out += kHex[p[i] >> 4];
+    out += kHex[p[i] & 15];
+  }
+  return out;
+}
+
+std::string describe(const Value& v) {
+  switch (v.kind) {
+    case Value::Kind::kNull:
+      return "null";
+    case Value::Kind::kList:
+      return "a list";
+    case Value::Kind::kMap:
+      return "a map";
+    case Value::Kind::kScalar:
+      return "a scalar";
+  }
+  return "nothing";
+}
+
+// Text -> Config, one field at a time; each error carries the value's line and field path.
+class Decoder {
+ public:
+  Decoder(const Document& doc, std::string base_dir, std::vector<Diagnostic>& errors)
+      : doc_(doc), base_dir_(std::move(base_dir)), errors_(errors) {}
+
+  void root(const Value& v, Config& c) {
+    bool have_forbidden = false;
+    map(v, "",
+        {
+            {"schema", [&](const Value& n, const std::string& p) { integer(n, p, c.schema, 1, 1); }},
+            {"kind", [&](const Value& n, const std::string& p) {
+               std::string k;
+               str(n, p, k);
+               if (!k.empty() && k != "egress") error(n, p, "must be \"egress\" in an egress config");
+             }},
+            {"workers", [&](const Value& n, const std::string& p) { integer(n, p, c.workers, 0, 256); }},
+            {"listeners", [&](const Value& n, const std::string& p) { listeners(n, p, c.listeners); }},
+            {"admin", [&](const Value& n, const std::string& p) { admin(n, p, c.admin); }},
+            {"access_log", [&](const Value& n, const std::string& p) {
+               map(n, p,
+                   {{"enabled", [&](const Value& m, const std::string& q) { boolean(m, q, c.access_log); }},
+                    {"path", [&](const Value& m, const std::string& q) { str(m, q, c.access_log_path); }}});
+             }},
+            {"services", [&](const Value& n, const std::string& p) { services(n, p, c.services); }},
+            {"jwt", [&](const Value& n, const std::string& p) { jwt(n, p, c.jwt); }},
+            {"mappings", [&](const Value& n, const std::string& p) { mappings(n, p, c.rules); }},
+            {"forbidden_networks", [&](const Value& n, const std::string& p) {
+               have_forbidden = true;
+               list(n, p, [&](const Value& item, const std::string& q) {
+                 std::string s, err;
+                 str(item, q, s);
+                 if (s.empty()) return;
+                 auto cidr = parseCidr(s, &err);
+                 if (!cidr) error(item, q, fmt::format("{} {}", config::syntax::quote(s), err));
+                 else c.forbidden_networks.push_back(*cidr);
+               });
+             }},
+            {"dns", [&](const Value& n, const std::string& p) { dns(n, p, c.dns); }},
+            {"timeouts", [&](const Value& n, const std::string& p) {
+               map(n, p,
+                   {{"connect", [&](const Value& m, const std::string& q) { duration(m, q, c.timeouts.connect); }},
+                    {"header_read",
+                     [&](const Value& m, const std::string& q) { duration(m, q, c.timeouts.header_read); }},
+                    {"idle", [&](const Value& m, const std::string& q) { duration(m, q, c.timeouts.idle); }},
+                    {"revoke_grace",
+                     [&](const Value& m, const std::string& q) { duration(m, q, c.timeouts.revoke_grace); }},
+                    {"drain", [&](const Value& m, const std::string& q) { duration(m, q, c.timeouts.drain); }}});
+             }},
+        },
+        {"kind", "listeners"});
+    if (!have_forbidden) c.forbidden_networks = defaultForbiddenNetworks();
+  }
+
+  // Cross-field rules, after the whole document is read.
+  void validate(const Value& v, const Config& c) {
+    std::map<std::string, int> names;
+    for (const auto& l : c.listeners)
+      if (names[l.name]++ == 1) error(v, "listeners", fmt::format("listener name \"{}\" is used twice", l.name));
+    std::map<std::string, int> svc;
+    for (const auto& s : c.services)
+      if (svc[s.name]++ == 1) error(v, "services", fmt::format("service name \"{}\" is used twice", s.name));
+    std::map<std::string, int> kids;
+    for (const auto& k : c.jwt.keys)
+      if (kids[k.kid]++ == 1) error(v, "jwt.keys", fmt::format("key id \"{}\" is used twice", k.kid));
+    for (size_t i = 0; i < c.rules.size(); ++i)
+      for (const auto& s : c.rules[i].sources)
+        if (s != "*" && !svc.count(s))
+          error(v, fmt::format("mappings[{}].sources", i), fmt::format("unknown service \"{}\"", s));
+  }
+
+ private:
+  using Reader = std::function<void(const Value&, const std::string&)>;
+  struct Field {
+    std::string_view key;
+    Reader read;
+  };
+
+  void error(const Value& n, const std::string& path, std::string message) {
+    errors_.push_back({n.pos.line, n.pos.column, path, std::move(message)});
+  }
+
+  static std::string child(const std::string& path, std::string_view key) {
+    return path.empty() ? std::string(key) : path + "." + std::string(key);
+  }
+
+  void map(const Value& n, const std::string& path, std::initializer_list<Field> fields,
+           std::initializer_list<std::string_view> required = {}) {
+    if (!n.isMap()) {
+      error(n, path, "expected a map, got " + describe(n));
+      return;
+    }
+    std::vector<std::string_view> seen;
+    for (size_t i = 0; i + 1 < n.items.size(); i += 2) {
+      const Value& k = doc_.at(n.items[i]);
+      const Value& val = doc_.at(n.items[i + 1]);
+      const Field* f = nullptr;
+      for (const auto& cand : fields)
+        if (cand.key == k.text) f = &cand;
+      if (!f) {
+        std::vector<std::string_view> keys;
+        for (const auto& cand : fields) keys.push_back(cand.key);
+        auto near = config::syntax::closest(k.text, keys);
+        error(k, child(path, k.text),
+              near ? fmt::format("unknown field (did you mean \"{}\"?)", *near) : std::string("unknown field"));
+        continue;
+      }
+      seen.push_back(f->key);
+      f->read(val, child(path, f->key));
+    }
+    for (auto r : required)
+      if (std::find(seen.begin(), seen.end(), r) == seen.end())
+        error(n, path, fmt::format("missing required field \"{}\"", r));
+  }
+
+  void list(const Value& n, const std::string& path, const Reader& item) {
+    if (!n.isList()) {
+      error(n, path, "expected a list, got " + describe(n));
+      return;
+    }
+    for (size_t i = 0; i < n.items.size(); ++i) item(doc_.at(n.items[i]), fmt::format("{}[{}]", path, i));
+  }
+
+  void str(const Value& n, const std::string& path, std::string& out) {
+    if (!n.isScalar()) {
+      error(n, path, "expected a string, got " + describe(n));
+      return;
+    }
+    out = n.text;
+  }
+
+  template <typename T>
+  void integer(const Value& n, const std::string& path, T& out, int64_t lo, int64_t hi) {
+    int64_t v = 0;
+    if (!n.isScalar() || n.quoted) {
+      error(n, path, "expected a number, got " + describe(n));
+      return;
+    }
+    auto [p, ec] = std::from_chars(n.text.data(), n.text.data() + n.text.size(), v);
+    if (ec != std::errc() || p != n.text.data() + n.text.size()) {
+      error(n, path, fmt::format("expected a whole number, got {}", config::syntax::quote(n.text)));
+      return;
+    }
+    if (v < lo || v > hi) {
+      error(n, path, fmt::format("must be between {} and {}", lo, hi));
+      return;
+    }
+    out = static_cast<T>(v);
+  }
+
+  void boolean(const Value& n, const std::string& path, bool& out) {
+    if (n.isScalar() && !n.quoted && (n.text == "true" || n.text == "false")) {
+      out = n.text == "true";
+      return;
+    }
+    error(n, path, "expected true or false");
+  }
+
+  void duration(const Value& n, const std::string& path, Millis& out) {
+    std::string s;
+    str(n, path, s);
+    auto d = parseDuration(s);
+    if (!d) {
+      error(n, path, fmt::format("{} is not a duration (\"250ms\", \"5s\", \"2m\")", config::syntax::quote(s)));
+      return;
+    }
+    out = *d;
+  }
+
+  void name(const Value& n, const std::string& path, std::string& out) {
+    str(n, path, out);
+    if (n.isScalar() && !config::syntax::isName(out)) error(n, path, std::string(config::syntax::kNameRule));
+  }
+
+  std::string readFile(const Value& n, const std::string& path, const std::string& file) {
+    std::filesystem::path p(file);
+    if (p.is_relative()) p = std::filesystem::path(base_dir_) / p;
+    std::ifstream in(p, std::ios::binary);
+    if (!in) {
+      error(n, path, fmt::format("cannot read {}", p.string()));
+      return {};
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+
+  void listeners(const Value& n, const std::string& path, std::vector<ListenerConfig>& out) {
+    list(n, path, [&](const Value& item, const std::string& p) {
+      ListenerConfig l;
+      map(item, p,
+          {{"name", [&](const Value& m, const std::string& q) { name(m, q, l.name); }},
+           {"address", [&](const Value& m, const std::string& q) {
+              str(m, q, l.address);
+              if (!parseIp(l.address)) error(m, q, "must be an IPv4 or IPv6 address");
+            }},
+           {"port", [&](const Value& m, const std::string& q) { integer(m, q, l.port, 0, 65535); }},
+           {"protocol", [&](const Value& m, const std::string& q) {
+              std::string s;
+              str(m, q, s);
+              if (s == "http") l.kind = ListenerConfig::Kind::kHttp;
+              else if (s == "socks5") l.kind = ListenerConfig::Kind::kSocks5;
+              else error(m, q, "must be \"http\" or \"socks5\"");
+            }}},
+          {"name", "port"});
+      out.push_back(std::move(l));
+    });
+    if (n.isList() && n.items.empty()) error(n, path, "at least one listener is needed");
+  }
+
+  void admin(const Value& n, const std::string& path, AdminConfig& a) {
+    map(n, path,
+        {{"enabled", [&](const Value& m, const std::string& q) { boolean(m, q, a.enabled); }},
+         {"address", [&](const Value& m, const std::string& q) {
+            str(m, q, a.address);
+            if (!parseIp(a.address)) error(m, q, "must be an IPv4 or IPv6 address");
+          }},
+         {"port", [&](const Value& m, const std::string& q) { integer(m, q, a.port, 0, 65535); }}});
+  }
+
+  void services(const Value& n, const std::string& path, std::vector<Service>& out) {
+    list(n, path, [&](const Value& item, const std::string& p) {
+      Service s;
+      map(item, p,
+          {{"name", [&](const Value& m, const std::string& q) { name(m, q, s.name); }},
+           {"tokens", [&](const Value& m, const std::string& q) {
+              list(m, q, [&](const Value& t, const std::string& tq) {
+                std::string text;
+                str(t, tq, text);
+                if (!t.isScalar()) return;
+                std::array<uint8_t, 32> h{};
+                if (!parseTokenHash(text, h))
+                  error(t, tq,
+                        "must be \"sha256:<64 hex digits>\" (the SHA-256 of the token; `marchproxy "
+                        "egress-token` prints one)");
+                else s.token_sha256.push_back(h);
+              });
+            }}},
+          {"name"});
+      out.push_back(std::move(s));
+    });
+  }
+
+  static bool parseTokenHash(std::string_view text, std::array<uint8_t, 32>& out) {
+    if (!text.starts_with("sha256:") || text.size() != 7 + 64) return false;
+    for (size_t i = 0; i < 32; ++i) {
+      auto nib = [](char c) -> int {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+        return -1;
+      };
+      int hi = nib(text[7 + 2 * i]), lo = nib(text[8 + 2 * i]);
+      if (hi < 0 || lo < 0) return false;
+      out[i] = static_cast<uint8_t>(hi << 4 | lo);
+    }
+    return true;
+  }
+
+  void jwt(const Value& n, const std::string& path, JwtConfig& j) {
+    map(n, path,
+        {{"issuer", [&](const Value& m, const std::string& q) { str(m, q, j.issuer); }},
+         {"audience", [&](const Value& m, const std::string& q) { str(m, q, j.audience); }},
+         {"clock_skew", [&](const Value& m, const std::string& q) { duration(m, q, j.clock_skew); }},
+         {"keys", [&](const Value& m, const std::string& q) {
+            list(m, q, [&](const Value& item, const std::string& p) {
+              JwtKey k;
+              std::string alg;
+              const Value* alg_node = nullptr;
+              map(item, p,
+                  {{"id", [&](const Value& v, const std::string& vq) { str(v, vq, k.kid); }},
+                   {"alg", [&](const Value& v, const std::string& vq) {
+                      str(v, vq, alg);
+                      alg_node = &v;
+                    }},
+                   {"secret", [&](const Value& v, const std::string& vq) { str(v, vq, k.secret); }},
+                   {"secret_file",
+                    [&](const Value& v, const std::string& vq) {
+                      std::string f;
+                      str(v, vq, f);
+                      k.secret = readFile(v, vq, f);
+                      while (!k.secret.empty() && (k.secret.back() == '\n' || k.secret.back() == '\r'))
+                        k.secret.pop_back();
+                    }},
+                   {"public_key", [&](const Value& v, const std::string& vq) { str(v, vq, k.public_key); }},
+                   {"public_key_file",
+                    [&](const Value& v, const std::string& vq) {
+                      std::string f;
+                      str(v, vq, f);
+                      k.public_key = readFile(v, vq, f);
+                    }}},
+                  {"id", "alg"});
+              if (alg_node) {
+                if (alg == "HS256") k.alg = JwtAlg::kHs256;
+                else if (alg == "RS256") k.alg = JwtAlg::kRs256;
+                else if (alg == "ES384") k.alg = JwtAlg::kEs384;
+                else error(*alg_node, p + ".alg", "must be HS256, RS256 or ES384");
+                if (k.alg == JwtAlg::kHs256 && k.secret.size() < 32)
+                  error(item, p, "an HS256 key needs \"secret\" or \"secret_file\" of at least 32 bytes");
+                if (k.alg != JwtAlg::kHs256 && k.public_key.empty())
+                  error(item, p, fmt::format("an {} key needs \"public_key\" or \"public_key_file\" (PEM)", alg));
+                if (k.alg != JwtAlg::kHs256 && !k.secret.empty())
+                  error(item, p, "\"secret\" is for HS256 keys only");
+              }
+              j.keys.push_back(std::move(k));
+            });
+          }}});
+  }
+
+  void mappings(const Value& n, const std::string& path, std::vector<Rule>& out) {
+    list(n, path, [&](const Value& item, const std::string& p) {
+      Rule r;
+      map(item, p,
+          {{"name", [&](const Value& m, const std::string& q) { name(m, q, r.name); }},
+           {"sources", [&](const Value& m, const std::string& q) {
+              list(m, q, [&](const Value& s, const std::string& sq) {
+                std::string text;
+                str(s, sq, text);
+                if (s.isScalar()) r.sources.push_back(text);
+              });
+            }},
+           {"destinations", [&](const Value& m, const std::string& q) {
+              list(m, q, [&](const Value& s, const std::string& sq) {
+                std::string text, err;
+                str(s, sq, text);
+                if (!s.isScalar()) return;
+                auto d = parseDestination(text, &err);
+                if (!d) error(s, sq, fmt::format("{} {}", config::syntax::quote(text), err));
+                else r.destinations.push_back(std::move(*d));
+              });
+            }},
+           {"protocols", [&](const Value& m, const std::string& q) {
+              list(m, q, [&](const Value& s, const std::string& sq) {
+                std::string text;
+                str(s, sq, text);
+                if (!s.isScalar()) return;
+                auto pr = parseProtocol(text);
+                if (!pr) error(s, sq, "must be one of http, https, tcp, udp, icmp");
+                else r.protocols |= static_cast<uint8_t>(*pr);
+              });
+            }},
+           {"ports", [&](const Value& m, const std::string& q) {
+              list(m, q, [&](const Value& s, const std::string& sq) {
+                std::string text, err;
+                str(s, sq, text);
+                if (!s.isScalar()) return;
+                auto pr = parsePortRange(text, &err);
+                if (!pr) error(s, sq, fmt::format("{} {}", config::syntax::quote(text), err));
+                else r.ports.push_back(*pr);
+              });
+            }},
+           {"priority", [&](const Value& m, const std::string& q) { integer(m, q, r.priority, -1000000, 1000000); }},
+           {"sni_check", [&](const Value& m, const std::string& q) { boolean(m, q, r.sni_check); }}},
+          {"name", "sources", "destinations", "protocols", "ports"});
+      if (item.isMap()) {
+        if (item.isMap() && r.sources.empty() && hasKey(item, "sources")) error(item, p + ".sources", "must not be empty");
+        if (r.destinations.empty() && hasKey(item, "destinations")) error(item, p + ".destinations", "must not be empty");
+        if (r.protocols == 0 && hasKey(item, "protocols")) error(item, p + ".protocols", "must not be empty");
+        if (r.ports.empty() && hasKey(item, "ports")) error(item, p + ".ports", "must not be empty");
+      }
+      out.push_back(std::move(r));
+    });
+  }
+
+  bool hasKey(const Value& m, std::string_view key) const {
+    for (size_t i = 0; i + 1 < m.items.size(); i += 2)
+      if (doc_.at(m.items[i]).text == key) return true;
+    return false;
+  }
+
+  void dns(const Value& n, const std::string& path, DnsConfig& d) {
+    map(n, path,
+        {{"hosts", [&](const Value& m, const std::string& q) {
+            if (!m.isMap()) {
+              error(m, q, "expected a map of name: [addresses], got " + describe(m));
+              return;
+            }
+            for (size_t i = 0; i + 1 < m.items.size(); i += 2) {
+              const Value& k = doc_.at(m.items[i]);
+              const Value& v = doc_.at(m.items[i + 1]);
+              std::string err;
+              auto dest = parseDestination(k.text, &err);
+              if (!dest || dest->kind != Destination::Kind::kName) {
+                error(k, child(q, k.text), "must be a host name");
+                continue;
+              }
+              auto& addrs = d.hosts[dest->name];
+              list(v, child(q, k.text), [&](const Value& a, const std::string& aq) {
+                std::string text;
+                str(a, aq, text);
+                auto ip = parseIp(text);
+                if (!ip) error(a, aq, fmt::format("{} is not an IP address", config::syntax::quote(text)));
+                else addrs.push_back(*ip);
+              });
+            }
+          }},
+         {"min_ttl", [&](const Value& m, const std::string& q) { duration(m, q, d.min_ttl); }},
+         {"max_ttl", [&](const Value& m, const std::string& q) { duration(m, q, d.max_ttl); }},
+         {"negative_ttl", [&](const Value& m, const std::string& q) { duration(m, q, d.negative_ttl); }},
+         {"timeout", [&](const Value& m, const std::string& q) { duration(m, q, d.timeout); }}});
+  }
+
+  const Document& doc_;
+  std::string base_dir_;
+  std::vector<Diagnostic>& errors_;
+};
+
+}  // namespace
+
+std::string_view jwtAlgName(JwtAlg a) {
+  switch (a) {
+    case JwtAlg::kHs256:
+      return "HS256";
+    case JwtAlg::kRs256:
+      return "RS256";
+    case JwtAlg::kEs384:
+      return "ES384";
+  }
+  return "?";
+}
+
+LoadResult loadString(std::string_view text, const std::string& base_dir) {
+  LoadResult r;
+  Document doc;
+  if (auto err = doc.parse(text)) {
+    r.errors.push_back(*err);
+    return r;
+  }
+  if (!doc.root()) {
+    r.errors.push_back({0, 0, "", "the config is empty"});
+    return r;
+  }
+  auto c = std::make_shared<Config>();
+  Decoder d(doc, base_dir, r.errors);
+  d.root(*doc.root(), *c);
+  if (r.errors.empty()) d.validate(*doc.root(), *c);
+  if (!r.errors.empty()) {
+    std::stable_sort(r.errors.begin(), r.errors.end(),
+                     [](const Diagnostic& a, const Diagnostic& b) { return a.line < b.line; });
+    return r;
+  }
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), md);
+  c->hash = hexOf(md, sizeof md);
+  r.config = std::move(c);
+  return r;
+}
+
+LoadResult loadFile(const std::string& path) {
+  LoadResult r;
+  std::error_code ec;
+  auto size = std::filesystem::file_size(path, ec);
+  if (ec) {
+    r.errors.push_back({0, 0, "", fmt::format("cannot read {}: {}", path, ec.message())});
+    return r;
+  }
+  if (size > kMaxConfigBytes) {
+    r.errors.push_back({0, 0, "", fmt::format("{} is larger than 16 MiB", path)});
+    return r;
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto dir = std::filesystem::path(path).parent_path().string();
+  return loadString(ss.str(), dir.empty() ? "." : dir);
+}
+
+bool isEgressDocument(std::string_view text) {
+  Document doc;
+  if (doc.parse(text) || !doc.root() || !doc.root()->isMap()) return false;
+  const Value& root = *doc.root();
+  for (size_t i = 0; i + 1 < root.items.size(); i += 2)
+    if (doc.at(root.items[i]).text == "kind") return doc.at(root.items[i + 1]).text == "egress";
+  return false;
+}
+
+std::string summary(const Config& c) {
+  size_t http = 0, socks = 0;
+  for (const auto& l : c.listeners) (l.kind == ListenerConfig::Kind::kHttp ? http : socks)++;
+  return fmt::format("OK: egress config: {} listener(s) ({} http, {} socks5), {} service(s), {} JWT key(s), "
+                     "{} mapping(s); hash {}",
+                     c.listeners.size(), http, socks, c.services.size(), c.jwt.keys.size(), c.rules.size(),
+                     c.hash.substr(0, 12));
+}
+
+}  // namespace marchproxy::egress

@@ -1,0 +1,35 @@
+#pragma once
+// Who is calling: turns credentials into a service name, or a reason for the log.
+//   Proxy-Authorization: Basic base64(service:token)  (curl -U service:token)
+//   Proxy-Authorization: Bearer <JWT>                  (service_id claim)
+//   SOCKS5 username/password (RFC 1929): username = service, password = its token or a JWT
+// Token comparison is on SHA-256 digests with CRYPTO_memcmp (constant time); the config holds
+// digests only. The reason text is for the access log; clients get a plain 407 / SOCKS failure.
+//
+// Built once per config; read-only afterwards (any thread).
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "common/base/result.h"
+#include "egress/config.h"
+#include "egress/jwt.h"
+
+namespace marchproxy::egress {
+
+class Identifier {
+ public:
+  static Result<std::shared_ptr<const Identifier>> create(const Config& config);
+
+  // The value of a Proxy-Authorization header (empty = none sent).
+  Result<std::string> fromProxyAuthorization(std::string_view value, int64_t now_unix) const;
+  // A user name and a password (Basic, SOCKS5).
+  Result<std::string> fromPassword(std::string_view user, std::string_view password, int64_t now_unix) const;
+
+ private:
+  const Service* find(std::string_view name) const;
+  std::vector<Service> services_;
+  std::shared_ptr<const JwtVerifier> jwt_;
+};
+
+}  // namespace marchproxy::egress

@@ -1,0 +1,1633 @@
+#include "egress/server.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/inotify.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ip/udp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <list>
+#include <map>
+#include <optional>
+#include <set>
+#include <thread>
+#include <tuple>
+
+#include <fmt/format.h>
+
+#include "common/base/log.h"
+#include "common/http/h1_parser.h"
+#include "egress/acl.h"
+#include "egress/config.h"
+#include "egress/identity.h"
+#include "egress/resolver.h"
+#include "egress/socks5.h"
+#include "egress/tls_peek.h"
+#include "proxy/server/access_log.h"  // appendJsonString
+
+namespace marchproxy::egress {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using udp = asio::ip::udp;
+using namespace asio::experimental::awaitable_operators;  // NOLINT(google-build-using-namespace)
+constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
+using Clock = std::chrono::steady_clock;
+
+// Style note (as in src/proxy): results of co_await are stored in a named local before they are
+// tested or returned; g++ 12 miscompiles some other forms.
+
+namespace {
+
+constexpr size_t kRelayChunk = 64 * 1024;
+constexpr size_t kMaxHead = 64 * 1024;
+
+int64_t unixNow() { return static_cast<int64_t>(std::time(nullptr)); }
+int64_t unixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// ---------------------------------------------------------------- access log
+
+// One JSON object per line, each written with a single write(2) to an O_APPEND descriptor, so
+// lines from different workers never interleave.
+class AccessLog {
+ public:
+  explicit AccessLog(const std::string& path) : path_(path) {
+    if (path == "-") {
+      fd_ = STDOUT_FILENO;
+    } else {
+      fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+      if (fd_ < 0) throw std::runtime_error(fmt::format("access log {}: {}", path, std::strerror(errno)));
+      own_ = true;
+    }
+  }
+  ~AccessLog() {
+    if (own_) ::close(fd_);
+  }
+  void write(const std::string& line) const {
+    ssize_t n = ::write(fd_, line.data(), line.size());
+    (void)n;  // a full disk must not stop the proxy
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  bool own_ = false;
+};
+
+struct LogEntry {
+  std::string_view kind, client, service, method, host, protocol, address, decision, reason, rule;
+  uint16_t port = 0;
+  int status = 0;
+  uint64_t bytes_up = 0, bytes_down = 0;
+  double duration_ms = 0;
+};
+
+std::string formatEntry(const LogEntry& e) {
+  std::string out;
+  fmt::format_to(std::back_inserter(out), "{{\"ts_ms\":{},", unixMs());
+  auto field = [&](std::string_view k, std::string_view v) {
+    out += '"';
+    out += k;
+    out += "\":";
+    proxy::server::appendJsonString(out, v);
+    out += ',';
+  };
+  field("kind", e.kind);
+  field("client", e.client);
+  field("service", e.service);
+  field("method", e.method);
+  field("host", e.host);
+  fmt::format_to(std::back_inserter(out), "\"port\":{},", e.port);
+  field("protocol", e.protocol);
+  field("address", e.address);
+  field("decision", e.decision);
+  field("reason", e.reason);
+  field("rule", e.rule);
+  fmt::format_to(std::back_inserter(out), "\"status\":{},\"bytes_up\":{},\"bytes_down\":{},\"duration_ms\":{:.3f}}}\n",
+                 e.status, e.bytes_up, e.bytes_down, e.duration_ms);
+  return out;
+}
+
+// ---------------------------------------------------------------- runtime
+
+// Everything derived from one config, built on the control thread and shared read-only.
+struct Runtime {
+  std::shared_ptr<const Config> config;
+  std::shared_ptr<const Identifier> identity;
+  std::shared_ptr<const Policy> policy;
+  std::shared_ptr<const AccessLog> access_log;  // null when disabled
+  uint64_t generation = 0;
+};
+
+// ---------------------------------------------------------------- counters
+
+struct Stats {
+  // (service, mapping, decision, reason) -> count
+  std::map<std::tuple<std::string, std::string, std::string, std::string>, uint64_t> decisions;
+  std::map<std::string, std::array<uint64_t, 2>> bytes;  // service -> {up, down}
+  int64_t tunnels_open = 0;
+  uint64_t tunnels_revoked = 0;
+  uint64_t connections = 0;
+
+  void merge(const Stats& o) {
+    for (const auto& [k, v] : o.decisions) decisions[k] += v;
+    for (const auto& [k, v] : o.bytes) {
+      bytes[k][0] += v[0];
+      bytes[k][1] += v[1];
+    }
+    tunnels_open += o.tunnels_open;
+    tunnels_revoked += o.tunnels_revoked;
+    connections += o.connections;
+  }
+};
+
+std::string labelValue(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- worker
+
+class Worker;
+
+// An open tunnel (CONNECT, SOCKS5 CONNECT or UDP ASSOCIATE), registered with its worker so that a
+// reload can re-check it and close it when the new config no longer allows it.
+struct Tunnel {
+  std::string service, host, rule;
+  uint16_t port = 0;
+  Protocol protocol = Protocol::kTcp;
+  std::optional<IpAddr> addr;  // UDP associations check each datagram instead
+  std::function<void()> close;
+  bool revoked = false;
+};
+
+class Worker {
+ public:
+  Worker(unsigned index, std::atomic<bool>& draining)
+      : index_(index), ioc_(1), resolver_(ioc_), draining_(draining) {
+    work_.emplace(ioc_.get_executor());
+  }
+  ~Worker() { join(); }
+
+  void start() {
+    thread_ = std::thread([this] {
+      char name[16];
+      std::snprintf(name, sizeof name, "egress-%u", index_);
+      pthread_setname_np(pthread_self(), name);
+      for (;;) {
+        try {
+          ioc_.run();
+          break;
+        } catch (const std::exception& e) {
+          spdlog::error("egress worker {}: unexpected exception: {}", index_, e.what());
+        }
+      }
+    });
+  }
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+  template <typename F>
+  void post(F&& f) {
+    asio::post(ioc_, std::forward<F>(f));
+  }
+  void stop() {
+    work_.reset();
+    ioc_.stop();
+  }
+
+  void addListener(int fd, const ListenerConfig& l);
+  void stopAccepting() {
+    for (auto& a : acceptors_) {
+      boost::system::error_code ec;
+      a->close(ec);
+    }
+  }
+  void applyRuntime(std::shared_ptr<const Runtime> rt);
+  void collect(Stats* out) const { *out = stats_; }
+  size_t sessionsApprox() const { return sessions_.load(std::memory_order_relaxed); }
+
+  // --- worker thread
+  const std::shared_ptr<const Runtime>& runtime() const { return rt_; }
+  asio::io_context& ioc() { return ioc_; }
+  Resolver& resolver() { return resolver_; }
+  Stats& stats() { return stats_; }
+  void count(std::string_view service, std::string_view rule, std::string_view decision, std::string_view reason) {
+    ++stats_.decisions[{std::string(service), std::string(rule), std::string(decision), std::string(reason)}];
+  }
+  void addBytes(const std::string& service, uint64_t up, uint64_t down) {
+    auto& b = stats_.bytes[service];
+    b[0] += up;
+    b[1] += down;
+  }
+  std::list<Tunnel*>::iterator registerTunnel(Tunnel* t) {
+    ++stats_.tunnels_open;
+    return tunnels_.insert(tunnels_.end(), t);
+  }
+  void unregisterTunnel(std::list<Tunnel*>::iterator it) {
+    --stats_.tunnels_open;
+    tunnels_.erase(it);
+  }
+  void log(const LogEntry& e) {
+    if (rt_ && rt_->access_log) rt_->access_log->write(formatEntry(e));
+  }
+  struct SessionGuard {
+    explicit SessionGuard(Worker& w) : w_(w) { w_.sessions_.fetch_add(1, std::memory_order_relaxed); }
+    ~SessionGuard() { w_.sessions_.fetch_sub(1, std::memory_order_relaxed); }
+    Worker& w_;
+  };
+
+ private:
+  asio::awaitable<void> acceptLoop(tcp::acceptor* acceptor, ListenerConfig l);
+  void revoke();
+
+  unsigned index_;
+  asio::io_context ioc_;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::thread thread_;
+  std::shared_ptr<const Runtime> rt_;
+  Resolver resolver_;
+  Stats stats_;
+  std::list<Tunnel*> tunnels_;
+  std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
+  std::atomic<size_t> sessions_{0};
+  std::atomic<bool>& draining_;
+};
+
+// ---------------------------------------------------------------- dialling
+
+struct Dial {
+  std::optional<tcp::socket> sock;
+  const Rule* rule = nullptr;
+  IpAddr addr;
+  std::string decision = "deny";  // allow | deny | error
+  std::string reason_code;        // no_rule | forbidden_address | dns_failure | connect_failed
+  std::string reason;             // for the client (403/502 body) and the log
+  int http_status = 403;
+  socks5::Reply socks = socks5::Reply::kNotAllowed;
+};
+
+tcp::endpoint toEndpoint(const IpAddr& a, uint16_t port) {
+  if (a.v6) {
+    asio::ip::address_v6::bytes_type b;
+    std::copy(a.bytes.begin(), a.bytes.end(), b.begin());
+    return {asio::ip::address_v6(b), port};
+  }
+  asio::ip::address_v4::bytes_type b;
+  std::copy(a.bytes.begin(), a.bytes.begin() + 4, b.begin());
+  return {asio::ip::address_v4(b), port};
+}
+
+IpAddr fromAddress(const asio::ip::address& a) {
+  IpAddr ip;
+  if (a.is_v4()) {
+    auto b = a.to_v4().to_bytes();
+    std::copy(b.begin(), b.end(), ip.bytes.begin());
+  } else {
+    ip.v6 = true;
+    auto b = a.to_v6().to_bytes();
+    std::copy(b.begin(), b.end(), ip.bytes.begin());
+  }
+  return ip.unmapped();
+}
+
+// The decision before DNS for any of `protocols` (a CONNECT may be https or tcp).
+// `protocols` is a bit set of Protocol (not a list: g++ 12 cannot keep an initializer_list in a
+// coroutine frame).
+NameDecision decideAny(const Policy& policy, const std::string& service, uint8_t protocols, const std::string& host,
+                       uint16_t port) {
+  NameDecision out;
+  for (Protocol p : {Protocol::kHttps, Protocol::kTcp, Protocol::kHttp, Protocol::kUdp}) {
+    if (!(protocols & static_cast<uint8_t>(p))) continue;
+    NameDecision d = policy.decideName(service, p, host, port);
+    for (const Rule* r : d.rules)
+      if (std::find(out.rules.begin(), out.rules.end(), r) == out.rules.end()) out.rules.push_back(r);
+  }
+  if (out.rules.empty()) {
+    std::string names;
+    for (Protocol p : {Protocol::kHttps, Protocol::kTcp, Protocol::kHttp, Protocol::kUdp})
+      if (protocols & static_cast<uint8_t>(p)) names += (names.empty() ? "" : " or ") + std::string(protocolName(p));
+    out.reason = fmt::format("no rule allows {}:{} ({}) for service \"{}\"", host, port, names, service);
+  }
+  return out;
+}
+
+constexpr uint8_t kConnectProtocols = static_cast<uint8_t>(Protocol::kHttps) | static_cast<uint8_t>(Protocol::kTcp);
+
+// Authorise (name, then every resolved address), then connect to the first allowed address that
+// answers. Never connects anywhere the policy refused.
+asio::awaitable<Dial> dial(Worker& w, std::shared_ptr<const Runtime> rt, std::string service,
+                           uint8_t protocols, std::string host, uint16_t port) {
+  Dial out;
+  NameDecision nd = decideAny(*rt->policy, service, protocols, host, port);
+  if (nd.rules.empty()) {
+    out.reason_code = "no_rule";
+    out.reason = nd.reason;
+    co_return out;
+  }
+  auto resolved = co_await w.resolver().resolve(host, rt->config->dns);
+  if (!resolved) {
+    out.decision = "error";
+    out.reason_code = "dns_failure";
+    out.reason = fmt::format("cannot resolve {}: {}", host, resolved.error().message);
+    out.http_status = 502;
+    out.socks = socks5::Reply::kHostUnreachable;
+    co_return out;
+  }
+  std::vector<std::pair<IpAddr, const Rule*>> allowed;
+  std::string first_denial;
+  for (const IpAddr& a : *resolved) {
+    AddressDecision ad = rt->policy->checkAddress(nd, host, a);
+    if (ad.rule) allowed.emplace_back(a, ad.rule);
+    else if (first_denial.empty()) first_denial = ad.reason;
+  }
+  if (allowed.empty()) {
+    out.reason_code = "forbidden_address";
+    out.reason = first_denial;
+    co_return out;
+  }
+  std::string last_error;
+  for (const auto& [addr, rule] : allowed) {
+    tcp::socket s(w.ioc());
+    asio::steady_timer timer(w.ioc());
+    timer.expires_after(rt->config->timeouts.connect);
+    bool timed_out = false;
+    timer.async_wait([&s, &timed_out](boost::system::error_code ec) {
+      if (!ec) {
+        timed_out = true;
+        boost::system::error_code ig;
+        s.close(ig);
+      }
+    });
+    auto [ec] = co_await s.async_connect(toEndpoint(addr, port), kNoThrow);
+    timer.cancel();
+    if (!ec) {
+      boost::system::error_code ig;
+      s.set_option(tcp::no_delay(true), ig);
+      out.sock.emplace(std::move(s));
+      out.rule = rule;
+      out.addr = addr;
+      out.decision = "allow";
+      out.reason_code = "allowed";
+      out.reason.clear();
+      co_return out;
+    }
+    last_error = timed_out ? std::string("timed out") : ec.message();
+    if (timed_out) out.socks = socks5::Reply::kTtlExpired;
+    else if (ec == asio::error::connection_refused) out.socks = socks5::Reply::kConnectionRefused;
+    else out.socks = socks5::Reply::kHostUnreachable;
+  }
+  out.rule = allowed.front().second;
+  out.addr = allowed.front().first;
+  out.decision = "error";
+  out.reason_code = "connect_failed";
+  out.reason = fmt::format("cannot connect to {}:{}: {}", host, port, last_error);
+  out.http_status = 502;
+  co_return out;
+}
+
+// ---------------------------------------------------------------- tunnels
+
+// Copies bytes one way until EOF or error; a clean EOF half-closes the other side (so the peer
+// sees the end of the stream); an error closes both.
+asio::awaitable<void> pump(tcp::socket& from, tcp::socket& to, uint64_t& bytes, Clock::time_point& last) {
+  std::vector<char> buf(kRelayChunk);
+  for (;;) {
+    auto [ec, n] = co_await from.async_read_some(asio::buffer(buf), kNoThrow);
+    if (ec) {
+      boost::system::error_code ig;
+      if (ec == asio::error::eof) {
+        to.shutdown(tcp::socket::shutdown_send, ig);
+      } else {
+        from.close(ig);
+        to.close(ig);
+      }
+      co_return;
+    }
+    last = Clock::now();
+    auto [wec, m] = co_await asio::async_write(to, asio::buffer(buf.data(), n), kNoThrow);
+    if (wec) {
+      boost::system::error_code ig;
+      from.close(ig);
+      to.close(ig);
+      co_return;
+    }
+    bytes += m;
+  }
+}
+
+asio::awaitable<void> idleWatch(asio::steady_timer& timer, Clock::time_point& last, Clock::duration idle,
+                                std::function<void()> close) {
+  for (;;) {
+    timer.expires_at(last + idle);
+    auto [ec] = co_await timer.async_wait(kNoThrow);
+    if (ec) co_return;
+    if (Clock::now() - last >= idle) {
+      close();
+      co_return;
+    }
+  }
+}
+
+struct TunnelResult {
+  uint64_t up = 0, down = 0;
+  std::string reason;  // why it ended early: sni_mismatch, not_tls, revoked, idle
+};
+
+// Runs an established tunnel: optional ClientHello check, then relays both ways until both sides
+// are done, the idle timeout fires, or a reload revokes it.
+asio::awaitable<TunnelResult> runTunnel(Worker& w, tcp::socket& client, tcp::socket& up, std::string initial,
+                                        Tunnel& t, bool need_tls, bool sni_check) {
+  TunnelResult res;
+  const auto rt = w.runtime();
+  if (need_tls || sni_check) {
+    asio::steady_timer timer(w.ioc());
+    timer.expires_after(rt->config->timeouts.header_read);
+    timer.async_wait([&client](boost::system::error_code ec) {
+      boost::system::error_code ig;
+      if (!ec) client.close(ig);
+    });
+    std::string sni;
+    PeekResult pr = PeekResult::kIncomplete;
+    char buf[4096];
+    for (;;) {
+      pr = peekClientHello(initial, sni);
+      if (pr != PeekResult::kIncomplete) break;
+      auto [ec, n] = co_await client.async_read_some(asio::buffer(buf), kNoThrow);
+      if (ec) break;
+      initial.append(buf, n);
+    }
+    timer.cancel();
+    if (pr == PeekResult::kIncomplete) {
+      res.reason = "client_closed";
+      co_return res;
+    }
+    if (pr == PeekResult::kNotTls) {
+      if (need_tls) {
+        res.reason = "not_tls";
+        co_return res;
+      }
+    } else if (sni_check && sni != t.host) {
+      res.reason = sni.empty() ? "sni_missing" : "sni_mismatch";
+      spdlog::info("egress: refused tunnel for service \"{}\": ClientHello SNI \"{}\" does not match {}", t.service,
+                   sni, t.host);
+      co_return res;
+    }
+  }
+  if (!initial.empty()) {
+    auto [ec, n] = co_await asio::async_write(up, asio::buffer(initial), kNoThrow);
+    if (ec) co_return res;
+    res.up += n;
+  }
+  Clock::time_point last = Clock::now();
+  asio::steady_timer idle(w.ioc());
+  auto close_both = [&client, &up] {
+    boost::system::error_code ig;
+    client.close(ig);
+    up.close(ig);
+  };
+  t.close = close_both;
+  auto reg = w.registerTunnel(&t);
+  co_await ((pump(client, up, res.up, last) && pump(up, client, res.down, last)) ||
+            idleWatch(idle, last, rt->config->timeouts.idle, close_both));
+  w.unregisterTunnel(reg);
+  if (t.revoked) res.reason = "revoked";
+  co_return res;
+}
+
+// ---------------------------------------------------------------- HTTP proxy session
+
+std::string endpointText(const tcp::socket& s) {
+  boost::system::error_code ec;
+  auto ep = s.remote_endpoint(ec);
+  if (ec) return "?";
+  return fmt::format("{}:{}", ep.address().to_string(), ep.port());
+}
+
+bool splitHostPort(std::string_view authority, uint16_t default_port, std::string& host, uint16_t& port) {
+  std::string_view h = authority, p;
+  if (authority.starts_with('[')) {
+    size_t close = authority.find(']');
+    if (close == std::string_view::npos) return false;
+    h = authority.substr(1, close - 1);
+    std::string_view rest = authority.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest[0] != ':') return false;
+      p = rest.substr(1);
+    }
+  } else if (size_t colon = authority.rfind(':'); colon != std::string_view::npos) {
+    h = authority.substr(0, colon);
+    p = authority.substr(colon + 1);
+  }
+  if (h.empty()) return false;
+  host.assign(h);
+  for (char& c : host)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
+  if (!host.empty() && host.back() == '.') host.pop_back();
+  if (p.empty()) {
+    if (default_port == 0) return false;
+    port = default_port;
+    return true;
+  }
+  uint32_t v = 0;
+  for (char c : p) {
+    if (c < '0' || c > '9' || v > 65535) return false;
+    v = v * 10 + static_cast<uint32_t>(c - '0');
+  }
+  if (v == 0 || v > 65535) return false;
+  port = static_cast<uint16_t>(v);
+  return true;
+}
+
+std::string simpleResponse(int status, std::string_view reason, std::string_view body, bool close,
+                           std::string_view extra_headers = {}) {
+  return fmt::format("HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}{}\r\n{}", status, reason,
+                     body.size() + 1, extra_headers, close ? "Connection: close\r\n" : "", body) +
+         "\n";
+}
+
+bool isHopByHop(std::string_view name) {
+  for (auto h : {"connection", "proxy-connection", "keep-alive", "proxy-authorization", "proxy-authenticate", "te",
+                 "upgrade", "host"})
+    if (http::equalsIgnoreCase(name, h)) return true;
+  return false;
+}
+
+// Reads from `s` into buf until parse() completes, fails, or the deadline passes.
+template <typename Parse>
+asio::awaitable<http::ParseStatus> readHead(tcp::socket& s, std::string& buf, Parse parse) {
+  char tmp[16 * 1024];
+  for (;;) {
+    http::ParseStatus st = parse();
+    if (st != http::ParseStatus::kIncomplete) co_return st;
+    if (buf.size() > kMaxHead) co_return http::ParseStatus::kError;
+    auto [ec, n] = co_await s.async_read_some(asio::buffer(tmp), kNoThrow);
+    if (ec) co_return http::ParseStatus::kIncomplete;
+    buf.append(tmp, n);
+  }
+}
+
+// Relays one message body from `src` (whose first bytes are already in `buf` from `start`) to
+// `dst`. Returns false on an error (both connections must then be closed). On return, buf holds
+// what came after the body (a pipelined request) from `start` on.
+asio::awaitable<bool> relayBody(tcp::socket& src, std::string& buf, size_t start, tcp::socket& dst,
+                                http::BodyFraming framing, uint64_t length, uint64_t& bytes) {
+  std::vector<char> tmp(kRelayChunk);
+  if (framing == http::BodyFraming::kNone) {
+    buf.erase(0, start);
+    co_return true;
+  }
+  if (framing == http::BodyFraming::kContentLength) {
+    uint64_t left = length;
+    size_t have = std::min<uint64_t>(left, buf.size() - start);
+    if (have) {
+      auto [ec, n] = co_await asio::async_write(dst, asio::buffer(buf.data() + start, have), kNoThrow);
+      if (ec) co_return false;
+      bytes += n;
+      left -= have;
+    }
+    buf.erase(0, start + have);
+    while (left) {
+      auto [ec, n] = co_await src.async_read_some(asio::buffer(tmp.data(), std::min<uint64_t>(left, tmp.size())), kNoThrow);
+      if (ec) co_return false;
+      auto [wec, m] = co_await asio::async_write(dst, asio::buffer(tmp.data(), n), kNoThrow);
+      if (wec) co_return false;
+      bytes += m;
+      left -= n;
+    }
+    co_return true;
+  }
+  if (framing == http::BodyFraming::kChunked) {
+    http::ChunkedDecoder dec;
+    std::string pending = buf.substr(start);
+    buf.clear();
+    for (;;) {
+      auto r = dec.decode(pending, nullptr);
+      if (r.error) co_return false;
+      if (r.consumed) {
+        auto [ec, n] = co_await asio::async_write(dst, asio::buffer(pending.data(), r.consumed), kNoThrow);
+        if (ec) co_return false;
+        bytes += n;
+      }
+      if (r.done) {
+        buf = pending.substr(r.consumed);
+        co_return true;
+      }
+      pending.erase(0, r.consumed);
+      auto [ec, n] = co_await src.async_read_some(asio::buffer(tmp), kNoThrow);
+      if (ec) co_return false;
+      pending.append(tmp.data(), n);
+    }
+  }
+  // kUntilClose (responses only)
+  if (buf.size() > start) {
+    auto [ec, n] = co_await asio::async_write(dst, asio::buffer(buf.data() + start, buf.size() - start), kNoThrow);
+    if (ec) co_return false;
+    bytes += n;
+  }
+  buf.clear();
+  for (;;) {
+    auto [ec, n] = co_await src.async_read_some(asio::buffer(tmp), kNoThrow);
+    if (ec == asio::error::eof) co_return true;
+    if (ec) co_return false;
+    auto [wec, m] = co_await asio::async_write(dst, asio::buffer(tmp.data(), n), kNoThrow);
+    if (wec) co_return false;
+    bytes += m;
+  }
+}
+
+constexpr std::string_view kProxyAuthenticate =
+    "Proxy-Authenticate: Basic realm=\"marchproxy\"\r\nProxy-Authenticate: Bearer realm=\"marchproxy\"\r\n";
+
+asio::awaitable<void> httpSession(Worker& w, tcp::socket sock) {
+  Worker::SessionGuard guard(w);
+  const std::string client = endpointText(sock);
+  std::string buf;
+  bool first = true;
+  for (;;) {
+    const auto rt = w.runtime();
+    const Config& cfg = *rt->config;
+    asio::steady_timer head_timer(w.ioc());
+    head_timer.expires_after(first && buf.empty() ? cfg.timeouts.header_read : cfg.timeouts.idle);
+    head_timer.async_wait([&sock](boost::system::error_code ec) {
+      boost::system::error_code ig;
+      if (!ec) sock.close(ig);
+    });
+    first = false;
+    http::RequestHead head;
+    http::ParseError perr;
+    http::ParseLimits limits;
+    const http::ParseStatus st =
+        co_await readHead(sock, buf, [&] { return http::parseRequest(buf, limits, head, perr); });
+    head_timer.cancel();
+    if (st == http::ParseStatus::kIncomplete) co_return;  // closed or timed out between requests
+    if (st == http::ParseStatus::kError) {
+      std::string resp = simpleResponse(perr.http_status, "Bad Request", perr.reason, true);
+      co_await asio::async_write(sock, asio::buffer(resp), kNoThrow);
+      co_return;
+    }
+    const auto started = Clock::now();
+    const bool is_connect = head.method == "CONNECT";
+    // The head's views point into buf, which the body relay reuses: the log keeps its own copies.
+    const std::string method(head.method);
+    LogEntry le;
+    le.kind = is_connect ? "connect" : "http";
+    le.client = client;
+    le.method = method;
+    auto finish = [&](int status) {
+      le.status = status;
+      le.duration_ms = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
+      w.log(le);
+    };
+    const bool has_body = head.framing != http::BodyFraming::kNone;
+    auto reply = [&](int status, std::string_view reason, std::string_view body, std::string_view extra = {})
+        -> asio::awaitable<bool> {
+      const bool close = has_body || !head.keep_alive || is_connect;
+      std::string resp = simpleResponse(status, reason, body, close, extra);
+      auto [ec, n] = co_await asio::async_write(sock, asio::buffer(resp), kNoThrow);
+      finish(status);
+      co_return !ec && !close;
+    };
+
+    // Identity first: nothing about the destination is revealed to an unknown caller.
+    const http::Header* auth = head.find("proxy-authorization");
+    auto service = rt->identity->fromProxyAuthorization(auth ? auth->value : std::string_view(), unixNow());
+    if (!service) {
+      le.decision = "deny";
+      le.reason = auth ? "bad_credentials" : "no_credentials";
+      w.count("", "", "deny", le.reason);
+      spdlog::info("egress: 407 for {} from {}: {}", head.target, client, service.error().message);
+      const bool keep = co_await reply(407, "Proxy Authentication Required", "proxy authentication required",
+                                       kProxyAuthenticate);
+      if (!keep) co_return;
+      buf.erase(0, head.head_size);
+      continue;
+    }
+    le.service = *service;
+
+    std::string host;
+    uint16_t port = 0;
+    if (is_connect) {
+      if (!splitHostPort(head.target, 0, host, port)) {
+        le.decision = "deny";
+        le.reason = "bad_request";
+        co_await reply(400, "Bad Request", "CONNECT needs host:port");
+        co_return;
+      }
+    } else if (head.form == http::TargetForm::kAbsolute) {
+      if (!http::equalsIgnoreCase(head.scheme, "http")) {
+        le.decision = "deny";
+        le.reason = "bad_request";
+        const bool keep = co_await reply(400, "Bad Request", "only http:// URLs are forwarded; use CONNECT for https");
+        if (!keep) co_return;
+        buf.erase(0, head.head_size);
+        continue;
+      }
+      if (!splitHostPort(head.host, 80, host, port)) {
+        le.decision = "deny";
+        le.reason = "bad_request";
+        co_await reply(400, "Bad Request", "bad host in the request target");
+        co_return;
+      }
+    } else {
+      le.decision = "deny";
+      le.reason = "bad_request";
+      const bool keep = co_await reply(
+          400, "Bad Request", "this is a forward proxy: send absolute-form requests (GET http://host/path) or CONNECT");
+      if (!keep) co_return;
+      buf.erase(0, head.head_size);
+      continue;
+    }
+    le.host = host;
+    le.port = port;
+
+    const uint8_t protocols = is_connect ? kConnectProtocols : static_cast<uint8_t>(Protocol::kHttp);
+    Dial d = co_await dial(w, rt, *service, protocols, host, port);
+    const std::string addr_text = d.rule ? formatIp(d.addr) : std::string();
+    le.address = addr_text;
+    le.rule = d.rule ? std::string_view(d.rule->name) : std::string_view();
+    le.decision = d.decision;
+    le.reason = d.reason_code;
+    w.count(*service, le.rule, d.decision, d.reason_code);
+    if (!d.sock) {
+      spdlog::info("egress: {} for service \"{}\" to {}:{}: {}", d.http_status, *service, host, port, d.reason);
+      const bool keep = co_await reply(d.http_status, d.http_status == 403 ? "Forbidden" : "Bad Gateway", d.reason);
+      if (!keep) co_return;
+      buf.erase(0, head.head_size);
+      continue;
+    }
+    tcp::socket up = std::move(*d.sock);
+
+    if (is_connect) {
+      const bool need_tls = !(d.rule->protocols & static_cast<uint8_t>(Protocol::kTcp));
+      le.protocol = need_tls ? "https" : "tcp";
+      std::string ok = "HTTP/1.1 200 Connection established\r\n\r\n";
+      auto [ec, n] = co_await asio::async_write(sock, asio::buffer(ok), kNoThrow);
+      if (ec) co_return;
+      Tunnel t;
+      t.service = *service;
+      t.host = host;
+      t.port = port;
+      t.rule = d.rule->name;
+      t.protocol = need_tls ? Protocol::kHttps : Protocol::kTcp;
+      t.addr = d.addr;
+      TunnelResult tr = co_await runTunnel(w, sock, up, buf.substr(head.head_size), t, need_tls, d.rule->sni_check);
+      le.bytes_up = tr.up;
+      le.bytes_down = tr.down;
+      if (!tr.reason.empty()) {
+        le.reason = tr.reason;
+        if (tr.reason != "client_closed") {
+          le.decision = "deny";
+          w.count(*service, le.rule, "deny", tr.reason);
+        }
+      }
+      w.addBytes(*service, tr.up, tr.down);
+      finish(200);
+      co_return;
+    }
+
+    // Forward one request: origin-form towards the destination, hop-by-hop fields dropped, the
+    // caller's credentials never passed on. One upstream connection per request ("Connection:
+    // close"); the client side stays keep-alive when the response framing allows it.
+    le.protocol = "http";
+    std::string out = fmt::format("{} {}{}{} HTTP/1.1\r\nHost: {}\r\n", head.method, head.path,
+                                  head.query.empty() ? "" : "?", head.query, head.host);
+    for (const auto& h : head.headers) {
+      if (isHopByHop(h.name)) continue;
+      out.append(h.name).append(": ").append(h.value).append("\r\n");
+    }
+    out += "Connection: close\r\n\r\n";
+    uint64_t up_bytes = 0, down_bytes = 0;
+    {
+      auto [ec, n] = co_await asio::async_write(up, asio::buffer(out), kNoThrow);
+      if (ec) {
+        le.decision = "error";
+        le.reason = "upstream_write";
+        co_await reply(502, "Bad Gateway", "the destination closed the connection");
+        co_return;
+      }
+    }
+    const bool client_keep = head.keep_alive;
+    const bool is_head = head.method == "HEAD";
+    const bool body_ok = co_await relayBody(sock, buf, head.head_size, up, head.framing, head.content_length, up_bytes);
+    if (!body_ok) co_return;
+    // Response.
+    std::string ubuf;
+    http::ResponseHead rh;
+    http::ParseError rerr;
+    asio::steady_timer resp_timer(w.ioc());
+    resp_timer.expires_after(cfg.timeouts.idle);
+    resp_timer.async_wait([&up](boost::system::error_code ec) {
+      boost::system::error_code ig;
+      if (!ec) up.close(ig);
+    });
+    http::ParseStatus rst;
+    for (;;) {
+      rst = co_await readHead(up, ubuf, [&] { return http::parseResponse(ubuf, limits, is_head, rh, rerr); });
+      if (rst == http::ParseStatus::kComplete && rh.status >= 100 && rh.status < 200) {
+        ubuf.erase(0, rh.head_size);  // interim responses are not relayed
+        continue;
+      }
+      break;
+    }
+    resp_timer.cancel();
+    if (rst != http::ParseStatus::kComplete) {
+      le.decision = "error";
+      le.reason = "bad_upstream_response";
+      co_await reply(502, "Bad Gateway", "the destination sent no valid response");
+      co_return;
+    }
+    const bool keep = client_keep && rh.framing != http::BodyFraming::kUntilClose;
+    std::string rout = fmt::format("HTTP/1.1 {} {}\r\n", rh.status, rh.reason);
+    for (const auto& h : rh.headers) {
+      if (isHopByHop(h.name) && !http::equalsIgnoreCase(h.name, "host")) continue;
+      rout.append(h.name).append(": ").append(h.value).append("\r\n");
+    }
+    rout += keep ? "\r\n" : "Connection: close\r\n\r\n";
+    {
+      auto [ec, n] = co_await asio::async_write(sock, asio::buffer(rout), kNoThrow);
+      if (ec) co_return;
+    }
+    const bool resp_ok = co_await relayBody(up, ubuf, rh.head_size, sock, rh.framing, rh.content_length, down_bytes);
+    le.bytes_up = up_bytes;
+    le.bytes_down = down_bytes;
+    w.addBytes(*service, up_bytes, down_bytes);
+    finish(rh.status);
+    if (!resp_ok || !keep) {
+      boost::system::error_code ig;
+      sock.shutdown(tcp::socket::shutdown_send, ig);
+      co_return;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- SOCKS5 session
+
+template <typename Parse>
+asio::awaitable<socks5::Parse> readSocks(tcp::socket& s, std::string& buf, Parse parse) {
+  char tmp[1024];
+  for (;;) {
+    socks5::Parse p = parse();
+    if (p != socks5::Parse::kIncomplete) co_return p;
+    if (buf.size() > 2048) co_return socks5::Parse::kError;
+    auto [ec, n] = co_await s.async_read_some(asio::buffer(tmp), kNoThrow);
+    if (ec) co_return socks5::Parse::kIncomplete;
+    buf.append(tmp, n);
+  }
+}
+
+asio::awaitable<void> udpAssociate(Worker& w, tcp::socket& control, std::string service, LogEntry& le,
+                                   const socks5::Address& declared);
+
+asio::awaitable<void> socksSession(Worker& w, tcp::socket sock) {
+  Worker::SessionGuard guard(w);
+  const auto rt = w.runtime();
+  const std::string client = endpointText(sock);
+  const auto started = Clock::now();
+  LogEntry le;
+  le.kind = "socks5";
+  le.client = client;
+  auto finish = [&] {
+    le.duration_ms = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
+    w.log(le);
+  };
+  asio::steady_timer timer(w.ioc());
+  timer.expires_after(rt->config->timeouts.header_read);
+  timer.async_wait([&sock](boost::system::error_code ec) {
+    boost::system::error_code ig;
+    if (!ec) sock.close(ig);
+  });
+  std::string buf;
+  size_t used = 0;
+  socks5::Greeting g;
+  const socks5::Parse gp = co_await readSocks(sock, buf, [&] { return socks5::parseGreeting(buf, g, used); });
+  if (gp != socks5::Parse::kOk) co_return;
+  buf.erase(0, used);
+  if (std::find(g.methods.begin(), g.methods.end(), socks5::kMethodUserPass) == g.methods.end()) {
+    // Identity is required: a client that offers no username/password gets "no acceptable methods".
+    const std::string no{static_cast<char>(socks5::kVersion), static_cast<char>(socks5::kMethodNone)};
+    co_await asio::async_write(sock, asio::buffer(no), kNoThrow);
+    le.decision = "deny";
+    le.reason = "no_credentials";
+    w.count("", "", "deny", "no_credentials");
+    finish();
+    co_return;
+  }
+  {
+    const std::string sel{static_cast<char>(socks5::kVersion), static_cast<char>(socks5::kMethodUserPass)};
+    auto [ec, n] = co_await asio::async_write(sock, asio::buffer(sel), kNoThrow);
+    if (ec) co_return;
+  }
+  socks5::UserPass up;
+  const socks5::Parse upp = co_await readSocks(sock, buf, [&] { return socks5::parseUserPass(buf, up, used); });
+  if (upp != socks5::Parse::kOk) co_return;
+  buf.erase(0, used);
+  auto service = rt->identity->fromPassword(up.user, up.password, unixNow());
+  if (!service) {
+    const std::string fail{1, 1};
+    co_await asio::async_write(sock, asio::buffer(fail), kNoThrow);
+    le.decision = "deny";
+    le.reason = "bad_credentials";
+    w.count("", "", "deny", "bad_credentials");
+    spdlog::info("egress: SOCKS5 authentication failed from {}: {}", client, service.error().message);
+    finish();
+    co_return;
+  }
+  {
+    const std::string ok{1, 0};
+    auto [ec, n] = co_await asio::async_write(sock, asio::buffer(ok), kNoThrow);
+    if (ec) co_return;
+  }
+  le.service = *service;
+  socks5::Request req;
+  socks5::Reply bad = socks5::Reply::kGeneralFailure;
+  const socks5::Parse rp = co_await readSocks(sock, buf, [&] { return socks5::parseRequest(buf, req, used, &bad); });
+  if (rp == socks5::Parse::kIncomplete) co_return;
+  const IpAddr zero;
+  if (rp == socks5::Parse::kError) {
+    std::string r = socks5::buildReply(bad, zero, 0);
+    co_await asio::async_write(sock, asio::buffer(r), kNoThrow);
+    co_return;
+  }
+  buf.erase(0, used);
+  timer.cancel();
+  le.host = req.dest.host;
+  le.port = req.dest.port;
+  if (req.command == static_cast<uint8_t>(socks5::Command::kUdpAssociate)) {
+    le.kind = "socks5-udp";
+    le.protocol = "udp";
+    co_await udpAssociate(w, sock, *service, le, req.dest);
+    finish();
+    co_return;
+  }
+  if (req.command != static_cast<uint8_t>(socks5::Command::kConnect)) {
+    std::string r = socks5::buildReply(socks5::Reply::kCommandNotSupported, zero, 0);
+    co_await asio::async_write(sock, asio::buffer(r), kNoThrow);
+    co_return;
+  }
+  Dial d = co_await dial(w, rt, *service, kConnectProtocols, req.dest.host, req.dest.port);
+  const std::string addr_text = d.rule ? formatIp(d.addr) : std::string();
+  le.address = addr_text;
+  le.rule = d.rule ? std::string_view(d.rule->name) : std::string_view();
+  le.decision = d.decision;
+  le.reason = d.reason_code;
+  w.count(*service, le.rule, d.decision, d.reason_code);
+  if (!d.sock) {
+    spdlog::info("egress: SOCKS5 refused for service \"{}\" to {}:{}: {}", *service, req.dest.host, req.dest.port,
+                 d.reason);
+    std::string r = socks5::buildReply(d.socks, zero, 0);
+    co_await asio::async_write(sock, asio::buffer(r), kNoThrow);
+    finish();
+    co_return;
+  }
+  tcp::socket upstream = std::move(*d.sock);
+  boost::system::error_code ec;
+  auto local = upstream.local_endpoint(ec);
+  std::string r = socks5::buildReply(socks5::Reply::kSucceeded, fromAddress(local.address()), local.port());
+  auto [wec, n] = co_await asio::async_write(sock, asio::buffer(r), kNoThrow);
+  if (wec) co_return;
+  const bool need_tls = !(d.rule->protocols & static_cast<uint8_t>(Protocol::kTcp));
+  le.protocol = need_tls ? "https" : "tcp";
+  Tunnel t;
+  t.service = *service;
+  t.host = req.dest.host;
+  t.port = req.dest.port;
+  t.rule = d.rule->name;
+  t.protocol = need_tls ? Protocol::kHttps : Protocol::kTcp;
+  t.addr = d.addr;
+  TunnelResult tr = co_await runTunnel(w, sock, upstream, buf, t, need_tls, d.rule->sni_check);
+  le.bytes_up = tr.up;
+  le.bytes_down = tr.down;
+  if (!tr.reason.empty()) {
+    le.reason = tr.reason;
+    if (tr.reason != "client_closed") {
+      le.decision = "deny";
+      w.count(*service, le.rule, "deny", tr.reason);
+    }
+  }
+  w.addBytes(*service, tr.up, tr.down);
+  finish();
+}
+
+// UDP ASSOCIATE: one relay socket per association, bound next to the control connection's local
+// address. Datagrams are accepted only from the client's address (and port, once known); each
+// destination is authorised like a CONNECT (protocol udp); replies are relayed back only from
+// destinations this association sent to. The relay closes with the TCP control connection.
+asio::awaitable<void> udpAssociate(Worker& w, tcp::socket& control, std::string service, LogEntry& le,
+                                   const socks5::Address& declared) {
+  const auto rt = w.runtime();
+  boost::system::error_code ec;
+  const auto local = control.local_endpoint(ec);
+  const auto peer = control.remote_endpoint(ec);
+  if (ec) co_return;
+  udp::socket relay(w.ioc());
+  relay.open(local.address().is_v4() ? udp::v4() : udp::v6(), ec);
+  if (!ec) relay.bind(udp::endpoint(local.address(), 0), ec);
+  const IpAddr zero;
+  if (ec) {
+    std::string r = socks5::buildReply(socks5::Reply::kGeneralFailure, zero, 0);
+    co_await asio::async_write(control, asio::buffer(r), kNoThrow);
+    co_return;
+  }
+  const auto bound = relay.local_endpoint(ec);
+  std::string r = socks5::buildReply(socks5::Reply::kSucceeded, fromAddress(bound.address()), bound.port());
+  auto [wec, wn] = co_await asio::async_write(control, asio::buffer(r), kNoThrow);
+  if (wec) co_return;
+  le.decision = "allow";
+  le.reason = "associated";
+
+  std::optional<udp::endpoint> client_ep;
+  if (declared.port != 0 && !declared.is_name) {
+    auto a = parseIp(declared.host);
+    if (a && !(a->unmapped() == zero)) client_ep = udp::endpoint(toEndpoint(*a, declared.port).address(), declared.port);
+  }
+  const IpAddr client_ip = fromAddress(peer.address());
+  std::set<udp::endpoint> sent_to;
+  uint64_t up = 0, down = 0;
+  Tunnel t;
+  t.service = service;
+  t.host = declared.host;
+  t.protocol = Protocol::kUdp;
+  t.close = [&] {
+    boost::system::error_code ig;
+    relay.close(ig);
+    control.close(ig);
+  };
+  auto reg = w.registerTunnel(&t);
+
+  auto relayLoop = [&]() -> asio::awaitable<void> {
+    std::vector<char> buf(65536);
+    for (;;) {
+      udp::endpoint from;
+      auto [rec, n] = co_await relay.async_receive_from(asio::buffer(buf), from, kNoThrow);
+      if (rec) co_return;
+      const IpAddr from_ip = fromAddress(from.address());
+      const bool from_client = from_ip == client_ip && (!client_ep || client_ep->port() == from.port());
+      if (from_client) {
+        if (!client_ep) client_ep = from;
+        socks5::Address dst;
+        size_t off = 0;
+        if (socks5::parseUdpHeader(std::string_view(buf.data(), n), dst, off) != socks5::Parse::kOk) continue;
+        const auto cur = w.runtime();
+        NameDecision nd = cur->policy->decideName(service, Protocol::kUdp, dst.host, dst.port);
+        if (nd.rules.empty()) {
+          w.count(service, "", "deny", "no_rule");
+          spdlog::info("egress: SOCKS5 UDP datagram refused: {}", nd.reason);
+          continue;
+        }
+        auto addrs = co_await w.resolver().resolve(dst.host, cur->config->dns);
+        if (!addrs) {
+          w.count(service, nd.rules.front()->name, "error", "dns_failure");
+          continue;
+        }
+        std::optional<IpAddr> target;
+        const Rule* rule = nullptr;
+        for (const auto& a : *addrs) {
+          AddressDecision ad = cur->policy->checkAddress(nd, dst.host, a);
+          if (ad.rule) {
+            target = a;
+            rule = ad.rule;
+            break;
+          }
+        }
+        if (!target) {
+          w.count(service, "", "deny", "forbidden_address");
+          continue;
+        }
+        w.count(service, rule->name, "allow", "allowed");
+        udp::endpoint to(toEndpoint(*target, dst.port).address(), dst.port);
+        sent_to.insert(to);
+        auto [sec, sn] = co_await relay.async_send_to(asio::buffer(buf.data() + off, n - off), to, kNoThrow);
+        if (!sec) up += sn;
+      } else if (client_ep && sent_to.count(from)) {
+        std::string out = socks5::buildUdpHeader(from_ip, from.port());
+        out.append(buf.data(), n);
+        auto [sec, sn] = co_await relay.async_send_to(asio::buffer(out), *client_ep, kNoThrow);
+        if (!sec) down += n;
+      }
+    }
+  };
+  auto controlWatch = [&]() -> asio::awaitable<void> {
+    char tmp[512];
+    for (;;) {
+      auto [rec, n] = co_await control.async_read_some(asio::buffer(tmp), kNoThrow);
+      if (rec) co_return;  // the association ends with its control connection
+    }
+  };
+  co_await (relayLoop() || controlWatch());
+  w.unregisterTunnel(reg);
+  le.bytes_up = up;
+  le.bytes_down = down;
+  if (t.revoked) le.reason = "revoked";
+  w.addBytes(service, up, down);
+}
+
+// ---------------------------------------------------------------- worker methods
+
+void Worker::addListener(int fd, const ListenerConfig& l) {
+  auto a = std::make_unique<tcp::acceptor>(ioc_);
+  boost::system::error_code ec;
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  a->assign(ss.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(), fd, ec);
+  if (ec) {
+    spdlog::error("egress worker {}: cannot adopt listener \"{}\": {}", index_, l.name, ec.message());
+    ::close(fd);
+    return;
+  }
+  tcp::acceptor* raw = a.get();
+  acceptors_.push_back(std::move(a));
+  asio::co_spawn(ioc_, acceptLoop(raw, l), asio::detached);
+}
+
+asio::awaitable<void> Worker::acceptLoop(tcp::acceptor* acceptor, ListenerConfig l) {
+  for (;;) {
+    auto [ec, sock] = co_await acceptor->async_accept(kNoThrow);
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
+      // EMFILE and friends: back off briefly rather than spin.
+      asio::steady_timer t(ioc_);
+      t.expires_after(std::chrono::milliseconds(50));
+      co_await t.async_wait(kNoThrow);
+      continue;
+    }
+    if (draining_.load(std::memory_order_relaxed)) continue;
+    ++stats_.connections;
+    boost::system::error_code ig;
+    sock.set_option(tcp::no_delay(true), ig);
+    if (l.kind == ListenerConfig::Kind::kSocks5)
+      asio::co_spawn(ioc_, socksSession(*this, std::move(sock)), asio::detached);
+    else
+      asio::co_spawn(ioc_, httpSession(*this, std::move(sock)), asio::detached);
+  }
+}
+
+void Worker::applyRuntime(std::shared_ptr<const Runtime> rt) {
+  const bool initial = rt_ == nullptr;
+  rt_ = std::move(rt);
+  resolver_.clear();
+  if (!initial) revoke();
+}
+
+// Re-checks every open tunnel against the new runtime; closes (after the grace period) those it
+// no longer allows: a removed service, rule, destination or port, or an address that became
+// forbidden.
+void Worker::revoke() {
+  const auto& rt = *rt_;
+  std::vector<Tunnel*> victims;
+  for (Tunnel* t : tunnels_) {
+    bool known = false;
+    for (const auto& s : rt.config->services)
+      if (s.name == t->service) known = true;
+    bool allowed = known;
+    if (allowed && t->protocol != Protocol::kUdp) {
+      NameDecision nd = rt.policy->decideName(t->service, t->protocol, t->host, t->port);
+      if (nd.rules.empty() && t->protocol == Protocol::kHttps)
+        nd = rt.policy->decideName(t->service, Protocol::kTcp, t->host, t->port);
+      allowed = !nd.rules.empty() && (!t->addr || rt.policy->checkAddress(nd, t->host, *t->addr).rule);
+    }
+    if (!allowed) victims.push_back(t);
+  }
+  for (Tunnel* t : victims) {
+    spdlog::info("egress: config change revokes the {} tunnel of service \"{}\" to {}:{}",
+                 protocolName(t->protocol), t->service, t->host, t->port);
+    t->revoked = true;
+    ++stats_.tunnels_revoked;
+    count(t->service, t->rule, "deny", "revoked");
+    if (rt.config->timeouts.revoke_grace.count() == 0) {
+      t->close();
+    } else {
+      auto timer = std::make_shared<asio::steady_timer>(ioc_, rt.config->timeouts.revoke_grace);
+      // The tunnel may end on its own before the grace period does: look it up again then.
+      timer->async_wait([this, t, timer](boost::system::error_code ec) {
+        if (ec) return;
+        if (std::find(tunnels_.begin(), tunnels_.end(), t) != tunnels_.end()) t->close();
+      });
+    }
+  }
+}
+
+// ---------------------------------------------------------------- process
+
+Result<int> listenSocket(const std::string& address, uint16_t port) {
+  auto ip = parseIp(address);
+  if (!ip) return Error{"not an IP address"};
+  sockaddr_storage ss{};
+  socklen_t len;
+  if (ip->v6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons(port);
+    std::memcpy(&a->sin6_addr, ip->bytes.data(), 16);
+    len = sizeof *a;
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    a->sin_family = AF_INET;
+    a->sin_port = htons(port);
+    std::memcpy(&a->sin_addr, ip->bytes.data(), 4);
+    len = sizeof *a;
+  }
+  int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Error{std::strerror(errno)};
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  if (ss.ss_family == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(fd, 4096) != 0) {
+    std::string err = std::strerror(errno);
+    ::close(fd);
+    return Error{err};
+  }
+  return fd;
+}
+
+uint16_t boundPort(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+  return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+}
+
+std::string hostPort(const std::string& address, uint16_t port) {
+  return address.find(':') != std::string::npos ? fmt::format("[{}]:{}", address, port)
+                                                : fmt::format("{}:{}", address, port);
+}
+
+class Egress {
+ public:
+  explicit Egress(Options o) : options_(std::move(o)) {}
+
+  int run();
+
+ private:
+  Result<std::shared_ptr<const Runtime>> build(std::shared_ptr<const Config> c);
+  void publish(std::shared_ptr<const Runtime> rt);
+  void reload(const char* why);
+  void startFileWatch();
+  void beginDrain();
+  void startAdmin(const AdminConfig& a);
+  asio::awaitable<void> adminLoop(tcp::acceptor& acceptor);
+  std::string metricsText();
+
+  Options options_;
+  asio::io_context control_;
+  asio::io_context admin_ioc_;
+  std::thread admin_thread_;
+  std::unique_ptr<tcp::acceptor> admin_acceptor_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::shared_ptr<const Runtime> current_;
+  std::atomic<std::shared_ptr<const Runtime>> current_atomic_;
+  uint64_t generation_ = 0;
+  std::atomic<bool> draining_{false};
+  std::atomic<bool> ready_{false};
+  std::atomic<uint64_t> reloads_ok_{0}, reloads_failed_{0};
+};
+
+Result<std::shared_ptr<const Runtime>> Egress::build(std::shared_ptr<const Config> c) {
+  auto rt = std::make_shared<Runtime>();
+  auto id = Identifier::create(*c);
+  if (!id) return id.error();
+  rt->identity = *id;
+  rt->policy = std::make_shared<Policy>(c->rules, c->forbidden_networks);
+  if (c->access_log) {
+    if (current_ && current_->access_log && current_->access_log->path() == c->access_log_path) {
+      rt->access_log = current_->access_log;
+    } else {
+      try {
+        rt->access_log = std::make_shared<AccessLog>(c->access_log_path);
+      } catch (const std::exception& e) {
+        return Error{e.what()};
+      }
+    }
+  }
+  rt->config = std::move(c);
+  rt->generation = ++generation_;
+  return std::shared_ptr<const Runtime>(std::move(rt));
+}
+
+void Egress::publish(std::shared_ptr<const Runtime> rt) {
+  for (auto& w : workers_) {
+    Worker* wp = w.get();
+    wp->post([wp, rt] { wp->applyRuntime(rt); });
+  }
+  current_ = rt;
+  current_atomic_.store(rt);
+}
+
+void Egress::reload(const char* why) {
+  if (draining_) return;
+  LoadResult r = loadFile(options_.config_path);
+  if (!r.config) {
+    ++reloads_failed_;
+    spdlog::error("egress config reload failed ({}): {} error(s) in {}; still serving hash {}", why, r.errors.size(),
+                  options_.config_path, current_->config->hash.substr(0, 12));
+    for (const auto& d : r.errors) spdlog::error("config reload failed: {}", d.toString());
+    return;
+  }
+  if (r.config->hash == current_->config->hash) return;
+  const auto& old = *current_->config;
+  bool same_listeners = old.listeners.size() == r.config->listeners.size();
+  for (size_t i = 0; same_listeners && i < old.listeners.size(); ++i) {
+    const auto &a = old.listeners[i], &b = r.config->listeners[i];
+    same_listeners = a.name == b.name && a.address == b.address && a.port == b.port && a.kind == b.kind;
+  }
+  if (!same_listeners) spdlog::warn("egress config reload: listener changes take effect only after a restart");
+  auto rt = build(r.config);
+  if (!rt) {
+    ++reloads_failed_;
+    spdlog::error("egress config reload failed ({}): {}", why, rt.error().message);
+    return;
+  }
+  publish(*rt);
+  ++reloads_ok_;
+  spdlog::info("egress config reloaded ({}): hash={}", why, r.config->hash.substr(0, 12));
+}
+
+void Egress::startFileWatch() {
+  namespace fs = std::filesystem;
+  fs::path p = fs::absolute(options_.config_path);
+  int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  if (fd < 0) return;
+  if (inotify_add_watch(fd, p.parent_path().c_str(), IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY) < 0) {
+    ::close(fd);
+    spdlog::warn("file watch unavailable; reload with SIGHUP");
+    return;
+  }
+  asio::co_spawn(
+      control_,
+      [](Egress* self, int ifd, std::string name) -> asio::awaitable<void> {
+        asio::posix::stream_descriptor sd(self->control_, ifd);
+        asio::steady_timer debounce(self->control_);
+        alignas(inotify_event) char buf[4096];
+        for (;;) {
+          auto [ec, n] = co_await sd.async_read_some(asio::buffer(buf), kNoThrow);
+          if (ec) co_return;
+          bool relevant = false;
+          for (size_t off = 0; off < n;) {
+            auto* ev = reinterpret_cast<inotify_event*>(buf + off);
+            std::string_view evname = ev->len ? std::string_view(ev->name) : std::string_view();
+            if (evname == name || evname.substr(0, 2) == "..") relevant = true;
+            off += sizeof(inotify_event) + ev->len;
+          }
+          if (!relevant) continue;
+          debounce.expires_after(std::chrono::milliseconds(150));
+          auto [tec] = co_await debounce.async_wait(kNoThrow);
+          if (tec || self->draining_) co_return;
+          self->reload("file changed");
+        }
+      }(this, fd, p.filename().string()),
+      asio::detached);
+}
+
+void Egress::beginDrain() {
+  if (draining_.exchange(true)) return;
+  for (auto& w : workers_) {
+    Worker* wp = w.get();
+    wp->post([wp] { wp->stopAccepting(); });
+  }
+  const auto drain_deadline = Clock::now() + current_->config->timeouts.drain;
+  asio::co_spawn(
+      control_,
+      [](Egress* self, Clock::time_point deadline) -> asio::awaitable<void> {
+        asio::steady_timer t(self->control_);
+        for (;;) {
+          size_t open = 0;
+          for (auto& w : self->workers_) open += w->sessionsApprox();
+          if (open == 0 || Clock::now() >= deadline) break;
+          t.expires_after(std::chrono::milliseconds(25));
+          co_await t.async_wait(kNoThrow);
+        }
+        for (auto& w : self->workers_) w->stop();
+        self->admin_ioc_.stop();
+        self->control_.stop();
+      }(this, drain_deadline),
+      asio::detached);
+}
+
+std::string Egress::metricsText() {
+  Stats total;
+  std::vector<std::shared_ptr<std::promise<Stats>>> promises;
+  for (auto& w : workers_) {
+    auto p = std::make_shared<std::promise<Stats>>();
+    promises.push_back(p);
+    Worker* wp = w.get();
+    wp->post([wp, p] {
+      Stats s;
+      wp->collect(&s);
+      p->set_value(std::move(s));
+    });
+  }
+  for (auto& p : promises) {
+    auto f = p->get_future();
+    if (f.wait_for(std::chrono::seconds(2)) == std::future_status::ready) total.merge(f.get());
+  }
+  std::string out;
+  out += "# HELP marchproxy_egress_decisions_total Authorisation decisions by service, mapping, decision and reason.\n";
+  out += "# TYPE marchproxy_egress_decisions_total counter\n";
+  for (const auto& [k, v] : total.decisions) {
+    const auto& [service, rule, decision, reason] = k;
+    fmt::format_to(std::back_inserter(out),
+                   "marchproxy_egress_decisions_total{{service=\"{}\",mapping=\"{}\",decision=\"{}\",reason=\"{}\"}} {}\n",
+                   labelValue(service), labelValue(rule), decision, reason, v);
+  }
+  out += "# HELP marchproxy_egress_bytes_total Bytes relayed by service and direction (up = to the destination).\n";
+  out += "# TYPE marchproxy_egress_bytes_total counter\n";
+  for (const auto& [service, b] : total.bytes) {
+    fmt::format_to(std::back_inserter(out), "marchproxy_egress_bytes_total{{service=\"{}\",direction=\"up\"}} {}\n",
+                   labelValue(service), b[0]);
+    fmt::format_to(std::back_inserter(out), "marchproxy_egress_bytes_total{{service=\"{}\",direction=\"down\"}} {}\n",
+                   labelValue(service), b[1]);
+  }
+  fmt::format_to(std::back_inserter(out),
+                 "# HELP marchproxy_egress_tunnels_open Open CONNECT/SOCKS5 tunnels and UDP associations.\n"
+                 "# TYPE marchproxy_egress_tunnels_open gauge\nmarchproxy_egress_tunnels_open {}\n"
+                 "# HELP marchproxy_egress_tunnels_revoked_total Tunnels closed because a config change revoked them.\n"
+                 "# TYPE marchproxy_egress_tunnels_revoked_total counter\nmarchproxy_egress_tunnels_revoked_total {}\n"
+                 "# HELP marchproxy_egress_connections_total Accepted client connections.\n"
+                 "# TYPE marchproxy_egress_connections_total counter\nmarchproxy_egress_connections_total {}\n"
+                 "# HELP marchproxy_egress_config_reloads_total Config reloads by result.\n"
+                 "# TYPE marchproxy_egress_config_reloads_total counter\n"
+                 "marchproxy_egress_config_reloads_total{{result=\"ok\"}} {}\n"
+                 "marchproxy_egress_config_reloads_total{{result=\"failed\"}} {}\n",
+                 total.tunnels_open, total.tunnels_revoked, total.connections, reloads_ok_.load(),
+                 reloads_failed_.load());
+  return out;
+}
+
+asio::awaitable<void> Egress::adminLoop(tcp::acceptor& acceptor) {
+  for (;;) {
+    auto [ec, sock] = co_await acceptor.async_accept(kNoThrow);
+    if (ec) co_return;
+    std::string buf;
+    char tmp[2048];
+    http::RequestHead head;
+    http::ParseError perr;
+    http::ParseStatus st = http::ParseStatus::kIncomplete;
+    while (st == http::ParseStatus::kIncomplete && buf.size() < 16384) {
+      auto [rec, n] = co_await sock.async_read_some(asio::buffer(tmp), kNoThrow);
+      if (rec) break;
+      buf.append(tmp, n);
+      st = http::parseRequest(buf, {}, head, perr);
+    }
+    if (st != http::ParseStatus::kComplete) continue;
+    int status = 200;
+    std::string body, type = "text/plain";
+    if (head.path == "/ready") {
+      const bool r = ready_ && !draining_;
+      status = r ? 200 : 503;
+      body = r ? "ready\n" : "not ready\n";
+    } else if (head.path == "/live") {
+      body = "live\n";
+    } else if (head.path == "/metrics") {
+      body = metricsText();
+      type = "text/plain; version=0.0.4";
+    } else if (head.path == "/config") {
+      auto rt = current_atomic_.load();
+      body = fmt::format("{{\"kind\":\"egress\",\"hash\":\"{}\",\"generation\":{},\"reloads_ok\":{},\"reloads_failed\":{}}}\n",
+                         rt ? rt->config->hash : "", rt ? rt->generation : 0, reloads_ok_.load(), reloads_failed_.load());
+      type = "application/json";
+    } else {
+      status = 404;
+      body = "not found\n";
+    }
+    std::string resp = fmt::format("HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                                   status, status == 200 ? "OK" : status == 503 ? "Service Unavailable" : "Not Found",
+                                   type, body.size(), body);
+    co_await asio::async_write(sock, asio::buffer(resp), kNoThrow);
+  }
+}
+
+void Egress::startAdmin(const AdminConfig& a) {
+  if (!a.enabled) return;
+  auto fd = listenSocket(a.address, a.port);
+  if (!fd) throw std::runtime_error(fmt::format("admin: cannot listen on {}: {}", hostPort(a.address, a.port), fd.error().message));
+  spdlog::info("listening: listener=admin address={}", hostPort(a.address, boundPort(*fd)));
+  admin_acceptor_ = std::make_unique<tcp::acceptor>(admin_ioc_, parseIp(a.address)->v6 ? tcp::v6() : tcp::v4(), *fd);
+  asio::co_spawn(admin_ioc_, adminLoop(*admin_acceptor_), asio::detached);
+  admin_thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "egress-admin");
+    auto guard = asio::make_work_guard(admin_ioc_);
+    admin_ioc_.run();
+  });
+}
+
+int Egress::run() {
+  asio::signal_set signals(control_, SIGHUP, SIGTERM, SIGINT);
+  LoadResult r = loadFile(options_.config_path);
+  if (!r.config) {
+    spdlog::error("cannot start: {} error(s) in {}", r.errors.size(), options_.config_path);
+    for (const auto& d : r.errors) spdlog::error("config: {}", d.toString());
+    return 1;
+  }
+  auto rt = build(r.config);
+  if (!rt) {
+    spdlog::error("cannot start: {}", rt.error().message);
+    return 1;
+  }
+  unsigned n = r.config->workers ? r.config->workers : std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>(i, draining_));
+  publish(*rt);
+  for (const auto& l : r.config->listeners) {
+    uint16_t port = l.port;
+    for (auto& w : workers_) {
+      auto fd = listenSocket(l.address, port);
+      if (!fd) {
+        spdlog::error("cannot start: listener \"{}\": cannot listen on {}: {}", l.name, hostPort(l.address, port),
+                      fd.error().message);
+        for (auto& x : workers_) x->stop();
+        return 1;
+      }
+      if (port == 0) port = boundPort(*fd);
+      Worker* wp = w.get();
+      int f = *fd;
+      ListenerConfig lc = l;
+      wp->post([wp, f, lc] { wp->addListener(f, lc); });
+    }
+    spdlog::info("listening: listener={} address={} protocol={}", l.name, hostPort(l.address, port),
+                 l.kind == ListenerConfig::Kind::kSocks5 ? "socks5" : "http");
+  }
+  try {
+    startAdmin(r.config->admin);
+  } catch (const std::exception& e) {
+    spdlog::error("cannot start: {}", e.what());
+    for (auto& w : workers_) w->stop();
+    return 1;
+  }
+  for (auto& w : workers_) w->start();
+  ready_ = true;
+  spdlog::info("marchproxy egress ready: {} worker(s), config hash {}", n, r.config->hash.substr(0, 12));
+
+  std::function<void()> wait_signal;
+  wait_signal = [&] {
+    signals.async_wait([&](const boost::system::error_code& ec, int sig) {
+      if (ec) return;
+      if (sig == SIGHUP) {
+        reload("SIGHUP");
+      } else {
+        spdlog::info("received {}, shutting down gracefully", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        beginDrain();
+      }
+      wait_signal();
+    });
+  };
+  wait_signal();
+  if (options_.watch) startFileWatch();
+  auto guard = asio::make_work_guard(control_);
+  control_.run();
+  for (auto& w : workers_) w->join();
+  if (admin_thread_.joinable()) {
+    admin_ioc_.stop();
+    admin_thread_.join();
+  }
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace
+
+int run(const Options& options) {
+  std::signal(SIGPIPE, SIG_IGN);
+  Egress e(options);
+  return e.run();
+}
+
+}  // namespace marchproxy::egress

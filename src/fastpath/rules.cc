@@ -1,0 +1,164 @@
+#include "fastpath/rules.h"
+
+#include <netinet/in.h>
+
+#include <fstream>
+
+namespace marchproxy::fastpath {
+
+namespace {
+
+constexpr uint64_t kNsPerSecond = 1'000'000'000;
+
+void bucket(const config::RateLimit& r, uint64_t share, __u64& cost, __u64& cap) {
+  cost = cap = 0;
+  if (r.packets_per_second == 0) return;
+  // A packet costs 1e9/rate ns of credit (for the global bucket each CPU gets 1/share of the rate).
+  cost = std::max<uint64_t>(1, kNsPerSecond * share / r.packets_per_second);
+  uint64_t burst = r.burst ? r.burst : std::max<uint64_t>(1, r.packets_per_second / share);
+  cap = cost * burst;
+}
+
+uint16_t be16(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
+
+}  // namespace
+
+CompiledRules compile(const config::Snapshot& s, const CompileOptions& options) {
+  const config::FastPath& f = s.fast_path;
+  CompiledRules r;
+  bucket(f.per_source, 1, r.xdp.source_cost_ns, r.xdp.source_cap_ns);
+  bucket(f.syn, 1, r.xdp.syn_cost_ns, r.xdp.syn_cap_ns);
+  bucket(f.global, std::max(1u, options.cpus), r.xdp.global_cost_ns, r.xdp.global_cap_ns);
+  if (f.port_filter) r.xdp.flags |= MP_F_PORT_FILTER;
+  r.xdp.ephemeral_min = options.ephemeral_min;
+  if (!f.icmp_echo) r.tc.flags |= MP_F_ICMP_ECHO_DENY;
+
+  for (const auto& text : f.deny)
+    if (auto c = parseCidr(text)) r.cidrs.push_back({*c, MP_CIDR_DENY});
+  for (const auto& text : f.allow)
+    if (auto c = parseCidr(text)) r.cidrs.push_back({*c, MP_CIDR_ALLOW});
+
+  uint32_t served = MP_PORT_SERVED | (r.xdp.syn_cost_ns ? MP_PORT_SYN_GUARD : 0);
+  for (const auto& l : s.listeners)
+    if (l.port != 0) r.ports[{l.port, IPPROTO_TCP}] |= served;
+  if (s.admin.enabled && s.admin.port != 0) r.ports[{s.admin.port, IPPROTO_TCP}] |= MP_PORT_SERVED;
+  for (uint16_t p : f.extra_tcp_ports) r.ports[{p, IPPROTO_TCP}] |= MP_PORT_SERVED;
+  for (uint16_t p : f.extra_udp_ports) r.ports[{p, IPPROTO_UDP}] |= MP_PORT_SERVED;
+
+  for (const auto& d : f.dscp) {
+    uint32_t code = MP_DSCP_BE;
+    switch (d.dscp_class) {
+      case config::DscpClass::kP0: code = MP_DSCP_EF; break;
+      case config::DscpClass::kP1: code = MP_DSCP_AF41; break;
+      case config::DscpClass::kP2: code = MP_DSCP_AF21; break;
+      case config::DscpClass::kP3: code = MP_DSCP_BE; break;
+    }
+    r.dscp[{d.port, static_cast<uint8_t>(d.protocol == "udp" ? IPPROTO_UDP : IPPROTO_TCP)}] = code + 1;
+  }
+  return r;
+}
+
+uint32_t lookupSource(const CompiledRules& rules, const Cidr& host) {
+  int best = -1;
+  uint32_t action = 0;
+  for (const auto& c : rules.cidrs)
+    if (c.prefix.length > best && c.prefix.contains(host)) {
+      best = c.prefix.length;
+      action = c.action;
+    }
+  return action;
+}
+
+mp_xdp_reason referenceReason(const CompiledRules& rules, std::span<const uint8_t> pkt) {
+  const size_t n = pkt.size();
+  const uint8_t* d = pkt.data();
+  if (n < 14) return MP_XDP_DROP_MALFORMED;
+  uint16_t proto = be16(d + 12);
+  size_t off = 14;
+  for (int i = 0; i < 2; ++i) {
+    if (proto != 0x8100 && proto != 0x88a8) break;
+    if (off + 4 > n) return MP_XDP_DROP_MALFORMED;
+    proto = be16(d + off + 2);
+    off += 4;
+  }
+  Cidr src;
+  uint8_t l4proto = 0;
+  size_t l4 = 0;
+  bool fragment = false;
+  if (proto == 0x0800) {
+    if (off + 20 > n) return MP_XDP_DROP_MALFORMED;
+    const uint8_t* ip = d + off;
+    size_t ihl = (ip[0] & 0x0f) * 4u;
+    if ((ip[0] >> 4) != 4 || ihl < 20 || be16(ip + 2) < ihl) return MP_XDP_DROP_MALFORMED;
+    if (off + ihl > n) return MP_XDP_DROP_MALFORMED;
+    std::copy(ip + 12, ip + 16, src.addr.begin());
+    src.length = 32;
+    l4proto = ip[9];
+    l4 = off + ihl;
+    fragment = (be16(ip + 6) & 0x1fff) != 0;
+  } else if (proto == 0x86dd) {
+    if (off + 40 > n) return MP_XDP_DROP_MALFORMED;
+    const uint8_t* ip = d + off;
+    if ((ip[0] >> 4) != 6) return MP_XDP_DROP_MALFORMED;
+    src.v6 = true;
+    src.length = 128;
+    std::copy(ip + 8, ip + 24, src.addr.begin());
+    uint8_t next = ip[6];
+    size_t p = off + 40;
+    for (int i = 0; i < 6; ++i) {
+      if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS) {
+        if (p + 2 > n) return MP_XDP_DROP_MALFORMED;
+        size_t len = (d[p + 1] + 1u) * 8;
+        next = d[p];
+        p += len;
+      } else if (next == IPPROTO_FRAGMENT) {
+        if (p + 8 > n) return MP_XDP_DROP_MALFORMED;
+        next = d[p];
+        if ((be16(d + p + 2) & 0xfff8) != 0) fragment = true;
+        p += 8;
+      } else if (next == IPPROTO_AH) {
+        if (p + 2 > n) return MP_XDP_DROP_MALFORMED;
+        size_t len = (d[p + 1] + 2u) * 4;
+        next = d[p];
+        p += len;
+      } else {
+        break;
+      }
+    }
+    l4proto = next;
+    l4 = p;
+  } else {
+    return MP_XDP_PASS_NON_IP;
+  }
+  uint32_t action = lookupSource(rules, src);
+  if (action == MP_CIDR_DENY) return MP_XDP_DROP_DENY;
+  if (action == MP_CIDR_ALLOW) return MP_XDP_PASS_ALLOW;
+  if (fragment) return MP_XDP_PASS_FRAGMENT;
+  auto bits = [&](uint16_t port, uint8_t p) -> uint32_t {
+    auto it = rules.ports.find({port, p});
+    return it == rules.ports.end() ? 0 : it->second;
+  };
+  if (l4proto == IPPROTO_TCP) {
+    if (l4 + 20 > n || (d[l4 + 12] >> 4) < 5) return MP_XDP_DROP_MALFORMED;
+    uint8_t flags = d[l4 + 13];
+    bool syn = flags & 0x02, ack = flags & 0x10;
+    if (syn && !ack && (rules.xdp.flags & MP_F_PORT_FILTER) && !(bits(be16(d + l4 + 2), IPPROTO_TCP) & MP_PORT_SERVED))
+      return MP_XDP_DROP_PORT;
+  } else if (l4proto == IPPROTO_UDP) {
+    if (l4 + 8 > n) return MP_XDP_DROP_MALFORMED;
+    uint16_t port = be16(d + l4 + 2);
+    if ((rules.xdp.flags & MP_F_PORT_FILTER) && !(bits(port, IPPROTO_UDP) & MP_PORT_SERVED) &&
+        port < rules.xdp.ephemeral_min)
+      return MP_XDP_DROP_PORT;
+  }
+  return MP_XDP_PASS;
+}
+
+uint16_t ephemeralPortMin() {
+  std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
+  unsigned lo = 0;
+  if (in >> lo && lo > 0 && lo < 65536) return static_cast<uint16_t>(lo);
+  return 32768;
+}
+
+}  // namespace marchproxy::fastpath

@@ -1,0 +1,54 @@
+#pragma once
+// The rule compiler: a snapshot's fast_path section (plus the ports the proxy serves) turned into
+// the exact map entries the eBPF programs read (bpf/fastpath_maps.h), and a user-space reference
+// of the XDP program's stateless decisions, used by the userspace fallback and by the tests.
+#include <cstdint>
+#include <map>
+#include <span>
+#include <vector>
+
+#include "common/base/cidr.h"
+#include "config/model.h"
+#include "fastpath_maps.h"
+
+namespace marchproxy::fastpath {
+
+struct CidrRule {
+  Cidr prefix;
+  uint32_t action = 0;  // MP_CIDR_DENY | MP_CIDR_ALLOW
+};
+
+struct PortEntry {
+  uint16_t port = 0;
+  uint8_t proto = 0;  // IPPROTO_TCP | IPPROTO_UDP
+  friend auto operator<=>(const PortEntry&, const PortEntry&) = default;
+};
+
+struct CompiledRules {
+  mp_settings xdp{};  // per-generation settings for XDP
+  mp_settings tc{};   // per-generation settings for TC egress
+  std::vector<CidrRule> cidrs;
+  std::map<PortEntry, uint32_t> ports;  // -> MP_PORT_* bits
+  std::map<PortEntry, uint32_t> dscp;   // -> DSCP code point + 1
+};
+
+struct CompileOptions {
+  unsigned cpus = 1;               // the global bucket is split evenly between CPUs
+  uint16_t ephemeral_min = 32768;  // net.ipv4.ip_local_port_range's first port
+};
+
+// The snapshot must be valid (config::validate). Served TCP ports: every listener, the admin port,
+// and fast_path.extra_tcp_ports; UDP: fast_path.extra_udp_ports.
+CompiledRules compile(const config::Snapshot& s, const CompileOptions& options);
+
+// MP_CIDR_DENY / MP_CIDR_ALLOW / 0 for one source address (longest prefix wins), as the LPM tries do.
+uint32_t lookupSource(const CompiledRules& rules, const Cidr& host);
+
+// What the XDP program decides for a packet when no rate limit is reached (the buckets are
+// stateful; the reference leaves them out): one of enum mp_xdp_reason.
+mp_xdp_reason referenceReason(const CompiledRules& rules, std::span<const uint8_t> packet);
+
+// Reads the first port of /proc/sys/net/ipv4/ip_local_port_range (32768 when unreadable).
+uint16_t ephemeralPortMin();
+
+}  // namespace marchproxy::fastpath

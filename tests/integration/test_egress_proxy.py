@@ -1,0 +1,538 @@
+"""Egress forward proxy end to end: real curl and Python clients, real origins on loopback.
+
+Each test writes its own `kind: egress` config, starts `marchproxy egress`, and drives it with
+`curl -x` / `curl --socks5-hostname`, http.client CONNECT tunnels, a small SOCKS5 client and raw
+TLS ClientHellos. Names are resolved through the config's `dns.hosts` (no /etc/hosts, no root).
+"""
+
+import base64
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+import unittest
+
+from harness import (LOCALHOST, ProxyTestCase, RawServer, main, render, wait_until)
+
+TOKEN = "s3cret-token"
+JWT_SECRET = "an-hs256-secret-of-at-least-32-bytes!"
+CURL = shutil.which("curl")
+
+BASE = """
+schema: 1
+kind: egress
+workers: 1
+listeners:
+  - {name: http, address: 127.0.0.1, port: 0}
+  - {name: socks, address: 127.0.0.1, port: 0, protocol: socks5}
+admin: {address: 127.0.0.1, port: 0}
+access_log: {enabled: true, path: "${log}"}
+services:
+  - name: billing
+    tokens: ["sha256:${token_hash}"]
+  - name: reports
+    tokens: ["sha256:${token_hash}"]
+jwt:
+  issuer: manager
+  keys:
+    - {id: k1, alg: HS256, secret: "${jwt_secret}"}
+dns:
+  hosts:
+    origin.test: [127.0.0.1]
+    evil.test: [127.0.0.1]
+    tls.test: [127.0.0.1]
+mappings:
+${mappings}
+"""
+
+ORIGIN_RULE = """
+  - name: billing-origin
+    sources: [billing]
+    destinations: [origin.test, 127.0.0.1/32]
+    protocols: [http, https, tcp, udp]
+    ports: ["${port}"]
+"""
+
+EVIL_RULE = """
+  - name: billing-evil
+    sources: [billing]
+    destinations: [evil.test]
+    protocols: [http, https, tcp]
+    ports: ["1-65535"]
+"""
+
+
+def b64url(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def jwt(claims, secret=JWT_SECRET, alg="HS256", kid="k1"):
+    header = {"alg": alg, "typ": "JWT"}
+    if kid:
+        header["kid"] = kid
+    signing = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
+    if alg == "none":
+        return signing + "."
+    sig = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
+    return signing + "." + b64url(sig)
+
+
+def claims(service="billing", exp_in=600, **extra):
+    c = {"service_id": service, "iss": "manager", "exp": int(time.time()) + exp_in}
+    c.update(extra)
+    return c
+
+
+def basic(user="billing", password=TOKEN):
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def curl(*args, timeout=20):
+    """Runs curl; returns (exit code, http status or 0, body bytes)."""
+    p = subprocess.run([CURL, "-sS", "-o", "-", "-w", "\n%{http_code}", "--max-time", "10", *args],
+                       capture_output=True, timeout=timeout)
+    out = p.stdout
+    body, _, code = out.rpartition(b"\n")
+    return p.returncode, int(code or 0), body
+
+
+class EchoServer(RawServer):
+    """A TCP server that echoes every byte and records what it received first."""
+
+    def __init__(self):
+        self.first = []
+        super().__init__(handler=self._echo)
+
+    def _echo(self, c):
+        first = True
+        while True:
+            d = c.recv(65536)
+            if not d:
+                return
+            if first:
+                self.first.append(d)
+                first = False
+            c.sendall(d)
+
+
+def socks5_handshake(port, user, password, timeout=5.0):
+    s = socket.create_connection((LOCALHOST, port), timeout=timeout)
+    s.sendall(b"\x05\x01\x02")
+    assert s.recv(2) == b"\x05\x02"
+    u, p = user.encode(), password.encode()
+    s.sendall(b"\x01" + bytes([len(u)]) + u + bytes([len(p)]) + p)
+    return s, s.recv(2)
+
+
+def socks5_request(s, cmd, host, port):
+    """Sends a request (host as a name, or an IPv4 literal); returns (reply code, bound host, port)."""
+    try:
+        packed = socket.inet_aton(host)
+        addr = b"\x01" + packed
+    except OSError:
+        addr = b"\x03" + bytes([len(host)]) + host.encode()
+    s.sendall(b"\x05" + bytes([cmd]) + b"\x00" + addr + struct.pack(">H", port))
+    head = recv_exact(s, 4)
+    if head[3] == 1:
+        bnd = socket.inet_ntoa(recv_exact(s, 4))
+    elif head[3] == 4:
+        bnd = socket.inet_ntop(socket.AF_INET6, recv_exact(s, 16))
+    else:
+        bnd = recv_exact(s, recv_exact(s, 1)[0]).decode()
+    bport = struct.unpack(">H", recv_exact(s, 2))[0]
+    return head[1], bnd, bport
+
+
+def recv_exact(s, n):
+    out = b""
+    while len(out) < n:
+        d = s.recv(n - len(out))
+        if not d:
+            raise ConnectionError(f"closed after {len(out)} of {n} bytes")
+        out += d
+    return out
+
+
+def client_hello(server_name):
+    """The first flight of a real TLS client (Python's ssl), without any network."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def closed_by_peer(s, timeout=5.0):
+    s.settimeout(timeout)
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+class EgressTestCase(ProxyTestCase):
+    def config(self, mappings, **values):
+        self.log_path = os.path.join(self.tmpdir(), "access.log")
+        return render(BASE, log=self.log_path, token_hash=hashlib.sha256(TOKEN.encode()).hexdigest(),
+                      jwt_secret=JWT_SECRET, mappings=render(mappings, **values))
+
+    def start_egress(self, mappings, **values):
+        p = self.start_proxy(self.config(mappings, **values), command="egress",
+                             expect_listeners=("http", "socks"))
+        self.http_port = p.ports["http"]
+        self.socks_port = p.ports["socks"]
+        return p
+
+    def access_log(self):
+        with open(self.log_path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+
+@unittest.skipUnless(CURL, "curl not installed")
+class HttpForwardTest(EgressTestCase):
+    def setUp(self):
+        self.origin = self.start_origin("o1")
+        self.p = self.start_egress(ORIGIN_RULE + EVIL_RULE, port=self.origin.port)
+        self.proxy = f"http://127.0.0.1:{self.http_port}"
+
+    def test_forwards_with_basic_credentials_and_strips_them(self):
+        rc, code, body = curl("-x", self.proxy, "-U", f"billing:{TOKEN}",
+                              f"http://origin.test:{self.origin.port}/echo?x=1")
+        self.assertEqual((rc, code), (0, 200), body)
+        echo = json.loads(body)
+        self.assertEqual(echo["path"], "/echo")
+        names = [h[0].lower() for h in echo["headers"]]
+        self.assertNotIn("proxy-authorization", names)  # the caller's credentials stay with the proxy
+        self.assertIn(["Host", f"origin.test:{self.origin.port}"], echo["headers"])
+
+    def test_keep_alive_and_a_body(self):
+        conn = http.client.HTTPConnection(LOCALHOST, self.http_port, timeout=10)
+        for i in range(3):
+            body = b"x" * (1000 * (i + 1))
+            conn.request("POST", f"http://origin.test:{self.origin.port}/sink", body=body,
+                         headers={"Proxy-Authorization": basic()})
+            r = conn.getresponse()
+            self.assertEqual(r.status, 200)
+            self.assertEqual(json.loads(r.read())["length"], len(body))
+        conn.close()
+
+    def test_no_or_wrong_credentials_get_407(self):
+        rc, code, body = curl("-x", self.proxy, f"http://origin.test:{self.origin.port}/id")
+        self.assertEqual(code, 407)
+        rc, code, body = curl("-x", self.proxy, "-U", "billing:wrong", f"http://origin.test:{self.origin.port}/id")
+        self.assertEqual(code, 407)
+        rc, code, body = curl("-x", self.proxy, "-U", f"nobody:{TOKEN}", f"http://origin.test:{self.origin.port}/id")
+        self.assertEqual(code, 407)
+        conn = http.client.HTTPConnection(LOCALHOST, self.http_port, timeout=10)
+        conn.request("GET", f"http://origin.test:{self.origin.port}/id")
+        r = conn.getresponse()
+        self.assertEqual(r.status, 407)
+        self.assertIn("Basic", r.getheader("Proxy-Authenticate"))
+        self.assertEqual(self.origin.count, 0)  # nothing reached the origin
+
+    def test_unmapped_destination_and_wrong_port_get_403_with_the_reason(self):
+        rc, code, body = curl("-x", self.proxy, "-U", f"billing:{TOKEN}", "http://other.test:80/")
+        self.assertEqual(code, 403)
+        self.assertIn(b'no rule allows other.test:80 (http) for service "billing"', body)
+        rc, code, body = curl("-x", self.proxy, "-U", f"billing:{TOKEN}",
+                              f"http://origin.test:{self.origin.port + 1}/")
+        self.assertEqual(code, 403)
+        # Another service with valid credentials but no mapping.
+        rc, code, body = curl("-x", self.proxy, "-U", f"reports:{TOKEN}",
+                              f"http://origin.test:{self.origin.port}/id")
+        self.assertEqual(code, 403)
+        self.assertIn(b'for service "reports"', body)
+        self.assertEqual(self.origin.count, 0)
+
+    def test_a_permitted_name_resolving_into_a_forbidden_network_is_refused(self):
+        # evil.test is allowed by name, but resolves to 127.0.0.1, which no rule of it names.
+        rc, code, body = curl("-x", self.proxy, "-U", f"billing:{TOKEN}",
+                              f"http://evil.test:{self.origin.port}/id")
+        self.assertEqual(code, 403)
+        self.assertIn(b"evil.test resolves to 127.0.0.1, a forbidden network", body)
+        self.assertEqual(self.origin.count, 0)
+
+    def test_unknown_name_is_502(self):
+        rc, code, body = curl("-x", self.proxy, "-U", f"billing:{TOKEN}",
+                              f"http://127.0.0.1:{self.origin.port}/id")
+        self.assertEqual(code, 200)  # an IP literal matches the CIDR destination
+        self.p.reload(self.config(ORIGIN_RULE.replace("[origin.test, 127.0.0.1/32]",
+                                                      "[origin.test, missing.invalid, 127.0.0.1/32]"),
+                                  port=self.origin.port))
+        self.p.wait_log("egress config reloaded")
+        rc, code, body = curl("-x", self.proxy, "-U", f"billing:{TOKEN}",
+                              f"http://missing.invalid:{self.origin.port}/id")
+        self.assertEqual(code, 502)
+        self.assertIn(b"cannot resolve missing.invalid", body)
+
+    def test_bearer_jwt(self):
+        ok = jwt(claims())
+        rc, code, body = curl("-x", self.proxy, "--proxy-header", f"Proxy-Authorization: Bearer {ok}",
+                              f"http://origin.test:{self.origin.port}/id")
+        self.assertEqual((code, body), (200, b"o1"))
+        for bad in (jwt(claims(exp_in=-3600)),                      # expired
+                    jwt(claims(), alg="none"),                       # alg none
+                    jwt(claims(), secret="x" * 40),                  # wrong key
+                    jwt(claims(), kid="unknown"),                    # unknown key id
+                    jwt(claims(service="ghost")),                    # unknown service
+                    jwt(claims(iss="someone-else"))):                # wrong issuer
+            rc, code, body = curl("-x", self.proxy, "--proxy-header", f"Proxy-Authorization: Bearer {bad}",
+                                  f"http://origin.test:{self.origin.port}/id")
+            self.assertEqual(code, 407, bad)
+        self.assertEqual(self.origin.count, 1)
+
+    def test_access_log_and_metrics(self):
+        curl("-x", self.proxy, "-U", f"billing:{TOKEN}", f"http://origin.test:{self.origin.port}/bytes/1000")
+        curl("-x", self.proxy, "-U", f"billing:{TOKEN}", "http://other.test/")
+        curl("-x", self.proxy, f"http://origin.test:{self.origin.port}/id")
+        entries = wait_until(lambda: len(self.access_log()) >= 3 and self.access_log(), message="3 log lines")
+        allow = [e for e in entries if e["decision"] == "allow"][0]
+        self.assertEqual(allow["service"], "billing")
+        self.assertEqual(allow["rule"], "billing-origin")
+        self.assertEqual(allow["address"], "127.0.0.1")
+        self.assertEqual(allow["status"], 200)
+        self.assertEqual(allow["method"], "GET")
+        self.assertGreaterEqual(allow["bytes_down"], 1000)
+        reasons = sorted(e["reason"] for e in entries if e["decision"] == "deny")
+        self.assertEqual(reasons, ["no_credentials", "no_rule"])
+        self.assertEqual(self.p.metric("marchproxy_egress_decisions_total", service="billing",
+                                       decision="deny", reason="no_rule"), 1)
+        self.assertEqual(self.p.metric("marchproxy_egress_decisions_total", mapping="billing-origin",
+                                       decision="allow"), 1)
+        self.assertGreaterEqual(self.p.metric("marchproxy_egress_bytes_total", service="billing",
+                                              direction="down"), 1000)
+
+
+@unittest.skipUnless(CURL, "curl not installed")
+class ConnectTest(EgressTestCase):
+    def setUp(self):
+        self.origin = self.start_origin("o1")
+        self.echo = EchoServer()
+        self.addCleanup(self.echo.close)
+
+    def test_connect_tunnel_with_http_client_and_curl(self):
+        self.start_egress(ORIGIN_RULE, port=self.origin.port)
+        conn = http.client.HTTPConnection(LOCALHOST, self.http_port, timeout=10)
+        conn.set_tunnel("origin.test", self.origin.port, headers={"Proxy-Authorization": basic()})
+        conn.request("GET", "/id")
+        r = conn.getresponse()
+        self.assertEqual((r.status, r.read()), (200, b"o1"))
+        conn.close()
+        rc, code, body = curl("-p", "-x", f"http://127.0.0.1:{self.http_port}", "-U", f"billing:{TOKEN}",
+                              f"http://origin.test:{self.origin.port}/id")
+        self.assertEqual((code, body), (200, b"o1"))
+        conn = http.client.HTTPConnection(LOCALHOST, self.http_port, timeout=10)
+        conn.set_tunnel("other.test", 443, headers={"Proxy-Authorization": basic()})
+        with self.assertRaises(OSError) as cm:
+            conn.request("GET", "/")
+        self.assertIn("403", str(cm.exception))
+
+    def connect(self, host, port, auth=None):
+        s = socket.create_connection((LOCALHOST, self.http_port), timeout=10)
+        s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                  f"Proxy-Authorization: {auth or basic()}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            d = s.recv(1)
+            if not d:
+                break
+            head += d
+        return s, head
+
+    def test_sni_must_match_the_connect_host(self):
+        mappings = """
+  - name: tls-only
+    sources: [billing]
+    destinations: [tls.test, 127.0.0.1/32]
+    protocols: [https]
+    ports: ["${port}"]
+    sni_check: true
+"""
+        self.start_egress(mappings, port=self.echo.port)
+        s, head = self.connect("tls.test", self.echo.port)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        hello = client_hello("tls.test")
+        s.sendall(hello)
+        self.assertEqual(recv_exact(s, len(hello)), hello)  # echoed back through the tunnel
+        s.close()
+        # Domain fronting: CONNECT to an allowed name, TLS for another.
+        s, head = self.connect("tls.test", self.echo.port)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        s.sendall(client_hello("blocked.example"))
+        self.assertTrue(closed_by_peer(s), "tunnel with a mismatching SNI stayed open")
+        # An https-only mapping refuses a tunnel that does not start with TLS.
+        s, head = self.connect("tls.test", self.echo.port)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(closed_by_peer(s))
+        self.assertEqual(len(self.echo.first), 1)  # only the first tunnel's bytes reached the server
+
+    def test_revoked_mapping_closes_open_tunnels(self):
+        p = self.start_egress(ORIGIN_RULE, port=self.echo.port)
+        s, head = self.connect("origin.test", self.echo.port)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        s.sendall(b"ping")
+        self.assertEqual(recv_exact(s, 4), b"ping")
+        ks, _ = socks5_handshake(self.socks_port, "billing", TOKEN)
+        code, _, _ = socks5_request(ks, 1, "origin.test", self.echo.port)
+        self.assertEqual(code, 0)
+        ks.sendall(b"pong")
+        self.assertEqual(recv_exact(ks, 4), b"pong")
+        self.assertEqual(p.metric("marchproxy_egress_tunnels_open"), 2)
+        # Same services, the mapping now allows another port only.
+        p.reload(self.config(ORIGIN_RULE, port=self.echo.port + 1))
+        p.wait_log("egress config reloaded")
+        self.assertTrue(closed_by_peer(s), "CONNECT tunnel still open after its mapping was revoked")
+        self.assertTrue(closed_by_peer(ks), "SOCKS5 tunnel still open after its mapping was revoked")
+        wait_until(lambda: p.metric("marchproxy_egress_tunnels_open") == 0, message="tunnels closed")
+        self.assertEqual(p.metric("marchproxy_egress_tunnels_revoked_total"), 2)
+
+
+class Socks5Test(EgressTestCase):
+    def setUp(self):
+        self.origin = self.start_origin("o1")
+        self.start_egress(ORIGIN_RULE + EVIL_RULE, port=self.origin.port)
+
+    @unittest.skipUnless(CURL, "curl not installed")
+    def test_curl_socks5_hostname(self):
+        rc, code, body = curl("--socks5-hostname", f"billing:{TOKEN}@127.0.0.1:{self.socks_port}",
+                              f"http://origin.test:{self.origin.port}/id")
+        self.assertEqual((rc, code, body), (0, 200, b"o1"))
+        token = jwt(claims())
+        rc, code, body = curl("--socks5-hostname", f"billing:{token}@127.0.0.1:{self.socks_port}",
+                              f"http://origin.test:{self.origin.port}/id")
+        self.assertEqual((rc, code, body), (0, 200, b"o1"))
+        rc, code, body = curl("--socks5-hostname", f"billing:wrong@127.0.0.1:{self.socks_port}",
+                              f"http://origin.test:{self.origin.port}/id")
+        self.assertNotEqual(rc, 0)
+        self.assertEqual(self.origin.count, 2)
+
+    def test_reply_codes(self):
+        s, auth = socks5_handshake(self.socks_port, "billing", "wrong")
+        self.assertEqual(auth, b"\x01\x01")
+        s.close()
+        # No username/password offered: "no acceptable methods".
+        s = socket.create_connection((LOCALHOST, self.socks_port), timeout=5)
+        s.sendall(b"\x05\x01\x00")
+        self.assertEqual(s.recv(2), b"\x05\xff")
+        s.close()
+        s, auth = socks5_handshake(self.socks_port, "billing", TOKEN)
+        self.assertEqual(auth, b"\x01\x00")
+        code, _, _ = socks5_request(s, 1, "other.test", 443)
+        self.assertEqual(code, 2)  # not allowed by ruleset
+        s.close()
+        s, _ = socks5_handshake(self.socks_port, "billing", TOKEN)
+        code, _, _ = socks5_request(s, 1, "evil.test", 443)
+        self.assertEqual(code, 2)  # resolves into a forbidden network
+        s.close()
+        s, _ = socks5_handshake(self.socks_port, "billing", TOKEN)
+        code, _, _ = socks5_request(s, 2, "origin.test", self.origin.port)
+        self.assertEqual(code, 7)  # BIND: command not supported
+        s.close()
+        s, _ = socks5_handshake(self.socks_port, "billing", TOKEN)
+        code, _, _ = socks5_request(s, 1, "127.0.0.1", self.origin.port)
+        self.assertEqual(code, 0)  # IPv4 address type, allowed by the CIDR
+        s.sendall(b"GET /id HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+        self.assertTrue(data.startswith(b"HTTP/1.1 200") and data.endswith(b"o1"), data)
+
+    def test_udp_associate_echo(self):
+        udp_echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp_echo.bind((LOCALHOST, self.origin.port))  # the mapping's port; TCP and UDP ports are separate
+        self.addCleanup(udp_echo.close)
+
+        def serve():
+            while True:
+                try:
+                    d, a = udp_echo.recvfrom(65536)
+                except OSError:
+                    return
+                udp_echo.sendto(b"echo:" + d, a)
+        threading.Thread(target=serve, daemon=True).start()
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.bind((LOCALHOST, 0))
+        client.settimeout(5)
+        self.addCleanup(client.close)
+        s, _ = socks5_handshake(self.socks_port, "billing", TOKEN)
+        code, bhost, bport = socks5_request(s, 3, "0.0.0.0", 0)
+        self.assertEqual(code, 0)
+        header = b"\x00\x00\x00\x03" + bytes([len("origin.test")]) + b"origin.test" + struct.pack(">H", self.origin.port)
+        client.sendto(header + b"hello", (bhost, bport))
+        data, _ = client.recvfrom(65536)
+        self.assertTrue(data.endswith(b"echo:hello"), data)
+        self.assertEqual(data[3], 1)  # the reply says where it came from (IPv4)
+        # A destination no rule allows: dropped.
+        bad = b"\x00\x00\x00\x03" + bytes([len("other.test")]) + b"other.test" + struct.pack(">H", 53)
+        client.sendto(bad + b"x", (bhost, bport))
+        client.sendto(header + b"again", (bhost, bport))
+        data, _ = client.recvfrom(65536)
+        self.assertTrue(data.endswith(b"echo:again"), data)
+        # Closing the control connection tears the association down.
+        s.close()
+        time.sleep(0.3)  # let the proxy see the close; the assertion below does not depend on timing
+        client.settimeout(1)
+        client.sendto(header + b"late", (bhost, bport))
+        with self.assertRaises((socket.timeout, ConnectionRefusedError)):
+            client.recvfrom(65536)
+
+
+class CheckTest(ProxyTestCase):
+    def run_check(self, text):
+        path = os.path.join(self.tmpdir(), "egress.yaml")
+        with open(path, "w") as f:
+            f.write(text)
+        from harness import find_binary
+        p = subprocess.run([find_binary(), "check", path], capture_output=True, text=True, timeout=30)
+        return p.returncode, p.stdout
+
+    def test_example_passes(self):
+        from harness import SOURCE_DIR, find_binary
+        p = subprocess.run([find_binary(), "check", os.path.join(SOURCE_DIR, "examples", "egress.yaml")],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("egress config", p.stdout)
+
+    def test_errors_have_lines_and_fields(self):
+        rc, out = self.run_check("""schema: 1
+kind: egress
+listeners:
+  - {name: http, port: 0}
+mappings:
+  - name: m
+    sources: [ghost]
+    destinations: ["10.1.2.3/8"]
+    protocols: [htp]
+    ports: ["0"]
+""")
+        self.assertEqual(rc, 1, out)
+        self.assertIn("line 8: mappings[0].destinations[0]", out)
+        self.assertIn("did you mean 10.0.0.0/8", out)
+        self.assertIn("line 9: mappings[0].protocols[0]", out)
+        self.assertIn("line 10: mappings[0].ports[0]", out)
+
+
+if __name__ == "__main__":
+    main()
