@@ -1,4 +1,4 @@
-// The `marchproxy` binary: ingress | egress | manager | check | version.
+// The `marchproxy` binary: ingress | egress | manager | check | xdp status | version.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
@@ -6,6 +6,7 @@
 #include "common/base/log.h"
 #include "config/loader.h"
 #include "config/writer.h"
+#include "fastpath/inspect.h"
 #include "ingress/ingress.h"
 #include "manager/manager.h"
 #include "egress/config.h"
@@ -51,6 +52,11 @@ int main(int argc, char** argv) {
   manager->add_option("--data-dir", manager_opts.data_dir, "Directory for the SQLite file and a generated master key");
   manager->add_option("--master-key-file", manager_opts.master_key_file, "File with the 32-byte master key");
   manager->add_option("--pool-size", manager_opts.pool_size, "Database connections (default 8)");
+
+  auto* xdp = app.add_subcommand("xdp", "The XDP/TC fast path");
+  xdp->require_subcommand(1);
+  auto* xdp_status = xdp->add_subcommand(
+      "status", "Show where the fast path is attached (this network namespace), in which mode, and its counters");
 
   auto* version = app.add_subcommand("version", "Print the version");
   CLI11_PARSE(app, argc, argv);
@@ -99,6 +105,11 @@ int main(int argc, char** argv) {
     }
     std::printf("%s\n", marchproxy::config::summary(*r.snapshot).c_str());
     return 0;
+  }
+  if (*xdp_status) {
+    auto report = marchproxy::fastpath::inspect();
+    std::fputs(report.text.c_str(), stdout);
+    return report.permitted ? 0 : 1;
   }
   if (*ingress) return marchproxy::ingress::run(ingress_opts);
   if (*manager) return marchproxy::manager::run(manager_opts);

@@ -38,10 +38,6 @@ int libbpfPrint(enum libbpf_print_level level, const char* format, va_list args)
   return 0;
 }
 
-void initLibbpf() {
-  static std::once_flag once;
-  std::call_once(once, [] { libbpf_set_print(libbpfPrint); });
-}
 
 template <typename T, size_t N>
 std::array<T, N> sumPerCpu(int fd) {
@@ -68,6 +64,11 @@ int64_t monoNs() {
 }
 
 }  // namespace
+
+void initLibbpf() {
+  static std::once_flag once;
+  std::call_once(once, [] { libbpf_set_print(libbpfPrint); });
+}
 
 const char* modeName(AttachMode m) {
   switch (m) {

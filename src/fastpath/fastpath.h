@@ -23,6 +23,9 @@ struct tc_egress;
 
 namespace marchproxy::fastpath {
 
+// Routes libbpf's own messages to our debug log instead of stderr. Idempotent.
+void initLibbpf();
+
 enum class AttachMode { kNone, kNative, kGeneric, kUserspace, kTc };
 const char* modeName(AttachMode m);
 const char* xdpReasonName(uint32_t reason);  // "pass", "drop_deny", ...
