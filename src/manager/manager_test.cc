@@ -12,6 +12,9 @@
 #include "manager/api/resources.h"
 #include "manager/audit/audit.h"
 #include "manager/auth/keyring.h"
+#include "manager/auth/throttle.h"
+#include "manager/http/router.h"
+#include "manager/http/server.h"
 #include "manager/crypto/crypto.h"
 #include "manager/manager.h"
 #include "manager/store/migrations.h"
@@ -182,4 +185,63 @@ TEST(ManagerOpenApi, EveryRouteIsDocumented) {
   for (const auto& r : router.routes()) routed.insert(r.method + " " + r.pattern);
   for (const auto& r : routed) EXPECT_TRUE(documented.count(r)) << "undocumented route: " << r;
   for (const auto& d : documented) EXPECT_TRUE(routed.count(d)) << "documented but not implemented: " << d;
+}
+
+TEST(ManagerThrottle, BlocksAfterTheLimitAndSuccessResets) {
+  mm::auth::Throttle t(3, std::chrono::seconds(60));
+  EXPECT_EQ(t.retryAfter("user:a"), 0);
+  t.failure("user:a");
+  t.failure("user:a");
+  EXPECT_EQ(t.retryAfter("user:a"), 0);
+  t.failure("user:a");
+  EXPECT_GT(t.retryAfter("user:a"), 0);
+  EXPECT_EQ(t.retryAfter("user:b"), 0);  // keys are independent
+  t.success("user:a");
+  EXPECT_EQ(t.retryAfter("user:a"), 0);
+}
+
+TEST(ManagerRouter, LiteralSegmentsWinAnd405ForKnownPaths) {
+  mm::http::Router r;
+  auto h = [](const char* tag) {
+    return [tag](mm::http::Request&) {
+      mm::http::Response resp;
+      resp.body = tag;
+      return resp;
+    };
+  };
+  r.add("GET", "/api/v1/users/{id}", h("param"));
+  r.add("GET", "/api/v1/users/me", h("literal"));
+  mm::http::Request q;
+  q.method = "GET";
+  q.path = "/api/v1/users/me";
+  EXPECT_EQ(r.match(q).handler(q).body, "literal");
+  q.path = "/api/v1/users/42";
+  EXPECT_EQ(r.match(q).handler(q).body, "param");
+  EXPECT_EQ(q.params["id"], "42");
+  q.method = "DELETE";
+  try {
+    r.match(q);
+    FAIL() << "expected 405";
+  } catch (const mm::http::ApiError& e) {
+    EXPECT_EQ(e.status, 405);
+  }
+  q.path = "/api/v1/nothing";
+  try {
+    r.match(q);
+    FAIL() << "expected 404";
+  } catch (const mm::http::ApiError& e) {
+    EXPECT_EQ(e.status, 404);
+  }
+}
+
+TEST(ManagerHttp, QueryDecoding) {
+  std::map<std::string, std::string> q;
+  EXPECT_TRUE(mm::http::parseQuery("a=1&b=x%20y&c=a+b&d", q));
+  EXPECT_EQ(q["a"], "1");
+  EXPECT_EQ(q["b"], "x y");
+  EXPECT_EQ(q["c"], "a b");
+  EXPECT_EQ(q.count("d"), 1u);
+  std::map<std::string, std::string> bad;
+  EXPECT_FALSE(mm::http::parseQuery("a=%zz", bad));
+  EXPECT_FALSE(mm::http::parseQuery("a=%2", bad));
 }

@@ -86,8 +86,8 @@ class Postgres:
     def psql(self, sql, db="postgres"):
         """Runs SQL as the superuser (tests use it to tamper behind the manager's back)."""
         return subprocess.run(["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", LOCALHOST, "-p",
-                               str(self.port), "-U", "postgres", "-d", db, "-c", sql],
-                              capture_output=True, text=True)
+                               str(self.port), "-U", "postgres", "-d", db, "-f", "-"],
+                              input=sql, capture_output=True, text=True)
 
     def new_database(self):
         self.counter += 1

@@ -108,6 +108,8 @@ class ApiTests(ManagerTestCase):
         self.assertProblem(self.admin.get("/api/v1/clusters?limit=0"), 400, "limit")
         self.assertProblem(self.admin.get("/api/v1/clusters?sort=api_key_hash"), 400, "sort")
         self.assertProblem(self.admin.get("/api/v1/nope"), 404)
+        self.assertProblem(self.admin.get("/api/v1/clusters?%FF%FE=1"), 400)  # not UTF-8: still a problem+json
+        self.assertProblem(self.admin.get("/api/v1/clusters?a=%zz"), 400)
         self.assertProblem(self.admin.request("PUT", "/api/v1/clusters"), 405)
         # Nothing above was stored: prod and dup only.
         st, _, lst = self.admin.get("/api/v1/clusters")
@@ -322,6 +324,26 @@ class ApiTests(ManagerTestCase):
         m3 = Manager(self.tmp, self.db_url)
         self.assertNotEqual(m3.start(expect_fail=True), 0)
         self.assertIn("newer than this binary knows", m3.output())
+
+
+class ShutdownTests(ManagerTestCase):
+    """SIGTERM with an idle keep-alive connection and a half-sent request still exits promptly and
+    cleanly (exit 0), instead of waiting for the clients."""
+
+    def test_sigterm_with_idle_and_partial_connections(self):
+        import socket
+        idle = socket.create_connection(("127.0.0.1", self.mgr.port))
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"200 OK", idle.recv(4096))
+        partial = socket.create_connection(("127.0.0.1", self.mgr.port))
+        partial.sendall(b"POST /api/v1/clusters HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(0.2)
+        proc = self.mgr.proc
+        proc.send_signal(15)
+        proc.wait(timeout=15)
+        self.assertEqual(proc.returncode, 0, self.mgr.output())
+        idle.close()
+        partial.close()
 
 
 class FirstStartTests(ManagerTestCase):

@@ -39,7 +39,8 @@ struct Response {
   static Response json(int status, const Json& j) {
     Response r;
     r.status = status;
-    r.body = j.dump();
+    // Invalid UTF-8 (only reachable from raw query bytes echoed in an error) is replaced, not thrown.
+    r.body = j.dump(-1, ' ', false, Json::error_handler_t::replace);
     return r;
   }
   static Response noContent() {

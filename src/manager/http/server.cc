@@ -9,6 +9,9 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 #include <spdlog/spdlog.h>
+#include <chrono>
+#include <mutex>
+#include <set>
 #include <thread>
 
 namespace marchproxy::manager::http {
@@ -66,6 +69,40 @@ struct Server::Impl {
   std::unique_ptr<asio::ssl::context> ssl;
   asio::signal_set signals{io, SIGINT, SIGTERM};
   std::atomic<int> active{0};
+  std::atomic<bool> stopping{false};
+
+  // Blocking reads have no timeout of their own (asio polls again on EAGAIN), so a reaper shuts
+  // down connections whose current request read has taken longer than idle_timeout_s, and stop()
+  // shuts down every connection's read side so threads finish their response and exit.
+  struct Conn {
+    int fd;
+    std::atomic<std::int64_t> read_since_ms{0};  // 0 = not reading (handling a request)
+  };
+  std::mutex conns_mu;
+  std::set<Conn*> conns;
+  asio::steady_timer reaper{io};
+
+  static std::int64_t nowMs() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
+  void reap() {
+    reaper.expires_after(std::chrono::seconds(1));
+    reaper.async_wait([this](beast::error_code ec) {
+      if (ec) return;
+      std::int64_t limit = nowMs() - std::int64_t(opts.idle_timeout_s) * 1000;
+      {
+        std::lock_guard g(conns_mu);
+        for (auto* c : conns) {
+          auto since = c->read_since_ms.load();
+          if (since != 0 && since < limit) ::shutdown(c->fd, SHUT_RDWR);
+        }
+      }
+      reap();
+    });
+  }
 
   void accept() {
     acceptor.async_accept([this](beast::error_code ec, tcp::socket sock) {
@@ -77,22 +114,31 @@ struct Server::Impl {
         sock.close();  // over the cap: refuse rather than queue without bound
       } else {
         timeval tv{opts.idle_timeout_s, 0};
-        ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
         sock.set_option(tcp::no_delay(true), ec);
         ++active;
         std::thread([this, s = std::move(sock)]() mutable {
+          Conn entry{s.native_handle()};
+          {
+            std::lock_guard g(conns_mu);
+            conns.insert(&entry);
+          }
           try {
             if (ssl) {
+              entry.read_since_ms = nowMs();
               beast::ssl_stream<tcp::socket> stream(std::move(s), *ssl);
               beast::error_code hec;
               stream.handshake(asio::ssl::stream_base::server, hec);
-              if (!hec) serve(stream, stream.next_layer());
+              if (!hec) serve(stream, stream.next_layer(), entry);
             } else {
-              serve(s, s);
+              serve(s, s, entry);
             }
           } catch (const std::exception& e) {
             spdlog::debug("manager connection ended: {}", e.what());
+          }
+          {
+            std::lock_guard g(conns_mu);
+            conns.erase(&entry);
           }
           --active;
         }).detach();
@@ -108,16 +154,16 @@ struct Server::Impl {
     ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     char sink[16384];
     std::size_t total = 0;
-    beast::error_code ec;
     while (total < (64u << 20)) {
-      std::size_t n = sock.read_some(asio::buffer(sink), ec);
-      if (ec || n == 0) break;
-      total += n;
+      // Raw recv: SO_RCVTIMEO ends it (asio's blocking read would poll again on EAGAIN).
+      ssize_t n = ::recv(sock.native_handle(), sink, sizeof sink, 0);
+      if (n <= 0) break;
+      total += static_cast<std::size_t>(n);
     }
   }
 
   template <typename Stream>
-  void serve(Stream& stream, tcp::socket& sock) {
+  void serve(Stream& stream, tcp::socket& sock, Conn& entry) {
     beast::flat_buffer buf;
     beast::error_code ec;
     std::string remote = sock.remote_endpoint(ec).address().to_string();
@@ -125,7 +171,10 @@ struct Server::Impl {
       bhttp::request_parser<bhttp::string_body> parser;
       parser.body_limit(opts.max_body);
       parser.header_limit(16 * 1024);
+      if (stopping) return;
+      entry.read_since_ms = nowMs();
       bhttp::read(stream, buf, parser, ec);
+      entry.read_since_ms = 0;
       if (ec == bhttp::error::end_of_stream || ec == asio::error::eof || ec == asio::ssl::error::stream_truncated)
         return;
       Response resp;
@@ -232,7 +281,16 @@ void Server::run() {
     stop();
   });
   impl_->accept();
+  impl_->reap();
   impl_->io.run();
+  // Let requests in flight finish (their connections' read sides are shut), bounded.
+  impl_->stopping = true;
+  {
+    std::lock_guard g(impl_->conns_mu);
+    for (auto* c : impl_->conns) ::shutdown(c->fd, SHUT_RD);
+  }
+  for (int i = 0; i < 200 && impl_->active.load() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (impl_->active.load() > 0) spdlog::warn("manager: {} connections still busy at exit", impl_->active.load());
 }
 
 void Server::stop() {
@@ -240,6 +298,7 @@ void Server::stop() {
     beast::error_code ec;
     impl_->acceptor.close(ec);
     impl_->signals.cancel(ec);
+    impl_->reaper.cancel();
     impl_->io.stop();
   });
 }
