@@ -136,6 +136,7 @@ class HeadOut {
   ~HeadOut() { out_.resize(static_cast<size_t>(p_ - out_.data())); }
 
   void put(std::string_view s) {
+    if (s.empty()) return;  // an empty view may have a null data(): not for memcpy
     if (static_cast<size_t>(end_ - p_) < s.size()) grow(s.size());
     std::memcpy(p_, s.data(), s.size());
     p_ += s.size();
@@ -151,11 +152,11 @@ class HeadOut {
   void header(std::string_view name, std::string_view value) {
     const size_t n = name.size() + value.size() + 4;
     if (static_cast<size_t>(end_ - p_) < n) grow(n);
-    std::memcpy(p_, name.data(), name.size());
+    if (!name.empty()) std::memcpy(p_, name.data(), name.size());
     p_ += name.size();
     *p_++ = ':';
     *p_++ = ' ';
-    std::memcpy(p_, value.data(), value.size());
+    if (!value.empty()) std::memcpy(p_, value.data(), value.size());
     p_ += value.size();
     *p_++ = '\r';
     *p_++ = '\n';
