@@ -205,6 +205,11 @@ int mp_xdp(struct xdp_md *ctx) {
         break;
       }
     }
+    /* Still in the extension-header chain after the bound: a chain this long is an evasion
+     * attempt (the port filter and SYN guard would never see the transport header), not traffic. */
+    if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS ||
+        next == IPPROTO_FRAGMENT || next == IPPROTO_AH)
+      return verdict(ctx, MP_XDP_DROP_MALFORMED);
     l4proto = next;
     l4 = p;
   } else {

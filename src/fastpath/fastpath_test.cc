@@ -167,6 +167,13 @@ TEST_F(XdpTest, VerdictTable) {
       {"UDP header cut short", truncated(ipv4("203.0.113.5", me, udp(53)), 14 + 20 + 4), MP_XDP_DROP_MALFORMED},
       {"VLAN tag cut short", truncated(ipv4("203.0.113.5", me, tcp(8080), 0, 0, {5}), 16), MP_XDP_DROP_MALFORMED},
       {"IPv6 header cut short", truncated(ipv6("2001:db8:1::5", me6, tcp(8080)), 14 + 30), MP_XDP_DROP_MALFORMED},
+      {"IPv6 six destination-options headers, then TCP", ipv6("2001:db8:1::5", me6, tcp(25),
+                                                               {{60, 8}, {60, 8}, {60, 8}, {60, 8}, {60, 8}, {60, 8}}),
+       MP_XDP_DROP_PORT},
+      // Seven would hide the SYN from the port filter and SYN guard behind the parser's bound.
+      {"IPv6 seven destination-options headers", ipv6("2001:db8:1::5", me6, tcp(8080),
+                                                      {{60, 8}, {60, 8}, {60, 8}, {60, 8}, {60, 8}, {60, 8}, {60, 8}}),
+       MP_XDP_DROP_MALFORMED},
       {"IPv6 extension header cut short", truncated(ipv6("2001:db8:1::5", me6, tcp(25), {{0, 8}}), 14 + 40 + 1),
        MP_XDP_DROP_MALFORMED},
   };

@@ -125,6 +125,10 @@ mp_xdp_reason referenceReason(const CompiledRules& rules, std::span<const uint8_
         break;
       }
     }
+    // The same bound as the XDP program: a longer extension-header chain is dropped as malformed.
+    if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS ||
+        next == IPPROTO_FRAGMENT || next == IPPROTO_AH)
+      return MP_XDP_DROP_MALFORMED;
     l4proto = next;
     l4 = p;
   } else {

@@ -4,9 +4,19 @@
 
 namespace marchproxy::manager {
 
+namespace {
+// The method label comes from the client, before authentication: only the methods the API knows
+// get their own series, anything else is "other" (otherwise each invented method is a new series).
+std::string methodLabel(const std::string& method) {
+  for (const char* m : {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+    if (method == m) return method;
+  return "other";
+}
+}  // namespace
+
 void Metrics::request(const std::string& route, const std::string& method, int status, double seconds) {
   std::lock_guard g(mu_);
-  ++requests_[{route, method, status}];
+  ++requests_[{route, methodLabel(method), status}];
   auto& h = latency_[route];
   for (std::size_t i = 0; i < kBuckets.size(); ++i)
     if (seconds <= kBuckets[i]) ++h.buckets[i];

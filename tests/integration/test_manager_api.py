@@ -278,7 +278,11 @@ class ApiTests(ManagerTestCase):
         self.assertEqual((st, h["database"]), (200, "ok"))
         self.admin.get("/api/v1/clusters")
         anon.post("/api/v1/auth/login", {"username": "admin", "password": "wrong-password"})
+        for i in range(3):  # invented methods from anonymous clients share one series
+            anon.request(f"BREW{i}", "/api/v1/clusters")
         st, hd, text = anon.get("/metrics")
+        self.assertNotIn('method="BREW', text)
+        self.assertIn('method="other"', text)
         self.assertEqual(st, 200)
         self.assertIn('marchproxy_manager_requests_total{route="/api/v1/clusters",method="GET",status="200"}', text)
         self.assertIn('marchproxy_manager_logins_total{result="failed"} 1', text)

@@ -149,12 +149,15 @@ struct Server::Impl {
 
   // After refusing a request early (413) the client may still be sending its body; reading and
   // discarding it for a bounded time lets the client read our answer instead of a reset.
+  // The whole drain has a deadline too: a client trickling a byte now and then must not hold
+  // this connection's thread.
   static void lingerDrain(tcp::socket& sock) {
     timeval tv{2, 0};
     ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     char sink[16384];
     std::size_t total = 0;
-    while (total < (64u << 20)) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (total < (64u << 20) && std::chrono::steady_clock::now() < deadline) {
       // Raw recv: SO_RCVTIMEO ends it (asio's blocking read would poll again on EAGAIN).
       ssize_t n = ::recv(sock.native_handle(), sink, sizeof sink, 0);
       if (n <= 0) break;

@@ -41,6 +41,18 @@ struct ConnectionTokens {
 
 enum class Kind { kKeep, kHop, kFraming, kForwarded, kRequestId, kVia, kExpect, kHost, kClientCert };
 
+// Matches `lower` (lower case, dashes) ignoring case and treating '_' as '-': many application
+// servers (CGI-style environments, Puma, Rack, some PHP setups) fold both to the same variable, so
+// "X_Client_Cert_Subject" from a client would reach them as the proxy's verified identity.
+bool sameIdentityHeader(std::string_view n, std::string_view lower) {
+  if (n.size() != lower.size()) return false;
+  for (size_t i = 0; i < n.size(); ++i) {
+    const char c = n[i] == '_' ? '-' : http::toLowerAscii(n[i]);
+    if (c != lower[i]) return false;
+  }
+  return true;
+}
+
 Kind classify(std::string_view n) {
   switch (n.size()) {
     case 2:
@@ -78,10 +90,10 @@ Kind classify(std::string_view n) {
     case 17:
       if (equalsIgnoreCase(n, "transfer-encoding")) return Kind::kFraming;
       if (equalsIgnoreCase(n, "x-forwarded-proto")) return Kind::kForwarded;
-      if (equalsIgnoreCase(n, "x-client-cert-san")) return Kind::kClientCert;
+      if (sameIdentityHeader(n, "x-client-cert-san")) return Kind::kClientCert;
       break;
     case 21:
-      if (equalsIgnoreCase(n, "x-client-cert-subject")) return Kind::kClientCert;
+      if (sameIdentityHeader(n, "x-client-cert-subject")) return Kind::kClientCert;
       break;
     case 19:
       if (equalsIgnoreCase(n, "proxy-authorization")) return Kind::kHop;

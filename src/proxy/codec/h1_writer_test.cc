@@ -47,6 +47,16 @@ TEST(UpstreamRequest, DropsHopByHopAndConnectionListedHeaders) {
   EXPECT_NE(out.find("X-Keep: yes\r\n"), std::string::npos);
 }
 
+// Only the proxy speaks for a client certificate. A client's own copy is dropped in any spelling an
+// application server could fold into the same variable (case, '_' for '-').
+TEST(UpstreamRequest, DropsClientCertIdentityHeadersInEverySpelling) {
+  auto out = upstreamHead(
+      "GET / HTTP/1.1\r\nHost: x\r\nX-Client-Cert-Subject: CN=admin\r\nx_client_cert_subject: CN=admin\r\n"
+      "X_CLIENT_CERT_SAN: DNS:admin\r\nX-Client-Cert-San: DNS:admin\r\nX-Client-Cert-Other: kept\r\n\r\n");
+  EXPECT_EQ(out.find("admin"), std::string::npos) << out;
+  EXPECT_NE(out.find("X-Client-Cert-Other: kept\r\n"), std::string::npos) << out;
+}
+
 TEST(UpstreamRequest, ReplacesSpoofedForwardingHeadersUnlessTrusted) {
   const char* raw =
       "GET / HTTP/1.1\r\nHost: example.com\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n\r\n";
