@@ -245,6 +245,7 @@ FastPath::FastPath() = default;
 FastPath::~FastPath() { shutdown(); }
 
 void FastPath::shutdown() {
+  std::lock_guard objects(objects_mu_);
   detachAll();
   xdp_.reset();
   tc_.reset();
@@ -378,6 +379,7 @@ void FastPath::attachTc(const config::FastPath& f) {
 }
 
 void FastPath::apply(const config::Snapshot& s) {
+  std::lock_guard objects(objects_mu_);
   const config::FastPath& f = s.fast_path;
   if (!f.enabled) {
     if (enabled_) spdlog::info("fast path: off");
@@ -469,6 +471,7 @@ std::vector<InterfaceStatus> FastPath::interfaces() const {
 }
 
 std::string FastPath::metricsText() const {
+  std::lock_guard objects(objects_mu_);
   if (!enabled_) return {};
   std::string out;
   out += "# HELP marchproxy_fastpath_packets_total Packets judged by the XDP fast path, by verdict reason.\n";

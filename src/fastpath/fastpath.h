@@ -113,6 +113,9 @@ class FastPath {
   void attachXdp(const config::FastPath& f);
   void attachTc(const config::FastPath& f);
 
+  // apply() and shutdown() (control thread) replace the objects below while metricsText() (admin
+  // thread) reads them. Lock order: objects_mu_, then mu_.
+  mutable std::recursive_mutex objects_mu_;
   bool enabled_ = false;
   std::string attachedKey_;  // interfaces + mode the current attachments were made for
   std::unique_ptr<XdpObject> xdp_;
