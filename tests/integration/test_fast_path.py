@@ -6,6 +6,7 @@ that match, clean detach on stop, and the userspace fallback when attaching is m
 Needs root (network namespaces, BPF); skips otherwise. The namespace and links are removed by the
 test, also when it fails."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -151,7 +152,8 @@ class FastPathTest(ProxyTestCase):
 
     def check_mode(self, mode):
         proxy = self.start_proxy(self.config(mode))
-        self.assertIn(f"fast path: XDP attached to {HOST_IF} in {mode} mode", "\n".join(proxy.lines))
+        # The attach line is logged after the listeners are up: wait for it, don't race it.
+        proxy.wait_log(re.escape(f"fast path: XDP attached to {HOST_IF} in {mode} mode"))
         self.assertEqual(self.attached_mode(), mode)
         st = self.status()
         self.assertIn(f"{HOST_IF}: XDP {mode} mode, program mp_xdp", st)
@@ -215,9 +217,8 @@ class FastPathTest(ProxyTestCase):
             proxy = self.start_proxy(self.config("auto"))
         finally:
             del os.environ["MARCHPROXY_FASTPATH_FAIL_ATTACH"]
-        log = "\n".join(proxy.lines)
-        self.assertIn(f"fast path: cannot attach XDP to {HOST_IF}", log)
-        self.assertIn("enforcing the policy in userspace at accept", log)
+        proxy.wait_log(re.escape(f"fast path: cannot attach XDP to {HOST_IF}"))
+        proxy.wait_log(re.escape("enforcing the policy in userspace at accept"))
         self.assertIsNone(self.attached_mode())
         self.assertEqual(proxy.metric("marchproxy_fastpath_userspace"), 1)
         self.assertEqual(proxy.metric("marchproxy_fastpath_interface", interface=HOST_IF, mode="userspace"), 1)
