@@ -161,6 +161,13 @@ class HeadOut {
     if (end_ - p_ < 20) grow(20);
     p_ = std::to_chars(p_, end_, v).ptr;
   }
+  void statusLine(int status, std::string_view reason) {
+    put("HTTP/1.1 ");
+    number(static_cast<uint64_t>(status));
+    put(' ');
+    put(reason);
+    put("\r\n");
+  }
   void header(std::string_view name, std::string_view value) {
     const size_t n = name.size() + value.size() + 4;
     if (static_cast<size_t>(end_ - p_) < n) grow(n);
@@ -194,6 +201,8 @@ size_t rewriteBytes(const config::HeaderRewrite* rw) {
   for (const auto& h : rw->add) n += h.name.size() + h.value.size() + 4;
   return n;
 }
+
+size_t rewriteBytes(const Rewrites& r) { return rewriteBytes(r.vhost) + rewriteBytes(r.route); }
 
 template <typename Head>
 size_t headerBytes(const Head& head) {
@@ -244,7 +253,7 @@ void writeUpstreamRequest(std::string& out_str, const http::RequestHead& req, co
   HeadOut out(out_str, kFixedHeadBytes + up.method.size() + up.path.size() + up.query.size() + up.host.size() +
                            headerBytes(req) + up.client_ip.size() + up.scheme.size() + req.host.size() +
                            up.request_id.size() + up.client_cert_subject.size() + up.client_cert_san.size() +
-                           (any_rewrites ? rewriteBytes(rw.vhost) + rewriteBytes(rw.route) : 0));
+                           (any_rewrites ? rewriteBytes(rw) : 0));
   out.put(up.method);
   out.put(' ');
   out.put(up.path);
@@ -314,12 +323,8 @@ void writeDownstreamResponse(std::string& out_str, const http::ResponseHead& res
   ConnectionTokens conn = connectionTokens(resp);
   const std::string_view reason = resp.reason.empty() ? reasonPhrase(resp.status) : resp.reason;
   HeadOut out(out_str, kFixedHeadBytes + reason.size() + headerBytes(resp) +
-                           (any_rewrites ? rewriteBytes(rw.vhost) + rewriteBytes(rw.route) : 0));
-  out.put("HTTP/1.1 ");
-  out.number(static_cast<uint64_t>(resp.status));
-  out.put(' ');
-  out.put(reason);
-  out.put("\r\n");
+                           (any_rewrites ? rewriteBytes(rw) : 0));
+  out.statusLine(resp.status, reason);
   for (const auto& h : resp.headers) {
     Kind k = classify(h.name);
     if (k == Kind::kHop || k == Kind::kFraming) continue;
@@ -340,13 +345,10 @@ void writeLocalResponse(std::string& out_str, int status, std::string_view conte
   const bool any_rewrites = hasRewrites(rw);
   const std::string_view reason = reasonPhrase(status);
   HeadOut out(out_str, kFixedHeadBytes + reason.size() + location.size() + content_type.size() + request_id.size() +
-                           (any_rewrites ? rewriteBytes(rw.vhost) + rewriteBytes(rw.route) : 0) +
+                           (any_rewrites ? rewriteBytes(rw) : 0) +
                            (head_request ? 0 : body.size()));
-  out.put("HTTP/1.1 ");
-  out.number(static_cast<uint64_t>(status));
-  out.put(' ');
-  out.put(reason);
-  out.put("\r\nServer: marchproxy\r\n");
+  out.statusLine(status, reason);
+  out.put("Server: marchproxy\r\n");
   if (!location.empty()) out.header("Location", location);
   if (!content_type.empty() && !body.empty()) out.header("Content-Type", content_type);
   if (!request_id.empty()) out.header("X-Request-Id", request_id);
