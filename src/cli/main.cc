@@ -1,4 +1,5 @@
-// The `marchproxy` binary: ingress | egress | manager | check | license | xdp status | version.
+// The `marchproxy` binary: up | ingress | egress | manager | check | license | xdp status | version
+// (+ demo-upstream).
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
@@ -15,6 +16,7 @@
 #include <fstream>
 #include <sstream>
 #include "proxy/tls/server_contexts.h"
+#include "up/up.h"
 
 #ifndef MP_VERSION
 #define MP_VERSION "dev"
@@ -82,6 +84,27 @@ int main(int argc, char** argv) {
   license_issue->add_option("--issued-at", lic_payload.issued_at, "Issue time (default now)");
   license_issue->add_option("--out", lic_out, "Write here instead of standard output");
 
+  marchproxy::up::Options up_opts;
+  auto* up = app.add_subcommand("up", "Run the whole system on this machine: manager + web UI, ingress, egress, demo upstream");
+  up->add_option("--data-dir", up_opts.data_dir, "Where the manager's database, keys, proxy state and logs live")
+      ->capture_default_str();
+  up->add_option("--host", up_opts.host, "Address every part listens on")->capture_default_str();
+  up->add_option("--manager-port", up_opts.manager_port, "Manager API and web UI")->capture_default_str();
+  up->add_option("--control-port", up_opts.control_port, "Manager control listener (proxies, mTLS)")->capture_default_str();
+  up->add_option("--ingress-port", up_opts.ingress_port, "Ingress HTTP listener")->capture_default_str();
+  up->add_option("--ingress-admin-port", up_opts.ingress_admin_port, "Ingress /metrics /ready")->capture_default_str();
+  up->add_option("--egress-port", up_opts.egress_port, "Egress HTTP/CONNECT listener")->capture_default_str();
+  up->add_option("--socks-port", up_opts.socks_port, "Egress SOCKS5 listener")->capture_default_str();
+  up->add_option("--egress-admin-port", up_opts.egress_admin_port, "Egress /metrics /ready")->capture_default_str();
+  up->add_option("--demo-port", up_opts.demo_port, "Demo upstream")->capture_default_str();
+  up->add_option("--ui-dir", up_opts.ui_dir, "Built web UI to serve (default: the manager's)");
+  up->add_option("--ready-timeout", up_opts.ready_timeout_s, "Seconds to wait for each part")->capture_default_str();
+
+  std::string demo_listen = "127.0.0.1:9001", demo_name = "demo";
+  auto* demo = app.add_subcommand("demo-upstream", "A tiny HTTP server that names itself (what `up` routes to)");
+  demo->add_option("--listen", demo_listen, "HOST:PORT")->capture_default_str();
+  demo->add_option("--name", demo_name, "Name it answers with")->capture_default_str();
+
   auto* xdp = app.add_subcommand("xdp", "The XDP/TC fast path");
   xdp->require_subcommand(1);
   auto* xdp_status = xdp->add_subcommand(
@@ -140,6 +163,8 @@ int main(int argc, char** argv) {
     std::fputs(report.text.c_str(), stdout);
     return report.permitted ? 0 : 1;
   }
+  if (*up) return marchproxy::up::run(up_opts);
+  if (*demo) return marchproxy::up::runDemoUpstream(demo_listen, demo_name);
   if (*license_keygen) return marchproxy::manager::license::keygenCommand(lic_out_private, lic_out_public);
   if (*license_issue) return marchproxy::manager::license::issueCommand(lic_key, lic_features, lic_payload, lic_out);
   if (*ingress) return marchproxy::ingress::run(ingress_opts);
