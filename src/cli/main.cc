@@ -57,6 +57,8 @@ int main(int argc, char** argv) {
   manager->add_option("--pool-size", manager_opts.pool_size, "Database connections (default 8)");
   manager->add_option("--cert-renew-days", manager_opts.cert_renew_days,
                       "Re-issue certificates MarchProxy issued when they expire within this many days (default 30)");
+  manager->add_flag("--ca-intermediate", manager_opts.ca_intermediate,
+                    "Create an intermediate CA below the root if there is none (enterprise feature intermediate-ca)");
   manager->add_option("--license-file", manager_opts.license_file,
                       "Enterprise licence file (env MARCHPROXY_LICENSE_FILE; see docs/licensing.md)");
   manager->add_option("--license-public-key", manager_opts.license_public_key,

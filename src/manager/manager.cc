@@ -67,6 +67,11 @@ std::string resolveOptions(Options& o) {
                  : k == "cert_renew_days"    ? &o.cert_renew_days
                  : k == "license_grace_days" ? &o.license_grace_days
                                              : nullptr;
+      if (k == "ca_intermediate") {
+        if (!v.is_boolean()) return "config file " + o.config_file + ": " + k + ": expected a boolean";
+        o.ca_intermediate = o.ca_intermediate || v.get<bool>();
+        continue;
+      }
       if (num) {
         if (!v.is_number_integer()) return "config file " + o.config_file + ": " + k + ": expected an integer";
         if (*num == 0) *num = v.get<int>();
@@ -186,6 +191,16 @@ int run(Options opts) {
     app.ca = &authority;
     app.license = &licensing;
     RenewalTimer renewal(authority, opts.cert_renew_days);
+    if (opts.ca_intermediate && !authority.hasIntermediate()) {
+      // Never fatal: without the licence feature the root keeps issuing.
+      if (licensing.hasFeature("intermediate-ca")) {
+        authority.createIntermediate();
+        spdlog::info("ca: created the intermediate CA (--ca-intermediate); new certificates are issued by it");
+      } else {
+        spdlog::error("ca: --ca-intermediate needs an enterprise licence with the feature \"intermediate-ca\" "
+                      "(see docs/licensing.md); the root CA keeps issuing");
+      }
+    }
     bootstrapAdmin(*db, app.bcrypt_cost);
     http::Router router = api::buildRouter(app);
 
