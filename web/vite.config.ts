@@ -32,9 +32,9 @@ export default defineConfig({
     rollupOptions: {
       output: {
         manualChunks(id: string) {
-          if (id.includes('node_modules/recharts') || id.includes('node_modules/d3-')) return 'charts';
-          if (id.includes('node_modules/@mui') || id.includes('node_modules/@emotion')) return 'mui';
-          if (id.includes('node_modules/react') || id.includes('node_modules/scheduler')) return 'react';
+          // Stable vendor chunks for the shell; charts (recharts) stay with the pages that use them.
+          if (/node_modules\/(@mui|@emotion)\//.test(id)) return 'mui';
+          if (/node_modules\/(react|react-dom|scheduler|react-router|react-router-dom)\//.test(id)) return 'react';
           return undefined;
         },
       },
