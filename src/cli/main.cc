@@ -52,6 +52,8 @@ int main(int argc, char** argv) {
   manager->add_option("--data-dir", manager_opts.data_dir, "Directory for the SQLite file and a generated master key");
   manager->add_option("--master-key-file", manager_opts.master_key_file, "File with the 32-byte master key");
   manager->add_option("--pool-size", manager_opts.pool_size, "Database connections (default 8)");
+  manager->add_option("--ui-dir", manager_opts.ui_dir,
+                      "Built web UI to serve (default: ./web/dist or the repository's web/dist; - = none)");
 
   auto* xdp = app.add_subcommand("xdp", "The XDP/TC fast path");
   xdp->require_subcommand(1);

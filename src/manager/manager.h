@@ -12,6 +12,7 @@ struct Options {
   std::string data_dir;      // default ./marchproxy-data
   std::string master_key_file;
   int pool_size = 0;         // default 8
+  std::string ui_dir;        // the built web UI; default: http::defaultUiDir(); "-" = do not serve it
 };
 
 // Fills unset options from MARCHPROXY_* environment variables, then the config file, then defaults.
