@@ -61,12 +61,12 @@ let base;
 let port = 0;
 async function startManager() {
   const log = fs.openSync(logPath, 'a');
+  const start = fs.statSync(logPath).size;
   mgr = spawn(BIN, ['manager', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--ui-dir', UI], {
     env: { ...process.env, MARCHPROXY_ADMIN_PASSWORD: ADMIN_PW },
     stdio: ['ignore', log, log],
   });
   const deadline = Date.now() + 30000;
-  const start = fs.statSync(logPath).size;
   for (;;) {
     const text = fs.readFileSync(logPath, 'utf8').slice(start);
     const m = /listening: listener=manager address=\S+:(\d+)/.exec(text);

@@ -30,9 +30,12 @@ export const theme = createTheme({
   components: {
     MuiAppBar: { styleOverrides: { root: { backgroundColor: brand.navyDark, backgroundImage: 'none' } } },
     MuiDrawer: { styleOverrides: { paper: { backgroundColor: brand.navyDark } } },
-    MuiButton: { defaultProps: { disableElevation: true } },
+    // Navy text on the dark surfaces would fail contrast: controls default to the gold accent.
+    MuiButton: { defaultProps: { disableElevation: true, color: 'secondary' } },
+    MuiCheckbox: { defaultProps: { color: 'secondary' } },
+    MuiTabs: { defaultProps: { textColor: 'secondary', indicatorColor: 'secondary' } },
     MuiLink: { styleOverrides: { root: { color: brand.gold } } },
     MuiTableCell: { styleOverrides: { head: { fontWeight: 600, color: '#E5E7EB' } } },
-    MuiTextField: { defaultProps: { size: 'small', fullWidth: true } },
+    MuiTextField: { defaultProps: { size: 'small', fullWidth: true, color: 'secondary' } },
   },
 });
