@@ -106,6 +106,8 @@ int main(int argc, char** argv) {
   auto* demo = app.add_subcommand("demo-upstream", "A tiny HTTP server that names itself (what `up` routes to)");
   demo->add_option("--listen", demo_listen, "HOST:PORT")->capture_default_str();
   demo->add_option("--name", demo_name, "Name it answers with")->capture_default_str();
+  manager->add_option("--ui-dir", manager_opts.ui_dir,
+                      "Built web UI to serve (default: ./web/dist or the repository's web/dist; - = none)");
 
   auto* xdp = app.add_subcommand("xdp", "The XDP/TC fast path");
   xdp->require_subcommand(1);

@@ -13,12 +13,14 @@
 #include <sstream>
 
 #include "manager/api/context.h"
+#include "manager/api/events.h"
 #include "manager/audit/audit.h"
 #include "manager/auth/keyring.h"
 #include "manager/ca/authority.h"
 #include "manager/license/license.h"
 #include "manager/crypto/crypto.h"
 #include "manager/http/server.h"
+#include "manager/http/static_files.h"
 #include "manager/store/migrations.h"
 #include "manager/util/time.h"
 
@@ -42,6 +44,7 @@ std::string resolveOptions(Options& o) {
   fill(o.license_file, env("MARCHPROXY_LICENSE_FILE"));
   fill(o.license_public_key, env("MARCHPROXY_LICENSE_PUBLIC_KEY"));
   fill(o.license_server, env("MARCHPROXY_LICENSE_SERVER"));
+  fill(o.ui_dir, env("MARCHPROXY_UI_DIR"));
   if (!o.config_file.empty()) {
     std::ifstream in(o.config_file);
     if (!in) return "config file " + o.config_file + ": cannot read";
@@ -62,6 +65,7 @@ std::string resolveOptions(Options& o) {
                          : k == "license_file"    ? &o.license_file
                          : k == "license_public_key" ? &o.license_public_key
                          : k == "license_server"  ? &o.license_server
+                         : k == "ui_dir"          ? &o.ui_dir
                                                   : nullptr;
       int* num = k == "pool_size"            ? &o.pool_size
                  : k == "cert_renew_days"    ? &o.cert_renew_days
@@ -86,6 +90,8 @@ std::string resolveOptions(Options& o) {
   fill(o.data_dir, "marchproxy-data");
   fill(o.database_url, "sqlite://" + o.data_dir + "/manager.db");
   if (o.pool_size == 0) o.pool_size = 8;
+  if (o.ui_dir.empty()) o.ui_dir = http::defaultUiDir();
+  if (o.ui_dir == "-") o.ui_dir.clear();
   if (o.pool_size < 1 || o.pool_size > 256) return "pool-size: must be 1-256";
   if (o.cert_renew_days == 0) o.cert_renew_days = 30;
   if (o.cert_renew_days < 1 || o.cert_renew_days > 365) return "cert-renew-days: must be 1-365";
@@ -203,6 +209,10 @@ int run(Options opts) {
     }
     bootstrapAdmin(*db, app.bcrypt_cost);
     http::Router router = api::buildRouter(app);
+    http::StaticFiles ui(opts.ui_dir);
+    if (ui.dir().empty())
+      spdlog::warn("manager: web UI not served (no built UI found{}; see docs/web-ui.md)",
+                   opts.ui_dir.empty() ? "" : " in " + opts.ui_dir);
 
     http::ServerOptions so;
     so.listen = opts.listen;
@@ -218,6 +228,16 @@ int run(Options opts) {
         resp = r.handler(req);
       } catch (const http::ApiError& e) {
         resp = http::problem(e, req.path);
+        if (e.status == 404) {  // not an API route: the web UI's files and client-side routes
+          try {
+            if (auto file = ui.serve(req)) {
+              route = "ui";
+              resp = std::move(*file);
+            }
+          } catch (const http::ApiError& e2) {
+            resp = http::problem(e2, req.path);
+          }
+        }
       } catch (const store::DbError& e) {
         spdlog::error("manager: {} {}: {}", req.method, req.path, e.what());
         bool down = e.kind == store::DbError::Kind::unavailable || e.kind == store::DbError::Kind::busy;
@@ -233,10 +253,11 @@ int run(Options opts) {
       spdlog::debug("manager: {} {} {} {:.1f}ms", req.method, req.path, resp.status, secs * 1000);
       return resp;
     });
+    server.onUpgrade("/api/v1/events", [&app](http::Request& req) { return api::openEventStream(app, req); });
     server.bind();
-    spdlog::info("listening: listener=manager address={}:{} tls={} database={}",
+    spdlog::info("listening: listener=manager address={}:{} tls={} database={} ui={}",
                  opts.listen.substr(0, opts.listen.rfind(':')), server.port(), server.tls() ? "on" : "off",
-                 db->dialect() == store::Dialect::sqlite ? "sqlite" : "postgres");
+                 db->dialect() == store::Dialect::sqlite ? "sqlite" : "postgres", ui.dir().empty() ? "off" : ui.dir());
     server.run();
     return 0;
   } catch (const store::SchemaTooNew& e) {

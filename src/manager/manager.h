@@ -18,6 +18,7 @@ struct Options {
   std::string license_public_key;  // file with, or the text of, the Ed25519 public key (PEM or base64)
   std::string license_server;      // optional online validation URL; off when empty
   int license_grace_days = 0;      // default 14
+  std::string ui_dir;        // the built web UI; default: http::defaultUiDir(); "-" = do not serve it
 };
 
 // Fills unset options from MARCHPROXY_* environment variables, then the config file, then defaults.
