@@ -67,9 +67,9 @@ def alive(pid):
 
 
 class Up:
-    def __init__(self, data_dir, start=True):
+    def __init__(self, data_dir, start=True, ports=None):
         names = ["manager", "control", "ingress", "ingress-admin", "egress", "socks", "egress-admin", "demo"]
-        self.ports = dict(zip(names, free_ports(len(names))))
+        self.ports = ports or dict(zip(names, free_ports(len(names))))
         args = [find_binary(), "up", "--data-dir", data_dir, "--host", "127.0.0.1"]
         for n in names:
             args += [f"--{n}-port", str(self.ports[n])]
@@ -151,7 +151,7 @@ class UpTest(unittest.TestCase):
                 self.assertTrue(wait_until(lambda k=k: not alive(k), 10), f"child {k} still running")
 
             # Second run: same data, no new password, the route still answers.
-            up2 = Up(data)
+            up2 = Up(data, ports=up.ports)  # the same command again
             self.addCleanup(lambda: up2.proc.poll() is None and up2.proc.kill())
             up2.wait_banner(self)
             self.assertNotIn("password ", up2.text().split("manager + web UI")[1].split("ingress")[0])
