@@ -337,6 +337,15 @@ int run(const Options& o) {
       throw std::runtime_error("the first `up` in " + data.string() + " was stopped before it finished setting up; "
                                "remove that directory and run `marchproxy up` again");
     if (first_run) writePrivateFile(state_file, Json{{"state", "bootstrapping"}}.dump() + "\n");
+    if (!first_run) {  // the demo route in the database points where the first run put the demo upstream
+      auto st = Json::parse(readFile(state_file), nullptr, false);
+      if (st.is_object() && st.contains("demo_port") && st["demo_port"].is_number_integer() &&
+          st["demo_port"].get<int>() != opt.demo_port) {
+        std::printf("up: the demo route points at port %d (set up by the first run); the demo upstream runs there\n",
+                    st["demo_port"].get<int>());
+        opt.demo_port = st["demo_port"].get<int>();
+      }
+    }
     for (auto [what, port] : {std::pair{"--manager-port", opt.manager_port}, {"--control-port", opt.control_port},
                               {"--ingress-port", opt.ingress_port}, {"--ingress-admin-port", opt.ingress_admin_port},
                               {"--egress-port", opt.egress_port}, {"--socks-port", opt.socks_port},
@@ -365,7 +374,7 @@ int run(const Options& o) {
 
     if (first_run) {
       writePrivateFile(key_file, bootstrapDemo(opt, password));
-      writePrivateFile(state_file, Json{{"state", "ready"}, {"created_by", "marchproxy up"}, {"cluster", "demo"}}.dump(2) + "\n");
+      writePrivateFile(state_file, Json{{"state", "ready"}, {"created_by", "marchproxy up"}, {"cluster", "demo"}, {"demo_port", opt.demo_port}}.dump(2) + "\n");
     }
     auto ca = httpCall(opt.host, opt.manager_port, "GET", "/api/v1/ca.pem");
     if (ca.status != 200) throw std::runtime_error("fetching the manager's CA certificate failed: " + problemText(ca));
