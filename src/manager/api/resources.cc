@@ -353,7 +353,7 @@ void validateResourceBody(const std::string& resource, const Json& body, bool cr
   if (s.res == Res::routes && body.contains("health_check") && body["health_check"].is_object()) {
     // The proxies refuse a check whose timeout is not shorter than its interval.
     const Json& hc = body["health_check"];
-    if (hc.value("timeout_ms", std::int64_t(1000)) >= hc.value("interval_ms", std::int64_t(5000)))
+    if (hc.contains("timeout_ms") && hc["timeout_ms"].get<std::int64_t>() >= hc.value("interval_ms", std::int64_t(5000)))
       validate::fail("health_check.timeout_ms", "must be shorter than health_check.interval_ms");
   }
   if (s.res == Res::certificates && !create && (body.contains("cert_pem") != body.contains("key_pem")))

@@ -70,8 +70,10 @@ Json compileIngress(Conn& c, const Row& cluster, std::map<std::string, std::stri
     Json hc = parseJson(r.str("health_check"), Json::object());
     if (hc.is_object() && !hc.empty()) {
       Json h = {{"type", "http"}, {"path", hc.value("path", "/")}};
-      if (hc.contains("interval_ms")) h["interval"] = ms(hc["interval_ms"].get<std::int64_t>());
-      if (hc.contains("timeout_ms")) h["timeout"] = ms(hc["timeout_ms"].get<std::int64_t>());
+      std::int64_t interval = hc.value("interval_ms", std::int64_t(5000));
+      h["interval"] = ms(interval);
+      // Without a timeout: the proxy's 1 s, but always shorter than the interval (it refuses otherwise).
+      h["timeout"] = ms(hc.value("timeout_ms", std::min<std::int64_t>(1000, interval / 2)));
       if (hc.contains("healthy_threshold")) h["healthy_threshold"] = hc["healthy_threshold"];
       if (hc.contains("unhealthy_threshold")) h["unhealthy_threshold"] = hc["unhealthy_threshold"];
       cl["health_check"] = h;

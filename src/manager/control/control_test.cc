@@ -125,7 +125,8 @@ struct Populated : Env {
                       {"certificate_id", cert},
                       {"mtls_allow", {"billing-client"}}});
     create("routes", {{"cluster_id", cluster}, {"name", "web"}, {"hosts", {"api.example.test", "www.example.test"}},
-                      {"paths", {"/static/"}}, {"backends", {{{"address", "[::1]:9000"}}}}, {"lb_policy", "least_conn"}});
+                      {"paths", {"/static/"}}, {"backends", {{{"address", "[::1]:9000"}}}}, {"lb_policy", "least_conn"},
+                      {"health_check", {{"interval_ms", 1000}}}});
     create("routes", {{"cluster_id", cluster}, {"name", "old"}, {"hosts", {"old.example.test"}},
                       {"backends", {{{"address", "10.0.0.9:80"}}}}, {"enabled", false}});
     auto billing = create("services", {{"cluster_id", cluster}, {"name", "billing"}, {"ip_fqdn", "billing.internal"},
