@@ -362,6 +362,7 @@ http::Router buildRouter(App& app) {
   addAdminRoutes(app, r);
   addAuthRoutes(app, r);
   addResourceRoutes(app, r);
+  addCaRoutes(app, r);
   addEventRoutes(app, r);
   return r;
 }
