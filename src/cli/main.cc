@@ -1,4 +1,5 @@
-// The `marchproxy` binary: ingress | egress | manager | check | xdp status | version.
+// The `marchproxy` binary: up | ingress | egress | manager | check | license | xdp status | version
+// (+ demo-upstream).
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
@@ -9,12 +10,14 @@
 #include "config/writer.h"
 #include "fastpath/inspect.h"
 #include "ingress/ingress.h"
+#include "manager/license/license.h"
 #include "manager/manager.h"
 #include "egress/config.h"
 #include "egress/server.h"
 #include <fstream>
 #include <sstream>
 #include "proxy/tls/server_contexts.h"
+#include "up/up.h"
 
 #ifndef MP_VERSION
 #define MP_VERSION "dev"
@@ -108,6 +111,55 @@ int main(int argc, char** argv) {
   manager->add_option("--data-dir", manager_opts.data_dir, "Directory for the SQLite file and a generated master key");
   manager->add_option("--master-key-file", manager_opts.master_key_file, "File with the 32-byte master key");
   manager->add_option("--pool-size", manager_opts.pool_size, "Database connections (default 8)");
+  manager->add_option("--cert-renew-days", manager_opts.cert_renew_days,
+                      "Re-issue certificates MarchProxy issued when they expire within this many days (default 30)");
+  manager->add_option("--license-file", manager_opts.license_file,
+                      "Enterprise licence file (env MARCHPROXY_LICENSE_FILE; see docs/licensing.md)");
+  manager->add_option("--license-public-key", manager_opts.license_public_key,
+                      "File with the Ed25519 licence public key (env MARCHPROXY_LICENSE_PUBLIC_KEY: file or key)");
+  manager->add_option("--license-server", manager_opts.license_server,
+                      "Optional online licence validation URL (off by default; failures only log)");
+  manager->add_option("--license-grace-days", manager_opts.license_grace_days,
+                      "Days an expired licence keeps enterprise limits (default 14)");
+
+  auto* license = app.add_subcommand("license", "Developer commands for licence files (see docs/licensing.md)");
+  license->require_subcommand(1);
+  std::string lic_out_private, lic_out_public;
+  auto* license_keygen = license->add_subcommand("keygen", "Create an Ed25519 key pair for signing licences");
+  license_keygen->add_option("--out-private", lic_out_private, "Private key file to write (0600)")->required();
+  license_keygen->add_option("--out-public", lic_out_public, "Public key file to write")->required();
+  std::string lic_key, lic_out, lic_features;
+  marchproxy::manager::license::Payload lic_payload;
+  auto* license_issue = license->add_subcommand("issue", "Sign a licence file");
+  license_issue->add_option("--key", lic_key, "Ed25519 private key (PEM file)")->required();
+  license_issue->add_option("--customer", lic_payload.customer, "Customer name")->required();
+  license_issue->add_option("--max-proxies", lic_payload.max_proxies, "Proxy limit")->required();
+  license_issue->add_option("--features", lic_features, "Comma-separated enterprise features (e.g. intermediate-ca)");
+  license_issue->add_option("--expires", lic_payload.expires_at, "Expiry: YYYY-MM-DD (end of day, UTC) or ISO-8601")
+      ->required();
+  license_issue->add_option("--issued-at", lic_payload.issued_at, "Issue time (default now)");
+  license_issue->add_option("--out", lic_out, "Write here instead of standard output");
+
+  marchproxy::up::Options up_opts;
+  auto* up = app.add_subcommand("up", "Run the whole system on this machine: manager + web UI, ingress, egress, demo upstream");
+  up->add_option("--data-dir", up_opts.data_dir, "Where the manager's database, keys, proxy state and logs live")
+      ->capture_default_str();
+  up->add_option("--host", up_opts.host, "Address every part listens on")->capture_default_str();
+  up->add_option("--manager-port", up_opts.manager_port, "Manager API and web UI")->capture_default_str();
+  up->add_option("--control-port", up_opts.control_port, "Manager control listener (proxies, mTLS)")->capture_default_str();
+  up->add_option("--ingress-port", up_opts.ingress_port, "Ingress HTTP listener")->capture_default_str();
+  up->add_option("--ingress-admin-port", up_opts.ingress_admin_port, "Ingress /metrics /ready")->capture_default_str();
+  up->add_option("--egress-port", up_opts.egress_port, "Egress HTTP/CONNECT listener")->capture_default_str();
+  up->add_option("--socks-port", up_opts.socks_port, "Egress SOCKS5 listener")->capture_default_str();
+  up->add_option("--egress-admin-port", up_opts.egress_admin_port, "Egress /metrics /ready")->capture_default_str();
+  up->add_option("--demo-port", up_opts.demo_port, "Demo upstream")->capture_default_str();
+  up->add_option("--ui-dir", up_opts.ui_dir, "Built web UI to serve (default: the manager's)");
+  up->add_option("--ready-timeout", up_opts.ready_timeout_s, "Seconds to wait for each part")->capture_default_str();
+
+  std::string demo_listen = "127.0.0.1:9001", demo_name = "demo";
+  auto* demo = app.add_subcommand("demo-upstream", "A tiny HTTP server that names itself (what `up` routes to)");
+  demo->add_option("--listen", demo_listen, "HOST:PORT")->capture_default_str();
+  demo->add_option("--name", demo_name, "Name it answers with")->capture_default_str();
 
   auto* xdp = app.add_subcommand("xdp", "The XDP/TC fast path");
   xdp->require_subcommand(1);
@@ -167,6 +219,10 @@ int main(int argc, char** argv) {
     std::fputs(report.text.c_str(), stdout);
     return report.permitted ? 0 : 1;
   }
+  if (*up) return marchproxy::up::run(up_opts);
+  if (*demo) return marchproxy::up::runDemoUpstream(demo_listen, demo_name);
+  if (*license_keygen) return marchproxy::manager::license::keygenCommand(lic_out_private, lic_out_public);
+  if (*license_issue) return marchproxy::manager::license::issueCommand(lic_key, lic_features, lic_payload, lic_out);
   if (*ingress) {
     if (!resolveSource("ingress", ingress_opts.config_path, ingress_opts.manager, ingress_manager)) return 2;
     return marchproxy::ingress::run(ingress_opts);

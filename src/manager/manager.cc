@@ -3,7 +3,10 @@
 #include <sys/stat.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <mutex>
+#include <thread>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -12,6 +15,8 @@
 #include "manager/api/context.h"
 #include "manager/audit/audit.h"
 #include "manager/auth/keyring.h"
+#include "manager/ca/authority.h"
+#include "manager/license/license.h"
 #include "manager/crypto/crypto.h"
 #include "manager/http/server.h"
 #include "manager/store/migrations.h"
@@ -34,6 +39,9 @@ std::string resolveOptions(Options& o) {
   fill(o.database_url, env("MARCHPROXY_DATABASE_URL"));
   fill(o.data_dir, env("MARCHPROXY_DATA_DIR"));
   fill(o.master_key_file, env("MARCHPROXY_MASTER_KEY_FILE"));
+  fill(o.license_file, env("MARCHPROXY_LICENSE_FILE"));
+  fill(o.license_public_key, env("MARCHPROXY_LICENSE_PUBLIC_KEY"));
+  fill(o.license_server, env("MARCHPROXY_LICENSE_SERVER"));
   if (!o.config_file.empty()) {
     std::ifstream in(o.config_file);
     if (!in) return "config file " + o.config_file + ": cannot read";
@@ -51,10 +59,17 @@ std::string resolveOptions(Options& o) {
                          : k == "database_url"    ? &o.database_url
                          : k == "data_dir"        ? &o.data_dir
                          : k == "master_key_file" ? &o.master_key_file
+                         : k == "license_file"    ? &o.license_file
+                         : k == "license_public_key" ? &o.license_public_key
+                         : k == "license_server"  ? &o.license_server
                                                   : nullptr;
-      if (k == "pool_size") {
-        if (!v.is_number_integer()) return "config file " + o.config_file + ": pool_size: expected an integer";
-        if (o.pool_size == 0) o.pool_size = v.get<int>();
+      int* num = k == "pool_size"            ? &o.pool_size
+                 : k == "cert_renew_days"    ? &o.cert_renew_days
+                 : k == "license_grace_days" ? &o.license_grace_days
+                                             : nullptr;
+      if (num) {
+        if (!v.is_number_integer()) return "config file " + o.config_file + ": " + k + ": expected an integer";
+        if (*num == 0) *num = v.get<int>();
         continue;
       }
       if (!dst) return "config file " + o.config_file + ": " + k + ": unknown field";
@@ -67,6 +82,13 @@ std::string resolveOptions(Options& o) {
   fill(o.database_url, "sqlite://" + o.data_dir + "/manager.db");
   if (o.pool_size == 0) o.pool_size = 8;
   if (o.pool_size < 1 || o.pool_size > 256) return "pool-size: must be 1-256";
+  if (o.cert_renew_days == 0) o.cert_renew_days = 30;
+  if (o.cert_renew_days < 1 || o.cert_renew_days > 365) return "cert-renew-days: must be 1-365";
+  if (o.license_grace_days == 0) o.license_grace_days = 14;
+  if (o.license_grace_days < 1 || o.license_grace_days > 365) return "license-grace-days: must be 1-365";
+  if (!o.license_server.empty() && o.license_server.rfind("http://", 0) != 0 &&
+      o.license_server.rfind("https://", 0) != 0)
+    return "license-server: expected an http:// or https:// URL";
   return "";
 }
 
@@ -95,6 +117,49 @@ void bootstrapAdmin(store::Db& db, int cost) {
                  password);
 }
 
+// The licence public key option names a file or holds the key itself (PEM or base64).
+std::string licensePublicKey(const std::string& value) {
+  if (value.empty() || value.rfind("-----BEGIN", 0) == 0) return value;
+  std::ifstream in(value);
+  if (!in) return value;
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Re-issues expiring certificates at start-up and then every hour until stopped.
+class RenewalTimer {
+ public:
+  RenewalTimer(ca::Authority& ca, int days) : thread_([this, &ca, days] {
+      std::unique_lock l(mu_);
+      while (!stop_) {
+        l.unlock();
+        try {
+          auto done = ca.renewExpiring(days);
+          if (!done.empty()) spdlog::info("ca: renewed {} certificate(s) expiring within {} days", done.size(), days);
+        } catch (const std::exception& e) {
+          spdlog::error("ca: renewal check failed: {}", e.what());
+        }
+        l.lock();
+        cv_.wait_for(l, std::chrono::hours(1), [this] { return stop_; });
+      }
+    }) {}
+  ~RenewalTimer() {
+    {
+      std::lock_guard l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
 }  // namespace
 
 int run(Options opts) {
@@ -112,8 +177,15 @@ int run(Options opts) {
     auth::KeyRing keys(master);
     keys.load(*db);
     Metrics metrics;
+    ca::Authority authority(*db, keys);
+    license::Licensing licensing(opts.license_file, licensePublicKey(opts.license_public_key), opts.license_grace_days);
+    std::unique_ptr<license::OnlineCheck> online;
+    if (!opts.license_server.empty()) online = std::make_unique<license::OnlineCheck>(licensing, opts.license_server);
     api::App app(*db, keys, metrics);
     app.openapi = openapiDocument();
+    app.ca = &authority;
+    app.license = &licensing;
+    RenewalTimer renewal(authority, opts.cert_renew_days);
     bootstrapAdmin(*db, app.bcrypt_cost);
     http::Router router = api::buildRouter(app);
 

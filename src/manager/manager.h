@@ -12,6 +12,11 @@ struct Options {
   std::string data_dir;      // default ./marchproxy-data
   std::string master_key_file;
   int pool_size = 0;         // default 8
+  int cert_renew_days = 0;   // re-issue MarchProxy-issued certificates expiring within (default 30)
+  std::string license_file;        // enterprise licence (docs/licensing.md); empty = community
+  std::string license_public_key;  // file with, or the text of, the Ed25519 public key (PEM or base64)
+  std::string license_server;      // optional online validation URL; off when empty
+  int license_grace_days = 0;      // default 14
 };
 
 // Fills unset options from MARCHPROXY_* environment variables, then the config file, then defaults.

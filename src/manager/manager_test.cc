@@ -18,28 +18,12 @@
 #include "manager/crypto/crypto.h"
 #include "manager/manager.h"
 #include "manager/store/migrations.h"
+#include "manager/test_db.h"
 
 namespace mm = marchproxy::manager;
 namespace fs = std::filesystem;
 
-namespace {
-
-struct TempDb {
-  fs::path dir;
-  std::unique_ptr<mm::store::Db> db;
-  TempDb() {
-    char tmpl[] = "/tmp/mp-manager-test-XXXXXX";
-    dir = mkdtemp(tmpl);
-    db = mm::store::Db::open("sqlite://" + (dir / "m.db").string(), 2);
-    mm::store::migrate(*db);
-  }
-  ~TempDb() {
-    db.reset();
-    fs::remove_all(dir);
-  }
-};
-
-}  // namespace
+using mm::testing::TempDb;
 
 TEST(ManagerCrypto, TotpMatchesRfc6238Vectors) {
   // RFC 6238 appendix B, SHA-1 secret "12345678901234567890", 8-digit codes truncated to 6.

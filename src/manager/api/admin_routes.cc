@@ -361,6 +361,7 @@ http::Router buildRouter(App& app) {
   addAdminRoutes(app, r);
   addAuthRoutes(app, r);
   addResourceRoutes(app, r);
+  addCaRoutes(app, r);
   return r;
 }
 

@@ -5,6 +5,8 @@
 #include <string>
 
 #include "manager/auth/keyring.h"
+#include "manager/ca/authority.h"
+#include "manager/license/license.h"
 #include "manager/auth/throttle.h"
 #include "manager/http/message.h"
 #include "manager/http/router.h"
@@ -26,6 +28,8 @@ struct App {
   auth::Throttle ip_throttle{30, std::chrono::seconds(900)};
   int bcrypt_cost = 12;
   std::string openapi;  // the document served at /api/v1/openapi.json
+  ca::Authority* ca = nullptr;             // the certificate authority (ca_routes.cc); set by run()
+  license::Licensing* license = nullptr;   // the licence state; null = community edition
   App(store::Db& d, auth::KeyRing& k, Metrics& m) : db(d), keys(k), metrics(m) {}
 };
 
@@ -52,6 +56,7 @@ std::int64_t pathId(const Request& req, const std::string& name = "id");
 void addResourceRoutes(App& app, http::Router& r);
 void addAuthRoutes(App& app, http::Router& r);
 void addAdminRoutes(App& app, http::Router& r);
+void addCaRoutes(App& app, http::Router& r);  // CA, certificate issue/revoke/download, licence
 http::Router buildRouter(App& app);
 
 }  // namespace marchproxy::manager::api

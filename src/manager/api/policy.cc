@@ -1,8 +1,31 @@
 #include "manager/api/policy.h"
 
+#include "manager/audit/audit.h"
+
 namespace marchproxy::manager::api::policy {
 
 void deny(const std::string& why) { throw ApiError(403, "forbidden", why); }
+
+void auditDenied(App& app, const Principal& who, const Request& req, const std::string& action,
+                 const std::string& resource, const std::string& why) {
+  try {
+    app.db.write([&](store::Conn& c) {
+      audit::append(c, {who.username, req.remote_ip, action, resource, why, "denied"});
+    });
+  } catch (const std::exception&) {
+  }
+}
+
+void requireFeature(App& app, const std::string& feature) {
+  if (app.license && app.license->hasFeature(feature)) return;
+  std::string why = "the feature \"" + feature + "\" needs an enterprise licence that includes it";
+  if (app.license) {
+    auto st = app.license->state();
+    why += " (licence: " + st.edition + ", " + st.status + (st.problem.empty() ? "" : ": " + st.problem) + ")";
+  }
+  ApiError e(403, "feature-not-licensed", why + "; see docs/licensing.md", "feature");
+  throw e;
+}
 
 void requireAdmin(const Principal& p) {
   if (!p.isAdmin()) deny("this action needs the admin role (you are " + p.role + ")");

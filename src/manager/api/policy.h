@@ -14,6 +14,12 @@
 namespace marchproxy::manager::api::policy {
 
 [[noreturn]] void deny(const std::string& why);
+// Appends a "denied" audit row for a refused request (best effort: a failing write is ignored).
+void auditDenied(App& app, const Principal& who, const Request& req, const std::string& action,
+                 const std::string& resource, const std::string& why);
+// Enterprise-only features: throws 403 (type feature-not-licensed) naming the missing feature and
+// the licence state, unless the installed licence lists `feature` (see docs/licensing.md).
+void requireFeature(App& app, const std::string& feature);
 void requireAdmin(const Principal& p);
 void requireWriter(const Principal& p);  // admin or service-owner
 bool ownsCluster(store::Conn& c, const Principal& p, std::int64_t cluster_id);   // assigned directly

@@ -13,6 +13,7 @@
 #include "manager/api/context.h"
 #include "manager/api/policy.h"
 #include "manager/api/validate.h"
+#include "manager/ca/authority.h"
 #include "manager/audit/audit.h"
 #include "manager/crypto/crypto.h"
 #include "manager/util/time.h"
@@ -247,9 +248,11 @@ const std::vector<Spec>& specs() {
                   {"description", Kind::text, false, true, false, textMax(1024)},
                   {"cert_pem", Kind::text, true, true, false, pemCert},
                   {"key_pem", Kind::text, true, true, false, pemKey, true}},
-                 {{"not_after", Kind::text}},
-                 {"name"},
-                 {"name", "id", "not_after", "created_at", "updated_at"}});
+                 {{"not_after", Kind::text}, {"not_before", Kind::text}, {"kind", Kind::text}, {"serial", Kind::text},
+                  {"subject", Kind::text}, {"issuer", Kind::text}, {"sans", Kind::array}, {"revoked_at", Kind::text},
+                  {"revoke_reason", Kind::text}, {"renewed_at", Kind::text}},
+                 {"name", "kind"},
+                 {"name", "id", "not_after", "kind", "created_at", "updated_at"}});
     return v;
   }();
   return all;
@@ -296,6 +299,10 @@ Json rowJson(const Spec& s, const Row& r) {
     if (!f.write_only) j[f.name] = fromColumn(f.kind, r.at(f.name));
   for (const auto& [col, k] : s.readonly_out) j[col] = fromColumn(k, r.at(col));
   if (s.res == Res::services) j["has_secret"] = !r.isNull("secret_enc");
+  if (s.res == Res::certificates) {
+    j["revoked"] = !r.isNull("revoked_at");
+    j["has_key"] = !r.str("key_enc").empty();
+  }
   j["created_at"] = r.str("created_at");
   j["updated_at"] = r.str("updated_at");
   j["version"] = r.i64("version");
@@ -343,15 +350,7 @@ struct Ctx {
   const Request& req;
 };
 
-void auditDenied(App& app, const Principal& who, const Request& req, const std::string& action,
-                 const std::string& resource, const std::string& why) {
-  try {
-    app.db.write([&](Conn& c) {
-      audit::append(c, {who.username, req.remote_ip, action, resource, why, "denied"});
-    });
-  } catch (const std::exception&) {
-  }
-}
+using policy::auditDenied;
 
 // Throws 403 unless `who` may do `op` on this object. `values` is the object after the change.
 void authorize(Ctx& x, Conn& c, Op op, const Json& values) {
@@ -425,13 +424,23 @@ void checkReferences(Conn& c, const Spec& s, const Json& v) {
     validate::fail("certificate_id", "certificate " + v["certificate_id"].dump() + " does not exist");
 }
 
+// The CA's own certificates and proxy certificates belong to the CA and the control channel.
+void guardCaManaged(const Json& cert, const std::string& verb) {
+  std::string kind = cert.value("kind", "imported");
+  if (kind == "ca")
+    throw ApiError(409, "conflict", "certificate " + cert["id"].dump() + " is the certificate authority's own; it cannot be " + verb);
+  if (kind == "proxy")
+    throw ApiError(409, "conflict", "certificate " + cert["id"].dump() + " belongs to a registered proxy; revoke it "
+                                    "(POST /api/v1/certificates/" + cert["id"].dump() + "/revoke) or delete the proxy");
+}
+
 void bumpCluster(Conn& c, std::int64_t cluster_id) {
   c.exec("UPDATE clusters SET config_version = config_version + 1 WHERE id = ?", {std::to_string(cluster_id)});
 }
 
 // Resource-specific columns computed on create/update (hashes, sealed secrets). Returns extra
 // response fields shown exactly once (api_key, secret).
-Json applyHooks(Ctx& x, std::vector<std::pair<std::string, store::Param>>& cols, const Json& body, const Json* before) {
+Json applyHooks(Ctx& x, Conn& c, std::vector<std::pair<std::string, store::Param>>& cols, const Json& body, const Json* before) {
   Json once = Json::object();
   switch (x.spec.res) {
     case Res::clusters:
@@ -474,14 +483,20 @@ Json applyHooks(Ctx& x, std::vector<std::pair<std::string, store::Param>>& cols,
         std::unique_ptr<BIO, decltype(&BIO_free)> b2(BIO_new_mem_buf(keypem.data(), int(keypem.size())), BIO_free);
         std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(
             PEM_read_bio_PrivateKey(b2.get(), nullptr, nullptr, nullptr), EVP_PKEY_free);
-        if (!cert || !key || X509_check_private_key(cert.get(), key.get()) != 1)
-          validate::fail("key_pem", "does not match the certificate's public key");
-        std::tm tm{};
-        ASN1_TIME_to_tm(X509_get0_notAfter(cert.get()), &tm);
-        char buf[32];
-        std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.000Z", tm.tm_year + 1900, tm.tm_mon + 1,
-                      tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
-        cols.emplace_back("not_after", std::string(buf));
+        ca::CertFacts f = ca::checkImport(pem, keypem);
+        if (before && before->value("kind", "imported") != "imported")
+          throw ApiError(409, "conflict", "certificate " + before->value("id", Json(0)).dump() + " was issued by "
+                                          "MarchProxy (" + before->value("kind", "") + "); it is renewed, not replaced");
+        auto dup = c.exec("SELECT id FROM certificates WHERE issuer = ? AND serial = ?", {f.issuer, f.serial});
+        if (!dup.empty() && (!before || dup.front().i64("id") != before->value("id", Json(0)).get<std::int64_t>()))
+          validate::fail("cert_pem", "this certificate (serial " + f.serial + ") is already stored as certificate " +
+                                         dup.front().str("id"));
+        cols.emplace_back("not_after", f.not_after);
+        cols.emplace_back("not_before", f.not_before);
+        cols.emplace_back("serial", f.serial);
+        cols.emplace_back("subject", f.subject);
+        cols.emplace_back("issuer", f.issuer);
+        cols.emplace_back("sans", Json(f.sans).dump());
       }
       break;
     default:
@@ -634,7 +649,7 @@ Response create(Ctx& x) {
       for (const auto& [k, v] : body.items()) {
         cols.emplace_back(k, toColumn(*findField(s, k), v));
       }
-      Json once = applyHooks(x, cols, body, nullptr);
+      Json once = applyHooks(x, c, cols, body, nullptr);
       std::string now = util::nowIso();
       cols.emplace_back("created_at", now);
       cols.emplace_back("updated_at", now);
@@ -679,6 +694,7 @@ Response update(Ctx& x) {
       Row before_row = loadRow(c, s, id);
       Json before = rowJson(s, before_row);
       authorize(x, c, Op::update, before);
+      if (s.res == Res::certificates) guardCaManaged(before, "changed");
       Json after = before;
       for (const auto& [k, v] : body.items()) after[k] = v;
       authorize(x, c, Op::update, after);
@@ -692,7 +708,7 @@ Response update(Ctx& x) {
       for (const auto& [k, v] : body.items()) {
         cols.emplace_back(k, toColumn(*findField(s, k), v));
       }
-      Json once = applyHooks(x, cols, body, &before);
+      Json once = applyHooks(x, c, cols, body, &before);
       cols.emplace_back("updated_at", util::nowIso());
       std::string set;
       store::Params params;
@@ -741,6 +757,7 @@ Response remove(Ctx& x) {
       Row before_row = loadRow(c, s, id);
       Json before = rowJson(s, before_row);
       authorize(x, c, Op::remove, before);
+      if (s.res == Res::certificates) guardCaManaged(before, "deleted");
       if (expected && *expected != before_row.i64("version"))
         throw ApiError(412, "precondition-failed",
                        s.noun + " " + std::to_string(id) + " changed since you read it", "If-Match");
@@ -862,6 +879,11 @@ Response clusterWhoami(App& app, const Request& req) {
 
 }  // namespace
 
+Json resourceJson(Conn& c, const std::string& resource, std::int64_t id) {
+  const Spec& s = specFor(resource);
+  return rowJson(s, loadRow(c, s, id));
+}
+
 void addResourceRoutes(App& app, http::Router& router) {
   for (const auto& spec : specs()) {
     const Spec* s = &spec;
@@ -879,6 +901,8 @@ void addResourceRoutes(App& app, http::Router& router) {
     router.add("DELETE", base + "/{id}", wrap(remove));
     if (s->res == Res::clusters) router.add("POST", base + "/{id}/rotate-key", wrap(rotateClusterKey));
     if (s->res == Res::services) router.add("POST", base + "/{id}/rotate-secret", wrap(rotateServiceSecret));
+    // An externally issued certificate and its key (the same as POST /certificates, named for what it does).
+    if (s->res == Res::certificates) router.add("POST", base + "/import", wrap(create));
   }
   router.add("GET", "/api/v1/cluster/whoami", [&app](Request& req) { return clusterWhoami(app, req); });
 }

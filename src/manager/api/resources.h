@@ -5,6 +5,7 @@
 #include <string>
 
 #include "manager/http/message.h"
+#include "manager/store/db.h"
 
 namespace marchproxy::manager::api {
 
@@ -13,5 +14,8 @@ namespace marchproxy::manager::api {
 // ApiError (422 with the field, or 400) on the first problem; checks that need the database
 // (references) are not made here. The fuzz target drives this.
 void validateResourceBody(const std::string& resource, const http::Json& body, bool create);
+
+// One row of `resource` as the API shows it (404 ApiError when absent).
+http::Json resourceJson(store::Conn& c, const std::string& resource, std::int64_t id);
 
 }  // namespace marchproxy::manager::api

@@ -105,6 +105,24 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
   FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
 )SQL";
 
+// v2: the certificate authority (src/manager/ca). Every certificate, including the CA's own, is a row
+// of `certificates`; `kind` says where it came from. Rows that existed before are imports.
+constexpr const char* kV2Certificates = R"SQL(
+ALTER TABLE certificates ADD COLUMN kind TEXT NOT NULL DEFAULT 'imported'
+  CHECK (kind IN ('server', 'client', 'proxy', 'imported', 'ca'));
+ALTER TABLE certificates ADD COLUMN serial TEXT;
+ALTER TABLE certificates ADD COLUMN subject TEXT NOT NULL DEFAULT '';
+ALTER TABLE certificates ADD COLUMN issuer TEXT NOT NULL DEFAULT '';
+ALTER TABLE certificates ADD COLUMN sans TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE certificates ADD COLUMN not_before TEXT NOT NULL DEFAULT '';
+ALTER TABLE certificates ADD COLUMN revoked_at TEXT;
+ALTER TABLE certificates ADD COLUMN revoke_reason TEXT NOT NULL DEFAULT '';
+ALTER TABLE certificates ADD COLUMN renewed_at TEXT;
+CREATE UNIQUE INDEX certificates_issuer_serial ON certificates (issuer, serial);
+CREATE INDEX certificates_serial ON certificates (serial);
+CREATE INDEX certificates_revoked ON certificates (revoked_at);
+)SQL";
+
 std::string expand(std::string sql, Dialect d) {
   auto replaceAll = [&](const std::string& from, const std::string& to) {
     for (std::size_t p = 0; (p = sql.find(from, p)) != std::string::npos; p += to.size()) sql.replace(p, from.size(), to);
@@ -123,6 +141,7 @@ const std::vector<Migration>& migrations() {
   static const std::vector<Migration> list = {
       {1, expand(kV1Tables, Dialect::sqlite) + kV1SqliteTriggers,
        expand(kV1Tables, Dialect::postgres) + kV1PostgresTriggers},
+      {2, expand(kV2Certificates, Dialect::sqlite), expand(kV2Certificates, Dialect::postgres)},
   };
   return list;
 }
