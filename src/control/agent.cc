@@ -479,7 +479,8 @@ asio::awaitable<void> Agent::pollLoop() {
 void Agent::applySnapshot(const std::string& body) {
   auto refuse = [&](uint64_t version, const std::string& why) {
     if (version) state_.reject(version);
-    error_ = std::make_pair(version, why);
+    // The whole text is logged; the heartbeat carries its start (the manager keeps up to 4 KiB).
+    error_ = std::make_pair(version, why.size() > 2000 ? why.substr(0, 2000) + "…" : why);
     ++m_apply_failures_;
     spdlog::error("manager: refused version {}: {}; still serving version {}", version, why, applied_version_);
     heartbeat_due_ = true;

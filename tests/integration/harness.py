@@ -442,6 +442,21 @@ def raw_exchange(port, data, timeout=10.0):
         return None, c
 
 
+def connect_tunnel(proxy_port, host, port, auth, timeout=10.0):
+    """Sends `CONNECT host:port` with `Proxy-Authorization: auth` to a forward proxy on loopback and
+    reads the response head byte by byte (nothing of the tunnel). Returns (socket, head bytes)."""
+    s = socket.create_connection((LOCALHOST, proxy_port), timeout=timeout)
+    s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+              f"Proxy-Authorization: {auth}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        d = s.recv(1)
+        if not d:
+            break
+        head += d
+    return s, head
+
+
 def chunked_encode(chunks, trailers=None):
     out = bytearray()
     for ch in chunks:
