@@ -121,6 +121,12 @@ int main(int argc, char** argv) {
                       "Optional online licence validation URL (off by default; failures only log)");
   manager->add_option("--license-grace-days", manager_opts.license_grace_days,
                       "Days an expired licence keeps enterprise limits (default 14)");
+  manager->add_option("--control-listen", manager_opts.control_listen,
+                      "host:port of the mTLS control listener proxies use (default 127.0.0.1:8443)");
+  manager->add_option("--control-hosts", manager_opts.control_hosts,
+                      "Names and IPs in the control listener's certificate (default localhost,127.0.0.1,::1,<hostname>)");
+  manager->add_option("--heartbeat-interval", manager_opts.heartbeat_interval,
+                      "Seconds between proxy heartbeats; stale after 3 missed (default 30)");
 
   auto* license = app.add_subcommand("license", "Developer commands for licence files (see docs/licensing.md)");
   license->require_subcommand(1);

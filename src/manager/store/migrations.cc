@@ -123,6 +123,28 @@ CREATE INDEX certificates_serial ON certificates (serial);
 CREATE INDEX certificates_revoked ON certificates (revoked_at);
 )SQL";
 
+// Version 3 (control loop, docs/control-protocol.md): what the manager knows about each registered
+// proxy, and per-cluster listener addresses compiled into the snapshots. Version 2 belongs to the
+// certificate authority and licensing (ca/, license/).
+constexpr const char* kV3Control = R"SQL(
+ALTER TABLE proxy_servers ADD COLUMN token_hash TEXT;
+ALTER TABLE proxy_servers ADD COLUMN cert_serial TEXT;
+ALTER TABLE proxy_servers ADD COLUMN cert_not_after TEXT;
+ALTER TABLE proxy_servers ADD COLUMN status TEXT NOT NULL DEFAULT 'active';
+ALTER TABLE proxy_servers ADD COLUMN sw_version TEXT NOT NULL DEFAULT '';
+ALTER TABLE proxy_servers ADD COLUMN capabilities TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE proxy_servers ADD COLUMN heartbeat TEXT;
+ALTER TABLE proxy_servers ADD COLUMN applied_hash TEXT;
+ALTER TABLE proxy_servers ADD COLUMN error TEXT;
+ALTER TABLE proxy_servers ADD COLUMN revoked_at TEXT;
+ALTER TABLE proxy_servers ADD COLUMN updated_at TEXT;
+CREATE UNIQUE INDEX proxy_servers_token ON proxy_servers (token_hash);
+ALTER TABLE clusters ADD COLUMN ingress_http_address TEXT NOT NULL DEFAULT '0.0.0.0:8080';
+ALTER TABLE clusters ADD COLUMN ingress_https_address TEXT NOT NULL DEFAULT '0.0.0.0:9443';
+ALTER TABLE clusters ADD COLUMN egress_proxy_address TEXT NOT NULL DEFAULT '127.0.0.1:3128';
+ALTER TABLE clusters ADD COLUMN egress_socks5_address TEXT NOT NULL DEFAULT '127.0.0.1:1080';
+)SQL";
+
 std::string expand(std::string sql, Dialect d) {
   auto replaceAll = [&](const std::string& from, const std::string& to) {
     for (std::size_t p = 0; (p = sql.find(from, p)) != std::string::npos; p += to.size()) sql.replace(p, from.size(), to);
@@ -142,6 +164,9 @@ const std::vector<Migration>& migrations() {
       {1, expand(kV1Tables, Dialect::sqlite) + kV1SqliteTriggers,
        expand(kV1Tables, Dialect::postgres) + kV1PostgresTriggers},
       {2, expand(kV2Certificates, Dialect::sqlite), expand(kV2Certificates, Dialect::postgres)},
+      // Kept sorted by version; a missing number (another branch's migration not merged yet) is
+      // simply skipped by migrate().
+      {3, kV3Control, kV3Control},
   };
   return list;
 }
