@@ -457,6 +457,16 @@ def connect_tunnel(proxy_port, host, port, auth, timeout=10.0):
     return s, head
 
 
+def read_to_eof(sock):
+    """Everything the peer sends until it closes (a tunnel answered with Connection: close)."""
+    data = b""
+    while True:
+        d = sock.recv(65536)
+        if not d:
+            return data
+        data += d
+
+
 def chunked_encode(chunks, trailers=None):
     out = bytearray()
     for ch in chunks:
