@@ -8,8 +8,9 @@ and what 1,000 heartbeating proxies cost the manager.
      JSON, check its version). The driver PATCHes a route through the API and measures, per proxy,
      the time from sending the PATCH to that proxy holding the new version. p50/p99 over all
      (write, proxy) pairs. Goal: p99 < 100 ms at N = 50.
-  2. heartbeats: 1,000 registered proxies (registration is done in the database-free way a real fleet
-     does it, one by one over the control listener) each send one heartbeat over mTLS, spread evenly
+  2. heartbeats: 1,000 proxies registered one by one over the control listener (sharing one key and
+     CSR to keep openssl out of the loop; each has its own id, token and certificate) each send one
+     heartbeat over a new mTLS connection, spread evenly
      over --beat-window seconds (a compressed 30 s interval); the manager's CPU time
      (/proc/PID/stat utime+stime) during the window is scaled to "1,000 proxies every 30 s". Goal:
      under 5 % of one core.
@@ -128,13 +129,10 @@ def propagate(mgr, admin, cluster, key, ca, tmp, n, writes):
 def heartbeats(mgr, key, ca, tmp, beats, window):
     # One key/CSR shared by all simulated proxies keeps openssl out of the loop; each still gets its
     # own id, token and certificate.
-    key_file, csr = make_csr(tmp, "fleet")
+    shared = make_csr(tmp, "fleet")
     fleet = []
     for i in range(beats):
-        c = ControlClient.__new__(ControlClient)
-        c.port, c.ca_file, c.workdir, c.name, c.kind, c.timeout = mgr.control_port, ca, tmp, f"hb{i}", "ingress", 60
-        c.id = c.token = c.cert_file = None
-        c.key_file, c.csr, c._conn = key_file, csr, None
+        c = ControlClient(mgr.control_port, ca, tmp, f"hb{i}", key=shared)
         st, _, b = c.register(key)
         assert st == 201, b
         fleet.append(c)

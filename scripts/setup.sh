@@ -18,7 +18,11 @@ PKGS=(
   # benchmarks (peers and load generators)
   nginx-light haproxy wrk nghttp2-client gnuplot-nox
   squid                                          # egress bench peer (forward proxy)
+  chromium                                       # web UI end-to-end tests (tests/web)
 )
+# The web UI (web/) builds with Node 20 + npm. Node from elsewhere (e.g. nodesource, which bundles
+# npm) is kept; Debian's packages only when `node` is missing.
+command -v node >/dev/null 2>&1 || PKGS+=(nodejs npm)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -5,16 +5,17 @@
 #
 #   scripts/test.sh                 everything (what .ci/run calls)
 #   FUZZ_SECONDS=10 scripts/test.sh shorter fuzzing
-#   STAGES="release asan" scripts/test.sh   a subset of: release asan tsan fuzz
+#   STAGES="release asan" scripts/test.sh   a subset of: release asan tsan fuzz web
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
-STAGES=${STAGES:-"release asan tsan fuzz"}
+STAGES=${STAGES:-"release asan tsan fuzz web"}
 JOBS=${JOBS:-$(nproc)}
 export CTEST_OUTPUT_ON_FAILURE=1
 
 bash scripts/setup.sh
+bash scripts/build_web.sh   # the manager serves web/dist (integration tests and the web stage use it)
 
 has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 section() { printf '\n==== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
@@ -76,6 +77,14 @@ if has_stage fuzz; then
     run "$name" "$f" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
       -artifact_prefix=build/fuzz/ "$work" "${seeds[@]}"
   done
+fi
+
+if has_stage web; then
+  section "web: component tests (vitest)"
+  run web-unit bash -c 'cd web && npx vitest run'
+  section "web: end-to-end in Chromium against a real manager"
+  build release marchproxy
+  E2E_OUT=build/web-e2e run web-e2e node tests/web/e2e.mjs
 fi
 
 section "summary"

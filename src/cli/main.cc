@@ -1,4 +1,5 @@
-// The `marchproxy` binary: ingress | egress | manager | check | license | xdp status | version.
+// The `marchproxy` binary: up | ingress | egress | manager | check | license | xdp status | version
+// (+ demo-upstream).
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
@@ -15,6 +16,7 @@
 #include <fstream>
 #include <sstream>
 #include "proxy/tls/server_contexts.h"
+#include "up/up.h"
 
 #ifndef MP_VERSION
 #define MP_VERSION "dev"
@@ -55,6 +57,8 @@ int main(int argc, char** argv) {
   manager->add_option("--pool-size", manager_opts.pool_size, "Database connections (default 8)");
   manager->add_option("--cert-renew-days", manager_opts.cert_renew_days,
                       "Re-issue certificates MarchProxy issued when they expire within this many days (default 30)");
+  manager->add_flag("--ca-intermediate", manager_opts.ca_intermediate,
+                    "Create an intermediate CA below the root if there is none (enterprise feature intermediate-ca)");
   manager->add_option("--license-file", manager_opts.license_file,
                       "Enterprise licence file (env MARCHPROXY_LICENSE_FILE; see docs/licensing.md)");
   manager->add_option("--license-public-key", manager_opts.license_public_key,
@@ -87,6 +91,29 @@ int main(int argc, char** argv) {
       ->required();
   license_issue->add_option("--issued-at", lic_payload.issued_at, "Issue time (default now)");
   license_issue->add_option("--out", lic_out, "Write here instead of standard output");
+
+  marchproxy::up::Options up_opts;
+  auto* up = app.add_subcommand("up", "Run the whole system on this machine: manager + web UI, ingress, egress, demo upstream");
+  up->add_option("--data-dir", up_opts.data_dir, "Where the manager's database, keys, proxy state and logs live")
+      ->capture_default_str();
+  up->add_option("--host", up_opts.host, "Address every part listens on")->capture_default_str();
+  up->add_option("--manager-port", up_opts.manager_port, "Manager API and web UI")->capture_default_str();
+  up->add_option("--control-port", up_opts.control_port, "Manager control listener (proxies, mTLS)")->capture_default_str();
+  up->add_option("--ingress-port", up_opts.ingress_port, "Ingress HTTP listener")->capture_default_str();
+  up->add_option("--ingress-admin-port", up_opts.ingress_admin_port, "Ingress /metrics /ready")->capture_default_str();
+  up->add_option("--egress-port", up_opts.egress_port, "Egress HTTP/CONNECT listener")->capture_default_str();
+  up->add_option("--socks-port", up_opts.socks_port, "Egress SOCKS5 listener")->capture_default_str();
+  up->add_option("--egress-admin-port", up_opts.egress_admin_port, "Egress /metrics /ready")->capture_default_str();
+  up->add_option("--demo-port", up_opts.demo_port, "Demo upstream")->capture_default_str();
+  up->add_option("--ui-dir", up_opts.ui_dir, "Built web UI to serve (default: the manager's)");
+  up->add_option("--ready-timeout", up_opts.ready_timeout_s, "Seconds to wait for each part")->capture_default_str();
+
+  std::string demo_listen = "127.0.0.1:9001", demo_name = "demo";
+  auto* demo = app.add_subcommand("demo-upstream", "A tiny HTTP server that names itself (what `up` routes to)");
+  demo->add_option("--listen", demo_listen, "HOST:PORT")->capture_default_str();
+  demo->add_option("--name", demo_name, "Name it answers with")->capture_default_str();
+  manager->add_option("--ui-dir", manager_opts.ui_dir,
+                      "Built web UI to serve (default: ./web/dist or the repository's web/dist; - = none)");
 
   auto* xdp = app.add_subcommand("xdp", "The XDP/TC fast path");
   xdp->require_subcommand(1);
@@ -146,6 +173,8 @@ int main(int argc, char** argv) {
     std::fputs(report.text.c_str(), stdout);
     return report.permitted ? 0 : 1;
   }
+  if (*up) return marchproxy::up::run(up_opts);
+  if (*demo) return marchproxy::up::runDemoUpstream(demo_listen, demo_name);
   if (*license_keygen) return marchproxy::manager::license::keygenCommand(lic_out_private, lic_out_public);
   if (*license_issue) return marchproxy::manager::license::issueCommand(lic_key, lic_features, lic_payload, lic_out);
   if (*ingress) return marchproxy::ingress::run(ingress_opts);

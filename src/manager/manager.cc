@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "manager/api/context.h"
+#include "manager/api/events.h"
 #include "manager/audit/audit.h"
 #include "manager/auth/keyring.h"
 #include "manager/ca/authority.h"
@@ -21,6 +22,7 @@
 #include "manager/control/service.h"
 #include "manager/crypto/crypto.h"
 #include "manager/http/server.h"
+#include "manager/http/static_files.h"
 #include "manager/store/migrations.h"
 #include "manager/util/time.h"
 
@@ -46,6 +48,7 @@ std::string resolveOptions(Options& o) {
   fill(o.license_file, env("MARCHPROXY_LICENSE_FILE"));
   fill(o.license_public_key, env("MARCHPROXY_LICENSE_PUBLIC_KEY"));
   fill(o.license_server, env("MARCHPROXY_LICENSE_SERVER"));
+  fill(o.ui_dir, env("MARCHPROXY_UI_DIR"));
   if (!o.config_file.empty()) {
     std::ifstream in(o.config_file);
     if (!in) return "config file " + o.config_file + ": cannot read";
@@ -68,12 +71,18 @@ std::string resolveOptions(Options& o) {
                          : k == "license_file"    ? &o.license_file
                          : k == "license_public_key" ? &o.license_public_key
                          : k == "license_server"  ? &o.license_server
+                         : k == "ui_dir"          ? &o.ui_dir
                                                   : nullptr;
       int* num = k == "pool_size"            ? &o.pool_size
                  : k == "heartbeat_interval" ? &o.heartbeat_interval
                  : k == "cert_renew_days"    ? &o.cert_renew_days
                  : k == "license_grace_days" ? &o.license_grace_days
                                              : nullptr;
+      if (k == "ca_intermediate") {
+        if (!v.is_boolean()) return "config file " + o.config_file + ": " + k + ": expected a boolean";
+        o.ca_intermediate = o.ca_intermediate || v.get<bool>();
+        continue;
+      }
       if (num) {
         if (!v.is_number_integer()) return "config file " + o.config_file + ": " + k + ": expected an integer";
         if (*num == 0) *num = v.get<int>();
@@ -88,6 +97,8 @@ std::string resolveOptions(Options& o) {
   fill(o.data_dir, "marchproxy-data");
   fill(o.database_url, "sqlite://" + o.data_dir + "/manager.db");
   if (o.pool_size == 0) o.pool_size = 8;
+  if (o.ui_dir.empty()) o.ui_dir = http::defaultUiDir();
+  if (o.ui_dir == "-") o.ui_dir.clear();
   if (o.pool_size < 1 || o.pool_size > 256) return "pool-size: must be 1-256";
   fill(o.control_listen, "127.0.0.1:8443");
   if (o.control_hosts.empty()) {
@@ -236,6 +247,16 @@ int run(Options opts) {
     app.ca = &authority;
     app.license = &licensing;
     RenewalTimer renewal(authority, opts.cert_renew_days);
+    if (opts.ca_intermediate && !authority.hasIntermediate()) {
+      // Never fatal: without the licence feature the root keeps issuing.
+      if (licensing.hasFeature("intermediate-ca")) {
+        authority.createIntermediate();
+        spdlog::info("ca: created the intermediate CA (--ca-intermediate); new certificates are issued by it");
+      } else {
+        spdlog::error("ca: --ca-intermediate needs an enterprise licence with the feature \"intermediate-ca\" "
+                      "(see docs/licensing.md); the root CA keeps issuing");
+      }
+    }
     bootstrapAdmin(*db, app.bcrypt_cost);
     http::Router router = api::buildRouter(app);
     control::Options co;
@@ -247,12 +268,16 @@ int run(Options opts) {
     control.addApiRoutes(router);
     http::Router control_router;
     control.addControlRoutes(control_router);
+    http::StaticFiles ui(opts.ui_dir);
+    if (ui.dir().empty())
+      spdlog::warn("manager: web UI not served (no built UI found{}; see docs/web-ui.md)",
+                   opts.ui_dir.empty() ? "" : " in " + opts.ui_dir);
 
     http::ServerOptions so;
     so.listen = opts.listen;
     so.tls_cert = opts.tls_cert;
     so.tls_key = opts.tls_key;
-    auto dispatch = [&](const http::Router& router, http::Request& req) {
+    auto dispatch = [&](const http::Router& router, bool with_ui, http::Request& req) {
       auto t0 = std::chrono::steady_clock::now();
       http::Response resp;
       std::string route = "unmatched";
@@ -262,6 +287,16 @@ int run(Options opts) {
         resp = r.handler(req);
       } catch (const http::ApiError& e) {
         resp = http::problem(e, req.path);
+        if (e.status == 404 && with_ui) {  // not an API route: the web UI's files and client-side routes
+          try {
+            if (auto file = ui.serve(req)) {
+              route = "ui";
+              resp = std::move(*file);
+            }
+          } catch (const http::ApiError& e2) {
+            resp = http::problem(e2, req.path);
+          }
+        }
       } catch (const store::DbError& e) {
         spdlog::error("manager: {} {}: {}", req.method, req.path, e.what());
         bool down = e.kind == store::DbError::Kind::unavailable || e.kind == store::DbError::Kind::busy;
@@ -277,9 +312,10 @@ int run(Options opts) {
       spdlog::debug("manager: {} {} {} {:.1f}ms", req.method, req.path, resp.status, secs * 1000);
       return resp;
     };
-    http::Server server(so, [&](http::Request& req) { return dispatch(router, req); });
+    http::Server server(so, [&](http::Request& req) { return dispatch(router, true, req); });
+    server.onUpgrade("/api/v1/events", [&app](http::Request& req) { return api::openEventStream(app, req); });
     // The control listener: always TLS with a certificate from the CA, client certificates
-    // requested and verified against it (docs/control-protocol.md).
+    // requested and verified against it (docs/control-protocol.md). No web UI there.
     auto [control_cert, control_key] = controlCertificate(*db, keys, authority, opts.control_hosts);
     http::ServerOptions cso;
     cso.listen = opts.control_listen;
@@ -288,16 +324,16 @@ int run(Options opts) {
     cso.client_ca_pem = authority.chainPem();
     cso.max_connections = 4096;  // one per long-polling proxy
     cso.idle_timeout_s = 120;
-    http::Server control_server(cso, [&](http::Request& req) { return dispatch(control_router, req); });
+    http::Server control_server(cso, [&](http::Request& req) { return dispatch(control_router, false, req); });
     control_server.bind();
     spdlog::info("listening: listener=control address={}:{} tls=on mtls=on hosts={}",
                  opts.control_listen.substr(0, opts.control_listen.rfind(':')), control_server.port(),
                  opts.control_hosts);
     server.bind();
     std::thread control_thread([&] { control_server.run(); });
-    spdlog::info("listening: listener=manager address={}:{} tls={} database={}",
+    spdlog::info("listening: listener=manager address={}:{} tls={} database={} ui={}",
                  opts.listen.substr(0, opts.listen.rfind(':')), server.port(), server.tls() ? "on" : "off",
-                 db->dialect() == store::Dialect::sqlite ? "sqlite" : "postgres");
+                 db->dialect() == store::Dialect::sqlite ? "sqlite" : "postgres", ui.dir().empty() ? "off" : ui.dir());
     server.run();
     control.notifier().shutdown();  // waiting long-polls answer 304 now
     control_server.stop();

@@ -13,6 +13,7 @@ struct Options {
   std::string master_key_file;
   int pool_size = 0;         // default 8
   int cert_renew_days = 0;   // re-issue MarchProxy-issued certificates expiring within (default 30)
+  bool ca_intermediate = false;  // create the intermediate CA at start (enterprise feature intermediate-ca)
   std::string license_file;        // enterprise licence (docs/licensing.md); empty = community
   std::string license_public_key;  // file with, or the text of, the Ed25519 public key (PEM or base64)
   std::string license_server;      // optional online validation URL; off when empty
@@ -21,6 +22,7 @@ struct Options {
   std::string control_listen;  // default 127.0.0.1:8443
   std::string control_hosts;   // SANs of its certificate, comma-separated (default localhost,127.0.0.1,::1,<hostname>)
   int heartbeat_interval = 0;  // seconds told to proxies; stale after 3 missed (default 30)
+  std::string ui_dir;        // the built web UI; default: http::defaultUiDir(); "-" = do not serve it
 };
 
 // Fills unset options from MARCHPROXY_* environment variables, then the config file, then defaults.

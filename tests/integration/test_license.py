@@ -34,9 +34,10 @@ class LicenseTests(ManagerTestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         return out
 
-    def restart_with(self, license_file):
+    def restart_with(self, license_file, *extra):
         self.mgr.stop()
-        self.mgr = self.start_manager(extra_args=["--license-file", license_file, "--license-public-key", self.pub])
+        self.mgr = self.start_manager(extra_args=["--license-file", license_file, "--license-public-key", self.pub,
+                                                  *extra])
         self.admin = self.mgr.client()
         self.admin.login()
 
@@ -88,6 +89,19 @@ class LicenseTests(ManagerTestCase):
         self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
         v = subprocess.run(["openssl", "verify", "-CAfile", paths["root.pem"], leaf], capture_output=True, text=True)
         self.assertNotEqual(v.returncode, 0)  # issued by the intermediate, not the root
+
+    def test_ca_intermediate_flag_needs_the_feature(self):
+        self.mgr.stop()
+        self.mgr = self.start_manager(extra_args=["--ca-intermediate"])  # community: refused, but keeps running
+        self.admin = self.mgr.client()
+        self.admin.login()
+        self.assertIsNone(self.admin.get("/api/v1/ca")[2]["intermediate"])
+        self.assertIn("--ca-intermediate needs an enterprise licence", self.mgr.output())
+        self.restart_with(self.make_license("valid.json", day(365)), "--ca-intermediate")
+        info = self.admin.get("/api/v1/ca")[2]
+        self.assertEqual(info["issuing"], "intermediate")
+        self.assertEqual(info["intermediate"]["issuer"], info["root"]["subject"])
+        self.assertEqual(self.admin.get("/api/v1/ca.pem")[2].count("BEGIN CERTIFICATE"), 2)
 
     def test_grace_expired_bad_signature_and_malformed(self):
         other_priv = os.path.join(self.tmp, "other.key")

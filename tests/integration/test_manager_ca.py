@@ -20,6 +20,10 @@ class CaTests(ManagerTestCase):
             f.write(text)
         return path
 
+    def read(self, name):
+        with open(os.path.join(self.tmp, name)) as f:
+            return f.read()
+
     def issue(self, body, client=None):
         st, h, b = (client or self.admin).post("/api/v1/certificates/issue", body)
         self.assertEqual(st, 201, b)
@@ -121,7 +125,7 @@ class CaTests(ManagerTestCase):
                             "-subj", f"/CN=ext{n}.example.com", "-addext", f"subjectAltName=DNS:ext{n}.example.com",
                             "-days", "30", "-keyout", f"{d}/k{n}.pem", "-out", f"{d}/c{n}.pem"],
                            check=True, capture_output=True)
-        cert, key, key2 = (open(f"{d}/{n}").read() for n in ("c1.pem", "k1.pem", "k2.pem"))
+        cert, key, key2 = (self.read(n) for n in ("c1.pem", "k1.pem", "k2.pem"))
         self.assertProblem(self.admin.post("/api/v1/certificates/import",
                                            {"name": "ext", "cert_pem": cert, "key_pem": key2}), 422, "key_pem")
         self.assertProblem(self.admin.post("/api/v1/certificates/import",

@@ -10,6 +10,7 @@ SELF_SERVICE = {
     "POST /api/v1/auth/login", "POST /api/v1/auth/refresh", "POST /api/v1/auth/logout",
     "POST /api/v1/auth/password", "POST /api/v1/auth/totp/enroll", "POST /api/v1/auth/totp/verify",
     "POST /api/v1/auth/totp/disable", "POST /api/v1/auth/tokens", "DELETE /api/v1/auth/tokens/{id}",
+    "POST /api/v1/events/ticket",  # live events: every role, scoped by what it may read
 }
 
 

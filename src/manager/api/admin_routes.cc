@@ -1,6 +1,7 @@
 // Operations and administration endpoints: health, metrics, the OpenAPI document, users and their
 // cluster/service assignments, settings, and the audit log with chain verification.
 #include "manager/api/context.h"
+#include "manager/api/events.h"
 #include "manager/api/policy.h"
 #include "manager/api/validate.h"
 #include "manager/audit/audit.h"
@@ -362,6 +363,7 @@ http::Router buildRouter(App& app) {
   addAuthRoutes(app, r);
   addResourceRoutes(app, r);
   addCaRoutes(app, r);
+  addEventRoutes(app, r);
   return r;
 }
 

@@ -10,6 +10,7 @@
 #include "manager/api/validate.h"
 #include "manager/audit/audit.h"
 #include "manager/ca/authority.h"
+#include "manager/events/bus.h"
 
 namespace marchproxy::manager::api {
 namespace {
@@ -26,6 +27,17 @@ Response pem(const std::string& text) {
   r.content_type = "application/x-pem-file";
   r.body = text;
   return r;
+}
+
+// Tells live subscribers (web UI) about a committed change; the row never holds key material.
+void announce(const Json& cert, const std::string& action) {
+  events::Event ev;
+  ev.type = "object";
+  ev.resource = "certificates";
+  ev.id = cert.value("id", std::int64_t(0));
+  ev.action = action;
+  ev.data = cert;
+  events::bus().publish(std::move(ev));
 }
 
 // Admin-only write: a refusal is audited, then 403.
@@ -78,8 +90,9 @@ Response issue(App& app, Request& req) {
     cn = b["common_name"];
   }
   std::string name = b["name"];
+  Json row;
   try {
-    return app.db.write([&](Conn& c) {
+    Response resp = app.db.write([&](Conn& c) {
       if (!c.exec("SELECT 1 FROM certificates WHERE name = ?", {name}).empty())
         throw ApiError(409, "conflict", "a certificate with this name already exists", "name");
       ca::Issued out = kind == "server" ? authority(app).issueServer(c, name, sans, days)
@@ -91,6 +104,7 @@ Response issue(App& app, Request& req) {
                         "issued " + kind + " certificate \"" + name + "\" (" + what + ", " + std::to_string(days) +
                             " days, serial " + out.serial + ")"});
       Json j = resourceJson(c, "certificates", out.certificate_id);
+      row = j;
       j["cert_pem"] = out.cert_pem;
       j["key_pem"] = out.key_pem;  // shown once, here only; sealed at rest
       j["ca_chain"] = authority(app).chainPem();
@@ -98,6 +112,8 @@ Response issue(App& app, Request& req) {
       resp.headers.emplace_back("Location", "/api/v1/certificates/" + std::to_string(out.certificate_id));
       return resp;
     });
+    announce(row, "created");
+    return resp;
   } catch (const store::DbError& e) {
     if (e.kind == store::DbError::Kind::unique)
       throw ApiError(409, "conflict", "a certificate with this name already exists", "name");
@@ -141,6 +157,7 @@ Response revoke(App& app, Request& req) {
     return resourceJson(c, "certificates", id);
   });
   authority(app).crlPem();  // regenerate now rather than on the next snapshot
+  announce(out, "updated");
   return Response::json(200, out);
 }
 

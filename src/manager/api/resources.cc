@@ -11,11 +11,13 @@
 #include <set>
 
 #include "manager/api/context.h"
+#include "manager/api/events.h"
 #include "manager/api/policy.h"
 #include "manager/api/validate.h"
 #include "manager/ca/authority.h"
 #include "manager/audit/audit.h"
 #include "manager/crypto/crypto.h"
+#include "manager/events/bus.h"
 #include "manager/util/time.h"
 
 namespace marchproxy::manager::api {
@@ -899,11 +901,53 @@ Response clusterWhoami(App& app, const Request& req) {
                               {"config_version", r.i64("config_version")}});
 }
 
+void publishChange(const Spec& s, const Request& req, const Response& resp, const Json& before) {
+  events::Event ev;
+  ev.type = "object";
+  ev.resource = s.path;
+  Json obj = before;
+  if (!resp.body.empty()) {
+    Json j = Json::parse(resp.body, nullptr, false);
+    if (j.is_object() && j.contains("id")) obj = j;
+  }
+  if (obj.is_object()) {
+    obj.erase("api_key");  // shown once to the caller only
+    obj.erase("secret");
+  }
+  ev.id = req.params.count("id") ? std::stoll(req.params.at("id")) : obj.value("id", std::int64_t(0));
+  ev.action = req.method == "POST" ? (req.params.count("id") ? "rotated" : "created")
+              : req.method == "DELETE" ? "deleted"
+                                       : "updated";
+  if (s.res == Res::clusters)
+    ev.cluster_id = ev.id;
+  else if (obj.is_object() && obj.contains("cluster_id") && obj["cluster_id"].is_number_integer())
+    ev.cluster_id = obj["cluster_id"].get<std::int64_t>();
+  if (ev.action != "rotated" && obj.is_object()) ev.data = obj;
+  else ev.data = {{"id", ev.id}};
+  events::bus().publish(std::move(ev));
+}
+
 }  // namespace
 
 Json resourceJson(Conn& c, const std::string& resource, std::int64_t id) {
   const Spec& s = specFor(resource);
   return rowJson(s, loadRow(c, s, id));
+}
+
+bool mayReadObject(App& app, const Principal& who, const std::string& resource, const Json& object) {
+  if (who.isAdmin()) return true;
+  const Spec* spec = nullptr;
+  for (const auto& sp : specs())
+    if (sp.path == resource) spec = &sp;
+  if (!spec || !object.is_object()) return false;
+  Request none;
+  Ctx x{app, *spec, who, none};
+  try {
+    app.db.read([&](Conn& c) { authorize(x, c, Op::read, object); });
+    return true;
+  } catch (const ApiError&) {
+    return false;
+  }
 }
 
 void addResourceRoutes(App& app, http::Router& router) {
@@ -913,11 +957,22 @@ void addResourceRoutes(App& app, http::Router& router) {
     auto wrap = [&app, s](Response (*fn)(Ctx&)) {
       return [&app, s, fn](Request& req) {
         Ctx x{app, *s, authenticate(app, req), req};
-        Response r = fn(x);
+        if (req.method == "GET") return fn(x);
+        // Every successful write is announced on the event bus (after its transaction committed).
+        // A delete's event carries the object as it was, so subscribers can be scoped by its cluster.
+        Json before;
+        if (req.params.count("id")) {
+          try {
+            before = app.db.read([&](Conn& c) { return rowJson(*s, loadRow(c, *s, pathId(req))); });
+          } catch (const std::exception&) {
+          }
+        }
+        Response resp = fn(x);
+        if (resp.status < 300) publishChange(*s, req, resp, before);
         // Every write above bumps the config_version of the clusters it affects inside its
         // transaction; now that it has committed, wake the proxies' long-polls.
-        if (req.method != "GET" && app.on_config_write) app.on_config_write();
-        return r;
+        if (app.on_config_write) app.on_config_write();
+        return resp;
       };
     };
     router.add("GET", base, wrap(list));

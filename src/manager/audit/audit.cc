@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "manager/crypto/crypto.h"
+#include "manager/events/bus.h"
 #include "manager/util/time.h"
 
 namespace marchproxy::manager::audit {
@@ -21,9 +22,19 @@ void append(store::Conn& c, const Entry& e) {
   auto last = c.exec("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1");
   std::string prev = last.empty() ? kGenesis : last.front().str("hash");
   std::string ts = util::nowIso();
-  c.exec("INSERT INTO audit_log (ts, actor, source_ip, action, resource, summary, outcome, prev_hash, hash) "
-         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-         {ts, e.actor, e.source_ip, e.action, e.resource, e.summary, e.outcome, prev, rowHash(prev, ts, e)});
+  auto ins = c.exec(
+      "INSERT INTO audit_log (ts, actor, source_ip, action, resource, summary, outcome, prev_hash, hash) "
+      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+      {ts, e.actor, e.source_ip, e.action, e.resource, e.summary, e.outcome, prev, rowHash(prev, ts, e)});
+  // Announced to live subscribers (admins: the audit log is theirs) once the row is committed.
+  events::Event ev;
+  ev.type = "audit";
+  ev.resource = "audit";
+  ev.id = ins.empty() ? 0 : ins.front().i64("id");
+  ev.action = e.action;
+  ev.data = {{"id", ev.id},         {"ts", ts},           {"actor", e.actor},     {"source_ip", e.source_ip},
+             {"action", e.action}, {"resource", e.resource}, {"summary", e.summary}, {"outcome", e.outcome}};
+  c.afterCommit([ev = std::move(ev)] { events::bus().publish(ev); });
 }
 
 VerifyResult verify(store::Conn& c) {

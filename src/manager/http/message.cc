@@ -18,6 +18,7 @@ const char* reasonPhrase(int status) {
     case 413: return "Content Too Large";
     case 415: return "Unsupported Media Type";
     case 422: return "Unprocessable Content";
+    case 426: return "Upgrade Required";
     case 428: return "Precondition Required";
     case 429: return "Too Many Requests";
     case 500: return "Internal Server Error";

@@ -10,11 +10,14 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
+#include <boost/beast/websocket.hpp>
 #include <spdlog/spdlog.h>
 #include <chrono>
 #include <mutex>
 #include <set>
 #include <thread>
+
+#include "manager/http/websocket_run.h"
 
 namespace marchproxy::manager::http {
 
@@ -66,6 +69,8 @@ bool parseQuery(const std::string& q, std::map<std::string, std::string>& out) {
 struct Server::Impl {
   ServerOptions opts;
   Dispatch dispatch;
+  std::string ws_path;  // WebSocket upgrades (onUpgrade)
+  WsUpgrade ws_upgrade;
   asio::io_context io;
   tcp::acceptor acceptor{io};
   std::unique_ptr<asio::ssl::context> ssl;
@@ -231,7 +236,20 @@ struct Server::Impl {
             req.headers[name] = std::string(f.value());
           }
           req.body = std::move(m.body());
-          resp = dispatch(req);
+          if (ws_upgrade && req.path == ws_path && beast::websocket::is_upgrade(m)) {
+            std::unique_ptr<WsSession> session;
+            try {
+              session = ws_upgrade(req);
+            } catch (const ApiError& e) {
+              resp = problem(e, req.path);
+            }
+            if (session) {
+              runWebSocket(stream, sock, m, *session, stopping);
+              return;
+            }
+          } else {
+            resp = dispatch(req);
+          }
         }
       }
       bhttp::response<bhttp::string_body> out{static_cast<bhttp::status>(resp.status), version};
@@ -308,6 +326,11 @@ void Server::bind() {
   if (!ec) a.bind(ep, ec);
   if (!ec) a.listen(asio::socket_base::max_listen_connections, ec);
   if (ec) throw std::runtime_error("listen " + o.listen + ": " + ec.message());
+}
+
+void Server::onUpgrade(std::string path, WsUpgrade upgrade) {
+  impl_->ws_path = std::move(path);
+  impl_->ws_upgrade = std::move(upgrade);
 }
 
 unsigned short Server::port() const { return impl_->acceptor.local_endpoint().port(); }

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "manager/http/message.h"
+#include "manager/http/websocket.h"
 
 namespace marchproxy::manager::http {
 
@@ -30,6 +31,8 @@ class Server {
   ~Server();
   // Binds the listening socket; throws std::runtime_error with the reason.
   void bind();
+  // WebSocket upgrades of GET `path` go to `upgrade` instead of the dispatcher (before run()).
+  void onUpgrade(std::string path, WsUpgrade upgrade);
   unsigned short port() const;
   bool tls() const;
   // Accepts until SIGINT/SIGTERM or stop(). Blocks.

@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace marchproxy::manager::store {
@@ -57,6 +58,13 @@ class Conn {
   virtual void script(std::string_view sql) = 0;
   virtual bool healthy() = 0;
   virtual Dialect dialect() const = 0;
+  // Runs `fn` after the current write transaction commits (Db::write); dropped on rollback. For
+  // announcing a change (events) only once it is durable.
+  void afterCommit(std::function<void()> fn) { after_commit_.push_back(std::move(fn)); }
+  std::vector<std::function<void()>> takeAfterCommit() { return std::exchange(after_commit_, {}); }
+
+ private:
+  std::vector<std::function<void()>> after_commit_;
 };
 
 struct PoolStats {
@@ -112,11 +120,15 @@ auto Db::write(F&& fn) -> decltype(fn(std::declval<Conn&>())) {
     if constexpr (std::is_void_v<decltype(fn(*c))>) {
       fn(*c);
       c->exec("COMMIT");
+      auto done = c->takeAfterCommit();
       release(std::move(c), false);
+      for (auto& f : done) f();
     } else {
       auto r = fn(*c);
       c->exec("COMMIT");
+      auto done = c->takeAfterCommit();
       release(std::move(c), false);
+      for (auto& f : done) f();
       return r;
     }
   } catch (...) {
@@ -127,6 +139,7 @@ auto Db::write(F&& fn) -> decltype(fn(std::declval<Conn&>())) {
       broken = true;
     }
     broken = broken || !c->healthy();
+    c->takeAfterCommit();
     release(std::move(c), broken);
     throw;
   }
@@ -140,11 +153,15 @@ auto Db::read(F&& fn) -> decltype(fn(std::declval<Conn&>())) {
     if constexpr (std::is_void_v<decltype(fn(*c))>) {
       fn(*c);
       c->exec("COMMIT");
+      auto done = c->takeAfterCommit();
       release(std::move(c), false);
+      for (auto& f : done) f();
     } else {
       auto r = fn(*c);
       c->exec("COMMIT");
+      auto done = c->takeAfterCommit();
       release(std::move(c), false);
+      for (auto& f : done) f();
       return r;
     }
   } catch (...) {
@@ -155,6 +172,7 @@ auto Db::read(F&& fn) -> decltype(fn(std::declval<Conn&>())) {
       broken = true;
     }
     broken = broken || !c->healthy();
+    c->takeAfterCommit();
     release(std::move(c), broken);
     throw;
   }

@@ -1,0 +1,132 @@
+// /api/v1/events: tickets and the role-scoped WebSocket event stream.
+#include <chrono>
+#include <map>
+#include <mutex>
+
+#include "manager/api/events.h"
+#include "manager/api/policy.h"
+#include "manager/crypto/crypto.h"
+#include "manager/events/bus.h"
+
+namespace marchproxy::manager::api {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kTicketTtl = std::chrono::seconds(30);
+constexpr auto kKeepalive = std::chrono::seconds(25);
+constexpr auto kRecheck = std::chrono::seconds(30);
+
+// Tickets live in memory (hashed): they are good for one connection to this manager process.
+struct Tickets {
+  std::mutex mu;
+  std::map<std::string, std::pair<Principal, Clock::time_point>> by_hash;
+
+  std::string issue(const Principal& p) {
+    std::string t = crypto::randomToken("mpw_");
+    std::lock_guard g(mu);
+    auto now = Clock::now();
+    for (auto it = by_hash.begin(); it != by_hash.end();) it = it->second.second < now ? by_hash.erase(it) : ++it;
+    by_hash[crypto::sha256Hex(t)] = {p, now + kTicketTtl};
+    return t;
+  }
+  std::optional<Principal> redeem(const std::string& t) {
+    std::lock_guard g(mu);
+    auto it = by_hash.find(crypto::sha256Hex(t));
+    if (it == by_hash.end()) return std::nullopt;
+    auto [p, until] = it->second;
+    by_hash.erase(it);  // single use
+    if (until < Clock::now()) return std::nullopt;
+    return p;
+  }
+};
+
+Tickets& tickets() {
+  static Tickets t;
+  return t;
+}
+
+class EventStream : public http::WsSession {
+ public:
+  EventStream(App& app, Principal who) : app_(app), who_(std::move(who)), sub_(events::bus().subscribe()) {
+    Json hello{{"type", "hello"}, {"user", who_.username}, {"role", who_.role}};
+    pending_ = hello.dump();
+  }
+  ~EventStream() override { events::bus().unsubscribe(sub_); }
+
+  std::optional<std::string> next(std::chrono::milliseconds wait) override {
+    if (pending_) return std::exchange(pending_, std::nullopt);
+    auto deadline = Clock::now() + wait;
+    while (Clock::now() < deadline) {
+      if (Clock::now() - checked_ > kRecheck && !stillAllowed()) {
+        sub_->close();
+        return std::nullopt;
+      }
+      auto ev = sub_->next(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
+      if (!ev) break;
+      if (!visible(*ev)) continue;
+      sent_ = Clock::now();
+      return ev->toJson().dump(-1, ' ', false, Json::error_handler_t::replace);
+    }
+    if (Clock::now() - sent_ > kKeepalive) {
+      sent_ = Clock::now();
+      return Json{{"type", "keepalive"}}.dump();
+    }
+    return std::nullopt;
+  }
+
+ private:
+  // The user may have been disabled or changed role since the ticket was issued.
+  bool stillAllowed() {
+    checked_ = Clock::now();
+    auto rows = app_.db.read([&](store::Conn& c) {
+      return c.exec("SELECT role, disabled FROM users WHERE id = ?", {std::to_string(who_.user_id)});
+    });
+    if (rows.empty() || rows.front().i64("disabled")) return false;
+    who_.role = rows.front().str("role");
+    return true;
+  }
+
+  bool visible(const events::Event& ev) {
+    if (ev.type == "resync") return true;
+    if (who_.isAdmin()) return true;
+    if (ev.type == "audit") return false;  // the audit log is for admins
+    if (ev.type == "object") return mayReadObject(app_, who_, ev.resource, ev.data);
+    // proxies and anything else cluster-scoped: viewers read every cluster, owners their own
+    if (!ev.cluster_id) return false;
+    if (who_.role == "viewer") return true;
+    return app_.db.read([&](store::Conn& c) { return policy::seesCluster(c, who_, *ev.cluster_id); });
+  }
+
+  App& app_;
+  Principal who_;
+  std::shared_ptr<events::Subscriber> sub_;
+  std::optional<std::string> pending_;
+  Clock::time_point sent_ = Clock::now(), checked_ = Clock::now();
+};
+
+}  // namespace
+
+std::unique_ptr<http::WsSession> openEventStream(App& app, Request& req) {
+  auto it = req.query.find("ticket");
+  if (it == req.query.end() || it->second.empty())
+    throw ApiError(401, "unauthorized", "missing ticket: POST /api/v1/events/ticket first, then connect with ?ticket=",
+                   "ticket");
+  auto who = tickets().redeem(it->second);
+  if (!who) throw ApiError(401, "unauthorized", "unknown, used or expired ticket (tickets are single use, 30 s)",
+                           "ticket");
+  return std::make_unique<EventStream>(app, *who);
+}
+
+void addEventRoutes(App& app, http::Router& r) {
+  r.add("POST", "/api/v1/events/ticket", [&app](Request& req) {
+    Principal p = authenticate(app, req);
+    return Response::json(201, {{"ticket", tickets().issue(p)},
+                                {"expires_in", std::chrono::duration_cast<std::chrono::seconds>(kTicketTtl).count()}});
+  });
+  r.add("GET", "/api/v1/events", [](Request&) -> Response {
+    throw ApiError(426, "upgrade-required",
+                   "connect with a WebSocket (Upgrade: websocket) and ?ticket= from POST /api/v1/events/ticket");
+  });
+}
+
+}  // namespace marchproxy::manager::api

@@ -1,0 +1,33 @@
+import { ResourcePage, rotate } from '../components/ResourcePage';
+import type { Cluster } from '../api/types';
+import type { FieldDef } from '../lib/form';
+import { name, optionalHostPort } from '../lib/validate';
+
+const fields: FieldDef[] = [
+  { name: 'name', label: 'Name', kind: 'text', required: true, check: name },
+  { name: 'description', label: 'Description', kind: 'text' },
+  { name: 'syslog_endpoint', label: 'Syslog endpoint (host:port)', kind: 'text', check: optionalHostPort },
+  { name: 'log_auth', label: 'Log authentication', kind: 'bool', defaultValue: true },
+  { name: 'log_netflow', label: 'Log netflow', kind: 'bool' },
+  { name: 'log_debug', label: 'Debug logging', kind: 'bool' },
+];
+
+export default function ClustersPage() {
+  return (
+    <ResourcePage<Cluster & Record<string, unknown>>
+      resource="clusters"
+      title="Clusters"
+      noun="cluster"
+      intro="A cluster is a group of proxies sharing one configuration. Its API key registers proxies; it is shown once, when the cluster is created or the key rotated."
+      fields={fields}
+      secretOnCreate={{ key: 'api_key', title: 'Cluster API key' }}
+      actions={[{ label: 'Rotate key', run: rotate.clusterKey, confirm: 'Issue a new API key? The old one keeps working for one hour.' }]}
+      columns={[
+        { label: 'Name', render: (c) => c.name },
+        { label: 'Description', render: (c) => c.description || '–' },
+        { label: 'Syslog', render: (c) => c.syslog_endpoint || '–' },
+        { label: 'Config version', render: (c) => c.config_version },
+      ]}
+    />
+  );
+}
