@@ -259,10 +259,6 @@ int run(Options opts) {
     }
     bootstrapAdmin(*db, app.bcrypt_cost);
     http::Router router = api::buildRouter(app);
-    http::StaticFiles ui(opts.ui_dir);
-    if (ui.dir().empty())
-      spdlog::warn("manager: web UI not served (no built UI found{}; see docs/web-ui.md)",
-                   opts.ui_dir.empty() ? "" : " in " + opts.ui_dir);
     control::Options co;
     co.heartbeat_interval_s = opts.heartbeat_interval;
     co.poll_database = db->dialect() == store::Dialect::postgres;
@@ -272,12 +268,16 @@ int run(Options opts) {
     control.addApiRoutes(router);
     http::Router control_router;
     control.addControlRoutes(control_router);
+    http::StaticFiles ui(opts.ui_dir);
+    if (ui.dir().empty())
+      spdlog::warn("manager: web UI not served (no built UI found{}; see docs/web-ui.md)",
+                   opts.ui_dir.empty() ? "" : " in " + opts.ui_dir);
 
     http::ServerOptions so;
     so.listen = opts.listen;
     so.tls_cert = opts.tls_cert;
     so.tls_key = opts.tls_key;
-    auto dispatch = [&](const http::Router& router, http::Request& req, bool serve_ui) {
+    auto dispatch = [&](const http::Router& router, bool with_ui, http::Request& req) {
       auto t0 = std::chrono::steady_clock::now();
       http::Response resp;
       std::string route = "unmatched";
@@ -287,7 +287,7 @@ int run(Options opts) {
         resp = r.handler(req);
       } catch (const http::ApiError& e) {
         resp = http::problem(e, req.path);
-        if (e.status == 404 && serve_ui) {  // not an API route: the web UI's files and client-side routes
+        if (e.status == 404 && with_ui) {  // not an API route: the web UI's files and client-side routes
           try {
             if (auto file = ui.serve(req)) {
               route = "ui";
@@ -312,10 +312,10 @@ int run(Options opts) {
       spdlog::debug("manager: {} {} {} {:.1f}ms", req.method, req.path, resp.status, secs * 1000);
       return resp;
     };
-    http::Server server(so, [&](http::Request& req) { return dispatch(router, req, true); });
+    http::Server server(so, [&](http::Request& req) { return dispatch(router, true, req); });
     server.onUpgrade("/api/v1/events", [&app](http::Request& req) { return api::openEventStream(app, req); });
     // The control listener: always TLS with a certificate from the CA, client certificates
-    // requested and verified against it (docs/control-protocol.md).
+    // requested and verified against it (docs/control-protocol.md). No web UI there.
     auto [control_cert, control_key] = controlCertificate(*db, keys, authority, opts.control_hosts);
     http::ServerOptions cso;
     cso.listen = opts.control_listen;
@@ -324,7 +324,7 @@ int run(Options opts) {
     cso.client_ca_pem = authority.chainPem();
     cso.max_connections = 4096;  // one per long-polling proxy
     cso.idle_timeout_s = 120;
-    http::Server control_server(cso, [&](http::Request& req) { return dispatch(control_router, req, false); });
+    http::Server control_server(cso, [&](http::Request& req) { return dispatch(control_router, false, req); });
     control_server.bind();
     spdlog::info("listening: listener=control address={}:{} tls=on mtls=on hosts={}",
                  opts.control_listen.substr(0, opts.control_listen.rfind(':')), control_server.port(),

@@ -23,11 +23,12 @@ def make_csr(workdir, name):
 
 
 class ControlClient:
-    def __init__(self, port, ca_file, workdir, name, kind="ingress", timeout=60):
+    def __init__(self, port, ca_file, workdir, name, kind="ingress", timeout=60, key=None):
+        """key: (key_file, csr_pem) to reuse (the bench's fleet shares one), else a fresh one."""
         self.port, self.ca_file, self.workdir, self.name, self.kind = port, ca_file, workdir, name, kind
         self.timeout = timeout
         self.id = self.token = self.cert_file = None
-        self.key_file, self.csr = make_csr(workdir, name)
+        self.key_file, self.csr = key or make_csr(workdir, name)
         self._conn = None
 
     def context(self, client_cert=True):

@@ -968,10 +968,10 @@ void addResourceRoutes(App& app, http::Router& router) {
           }
         }
         Response resp = fn(x);
+        if (resp.status < 300) publishChange(*s, req, resp, before);
         // Every write above bumps the config_version of the clusters it affects inside its
         // transaction; now that it has committed, wake the proxies' long-polls.
         if (app.on_config_write) app.on_config_write();
-        if (resp.status < 300) publishChange(*s, req, resp, before);
         return resp;
       };
     };
