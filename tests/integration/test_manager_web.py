@@ -170,6 +170,20 @@ class WebUiTests(ManagerTestCase):
         st, _, _ = self.mgr.client().post("/api/v1/events/ticket", {}, token="")
         self.assertEqual(st, 401)
 
+    def test_stream_ends_when_its_api_token_is_revoked(self):
+        st, _, tok = self.admin.post("/api/v1/auth/tokens", {"name": "ws"})
+        self.assertEqual(st, 201, tok)
+        ws = WsClient(self.mgr.port, self.ticket(self.mgr.client(tok["token"])))
+        self.assertEqual(ws.status, 101, ws.head)
+        self.assertEqual(ws.message()["type"], "hello")
+        self.assertEqual(self.admin.delete(f"/api/v1/auth/tokens/{tok['id']}")[0], 204)
+        # The stream re-checks its credential every 30 s; then it must end (a close frame or EOF).
+        deadline = time.monotonic() + 90
+        with self.assertRaises(ConnectionError):
+            while time.monotonic() < deadline:
+                ws.message()
+        ws.close()
+
     def test_admin_gets_object_and_audit_events_without_secrets(self):
         ws = WsClient(self.mgr.port, self.ticket(self.admin))
         self.assertEqual(ws.message(), {"type": "hello", "user": "admin", "role": "admin"})

@@ -59,10 +59,11 @@ const logPath = path.join(OUT, 'manager.log');
 let mgr;
 let base;
 let port = 0;
+let controlPort = 0;
 async function startManager() {
   const log = fs.openSync(logPath, 'a');
   const start = fs.statSync(logPath).size;
-  mgr = spawn(BIN, ['manager', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--ui-dir', UI], {
+  mgr = spawn(BIN, ['manager', '--listen', `127.0.0.1:${port}`, '--control-listen', `127.0.0.1:${controlPort}`, '--data-dir', dataDir, '--ui-dir', UI], {
     env: { ...process.env, MARCHPROXY_ADMIN_PASSWORD: ADMIN_PW },
     stdio: ['ignore', log, log],
   });
@@ -70,7 +71,9 @@ async function startManager() {
   for (;;) {
     const text = fs.readFileSync(logPath, 'utf8').slice(start);
     const m = /listening: listener=manager address=\S+:(\d+)/.exec(text);
-    if (m) {
+    const c = /listening: listener=control address=\S+:(\d+)/.exec(text);
+    if (m && c) {
+      controlPort = Number(c[1]);
       port = Number(m[1]);
       base = `http://127.0.0.1:${port}`;
       return;
@@ -314,13 +317,31 @@ async function main() {
     await page.getByRole('button', { name: 'Done' }).click();
   });
 
-  // Needs the control loop (proxies registering and heartbeating): reported as skipped until then.
-  {
-    const r = await fetch(base + '/api/v1/proxies', { headers: { authorization: `Bearer ${admin}` } });
-    notes.proxy_online = r.status === 404 ? 'skipped: this manager has no /api/v1/proxies yet' : 'skipped: no proxy is started by this test yet';
-    skipped.push('proxy comes online');
-    console.log(`skip  proxy comes online (${notes.proxy_online})`);
-  }
+  // A real ingress registers with the cluster key shown above; the open Proxies page shows it
+  // online without a reload (the manager publishes proxy events on the WebSocket).
+  await step('an ingress registers and comes online live on the Proxies page', async () => {
+    await page.getByRole('link', { name: 'Proxies', exact: true }).click();
+    await page.getByText(/No proxies have registered yet/).waitFor();
+    const caFile = path.join(dataDir, 'e2e-ca.pem');
+    const keyFile = path.join(dataDir, 'e2e-cluster.key');
+    fs.writeFileSync(caFile, await (await fetch(base + '/api/v1/ca.pem')).text());
+    fs.writeFileSync(keyFile, clusterKey, { mode: 0o600 });
+    const log = fs.openSync(path.join(OUT, 'ingress.log'), 'a');
+    const ingress = spawn(BIN, ['ingress', '--manager', `https://127.0.0.1:${controlPort}`, '--manager-ca', caFile,
+      '--cluster-key-file', keyFile, '--name', 'e2e-ingress', '--state-dir', path.join(dataDir, 'ingress-state'),
+      '--bind', 'http=127.0.0.1:0', '--admin', '127.0.0.1:0'], { stdio: ['ignore', log, log] });
+    try {
+      const row = page.getByTestId('row-proxies-e2e-ingress');
+      await row.waitFor({ timeout: 30000 });
+      await row.getByText('online').waitFor({ timeout: 30000 });
+      expect((await row.textContent()).includes('ingress'), 'kind shown');
+      await shot(page, '19-proxy-online');
+    } finally {
+      const done = new Promise((r) => ingress.once('exit', r));
+      ingress.kill('SIGTERM');
+      await done;
+    }
+  });
 
   await step('a viewer sees configuration but no edit controls', async () => {
     const vctx = await browser.newContext({ viewport: { width: 1366, height: 850 } });

@@ -16,27 +16,34 @@ constexpr auto kTicketTtl = std::chrono::seconds(30);
 constexpr auto kKeepalive = std::chrono::seconds(25);
 constexpr auto kRecheck = std::chrono::seconds(30);
 
+// Who a ticket was issued to, and the credential (the Authorization header) it was issued on: the
+// stream re-checks that credential, so revoking an API token, or a JWT expiring, ends the stream too.
+struct Grant {
+  Principal who;
+  std::string authorization;
+};
+
 // Tickets live in memory (hashed): they are good for one connection to this manager process.
 struct Tickets {
   std::mutex mu;
-  std::map<std::string, std::pair<Principal, Clock::time_point>> by_hash;
+  std::map<std::string, std::pair<Grant, Clock::time_point>> by_hash;
 
-  std::string issue(const Principal& p) {
+  std::string issue(Grant g) {
     std::string t = crypto::randomToken("mpw_");
-    std::lock_guard g(mu);
+    std::lock_guard l(mu);
     auto now = Clock::now();
     for (auto it = by_hash.begin(); it != by_hash.end();) it = it->second.second < now ? by_hash.erase(it) : ++it;
-    by_hash[crypto::sha256Hex(t)] = {p, now + kTicketTtl};
+    by_hash[crypto::sha256Hex(t)] = {std::move(g), now + kTicketTtl};
     return t;
   }
-  std::optional<Principal> redeem(const std::string& t) {
-    std::lock_guard g(mu);
+  std::optional<Grant> redeem(const std::string& t) {
+    std::lock_guard l(mu);
     auto it = by_hash.find(crypto::sha256Hex(t));
     if (it == by_hash.end()) return std::nullopt;
-    auto [p, until] = it->second;
+    auto [g, until] = std::move(it->second);
     by_hash.erase(it);  // single use
     if (until < Clock::now()) return std::nullopt;
-    return p;
+    return g;
   }
 };
 
@@ -47,7 +54,8 @@ Tickets& tickets() {
 
 class EventStream : public http::WsSession {
  public:
-  EventStream(App& app, Principal who) : app_(app), who_(std::move(who)), sub_(events::bus().subscribe()) {
+  EventStream(App& app, Grant g)
+      : app_(app), who_(std::move(g.who)), authorization_(std::move(g.authorization)), sub_(events::bus().subscribe()) {
     Json hello{{"type", "hello"}, {"user", who_.username}, {"role", who_.role}};
     pending_ = hello.dump();
   }
@@ -75,9 +83,17 @@ class EventStream : public http::WsSession {
   }
 
  private:
-  // The user may have been disabled or changed role since the ticket was issued.
+  // The credential may have been revoked or expired, the user disabled or given another role since
+  // the ticket was issued.
   bool stillAllowed() {
     checked_ = Clock::now();
+    try {
+      Request probe;
+      probe.headers["authorization"] = authorization_;
+      if (authenticate(app_, probe).user_id != who_.user_id) return false;
+    } catch (const ApiError&) {
+      return false;
+    }
     auto rows = app_.db.read([&](store::Conn& c) {
       return c.exec("SELECT role, disabled FROM users WHERE id = ?", {std::to_string(who_.user_id)});
     });
@@ -101,6 +117,7 @@ class EventStream : public http::WsSession {
 
   App& app_;
   Principal who_;
+  std::string authorization_;
   std::shared_ptr<events::Subscriber> sub_;
   std::optional<std::string> pending_;
   Clock::time_point sent_ = Clock::now(), checked_ = Clock::now();
@@ -122,7 +139,7 @@ std::unique_ptr<http::WsSession> openEventStream(App& app, Request& req) {
 void addEventRoutes(App& app, http::Router& r) {
   r.add("POST", "/api/v1/events/ticket", [&app](Request& req) {
     Principal p = authenticate(app, req);
-    return Response::json(201, {{"ticket", tickets().issue(p)},
+    return Response::json(201, {{"ticket", tickets().issue({p, req.header("authorization")})},
                                 {"expires_in", std::chrono::duration_cast<std::chrono::seconds>(kTicketTtl).count()}});
   });
   r.add("GET", "/api/v1/events", [](Request&) -> Response {

@@ -9,6 +9,7 @@
 #include "manager/api/validate.h"
 #include "manager/audit/audit.h"
 #include "manager/crypto/crypto.h"
+#include "manager/events/bus.h"
 #include "manager/util/time.h"
 
 namespace marchproxy::manager::control {
@@ -163,6 +164,7 @@ void Service::addControlRoutes(http::Router& r) {
                   {"config_version", version}};
     });
     notifier_.changed();  // a re-registration revoked a certificate: every CRL moved
+    publishProxy(result["id"].get<std::int64_t>(), "registered");
     auto resp = Response::json(201, result);
     resp.headers.emplace_back("Location", "/api/v1/proxies/" + std::to_string(result["id"].get<std::int64_t>()));
     return resp;
@@ -237,6 +239,7 @@ void Service::addControlRoutes(http::Router& r) {
               std::to_string(p.id)});
       return clusterVersion(c, p.row.i64("cluster_id"));
     });
+    publishProxy(p.id, "heartbeat");
     return Response::json(200, {{"config_version", version}});
   });
 
@@ -319,8 +322,19 @@ void Service::addApiRoutes(http::Router& r) {
     api::Principal who = api::authenticate(app_, req);
     std::string where = " WHERE 1=1";
     store::Params params;
+    std::size_t limit = 100, offset = 0;  // the same paging contract as every other list
+    auto num = [](const std::string& k, const std::string& v, std::size_t lo, std::size_t hi) {
+      if (v.empty() || v.size() > 12 || v.find_first_not_of("0123456789") != std::string::npos ||
+          std::stoull(v) < lo || std::stoull(v) > hi)
+        throw ApiError(400, "invalid-query", k + " must be an integer " + std::to_string(lo) + "-" + std::to_string(hi), k);
+      return static_cast<std::size_t>(std::stoull(v));
+    };
     for (const auto& [k, v] : req.query) {
-      if (k == "cluster_id") {
+      if (k == "limit") {
+        limit = num(k, v, 1, 1000);
+      } else if (k == "offset") {
+        offset = num(k, v, 0, std::size_t(1) << 40);
+      } else if (k == "cluster_id") {
         if (v.empty() || v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos)
           throw ApiError(400, "invalid-query", "cluster_id must be an integer", "cluster_id");
         where += " AND p.cluster_id = ?";
@@ -342,8 +356,9 @@ void Service::addApiRoutes(http::Router& r) {
     }
     auto rows = app_.db.read([&](Conn& c) { return c.exec(std::string(kSelect) + where + " ORDER BY p.id", params); });
     Json items = Json::array();
-    for (const auto& row : rows.rows) items.push_back(proxyJson(row, opts_.heartbeat_interval_s));
-    return Response::json(200, {{"items", items}, {"total", items.size()}});
+    for (std::size_t i = offset; i < rows.rows.size() && items.size() < limit; ++i)
+      items.push_back(proxyJson(rows.rows[i], opts_.heartbeat_interval_s));
+    return Response::json(200, {{"items", items}, {"total", rows.rows.size()}, {"limit", limit}, {"offset", offset}});
   });
 
   r.add("GET", "/api/v1/proxies/{id}", [this](Request& req) {
@@ -383,8 +398,29 @@ void Service::addApiRoutes(http::Router& r) {
                             ") and freed its licence slot"});
     });
     notifier_.changed();
+    publishProxy(id, "revoked");
     return Response::noContent();
   });
+}
+
+void Service::publishProxy(std::int64_t id, const std::string& action) {
+  try {
+    auto rows = app_.db.read([&](Conn& c) { return c.exec(std::string(kSelect) + " WHERE p.id = ?", {std::to_string(id)}); });
+    if (rows.empty()) return;
+    events::Event ev;
+    ev.type = action == "heartbeat" ? "heartbeat" : "proxy";
+    ev.resource = "proxies";
+    ev.id = id;
+    ev.action = action;
+    ev.cluster_id = rows.front().i64("cluster_id");
+    ev.data = proxyJson(rows.front(), opts_.heartbeat_interval_s);
+    if (action == "heartbeat")
+      events::bus().publishThrottled("heartbeat:" + std::to_string(id), std::move(ev), std::chrono::seconds(5));
+    else
+      events::bus().publish(std::move(ev));
+  } catch (const std::exception& e) {  // an event is never worth failing the proxy's call
+    spdlog::warn("control: proxy {} event not published: {}", id, e.what());
+  }
 }
 
 std::string Service::metricsText() {

@@ -38,6 +38,9 @@ class Service {
   Compiler& compiler() { return compiler_; }
 
  private:
+  // Announces a proxy's new state on the event bus (web UI live updates). Heartbeats are throttled
+  // to one event per proxy per 5 s.
+  void publishProxy(std::int64_t id, const std::string& action);
   api::App& app_;
   ca::Authority& ca_;
   license::Licensing* license_;
