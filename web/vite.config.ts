@@ -2,17 +2,21 @@
 import { defineConfig, type Plugin } from 'vite';
 import react from '@vitejs/plugin-react';
 import { gzipSync } from 'node:zlib';
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 
-// Writes a .gz beside every text asset; the manager serves it to clients that accept gzip.
+// Writes a .gz beside every text file of the build; the manager serves it to clients that accept
+// gzip. Done after the files are written: chunk code seen earlier still has Vite's placeholders.
 function precompress(): Plugin {
   return {
     name: 'marchproxy-precompress',
     apply: 'build',
-    generateBundle(_opts, bundle) {
-      for (const [name, item] of Object.entries(bundle)) {
+    writeBundle(opts, bundle) {
+      const dir = opts.dir ?? 'dist';
+      for (const name of Object.keys(bundle)) {
         if (!/\.(js|css|html|svg|json)$/.test(name)) continue;
-        const src = item.type === 'chunk' ? item.code : item.source;
-        this.emitFile({ type: 'asset', fileName: `${name}.gz`, source: gzipSync(src, { level: 9 }) });
+        const file = path.join(dir, name);
+        writeFileSync(`${file}.gz`, gzipSync(readFileSync(file), { level: 9 }));
       }
     },
   };

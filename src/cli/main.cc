@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "common/base/log.h"
 #include "config/loader.h"
@@ -22,6 +23,57 @@
 #define MP_VERSION "dev"
 #endif
 
+namespace {
+
+// The flags that run a proxy under a manager (src/control), the same for ingress and egress.
+void addManagerFlags(CLI::App* sub, marchproxy::control::AgentOptions& o) {
+  auto* g = sub->add_option_group("manager", "Get the config from a manager instead of --config (docs/operations.md)");
+  g->add_option("--manager", o.manager_url, "Manager control URL, e.g. https://manager:8443");
+  g->add_option("--cluster-key-file", o.cluster_key_file,
+                "File holding the cluster key (or set MARCHPROXY_CLUSTER_KEY); used to register");
+  g->add_option("--cluster-key", o.cluster_key, "The cluster key itself (visible in ps: prefer the file or env)");
+  g->add_option("--name", o.name, "Proxy name, unique in the cluster (default: <host name>-<kind>)");
+  g->add_option("--state-dir", o.state_dir, "Identity and cached snapshots (default ./marchproxy-<kind>-state)");
+  g->add_option("--manager-ca", o.manager_ca, "CA certificate of the manager's control listener (PEM)");
+  g->add_option("--bind", o.binds, "Override a listener's address: NAME=ADDR:PORT (repeatable)");
+  g->add_option("--admin", o.admin, "Override the admin endpoint's address: ADDR:PORT");
+}
+
+// --config xor --manager; fills the agent options. Returns false (error printed) when unusable.
+bool resolveSource(const char* kind, const std::string& config_path,
+                   std::optional<marchproxy::control::AgentOptions>& out, marchproxy::control::AgentOptions o) {
+  const bool manager_flags = !o.cluster_key.empty() || !o.cluster_key_file.empty() || !o.name.empty() ||
+                             !o.state_dir.empty() || !o.manager_ca.empty() || !o.binds.empty() || !o.admin.empty();
+  if (!config_path.empty() && !o.manager_url.empty()) {
+    std::fprintf(stderr, "%s: --config and --manager are mutually exclusive: the config comes either from a file or "
+                 "from the manager\n", kind);
+    return false;
+  }
+  if (config_path.empty() && o.manager_url.empty()) {
+    std::fprintf(stderr, "%s: give --config FILE or --manager URL\n", kind);
+    return false;
+  }
+  if (!config_path.empty()) {
+    if (manager_flags) {
+      std::fprintf(stderr, "%s: --cluster-key*, --name, --state-dir, --manager-ca, --bind and --admin need --manager\n",
+                   kind);
+      return false;
+    }
+    return true;
+  }
+  o.kind = kind;
+  o.version = MP_VERSION;
+  auto ok = o.finish();
+  if (!ok) {
+    std::fprintf(stderr, "%s: %s\n", kind, ok.error().message.c_str());
+    return false;
+  }
+  out = std::move(o);
+  return true;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   marchproxy::log::init();
   CLI::App app{"MarchProxy: ingress reverse proxy and egress forward proxy"};
@@ -32,13 +84,17 @@ int main(int argc, char** argv) {
 
   marchproxy::ingress::Options ingress_opts;
   auto* ingress = app.add_subcommand("ingress", "Run the ingress reverse proxy");
-  ingress->add_option("-c,--config", ingress_opts.config_path, "YAML or JSON config file")->required();
+  ingress->add_option("-c,--config", ingress_opts.config_path, "YAML or JSON config file");
   ingress->add_flag("!--no-watch", ingress_opts.watch, "Reload only on SIGHUP, not on file change");
+  marchproxy::control::AgentOptions ingress_manager;
+  addManagerFlags(ingress, ingress_manager);
 
   marchproxy::egress::Options egress_opts;
   auto* egress = app.add_subcommand("egress", "Run the egress forward proxy (HTTP, CONNECT, SOCKS5)");
-  egress->add_option("-c,--config", egress_opts.config_path, "YAML or JSON egress config file (kind: egress)")->required();
+  egress->add_option("-c,--config", egress_opts.config_path, "YAML or JSON egress config file (kind: egress)");
   egress->add_flag("!--no-watch", egress_opts.watch, "Reload only on SIGHUP, not on file change");
+  marchproxy::control::AgentOptions egress_manager;
+  addManagerFlags(egress, egress_manager);
 
   std::string check_path;
   auto* check = app.add_subcommand("check", "Validate a config file; print every error with its line and field");
@@ -67,6 +123,12 @@ int main(int argc, char** argv) {
                       "Optional online licence validation URL (off by default; failures only log)");
   manager->add_option("--license-grace-days", manager_opts.license_grace_days,
                       "Days an expired licence keeps enterprise limits (default 14)");
+  manager->add_option("--control-listen", manager_opts.control_listen,
+                      "host:port of the mTLS control listener proxies use (default 127.0.0.1:8443)");
+  manager->add_option("--control-hosts", manager_opts.control_hosts,
+                      "Names and IPs in the control listener's certificate (default localhost,127.0.0.1,::1,<hostname>)");
+  manager->add_option("--heartbeat-interval", manager_opts.heartbeat_interval,
+                      "Seconds between proxy heartbeats; stale after 3 missed (default 30)");
 
   auto* license = app.add_subcommand("license", "Developer commands for licence files (see docs/licensing.md)");
   license->require_subcommand(1);
@@ -171,8 +233,14 @@ int main(int argc, char** argv) {
   if (*demo) return marchproxy::up::runDemoUpstream(demo_listen, demo_name);
   if (*license_keygen) return marchproxy::manager::license::keygenCommand(lic_out_private, lic_out_public);
   if (*license_issue) return marchproxy::manager::license::issueCommand(lic_key, lic_features, lic_payload, lic_out);
-  if (*ingress) return marchproxy::ingress::run(ingress_opts);
+  if (*ingress) {
+    if (!resolveSource("ingress", ingress_opts.config_path, ingress_opts.manager, ingress_manager)) return 2;
+    return marchproxy::ingress::run(ingress_opts);
+  }
   if (*manager) return marchproxy::manager::run(manager_opts);
-  if (*egress) return marchproxy::egress::run(egress_opts);
+  if (*egress) {
+    if (!resolveSource("egress", egress_opts.config_path, egress_opts.manager, egress_manager)) return 2;
+    return marchproxy::egress::run(egress_opts);
+  }
   return 2;
 }

@@ -1363,16 +1363,24 @@ std::string hostPort(const std::string& address, uint16_t port) {
                                                 : fmt::format("{}:{}", address, port);
 }
 
-class Egress {
+class Egress : public control::Host {
  public:
   explicit Egress(Options o) : options_(std::move(o)) {}
 
   int run();
 
+  // control::Host (control thread): a manager snapshot goes through the file-reload path.
+  std::string applyFile(const std::string& path) override { return reloadFrom(path, "manager"); }
+  Counters counters() override;
+
  private:
   Result<std::shared_ptr<const Runtime>> build(std::shared_ptr<const Config> c);
   void publish(std::shared_ptr<const Runtime> rt);
   void reload(const char* why);
+  std::string reloadFrom(const std::string& path, const char* why);
+  // Binds the listeners of `c` not bound yet and hands them to the workers. Returns "" or the error.
+  std::string bindListeners(const Config& c);
+  Stats collectStats();
   void startFileWatch();
   void beginDrain();
   void startAdmin(const AdminConfig& a);
@@ -1391,7 +1399,14 @@ class Egress {
   std::atomic<bool> draining_{false};
   std::atomic<bool> ready_{false};
   std::atomic<uint64_t> reloads_ok_{0}, reloads_failed_{0};
+  std::set<std::string> bound_;  // listeners handed to the workers: "name|address|port|kind"
+  std::string loaded_from_;      // the file the running config came from
+  std::unique_ptr<control::Agent> agent_;  // under a manager
 };
+
+std::string listenerKey(const ListenerConfig& l) {
+  return fmt::format("{}|{}|{}|{}", l.name, l.address, l.port, static_cast<int>(l.kind));
+}
 
 Result<std::shared_ptr<const Runtime>> Egress::build(std::shared_ptr<const Config> c) {
   auto rt = std::make_shared<Runtime>();
@@ -1425,32 +1440,91 @@ void Egress::publish(std::shared_ptr<const Runtime> rt) {
 }
 
 void Egress::reload(const char* why) {
-  if (draining_) return;
-  LoadResult r = loadFile(options_.config_path);
+  if (options_.config_path.empty()) return;  // under a manager, before its first snapshot
+  reloadFrom(options_.config_path, why);
+}
+
+std::string Egress::bindListeners(const Config& c) {
+  std::vector<std::pair<ListenerConfig, std::vector<int>>> fresh;
+  auto fail = [&](std::string msg) {
+    for (auto& [l, fds] : fresh)
+      for (int fd : fds) ::close(fd);
+    return msg;
+  };
+  for (const auto& l : c.listeners) {
+    if (bound_.count(listenerKey(l))) continue;
+    uint16_t port = l.port;
+    std::vector<int> fds;
+    for (size_t i = 0; i < workers_.size(); ++i) {
+      auto fd = listenSocket(l.address, port);
+      if (!fd) {
+        for (int f : fds) ::close(f);
+        return fail(fmt::format("listener \"{}\": cannot listen on {}: {}", l.name, hostPort(l.address, port),
+                                fd.error().message));
+      }
+      if (port == 0) port = boundPort(*fd);
+      fds.push_back(*fd);
+    }
+    ListenerConfig lc = l;
+    lc.port = port;
+    fresh.emplace_back(lc, std::move(fds));
+  }
+  for (auto& [l, fds] : fresh) {
+    for (size_t i = 0; i < workers_.size(); ++i) {
+      Worker* wp = workers_[i].get();
+      int f = fds[i];
+      ListenerConfig lc = l;
+      wp->post([wp, f, lc] { wp->addListener(f, lc); });
+    }
+    ListenerConfig key = l;
+    for (const auto& cl : c.listeners)
+      if (cl.name == l.name) key = cl;  // as configured (port 0 stays 0)
+    bound_.insert(listenerKey(key));
+    spdlog::info("listening: listener={} address={} protocol={}", l.name, hostPort(l.address, l.port),
+                 l.kind == ListenerConfig::Kind::kSocks5 ? "socks5" : "http");
+  }
+  return {};
+}
+
+std::string Egress::reloadFrom(const std::string& path, const char* why) {
+  if (draining_) return "the proxy is shutting down";
+  LoadResult r = loadFile(path);
   if (!r.config) {
     ++reloads_failed_;
     spdlog::error("egress config reload failed ({}): {} error(s) in {}; still serving hash {}", why, r.errors.size(),
-                  options_.config_path, current_->config->hash.substr(0, 12));
-    for (const auto& d : r.errors) spdlog::error("config reload failed: {}", d.toString());
-    return;
+                  path, current_->config->hash.substr(0, 12));
+    std::string text;
+    for (const auto& d : r.errors) {
+      spdlog::error("config reload failed: {}", d.toString());
+      text += (text.empty() ? "" : "; ") + d.toString();
+    }
+    return text;
   }
-  if (r.config->hash == current_->config->hash) return;
-  const auto& old = *current_->config;
-  bool same_listeners = old.listeners.size() == r.config->listeners.size();
-  for (size_t i = 0; same_listeners && i < old.listeners.size(); ++i) {
-    const auto &a = old.listeners[i], &b = r.config->listeners[i];
-    same_listeners = a.name == b.name && a.address == b.address && a.port == b.port && a.kind == b.kind;
-  }
-  if (!same_listeners) spdlog::warn("egress config reload: listener changes take effect only after a restart");
+  // Same text from the same file: nothing to do. (Under a manager each version has its own
+  // directory, so files next to an unchanged config.json, e.g. a rotated certificate, still apply.)
+  if (r.config->hash == current_->config->hash && path == loaded_from_) return {};
+  std::set<std::string> wanted;
+  for (const auto& l : r.config->listeners) wanted.insert(listenerKey(l));
+  for (const auto& k : bound_)
+    if (!wanted.count(k))
+      spdlog::warn("egress config reload: removing or changing a listener takes effect only after a restart");
   auto rt = build(r.config);
   if (!rt) {
     ++reloads_failed_;
     spdlog::error("egress config reload failed ({}): {}", why, rt.error().message);
-    return;
+    return rt.error().message;
+  }
+  if (auto err = bindListeners(*r.config); !err.empty()) {
+    ++reloads_failed_;
+    spdlog::error("egress config reload failed ({}): {}", why, err);
+    return err;
   }
   publish(*rt);
+  loaded_from_ = path;
   ++reloads_ok_;
   spdlog::info("egress config reloaded ({}): hash={}", why, r.config->hash.substr(0, 12));
+  if (!ready_.exchange(true)) spdlog::info("marchproxy egress ready: config hash {}", r.config->hash.substr(0, 12));
+  return {};
 }
 
 void Egress::startFileWatch() {
@@ -1491,6 +1565,7 @@ void Egress::startFileWatch() {
 
 void Egress::beginDrain() {
   if (draining_.exchange(true)) return;
+  if (agent_) agent_->stop();
   for (auto& w : workers_) {
     Worker* wp = w.get();
     wp->post([wp] { wp->stopAccepting(); });
@@ -1514,7 +1589,7 @@ void Egress::beginDrain() {
       asio::detached);
 }
 
-std::string Egress::metricsText() {
+Stats Egress::collectStats() {
   Stats total;
   std::vector<std::shared_ptr<std::promise<Stats>>> promises;
   for (auto& w : workers_) {
@@ -1531,6 +1606,27 @@ std::string Egress::metricsText() {
     auto f = p->get_future();
     if (f.wait_for(std::chrono::seconds(2)) == std::future_status::ready) total.merge(f.get());
   }
+  return total;
+}
+
+control::Host::Counters Egress::counters() {
+  const Stats s = collectStats();
+  Counters c;
+  c.connections = s.connections;
+  c.active_connections = s.tunnels_open > 0 ? static_cast<uint64_t>(s.tunnels_open) : 0;
+  for (const auto& [k, v] : s.decisions) {
+    c.requests += v;
+    if (std::get<2>(k) != "allow") c.errors += v;
+  }
+  for (const auto& [service, b] : s.bytes) {
+    c.bytes_in += b[0];
+    c.bytes_out += b[1];
+  }
+  return c;
+}
+
+std::string Egress::metricsText() {
+  const Stats total = collectStats();
   std::string out;
   out += "# HELP marchproxy_egress_decisions_total Authorisation decisions by service, mapping, decision and reason.\n";
   out += "# TYPE marchproxy_egress_decisions_total counter\n";
@@ -1561,6 +1657,7 @@ std::string Egress::metricsText() {
                  "marchproxy_egress_config_reloads_total{{result=\"failed\"}} {}\n",
                  total.tunnels_open, total.tunnels_revoked, total.connections, reloads_ok_.load(),
                  reloads_failed_.load());
+  if (agent_) out += agent_->metricsText();
   return out;
 }
 
@@ -1624,12 +1721,40 @@ void Egress::startAdmin(const AdminConfig& a) {
 int Egress::run() {
   asio::signal_set signals(control_, SIGHUP, SIGTERM, SIGINT);
   initDnsLibrary();
-  LoadResult r = loadFile(options_.config_path);
-  if (!r.config) {
-    spdlog::error("cannot start: {} error(s) in {}", r.errors.size(), options_.config_path);
-    for (const auto& d : r.errors) spdlog::error("config: {}", d.toString());
-    return 1;
+  if (options_.manager) {
+    agent_ = std::make_unique<control::Agent>(*options_.manager);
+    auto start = agent_->prepare();
+    if (!start) {
+      spdlog::error("cannot start: {}", start.error().message);
+      return 1;
+    }
+    options_.config_path = *start;  // the cached snapshot, or "" (start without config, not ready)
+    options_.watch = false;         // snapshots come from the manager; SIGHUP re-reads the current one
   }
+  LoadResult r;
+  if (!options_.config_path.empty()) {
+    r = loadFile(options_.config_path);
+    if (!r.config && !options_.manager) {
+      spdlog::error("cannot start: {} error(s) in {}", r.errors.size(), options_.config_path);
+      for (const auto& d : r.errors) spdlog::error("config: {}", d.toString());
+      return 1;
+    }
+    if (!r.config) {  // a damaged cache: the manager will send a good snapshot
+      spdlog::error("cached config {} does not load; waiting for the manager", options_.config_path);
+      for (const auto& d : r.errors) spdlog::error("cached config: {}", d.toString());
+      options_.config_path.clear();
+    }
+  }
+  const bool waiting = !r.config;  // under a manager, before its first snapshot
+  if (waiting) {
+    auto empty = std::make_shared<Config>();
+    if (const auto& a = options_.manager->admin_override) {
+      empty->admin.address = a->address;
+      empty->admin.port = a->port;
+    }
+    r.config = std::move(empty);
+  }
+  loaded_from_ = options_.config_path;
   auto rt = build(r.config);
   if (!rt) {
     spdlog::error("cannot start: {}", rt.error().message);
@@ -1638,24 +1763,10 @@ int Egress::run() {
   unsigned n = r.config->workers ? r.config->workers : std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>(i, draining_));
   publish(*rt);
-  for (const auto& l : r.config->listeners) {
-    uint16_t port = l.port;
-    for (auto& w : workers_) {
-      auto fd = listenSocket(l.address, port);
-      if (!fd) {
-        spdlog::error("cannot start: listener \"{}\": cannot listen on {}: {}", l.name, hostPort(l.address, port),
-                      fd.error().message);
-        for (auto& x : workers_) x->stop();
-        return 1;
-      }
-      if (port == 0) port = boundPort(*fd);
-      Worker* wp = w.get();
-      int f = *fd;
-      ListenerConfig lc = l;
-      wp->post([wp, f, lc] { wp->addListener(f, lc); });
-    }
-    spdlog::info("listening: listener={} address={} protocol={}", l.name, hostPort(l.address, port),
-                 l.kind == ListenerConfig::Kind::kSocks5 ? "socks5" : "http");
+  if (auto err = bindListeners(*r.config); !err.empty()) {
+    spdlog::error("cannot start: {}", err);
+    for (auto& x : workers_) x->stop();
+    return 1;
   }
   try {
     startAdmin(r.config->admin);
@@ -1665,8 +1776,12 @@ int Egress::run() {
     return 1;
   }
   for (auto& w : workers_) w->start();
-  ready_ = true;
-  spdlog::info("marchproxy egress ready: {} worker(s), config hash {}", n, r.config->hash.substr(0, 12));
+  if (waiting) {
+    spdlog::info("marchproxy egress started: {} worker(s), not ready until the manager sends a config", n);
+  } else {
+    ready_ = true;
+    spdlog::info("marchproxy egress ready: {} worker(s), config hash {}", n, r.config->hash.substr(0, 12));
+  }
 
   std::function<void()> wait_signal;
   wait_signal = [&] {
@@ -1683,6 +1798,7 @@ int Egress::run() {
   };
   wait_signal();
   if (options_.watch) startFileWatch();
+  if (agent_) agent_->start(control_, *this);
   auto guard = asio::make_work_guard(control_);
   control_.run();
   for (auto& w : workers_) w->join();

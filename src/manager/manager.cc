@@ -1,6 +1,7 @@
 #include "manager/manager.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -18,6 +19,7 @@
 #include "manager/auth/keyring.h"
 #include "manager/ca/authority.h"
 #include "manager/license/license.h"
+#include "manager/control/service.h"
 #include "manager/crypto/crypto.h"
 #include "manager/http/server.h"
 #include "manager/http/static_files.h"
@@ -41,6 +43,8 @@ std::string resolveOptions(Options& o) {
   fill(o.database_url, env("MARCHPROXY_DATABASE_URL"));
   fill(o.data_dir, env("MARCHPROXY_DATA_DIR"));
   fill(o.master_key_file, env("MARCHPROXY_MASTER_KEY_FILE"));
+  fill(o.control_listen, env("MARCHPROXY_CONTROL_LISTEN"));
+  fill(o.control_hosts, env("MARCHPROXY_CONTROL_HOSTS"));
   fill(o.license_file, env("MARCHPROXY_LICENSE_FILE"));
   fill(o.license_public_key, env("MARCHPROXY_LICENSE_PUBLIC_KEY"));
   fill(o.license_server, env("MARCHPROXY_LICENSE_SERVER"));
@@ -62,12 +66,15 @@ std::string resolveOptions(Options& o) {
                          : k == "database_url"    ? &o.database_url
                          : k == "data_dir"        ? &o.data_dir
                          : k == "master_key_file" ? &o.master_key_file
+                         : k == "control_listen"  ? &o.control_listen
+                         : k == "control_hosts"   ? &o.control_hosts
                          : k == "license_file"    ? &o.license_file
                          : k == "license_public_key" ? &o.license_public_key
                          : k == "license_server"  ? &o.license_server
                          : k == "ui_dir"          ? &o.ui_dir
                                                   : nullptr;
       int* num = k == "pool_size"            ? &o.pool_size
+                 : k == "heartbeat_interval" ? &o.heartbeat_interval
                  : k == "cert_renew_days"    ? &o.cert_renew_days
                  : k == "license_grace_days" ? &o.license_grace_days
                                              : nullptr;
@@ -93,6 +100,15 @@ std::string resolveOptions(Options& o) {
   if (o.ui_dir.empty()) o.ui_dir = http::defaultUiDir();
   if (o.ui_dir == "-") o.ui_dir.clear();
   if (o.pool_size < 1 || o.pool_size > 256) return "pool-size: must be 1-256";
+  fill(o.control_listen, "127.0.0.1:8443");
+  if (o.control_hosts.empty()) {
+    char host[256] = {0};
+    o.control_hosts = "localhost,127.0.0.1,::1";
+    if (::gethostname(host, sizeof host - 1) == 0 && *host && std::string(host) != "localhost")
+      o.control_hosts += std::string(",") + host;
+  }
+  if (o.heartbeat_interval == 0) o.heartbeat_interval = 30;
+  if (o.heartbeat_interval < 1 || o.heartbeat_interval > 3600) return "heartbeat-interval: must be 1-3600 seconds";
   if (o.cert_renew_days == 0) o.cert_renew_days = 30;
   if (o.cert_renew_days < 1 || o.cert_renew_days > 365) return "cert-renew-days: must be 1-365";
   if (o.license_grace_days == 0) o.license_grace_days = 14;
@@ -171,6 +187,40 @@ class RenewalTimer {
   std::thread thread_;
 };
 
+// The control listener's certificate: issued by the CA for --control-hosts and kept in the
+// certificates table as "manager-control"; re-issued when the hosts change, it is revoked, or it
+// expires within 30 days (the CA's renewal also re-issues it; a restart picks that up).
+std::pair<std::string, std::string> controlCertificate(store::Db& db, const auth::KeyRing& keys, ca::Authority& ca,
+                                                       const std::string& hosts_csv) {
+  std::vector<std::string> sans;
+  for (std::size_t i = 0; i <= hosts_csv.size();) {
+    auto j = std::min(hosts_csv.find(',', i), hosts_csv.size());
+    std::string h = hosts_csv.substr(i, j - i);
+    while (!h.empty() && h.front() == ' ') h.erase(0, 1);
+    while (!h.empty() && h.back() == ' ') h.pop_back();
+    if (!h.empty()) sans.push_back(h);
+    i = j + 1;
+  }
+  if (sans.empty()) throw std::runtime_error("control-hosts: at least one name or address is needed");
+  std::string want = nlohmann::json(sans).dump();
+  std::string soon = util::isoFromUnixMs((util::unixNow() + 30 * 86400) * 1000);
+  return db.write([&](store::Conn& c) {
+    auto rows = c.exec("SELECT id, cert_pem, key_enc, not_after, revoked_at, description FROM certificates WHERE name = "
+                       "'manager-control'");
+    if (!rows.empty()) {
+      const auto& r = rows.front();
+      auto key = keys.open(r.str("key_enc"), "certificates.key");
+      if (key && r.isNull("revoked_at") && r.str("not_after") > soon && r.str("description") == want)
+        return std::make_pair(r.str("cert_pem"), *key);
+      ca.revoke(c, ca::parseCertificate(r.str("cert_pem")).value_or(ca::CertFacts{}).serial, "superseded");
+      c.exec("DELETE FROM certificates WHERE id = ?", {r.str("id")});
+    }
+    auto issued = ca.issueServer(c, "manager-control", sans, 365);
+    c.exec("UPDATE certificates SET description = ? WHERE id = ?", {want, std::to_string(issued.certificate_id)});
+    return std::make_pair(issued.cert_pem, issued.key_pem);
+  });
+}
+
 }  // namespace
 
 int run(Options opts) {
@@ -209,6 +259,15 @@ int run(Options opts) {
     }
     bootstrapAdmin(*db, app.bcrypt_cost);
     http::Router router = api::buildRouter(app);
+    control::Options co;
+    co.heartbeat_interval_s = opts.heartbeat_interval;
+    co.poll_database = db->dialect() == store::Dialect::postgres;
+    control::Service control(app, authority, &licensing, co);
+    app.on_config_write = [&control] { control.notifier().changed(); };
+    metrics.addSource([&control] { return control.metricsText(); });
+    control.addApiRoutes(router);
+    http::Router control_router;
+    control.addControlRoutes(control_router);
     http::StaticFiles ui(opts.ui_dir);
     if (ui.dir().empty())
       spdlog::warn("manager: web UI not served (no built UI found{}; see docs/web-ui.md)",
@@ -218,7 +277,7 @@ int run(Options opts) {
     so.listen = opts.listen;
     so.tls_cert = opts.tls_cert;
     so.tls_key = opts.tls_key;
-    http::Server server(so, [&](http::Request& req) {
+    auto dispatch = [&](const http::Router& router, bool with_ui, http::Request& req) {
       auto t0 = std::chrono::steady_clock::now();
       http::Response resp;
       std::string route = "unmatched";
@@ -228,7 +287,7 @@ int run(Options opts) {
         resp = r.handler(req);
       } catch (const http::ApiError& e) {
         resp = http::problem(e, req.path);
-        if (e.status == 404) {  // not an API route: the web UI's files and client-side routes
+        if (e.status == 404 && with_ui) {  // not an API route: the web UI's files and client-side routes
           try {
             if (auto file = ui.serve(req)) {
               route = "ui";
@@ -252,13 +311,33 @@ int run(Options opts) {
       metrics.request(route, req.method, resp.status, secs);
       spdlog::debug("manager: {} {} {} {:.1f}ms", req.method, req.path, resp.status, secs * 1000);
       return resp;
-    });
+    };
+    http::Server server(so, [&](http::Request& req) { return dispatch(router, true, req); });
     server.onUpgrade("/api/v1/events", [&app](http::Request& req) { return api::openEventStream(app, req); });
+    // The control listener: always TLS with a certificate from the CA, client certificates
+    // requested and verified against it (docs/control-protocol.md). No web UI there.
+    auto [control_cert, control_key] = controlCertificate(*db, keys, authority, opts.control_hosts);
+    http::ServerOptions cso;
+    cso.listen = opts.control_listen;
+    cso.tls_cert_pem = control_cert + authority.chainPem();
+    cso.tls_key_pem = control_key;
+    cso.client_ca_pem = authority.chainPem();
+    cso.max_connections = 4096;  // one per long-polling proxy
+    cso.idle_timeout_s = 120;
+    http::Server control_server(cso, [&](http::Request& req) { return dispatch(control_router, false, req); });
+    control_server.bind();
+    spdlog::info("listening: listener=control address={}:{} tls=on mtls=on hosts={}",
+                 opts.control_listen.substr(0, opts.control_listen.rfind(':')), control_server.port(),
+                 opts.control_hosts);
     server.bind();
+    std::thread control_thread([&] { control_server.run(); });
     spdlog::info("listening: listener=manager address={}:{} tls={} database={} ui={}",
                  opts.listen.substr(0, opts.listen.rfind(':')), server.port(), server.tls() ? "on" : "off",
                  db->dialect() == store::Dialect::sqlite ? "sqlite" : "postgres", ui.dir().empty() ? "off" : ui.dir());
     server.run();
+    control.notifier().shutdown();  // waiting long-polls answer 304 now
+    control_server.stop();
+    control_thread.join();
     return 0;
   } catch (const store::SchemaTooNew& e) {
     spdlog::error("manager: {}", e.what());

@@ -18,6 +18,10 @@ struct Options {
   std::string license_public_key;  // file with, or the text of, the Ed25519 public key (PEM or base64)
   std::string license_server;      // optional online validation URL; off when empty
   int license_grace_days = 0;      // default 14
+  // The control listener proxies use (docs/control-protocol.md, docs/control-plane.md).
+  std::string control_listen;  // default 127.0.0.1:8443
+  std::string control_hosts;   // SANs of its certificate, comma-separated (default localhost,127.0.0.1,::1,<hostname>)
+  int heartbeat_interval = 0;  // seconds told to proxies; stale after 3 missed (default 30)
   std::string ui_dir;        // the built web UI; default: http::defaultUiDir(); "-" = do not serve it
 };
 

@@ -13,6 +13,7 @@
 #include "manager/audit/audit.h"
 #include "manager/auth/keyring.h"
 #include "manager/auth/throttle.h"
+#include "manager/control/service.h"
 #include "manager/http/router.h"
 #include "manager/http/server.h"
 #include "manager/crypto/crypto.h"
@@ -155,6 +156,12 @@ TEST(ManagerOpenApi, EveryRouteIsDocumented) {
   mm::Metrics metrics;
   mm::api::App app(*t.db, keys, metrics);
   auto router = mm::api::buildRouter(app);
+  // The control loop's routes: on the API listener and on the control listener (both documented).
+  keys.load(*t.db);
+  mm::ca::Authority authority(*t.db, keys);
+  mm::control::Service control(app, authority, nullptr, {});
+  control.addApiRoutes(router);
+  control.addControlRoutes(router);
   std::ifstream in(std::string(MP_SOURCE_DIR) + "/docs/openapi.json");
   ASSERT_TRUE(in) << "docs/openapi.json missing";
   auto doc = nlohmann::json::parse(in);

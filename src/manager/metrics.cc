@@ -30,6 +30,8 @@ void Metrics::login(bool ok) {
 }
 
 std::string Metrics::render(store::Db& db, bool db_up) {
+  std::string extra;  // sources_ is fixed after start-up; each source takes its own locks
+  for (const auto& fn : sources_) extra += fn();
   std::string out;
   auto pool = db.stats();
   std::lock_guard g(mu_);
@@ -63,7 +65,7 @@ std::string Metrics::render(store::Db& db, bool db_up) {
   out += "# HELP marchproxy_manager_db_up 1 if the database answered the last health probe.\n";
   out += "# TYPE marchproxy_manager_db_up gauge\n";
   out += fmt::format("marchproxy_manager_db_up {}\n", db_up ? 1 : 0);
-  return out;
+  return out + extra;
 }
 
 }  // namespace marchproxy::manager

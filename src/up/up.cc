@@ -151,8 +151,11 @@ Child spawn(const std::string& name, const std::vector<std::string>& args, const
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(a.data());
   argv.push_back(nullptr);
+  // The parts get this environment minus MARCHPROXY_* (a MARCHPROXY_DATABASE_URL meant for a real
+  // manager must not point the demo system at it); `up` passes what they need explicitly.
   std::vector<std::string> env_s;
-  for (char** e = environ; *e; ++e) env_s.emplace_back(*e);
+  for (char** e = environ; *e; ++e)
+    if (std::strncmp(*e, "MARCHPROXY_", 11) != 0) env_s.emplace_back(*e);
   env_s.insert(env_s.end(), env.begin(), env.end());
   std::vector<char*> envp;
   for (auto& e : env_s) envp.push_back(e.data());
@@ -258,6 +261,22 @@ std::string hostPort(const std::string& host, int port) {
   return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
+// Empty when host:port can be bound now; otherwise why not. Checked before anything starts, so `up`
+// never talks to (or hands the generated admin password to) some other program on its ports.
+std::string portBusy(const std::string& host, int port) {
+  try {
+    boost::asio::io_context ioc;
+    tcp::acceptor a(ioc);
+    tcp::endpoint ep(boost::asio::ip::make_address(host), static_cast<unsigned short>(port));
+    a.open(ep.protocol());
+    a.set_option(tcp::acceptor::reuse_address(true));
+    a.bind(ep);
+    return "";
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+}
+
 // First run: the "demo" cluster with a route from every host name to the demo upstream. Returns the
 // cluster key (shown once by the manager, kept 0600 in the data directory for the proxies).
 std::string bootstrapDemo(const Options& o, const std::string& password) {
@@ -318,6 +337,22 @@ int run(const Options& o) {
       throw std::runtime_error("the first `up` in " + data.string() + " was stopped before it finished setting up; "
                                "remove that directory and run `marchproxy up` again");
     if (first_run) writePrivateFile(state_file, Json{{"state", "bootstrapping"}}.dump() + "\n");
+    if (!first_run) {  // the demo route in the database points where the first run put the demo upstream
+      auto st = Json::parse(readFile(state_file), nullptr, false);
+      if (st.is_object() && st.contains("demo_port") && st["demo_port"].is_number_integer() &&
+          st["demo_port"].get<int>() != opt.demo_port) {
+        std::printf("up: the demo route points at port %d (set up by the first run); the demo upstream runs there\n",
+                    st["demo_port"].get<int>());
+        opt.demo_port = st["demo_port"].get<int>();
+      }
+    }
+    for (auto [what, port] : {std::pair{"--manager-port", opt.manager_port}, {"--control-port", opt.control_port},
+                              {"--ingress-port", opt.ingress_port}, {"--ingress-admin-port", opt.ingress_admin_port},
+                              {"--egress-port", opt.egress_port}, {"--socks-port", opt.socks_port},
+                              {"--egress-admin-port", opt.egress_admin_port}, {"--demo-port", opt.demo_port}})
+      if (auto why = portBusy(opt.host, port); !why.empty())
+        throw std::runtime_error(hostPort(opt.host, port) + " (" + what + ") cannot be used: " + why +
+                                 "; stop what holds it or pick another port");
     std::vector<std::string> menv;
     if (first_run) {
       password = randomPassword();
@@ -327,7 +362,8 @@ int run(const Options& o) {
     std::vector<std::string> margs = {"manager",
                                       "--listen", hostPort(opt.host, opt.manager_port),
                                       "--control-listen", hostPort(opt.host, opt.control_port),
-                                      "--data-dir", data.string()};
+                                      "--data-dir", data.string(),
+                                      "--database-url", "sqlite://" + (data / "manager.db").string()};
     if (!opt.ui_dir.empty()) margs.insert(margs.end(), {"--ui-dir", opt.ui_dir});
     sup.start("manager", margs, menv);
     if (auto err = sup.waitFor("the manager", [&] {
@@ -338,7 +374,7 @@ int run(const Options& o) {
 
     if (first_run) {
       writePrivateFile(key_file, bootstrapDemo(opt, password));
-      writePrivateFile(state_file, Json{{"state", "ready"}, {"created_by", "marchproxy up"}, {"cluster", "demo"}}.dump(2) + "\n");
+      writePrivateFile(state_file, Json{{"state", "ready"}, {"created_by", "marchproxy up"}, {"cluster", "demo"}, {"demo_port", opt.demo_port}}.dump(2) + "\n");
     }
     auto ca = httpCall(opt.host, opt.manager_port, "GET", "/api/v1/ca.pem");
     if (ca.status != 200) throw std::runtime_error("fetching the manager's CA certificate failed: " + problemText(ca));

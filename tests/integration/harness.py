@@ -442,6 +442,31 @@ def raw_exchange(port, data, timeout=10.0):
         return None, c
 
 
+def connect_tunnel(proxy_port, host, port, auth, timeout=10.0):
+    """Sends `CONNECT host:port` with `Proxy-Authorization: auth` to a forward proxy on loopback and
+    reads the response head byte by byte (nothing of the tunnel). Returns (socket, head bytes)."""
+    s = socket.create_connection((LOCALHOST, proxy_port), timeout=timeout)
+    s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+              f"Proxy-Authorization: {auth}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        d = s.recv(1)
+        if not d:
+            break
+        head += d
+    return s, head
+
+
+def read_to_eof(sock):
+    """Everything the peer sends until it closes (a tunnel answered with Connection: close)."""
+    data = b""
+    while True:
+        d = sock.recv(65536)
+        if not d:
+            return data
+        data += d
+
+
 def chunked_encode(chunks, trailers=None):
     out = bytearray()
     for ch in chunks:
@@ -557,17 +582,22 @@ class Proxy:
     first non-admin one), self.admin_port. Every stderr line is kept in self.lines."""
 
     def __init__(self, config_yaml, workdir, watch=False, expect_listeners=("http",), admin=True,
-                 extra_args=(), log_level=None, wait_ready=True, config_path=None, command="ingress"):
+                 extra_args=(), log_level=None, wait_ready=True, config_path=None, command="ingress",
+                 manager_args=None):
         self.binary = find_binary()
         self.workdir = workdir
         self.stderr_path = os.path.join(workdir, "proxy.stderr")
-        if config_path:  # the caller laid the file out itself (e.g. a ConfigMap-style symlink)
-            self.config_path = config_path
+        if manager_args is not None:  # under a manager (--manager …): no config file
+            self.config_path = None
+            args = [self.binary, command] + list(manager_args)
         else:
-            self.config_path = os.path.join(workdir, "config.yaml")
-            self.write_config(config_yaml)
-        args = [self.binary, command, "--config", self.config_path]  # command: ingress | egress
-        if not watch:
+            if config_path:  # the caller laid the file out itself (e.g. a ConfigMap-style symlink)
+                self.config_path = config_path
+            else:
+                self.config_path = os.path.join(workdir, "config.yaml")
+                self.write_config(config_yaml)
+            args = [self.binary, command, "--config", self.config_path]  # command: ingress | egress
+        if not watch and manager_args is None:
             args.append("--no-watch")
         log_level = log_level or os.environ.get("MARCHPROXY_ITEST_LOG_LEVEL")
         if log_level:

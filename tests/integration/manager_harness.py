@@ -34,6 +34,7 @@ from harness import find_binary, wait_until, LOCALHOST
 ADMIN_PASSWORD = "integration-admin-password"
 PG_BIN = "/usr/lib/postgresql/15/bin"
 _LISTEN_RE = re.compile(r"listening: listener=manager address=(\S+):(\d+)")
+_CONTROL_RE = re.compile(r"listening: listener=control address=(\S+):(\d+)")
 
 
 def _free_port():
@@ -117,7 +118,8 @@ class Manager:
         self.log_path = os.path.join(data_dir, f"manager-{time.monotonic_ns()}.log")
 
     def argv(self):
-        a = [find_binary(), "manager", "--listen", f"{LOCALHOST}:0", "--data-dir", self.data_dir]
+        a = [find_binary(), "manager", "--listen", f"{LOCALHOST}:0", "--control-listen", f"{LOCALHOST}:0",
+             "--data-dir", self.data_dir]
         if self.database_url:
             a += ["--database-url", self.database_url]
         if self.tls:
@@ -141,6 +143,8 @@ class Manager:
             m = _LISTEN_RE.search(self.output())
             return m and int(m.group(2))
         self.port = wait_until(listening, timeout=30, message="manager listening line")
+        m = _CONTROL_RE.search(self.output())
+        self.control_port = m and int(m.group(2))  # the control listener (docs/control-protocol.md)
         return self
 
     def output(self):

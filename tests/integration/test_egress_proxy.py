@@ -21,7 +21,7 @@ import threading
 import time
 import unittest
 
-from harness import (LOCALHOST, ProxyTestCase, RawServer, main, render, wait_until)
+from harness import (LOCALHOST, ProxyTestCase, RawServer, connect_tunnel, main, render, wait_until)
 
 TOKEN = "s3cret-token"
 JWT_SECRET = "an-hs256-secret-of-at-least-32-bytes!"
@@ -365,16 +365,7 @@ class ConnectTest(EgressTestCase):
         self.assertIn("403", str(cm.exception))
 
     def connect(self, host, port, auth=None):
-        s = socket.create_connection((LOCALHOST, self.http_port), timeout=10)
-        s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                  f"Proxy-Authorization: {auth or basic()}\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            d = s.recv(1)
-            if not d:
-                break
-            head += d
-        return s, head
+        return connect_tunnel(self.http_port, host, port, auth or basic())
 
     def test_sni_must_match_the_connect_host(self):
         mappings = """

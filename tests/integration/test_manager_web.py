@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 import tempfile
+import time
 
 from manager_harness import LOCALHOST, ManagerTestCase, run
 
@@ -85,10 +86,12 @@ class WsClient:
         return json.loads(payload)
 
     def next_event(self, types=("object", "audit", "proxy")):
-        while True:
+        deadline = time.monotonic() + 60  # keepalives arrive every 25 s, so recv alone never times out
+        while time.monotonic() < deadline:
             m = self.message()
             if m["type"] in types:
                 return m
+        raise AssertionError(f"no {types} event within 60 s")
 
     def close(self):
         self.s.close()

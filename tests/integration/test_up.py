@@ -67,14 +67,20 @@ def alive(pid):
 
 
 class Up:
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, start=True, ports=None):
         names = ["manager", "control", "ingress", "ingress-admin", "egress", "socks", "egress-admin", "demo"]
-        self.ports = dict(zip(names, free_ports(len(names))))
+        self.ports = ports or dict(zip(names, free_ports(len(names))))
         args = [find_binary(), "up", "--data-dir", data_dir, "--host", "127.0.0.1"]
         for n in names:
             args += [f"--{n}-port", str(self.ports[n])]
+        self.args = args
         self.out = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(args, stdout=self.out, stderr=subprocess.STDOUT, text=True)
+        self.proc = None
+        if start:
+            self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(self.args, stdout=self.out, stderr=subprocess.STDOUT, text=True)
 
     def text(self):
         self.out.seek(0)
@@ -145,7 +151,7 @@ class UpTest(unittest.TestCase):
                 self.assertTrue(wait_until(lambda k=k: not alive(k), 10), f"child {k} still running")
 
             # Second run: same data, no new password, the route still answers.
-            up2 = Up(data)
+            up2 = Up(data, ports=up.ports)  # the same command again
             self.addCleanup(lambda: up2.proc.poll() is None and up2.proc.kill())
             up2.wait_banner(self)
             self.assertNotIn("password ", up2.text().split("manager + web UI")[1].split("ingress")[0])
@@ -154,13 +160,21 @@ class UpTest(unittest.TestCase):
             status, _ = http("POST", up2.ports["manager"], "/api/v1/auth/login",
                              {"username": "admin", "password": password})
             self.assertEqual(status, 200)
-            rc, _ = up2.stop(self)
-            self.assertEqual(rc, 0, up2.text())
 
-    def test_part_that_cannot_start_stops_everything(self):
+            # A part that dies takes the system down with a clear message, and nothing is left running.
+            kids = children_of(up2.proc.pid)
+            ingress = [k for k in kids if open(f"/proc/{k}/cmdline").read().split("\0")[1:2] == ["ingress"]]
+            self.assertEqual(len(ingress), 1, kids)
+            os.kill(ingress[0], signal.SIGKILL)
+            self.assertEqual(up2.proc.wait(timeout=60), 1, up2.text())
+            self.assertIn("ingress was killed by signal 9", up2.text())
+            for k in kids:
+                self.assertTrue(wait_until(lambda k=k: not alive(k), 20), f"child {k} still running")
+
+    def test_busy_port_is_refused_before_anything_starts(self):
         with tempfile.TemporaryDirectory() as d:
-            up = Up(os.path.join(d, "data"))
-            # Take the ingress port first: the ingress cannot bind, `up` must say so and stop.
+            up = Up(os.path.join(d, "data"), start=False)
+            # Something else holds the ingress port: `up` must say so and start nothing.
             blocker = socket.socket()
             blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -169,6 +183,7 @@ class UpTest(unittest.TestCase):
             except OSError:
                 self.skipTest("ingress port taken before the test could hold it")
             self.addCleanup(blocker.close)
+            up.start()
             self.addCleanup(lambda: up.proc.poll() is None and up.proc.kill())
             kids = []
             deadline = time.time() + BANNER_DEADLINE
@@ -176,7 +191,8 @@ class UpTest(unittest.TestCase):
                 kids = list(set(kids) | set(children_of(up.proc.pid)))
                 time.sleep(0.2)
             self.assertEqual(up.proc.returncode, 1, up.text())
-            self.assertIn("up:", up.text())
+            self.assertIn(f"127.0.0.1:{up.ports['ingress']} (--ingress-port) cannot be used", up.text())
+            self.assertFalse(os.path.exists(os.path.join(d, "data", "manager.db")), "started the manager anyway")
             for k in kids:
                 self.assertTrue(wait_until(lambda k=k: not alive(k), 10), f"child {k} still running")
 

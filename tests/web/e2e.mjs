@@ -100,6 +100,7 @@ async function api(method, p, body, token) {
 
 // --- test bookkeeping ----------------------------------------------------------------------------
 const results = [];
+const skipped = [];
 const notes = {};
 async function step(name, fn) {
   const t0 = Date.now();
@@ -110,8 +111,17 @@ async function step(name, fn) {
   } catch (e) {
     results.push({ name, ok: false });
     console.log(`FAIL  ${name}: ${e instanceof Error ? e.stack : e}`);
+    // Leave the page usable for the next step: a screenshot of the failure, then close any dialog.
+    try {
+      await currentPage?.screenshot({ path: path.join(OUT, `FAIL-${results.length}.png`), fullPage: true });
+      await currentPage?.keyboard.press('Escape');
+      await currentPage?.keyboard.press('Escape');
+    } catch {
+      /* the page may be gone */
+    }
   }
 }
+let currentPage;
 function expect(cond, msg) {
   if (!cond) throw new Error(msg);
 }
@@ -144,6 +154,7 @@ async function main() {
   });
   const ctx = await browser.newContext({ viewport: { width: 1366, height: 850 } });
   const page = await ctx.newPage();
+  currentPage = page;
   page.setDefaultTimeout(15000);
   const consoleErrors = [];
   page.on('pageerror', (e) => consoleErrors.push(String(e)));
@@ -205,9 +216,7 @@ async function main() {
     const d = page.getByRole('dialog');
     await field(d, 'name').fill('prod');
     await d.getByRole('button', { name: 'Create' }).click();
-    await d.getByText(/prod/).first().waitFor();
-    const text = await d.innerText();
-    expect(/exist|already|duplicate/i.test(text), `no duplicate-name error in: ${text}`);
+    await d.getByText('a cluster with this name already exists').waitFor();
     await shot(page, '06-cluster-server-error');
     await d.getByRole('button', { name: 'Cancel' }).click();
   });
@@ -305,14 +314,13 @@ async function main() {
     await page.getByRole('button', { name: 'Done' }).click();
   });
 
-  await step('proxy comes online (needs the control loop)', async () => {
+  // Needs the control loop (proxies registering and heartbeating): reported as skipped until then.
+  {
     const r = await fetch(base + '/api/v1/proxies', { headers: { authorization: `Bearer ${admin}` } });
-    if (r.status === 404) {
-      notes.proxy_online = 'PENDING: this manager has no /api/v1/proxies yet (control loop not merged)';
-      return;
-    }
-    notes.proxy_online = 'PENDING: registering a proxy from this test is not wired yet';
-  });
+    notes.proxy_online = r.status === 404 ? 'skipped: this manager has no /api/v1/proxies yet' : 'skipped: no proxy is started by this test yet';
+    skipped.push('proxy comes online');
+    console.log(`skip  proxy comes online (${notes.proxy_online})`);
+  }
 
   await step('a viewer sees configuration but no edit controls', async () => {
     const vctx = await browser.newContext({ viewport: { width: 1366, height: 850 } });
@@ -365,5 +373,5 @@ fs.writeFileSync(path.join(OUT, 'notes.json'), JSON.stringify(notes, null, 2));
 console.log(`notes: ${JSON.stringify(notes)}`);
 console.log(`screenshots: ${OUT}`);
 const failed = results.filter((r) => !r.ok).length;
-console.log(`${results.length - failed} passed, ${failed} failed`);
+console.log(`${results.length - failed} passed, ${failed} failed, ${skipped.length} skipped`);
 process.exit(failed ? 1 : 0);

@@ -2,6 +2,7 @@
 // What every API handler shares: the database, the key ring, throttles, metrics, and the request's
 // authenticated principal. Authorisation decisions live in policy.h, next to this.
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "manager/auth/keyring.h"
@@ -30,6 +31,9 @@ struct App {
   std::string openapi;  // the document served at /api/v1/openapi.json
   ca::Authority* ca = nullptr;             // the certificate authority (ca_routes.cc); set by run()
   license::Licensing* license = nullptr;   // the licence state; null = community edition
+  // Called after a committed write that may have changed what a cluster's proxies run (wakes the
+  // control loop's long-polls, control/notifier.h). Unset in tools and tests that need no wake-up.
+  std::function<void()> on_config_write;
   App(store::Db& d, auth::KeyRing& k, Metrics& m) : db(d), keys(k), metrics(m) {}
 };
 

@@ -90,7 +90,9 @@ class EventStream : public http::WsSession {
     if (ev.type == "resync") return true;
     if (who_.isAdmin()) return true;
     if (ev.type == "audit") return false;  // the audit log is for admins
-    if (ev.type == "object") return mayReadObject(app_, who_, ev.resource, ev.data);
+    // Viewers list all configuration (GET /x scopes only service owners); owners get exactly what
+    // they may read.
+    if (ev.type == "object") return who_.role == "viewer" || mayReadObject(app_, who_, ev.resource, ev.data);
     // proxies and anything else cluster-scoped: viewers read every cluster, owners their own
     if (!ev.cluster_id) return false;
     if (who_.role == "viewer") return true;

@@ -166,6 +166,15 @@ void headerName(const Json& v, const std::string& f) {
       validate::fail(f, "not a valid header name");
 }
 
+// A proxy listener address: an IP literal (proxies do not resolve names to bind) and a port.
+void listenAddress(const Json& v, const std::string& f) {
+  validate::hostPort(v, f);
+  std::string host = v.get<std::string>().substr(0, v.get<std::string>().rfind(':'));
+  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  if (!validate::isIp(host))
+    validate::fail(f, "must be an IP address and a port (\"0.0.0.0:8080\", \"[::]:8080\")");
+}
+
 // --- the resources -------------------------------------------------------------------------------
 
 const std::vector<Spec>& specs() {
@@ -178,7 +187,12 @@ const std::vector<Spec>& specs() {
                   {"syslog_endpoint", Kind::text, false, true, false, validate::syslogEndpoint},
                   {"log_auth", Kind::boolean},
                   {"log_netflow", Kind::boolean},
-                  {"log_debug", Kind::boolean}},
+                  {"log_debug", Kind::boolean},
+                  // Where the cluster's proxies listen (compiled into their snapshots).
+                  {"ingress_http_address", Kind::text, false, true, false, listenAddress},
+                  {"ingress_https_address", Kind::text, false, true, false, listenAddress},
+                  {"egress_proxy_address", Kind::text, false, true, false, listenAddress},
+                  {"egress_socks5_address", Kind::text, false, true, false, listenAddress}},
                  {{"config_version", Kind::integer}, {"prev_api_key_expires", Kind::text}},
                  {"name"},
                  {"name", "id", "created_at", "updated_at"}});
@@ -337,6 +351,12 @@ void validateResourceBody(const std::string& resource, const Json& body, bool cr
     bool has_src = (body.contains("source_services") && !body["source_services"].empty()) ||
                    (body.contains("source_collections") && !body["source_collections"].empty());
     if (!has_src) validate::fail("source_services", "a mapping needs source services or source collections");
+  }
+  if (s.res == Res::routes && body.contains("health_check") && body["health_check"].is_object()) {
+    // The proxies refuse a check whose timeout is not shorter than its interval.
+    const Json& hc = body["health_check"];
+    if (hc.contains("timeout_ms") && hc["timeout_ms"].get<std::int64_t>() >= hc.value("interval_ms", std::int64_t(5000)))
+      validate::fail("health_check.timeout_ms", "must be shorter than health_check.interval_ms");
   }
   if (s.res == Res::certificates && !create && (body.contains("cert_pem") != body.contains("key_pem")))
     validate::fail(body.contains("cert_pem") ? "key_pem" : "cert_pem",
@@ -744,9 +764,11 @@ Response update(Ctx& x) {
                         params);
       if (res.affected != 1) throw ApiError(412, "precondition-failed", "concurrent update", "If-Match");
       if (s.cluster_scoped) bumpCluster(c, after["cluster_id"].get<std::int64_t>());
-      if (s.res == Res::clusters && (body.contains("syslog_endpoint") || body.contains("log_auth") ||
-                                     body.contains("log_netflow") || body.contains("log_debug")))
-        bumpCluster(c, id);
+      if (s.res == Res::clusters) {
+        bool proxies_see = false;  // name and description are for people only
+        for (const auto& [k, v] : body.items()) proxies_see |= k != "name" && k != "description";
+        if (proxies_see) bumpCluster(c, id);
+      }
       if (s.res == Res::certificates)
         c.exec("UPDATE clusters SET config_version = config_version + 1 WHERE id IN "
                "(SELECT cluster_id FROM ingress_routes WHERE certificate_id = ?)",
@@ -970,6 +992,9 @@ void addResourceRoutes(App& app, http::Router& router) {
         }
         Response resp = fn(x);
         if (resp.status < 300) publishChange(*s, req, resp, before);
+        // Every write above bumps the config_version of the clusters it affects inside its
+        // transaction; now that it has committed, wake the proxies' long-polls.
+        if (app.on_config_write) app.on_config_write();
         return resp;
       };
     };

@@ -23,6 +23,12 @@ struct Request {
   std::string remote_ip;
   std::map<std::string, std::string> params;  // path parameters filled by the router
   std::string route;                          // the matched route pattern (metrics label)
+  // The client certificate verified by the TLS handshake (ServerOptions::client_ca_pem), if any.
+  struct Peer {
+    bool verified = false;
+    std::string serial;  // hex, upper case, no leading zeros
+    std::string common_name;
+  } peer;
 
   std::string header(const std::string& lower_name) const {
     auto it = headers.find(lower_name);

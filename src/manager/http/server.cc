@@ -3,6 +3,8 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
+#include <openssl/x509.h>
+
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
@@ -134,9 +136,9 @@ struct Server::Impl {
               beast::ssl_stream<tcp::socket> stream(std::move(s), *ssl);
               beast::error_code hec;
               stream.handshake(asio::ssl::stream_base::server, hec);
-              if (!hec) serve(stream, stream.next_layer(), entry);
+              if (!hec) serve(stream, stream.next_layer(), entry, peerOf(stream.native_handle()));
             } else {
-              serve(s, s, entry);
+              serve(s, s, entry, {});
             }
           } catch (const std::exception& e) {
             spdlog::debug("manager connection ended: {}", e.what());
@@ -170,8 +172,26 @@ struct Server::Impl {
     }
   }
 
+  // The verified client certificate of a TLS connection (empty without one).
+  static Request::Peer peerOf(SSL* ssl) {
+    Request::Peer p;
+    X509* cert = SSL_get0_peer_certificate(ssl);
+    if (!cert || SSL_get_verify_result(ssl) != X509_V_OK) return p;
+    p.verified = true;
+    if (BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr)) {
+      if (char* hex = BN_bn2hex(bn)) {
+        p.serial = hex;
+        OPENSSL_free(hex);
+      }
+      BN_free(bn);
+    }
+    char cn[256] = {0};
+    if (X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof cn) > 0) p.common_name = cn;
+    return p;
+  }
+
   template <typename Stream>
-  void serve(Stream& stream, tcp::socket& sock, Conn& entry) {
+  void serve(Stream& stream, tcp::socket& sock, Conn& entry, const Request::Peer& peer) {
     beast::flat_buffer buf;
     beast::error_code ec;
     std::string remote = sock.remote_endpoint(ec).address().to_string();
@@ -202,6 +222,7 @@ struct Server::Impl {
         Request req;
         req.method = std::string(m.method_string());
         req.remote_ip = remote;
+        req.peer = peer;
         std::string target(m.target());
         auto qpos = target.find('?');
         std::string rawpath = target.substr(0, qpos);
@@ -273,16 +294,30 @@ void Server::bind() {
   beast::error_code ec;
   auto addr = asio::ip::make_address(host.empty() ? "0.0.0.0" : host, ec);
   if (ec) throw std::runtime_error("listen: bad address \"" + host + "\" (use an IP address)");
-  if (!o.tls_cert.empty() || !o.tls_key.empty()) {
-    if (o.tls_cert.empty() || o.tls_key.empty()) throw std::runtime_error("tls: both --tls-cert and --tls-key are needed");
+  if (!o.tls_cert.empty() || !o.tls_key.empty() || !o.tls_cert_pem.empty()) {
+    if (o.tls_cert_pem.empty() && (o.tls_cert.empty() || o.tls_key.empty()))
+      throw std::runtime_error("tls: both --tls-cert and --tls-key are needed");
     impl_->ssl = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_server);
     impl_->ssl->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
                             asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
                             asio::ssl::context::no_tlsv1_1);
-    impl_->ssl->use_certificate_chain_file(o.tls_cert, ec);
-    if (ec) throw std::runtime_error("tls-cert: cannot load " + o.tls_cert + ": " + ec.message());
-    impl_->ssl->use_private_key_file(o.tls_key, asio::ssl::context::pem, ec);
-    if (ec) throw std::runtime_error("tls-key: cannot load " + o.tls_key + ": " + ec.message());
+    if (!o.tls_cert_pem.empty()) {
+      impl_->ssl->use_certificate_chain(asio::buffer(o.tls_cert_pem), ec);
+      if (ec) throw std::runtime_error("tls: cannot use the certificate: " + ec.message());
+      impl_->ssl->use_private_key(asio::buffer(o.tls_key_pem), asio::ssl::context::pem, ec);
+      if (ec) throw std::runtime_error("tls: cannot use the private key: " + ec.message());
+    } else {
+      impl_->ssl->use_certificate_chain_file(o.tls_cert, ec);
+      if (ec) throw std::runtime_error("tls-cert: cannot load " + o.tls_cert + ": " + ec.message());
+      impl_->ssl->use_private_key_file(o.tls_key, asio::ssl::context::pem, ec);
+      if (ec) throw std::runtime_error("tls-key: cannot load " + o.tls_key + ": " + ec.message());
+    }
+    if (!o.client_ca_pem.empty()) {
+      impl_->ssl->add_certificate_authority(asio::buffer(o.client_ca_pem), ec);
+      if (ec) throw std::runtime_error("tls: cannot use the client CA: " + ec.message());
+      // Ask for a certificate, verify it when sent, accept connections without one.
+      impl_->ssl->set_verify_mode(asio::ssl::verify_peer, ec);
+    }
   }
   tcp::endpoint ep(addr, static_cast<unsigned short>(port));
   auto& a = impl_->acceptor;

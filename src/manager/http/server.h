@@ -15,6 +15,10 @@ namespace marchproxy::manager::http {
 struct ServerOptions {
   std::string listen = "127.0.0.1:8000";  // host:port; port 0 = kernel-chosen
   std::string tls_cert, tls_key;          // both set = HTTPS only
+  std::string tls_cert_pem, tls_key_pem;  // the same from memory (a certificate the manager issued)
+  // Set = ask every client for a certificate and verify it against this CA bundle (PEM). A client
+  // without one may still connect (handlers decide: Request::peer); a bad one fails the handshake.
+  std::string client_ca_pem;
   std::size_t max_body = 1 << 20;
   int max_connections = 512;
   int idle_timeout_s = 60;

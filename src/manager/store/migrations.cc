@@ -124,6 +124,28 @@ CREATE INDEX certificates_serial ON certificates (serial);
 CREATE INDEX certificates_revoked ON certificates (revoked_at);
 )SQL";
 
+// Version 3 (control loop, docs/control-protocol.md): what the manager knows about each registered
+// proxy, and per-cluster listener addresses compiled into the snapshots. Version 2 belongs to the
+// certificate authority and licensing (ca/, license/).
+constexpr const char* kV3Control = R"SQL(
+ALTER TABLE proxy_servers ADD COLUMN token_hash TEXT;
+ALTER TABLE proxy_servers ADD COLUMN cert_serial TEXT;
+ALTER TABLE proxy_servers ADD COLUMN cert_not_after TEXT;
+ALTER TABLE proxy_servers ADD COLUMN status TEXT NOT NULL DEFAULT 'active';
+ALTER TABLE proxy_servers ADD COLUMN sw_version TEXT NOT NULL DEFAULT '';
+ALTER TABLE proxy_servers ADD COLUMN capabilities TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE proxy_servers ADD COLUMN heartbeat TEXT;
+ALTER TABLE proxy_servers ADD COLUMN applied_hash TEXT;
+ALTER TABLE proxy_servers ADD COLUMN error TEXT;
+ALTER TABLE proxy_servers ADD COLUMN revoked_at TEXT;
+ALTER TABLE proxy_servers ADD COLUMN updated_at TEXT;
+CREATE UNIQUE INDEX proxy_servers_token ON proxy_servers (token_hash);
+ALTER TABLE clusters ADD COLUMN ingress_http_address TEXT NOT NULL DEFAULT '0.0.0.0:8080';
+ALTER TABLE clusters ADD COLUMN ingress_https_address TEXT NOT NULL DEFAULT '0.0.0.0:9443';
+ALTER TABLE clusters ADD COLUMN egress_proxy_address TEXT NOT NULL DEFAULT '127.0.0.1:3128';
+ALTER TABLE clusters ADD COLUMN egress_socks5_address TEXT NOT NULL DEFAULT '127.0.0.1:1080';
+)SQL";
+
 // v4: every serial MarchProxy ever issued, one row per certificate it signed (a renewal adds a row;
 // the `certificates` row keeps only the current one). Revocations live here and the CRL is built
 // from this table, so neither a renewal nor deleting a `certificates` row can take a serial out of
@@ -164,7 +186,10 @@ const std::vector<Migration>& migrations() {
       {1, expand(kV1Tables, Dialect::sqlite) + kV1SqliteTriggers,
        expand(kV1Tables, Dialect::postgres) + kV1PostgresTriggers},
       {2, expand(kV2Certificates, Dialect::sqlite), expand(kV2Certificates, Dialect::postgres)},
-      // 3 is the control loop's (branch control); 4 does not depend on it.
+      // Kept sorted by version; a number a database lacks (it ran a binary without that
+      // migration) is applied by migrate() when it appears.
+      {3, kV3Control, kV3Control},
+      // 4 (certificate serials) does not depend on 3 (control loop).
       {4, expand(kV4CertificateSerials, Dialect::sqlite), expand(kV4CertificateSerials, Dialect::postgres)},
   };
   return list;

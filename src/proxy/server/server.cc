@@ -141,7 +141,8 @@ Result<std::vector<Server::BoundListener>> Server::bindNew(const config::Snapsho
   return fresh;
 }
 
-bool Server::apply(std::shared_ptr<config::Snapshot> snapshot, bool initial) {
+std::string Server::apply(std::shared_ptr<config::Snapshot> snapshot, bool initial,
+                          const std::filesystem::path& config_dir) {
   if (!initial) {
     if (snapshot->workers != current_->snapshot->workers)
       spdlog::warn("config reload: a change of \"workers\" takes effect only after a restart");
@@ -149,16 +150,15 @@ bool Server::apply(std::shared_ptr<config::Snapshot> snapshot, bool initial) {
     if (a.enabled != b.enabled || a.address != b.address || a.port != b.port)
       spdlog::warn("config reload: a change of \"admin\" takes effect only after a restart");
   }
-  auto rt = buildRuntime(snapshot, health_, ++generation_,
-                         std::filesystem::absolute(options_.config_path).parent_path());
+  auto rt = buildRuntime(snapshot, health_, ++generation_, config_dir);
   if (!rt) {
     spdlog::error("config {}failed: {}", initial ? "" : "reload ", rt.error().message);
-    return false;
+    return rt.error().message;
   }
   auto fresh = bindNew(*snapshot);
   if (!fresh) {
     spdlog::error("config {}failed: {}", initial ? "" : "reload ", fresh.error().message);
-    return false;
+    return fresh.error().message;
   }
   max_connections_.store(snapshot->limits.max_connections, std::memory_order_relaxed);
 
@@ -203,32 +203,44 @@ bool Server::apply(std::shared_ptr<config::Snapshot> snapshot, bool initial) {
   current_atomic_.store(published);
   loaded_at_unix_.store(
       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
-  return true;
+  return {};
 }
 
 void Server::reload(const char* why) {
-  if (draining()) return;
-  config::LoadResult r = config::loadFile(options_.config_path);
+  if (options_.config_path.empty()) return;  // under a manager, before its first snapshot
+  reloadFrom(options_.config_path, why);
+}
+
+std::string Server::reloadFrom(const std::string& path, const char* why) {
+  if (draining()) return "the proxy is shutting down";
+  config::LoadResult r = config::loadFile(path);
   if (!r.snapshot) {
     reloads_failed_.fetch_add(1);
     spdlog::error("config reload failed ({}): {} error(s) in {}; still serving version {} (hash {})", why,
-                  r.errors.size(), options_.config_path, current_->snapshot->version,
-                  current_->snapshot->hash.substr(0, 12));
+                  r.errors.size(), path, current_->snapshot->version, current_->snapshot->hash.substr(0, 12));
     logDiagnostics("config reload failed", r.errors);
-    return;
+    std::string text;
+    for (const auto& d : r.errors) text += (text.empty() ? "" : "; ") + d.toString();
+    return text;
   }
+  const auto dir = std::filesystem::absolute(path).parent_path();
   if (r.snapshot->hash == current_->snapshot->hash && r.snapshot->version == current_->snapshot->version &&
-      !current_->tlsFilesChanged()) {
+      !current_->tlsFilesChanged() && dir == config_dir_) {
     spdlog::debug("config reload ({}): unchanged", why);
-    return;
+    return {};
   }
   for (const auto& w : r.warnings) spdlog::warn("config: {}", w.toString());
-  if (!apply(r.snapshot, false)) {
+  if (auto err = apply(r.snapshot, false, dir); !err.empty()) {
     reloads_failed_.fetch_add(1);
-    return;
+    return err;
   }
+  config_dir_ = dir;
   reloads_ok_.fetch_add(1);
   spdlog::info("config reloaded ({}): version={} hash={}", why, r.snapshot->version, r.snapshot->hash.substr(0, 12));
+  if (!ready_.exchange(true))
+    spdlog::info("marchproxy ingress ready: config version {} hash {}", r.snapshot->version,
+                 r.snapshot->hash.substr(0, 12));
+  return {};
 }
 
 // Watches the config file's directory (editors and Kubernetes ConfigMaps replace files rather than
@@ -302,6 +314,7 @@ void Server::startCertificateWatch() {
 
 void Server::beginDrain() {
   if (draining_.exchange(true)) return;
+  if (options_.on_drain) options_.on_drain();
   const auto deadline = std::chrono::steady_clock::now() + current_->snapshot->timeouts.drain;
   spdlog::info("draining: no new connections; waiting up to {} ms for {} open connection(s)",
                current_->snapshot->timeouts.drain.count(), connections_.load());
@@ -366,17 +379,33 @@ void Server::applyFastPath(const config::Snapshot& snapshot) {
 int Server::run() {
   // Before anything binds: a SIGTERM that arrives during start-up must drain, not kill.
   asio::signal_set signals(control_, SIGHUP, SIGTERM, SIGINT);
-  config::LoadResult r = config::loadFile(options_.config_path);
-  if (!r.snapshot) {
-    spdlog::error("cannot start: {} error(s) in {}", r.errors.size(), options_.config_path);
-    logDiagnostics("config", r.errors);
-    return 1;
+  config::LoadResult r;
+  if (!options_.config_path.empty()) {
+    r = config::loadFile(options_.config_path);
+    if (!r.snapshot && !options_.under_manager) {
+      spdlog::error("cannot start: {} error(s) in {}", r.errors.size(), options_.config_path);
+      logDiagnostics("config", r.errors);
+      return 1;
+    }
+    if (!r.snapshot) {  // a damaged cache: the manager will send a good snapshot
+      spdlog::error("cached config {} does not load ({} error(s)); waiting for the manager", options_.config_path,
+                    r.errors.size());
+      logDiagnostics("cached config", r.errors);
+      options_.config_path.clear();
+    }
+  }
+  const bool waiting = !r.snapshot;  // under a manager, before its first snapshot
+  if (waiting) {
+    r.snapshot = std::make_shared<config::Snapshot>();
+    r.snapshot->admin = options_.bootstrap_admin;
+  } else {
+    config_dir_ = std::filesystem::absolute(options_.config_path).parent_path();
   }
   for (const auto& w : r.warnings) spdlog::warn("config: {}", w.toString());
   unsigned n = r.snapshot->workers ? r.snapshot->workers : std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>(i, *this));
   checker_ = std::make_unique<upstream::HealthChecker>(control_, health_);
-  if (!apply(r.snapshot, true)) return 1;
+  if (!apply(r.snapshot, true, config_dir_).empty()) return 1;
   try {
     startAdmin(r.snapshot->admin);
   } catch (const std::exception& e) {
@@ -391,9 +420,13 @@ int Server::run() {
   }
   applyFastPath(*r.snapshot);
   for (auto& w : workers_) w->start();
-  ready_.store(true);
-  spdlog::info("marchproxy ingress ready: {} worker(s), config version {} hash {}", n, r.snapshot->version,
-               r.snapshot->hash.substr(0, 12));
+  if (waiting) {
+    spdlog::info("marchproxy ingress started: {} worker(s), not ready until the manager sends a config", n);
+  } else {
+    ready_.store(true);
+    spdlog::info("marchproxy ingress ready: {} worker(s), config version {} hash {}", n, r.snapshot->version,
+                 r.snapshot->hash.substr(0, 12));
+  }
 
   std::function<void()> wait_signal;
   wait_signal = [&] {
@@ -409,10 +442,11 @@ int Server::run() {
     });
   };
   wait_signal();
-  if (options_.watch) {
+  if (options_.watch && !options_.config_path.empty()) {
     startFileWatch();
     startCertificateWatch();
   }
+  if (options_.on_started) options_.on_started(control_);
   auto guard = asio::make_work_guard(control_);
   control_.run();
   for (auto& w : workers_) w->join();
@@ -435,7 +469,7 @@ std::string Server::configJson() {
       reloads_ok_.load(), reloads_failed_.load(), draining() ? "true" : "false", config::toJson(*rt->snapshot));
 }
 
-std::string Server::metricsText() {
+WorkerStats Server::collectStats(size_t* missing_out) {
   // Ask each worker for a copy of its counters, on its own thread.
   WorkerStats total;
   std::vector<std::shared_ptr<std::promise<WorkerStats>>> promises;
@@ -455,9 +489,16 @@ std::string Server::metricsText() {
     if (f.wait_for(std::chrono::seconds(2)) == std::future_status::ready) total.merge(f.get());
     else ++missing;
   }
+  if (missing_out) *missing_out = missing;
+  return total;
+}
+
+std::string Server::metricsText() {
+  size_t missing = 0;
+  WorkerStats total = collectStats(&missing);
   return renderMetrics(total, current_atomic_.load(), {reloads_ok_.load(), reloads_failed_.load(),
                                                        connections_.load(), missing, draining()}) +
-         fast_path_.metricsText();
+         fast_path_.metricsText() + (options_.extra_metrics ? options_.extra_metrics() : std::string());
 }
 
 }  // namespace marchproxy::proxy::server

@@ -10,6 +10,8 @@
 //   worker-N       — the data plane (worker.h).
 #include <atomic>
 #include <boost/asio/io_context.hpp>
+#include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -31,6 +33,16 @@ namespace marchproxy::proxy::server {
 struct ServerOptions {
   std::string config_path;
   bool watch = true;  // reload when the file changes, as well as on SIGHUP
+
+  // Under a manager (src/control): with no config_path (no cached snapshot yet), or one that does
+  // not load, the proxy starts with no listeners, the admin endpoint on `bootstrap_admin` and
+  // /ready 503, until the first reloadFrom() succeeds.
+  bool under_manager = false;
+  config::Admin bootstrap_admin;
+  // Control thread: once serving (starts the manager agent); when draining begins.
+  std::function<void(boost::asio::io_context&)> on_started;
+  std::function<void()> on_drain;
+  std::function<std::string()> extra_metrics;  // admin thread; appended to /metrics
 };
 
 class Server {
@@ -51,6 +63,14 @@ class Server {
   bool draining() const { return draining_.load(std::memory_order_relaxed); }
   bool ready() const { return ready_.load(std::memory_order_relaxed) && !draining(); }
 
+  // --- control thread
+  // Loads `path` and applies it exactly as a reload of the config file does (relative paths in it
+  // are relative to its directory). Returns "" or the error text; on an error the running config
+  // keeps serving. The first success after a start without config makes the proxy ready.
+  std::string reloadFrom(const std::string& path, const char* why);
+  // Every worker's counters, summed (waits up to 2 s per worker; not on a worker thread).
+  WorkerStats collectStats(size_t* missing = nullptr);
+
   // --- admin thread
   std::string metricsText();
   std::string configJson();
@@ -63,9 +83,9 @@ class Server {
     std::vector<int> fds;  // one per worker, until handed over
   };
 
-  // Validates, compiles and publishes a snapshot. Returns false (old config keeps serving) with
-  // the reasons logged when anything fails.
-  bool apply(std::shared_ptr<config::Snapshot> snapshot, bool initial);
+  // Validates, compiles and publishes a snapshot. Returns "" or the error text (logged; the old
+  // config keeps serving). Relative file names in it are relative to `config_dir`.
+  std::string apply(std::shared_ptr<config::Snapshot> snapshot, bool initial, const std::filesystem::path& config_dir);
   Result<std::vector<BoundListener>> bindNew(const config::Snapshot& s);
   void reload(const char* why);
   void startFileWatch();
@@ -94,6 +114,7 @@ class Server {
   std::atomic<int64_t> loaded_at_unix_{0};
   int exit_code_ = 0;
   uint16_t admin_port_ = 0;  // as bound
+  std::filesystem::path config_dir_;  // relative paths of the running config resolve here
   fastpath::FastPath fast_path_;
 };
 

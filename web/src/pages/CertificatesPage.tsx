@@ -47,13 +47,26 @@ function CaPanel() {
         <Unavailable error={ca.error} what="a certificate authority" />
       ) : (
         <Stack direction="row" spacing={2} sx={{ mt: 1, flexWrap: 'wrap' }}>
-          {Object.entries(ca.data ?? {})
-            .filter(([, v]) => typeof v !== 'object' && !String(v).includes('BEGIN'))
-            .map(([k, v]) => (
-              <Typography key={k} variant="body2">
-                <b>{k}</b>: {String(v)}
-              </Typography>
-            ))}
+          {Object.entries(ca.data ?? {}).flatMap(([k, v]) =>
+            v && typeof v === 'object'
+              ? Object.entries(v as Record<string, unknown>)
+                  .filter(([, x]) => typeof x !== 'object' && !String(x).includes('BEGIN'))
+                  .map(([k2, x]) => (
+                    <Typography key={`${k}.${k2}`} variant="body2">
+                      <b>
+                        {k} {k2}
+                      </b>
+                      : {String(x)}
+                    </Typography>
+                  ))
+              : String(v).includes('BEGIN')
+                ? []
+                : [
+                    <Typography key={k} variant="body2">
+                      <b>{k}</b>: {String(v)}
+                    </Typography>,
+                  ],
+          )}
           <Button size="small" color="secondary" href="/api/v1/ca.pem">
             Download CA (PEM)
           </Button>
@@ -123,7 +136,9 @@ export default function CertificatesPage() {
         ]}
         columns={[
           { label: 'Name', render: (c) => c.name },
+          { label: 'Kind', render: (c) => String(c.kind ?? 'imported') },
           { label: 'Description', render: (c) => c.description || '–' },
+          { label: 'Revoked', render: (c) => (c.revoked ? `yes (${String(c.revoke_reason ?? '')})` : 'no') },
           { label: 'Expires', render: (c) => <ExpiryChip notAfter={c.not_after} /> },
           { label: 'Not after', render: (c) => c.not_after ?? '–' },
         ]}
@@ -135,7 +150,11 @@ export default function CertificatesPage() {
         onClose={() => setIssuing(false)}
         onSubmit={async (body) => {
           setError(undefined);
-          const r = await post<{ key_pem?: string }>('/certificates/issue', body);
+          // Only what applies to the chosen kind: no empty SANs / common name.
+          const sent = Object.fromEntries(
+            Object.entries(body).filter(([, v]) => v !== '' && !(Array.isArray(v) && v.length === 0)),
+          );
+          const r = await post<{ key_pem?: string }>('/certificates/issue', sent);
           void qc.invalidateQueries({ queryKey: ['list', 'certificates'] });
           if (r.key_pem) setIssued(r.key_pem);
         }}

@@ -33,7 +33,8 @@ export default function LicensePage() {
             </Typography>
             {l.customer && <Typography>Customer: {l.customer}</Typography>}
             <Typography>
-              Proxies: {l.proxies ?? '?'} of {l.max_proxies ?? '?'} allowed
+              Proxies allowed: {l.max_proxies ?? '?'}
+              {l.proxies !== undefined ? ` (${l.proxies} registered)` : ''}
             </Typography>
             {l.expires_at && <Typography>Expires: {l.expires_at}</Typography>}
             {l.grace_ends_at && <Typography>Grace period ends: {l.grace_ends_at}</Typography>}

@@ -1,0 +1,299 @@
+// The snapshot compiler and config versions over a real SQLite database, driven through the real
+// API handlers: every compiled snapshot must load clean with the loader the proxies use
+// (config::loadString for ingress, egress::loadString for egress), and config_version must move on
+// every change a cluster's proxies see and on nothing else.
+#include <gtest/gtest.h>
+#include <thread>
+
+#include "config/loader.h"
+#include "egress/config.h"
+#include "manager/api/context.h"
+#include "manager/control/compiler.h"
+#include "manager/control/notifier.h"
+#include "manager/crypto/crypto.h"
+#include "manager/metrics.h"
+#include "manager/store/migrations.h"
+#include "manager/test_db.h"
+#include "manager/util/time.h"
+
+namespace mm = marchproxy::manager;
+using nlohmann::json;
+
+namespace {
+
+// A self-signed P-256 certificate and its key, made with openssl for this test (not a secret).
+constexpr const char* kCert = R"(-----BEGIN CERTIFICATE-----
+MIIBvzCCAWagAwIBAgIUY2ydqnDoHTFa63FbjiPoGn6D6QowCgYIKoZIzj0EAwIw
+GzEZMBcGA1UEAwwQd2ViLmV4YW1wbGUudGVzdDAgFw0yNjEyMDIwNTEyMDZaGA8y
+MTI2MTEwODA1MTIwNlowGzEZMBcGA1UEAwwQd2ViLmV4YW1wbGUudGVzdDBZMBMG
+ByqGSM49AgEGCCqGSM49AwEHA0IABLVqbX5WQUhXaOG6VIrP8r/s+9862Iu77OvP
+1290kEi8Ze5jFZyMuG6GONntE+2q7L5s3bNl8AwYtioDUNinJYyjgYUwgYIwHQYD
+VR0OBBYEFFxKRBd987dlEStjrgE75kV+KtF3MB8GA1UdIwQYMBaAFFxKRBd987dl
+EStjrgE75kV+KtF3MA8GA1UdEwEB/wQFMAMBAf8wLwYDVR0RBCgwJoIQYXBpLmV4
+YW1wbGUudGVzdIISKi5hcGkuZXhhbXBsZS50ZXN0MAoGCCqGSM49BAMCA0cAMEQC
+IACCHuIi1toGxENh9rCRIlGF3GvCO9d7OqSOm24FFATZAiATwV3jsZ4yQzkVM1PQ
+dzpHFM5PxzOWAON0zE8LbHRumg==
+-----END CERTIFICATE-----
+)";
+constexpr const char* kKey = R"(-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgISclZ9E6nfFJ+v9H
+TPbgSmBkVL6+XrkcvFBF2yPEJLGhRANCAAS1am1+VkFIV2jhulSKz/K/7PvfOtiL
+u+zrz9dvdJBIvGXuYxWcjLhuhjjZ7RPtquy+bN2zZfAMGLYqA1DYpyWM
+-----END PRIVATE KEY-----
+)";
+
+struct Env {
+  mm::testing::TempDb tmp;
+  std::unique_ptr<mm::store::Db>& db = tmp.db;
+  mm::auth::KeyRing keys{mm::crypto::randomBytes(32)};
+  mm::Metrics metrics;
+  std::unique_ptr<mm::api::App> app;
+  mm::http::Router router;
+  std::string token;
+  int writes = 0;
+
+  Env() {
+    keys.load(*db);
+    app = std::make_unique<mm::api::App>(*db, keys, metrics);
+    app->on_config_write = [this] { ++writes; };
+    router = mm::api::buildRouter(*app);
+    db->write([](mm::store::Conn& c) {
+      c.exec("INSERT INTO users (username, password_hash, role, created_at, updated_at) "
+             "VALUES ('admin', 'x', 'admin', 'now', 'now')");
+    });
+    auto now = mm::util::unixNow();
+    token = keys.sign({{"sub", "1"}, {"exp", now + 3600}, {"iat", now}});
+  }
+  std::pair<int, json> call(const std::string& method, const std::string& path, const json& body = nullptr) {
+    mm::http::Request req;
+    req.method = method;
+    req.path = path;
+    req.remote_ip = "127.0.0.1";
+    req.headers["authorization"] = "Bearer " + token;
+    if (!body.is_null()) {
+      req.headers["content-type"] = "application/json";
+      req.body = body.dump();
+    }
+    try {
+      auto resp = router.match(req).handler(req);
+      return {resp.status, resp.body.empty() ? json() : json::parse(resp.body)};
+    } catch (const mm::http::ApiError& e) {
+      return {e.status, json{{"detail", e.detail}, {"field", e.field}}};
+    }
+  }
+  std::int64_t create(const std::string& res, const json& body) {
+    auto [st, j] = call("POST", "/api/v1/" + res, body);
+    EXPECT_EQ(st, 201) << res << ": " << j.dump();
+    return j.value("id", std::int64_t(0));
+  }
+  std::int64_t version(std::int64_t cluster) {
+    return db->read([&](mm::store::Conn& c) { return mm::control::clusterVersion(c, cluster); });
+  }
+};
+
+std::string errors(const std::vector<marchproxy::config::Diagnostic>& ds) {
+  std::string out;
+  for (const auto& d : ds) out += "line " + std::to_string(d.line) + ": " + d.path + ": " + d.message + "\n";
+  return out;
+}
+
+mm::control::CaSource testCa() {
+  return {[] { return std::string(kCert); }, [] { return std::string("-----BEGIN X509 CRL-----\n-----END X509 CRL-----\n"); }};
+}
+
+// A cluster with everything the compiler maps: weighted backends, every lb policy, health checks,
+// header rewrites, a TLS certificate with an mTLS allow-list, a disabled route; services of every
+// auth type, a collection, and mappings (by service, by collection, icmp-only, disabled).
+struct Populated : Env {
+  std::int64_t cluster = 0, other = 0;
+  Populated() {
+    cluster = create("clusters", {{"name", "prod"}, {"ingress_http_address", "127.0.0.1:18080"}});
+    other = create("clusters", {{"name", "staging"}});
+    auto key = call("POST", "/api/v1/certificates",
+                    {{"name", "web"}, {"cert_pem", kCert}, {"key_pem", kKey}});
+    EXPECT_EQ(key.first, 201) << key.second.dump();
+    std::int64_t cert = key.second.value("id", std::int64_t(0));
+    create("routes", {{"cluster_id", cluster}, {"name", "api"}, {"hosts", {"api.example.test", "*.api.example.test"}},
+                      {"paths", {"/v1/", "/"}},
+                      {"backends", {{{"address", "10.0.0.1:8080"}, {"weight", 3}}, {{"address", "backend.internal:8080"}}}},
+                      {"lb_policy", "ip_hash"},
+                      {"health_check", {{"path", "/healthz"}, {"interval_ms", 2000}, {"timeout_ms", 500}}},
+                      {"header_rewrites", {{{"action", "set"}, {"name", "x-env"}, {"value", "prod"}},
+                                           {{"action", "remove"}, {"name", "x-debug"}},
+                                           {{"action", "add"}, {"name", "x-tag"}, {"value", "a"}},
+                                           {{"action", "add"}, {"name", "x-tag"}, {"value", "b"}}}},
+                      {"certificate_id", cert},
+                      {"mtls_allow", {"billing-client"}}});
+    create("routes", {{"cluster_id", cluster}, {"name", "web"}, {"hosts", {"api.example.test", "www.example.test"}},
+                      {"paths", {"/static/"}}, {"backends", {{{"address", "[::1]:9000"}}}}, {"lb_policy", "least_conn"},
+                      {"health_check", {{"interval_ms", 1000}}}});
+    create("routes", {{"cluster_id", cluster}, {"name", "old"}, {"hosts", {"old.example.test"}},
+                      {"backends", {{{"address", "10.0.0.9:80"}}}}, {"enabled", false}});
+    auto billing = create("services", {{"cluster_id", cluster}, {"name", "billing"}, {"ip_fqdn", "billing.internal"},
+                                       {"auth_type", "base64"}, {"collection", "payments"}});
+    auto reports = create("services", {{"cluster_id", cluster}, {"name", "reports"}, {"ip_fqdn", "10.20.0.0/16"},
+                                       {"auth_type", "jwt"}});
+    auto stripe = create("services", {{"cluster_id", cluster}, {"name", "stripe"}, {"ip_fqdn", "api.stripe.com"}});
+    auto dns = create("services", {{"cluster_id", cluster}, {"name", "dns"}, {"ip_fqdn", "1.1.1.1"}});
+    create("mappings", {{"cluster_id", cluster}, {"name", "billing-to-stripe"}, {"source_services", {billing}},
+                        {"destination_services", {stripe}}, {"protocols", {"https"}}, {"ports", {443}},
+                        {"priority", 200}});
+    create("mappings", {{"cluster_id", cluster}, {"name", "payments-to-reports"}, {"source_collections", {"payments"}},
+                        {"destination_services", {reports, dns}}, {"protocols", {"tcp", "udp"}},
+                        {"ports", {"5432", "8000-8100"}}});
+    create("mappings", {{"cluster_id", cluster}, {"name", "ping"}, {"source_services", {reports}},
+                        {"destination_services", {dns}}, {"protocols", {"icmp"}}});
+    create("mappings", {{"cluster_id", cluster}, {"name", "off"}, {"source_services", {reports}},
+                        {"destination_services", {stripe}}, {"protocols", {"https"}}, {"ports", {443}},
+                        {"enabled", false}});
+  }
+};
+
+}  // namespace
+
+TEST(ControlCompiler, IngressSnapshotLoadsWithTheProxyLoader) {
+  Populated p;
+  mm::control::Compiler compiler(*p.db, p.keys, testCa());
+  auto snap = compiler.get(p.cluster, "ingress");
+  ASSERT_TRUE(snap);
+  auto r = marchproxy::config::loadString(snap->config.dump());
+  ASSERT_TRUE(r.ok()) << errors(r.errors) << snap->config.dump(2);
+  const auto& s = *r.snapshot;
+  EXPECT_EQ(s.version, std::uint64_t(p.version(p.cluster)));
+  ASSERT_EQ(s.listeners.size(), 2u);  // http + https (a route has a certificate)
+  EXPECT_EQ(s.listeners[0].port, 18080);
+  ASSERT_TRUE(s.listeners[1].tls);
+  EXPECT_EQ(s.listeners[1].tls->client_auth.mode, marchproxy::config::ClientAuth::Mode::kOptional);
+  // Every path the document names is shipped in files; the key only because a route uses it.
+  for (const auto& f : {s.listeners[1].tls->certificates[0].cert, s.listeners[1].tls->certificates[0].key,
+                        s.listeners[1].tls->client_auth.ca, s.listeners[1].tls->client_auth.crl})
+    EXPECT_TRUE(snap->files.count(f)) << f;
+  EXPECT_EQ(snap->files.at(s.listeners[1].tls->certificates[0].key), kKey);
+  // The disabled route is not compiled; api and web share api.example.test, longest path first.
+  EXPECT_EQ(s.clusters.size(), 2u);
+  const marchproxy::config::VirtualHost* api = nullptr;
+  for (const auto& v : s.virtual_hosts)
+    if (v.domains == std::vector<std::string>{"api.example.test"}) api = &v;
+  ASSERT_TRUE(api);
+  ASSERT_EQ(api->routes.size(), 3u);
+  EXPECT_EQ(api->routes[0].match.path, "/static/");
+  EXPECT_EQ(api->routes[1].match.path, "/v1/");
+  EXPECT_EQ(api->routes[1].allowed_client_names, std::vector<std::string>{"billing-client"});
+  EXPECT_EQ(api->routes[1].request_headers.add.size(), 2u);
+  EXPECT_EQ(api->routes[1].request_headers.remove, std::vector<std::string>{"x-debug"});
+  for (const auto& c : s.clusters)
+    if (c.name == "api") {
+      EXPECT_EQ(c.lb, marchproxy::config::LbPolicy::kRingHash);
+      EXPECT_EQ(c.health_check.type, marchproxy::config::HealthCheck::Type::kHttp);
+      EXPECT_EQ(c.health_check.interval.count(), 2000);
+      EXPECT_EQ(c.endpoints[0].weight, 3u);
+    }
+  EXPECT_EQ(snap->hash.rfind("sha256:", 0), 0u);
+  EXPECT_TRUE(snap->files.count("ca/crl.pem"));
+}
+
+TEST(ControlCompiler, EgressSnapshotLoadsWithTheProxyLoader) {
+  Populated p;
+  mm::control::Compiler compiler(*p.db, p.keys, testCa());
+  auto snap = compiler.get(p.cluster, "egress");
+  ASSERT_TRUE(snap);
+  auto r = marchproxy::egress::loadString(snap->config.dump());
+  ASSERT_TRUE(r.ok()) << errors(r.errors) << snap->config.dump(2);
+  const auto& c = *r.config;
+  EXPECT_EQ(c.listeners.size(), 2u);
+  EXPECT_EQ(c.services.size(), 4u);
+  EXPECT_EQ(c.rules.size(), 3u);  // "off" is disabled
+  EXPECT_EQ(c.jwt.keys.size(), 1u);
+  // The base64 service's token is shipped as its SHA-256 only, the JWT key as the sealed secret.
+  std::string dump = snap->config.dump();
+  auto sealed = p.db->read([](mm::store::Conn& cn) {
+    return cn.exec("SELECT secret_enc FROM services WHERE name = 'billing'").front().str("secret_enc");
+  });
+  auto token = p.keys.open(sealed, "services.secret");
+  ASSERT_TRUE(token);
+  EXPECT_EQ(dump.find(*token), std::string::npos);
+  EXPECT_NE(dump.find(mm::crypto::sha256Hex(*token)), std::string::npos);
+  // The other cluster compiles to an empty but valid document.
+  auto empty = compiler.get(p.other, "egress");
+  ASSERT_TRUE(empty);
+  EXPECT_TRUE(marchproxy::egress::loadString(empty->config.dump()).ok());
+  EXPECT_TRUE(marchproxy::config::loadString(compiler.get(p.other, "ingress")->config.dump()).ok());
+  EXPECT_FALSE(compiler.get(999, "egress"));
+}
+
+TEST(ControlCompiler, CachedUntilTheVersionMoves) {
+  Populated p;
+  mm::control::Compiler compiler(*p.db, p.keys, testCa());
+  auto a = compiler.get(p.cluster, "ingress");
+  auto b = compiler.get(p.cluster, "ingress");
+  EXPECT_EQ(a.get(), b.get());
+  EXPECT_EQ(compiler.compiles(), 1u);
+  auto st = p.call("PATCH", "/api/v1/routes/2", {{"paths", {"/assets/"}}});
+  ASSERT_EQ(st.first, 200) << st.second.dump();
+  auto c = compiler.get(p.cluster, "ingress");
+  EXPECT_GT(c->version, a->version);
+  EXPECT_NE(c->hash, a->hash);
+  EXPECT_EQ(compiler.compiles(), 2u);
+}
+
+TEST(ControlVersions, BumpOnEveryChangeProxiesSeeAndNothingElse) {
+  Populated p;
+  auto v = [&] { return std::make_pair(p.version(p.cluster), p.version(p.other)); };
+  auto expectBump = [&](const std::string& what, const std::string& method, const std::string& path, const json& body,
+                        int status) {
+    auto before = v();
+    int writes = p.writes;
+    auto r = p.call(method, path, body);
+    ASSERT_EQ(r.first, status) << what << ": " << r.second.dump();
+    auto after = v();
+    EXPECT_EQ(after.first, before.first + 1) << what;
+    EXPECT_EQ(after.second, before.second) << what << " changed another cluster";
+    EXPECT_EQ(p.writes, writes + 1) << what << " did not notify";
+  };
+  expectBump("route update", "PATCH", "/api/v1/routes/1", {{"lb_policy", "round_robin"}}, 200);
+  expectBump("route create", "POST", "/api/v1/routes",
+             {{"cluster_id", p.cluster}, {"name", "new"}, {"hosts", {"n.example.test"}},
+              {"backends", {{{"address", "10.0.0.5:80"}}}}},
+             201);
+  expectBump("route delete", "DELETE", "/api/v1/routes/4", nullptr, 204);
+  expectBump("service create", "POST", "/api/v1/services",
+             {{"cluster_id", p.cluster}, {"name", "s2"}, {"ip_fqdn", "s2.internal"}}, 201);
+  expectBump("service secret rotation", "POST", "/api/v1/services/1/rotate-secret", nullptr, 200);
+  expectBump("mapping update", "PATCH", "/api/v1/mappings/1", {{"enabled", false}}, 200);
+  expectBump("certificate update", "PATCH", "/api/v1/certificates/1", {{"cert_pem", kCert}, {"key_pem", kKey}}, 200);
+  expectBump("cluster listener", "PATCH", "/api/v1/clusters/1", {{"egress_proxy_address", "0.0.0.0:3128"}}, 200);
+
+  // Not seen by proxies: a cluster's description, another cluster's routes.
+  auto before = v();
+  ASSERT_EQ(p.call("PATCH", "/api/v1/clusters/1", {{"description", "people only"}}).first, 200);
+  EXPECT_EQ(v(), before);
+  ASSERT_EQ(p.call("POST", "/api/v1/routes",
+                   {{"cluster_id", p.other}, {"name", "x"}, {"hosts", {"x.example.test"}},
+                    {"backends", {{{"address", "10.0.0.5:80"}}}}})
+                .first,
+            201);
+  EXPECT_EQ(v().first, before.first);
+  EXPECT_EQ(v().second, before.second + 1);
+  // A refused write changes nothing.
+  before = v();
+  EXPECT_EQ(p.call("PATCH", "/api/v1/routes/1", {{"health_check", {{"interval_ms", 1000}, {"timeout_ms", 1000}}}}).first,
+            422);
+  EXPECT_EQ(p.call("PATCH", "/api/v1/clusters/1", {{"ingress_http_address", "example.com:80"}}).first, 422);
+  EXPECT_EQ(v(), before);
+}
+
+TEST(ControlNotifier, WakesWaitersAndTimesOut) {
+  mm::control::Notifier n;
+  auto e = n.epoch();
+  // Timeout: nothing changed.
+  EXPECT_FALSE(n.waitPast(e, mm::control::Notifier::Clock::now() + std::chrono::milliseconds(20)));
+  std::thread t([&] {
+    while (n.waiting() == 0) std::this_thread::yield();
+    n.changed();
+  });
+  EXPECT_TRUE(n.waitPast(e, mm::control::Notifier::Clock::now() + std::chrono::seconds(30)));
+  t.join();
+  EXPECT_EQ(n.epoch(), e + 1);
+  n.shutdown();
+  EXPECT_FALSE(n.waitPast(n.epoch(), mm::control::Notifier::Clock::now() + std::chrono::seconds(30)));
+}
