@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Runs MarchProxy on one machine: installs dependencies, builds the release preset, starts two demo
-# upstreams on 127.0.0.1:9001 and :9002 and the ingress on examples/basic.yaml
-# (http://127.0.0.1:8080, admin on http://127.0.0.1:9901). Ctrl-C stops everything.
-#
-# Also starts the manager with the web UI on http://127.0.0.1:8000 (data in build/run-manager; the
-# first start prints the generated admin password, or set MARCHPROXY_ADMIN_PASSWORD).
+# Runs the whole MarchProxy system on one machine: installs dependencies, builds the release preset
+# and the web UI, then `marchproxy up` — the manager on SQLite with the web UI
+# (http://127.0.0.1:8000), one ingress (http://localhost:8080) and one egress (127.0.0.1:3128, SOCKS5
+# :1080) registered to it, and a demo upstream the ingress routes to. Data in ./marchproxy-data; the
+# first run prints the generated admin password once. Ctrl-C stops everything. Extra arguments go to
+# `marchproxy up` (see `marchproxy up --help`, docs/operations.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,20 +13,4 @@ bash scripts/build_web.sh
 cmake --preset release >/dev/null
 cmake --build --preset release -j "$(nproc)"
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
-
-python3 scripts/demo_upstream.py 9001 app-1 & pids+=($!)
-python3 scripts/demo_upstream.py 9002 app-2 & pids+=($!)
-mkdir -p build/run-manager
-build/release/src/cli/marchproxy manager --listen 127.0.0.1:8000 --data-dir build/run-manager --ui-dir web/dist & pids+=($!)
-
-cat <<MSG
-MarchProxy ingress starting on http://127.0.0.1:8080 (admin: http://127.0.0.1:9901/metrics)
-  web UI: http://127.0.0.1:8000/ (manager; user admin)
-  try:    curl -s http://127.0.0.1:8080/
-  reload: edit examples/basic.yaml (or kill -HUP the process)
-MSG
-build/release/src/cli/marchproxy ingress --config examples/basic.yaml & pids+=($!)
-wait "${pids[-1]}"
+exec build/release/src/cli/marchproxy up --ui-dir web/dist "$@"
