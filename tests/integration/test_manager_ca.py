@@ -1,6 +1,9 @@
 """The manager's certificate authority through its API, on SQLite and PostgreSQL: issued certificates
 verify with `openssl verify` against /api/v1/ca.pem, revocation shows in the CRL, imports are checked,
-keys are admin-only and audited, the CA survives a restart and expiring certificates are renewed."""
+keys are admin-only and audited, the CA survives a restart and expiring certificates are renewed.
+Revocations survive deleting the certificate and cover every serial a renewed certificate had; every
+accepted reason revokes under `openssl verify -crl_check`."""
+import json
 import os
 import re
 import subprocess
@@ -117,6 +120,105 @@ class CaTests(ManagerTestCase):
         root_id = info["root"]["certificate_id"]
         self.assertProblem(self.admin.post(f"/api/v1/certificates/{root_id}/revoke", {}), 409)
         self.assertProblem(self.admin.delete(f"/api/v1/certificates/{root_id}"), 409)
+
+    def crl_check(self, cert_pem, name):
+        """`openssl verify -crl_check` of one certificate against ca.pem and the published CRL."""
+        ca_file = self.write("ca.pem", self.mgr.client().get("/api/v1/ca.pem")[2])
+        st, _, crl = self.mgr.client().get("/api/v1/ca/crl.pem")
+        self.assertEqual(st, 200)
+        crl_file = self.write("crl.pem", crl)
+        return openssl("verify", "-crl_check", "-CAfile", ca_file, "-CRLfile", crl_file, self.write(name, cert_pem))
+
+    def assertRevokedByCrl(self, cert_pem, name):
+        v = self.crl_check(cert_pem, name)
+        self.assertNotEqual(v.returncode, 0, v.stdout + v.stderr)
+        self.assertIn("certificate revoked", v.stdout + v.stderr)
+
+    def crl_text(self):
+        crl_file = self.write("crl.pem", self.mgr.client().get("/api/v1/ca/crl.pem")[2])
+        return openssl("crl", "-in", crl_file, "-noout", "-text").stdout
+
+    def test_deleting_a_certificate_keeps_its_revocation(self):
+        a = self.issue({"kind": "client", "name": "leaked", "common_name": "svc-a"})
+        # A valid issued certificate cannot be deleted: it would stay trusted and become unrevocable.
+        p = self.assertProblem(self.admin.delete(f"/api/v1/certificates/{a['id']}"), 409)
+        self.assertIn(f"/api/v1/certificates/{a['id']}/revoke", p["detail"])
+        self.assertEqual(self.admin.get(f"/api/v1/certificates/{a['id']}")[0], 200)
+        st, _, r = self.admin.post(f"/api/v1/certificates/{a['id']}/revoke", {"reason": "keyCompromise"})
+        self.assertEqual(st, 200, r)
+        self.assertRevokedByCrl(a["cert_pem"], "a.pem")
+        st, _, b = self.admin.delete(f"/api/v1/certificates/{a['id']}")
+        self.assertEqual(st, 204, b)
+        self.assertEqual(self.admin.get(f"/api/v1/certificates/{a['id']}")[0], 404)
+        # The revocation outlives the row, also for a manager that builds the CRL from scratch.
+        self.assertIn("Serial Number: " + a["serial"], self.crl_text())
+        self.assertRevokedByCrl(a["cert_pem"], "a.pem")
+        self.mgr.stop()
+        self.mgr = self.start_manager()
+        self.admin = self.mgr.client()
+        self.admin.login()
+        self.assertIn("Serial Number: " + a["serial"], self.crl_text())
+        self.assertRevokedByCrl(a["cert_pem"], "a.pem")
+        # Imported certificates stay deletable.
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-subj", "/CN=ext.example.com", "-days", "30", "-keyout", f"{self.tmp}/k.pem",
+                        "-out", f"{self.tmp}/c.pem"], check=True, capture_output=True)
+        st, _, imp = self.admin.post("/api/v1/certificates/import", {"name": "ext", "cert_pem": self.read("c.pem"),
+                                                                     "key_pem": self.read("k.pem")})
+        self.assertEqual(st, 201, imp)
+        self.assertEqual(self.admin.delete(f"/api/v1/certificates/{imp['id']}")[0], 204)
+
+    def test_every_accepted_reason_revokes(self):
+        with open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "openapi.json")) as f:
+            spec = json.load(f)
+        body = spec["paths"]["/api/v1/certificates/{id}/revoke"]["post"]["requestBody"]
+        reasons = body["content"]["application/json"]["schema"]["properties"]["reason"]["enum"]
+        self.assertIn("keyCompromise", reasons)
+        # Reasons that would not revoke (removeFromCRL) or promise a release that does not exist
+        # (certificateHold) are refused, naming the field, and leave the certificate as it was.
+        held = self.issue({"kind": "client", "name": "held", "common_name": "svc-held"})
+        for refused in ("removeFromCRL", "certificateHold"):
+            self.assertNotIn(refused, reasons)
+            p = self.assertProblem(self.admin.post(f"/api/v1/certificates/{held['id']}/revoke", {"reason": refused}),
+                                   422, "reason")
+            self.assertIn(refused, p["detail"])
+        self.assertFalse(self.admin.get(f"/api/v1/certificates/{held['id']}")[2]["revoked"])
+        issued = {}
+        for reason in reasons + [None]:  # None: no body, the default reason
+            name = f"r-{reason or 'default'}"
+            c = self.issue({"kind": "client", "name": name, "common_name": "svc"})
+            st, _, r = self.admin.post(f"/api/v1/certificates/{c['id']}/revoke",
+                                       {"reason": reason} if reason else None)
+            self.assertEqual(st, 200, r)
+            self.assertEqual(r["revoke_reason"], reason or "unspecified")
+            issued[name] = c
+        for name, c in issued.items():
+            with self.subTest(reason=name):
+                self.assertRevokedByCrl(c["cert_pem"], name + ".pem")
+        v = self.crl_check(held["cert_pem"], "held.pem")
+        self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
+
+    def test_revoking_a_renewed_certificate_revokes_its_earlier_serials(self):
+        first = self.issue({"kind": "server", "name": "short", "sans": ["short.example.com"], "days": 1})
+        self.mgr.stop()
+        self.mgr = self.start_manager()  # renews at start-up: 1 day is within the default 30
+        self.admin = self.mgr.client()
+        self.admin.login()
+        from harness import wait_until
+        renewed = wait_until(lambda: (lambda r: r if r["serial"] != first["serial"] else None)(
+            self.admin.get(f"/api/v1/certificates/{first['id']}")[2]), timeout=30, message="renewal")
+        new_pem = self.admin.get(f"/api/v1/certificates/{first['id']}/download")[2]
+        # Both are valid before the revocation (the earlier one until it expires).
+        for pem, name in ((first["cert_pem"], "first.pem"), (new_pem, "renewed.pem")):
+            v = self.crl_check(pem, name)
+            self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
+        st, _, r = self.admin.post(f"/api/v1/certificates/{first['id']}/revoke", {"reason": "keyCompromise"})
+        self.assertEqual(st, 200, r)
+        text = self.crl_text()
+        self.assertIn("Serial Number: " + first["serial"], text)
+        self.assertIn("Serial Number: " + renewed["serial"], text)
+        self.assertRevokedByCrl(first["cert_pem"], "first.pem")
+        self.assertRevokedByCrl(new_pem, "renewed.pem")
 
     def test_import_checks_the_pair(self):
         d = self.tmp

@@ -1,6 +1,7 @@
 // Routes of the certificate authority and the licence: CA certificate and CRL, issuing server and
 // client certificates, revocation, downloads, the intermediate CA (enterprise), GET /license.
 // Certificate listing, import, edit and delete are the generic resource routes (resources.cc).
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -136,6 +137,8 @@ Response revoke(App& app, Request& req) {
         list += (list.empty() ? "" : ", ") + r;
         ok |= v == r;
       }
+      std::string why = v.is_string() ? ca::refusedRevocationReason(v.get<std::string>()) : "";
+      if (!ok && !why.empty()) validate::fail("reason", why + " (accepted: " + list + ")");
       if (!ok) validate::fail("reason", "must be one of " + list);
       reason = v;
     }
@@ -150,7 +153,9 @@ Response revoke(App& app, Request& req) {
     if (cert.value("revoked", false))
       throw ApiError(409, "conflict", "certificate " + std::to_string(id) + " was already revoked at " +
                                           cert.value("revoked_at", ""));
-    authority(app).revoke(c, cert["serial"], reason);
+    if (!authority(app).revoke(c, cert["serial"], reason))
+      throw std::runtime_error("certificate " + std::to_string(id) + ": serial " + cert.value("serial", "") +
+                               " is not in the CA's serial history");
     audit::append(c, {p.username, req.remote_ip, "certificate.revoke", resource,
                       "revoked " + kind + " certificate \"" + cert.value("name", "") + "\" (serial " +
                           cert.value("serial", "") + ", reason " + reason + ")"});

@@ -456,6 +456,26 @@ void guardCaManaged(const Json& cert, const std::string& verb) {
                                     "(POST /api/v1/certificates/" + cert["id"].dump() + "/revoke) or delete the proxy");
 }
 
+// A server or client certificate MarchProxy issued may be deleted once it can no longer be trusted:
+// revoked (its serials stay in the CRL: the CRL reads certificate_serials, which a delete leaves
+// alone) or with every serial expired. Deleting a valid one would leave it trusted and, with its
+// row gone, unrevocable until it expires.
+void guardIssuedDelete(Conn& c, const Json& cert) {
+  std::string kind = cert.value("kind", "imported");
+  if (kind != "server" && kind != "client") return;
+  auto id = cert["id"].dump();
+  std::string now = util::nowIso(), until;
+  // The row's current certificate, then every earlier serial it had (renewals).
+  if (!cert.value("revoked", false) && cert.value("not_after", "") > now) until = cert.value("not_after", "");
+  auto live = c.exec("SELECT MAX(not_after) AS until FROM certificate_serials WHERE certificate_id = ? AND "
+                     "revoked_at IS NULL AND not_after > ?",
+                     {id, now});
+  if (!live.empty() && live.front().str("until") > until) until = live.front().str("until");
+  if (until.empty()) return;
+  throw ApiError(409, "conflict", "certificate " + id + " was issued by MarchProxy and is valid until " + until +
+                                      "; revoke it first (POST /api/v1/certificates/" + id + "/revoke), then delete it");
+}
+
 void bumpCluster(Conn& c, std::int64_t cluster_id) {
   c.exec("UPDATE clusters SET config_version = config_version + 1 WHERE id = ?", {std::to_string(cluster_id)});
 }
@@ -781,7 +801,10 @@ Response remove(Ctx& x) {
       Row before_row = loadRow(c, s, id);
       Json before = rowJson(s, before_row);
       authorize(x, c, Op::remove, before);
-      if (s.res == Res::certificates) guardCaManaged(before, "deleted");
+      if (s.res == Res::certificates) {
+        guardCaManaged(before, "deleted");
+        guardIssuedDelete(c, before);
+      }
       if (expected && *expected != before_row.i64("version"))
         throw ApiError(412, "precondition-failed",
                        s.noun + " " + std::to_string(id) + " changed since you read it", "If-Match");

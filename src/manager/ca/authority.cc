@@ -333,20 +333,43 @@ KeyPtr checkCsr(const std::string& csr_pem) {
   return KeyPtr(pk);
 }
 
+// RFC 5280 CRLReason codes of the reasons revoke() accepts. Not here: certificateHold (6; a hold
+// is meant to be released, and MarchProxy has no release: a revocation is permanent) and
+// removeFromCRL (8; delta CRLs only, and OpenSSL treats such an entry as not revoked). Anything
+// else, including those two in rows written by older versions, goes into the CRL as unspecified.
+struct Reason {
+  const char* name;
+  int code;
+};
+constexpr Reason kReasons[] = {{"unspecified", 0},        {"keyCompromise", 1},        {"cACompromise", 2},
+                               {"affiliationChanged", 3}, {"superseded", 4},           {"cessationOfOperation", 5},
+                               {"privilegeWithdrawn", 9}};
+
 int reasonCode(const std::string& r) {
-  const auto& names = revocationReasons();
-  for (std::size_t i = 0; i < names.size(); ++i)
-    if (names[i] == r) return i >= 7 ? static_cast<int>(i) + 1 : static_cast<int>(i);  // code 7 is unused
+  for (const auto& x : kReasons)
+    if (r == x.name) return x.code;
   return 0;
 }
 
 }  // namespace
 
 const std::vector<std::string>& revocationReasons() {
-  static const std::vector<std::string> r = {"unspecified",          "keyCompromise", "cACompromise",
-                                             "affiliationChanged",   "superseded",    "cessationOfOperation",
-                                             "certificateHold",      "removeFromCRL", "privilegeWithdrawn"};
+  static const std::vector<std::string> r = [] {
+    std::vector<std::string> v;
+    for (const auto& x : kReasons) v.emplace_back(x.name);
+    return v;
+  }();
   return r;
+}
+
+std::string refusedRevocationReason(const std::string& reason) {
+  if (reason == "removeFromCRL")
+    return "removeFromCRL is only meaningful in delta CRLs; in this CRL it would leave the certificate trusted "
+           "(OpenSSL treats it as not revoked)";
+  if (reason == "certificateHold")
+    return "certificateHold means a temporary hold, and MarchProxy cannot release one (a revocation is permanent); "
+           "use a permanent reason such as unspecified, superseded or keyCompromise";
+  return "";
 }
 
 std::optional<CertFacts> parseCertificate(const std::string& pem) {
@@ -407,7 +430,17 @@ struct Authority::Impl {
         "serial, subject, issuer, sans, not_before) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         {name, certPem(x), key_pem.empty() ? std::string() : keys.seal(key_pem, kKeyContext), f.not_after,
          description, now, now, kind, f.serial, f.subject, f.issuer, sansJson(f.sans), f.not_before});
-    return r.front().i64("id");
+    std::int64_t id = r.front().i64("id");
+    if (kind != "ca") recordSerial(c, id, f);
+    return id;
+  }
+
+  // One row of certificate_serials per certificate signed for a `certificates` row (the CRL and
+  // revocation read it; it outlives renewals and deletes).
+  static void recordSerial(Conn& c, std::int64_t certificate_id, const CertFacts& f) {
+    c.exec("INSERT INTO certificate_serials (certificate_id, issuer, serial, not_after, issued_at) "
+           "VALUES (?, ?, ?, ?, ?)",
+           {std::to_string(certificate_id), f.issuer, f.serial, f.not_after, util::nowIso()});
   }
 
   Issued issue(Conn& c, const std::string& name, const std::string& kind, EVP_PKEY* subject_key, bool own_key,
@@ -633,15 +666,35 @@ Issued Authority::issueClient(const std::string& name, const std::string& common
 }
 
 bool Authority::revoke(Conn& c, const std::string& serial, const std::string& reason) {
-  auto rows = c.exec("SELECT id, kind, revoked_at FROM certificates WHERE serial = ?", {serial});
-  if (rows.empty() || rows.front().str("kind") == "ca") return false;
-  if (!rows.front().isNull("revoked_at")) return true;  // already revoked: keep the first date and reason
-  std::string why = reasonCode(reason) == 0 && reason != "unspecified" ? "unspecified" : reason;
-  c.exec("UPDATE certificates SET revoked_at = ?, revoke_reason = ?, updated_at = ?, version = version + 1 "
-         "WHERE id = ?",
-         {util::nowIso(), why, util::nowIso(), rows.front().str("id")});
+  // Any serial the row ever had (a renewal keeps the earlier ones here) names the row.
+  auto rows = c.exec("SELECT certificate_id FROM certificate_serials WHERE serial = ? ORDER BY id", {serial});
+  if (rows.empty()) {
+    // An issued row missing from the history (written by a path that bypassed insert()): add it.
+    auto cert = c.exec("SELECT id, issuer, serial, not_after FROM certificates WHERE serial = ? AND "
+                       "kind IN ('server', 'client', 'proxy')",
+                       {serial});
+    if (cert.empty()) return false;  // unknown, imported, or the CA's own
+    CertFacts f;
+    f.issuer = cert.front().str("issuer");
+    f.serial = cert.front().str("serial");
+    f.not_after = cert.front().str("not_after");
+    Impl::recordSerial(c, cert.front().i64("id"), f);
+    rows = c.exec("SELECT certificate_id FROM certificate_serials WHERE serial = ? ORDER BY id", {serial});
+  }
+  std::string id = rows.front().str("certificate_id");
+  std::string why = reasonCode(reason) == 0 ? "unspecified" : reason;
+  std::string now = util::nowIso();
+  // Every serial of the row that is not revoked yet, expired ones included (harmless, and safe for
+  // a relying party whose clock runs late): the key of an earlier certificate may be the one that
+  // leaked. Serials revoked before keep their first date and reason.
+  auto res = c.exec("UPDATE certificate_serials SET revoked_at = ?, revoke_reason = ? "
+                    "WHERE certificate_id = ? AND revoked_at IS NULL",
+                    {now, why, id});
+  auto row = c.exec("UPDATE certificates SET revoked_at = ?, revoke_reason = ?, updated_at = ?, version = version + 1 "
+                    "WHERE id = ? AND revoked_at IS NULL",
+                    {now, why, now, id});
   // Every cluster's snapshot carries the CRL.
-  c.exec("UPDATE clusters SET config_version = config_version + 1");
+  if (res.affected > 0 || row.affected > 0) c.exec("UPDATE clusters SET config_version = config_version + 1");
   return true;
 }
 
@@ -658,29 +711,33 @@ bool Authority::revoke(const std::string& serial, const std::string& reason) {
 
 bool Authority::isRevoked(const std::string& serial) const {
   return impl_->db.read([&](Conn& c) {
-    auto r = c.exec("SELECT revoked_at FROM certificates WHERE serial = ?", {serial});
-    return !r.empty() && !r.front().isNull("revoked_at");
+    auto r = c.exec("SELECT 1 FROM certificate_serials WHERE serial = ? AND revoked_at IS NOT NULL", {serial});
+    return !r.empty();
   });
 }
 
 std::string Authority::crlPem() const {
-  auto stamp = impl_->db.read([](Conn& c) {
-    auto r = c.exec("SELECT COUNT(*) AS n, MAX(revoked_at) AS last FROM certificates WHERE revoked_at IS NOT NULL");
-    return r.front().str("n") + "/" + r.front().str("last");
+  // Read before taking `mu`: issue()/renew() hold a pooled connection while they wait for `mu`, so
+  // leasing one under `mu` could deadlock a small pool.
+  std::string stamp;
+  auto revoked = impl_->db.read([&](Conn& c) {
+    auto r = c.exec("SELECT COUNT(*) AS n, MAX(revoked_at) AS last FROM certificate_serials WHERE revoked_at IS NOT NULL");
+    stamp = r.front().str("n") + "/" + r.front().str("last");
+    return c.exec("SELECT issuer, serial, revoked_at, revoke_reason FROM certificate_serials "
+                  "WHERE revoked_at IS NOT NULL ORDER BY id");
   });
   std::lock_guard l(impl_->mu);
   if (!impl_->crl.empty() && stamp == impl_->crl_stamp && util::unixNow() - impl_->crl_made < kCrlRefreshSeconds)
     return impl_->crl;
   auto revokedBy = [&](const Ca& ca) {
-    return impl_->db.read([&](Conn& c) {
-      return c.exec("SELECT serial, revoked_at, revoke_reason FROM certificates WHERE revoked_at IS NOT NULL AND "
-                    "issuer = ? ORDER BY id",
-                    {ca.dn});
-    });
+    std::vector<store::Row> out;
+    for (const auto& r : revoked.rows)
+      if (r.str("issuer") == ca.dn) out.push_back(r);
+    return out;
   };
   const Ca& issuing = impl_->issuing();
-  std::string out = impl_->makeCrl(issuing, revokedBy(issuing).rows);
-  if (impl_->inter) out += impl_->makeCrl(impl_->root, revokedBy(impl_->root).rows);
+  std::string out = impl_->makeCrl(issuing, revokedBy(issuing));
+  if (impl_->inter) out += impl_->makeCrl(impl_->root, revokedBy(impl_->root));
   impl_->crl = out;
   impl_->crl_stamp = stamp;
   impl_->crl_made = util::unixNow();
@@ -718,6 +775,7 @@ Issued Authority::renew(Conn& c, std::int64_t certificate_id) {
          "renewed_at = ?, updated_at = ?, version = version + 1 WHERE id = ?",
          {out.cert_pem, impl_->keys.seal(out.key_pem, kKeyContext), f.serial, f.issuer, f.not_before, f.not_after, now,
           now, std::to_string(certificate_id)});
+  Impl::recordSerial(c, certificate_id, f);  // the previous serial stays in the history, revocable
   c.exec("UPDATE clusters SET config_version = config_version + 1 WHERE id IN "
          "(SELECT cluster_id FROM ingress_routes WHERE certificate_id = ?)",
          {std::to_string(certificate_id)});

@@ -43,8 +43,13 @@ std::optional<CertFacts> parseCertificate(const std::string& pem);
 // naming "cert_pem" or "key_pem".
 CertFacts checkImport(const std::string& cert_pem, const std::string& key_pem);
 
-// The RFC 5280 reason names revoke() understands; anything else is recorded as "unspecified".
+// The RFC 5280 reason names revoke() accepts; anything else is recorded as "unspecified". Neither
+// certificateHold (MarchProxy cannot release a hold) nor removeFromCRL (delta CRLs only; OpenSSL
+// then treats the certificate as not revoked) is among them.
 const std::vector<std::string>& revocationReasons();
+// Why a reason outside revocationReasons() is refused, for the two RFC 5280 reasons that are
+// deliberately left out (certificateHold, removeFromCRL); empty for any other string.
+std::string refusedRevocationReason(const std::string& reason);
 
 class Authority {
  public:
@@ -78,8 +83,11 @@ class Authority {
   Issued issueServer(store::Conn& c, const std::string& name, const std::vector<std::string>& sans, int days = 365);
   Issued issueClient(store::Conn& c, const std::string& name, const std::string& common_name, int days = 365);
 
-  // Revokes by serial; the CRL is regenerated. Returns false when the serial is unknown (or is the
-  // CA's own).
+  // Revokes the certificate row any of whose serials is `serial`: every serial it was ever issued
+  // under (table certificate_serials; renewals add to it) that is not revoked yet, so a renewed
+  // certificate's earlier key is revoked too. The CRL is built from that table, so deleting the
+  // `certificates` row later does not take the serials out of it. The CRL is regenerated. Returns
+  // false when the serial is unknown (or imported, or the CA's own).
   bool revoke(const std::string& serial, const std::string& reason);
   bool revoke(store::Conn& c, const std::string& serial, const std::string& reason);
   bool isRevoked(const std::string& serial) const;
@@ -89,8 +97,9 @@ class Authority {
   // issued (kind server or client, not revoked) that expires before now + within_days, bumps the
   // config_version of the clusters whose ingress routes use it, and audits. Returns the row ids.
   std::vector<std::int64_t> renewExpiring(int within_days);
-  // Re-issues one row (inside the caller's transaction). Throws ApiError 409 when it is not a
-  // server/client certificate MarchProxy issued.
+  // Re-issues one row (inside the caller's transaction); the new serial is added to the row's
+  // serial history, the old one stays revocable. Throws ApiError 409 when it is not a server/client
+  // certificate MarchProxy issued.
   Issued renew(store::Conn& c, std::int64_t certificate_id);
 
  private:

@@ -7,7 +7,9 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
 #include <functional>
+#include <vector>
 
 #include "manager/ca/authority.h"
 #include "manager/crypto/crypto.h"
@@ -259,4 +261,92 @@ TEST(ManagerCa, RenewsExpiringIssuedCertificatesAndBumpsTheirClusters) {
   EXPECT_EQ(version, 2);
   EXPECT_TRUE(ca.renewExpiring(5).empty());  // the renewed one has 10 days again; "later" has a year
   (void)later;
+}
+
+// X509_verify_cert of `leaf_pem` against the root with `crl_pem` (one or more CRLs) and
+// X509_V_FLAG_CRL_CHECK, as the proxies verify client certificates. Returns the X509_V_ code.
+static int verifyWithCrl(const std::string& leaf_pem, const std::string& root_pem, const std::string& crl_pem) {
+  X509_STORE* store = X509_STORE_new();
+  X509* root = readCert(root_pem);
+  X509_STORE_add_cert(store, root);
+  BIO* b = BIO_new_mem_buf(crl_pem.data(), static_cast<int>(crl_pem.size()));
+  while (X509_CRL* crl = PEM_read_bio_X509_CRL(b, nullptr, nullptr, nullptr)) {
+    X509_STORE_add_crl(store, crl);
+    X509_CRL_free(crl);
+  }
+  ERR_clear_error();
+  BIO_free(b);
+  X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
+  X509* leaf = readCert(leaf_pem);
+  X509_STORE_CTX* ctx = X509_STORE_CTX_new();
+  X509_STORE_CTX_init(ctx, store, leaf, nullptr);
+  int ok = X509_verify_cert(ctx);
+  int err = ok == 1 ? X509_V_OK : X509_STORE_CTX_get_error(ctx);
+  X509_STORE_CTX_free(ctx);
+  X509_free(leaf);
+  X509_free(root);
+  X509_STORE_free(store);
+  return err;
+}
+
+TEST(ManagerCa, EveryAcceptedRevocationReasonRevokesUnderCrlCheck) {
+  TempDb t;
+  mm::auth::KeyRing keys(mm::crypto::randomBytes(32));
+  mm::ca::Authority ca(*t.db, keys);
+  const auto& reasons = mm::ca::revocationReasons();
+  // Left out on purpose, each with a reason the API shows.
+  for (const char* refused : {"removeFromCRL", "certificateHold"}) {
+    EXPECT_EQ(std::find(reasons.begin(), reasons.end(), refused), reasons.end()) << refused;
+    EXPECT_FALSE(mm::ca::refusedRevocationReason(refused).empty()) << refused;
+  }
+  EXPECT_TRUE(mm::ca::refusedRevocationReason("keyCompromise").empty());
+  std::vector<std::string> all = reasons;
+  all.push_back("removeFromCRL");  // through the C++ API it is recorded as unspecified, and revokes
+  for (const auto& reason : all) {
+    auto c = ca.issueClient("c-" + reason, "svc");
+    EXPECT_EQ(verifyWithCrl(c.cert_pem, ca.rootPem(), ca.crlPem()), X509_V_OK) << reason;
+    ASSERT_TRUE(ca.revoke(c.serial, reason));
+    EXPECT_EQ(verifyWithCrl(c.cert_pem, ca.rootPem(), ca.crlPem()), X509_V_ERR_CERT_REVOKED) << reason;
+  }
+}
+
+TEST(ManagerCa, RevocationCoversEverySerialOfARowAndOutlivesTheRow) {
+  TempDb t;
+  mm::auth::KeyRing keys(mm::crypto::randomBytes(32));
+  std::string first_pem, renewed_pem, other_pem;
+  {
+    mm::ca::Authority ca(*t.db, keys);
+    auto soon = ca.issueServer("soon", {"soon.example.com"}, 10);
+    auto other = ca.issueServer("other", {"other.example.com"}, 365);
+    first_pem = soon.cert_pem;
+    other_pem = other.cert_pem;
+    ASSERT_EQ(ca.renewExpiring(30), std::vector<std::int64_t>{soon.certificate_id});
+    auto row = t.db->read([&](mm::store::Conn& c) {
+      return c.exec("SELECT serial, cert_pem FROM certificates WHERE id = ?", {std::to_string(soon.certificate_id)})
+          .front();
+    });
+    renewed_pem = row.str("cert_pem");
+    ASSERT_NE(row.str("serial"), soon.serial);
+    // Both certificates verify before the revocation; revoking the row (by its current serial)
+    // revokes the earlier certificate too.
+    EXPECT_EQ(verifyWithCrl(first_pem, ca.rootPem(), ca.crlPem()), X509_V_OK);
+    ASSERT_TRUE(ca.revoke(row.str("serial"), "keyCompromise"));
+    EXPECT_TRUE(ca.isRevoked(soon.serial));
+    EXPECT_TRUE(ca.isRevoked(row.str("serial")));
+    EXPECT_FALSE(ca.isRevoked(other.serial));
+    EXPECT_EQ(verifyWithCrl(first_pem, ca.rootPem(), ca.crlPem()), X509_V_ERR_CERT_REVOKED);
+    EXPECT_EQ(verifyWithCrl(renewed_pem, ca.rootPem(), ca.crlPem()), X509_V_ERR_CERT_REVOKED);
+    EXPECT_EQ(verifyWithCrl(other_pem, ca.rootPem(), ca.crlPem()), X509_V_OK);
+    // Revoking by an earlier serial names the same row (nothing left to revoke, still found).
+    EXPECT_TRUE(ca.revoke(soon.serial, "superseded"));
+    t.db->write([&](mm::store::Conn& c) {
+      c.exec("DELETE FROM certificates WHERE id = ?", {std::to_string(soon.certificate_id)});
+    });
+  }
+  // A fresh authority (no cached CRL) still lists both serials after the row is gone.
+  mm::ca::Authority ca(*t.db, keys);
+  std::string crl = ca.crlPem();
+  EXPECT_EQ(verifyWithCrl(first_pem, ca.rootPem(), crl), X509_V_ERR_CERT_REVOKED);
+  EXPECT_EQ(verifyWithCrl(renewed_pem, ca.rootPem(), crl), X509_V_ERR_CERT_REVOKED);
+  EXPECT_EQ(verifyWithCrl(other_pem, ca.rootPem(), crl), X509_V_OK);
 }

@@ -1,5 +1,6 @@
 #include "manager/store/migrations.h"
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -145,6 +146,27 @@ ALTER TABLE clusters ADD COLUMN egress_proxy_address TEXT NOT NULL DEFAULT '127.
 ALTER TABLE clusters ADD COLUMN egress_socks5_address TEXT NOT NULL DEFAULT '127.0.0.1:1080';
 )SQL";
 
+// v4: every serial MarchProxy ever issued, one row per certificate it signed (a renewal adds a row;
+// the `certificates` row keeps only the current one). Revocations live here and the CRL is built
+// from this table, so neither a renewal nor deleting a `certificates` row can take a serial out of
+// the CRL: there is deliberately no foreign key to certificates. Existing issued rows are copied in
+// (their earlier serials, from before this table, are not known). A revocation reason of
+// removeFromCRL is only meaningful in delta CRLs (OpenSSL treats it as "not revoked"); old rows with
+// it are rewritten to unspecified so they revoke. Independent of v3 (the control loop's columns).
+constexpr const char* kV4CertificateSerials = R"SQL(
+CREATE TABLE certificate_serials (
+  id {ID}, certificate_id {INT} NOT NULL, issuer TEXT NOT NULL, serial TEXT NOT NULL,
+  not_after TEXT NOT NULL, issued_at TEXT NOT NULL, revoked_at TEXT, revoke_reason TEXT NOT NULL DEFAULT '',
+  UNIQUE (issuer, serial));
+CREATE INDEX certificate_serials_certificate ON certificate_serials (certificate_id);
+CREATE INDEX certificate_serials_serial ON certificate_serials (serial);
+CREATE INDEX certificate_serials_revoked ON certificate_serials (revoked_at);
+UPDATE certificates SET revoke_reason = 'unspecified' WHERE revoke_reason = 'removeFromCRL';
+INSERT INTO certificate_serials (certificate_id, issuer, serial, not_after, issued_at, revoked_at, revoke_reason)
+  SELECT id, issuer, serial, not_after, created_at, revoked_at, revoke_reason FROM certificates
+  WHERE kind IN ('server', 'client', 'proxy') AND serial IS NOT NULL;
+)SQL";
+
 std::string expand(std::string sql, Dialect d) {
   auto replaceAll = [&](const std::string& from, const std::string& to) {
     for (std::size_t p = 0; (p = sql.find(from, p)) != std::string::npos; p += to.size()) sql.replace(p, from.size(), to);
@@ -164,9 +186,11 @@ const std::vector<Migration>& migrations() {
       {1, expand(kV1Tables, Dialect::sqlite) + kV1SqliteTriggers,
        expand(kV1Tables, Dialect::postgres) + kV1PostgresTriggers},
       {2, expand(kV2Certificates, Dialect::sqlite), expand(kV2Certificates, Dialect::postgres)},
-      // Kept sorted by version; a missing number (another branch's migration not merged yet) is
-      // simply skipped by migrate().
+      // Kept sorted by version; a number a database lacks (it ran a binary without that
+      // migration) is applied by migrate() when it appears.
       {3, kV3Control, kV3Control},
+      // 4 (certificate serials) does not depend on 3 (control loop).
+      {4, expand(kV4CertificateSerials, Dialect::sqlite), expand(kV4CertificateSerials, Dialect::postgres)},
   };
   return list;
 }
@@ -183,8 +207,13 @@ int migrate(Db& db) {
     if (current > latestSchemaVersion())
       throw SchemaTooNew("database schema version " + std::to_string(current) + " is newer than this binary knows (" +
                          std::to_string(latestSchemaVersion()) + "); upgrade marchproxy before starting the manager");
+    // Applied by set, not by maximum: migrations are written on parallel branches (3 for the
+    // control loop, 4 for certificate serials), so a database may have 4 before its binary knows 3.
+    // Every migration is independent of the ones with numbers between it and its base.
+    std::vector<int> applied;
+    for (const auto& r : c.exec("SELECT version FROM schema_version").rows) applied.push_back(static_cast<int>(r.i64("version")));
     for (const auto& m : migrations()) {
-      if (m.version <= current) continue;
+      if (std::find(applied.begin(), applied.end(), m.version) != applied.end()) continue;
       c.script(db.dialect() == Dialect::sqlite ? m.sqlite : m.postgres);
       c.exec("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
              {std::to_string(m.version), util::nowIso()});
