@@ -61,12 +61,15 @@ class EventStream : public http::WsSession {
   }
   ~EventStream() override { events::bus().unsubscribe(sub_); }
 
+  bool finished() const override { return ended_; }
+
   std::optional<std::string> next(std::chrono::milliseconds wait) override {
     if (pending_) return std::exchange(pending_, std::nullopt);
     auto deadline = Clock::now() + wait;
     while (Clock::now() < deadline) {
       if (Clock::now() - checked_ > kRecheck && !stillAllowed()) {
         sub_->close();
+        ended_ = true;
         return std::nullopt;
       }
       auto ev = sub_->next(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
@@ -118,6 +121,7 @@ class EventStream : public http::WsSession {
   App& app_;
   Principal who_;
   std::string authorization_;
+  bool ended_ = false;
   std::shared_ptr<events::Subscriber> sub_;
   std::optional<std::string> pending_;
   Clock::time_point sent_ = Clock::now(), checked_ = Clock::now();

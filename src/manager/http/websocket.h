@@ -18,6 +18,9 @@ struct WsSession {
   virtual ~WsSession() = default;
   // Waits up to `wait` for the next text message; nullopt when there is none yet.
   virtual std::optional<std::string> next(std::chrono::milliseconds wait) = 0;
+  // True once the session has ended on its own (e.g. its credential was revoked): the connection
+  // sends a Close (1008, policy violation) and ends.
+  virtual bool finished() const { return false; }
 };
 
 // Authenticates the upgrade request and opens a session, or throws ApiError (answered as

@@ -25,7 +25,7 @@ void runWebSocket(Stream& stream, boost::asio::ip::tcp::socket& sock,
   if (ec) return;
   ws.text(true);
   boost::beast::flat_buffer in;
-  while (!stopping) {
+  while (!stopping && !session.finished()) {
     if (auto msg = session.next(std::chrono::milliseconds(500))) {
       ws.write(boost::asio::buffer(*msg), ec);  // SO_SNDTIMEO bounds a stuck client
       if (ec) return;
@@ -39,7 +39,7 @@ void runWebSocket(Stream& stream, boost::asio::ip::tcp::socket& sock,
     }
     if (ec) return;
   }
-  ws.close(websocket::close_code::going_away, ec);
+  ws.close(session.finished() ? websocket::close_code::policy_error : websocket::close_code::going_away, ec);
 }
 
 }  // namespace marchproxy::manager::http
