@@ -31,6 +31,12 @@ def make_ui(root):
     with open(os.path.join(root, "secret.txt"), "wb") as f:
         f.write(SECRET)
     os.symlink(os.path.join(root, "secret.txt"), os.path.join(ui, "leak.txt"))
+    # A real asset whose pre-compressed sibling is a symlink out of the UI directory.
+    with open(os.path.join(ui, "assets", "other-1b2c3d.js"), "wb") as f:
+        f.write(APP_JS)
+    with open(os.path.join(root, "secret.txt.gz"), "wb") as f:
+        f.write(gzip.compress(SECRET))
+    os.symlink(os.path.join(root, "secret.txt.gz"), os.path.join(ui, "assets", "other-1b2c3d.js.gz"))
     return ui
 
 
@@ -149,6 +155,11 @@ class WebUiTests(ManagerTestCase):
             st, _, body = raw_get(self.mgr.port, target)
             self.assertNotIn(SECRET, body, target)
             self.assertIn(st, (400, 404), target)
+        # The gzip sibling of a real asset is held to the same rule: the plain file is served instead.
+        st, head, body = raw_get(self.mgr.port, "/assets/other-1b2c3d.js", "Accept-Encoding: gzip\r\n")
+        self.assertEqual(st, 200)
+        self.assertNotIn("content-encoding: gzip", head)
+        self.assertEqual(body, APP_JS)
 
     def ticket(self, client):
         st, _, b = client.post("/api/v1/events/ticket", {})

@@ -39,7 +39,7 @@ bool acceptsGzip(const Request& req) {
 
 const std::string kSecurityCsp =
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-    "font-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+    "font-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 }  // namespace
 
@@ -121,8 +121,11 @@ std::optional<Response> StaticFiles::serve(const Request& req) const {
   }
   bool html = file == "index.html" || spa;
   std::optional<std::string> body;
-  if (acceptsGzip(req) && isRegular(real + ".gz")) {
-    body = readFile(real + ".gz");
+  // The pre-compressed sibling obeys the same containment rule as the file itself (a .gz symlink
+  // must not serve something outside the UI directory).
+  std::string gz = isRegular(real + ".gz") ? canonical(real + ".gz") : "";
+  if (acceptsGzip(req) && !gz.empty() && gz.rfind(dir_ + "/", 0) == 0) {
+    body = readFile(gz);
     if (body) r.headers.emplace_back("Content-Encoding", "gzip");
   }
   if (!body) body = readFile(real);
