@@ -36,7 +36,11 @@ class FixedControlPort(mh.Manager):
         return a
 
 
-class ControlLoopTest(mh.ManagerTestCase, ProxyTestCase):
+class ControlLoopCase(mh.ManagerTestCase, ProxyTestCase):
+    """A manager on a fixed control port, its CA in manager-ca.pem, a cluster "prod" and its key file;
+    helpers to run proxies under it. No tests (other modules, e.g. test_control_cert_rotation.py,
+    build on it)."""
+
     def start_manager(self, **kw):
         if not hasattr(self, "control_port"):
             self.control_port = free_port()
@@ -108,6 +112,8 @@ class ControlLoopTest(mh.ManagerTestCase, ProxyTestCase):
     def manager_metric(self, proxy, name):
         return metric_sum(parse_metrics(proxy.metrics_text()), name)
 
+
+class ControlLoopTest(ControlLoopCase):
     # -- tests
 
     def test_route_follows_the_api_and_survives_the_manager(self):
