@@ -181,6 +181,30 @@ class WebUiTests(ManagerTestCase):
         st, _, _ = self.mgr.client().post("/api/v1/events/ticket", {}, token="")
         self.assertEqual(st, 401)
 
+    def test_event_streams_per_user_are_capped(self):
+        streams = [WsClient(self.mgr.port, self.ticket(self.admin)) for _ in range(8)]
+        for ws in streams:
+            self.assertEqual(ws.status, 101, ws.head)
+        ninth = WsClient(self.mgr.port, self.ticket(self.admin))
+        self.assertEqual(ninth.status, 429, ninth.head)
+        self.assertIn("8 event streams per user", ninth.buf.decode("latin-1"))
+        ninth.close()
+        streams.pop().close()
+        # The closed stream's slot comes back once its connection thread has noticed the close.
+        def reopened():
+            ws = WsClient(self.mgr.port, self.ticket(self.admin))
+            if ws.status == 101:
+                streams.append(ws)
+                return True
+            ws.close()
+            return False
+        deadline = time.monotonic() + 30
+        while not reopened():
+            self.assertLess(time.monotonic(), deadline, "slot never freed")
+            time.sleep(0.2)
+        for ws in streams:
+            ws.close()
+
     def test_stream_ends_when_its_api_token_is_revoked(self):
         st, _, tok = self.admin.post("/api/v1/auth/tokens", {"name": "ws"})
         self.assertEqual(st, 201, tok)

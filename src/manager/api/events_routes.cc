@@ -52,6 +52,20 @@ Tickets& tickets() {
   return t;
 }
 
+// Open streams, per user and in all: each holds a connection thread, so one user cannot take the
+// manager's connection budget (512) with event streams.
+constexpr int kMaxStreamsPerUser = 8;
+constexpr int kMaxStreams = 200;
+struct StreamCount {
+  std::mutex mu;
+  std::map<std::int64_t, int> by_user;
+  int total = 0;
+};
+StreamCount& streamCount() {
+  static StreamCount c;
+  return c;
+}
+
 class EventStream : public http::WsSession {
  public:
   EventStream(App& app, Grant g)
@@ -59,7 +73,13 @@ class EventStream : public http::WsSession {
     Json hello{{"type", "hello"}, {"user", who_.username}, {"role", who_.role}};
     pending_ = hello.dump();
   }
-  ~EventStream() override { events::bus().unsubscribe(sub_); }
+  ~EventStream() override {
+    events::bus().unsubscribe(sub_);
+    auto& sc = streamCount();
+    std::lock_guard l(sc.mu);
+    --sc.total;
+    if (--sc.by_user[who_.user_id] <= 0) sc.by_user.erase(who_.user_id);
+  }
 
   bool finished() const override { return ended_; }
 
@@ -137,6 +157,17 @@ std::unique_ptr<http::WsSession> openEventStream(App& app, Request& req) {
   auto who = tickets().redeem(it->second);
   if (!who) throw ApiError(401, "unauthorized", "unknown, used or expired ticket (tickets are single use, 30 s)",
                            "ticket");
+  {
+    auto& sc = streamCount();
+    std::lock_guard l(sc.mu);
+    if (sc.by_user[who->who.user_id] >= kMaxStreamsPerUser)
+      throw ApiError(429, "too-many-streams",
+                     "at most " + std::to_string(kMaxStreamsPerUser) + " event streams per user; close one first");
+    if (sc.total >= kMaxStreams)
+      throw ApiError(503, "too-many-streams", "the manager has its maximum of event streams open; retry later");
+    ++sc.total;  // the stream's destructor gives both back
+    ++sc.by_user[who->who.user_id];
+  }
   return std::make_unique<EventStream>(app, *who);
 }
 
