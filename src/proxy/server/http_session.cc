@@ -161,13 +161,16 @@ asio::awaitable<bool> HttpSession::handshake() {
     spdlog::error("listener {}: no TLS contexts in the current config", listener_.name);
     co_return false;
   }
-  SSL* ssl = it->second->newSession();
+  // Our own reference: a reload during the handshake may free the Runtime (and its map) the
+  // iterator points into.
+  const std::shared_ptr<const tls::ServerContexts> ctx = it->second;
+  SSL* ssl = ctx->newSession();
   if (!ssl) {
     ++stats.tls_handshakes["other"];
     co_return false;
   }
-  tls_ = std::make_unique<TlsState>(client_, it->second, ssl);
-  setPhase(Phase::kHandshake, it->second->handshakeTimeout());
+  tls_ = std::make_unique<TlsState>(client_, ctx, ssl);
+  setPhase(Phase::kHandshake, ctx->handshakeTimeout());
   auto [ec] = co_await tls_->stream.async_handshake(asio::ssl::stream_base::server, kNoThrow);
   if (ec) {
     tls::Failure f = tls::classifyFailure(ec, ssl, timed_out_);
@@ -182,7 +185,7 @@ asio::awaitable<bool> HttpSession::handshake() {
   ++stats.tls_handshakes["ok"];
   ++stats.tls_versions[std::string(tls::versionLabel(ssl))];
   if (SSL_session_reused(ssl)) ++stats.tls_resumed;
-  if (it->second->clientAuth()) tls_->identity = tls::clientIdentity(ssl);
+  if (ctx->clientAuth()) tls_->identity = tls::clientIdentity(ssl);
   co_return true;
 }
 
