@@ -165,9 +165,16 @@ std::string Server::apply(std::shared_ptr<config::Snapshot> snapshot, bool initi
   // Publish: the runtime first, then listener changes (each worker handles its posts in order, so
   // a new listener's first connection already sees the new routes).
   std::shared_ptr<const Runtime> published = *rt;
+  // The admin endpoint (/config, /metrics) reports a reload once every worker serves it, so "version
+  // V is live" is true for the next request on any connection. Each worker handles its posts in
+  // order, so the last worker to take reload N stores it before any worker finishes N+1.
+  auto pending = std::make_shared<std::atomic<size_t>>(workers_.size());
   for (auto& w : workers_) {
     Worker* wp = w.get();
-    wp->post([wp, published] { wp->applyRuntime(published); });
+    wp->post([this, wp, published, pending, initial] {
+      wp->applyRuntime(published);
+      if (pending->fetch_sub(1) == 1 && !initial) current_atomic_.store(published);
+    });
   }
   std::set<std::string> wanted;
   for (const auto& l : snapshot->listeners) wanted.insert(listenerKey(l));
@@ -200,7 +207,7 @@ std::string Server::apply(std::shared_ptr<config::Snapshot> snapshot, bool initi
   if (checker_) checker_->update(*snapshot);
   if (!initial) applyFastPath(*snapshot);  // initially: once the admin port is bound (run())
   current_ = published;
-  current_atomic_.store(published);
+  if (initial || workers_.empty()) current_atomic_.store(published);  // reloads: when the workers have it
   loaded_at_unix_.store(
       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
   return {};
