@@ -119,6 +119,7 @@ class Decoder {
             {"version", [&](auto& n, auto& p) { integer(n, p, s.version, 0, UINT64_MAX); }},
             {"hash", [&](auto& n, auto& p) { str(n, p, declaredHash.emplace()); }},
             {"workers", [&](auto& n, auto& p) { integer(n, p, s.workers, 0, kMaxWorkers); }},
+            {"cpu_affinity", [&](auto& n, auto& p) { cpuAffinity(n, p, s.cpu_affinity); }},
             {"admin", [&](auto& n, auto& p) { admin(n, p, s.admin); }},
             {"listeners", [&](auto& n, auto& p) { listeners(n, p, s.listeners); }, true},
             {"virtual_hosts", [&](auto& n, auto& p) { virtualHosts(n, p, s.virtual_hosts); }},
@@ -987,6 +988,59 @@ class Decoder {
     });
   }
 
+  // `off`, `auto`, or a list of CPU numbers.
+  void cpuAffinity(const Value& n, const std::string& path, CpuAffinity& c) {
+    c.pos = n.pos;
+    c.cpus.clear();
+    if (n.isList()) {
+      c.mode = CpuAffinity::Mode::kList;
+      list(n, path, [&](const Value& e, const std::string& p, size_t) {
+        uint32_t cpu = 0;
+        integer(e, p, cpu, 0, kMaxCpu);
+        c.cpus.push_back(cpu);
+      });
+      return;  // an empty list: validate()'s error
+    }
+    std::string v, message;
+    if (!str(n, path, v)) return;
+    if (auto mode = cpuAffinityWord(v, n.quoted, &message))
+      c.mode = *mode;
+    else
+      error(path, std::move(message));
+  }
+
+  // `routed: off`, or the list of rules (writing the list turns enforcement on; `[]` denies all).
+  void routed(const Value& n, const std::string& path, FastPath& f) {
+    f.routed.clear();
+    if (toggle(n, f.routed_enforce)) {
+      if (f.routed_enforce) error(path, "write the list of rules (or [] to refuse every routed connection)");
+      return;
+    }
+    f.routed_enforce = true;
+    list(n, path, [&](const Value& e, const std::string& ep, size_t) {
+      RoutedRule& r = f.routed.emplace_back();
+      r.pos = e.pos;
+      map(e, ep,
+          {
+              {"name", [&](auto& x, auto& xp) { str(x, xp, r.name); }},
+              {"sources", [&](auto& x, auto& xp) { strList(x, xp, r.sources); }},
+              {"destinations", [&](auto& x, auto& xp) { strList(x, xp, r.destinations); }, true},
+              {"protocols", [&](auto& x, auto& xp) { strList(x, xp, r.protocols); }},
+              {"ports",
+               [&](auto& x, auto& xp) {
+                 list(x, xp, [&](const Value& pv, const std::string& pp, size_t) {
+                   std::string text;
+                   if (!str(pv, pp, text)) return;
+                   if (auto range = portRange(text))
+                     r.ports.push_back(*range);
+                   else
+                     error(pp, quote(text) + " is not a port or a range (\"443\", \"8000-8100\"; 1 to 65535)");
+                 });
+               }},
+          });
+    });
+  }
+
   void fastPath(const Value& n, const std::string& path, FastPath& f) {
     f.pos = n.pos;
     if (toggle(n, f.enabled)) return;
@@ -1007,6 +1061,7 @@ class Decoder {
             {"extra_udp_ports", [&](auto& v, auto& p) { portList(v, p, f.extra_udp_ports); }},
             {"egress_interfaces", [&](auto& v, auto& p) { strList(v, p, f.egress_interfaces); }},
             {"icmp_echo", [&](auto& v, auto& p) { boolean(v, p, f.icmp_echo); }},
+            {"routed", [&](auto& v, auto& p) { routed(v, p, f); }},
             {"dscp",
              [&](auto& v, auto& p) {
                f.dscp.clear();

@@ -298,6 +298,18 @@ struct DscpRule {
   SourcePos pos;
 };
 
+// A raw TCP/UDP rule for routed (gateway) traffic leaving fast_path.egress_interfaces: the egress
+// mapping's shape (sources, destinations, protocols, ports), with addresses in place of service
+// names and host names, since a forwarded packet carries neither (docs/fast-path.md).
+struct RoutedRule {
+  std::string name;
+  std::vector<std::string> sources;           // CIDRs or addresses; empty = any source
+  std::vector<std::string> destinations;      // CIDRs or addresses; at least one
+  std::vector<std::string> protocols{"tcp"};  // "tcp" | "udp"
+  std::vector<std::pair<uint16_t, uint16_t>> ports;  // inclusive destination port ranges; empty = all
+  SourcePos pos;
+};
+
 // Packets the proxy would refuse anyway die in the driver (docs/fast-path.md).
 struct FastPath {
   bool enabled = false;
@@ -314,6 +326,19 @@ struct FastPath {
   std::vector<std::string> egress_interfaces;  // TC clsact egress program on each
   std::vector<DscpRule> dscp;                  // egress marking by destination
   bool icmp_echo = true;                       // false: egress drops ICMP echo request/reply
+  // Routed TCP/UDP on egress_interfaces: when enforced, only what a rule allows leaves (default deny).
+  bool routed_enforce = false;
+  std::vector<RoutedRule> routed;
+  SourcePos pos;
+};
+
+// ---------------------------------------------------------------- workers
+
+// Worker thread pinning (docs/operations.md, "CPU pinning"). Takes effect at start (like workers).
+struct CpuAffinity {
+  enum class Mode { kOff, kAuto, kList };
+  Mode mode = Mode::kOff;      // off: the kernel schedules the workers
+  std::vector<uint32_t> cpus;  // kList: worker i runs on cpus[i % cpus.size()]
   SourcePos pos;
 };
 
@@ -324,6 +349,7 @@ struct Snapshot {
   uint64_t version = 0;  // monotonically increasing; the manager sets it, files may
   std::string hash;      // content hash (hex SHA-256 of the canonical JSON), computed on load
   uint32_t workers = 0;  // 0 = one per core
+  CpuAffinity cpu_affinity;
   std::vector<Listener> listeners;
   Admin admin;
   std::vector<VirtualHost> virtual_hosts;

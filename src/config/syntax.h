@@ -18,6 +18,9 @@ namespace marchproxy::config::syntax {
 // ---------------------------------------------------------------- ranges (docs/config-reference.md)
 
 inline constexpr uint32_t kMaxWorkers = 256;
+inline constexpr uint32_t kMaxCpu = 4095;  // highest CPU number cpu_affinity may name
+inline constexpr size_t kMaxRoutedRules = 64;       // MP_ROUTED_RULES in bpf/fastpath_maps.h
+inline constexpr size_t kMaxRoutedPortRanges = 8;   // MP_ROUTED_RANGES
 inline constexpr size_t kMaxNameLength = 128;
 inline constexpr size_t kMaxPathLength = 4096;
 inline constexpr size_t kMaxHeaderValueLength = 8192;
@@ -135,6 +138,14 @@ std::optional<std::string> checkPath(std::string_view s);
 // move a terminal's cursor), cut at 80 bytes on a character boundary (a 1 MiB value must not make
 // a 1 MiB message).
 std::string quote(std::string_view s);
+
+// "443" or "8000-8100" (1 to 65535, low <= high); what the writer writes back for a range.
+std::optional<std::pair<uint16_t, uint16_t>> portRange(std::string_view s);
+std::string formatPortRange(std::pair<uint16_t, uint16_t> r);
+
+// cpu_affinity written as a word: "auto", or off / false / no (unquoted). Anything else: nullopt
+// and the message for the user in *error. (The list form is read by each loader.)
+std::optional<CpuAffinity::Mode> cpuAffinityWord(std::string_view word, bool quoted, std::string* error);
 
 // ---------------------------------------------------------------- hosts
 

@@ -47,6 +47,7 @@ class Validator {
       error("schema", {},
             fmt::format("unsupported schema {}: this build reads schema {}", s_.schema, kSchemaVersion));
     if (s_.workers > kMaxWorkers) error("workers", {}, rangeMessage(0, kMaxWorkers));
+    cpuAffinity();
     admin();
     listeners();
     virtualHosts();
@@ -58,6 +59,15 @@ class Validator {
   }
 
  private:
+  // Whether each CPU exists is checked at start, on the machine that runs the workers.
+  void cpuAffinity() {
+    const CpuAffinity& c = s_.cpu_affinity;
+    if (c.mode != CpuAffinity::Mode::kList) return;
+    if (c.cpus.empty()) error("cpu_affinity", c.pos, "an empty CPU list (write \"off\" to leave the workers unpinned)");
+    for (size_t i = 0; i < c.cpus.size(); ++i)
+      if (c.cpus[i] > kMaxCpu) error(fmt::format("cpu_affinity[{}]", i), c.pos, rangeMessage(0, kMaxCpu));
+  }
+
   // ------------------------------------------------------------ reporting
 
   SourcePos locate(const std::string& path, SourcePos fallback) const {
@@ -711,13 +721,43 @@ class Validator {
       else if (!dscpSeen.insert({r.protocol, r.port}).second)
         error(p, r.pos, fmt::format("{}/{} already has a class", r.protocol, r.port));
     }
-    if ((!f.dscp.empty() || !f.icmp_echo) && f.egress_interfaces.empty())
+    routed(f);
+    if ((!f.dscp.empty() || !f.icmp_echo || f.routed_enforce) && f.egress_interfaces.empty())
       warn("fast_path.egress_interfaces", f.pos,
-           "is empty: the dscp and icmp_echo settings only act on egress interfaces");
+           "is empty: the dscp, icmp_echo and routed settings only act on egress interfaces");
     if (f.port_filter && f.allow.empty() && f.extra_tcp_ports.empty())
       warn("fast_path.port_filter", f.pos,
            "drops new TCP connections to every port the proxy does not serve (SSH too): list "
            "extra_tcp_ports or an allow prefix for management access");
+  }
+
+  void routed(const FastPath& f) {
+    if (f.routed.size() > kMaxRoutedRules)
+      error("fast_path.routed", f.pos, fmt::format("has {} rules; at most {} fit the fast path", f.routed.size(),
+                                                   kMaxRoutedRules));
+    for (size_t i = 0; i < f.routed.size(); ++i) {
+      const RoutedRule& r = f.routed[i];
+      const std::string p = fmt::format("fast_path.routed[{}]", i);
+      if (r.destinations.empty()) error(p + ".destinations", r.pos, "must name at least one address or CIDR");
+      auto cidrs = [&](const std::vector<std::string>& list, const char* field) {
+        for (size_t k = 0; k < list.size(); ++k)
+          if (auto c = parseCidr(list[k]); !c)
+            error(fmt::format("{}.{}[{}]", p, field, k), r.pos,
+                  quote(list[k]) + ": " + c.error().message + " (host names cannot be judged per packet)");
+      };
+      cidrs(r.sources, "sources");
+      cidrs(r.destinations, "destinations");
+      if (r.protocols.empty()) error(p + ".protocols", r.pos, "must list tcp, udp or both");
+      for (size_t k = 0; k < r.protocols.size(); ++k)
+        if (r.protocols[k] != "tcp" && r.protocols[k] != "udp")
+          error(fmt::format("{}.protocols[{}]", p, k), r.pos,
+                "must be \"tcp\" or \"udp\" (routed rules are raw TCP/UDP), got " + quote(r.protocols[k]));
+      if (r.ports.size() > kMaxRoutedPortRanges)
+        error(p + ".ports", r.pos, fmt::format("has {} entries; at most {}", r.ports.size(), kMaxRoutedPortRanges));
+      for (size_t k = 0; k < r.ports.size(); ++k)
+        if (r.ports[k].first == 0 || r.ports[k].second < r.ports[k].first)
+          error(fmt::format("{}.ports[{}]", p, k), r.pos, "must be a port or a range from 1 to 65535");
+    }
   }
 
   const Snapshot& s_;

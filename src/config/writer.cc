@@ -401,6 +401,15 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
     if (!s.hash.empty()) j.field("hash", s.hash);
   }
   j.field("workers", s.workers);
+  // Written only when set, so that the hashes of configs without it stay what they were.
+  if (s.cpu_affinity.mode == CpuAffinity::Mode::kAuto) {
+    j.field("cpu_affinity", "auto");
+  } else if (s.cpu_affinity.mode == CpuAffinity::Mode::kList) {
+    j.key("cpu_affinity");
+    j.beginArray();
+    for (uint32_t c : s.cpu_affinity.cpus) j.num(c);
+    j.endArray();
+  }
 
   j.key("admin");
   j.beginObject();
@@ -528,6 +537,23 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
     }
     j.endArray();
     j.field("icmp_echo", fp.icmp_echo);
+    if (fp.routed_enforce) {  // written only when enforced: older hashes stay what they were
+      j.key("routed");
+      j.beginArray();
+      for (const RoutedRule& r : fp.routed) {
+        j.beginObject();
+        if (!r.name.empty()) j.field("name", r.name);
+        strings("sources", r.sources);
+        strings("destinations", r.destinations);
+        strings("protocols", r.protocols);
+        j.key("ports");
+        j.beginArray();
+        for (auto range : r.ports) j.str(formatPortRange(range));
+        j.endArray();
+        j.endObject();
+      }
+      j.endArray();
+    }
     j.endObject();
   }
 

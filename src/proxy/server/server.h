@@ -116,6 +116,7 @@ class Server {
   uint16_t admin_port_ = 0;  // as bound
   std::filesystem::path config_dir_;  // relative paths of the running config resolve here
   fastpath::FastPath fast_path_;
+  std::vector<int> cpus_;  // the CPU each worker is pinned to (-1 = not pinned); config cpu_affinity
 };
 
 }  // namespace marchproxy::proxy::server

@@ -11,6 +11,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "common/base/clock.h"
+#include "common/base/cpu.h"
 #include "common/base/log.h"
 #include "proxy/server/http_session.h"
 #include "proxy/server/server.h"
@@ -41,11 +42,12 @@ Worker::Worker(unsigned index, Server& server)
 
 Worker::~Worker() { join(); }
 
-void Worker::start() {
-  thread_ = std::thread([this] {
+void Worker::start(int cpu) {
+  thread_ = std::thread([this, cpu] {
     char name[16];
     std::snprintf(name, sizeof name, "worker-%u", index_);
     pthread_setname_np(pthread_self(), name);
+    if (std::string err = cpu::pinThisThread(cpu); !err.empty()) spdlog::warn("{}: {}", name, err);
     asio::co_spawn(ioc_, sweepLoop(), asio::detached);
     for (;;) {
       try {

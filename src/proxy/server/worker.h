@@ -58,7 +58,7 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  void start();
+  void start(int cpu = -1);  // cpu >= 0: the worker thread pins itself to it first
   void join();
   void post(std::function<void()> fn);
 
