@@ -12,7 +12,7 @@ import struct
 import subprocess
 import unittest
 
-from harness import (ProxyTestCase, Conn, build_request, free_port, get, render, wait_until, process_tree)
+from harness import ProxyTestCase, Conn, build_request, conn_from, free_port, get, render, wait_until
 from tls_certs import Pki
 
 CONFIG = """
@@ -193,12 +193,7 @@ backend be
                 return None
         wait_until(lambda: through() is not None, 10, message="haproxy up")
         # haproxy's client is 127.0.0.1 as well; from 127.0.0.2 the header is what tells them apart.
-        s = socket.socket()
-        s.bind(("127.0.0.2", 0))
-        s.connect(("127.0.0.1", port))
-        c = Conn.__new__(Conn)
-        c.sock, c.buf, c.eof, c.bytes_read = s, bytearray(), False, 0
-        with c:
+        with conn_from("127.0.0.2", port) as c:
             r = c.request("GET", "/echo")
         self.assertStatus(r, 200)
         self.assertEqual(xff(r), ["127.0.0.2"])
@@ -219,16 +214,6 @@ clusters:
   - { name: b1, endpoints: [ "127.0.0.1:${PP}" ], send_proxy_protocol: v1 }
   - { name: b2, endpoints: [ "127.0.0.1:${PP}" ], send_proxy_protocol: v2 }
 """
-
-
-def conn_from(source_ip, port):
-    s = socket.socket()
-    s.settimeout(10)
-    s.bind((source_ip, 0))
-    s.connect(("127.0.0.1", port))
-    c = Conn.__new__(Conn)
-    c.sock, c.buf, c.eof, c.bytes_read = s, bytearray(), False, 0
-    return c
 
 
 class SendProxyProtocolTest(Base):

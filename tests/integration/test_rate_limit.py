@@ -1,11 +1,10 @@
 """Per-route request rate limits (docs/rate-limiting.md): 429 with Retry-After before any upstream
 work, token-bucket counts within the expected band across workers (by counts, with the elapsed
 time only widening the band), keys by client IP / header, marchproxy_rate_limited_total."""
-import socket
 import time
 import unittest
 
-from harness import ProxyTestCase, Conn, build_request, get, render, wait_until
+from harness import ProxyTestCase, Conn, conn_from, get, render, wait_until
 
 CONFIG = """
 schema: 1
@@ -41,17 +40,8 @@ timeouts: { header_read: 2s, idle: 30s, drain: 1s }
 
 def get_from(port, path, source_ip, headers=None):
     """One GET on a fresh connection from a chosen loopback source address."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.bind((source_ip, 0))
-    s.connect(("127.0.0.1", port))
-    c = Conn.__new__(Conn)
-    c.sock, c.buf, c.eof, c.bytes_read = s, bytearray(), False, 0
-    try:
-        c.send(build_request("GET", path, headers))
-        return c.read_response()
-    finally:
-        c.close()
+    with conn_from(source_ip, port) as c:
+        return c.request("GET", path, headers)
 
 
 class RateLimitTest(ProxyTestCase):

@@ -618,6 +618,15 @@ asio::awaitable<bool> HttpSession::writeClient(std::string_view a, std::string_v
   co_return !ec;
 }
 
+asio::awaitable<std::pair<boost::system::error_code, size_t>> HttpSession::readClient(asio::mutable_buffer b) {
+  if (tls_) {
+    auto [ec, n] = co_await tls_->stream.async_read_some(b, kNoThrow);
+    co_return std::pair{ec, n};
+  }
+  auto [ec, n] = co_await client_.async_read_some(b, kNoThrow);
+  co_return std::pair{ec, n};
+}
+
 asio::awaitable<void> HttpSession::spliceWebSocket(upstream::UpstreamConnection& up, Millis idle) {
   WorkerStats& stats = worker_.stats();
   ++stats.websockets_total;
@@ -636,17 +645,7 @@ asio::awaitable<void> HttpSession::spliceWebSocket(upstream::UpstreamConnection&
   auto client_to_upstream = [&]() -> asio::awaitable<void> {
     auto buf = std::make_unique_for_overwrite<char[]>(kBodyChunk);
     for (;;) {
-      boost::system::error_code ec;
-      size_t n = 0;
-      if (tls_) {
-        auto [e, k] = co_await tls_->stream.async_read_some(asio::buffer(buf.get(), kBodyChunk), kNoThrow);
-        ec = e;
-        n = k;
-      } else {
-        auto [e, k] = co_await client_.async_read_some(asio::buffer(buf.get(), kBodyChunk), kNoThrow);
-        ec = e;
-        n = k;
-      }
+      const auto [ec, n] = co_await readClient(asio::buffer(buf.get(), kBodyChunk));
       if (ec) break;
       setPhase(Phase::kWebSocket, idle);
       stats.bytes_in += n;

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "common/base/buffer.h"
 #include "common/http/h1_parser.h"
@@ -80,6 +81,8 @@ class HttpSession {
   boost::asio::awaitable<bool> streamResponseBody(upstream::UpstreamConnection& up, http::BodyFraming framing,
                                                   uint64_t remaining, bool dechunk, bool& upstream_clean);
   boost::asio::awaitable<bool> writeClient(std::string_view a, std::string_view b = {});
+  // One read from the client (through TLS when the listener has it).
+  boost::asio::awaitable<std::pair<boost::system::error_code, size_t>> readClient(boost::asio::mutable_buffer b);
   boost::asio::awaitable<void> lingerClose();
   // Relays bytes both ways between the client and an upgraded upstream connection until either
   // closes or nothing moves for `idle` (docs/websocket.md).
