@@ -75,12 +75,15 @@ class EchoServer:
 
     async def _handler(self, ws, path=None):
         self.connections += 1
-        async for msg in ws:
-            if isinstance(msg, str) and msg.startswith("push "):
-                for i in range(int(msg.split()[1])):
-                    await ws.send(f"pushed {i}")
-            else:
-                await ws.send(msg)
+        try:
+            async for msg in ws:
+                if isinstance(msg, str) and msg.startswith("push "):
+                    for i in range(int(msg.split()[1])):
+                        await ws.send(f"pushed {i}")
+                else:
+                    await ws.send(msg)
+        except websockets.exceptions.ConnectionClosed:
+            pass  # the proxy closed it (idle timeout, drain): what those tests want
 
     async def _process(self, path, headers):
         if path.startswith("/refuse"):
@@ -233,6 +236,23 @@ class WebSocketTest(ProxyTestCase):
                 with self.assertRaises(websockets.exceptions.ConnectionClosed):
                     await asyncio.wait_for(c.recv(), 20)
         run(go())
+
+    def test_drain_closes_websockets_at_the_deadline(self):
+        import signal
+
+        async def go():
+            async with websockets.connect(self.url(), ping_interval=None) as c:
+                await c.send("x")
+                self.assertEqual(await c.recv(), "x")
+                self.p.signal(signal.SIGTERM)
+                # Still relaying while draining (drain: 1s) ...
+                await c.send("during drain")
+                self.assertEqual(await c.recv(), "during drain")
+                # ... then closed at the deadline.
+                with self.assertRaises(websockets.exceptions.ConnectionClosed):
+                    await asyncio.wait_for(c.recv(), 20)
+        run(go())
+        self.assertEqual(self.p.wait_exit(20), 0, self.p.tail())
 
 
 if __name__ == "__main__":
