@@ -129,6 +129,7 @@ class Decoder {
             {"timeouts", [&](auto& n, auto& p) { timeouts(n, p, s.timeouts); }},
             {"access_log", [&](auto& n, auto& p) { accessLog(n, p, s.access_log); }},
             {"fast_path", [&](auto& n, auto& p) { fastPath(n, p, s.fast_path); }},
+            {"redis", [&](auto& n, auto& p) { redis(n, p, s.redis.emplace()); }},
         },
         {{"schema", "missing required field \"schema\" (add \"schema: 1\" at the top)"}},
         /*extensions=*/true);
@@ -465,8 +466,43 @@ class Decoder {
               {"address", [&](auto& v, auto& q) { address(v, q, l.address); }},
               {"port", [&](auto& v, auto& q) { integer(v, q, l.port, 0, 65535); }, true},
               {"tls", [&](auto& v, auto& q) { listenerTls(v, q, l.tls.emplace()); }},
+              {"proxy_protocol", [&](auto& v, auto& q) { proxyProtocol(v, q, l.proxy_protocol); }},
           });
     });
+  }
+
+  void proxyProtocol(const Value& n, const std::string& path, ProxyProtocol& pp) {
+    map(n, path,
+        {
+            {"accept",
+             [&](auto& v, auto& p) { enumeration(v, p, kProxyProtocolModes, pp.accept, "PROXY protocol mode"); }},
+            {"trusted", [&](auto& v, auto& p) { strList(v, p, pp.trusted); }},
+        });
+  }
+
+  void requestRateLimit(const Value& n, const std::string& path, RequestRateLimit& rl) {
+    map(n, path,
+        {
+            {"requests_per_second",
+             [&](auto& v, auto& p) { integer(v, p, rl.requests_per_second, 0, kMaxRequestsPerSecond); }},
+            {"burst", [&](auto& v, auto& p) { integer(v, p, rl.burst, 0, kMaxRequestsPerSecond); }},
+            {"key", [&](auto& v, auto& p) { enumeration(v, p, kRateLimitKeys, rl.key, "rate-limit key"); }},
+            {"header",
+             [&](auto& v, auto& p) {
+               if (str(v, p, rl.header)) rl.header = toLower(rl.header);
+             }},
+            {"scope",
+             [&](auto& v, auto& p) { enumeration(v, p, kRateLimitScopes, rl.scope, "rate-limit scope"); }},
+        });
+  }
+
+  void redis(const Value& n, const std::string& path, Redis& r) {
+    map(n, path,
+        {
+            {"address", [&](auto& v, auto& p) { address(v, p, r.address); }, true},
+            {"port", [&](auto& v, auto& p) { integer(v, p, r.port, 1, 65535); }},
+            {"timeout", [&](auto& v, auto& p) { duration(v, p, r.timeout); }},
+        });
   }
 
   void listenerTls(const Value& n, const std::string& path, ListenerTls& t) {
@@ -616,6 +652,9 @@ class Decoder {
                 {"request_headers", [&](auto& v, auto& p) { headerRewrite(v, p, r.request_headers); }},
                 {"response_headers", [&](auto& v, auto& p) { headerRewrite(v, p, r.response_headers); }},
                 {"allowed_client_names", [&](auto& v, auto& p) { strList(v, p, r.allowed_client_names); }},
+                {"rate_limit", [&](auto& v, auto& p) { requestRateLimit(v, p, r.rate_limit.emplace()); }},
+                {"websocket", [&](auto& v, auto& p) { boolean(v, p, r.websocket); }},
+                {"websocket_idle_timeout", [&](auto& v, auto& p) { duration(v, p, r.websocket_idle_timeout); }},
             });
     if (!seen) {
       poisoned_.insert(path);
@@ -791,6 +830,10 @@ class Decoder {
                          {"client_key", [&](auto& x, auto& r) { str(x, r, t.client_key); }},
                      });
                }},
+              {"send_proxy_protocol",
+               [&](auto& v, auto& q) {
+                 enumeration(v, q, kSendProxyProtocols, c.send_proxy_protocol, "PROXY protocol version");
+               }},
           });
     });
   }
@@ -946,6 +989,8 @@ class Decoder {
             {"max_header_bytes", [&](auto& v, auto& p) { size(v, p, l.max_header_bytes); }},
             {"max_headers", [&](auto& v, auto& p) { integer(v, p, l.max_headers, 1, kMaxHeaders); }},
             {"max_body_bytes", [&](auto& v, auto& p) { size(v, p, l.max_body_bytes); }},
+            {"max_connections_per_ip",
+             [&](auto& v, auto& p) { integer(v, p, l.max_connections_per_ip, 0, kMaxConnections); }},
         });
   }
 

@@ -207,19 +207,19 @@ listeners:
 
 TEST(Loader, UnknownFieldWithoutACloseMatchListsTheFields) {
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1, colour: red}]\n"),
-            "line 2: listeners[0]: unknown field \"colour\" (expected one of: name, address, port or tls)");
+            "line 2: listeners[0]: unknown field \"colour\" (expected one of: name, address, port, tls or proxy_protocol)");
 }
 
 TEST(Loader, MessagesEscapeAndShortenUserText) {
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\n\"x\\e[2J\\n\": 1\n"),
             "line 3: unknown field \"x\\x1b[2J\\n\" (expected one of: schema, version, hash, workers, cpu_affinity, admin, "
-            "listeners, virtual_hosts, clusters, forwarding, limits, timeouts, access_log or fast_path)");
+            "listeners, virtual_hosts, clusters, forwarding, limits, timeouts, access_log, fast_path or redis)");
   std::string longName(200, 'n');
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\n" + longName + ": 1\n"),
             "line 3: unknown field \"" + std::string(80, 'n') +
                 "...\" (expected one of: schema, version, hash, workers, cpu_affinity, admin, listeners, virtual_hosts, "
                 "clusters, "
-                "forwarding, limits, timeouts, access_log or fast_path)");
+                "forwarding, limits, timeouts, access_log, fast_path or redis)");
 }
 
 TEST(Loader, DuplicateField) {
@@ -928,6 +928,54 @@ TEST(LoaderRouted, ErrorsNameTheRuleAndTheField) {
             "line 6: fast_path.routed[0].protocols[0]: must be \"tcp\" or \"udp\" (routed rules are raw TCP/UDP), got \"icmp\"");
   EXPECT_EQ(onlyError(std::string(kRoutedBase) + "    - {name: x}\n"),
             "line 6: fast_path.routed[0]: missing required field \"destinations\"");
+// The edge fields (docs/rate-limiting.md, docs/proxy-protocol.md): errors point at line and field.
+std::string withRoute(std::string_view extra) {
+  return std::string(R"(schema: 1
+listeners:
+  - { name: http, port: 8080 }
+virtual_hosts:
+  - name: app
+    domains: ["*"]
+    routes:
+      - forward: { cluster: app }
+)") + std::string(extra) + "\nclusters:\n  - { name: app, endpoints: [127.0.0.1:9001] }\n";
+}
+
+TEST(LoaderEdge, RateLimitErrors) {
+  EXPECT_EQ(onlyError(withRoute("        rate_limit: { requests_per_second: 5, key: ip }")),
+            "line 9: virtual_hosts[0].routes[0].rate_limit.key: unknown rate-limit key \"ip\" (expected client_ip, "
+            "header or client_cert)");
+  EXPECT_EQ(onlyError(withRoute("        rate_limit: { requests_per_second: 5, key: header }")),
+            "line 9: virtual_hosts[0].routes[0].rate_limit.header: is required with key: header (the header whose "
+            "value is the key)");
+  EXPECT_EQ(onlyError(withRoute("        rate_limit: { burst: 5 }")),
+            "line 9: virtual_hosts[0].routes[0].rate_limit.burst: is set but requests_per_second is 0 (off)");
+  EXPECT_EQ(onlyError(withRoute("        rate_limit: { requests_per_second: 5, header: x-key }")),
+            "line 9: virtual_hosts[0].routes[0].rate_limit.header: is only used with key: header");
+  EXPECT_EQ(onlyError(withRoute("        websocket_idle_timeout: 0s")),
+            "line 9: virtual_hosts[0].routes[0].websocket_idle_timeout: must be longer than 0s");
+}
+
+TEST(LoaderEdge, GlobalScopeWithoutRedisWarns) {
+  LoadResult r = loadString(withRoute("        rate_limit: { requests_per_second: 5, scope: global }"));
+  ASSERT_TRUE(r.ok()) << all(r.errors);
+  ASSERT_EQ(r.warnings.size(), 1u);
+  EXPECT_EQ(r.warnings[0].toString(),
+            "line 9: virtual_hosts[0].routes[0].rate_limit.scope: is global but no redis is configured: the limit "
+            "is enforced per proxy");
+}
+
+TEST(LoaderEdge, ProxyProtocolAndRedisErrors) {
+  EXPECT_EQ(onlyError("schema: 1\nlisteners:\n  - { name: a, port: 1, proxy_protocol: { accept: v3 } }\n"),
+            "line 3: listeners[0].proxy_protocol.accept: unknown PROXY protocol mode \"v3\" (did you mean \"v1\"?)");
+  EXPECT_EQ(onlyError("schema: 1\nlisteners:\n  - { name: a, port: 1, proxy_protocol: { accept: v2, trusted: "
+                      "[10.0.0.1/8] } }\n"),
+            "line 3: listeners[0].proxy_protocol.trusted[0]: \"10.0.0.1/8\": has bits set beyond the /8 prefix (did you "
+            "mean 10.0.0.0/8?)");
+  EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\nredis: { address: redis.local }\n"),
+            "line 3: redis.address: must be an IPv4 or IPv6 address (names are not resolved here)");
+  EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\nredis: { port: 6379 }\n"),
+            "line 3: redis: missing required field \"address\"");
 }
 
 }  // namespace

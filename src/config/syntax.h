@@ -36,6 +36,7 @@ inline constexpr uint32_t kMinHeaderBytes = 1024;
 inline constexpr uint32_t kMaxHeaderBytes = 16 << 20;
 inline constexpr uint32_t kMaxHeaders = 10'000;
 inline constexpr Millis kMinHealthInterval{100};
+inline constexpr uint64_t kMaxRequestsPerSecond = 1'000'000'000;
 
 // ---------------------------------------------------------------- enum spellings
 
@@ -97,6 +98,30 @@ inline constexpr Spelling<DscpClass> kDscpClasses[] = {
     {"P1", DscpClass::kP1},
     {"P2", DscpClass::kP2},
     {"P3", DscpClass::kP3},
+};
+
+inline constexpr Spelling<RequestRateLimit::Key> kRateLimitKeys[] = {
+    {"client_ip", RequestRateLimit::Key::kClientIp},
+    {"header", RequestRateLimit::Key::kHeader},
+    {"client_cert", RequestRateLimit::Key::kClientCert},
+};
+
+inline constexpr Spelling<RequestRateLimit::Scope> kRateLimitScopes[] = {
+    {"local", RequestRateLimit::Scope::kLocal},
+    {"global", RequestRateLimit::Scope::kGlobal},
+};
+
+inline constexpr Spelling<ProxyProtocol::Mode> kProxyProtocolModes[] = {
+    {"off", ProxyProtocol::Mode::kOff},
+    {"v1", ProxyProtocol::Mode::kV1},
+    {"v2", ProxyProtocol::Mode::kV2},
+    {"any", ProxyProtocol::Mode::kAny},
+};
+
+inline constexpr Spelling<Cluster::SendProxyProtocol> kSendProxyProtocols[] = {
+    {"off", Cluster::SendProxyProtocol::kOff},
+    {"v1", Cluster::SendProxyProtocol::kV1},
+    {"v2", Cluster::SendProxyProtocol::kV2},
 };
 
 template <typename E, size_t N>

@@ -56,6 +56,7 @@ class Validator {
     timeouts();
     accessLog();
     fastPath();
+    redis();
   }
 
  private:
@@ -165,6 +166,13 @@ class Validator {
         }
       }
       if (l.tls) listenerTls(*l.tls, path + ".tls", l.pos);
+      for (size_t k = 0; k < l.proxy_protocol.trusted.size(); ++k) {
+        const std::string& t = l.proxy_protocol.trusted[k];
+        if (auto c = parseCidr(t); !c)
+          error(fmt::format("{}.proxy_protocol.trusted[{}]", path, k), l.pos, quote(t) + ": " + c.error().message);
+      }
+      if (l.proxy_protocol.accept == ProxyProtocol::Mode::kOff && !l.proxy_protocol.trusted.empty())
+        warn(path + ".proxy_protocol.trusted", l.pos, "is set but accept is off: no header is read");
       if (s_.admin.enabled && s_.admin.port == l.port && overlaps(s_.admin.address, l.address))
         error(path, l.pos,
               fmt::format("{} overlaps the admin endpoint ({})", formatHostPort(l.address, l.port),
@@ -316,6 +324,8 @@ class Validator {
 
   void route(const Route& r, const std::string& path) {
     const SourcePos at = r.pos;
+    if (r.rate_limit) rateLimit(*r.rate_limit, path + ".rate_limit", at);
+    nonZero(r.websocket_idle_timeout, path + ".websocket_idle_timeout", at);
     const RouteMatch& m = r.match;
     std::string kind(nameOf(kPathMatches, m.path_kind));
     if (m.path_kind == PathMatch::kRegex) {
@@ -637,10 +647,39 @@ class Validator {
            "is enabled but both consecutive_5xx and consecutive_connect_failures are 0: nothing ejects");
   }
 
+  void rateLimit(const RequestRateLimit& rl, const std::string& path, SourcePos at) {
+    if (rl.requests_per_second > kMaxRequestsPerSecond)
+      error(path + ".requests_per_second", at, rangeMessage(0, kMaxRequestsPerSecond));
+    if (rl.burst > kMaxRequestsPerSecond) error(path + ".burst", at, rangeMessage(0, kMaxRequestsPerSecond));
+    if (rl.burst != 0 && rl.requests_per_second == 0)
+      error(path + ".burst", at, "is set but requests_per_second is 0 (off)");
+    if (rl.key == RequestRateLimit::Key::kHeader) {
+      if (rl.header.empty())
+        error(path + ".header", at, "is required with key: header (the header whose value is the key)");
+      else if (!isToken(rl.header) || rl.header != toLower(rl.header))
+        error(path + ".header", at, quote(rl.header) + " is not a valid lower-case header name");
+    } else if (!rl.header.empty()) {
+      error(path + ".header", at, "is only used with key: header");
+    }
+    if (rl.scope == RequestRateLimit::Scope::kGlobal && !s_.redis)
+      warn(path + ".scope", at, "is global but no redis is configured: the limit is enforced per proxy");
+  }
+
+  void redis() {
+    if (!s_.redis) return;
+    const Redis& r = *s_.redis;
+    if (!isIpv4(r.address) && !isIpv6(r.address))
+      error("redis.address", {}, "must be an IPv4 or IPv6 address (names are not resolved here)");
+    if (r.port == 0) error("redis.port", {}, rangeMessage(1, 65535));
+    nonZero(r.timeout, "redis.timeout", {});
+  }
+
   void limits() {
     const Limits& l = s_.limits;
     if (l.max_connections < 1 || l.max_connections > kMaxConnections)
       error("limits.max_connections", {}, rangeMessage(1, kMaxConnections));
+    if (l.max_connections_per_ip > kMaxConnections)
+      error("limits.max_connections_per_ip", {}, rangeMessage(0, kMaxConnections));
     if (l.max_request_line < kMinRequestLine || l.max_request_line > kMaxRequestLine)
       error("limits.max_request_line", {}, "must be between 256 and 1MiB");
     if (l.max_header_bytes < kMinHeaderBytes || l.max_header_bytes > kMaxHeaderBytes)

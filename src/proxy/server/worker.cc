@@ -36,6 +36,7 @@ Worker::Worker(unsigned index, Server& server)
       server_(server),
       ioc_(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO),
       rng_(std::random_device{}()),
+      rate_limiter_(server.rateTable()),
       sweep_timer_(ioc_) {
   work_.emplace(ioc_.get_executor());
 }
