@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MarchProxy ingress beside nginx and HAProxy, side by side, printing ratios. See bench/README.md.
 #
-#   bench/run.sh [--scenario h1|h1-new|idle|tls|tls-new|tls-new-p384|all] [--rounds 3] [--duration 10] [--workers 1]
+#   bench/run.sh [--scenario h1|h1-new|idle|tls|tls-new|tls-new-p384|h2|all] [--rounds 3] [--duration 10] [--workers 1]
 #                [--proxies nginx,haproxy,marchproxy] [--marchproxy PATH] [--help for the rest]
 #
 # This wrapper checks the tools, raises the open-file limit, gives the harness a work directory

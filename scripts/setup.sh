@@ -19,6 +19,7 @@ PKGS=(
   # benchmarks (peers and load generators)
   nginx-light haproxy wrk nghttp2-client gnuplot-nox
   squid                                          # egress bench peer (forward proxy)
+  python3-h2 python3-hyperframe python3-grpcio   # HTTP/2 frame-level abuse tests, gRPC end-to-end tests
   chromium                                       # web UI end-to-end tests (tests/web)
 )
 # The web UI (web/) builds with Node 20 + npm. Node from elsewhere (e.g. nodesource, which bundles

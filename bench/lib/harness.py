@@ -27,7 +27,7 @@ import report  # noqa: E402
 from targets import (BENCH_DIR, BODY, BUILD_HINT, PROXIES, MarchProxy, Origin, PidRegistry,  # noqa: E402
                      StartError, default_marchproxy_binary, http_get, make_certificates)
 
-SCENARIOS = ["h1", "h1-new", "idle", "tls", "tls-new", "tls-new-p384"]
+SCENARIOS = ["h1", "h1-new", "idle", "tls", "tls-new", "tls-new-p384", "h2"]
 TLS_SCENARIOS = ("tls", "tls-new", "tls-new-p384")
 TITLES = {
     "tls": "HTTPS keep-alive (TLS 1.3, ECDSA P-256), small response",
@@ -36,6 +36,7 @@ TITLES = {
     "h1": "HTTP/1.1 keep-alive, small response",
     "h1-new": "HTTP/1.1, a new client connection per request",
     "idle": "RSS per idle keep-alive client connection",
+    "h2": "HTTP/2 (h2c, prior knowledge), 10 connections x 10 concurrent streams, small response",
 }
 READING = {
     "h1": ("CPU µs/req is the proxy's utime+stime (all its processes) over the measured run ÷ "
@@ -55,6 +56,9 @@ READING = {
                 "sessions), so CPU µs/req is dominated by the handshake (ECDSA P-256 signature, "
                 "X25519 key exchange) done by OpenSSL in every proxy."),
     "tls-new-p384": "As tls-new with an ECDSA P-384 certificate (a costlier signature).",
+    "h2": ("h2load -c 10 -m 10 against each proxy's h2c listener; every proxy speaks HTTP/1.1 to the "
+           "origin. h2load gives no percentiles: the p50 column is its mean request time and p99 "
+           "its mean + 2 sd. There is no origin-alone row: the origin speaks HTTP/1.1 only."),
     "idle": ("RSS per idle conn = (RSS with N idle client connections − RSS before) ÷ N, summed "
              "over the proxy's processes (VmRSS). Each connection did one request through the "
              "proxy first. Kernel socket buffers are not in RSS. Pss splits pages shared between "
@@ -240,15 +244,22 @@ class Bench:
             if scenario in TLS_SCENARIOS:
                 port = target.tls384_port if scenario == "tls-new-p384" else target.tls_port
                 url = f"https://127.0.0.1:{port}/"
+            elif scenario == "h2":
+                url = f"http://127.0.0.1:{target.h2c_port}/"
             else:
                 url = f"http://127.0.0.1:{target.port}/"
-            cmd = loadgen.wrk_command(url, a.duration, a.connections, len(self.load_cpus), a.load_cpus,
-                                      scenario in ("h1-new", "tls-new", "tls-new-p384"))
+            if scenario == "h2":
+                cmd = loadgen.h2load_command(url, a.duration, 10, 10, 1, a.load_cpus)
+                run_load = loadgen.run_h2load
+            else:
+                cmd = loadgen.wrk_command(url, a.duration, a.connections, len(self.load_cpus), a.load_cpus,
+                                          scenario in ("h1-new", "tls-new", "tls-new-p384"))
+                run_load = loadgen.run_wrk
             wrk_log = os.path.join(a.work_dir, f"wrk-{scenario}.log")
             if a.warmup > 0:
                 warm = list(cmd)
-                warm[warm.index("-d") + 1] = f"{a.warmup}s"
-                loadgen.run_wrk(warm, wrk_log, self.registry)
+                warm[warm.index("-D" if scenario == "h2" else "-d") + 1] = f"{a.warmup}" + ("" if scenario == "h2" else "s")
+                run_load(warm, wrk_log, self.registry)
             target.track()
             pids = target.pids()
             origin_pids = self.origin.pids()
@@ -258,7 +269,7 @@ class Bench:
             ocpu0 = procstat.cpu_ticks(origin_pids)
             core0 = procstat.core_ticks(self.proxy_cpus)
             lcore0 = procstat.core_ticks(self.load_cpus)
-            w = loadgen.run_wrk(cmd, wrk_log, self.registry)
+            w = run_load(cmd, wrk_log, self.registry)
             core1 = procstat.core_ticks(self.proxy_cpus)
             lcore1 = procstat.core_ticks(self.load_cpus)
             if not target.alive():
@@ -444,7 +455,7 @@ class Bench:
         a = self.args
         started = datetime.datetime.now().astimezone()
         load_before = procstat.loadavg()
-        order = ([] if a.no_origin or sc == "idle" or sc in TLS_SCENARIOS else ["origin"]) + list(self.proxies)
+        order = ([] if a.no_origin or sc in ("idle", "h2") or sc in TLS_SCENARIOS else ["origin"]) + list(self.proxies)
         order = [t for t in order if t not in self.broken]
         runs = []
         for rnd in range(1, a.rounds + 1):

@@ -164,6 +164,9 @@ class Target:
         self.tls384_port = free_port()
         self.values["TLS_PORT"] = self.tls_port
         self.values["TLS384_PORT"] = self.tls384_port
+        # Scenario h2: cleartext HTTP/2 with prior knowledge (h2load), HTTP/1.1 to the origin.
+        self.h2c_port = free_port()
+        self.values["H2C_PORT"] = self.h2c_port
         self.config_path = os.path.join(work_dir, f"{self.name}.{self.config_ext}")
         self.log_path = os.path.join(work_dir, f"{self.name}.log")
         self.proc = None

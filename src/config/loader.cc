@@ -127,6 +127,7 @@ class Decoder {
             {"forwarding", [&](auto& n, auto& p) { forwarding(n, p, s.forwarding); }},
             {"limits", [&](auto& n, auto& p) { limits(n, p, s.limits); }},
             {"timeouts", [&](auto& n, auto& p) { timeouts(n, p, s.timeouts); }},
+            {"http2", [&](auto& n, auto& p) { http2(n, p, s.http2); }},
             {"access_log", [&](auto& n, auto& p) { accessLog(n, p, s.access_log); }},
             {"fast_path", [&](auto& n, auto& p) { fastPath(n, p, s.fast_path); }},
             {"redis", [&](auto& n, auto& p) { redis(n, p, s.redis.emplace()); }},
@@ -467,6 +468,7 @@ class Decoder {
               {"port", [&](auto& v, auto& q) { integer(v, q, l.port, 0, 65535); }, true},
               {"tls", [&](auto& v, auto& q) { listenerTls(v, q, l.tls.emplace()); }},
               {"proxy_protocol", [&](auto& v, auto& q) { proxyProtocol(v, q, l.proxy_protocol); }},
+              {"h2c", [&](auto& v, auto& q) { boolean(v, q, l.h2c); }},
           });
     });
   }
@@ -809,6 +811,8 @@ class Decoder {
               {"name", [&](auto& v, auto& q) { str(v, q, c.name); }, true},
               {"lb",
                [&](auto& v, auto& q) { enumeration(v, q, kLbPolicies, c.lb, "load-balancing policy"); }},
+              {"protocol",
+               [&](auto& v, auto& q) { enumeration(v, q, kClusterProtocols, c.protocol, "protocol"); }},
               {"hash_on", [&](auto& v, auto& q) { hashOn(v, q, c.hash); }},
               {"endpoints", [&](auto& v, auto& q) { endpoints(v, q, c.endpoints); }, true},
               {"health_check", [&](auto& v, auto& q) { healthCheck(v, q, c.health_check); }},
@@ -1001,6 +1005,25 @@ class Decoder {
             {"idle", [&](auto& v, auto& p) { duration(v, p, t.idle); }},
             {"body_read", [&](auto& v, auto& p) { duration(v, p, t.body_read); }},
             {"drain", [&](auto& v, auto& p) { duration(v, p, t.drain); }},
+        });
+  }
+
+  void http2(const Value& n, const std::string& path, Http2& h) {
+    map(n, path,
+        {
+            {"max_concurrent_streams",
+             [&](auto& v, auto& p) { integer(v, p, h.max_concurrent_streams, 1, kMaxH2Streams); }},
+            {"initial_stream_window",
+             [&](auto& v, auto& p) { size(v, p, h.initial_stream_window); }},
+            {"max_frame_size", [&](auto& v, auto& p) { size(v, p, h.max_frame_size); }},
+            {"max_header_list_bytes", [&](auto& v, auto& p) { size(v, p, h.max_header_list_bytes); }},
+            {"max_resets_per_second",
+             [&](auto& v, auto& p) { integer(v, p, h.max_resets_per_second, 1, 1'000'000); }},
+            {"max_control_frames_per_second",
+             [&](auto& v, auto& p) { integer(v, p, h.max_control_frames_per_second, 1, 1'000'000); }},
+            {"max_continuation_frames",
+             [&](auto& v, auto& p) { integer(v, p, h.max_continuation_frames, 1, 10'000); }},
+            {"idle_timeout", [&](auto& v, auto& p) { duration(v, p, h.idle_timeout); }},
         });
   }
 

@@ -207,19 +207,19 @@ listeners:
 
 TEST(Loader, UnknownFieldWithoutACloseMatchListsTheFields) {
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1, colour: red}]\n"),
-            "line 2: listeners[0]: unknown field \"colour\" (expected one of: name, address, port, tls or proxy_protocol)");
+            "line 2: listeners[0]: unknown field \"colour\" (expected one of: name, address, port, tls, proxy_protocol or h2c)");
 }
 
 TEST(Loader, MessagesEscapeAndShortenUserText) {
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\n\"x\\e[2J\\n\": 1\n"),
             "line 3: unknown field \"x\\x1b[2J\\n\" (expected one of: schema, version, hash, workers, cpu_affinity, admin, "
-            "listeners, virtual_hosts, clusters, forwarding, limits, timeouts, access_log, fast_path or redis)");
+            "listeners, virtual_hosts, clusters, forwarding, limits, timeouts, http2, access_log, fast_path or redis)");
   std::string longName(200, 'n');
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\n" + longName + ": 1\n"),
             "line 3: unknown field \"" + std::string(80, 'n') +
                 "...\" (expected one of: schema, version, hash, workers, cpu_affinity, admin, listeners, virtual_hosts, "
                 "clusters, "
-                "forwarding, limits, timeouts, access_log, fast_path or redis)");
+                "forwarding, limits, timeouts, http2, access_log, fast_path or redis)");
 }
 
 TEST(Loader, DuplicateField) {
@@ -928,6 +928,8 @@ TEST(LoaderRouted, ErrorsNameTheRuleAndTheField) {
             "line 6: fast_path.routed[0].protocols[0]: must be \"tcp\" or \"udp\" (routed rules are raw TCP/UDP), got \"icmp\"");
   EXPECT_EQ(onlyError(std::string(kRoutedBase) + "    - {name: x}\n"),
             "line 6: fast_path.routed[0]: missing required field \"destinations\"");
+}
+
 // The edge fields (docs/rate-limiting.md, docs/proxy-protocol.md): errors point at line and field.
 std::string withRoute(std::string_view extra) {
   return std::string(R"(schema: 1

@@ -75,6 +75,7 @@ struct Listener {
   uint16_t port = 0;                 // 0 = kernel-chosen (tests); logged at start
   std::optional<ListenerTls> tls;    // absent = plain HTTP
   ProxyProtocol proxy_protocol;
+  bool h2c = false;                  // cleartext HTTP/2 with prior knowledge (plain listeners only)
   SourcePos pos;
 };
 
@@ -267,7 +268,10 @@ struct UpstreamTls {
 };
 
 struct Cluster {
+  // http2 = h2 over TLS (ALPN) when tls is set, else h2c with prior knowledge. gRPC needs http2.
+  enum class Protocol { kHttp1, kHttp2 };
   std::string name;
+  Protocol protocol = Protocol::kHttp1;
   std::vector<Endpoint> endpoints;
   LbPolicy lb = LbPolicy::kRoundRobin;
   HashPolicy hash;  // ring_hash / maglev only
@@ -306,6 +310,19 @@ struct Timeouts {
   Millis idle{60'000};         // keep-alive idle between requests
   Millis body_read{60'000};    // max gap between body reads from the client (408)
   Millis drain{20'000};        // graceful shutdown deadline
+};
+
+// HTTP/2 on the listeners (TLS with ALPN "h2", or h2c): stream limits and abuse limits
+// (docs/http2.md). Over a flood limit the connection gets GOAWAY ENHANCE_YOUR_CALM and is closed.
+struct Http2 {
+  uint32_t max_concurrent_streams = 100;
+  uint32_t initial_stream_window = 65535;        // bytes; the connection window is raised to 1 MiB
+  uint32_t max_frame_size = 16384;
+  uint32_t max_header_list_bytes = 65536;        // decoded; larger -> stream reset / 431
+  uint32_t max_resets_per_second = 100;          // client RST_STREAM (rapid reset, CVE-2023-44487)
+  uint32_t max_control_frames_per_second = 100;  // SETTINGS/PING/empty DATA/PRIORITY floods
+  uint32_t max_continuation_frames = 32;         // per header block (CONTINUATION flood)
+  Millis idle_timeout{300'000};
 };
 
 struct AccessLog {
@@ -391,6 +408,7 @@ struct Snapshot {
   Forwarding forwarding;
   Limits limits;
   Timeouts timeouts;
+  Http2 http2;
   AccessLog access_log;
   FastPath fast_path;
   std::optional<Redis> redis;

@@ -35,6 +35,7 @@ inline constexpr uint32_t kMaxRequestLine = 1 << 20;
 inline constexpr uint32_t kMinHeaderBytes = 1024;
 inline constexpr uint32_t kMaxHeaderBytes = 16 << 20;
 inline constexpr uint32_t kMaxHeaders = 10'000;
+inline constexpr uint32_t kMaxH2Streams = 10'000;  // http2.max_concurrent_streams
 inline constexpr Millis kMinHealthInterval{100};
 inline constexpr uint64_t kMaxRequestsPerSecond = 1'000'000'000;
 
@@ -52,6 +53,11 @@ inline constexpr Spelling<LbPolicy> kLbPolicies[] = {
     {"least_request", LbPolicy::kLeastRequest},
     {"ring_hash", LbPolicy::kRingHash},
     {"maglev", LbPolicy::kMaglev},
+};
+
+inline constexpr Spelling<Cluster::Protocol> kClusterProtocols[] = {
+    {"http1", Cluster::Protocol::kHttp1},
+    {"http2", Cluster::Protocol::kHttp2},
 };
 
 inline constexpr Spelling<HealthCheck::Type> kHealthTypes[] = {

@@ -54,6 +54,7 @@ class Validator {
     clusters();
     limits();
     timeouts();
+    http2();
     accessLog();
     fastPath();
     redis();
@@ -155,8 +156,7 @@ class Validator {
         error(path + ".address", l.pos, "must be an IPv4 or IPv6 address (names are not resolved here)");
         continue;
       }
-      if (l.port == 0) continue;  // kernel-chosen: never collides
-      for (size_t j = 0; j < i; ++j) {
+      for (size_t j = 0; j < i && l.port != 0; ++j) {  // port 0 is kernel-chosen: never collides
         const Listener& o = s_.listeners[j];
         if (o.port == l.port && overlaps(o.address, l.address)) {
           error(path, l.pos,
@@ -173,7 +173,10 @@ class Validator {
       }
       if (l.proxy_protocol.accept == ProxyProtocol::Mode::kOff && !l.proxy_protocol.trusted.empty())
         warn(path + ".proxy_protocol.trusted", l.pos, "is set but accept is off: no header is read");
-      if (s_.admin.enabled && s_.admin.port == l.port && overlaps(s_.admin.address, l.address))
+      if (l.tls && l.h2c)
+        error(path + ".h2c", l.pos,
+              "is for plain listeners only (a TLS listener offers HTTP/2 through tls.alpn: [h2, http/1.1])");
+      if (l.port != 0 && s_.admin.enabled && s_.admin.port == l.port && overlaps(s_.admin.address, l.address))
         error(path, l.pos,
               fmt::format("{} overlaps the admin endpoint ({})", formatHostPort(l.address, l.port),
                           formatHostPort(s_.admin.address, s_.admin.port)));
@@ -255,8 +258,9 @@ class Validator {
       error(path + ".min_version", at, "must be \"1.2\" or \"1.3\" (older versions are not offered)");
     if (t.groups.empty()) error(path + ".groups", at, "at least one group is required");
     for (size_t a = 0; a < t.alpn.size(); ++a)
-      if (t.alpn[a] != "http/1.1")
-        error(fmt::format("{}.alpn[{}]", path, a), at, quote(t.alpn[a]) + " is not supported (only \"http/1.1\")");
+      if (t.alpn[a] != "http/1.1" && t.alpn[a] != "h2")
+        error(fmt::format("{}.alpn[{}]", path, a), at,
+              quote(t.alpn[a]) + " is not supported (only \"h2\" and \"http/1.1\")");
     if (t.handshake_timeout.count() <= 0) error(path + ".handshake_timeout", at, "must be positive");
     if (t.session_tickets && t.ticket_key_rotation < Millis(1000))
       error(path + ".ticket_key_rotation", at, "must be at least 1s");
@@ -544,6 +548,9 @@ class Validator {
       const SourcePos at = c.pos;
       std::string path = fmt::format("clusters[{}]", i);
       name(c.name, path + ".name", at);
+      if (c.protocol == Cluster::Protocol::kHttp2)
+        error(path + ".protocol", at,
+              "\"http2\" is not implemented yet (HTTP/2 is served to clients; upstreams are HTTP/1.1)");
       if (c.tls) {
         if (c.tls->client_cert.empty() != c.tls->client_key.empty())
           error(path + ".tls." + (c.tls->client_cert.empty() ? "client_cert" : "client_key"), at,
@@ -697,6 +704,19 @@ class Validator {
     nonZero(t.idle, "timeouts.idle", {});
     nonZero(t.body_read, "timeouts.body_read", {});
     nonNegative(t.drain, "timeouts.drain", {});
+  }
+
+  void http2() {
+    const Http2& h = s_.http2;
+    if (h.initial_stream_window < 1 || h.initial_stream_window > 0x7fffffffu)
+      error("http2.initial_stream_window", {}, "must be between 1 and 2147483647 bytes");
+    if (h.max_frame_size < 16384 || h.max_frame_size > 16777215)
+      error("http2.max_frame_size", {}, "must be between 16KiB (16384) and 16777215 bytes (RFC 9113)");
+    if (h.max_header_list_bytes < 1024 || h.max_header_list_bytes > 16u * 1024 * 1024)
+      error("http2.max_header_list_bytes", {}, "must be between 1KiB and 16MiB");
+    if (h.max_concurrent_streams < 1 || h.max_concurrent_streams > kMaxH2Streams)
+      error("http2.max_concurrent_streams", {}, rangeMessage(1, kMaxH2Streams));
+    nonZero(h.idle_timeout, "http2.idle_timeout", {});
   }
 
   void accessLog() {

@@ -335,6 +335,7 @@ void writeCluster(JsonOut& j, const Cluster& c) {
   j.beginObject();
   j.field("name", c.name);
   j.field("lb", nameOf(kLbPolicies, c.lb));
+  if (c.protocol != Cluster::Protocol::kHttp1) j.field("protocol", nameOf(kClusterProtocols, c.protocol));
   // hash_on is written only where it means something (or was set), so that a file without it
   // round-trips without the "only used by ring_hash" warning.
   bool hashing = c.lb == LbPolicy::kRingHash || c.lb == LbPolicy::kMaglev;
@@ -455,6 +456,7 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
       j.endArray();
       j.endObject();
     }
+    if (l.h2c) j.field("h2c", true);
     j.endObject();
   }
   j.endArray();
@@ -513,6 +515,31 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
   j.field("body_read", t.body_read);
   j.field("drain", t.drain);
   j.endObject();
+
+  // Written only when set, so that files without it keep their canonical form (and hash).
+  const Http2& h2 = s.http2;
+  const Http2 h2_defaults;
+  const bool h2_set = h2.max_concurrent_streams != h2_defaults.max_concurrent_streams ||
+                      h2.initial_stream_window != h2_defaults.initial_stream_window ||
+                      h2.max_frame_size != h2_defaults.max_frame_size ||
+                      h2.max_header_list_bytes != h2_defaults.max_header_list_bytes ||
+                      h2.max_resets_per_second != h2_defaults.max_resets_per_second ||
+                      h2.max_control_frames_per_second != h2_defaults.max_control_frames_per_second ||
+                      h2.max_continuation_frames != h2_defaults.max_continuation_frames ||
+                      h2.idle_timeout != h2_defaults.idle_timeout;
+  if (h2_set) {
+    j.key("http2");
+    j.beginObject();
+    j.field("max_concurrent_streams", h2.max_concurrent_streams);
+    j.field("initial_stream_window", h2.initial_stream_window);
+    j.field("max_frame_size", h2.max_frame_size);
+    j.field("max_header_list_bytes", h2.max_header_list_bytes);
+    j.field("max_resets_per_second", h2.max_resets_per_second);
+    j.field("max_control_frames_per_second", h2.max_control_frames_per_second);
+    j.field("max_continuation_frames", h2.max_continuation_frames);
+    j.field("idle_timeout", h2.idle_timeout);
+    j.endObject();
+  }
 
   j.key("access_log");
   j.beginObject();

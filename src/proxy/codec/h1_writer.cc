@@ -211,7 +211,8 @@ size_t headerBytes(const Head& head) {
   return n;
 }
 
-void appendRewrites(HeadOut& out, const Rewrites& r) {
+template <typename Out>
+void appendRewrites(Out& out, const Rewrites& r) {
   if (r.vhost) {
     for (const auto& h : r.vhost->set)
       if (!r.route || (!listed(r.route->set, h.name) && !listed(r.route->remove, h.name)))
@@ -359,6 +360,40 @@ void writeLocalResponse(std::string& out_str, int status, std::string_view conte
   if (!keep_alive) out.put("Connection: close\r\n");
   out.put("\r\n");
   if (!head_request) out.put(body);
+}
+
+namespace {
+// Collects fields for an HTTP/2 HEADERS frame: names lower-cased (RFC 9113 §8.2.1).
+struct FieldsOut {
+  Fields& out;
+  void header(std::string_view n, std::string_view v) {
+    std::string name(n);
+    for (char& c : name) c = http::toLowerAscii(c);
+    out.emplace_back(std::move(name), std::string(v));
+  }
+};
+}  // namespace
+
+void responseFields(Fields& out, const http::ResponseHead& resp, Rewrites rw, bool keep_content_length) {
+  const bool any_rewrites = hasRewrites(rw);
+  ConnectionTokens conn = connectionTokens(resp);
+  FieldsOut f{out};
+  for (const auto& h : resp.headers) {
+    Kind k = classify(h.name);
+    if (k == Kind::kHop) continue;
+    if (k == Kind::kFraming && !(keep_content_length && equalsIgnoreCase(h.name, "content-length"))) continue;
+    if (conn.count && conn.contains(h.name)) continue;
+    if (any_rewrites && rewritten(rw, h.name)) continue;
+    f.header(h.name, h.value);
+  }
+  if (any_rewrites) appendRewrites(f, rw);
+}
+
+void rewriteFields(Fields& out, Rewrites rw) {
+  if (!hasRewrites(rw)) return;
+  std::erase_if(out, [&](const auto& h) { return rewritten(rw, h.first); });
+  FieldsOut f{out};
+  appendRewrites(f, rw);
 }
 
 std::string_view reasonPhrase(int status) {

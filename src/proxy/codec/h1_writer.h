@@ -5,6 +5,8 @@
 // framing headers are never copied: the proxy writes its own framing for each hop.
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "common/http/h1_parser.h"
 #include "config/model.h"
@@ -58,5 +60,13 @@ void writeLocalResponse(std::string& out, int status, std::string_view content_t
                         std::string_view request_id, Rewrites rewrites);
 
 std::string_view reasonPhrase(int status);
+
+// HTTP/2 (src/proxy/h2/): the same rules for a field list instead of an HTTP/1.1 head.
+using Fields = std::vector<std::pair<std::string, std::string>>;
+// Appends the upstream response's end-to-end fields, lower-cased, after the rewrites; hop-by-hop
+// and framing fields are dropped (Content-Length is kept when keep_content_length: it is exact).
+void responseFields(Fields& out, const http::ResponseHead& resp, Rewrites rewrites, bool keep_content_length);
+// Applies rewrites to a field list built by the proxy itself (local responses).
+void rewriteFields(Fields& out, Rewrites rewrites);
 
 }  // namespace marchproxy::proxy::codec

@@ -23,6 +23,8 @@
 #include "common/net/proxy_protocol.h"
 #include "proxy/codec/h1_writer.h"
 #include "proxy/server/server.h"
+#include "proxy/h2/server_session.h"
+#include "proxy/server/forward_common.h"
 #include "proxy/server/worker.h"
 #include "proxy/tls/session_info.h"
 
@@ -41,15 +43,6 @@ using namespace asio::experimental::awaitable_operators;  // NOLINT(google-build
 // expression: g++ 12 miscompiles some of those forms (SIGILL on resume, seen here).
 constexpr size_t kBodyChunk = 64 * 1024;  // read size while streaming bodies
 constexpr size_t kMaxRetryDiscard = 64 * 1024;
-
-bool isIdempotent(std::string_view m) {
-  return m == "GET" || m == "HEAD" || m == "OPTIONS" || m == "PUT" || m == "DELETE" || m == "TRACE";
-}
-
-int codeClass(int status) {
-  int c = status / 100;
-  return c < 1 ? 0 : c > 5 ? 4 : c - 1;
-}
 
 }  // namespace
 
@@ -163,10 +156,27 @@ asio::awaitable<void> HttpSession::run() {
       closeClient();
       co_return;
     }
+    const unsigned char* alpn = nullptr;
+    unsigned int alpn_len = 0;
+    SSL_get0_alpn_selected(tls_->stream.native_handle(), &alpn, &alpn_len);
+    if (std::string_view(reinterpret_cast<const char*>(alpn), alpn_len) == "h2") {
+      co_await runHttp2({});
+      co_await tlsShutdown();
+      closeClient();
+      co_return;
+    }
+  } else {
+    for (const auto& l : worker_.runtime()->rt->snapshot->listeners)
+      if (l.name == listener_.name) h2c_ = l.h2c;
   }
   for (;;) {
     {
       const bool ok_step = co_await readHead();
+      if (http2_) {
+        co_await runHttp2(rbuf_.view());
+        closeClient();
+        co_return;
+      }
       if (!ok_step) break;
     }
     {
@@ -349,11 +359,25 @@ asio::awaitable<bool> HttpSession::readHead() {
     setPhase(Phase::kReadingHead, snap.timeouts.header_read);
   }
   for (;;) {
-    if (!rbuf_.empty()) {
+    if (h2c_ && !rbuf_.empty()) {
+      // h2c prior knowledge: the connection starts with the HTTP/2 preface instead of a request.
+      const std::string_view v = rbuf_.view();
+      const size_t k = std::min(v.size(), h2::kClientPreface.size());
+      if (v.substr(0, k) != h2::kClientPreface.substr(0, k)) {
+        h2c_ = false;
+      } else if (k == h2::kClientPreface.size()) {
+        http2_ = true;
+        co_return false;
+      }
+    }
+    if (!rbuf_.empty() && !h2c_) {
       if (!x_) x_ = worker_.acquireExchange();
       http::ParseError perr;
       auto st = http::parseRequest(rbuf_.view(), limits_, x_->req, perr);
-      if (st == http::ParseStatus::kComplete) co_return true;
+      if (st == http::ParseStatus::kComplete) {
+        h2c_ = false;  // HTTP/1.1 it is, for the rest of the connection
+        co_return true;
+      }
       if (st == http::ParseStatus::kError) {
         resetRequestState();
         linger_ = true;
@@ -389,6 +413,16 @@ asio::awaitable<bool> HttpSession::readHead() {
     rbuf_.commit(n);
     worker_.stats().bytes_in += n;
   }
+}
+
+asio::awaitable<void> HttpSession::runHttp2(std::string_view preread) {
+  phase_ = Phase::kHttp2;
+  deadline_ns_ = INT64_MAX;
+  if (x_) worker_.releaseExchange(std::move(x_));
+  h2::ServerSession::Client c{client_, tls_ ? &tls_->stream : nullptr,
+                              tls_ && tls_->identity.present ? &tls_->identity : nullptr, client_ip_};
+  h2::ServerSession session(c, worker_, listener_);
+  co_await session.run(preread);
 }
 
 asio::awaitable<bool> HttpSession::handleRequest() {
@@ -719,35 +753,21 @@ void HttpSession::report(int cluster, int endpoint, upstream::Outcome o) {
 }
 
 void HttpSession::finishRequest(int status, std::string_view error) {
-  const int64_t end = monoNowNs();
-  if (route_id_ >= 0 && wrt_) {
-    RouteStats* rs = wrt_->route_stats[static_cast<size_t>(route_id_)];
-    ++rs->by_class[static_cast<size_t>(codeClass(status))];
-    rs->latency.observe(static_cast<double>(end - start_ns_) / 1e9);
-  }
-  if (AccessLogWriter* log = worker_.accessLog()) {
-    AccessEntry e;
-    e.request_id = x_->request_id;
-    e.client = client_ip_;
-    e.method = x_->log_method;
-    e.host = x_->log_host;
-    e.path = x_->log_path;
-    e.protocol = http10_ ? "HTTP/1.0" : "HTTP/1.1";
-    if (route_id_ >= 0 && wrt_) e.route = wrt_->rt->routes->routeName(static_cast<uint32_t>(route_id_));
-    e.cluster = log_cluster_;
-    e.upstream = x_->log_upstream;
-    e.error = error;
-    e.status = status;
-    e.bytes_in = req_bytes_;
-    e.bytes_out = resp_bytes_;
-    e.duration_ms = static_cast<double>(end - start_ns_) / 1e6;
-    if (upstream_start_ns_) e.upstream_ms = static_cast<double>((upstream_end_ns_ ? upstream_end_ns_ : end) -
-                                                                upstream_start_ns_) / 1e6;
-    e.unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    std::chrono::system_clock::now().time_since_epoch())
-                    .count();
-    log->append(e);
-  }
+  if (!worker_.accessLog() && (route_id_ < 0 || !wrt_)) return;
+  AccessEntry e;
+  e.request_id = x_->request_id;
+  e.client = client_ip_;
+  e.method = x_->log_method;
+  e.host = x_->log_host;
+  e.path = x_->log_path;
+  e.protocol = http10_ ? "HTTP/1.0" : "HTTP/1.1";
+  e.cluster = log_cluster_;
+  e.upstream = x_->log_upstream;
+  e.error = error;
+  e.status = status;
+  e.bytes_in = req_bytes_;
+  e.bytes_out = resp_bytes_;
+  recordRequest(worker_, wrt_.get(), route_id_, e, start_ns_, upstream_start_ns_, upstream_end_ns_);
 }
 
 // Streams the rest of a request body (whatever is not already in rbuf_) from the client to the
@@ -1074,8 +1094,9 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       conn = std::make_unique<upstream::UpstreamConnection>(worker_.ioc());
       upstream_ = conn.get();
       setPhase(Phase::kConnecting, cc.timeouts.connect);
-      auto [ec] = co_await conn->socket.async_connect(pool.endpoint(), kNoThrow);
-      if (ec) {
+      const ConnectStatus cs = co_await connectUpstream(
+          cr, ei, pool.endpoint(), *conn, send_pp ? proxyHeaderFor(cc.send_proxy_protocol) : std::string());
+      if (cs != ConnectStatus::kOk) {
         const bool timeout = timed_out_;
         ++cstats.connect_failures;
         report(m.cluster, idx, upstream::Outcome::kConnectFailure);
@@ -1086,61 +1107,9 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
         linger_ = !body_whole;
         rbuf_.consume(held);  // see above: a held body must not stay in the buffer
         held = 0;
-        {
-          const bool result = co_await respondError(timeout ? 504 : 502,
-                                        timeout ? "upstream connect timed out" : "upstream connect failed",
-                                        client_keep && body_whole);
-          co_return result;
-        }
-      }
-      boost::system::error_code oec;
-      conn->socket.set_option(tcp::no_delay(true), oec);
-      if (send_pp) {
-        const std::string pp = proxyHeaderFor(cc.send_proxy_protocol);
-        auto [pec, pn] = co_await asio::async_write(conn->socket, asio::buffer(pp), kNoThrow);
-        if (pec) {
-          ++cstats.connect_failures;
-          report(m.cluster, idx, upstream::Outcome::kConnectFailure);
-          linger_ = !body_whole;
-          rbuf_.consume(held);
-          held = 0;
-          const bool result = co_await respondError(502, "upstream write failed", client_keep && body_whole);
-          co_return result;
-        }
-      }
-      if (cr.tls) {
-        // Re-encryption: the TLS handshake is part of connecting (same timeout, same retry rules).
-        SSL* ssl = cr.tls->newSession(cc.endpoints[static_cast<size_t>(idx)].host);
-        bool hs_ok = ssl != nullptr;
-        if (hs_ok) {
-          conn->tls = std::make_unique<asio::ssl::stream<tcp::socket&>>(conn->socket, ssl);
-          auto [hec] = co_await conn->tls->async_handshake(asio::ssl::stream_base::client, kNoThrow);
-          if (hec) {
-            hs_ok = false;
-            const long verify = SSL_get_verify_result(ssl);
-            spdlog::warn("upstream tls handshake failed: cluster={} endpoint={} reason={}", cc.name,
-                         cr.keys[static_cast<size_t>(idx)],
-                         verify != X509_V_OK ? std::string("certificate: ") + X509_verify_cert_error_string(verify)
-                                             : hec.message());
-          }
-        }
-        if (!hs_ok) {
-          const bool timeout = timed_out_;
-          ++cstats.connect_failures;
-          report(m.cluster, idx, upstream::Outcome::kConnectFailure);
-          if (may_retry(static_cast<uint8_t>(config::RetryOn::kConnectFailure))) {
-            begin_retry(true);
-            continue;
-          }
-          linger_ = !body_whole;
-          rbuf_.consume(held);
-          held = 0;
-          const bool result = co_await respondError(timeout ? 504 : 502,
-                                                    timeout ? "upstream TLS handshake timed out"
-                                                            : "upstream TLS handshake failed",
-                                                    client_keep && body_whole);
-          co_return result;
-        }
+        const bool result =
+            co_await respondError(timeout ? 504 : 502, connectError(cs, timeout), client_keep && body_whole);
+        co_return result;
       }
       ++cstats.connections_opened;
     }

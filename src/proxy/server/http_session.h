@@ -57,6 +57,7 @@ class HttpSession {
   enum class Phase : uint8_t {
     kIdle, kReadingHead, kReadingBody, kConnecting, kWritingUpstream, kWaitingResponse,
     kStreamingResponse, kWritingClient, kLingering, kHandshake, kWebSocket,
+    kHttp2,  // handed to h2::ServerSession, which keeps its own deadlines
   };
   struct TlsState;  // the TLS stream and verified client identity (TLS listeners only)
 
@@ -64,6 +65,8 @@ class HttpSession {
   boost::asio::awaitable<bool> readProxyHeader(const config::ProxyProtocol& pp, std::chrono::milliseconds timeout);
   bool admitPerIp(uint32_t max);
   std::string proxyHeaderFor(config::Cluster::SendProxyProtocol version) const;
+  // The HTTP/2 hand-off: ALPN h2, or the h2c preface on a listener with h2c. preread: bytes read so far.
+  boost::asio::awaitable<void> runHttp2(std::string_view preread);
   boost::asio::awaitable<void> tlsShutdown();
   boost::asio::awaitable<bool> readHead();
   boost::asio::awaitable<bool> handleRequest();
@@ -111,6 +114,8 @@ class HttpSession {
   Phase phase_ = Phase::kIdle;
   bool timed_out_ = false;
   bool linger_ = false;  // unread request body may be pending: close gently
+  bool h2c_ = false;     // h2c listener: the first bytes may be the HTTP/2 preface
+  bool http2_ = false;   // readHead() saw the preface
   int64_t deadline_ns_ = INT64_MAX;
 
   // Per request, for the access log and metrics.

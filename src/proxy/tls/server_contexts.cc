@@ -145,6 +145,11 @@ std::shared_ptr<const ServerContexts> ServerContexts::build(const config::Listen
   const int min_version = cfg.min_version == "1.3" ? TLS1_3_VERSION : TLS1_2_VERSION;
 
   // ALPN protocols in wire format, kept in the object so the callback can use them.
+  for (const auto& proto : cfg.alpn) {
+    if (proto.empty() || proto.size() > 255) continue;
+    out->alpn_wire_.push_back(static_cast<char>(proto.size()));
+    out->alpn_wire_ += proto;
+  }
   for (size_t i = 0; i < cfg.certificates.size(); ++i) {
     const config::TlsCertificate& tc = cfg.certificates[i];
     const std::string field = path + ".certificates[" + std::to_string(i) + "]";
@@ -294,11 +299,19 @@ int ServerContexts::servernameCallback(SSL* ssl, int* /*alert*/, void* arg) {
   return SSL_TLSEXT_ERR_OK;
 }
 
-int ServerContexts::alpnCallback(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+int ServerContexts::alpnCallback(SSL* ssl, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
                                  unsigned int inlen, void*) {
+  // The listener's tls.alpn, in its order of preference ("h2" hands the connection to HTTP/2).
   static constexpr unsigned char kHttp11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+  const auto* self = static_cast<const ServerContexts*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), contextsIndex()));
+  const unsigned char* offer = kHttp11;
+  unsigned int offer_len = sizeof kHttp11;
+  if (self && !self->alpn_wire_.empty()) {
+    offer = reinterpret_cast<const unsigned char*>(self->alpn_wire_.data());
+    offer_len = static_cast<unsigned int>(self->alpn_wire_.size());
+  }
   unsigned char* selected = nullptr;
-  if (SSL_select_next_proto(&selected, outlen, kHttp11, sizeof kHttp11, in, inlen) == OPENSSL_NPN_NEGOTIATED) {
+  if (SSL_select_next_proto(&selected, outlen, offer, offer_len, in, inlen) == OPENSSL_NPN_NEGOTIATED) {
     *out = selected;
     return SSL_TLSEXT_ERR_OK;
   }

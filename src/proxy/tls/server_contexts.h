@@ -89,6 +89,7 @@ class ServerContexts {
   std::chrono::milliseconds handshake_timeout_{10'000};
   config::ClientAuth::Mode client_auth_ = config::ClientAuth::Mode::kNone;
   std::vector<FileStamp> files_;
+  std::string alpn_wire_;  // the protocols offered, in the listener's order of preference (wire format)
   bool tickets_ = true;
   int64_t rotation_ns_ = 0;
   mutable std::mutex ticket_mu_;

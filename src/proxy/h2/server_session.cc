@@ -1,0 +1,864 @@
+#include "proxy/h2/server_session.h"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <charconv>
+
+#include "common/base/buffer.h"
+#include "common/base/clock.h"
+#include "common/base/log.h"
+#include "common/http/h1_parser.h"
+#include "common/http/path.h"
+#include "proxy/codec/h1_writer.h"
+#include "proxy/server/forward_common.h"
+#include "proxy/server/worker.h"
+
+namespace marchproxy::proxy::h2 {
+namespace {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using Millis = std::chrono::milliseconds;
+using http::BodyFraming;
+constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
+constexpr size_t kOutHighWater = 64 * 1024;  // response bytes buffered per stream
+constexpr size_t kReadChunk = 16 * 1024;
+
+// Style note (as in http_session.cc): results of co_await go into a named local first.
+
+// gRPC status for a proxy-generated HTTP status (https://grpc.github.io/grpc/core/md_doc_http-grpc-status-mapping.html).
+int grpcStatus(int http) {
+  switch (http) {
+    case 400: return 13;  // INTERNAL
+    case 401: return 16;  // UNAUTHENTICATED
+    case 403: return 7;   // PERMISSION_DENIED
+    case 404: return 12;  // UNIMPLEMENTED
+    case 408:
+    case 504: return 4;   // DEADLINE_EXCEEDED
+    case 413:
+    case 429: return 8;   // RESOURCE_EXHAUSTED
+    case 502:
+    case 503: return 14;  // UNAVAILABLE
+    default: return 2;    // UNKNOWN
+  }
+}
+
+// A connection-specific field never goes into an HTTP/2 message (RFC 9113 §8.2.2).
+bool connectionSpecific(std::string_view n) {
+  return n == "connection" || n == "keep-alive" || n == "proxy-connection" || n == "transfer-encoding" ||
+         n == "upgrade" || n == "te" || n == "trailer";
+}
+
+// Raw HTTP/1.1 trailer lines ("Name: value\r\n"...) as HTTP/2 fields.
+Fields parseTrailers(std::string_view raw) {
+  Fields out;
+  while (!raw.empty()) {
+    size_t eol = raw.find("\r\n");
+    std::string_view line = raw.substr(0, eol);
+    raw = eol == std::string_view::npos ? std::string_view{} : raw.substr(eol + 2);
+    size_t colon = line.find(':');
+    if (colon == std::string_view::npos || colon == 0) continue;
+    std::string name(line.substr(0, colon));
+    for (char& c : name) c = http::toLowerAscii(c);
+    std::string_view v = line.substr(colon + 1);
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+    if (connectionSpecific(name) || name == "content-length") continue;
+    out.emplace_back(std::move(name), std::string(v));
+  }
+  return out;
+}
+
+}  // namespace
+
+struct ServerSession::Stream {
+  explicit Stream(asio::io_context& ioc) : cv(ioc) {}
+  int32_t id = 0;
+  Request req;
+  std::string cookie;        // HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one
+  std::string in;            // request body bytes not yet sent upstream
+  bool in_end = false;       // the request body is complete
+  bool gone = false;         // closed or reset: stop working on it
+  asio::steady_timer cv;     // wait/notify (cancel() wakes the waiter)
+  std::string out;           // response body bytes not yet taken by the codec
+  size_t out_off = 0;
+  bool out_eof = false;
+  bool responded = false;
+  Fields trailers;
+  std::unique_ptr<upstream::UpstreamConnection> up;
+  int64_t deadline_ns = INT64_MAX;
+  bool timed_out = false;
+  // request record
+  std::shared_ptr<server::WorkerRuntime> wrt;
+  int64_t start_ns = 0, upstream_start_ns = 0, upstream_end_ns = 0;
+  int route_id = -1;
+  int status = 0;
+  bool grpc = false;
+  bool head = false;
+  std::string request_id, path, log_upstream;
+  std::string_view log_cluster;
+  uint64_t bytes_in = 0, bytes_out = 0;
+
+  void notify() { cv.cancel(); }
+  void setDeadline(Millis t) {
+    timed_out = false;
+    deadline_ns = coarseNowNs() + t.count() * kNsPerMs;
+  }
+  size_t pending() const { return out.size() - out_off; }
+};
+
+ServerSession::ServerSession(Client client, server::Worker& worker, const server::ListenerInfo& listener)
+    : client_(client), worker_(worker), listener_(listener), write_cv_(worker.ioc()), done_cv_(worker.ioc()) {}
+
+ServerSession::~ServerSession() = default;
+
+asio::awaitable<void> ServerSession::run(std::string_view preread) {
+  const std::shared_ptr<server::WorkerRuntime> wrt = worker_.runtime();
+  codec_ = std::make_unique<ServerCodec>(wrt->rt->snapshot->http2, *this);
+  last_active_ns_ = coarseNowNs();
+  auto ex = co_await asio::this_coro::executor;
+  tasks_ += 2;
+  asio::co_spawn(ex, writeLoop(), asio::detached);
+  asio::co_spawn(ex, sweepLoop(), asio::detached);
+  bool ok = true;
+  if (!preread.empty()) ok = codec_->feed(preread);  // counted in bytes_in by HttpSession
+  flush();
+  if (ok) co_await readLoop();
+  if (codec_->flooded())
+    spdlog::warn("http2: closing connection from {}: {} (GOAWAY ENHANCE_YOUR_CALM)", client_.ip,
+                 codec_->floodReason());
+  stop();
+  // The writer gets a moment to send what is queued (GOAWAY, last responses); a client that does
+  // not read it loses its connection then, so a stuck write never pins the session.
+  const int64_t give_up = coarseNowNs() + 2000 * kNsPerMs;
+  while (tasks_ > 0) {
+    done_cv_.expires_after(Millis(200));
+    auto [ec] = co_await done_cv_.async_wait(kNoThrow);
+    (void)ec;
+    if (tasks_ > 0 && coarseNowNs() > give_up) {
+      boost::system::error_code cec;
+      client_.socket.close(cec);
+    }
+  }
+}
+
+// Ends the connection: every stream stops (its upstream socket closes), the writer sends what is
+// queued (a GOAWAY) and exits.
+void ServerSession::stop() {
+  stopping_ = true;
+  for (auto& [id, s] : streams_) {
+    s->gone = true;
+    boost::system::error_code ec;
+    if (s->up) s->up->socket.close(ec);
+    s->notify();
+  }
+  flush();
+}
+
+void ServerSession::flush() { write_cv_.cancel(); }
+
+asio::awaitable<void> ServerSession::readLoop() {
+  std::string buf(kReadChunk, '\0');
+  for (;;) {
+    boost::system::error_code ec;
+    size_t n = 0;
+    if (client_.tls) {
+      auto [rec, rn] = co_await client_.tls->async_read_some(asio::buffer(buf), kNoThrow);
+      ec = rec;
+      n = rn;
+    } else {
+      auto [rec, rn] = co_await client_.socket.async_read_some(asio::buffer(buf), kNoThrow);
+      ec = rec;
+      n = rn;
+    }
+    if (ec || stopping_) co_return;
+    last_active_ns_ = coarseNowNs();
+    worker_.stats().bytes_in += n;
+    const bool ok = codec_->feed(std::string_view(buf.data(), n));
+    flush();
+    if (!ok) co_return;
+  }
+}
+
+asio::awaitable<void> ServerSession::writeLoop() {
+  for (;;) {
+    wbuf_.clear();
+    codec_->takeOutput(wbuf_);
+    if (wbuf_.empty()) {
+      if (stopping_) break;
+      write_cv_.expires_at(asio::steady_timer::time_point::max());
+      auto [ec] = co_await write_cv_.async_wait(kNoThrow);
+      (void)ec;
+      continue;
+    }
+    writing_ = true;
+    boost::system::error_code ec;
+    size_t n = 0;
+    if (client_.tls) {
+      auto [wec, wn] = co_await asio::async_write(*client_.tls, asio::buffer(wbuf_), kNoThrow);
+      ec = wec;
+      n = wn;
+    } else {
+      auto [wec, wn] = co_await asio::async_write(client_.socket, asio::buffer(wbuf_), kNoThrow);
+      ec = wec;
+      n = wn;
+    }
+    writing_ = false;
+    worker_.stats().bytes_out += n;
+    if (ec) {
+      boost::system::error_code cec;
+      client_.socket.close(cec);  // the reader ends too
+      break;
+    }
+  }
+  if (--tasks_ == 0) done_cv_.cancel();
+}
+
+asio::awaitable<void> ServerSession::sweepLoop() {
+  asio::steady_timer t(worker_.ioc());
+  while (!stopping_) {
+    t.expires_after(Millis(100));
+    auto [ec] = co_await t.async_wait(kNoThrow);
+    (void)ec;
+    if (stopping_) break;
+    const int64_t now = coarseNowNs();
+    for (auto& [id, s] : streams_) {
+      if (s->deadline_ns < now) {
+        s->deadline_ns = INT64_MAX;
+        s->timed_out = true;
+        boost::system::error_code cec;
+        if (s->up) s->up->socket.cancel(cec);
+        s->notify();
+      }
+    }
+    const config::Http2& h2 = worker_.runtime()->rt->snapshot->http2;
+    if (!goaway_sent_ && (worker_.draining() ||
+                          (streams_.empty() && now - last_active_ns_ > h2.idle_timeout.count() * kNsPerMs))) {
+      goaway_sent_ = true;  // graceful: streams in flight finish, new ones are refused
+      codec_->goaway(true);
+      flush();
+    }
+    if (goaway_sent_ && streams_.empty() && !writing_) {
+      boost::system::error_code cec;
+      client_.socket.cancel(cec);  // the reader returns; run() stops the rest
+      break;
+    }
+  }
+  if (--tasks_ == 0) done_cv_.cancel();
+}
+
+// ------------------------------------------------------------------ codec callbacks
+
+void ServerSession::onRequest(int32_t id, Request& req, bool end_stream) {
+  if (stopping_) return;
+  auto s = std::make_shared<Stream>(worker_.ioc());
+  s->id = id;
+  s->req = std::move(req);
+  s->in_end = end_stream;
+  streams_[id] = s;
+  ++tasks_;
+  asio::co_spawn(worker_.ioc(), serve(s), asio::detached);
+}
+
+void ServerSession::onData(int32_t id, std::string_view data) {
+  auto it = streams_.find(id);
+  if (it == streams_.end() || it->second->gone) {
+    codec_->consume(id, data.size());  // nobody wants it: give the window back at once
+    return;
+  }
+  Stream& s = *it->second;
+  s.in.append(data);
+  s.bytes_in += data.size();
+  s.notify();
+}
+
+void ServerSession::onEndStream(int32_t id) {
+  auto it = streams_.find(id);
+  if (it == streams_.end()) return;
+  it->second->in_end = true;
+  it->second->notify();
+}
+
+void ServerSession::onClose(int32_t id, uint32_t) {
+  auto it = streams_.find(id);
+  if (it == streams_.end()) return;
+  Stream& s = *it->second;
+  s.gone = true;
+  boost::system::error_code ec;
+  if (s.up && !s.out_eof) s.up->socket.cancel(ec);
+  s.notify();
+  streams_.erase(it);
+}
+
+BodyChunk ServerSession::readBody(int32_t id, uint8_t* buf, size_t len) {
+  BodyChunk b;
+  auto it = streams_.find(id);
+  if (it == streams_.end()) {
+    b.eof = true;
+    return b;
+  }
+  Stream& s = *it->second;
+  const size_t n = std::min(len, s.pending());
+  std::memcpy(buf, s.out.data() + s.out_off, n);
+  s.out_off += n;
+  s.bytes_out += n;
+  if (s.out_off == s.out.size()) {
+    s.out.clear();
+    s.out_off = 0;
+  }
+  b.n = n;
+  if (s.pending() == 0) {
+    if (s.out_eof) {
+      b.eof = true;
+      b.trailers = &s.trailers;
+    } else {
+      b.deferred = n == 0;
+      s.notify();  // room again: the stream may read more from its upstream
+    }
+  }
+  return b;
+}
+
+// ------------------------------------------------------------------ streams
+
+asio::awaitable<bool> ServerSession::waitFor(Stream& s) {
+  if (s.gone) co_return false;
+  s.cv.expires_at(asio::steady_timer::time_point::max());
+  auto [ec] = co_await s.cv.async_wait(kNoThrow);
+  (void)ec;
+  co_return !s.gone;
+}
+
+void ServerSession::respondLocal(Stream& s, int status, std::string_view body, std::string_view content_type,
+                                 std::string_view location, const router::RouteTable::Match* m) {
+  if (s.gone || s.responded) return;
+  s.responded = true;
+  s.status = status;
+  Fields f;
+  if (!location.empty()) f.emplace_back("location", std::string(location));
+  f.emplace_back("x-request-id", s.request_id);
+  if (m) codec::rewriteFields(f, {&m->vhost->response_headers, &m->route->response_headers});
+  const bool has_body = !body.empty() && !s.head;
+  if (!content_type.empty() && !body.empty()) f.emplace_back("content-type", std::string(content_type));
+  f.emplace_back("content-length", std::to_string(body.size()));
+  if (has_body) {
+    s.out.assign(body);
+    s.out_eof = true;
+  }
+  codec_->submitResponse(s.id, status, f, has_body);
+  flush();
+}
+
+void ServerSession::respondError(Stream& s, int status, std::string_view reason) {
+  ++worker_.stats().local_responses[status];
+  if (s.grpc && !s.responded && !s.gone) {
+    // Trailers-only gRPC response: HTTP 200, the status in grpc-status (gRPC over HTTP/2 spec).
+    s.responded = true;
+    s.status = status;
+    Fields f{{"content-type", "application/grpc"},
+             {"grpc-status", std::to_string(grpcStatus(status))},
+             {"grpc-message", std::string(reason)},
+             {"x-request-id", s.request_id}};
+    codec_->submitResponse(s.id, 200, f, false);
+    flush();
+  } else {
+    respondLocal(s, status, fmt::format("{} {}: {}\n", status, codec::reasonPhrase(status), reason));
+  }
+  finish(s, reason);
+}
+
+void ServerSession::finish(Stream& s, std::string_view error) {
+  server::AccessEntry e;
+  e.request_id = s.request_id;
+  e.client = client_.ip;
+  e.method = s.req.method;
+  e.host = s.req.authority;
+  e.path = s.path;
+  e.protocol = "HTTP/2";
+  e.cluster = s.log_cluster;
+  e.upstream = s.log_upstream;
+  e.error = error;
+  e.status = s.status;
+  e.bytes_in = s.bytes_in;
+  e.bytes_out = s.bytes_out;
+  server::recordRequest(worker_, s.wrt.get(), s.route_id, e, s.start_ns, s.upstream_start_ns, s.upstream_end_ns);
+}
+
+asio::awaitable<void> ServerSession::serve(std::shared_ptr<Stream> sp) {
+  Stream& s = *sp;
+  s.wrt = worker_.runtime();  // each request routes on the newest config
+  s.start_ns = monoNowNs();
+  ++worker_.stats().requests_total;
+  char id[32];
+  worker_.newRequestId(id);
+  s.request_id.assign(id, sizeof id);
+  Request& r = s.req;
+  std::string_view host = r.authority;
+  for (auto& [n, v] : r.headers) {
+    if (n == "content-type" && v.starts_with("application/grpc")) s.grpc = true;
+    if (n == "x-request-id" && !v.empty() && v.size() <= 128 &&
+        std::all_of(v.begin(), v.end(), [](char c) { return c > 0x20 && c < 0x7f && c != '"'; }))
+      s.request_id = v;
+    if (n == "host" && host.empty()) host = v;
+    if (n == "cookie") s.cookie += (s.cookie.empty() ? "" : "; ") + v;
+  }
+  s.head = r.method == "HEAD";
+  const std::string_view target = r.path;
+  const size_t q = target.find('?');
+  std::string_view path = target.substr(0, q);
+  s.path = path;
+
+  if (r.method == "CONNECT") {
+    respondError(s, 405, "CONNECT is not served by an ingress listener");
+  } else if (host.empty() || path.empty() || path[0] != '/') {
+    respondError(s, 400, "missing :authority or an origin-form :path");
+  } else {
+    std::string norm;
+    std::string_view routed = path;
+    const auto pn = http::normalizePath(routed, &norm);
+    if (pn == http::PathNormalization::kInvalid) {
+      respondError(s, 400, "malformed percent-encoding in the path");
+    } else {
+      if (pn == http::PathNormalization::kNormalized) routed = norm;
+      s.path = routed;
+      std::vector<http::Header> hv;
+      hv.reserve(r.headers.size());
+      for (auto& [n, v] : r.headers) hv.push_back({n, v});
+      auto m = s.wrt->rt->routes->match(host, r.method, s.path, hv);
+      if (!m) {
+        respondError(s, 404, "no route for this host and path");
+      } else {
+        s.route_id = static_cast<int>(m->route_id);
+        const config::Route& route = *m->route;
+        const std::string_view query = q == std::string_view::npos ? std::string_view{} : target.substr(q + 1);
+        if (!listener_.tls && m->vhost->redirect_to_https != 0) {
+          config::RedirectAction to_https;
+          to_https.code = m->vhost->redirect_to_https;
+          to_https.scheme = "https";
+          respondLocal(s, to_https.code, {}, {},
+                       router::redirectLocation(to_https, *m, listener_.scheme, host, s.path, query), &*m);
+          finish(s, {});
+        } else if (!route.allowed_client_names.empty() &&
+                   !(client_.identity && client_.identity->allows(route.allowed_client_names))) {
+          respondError(s, 403, "client certificate not allowed on this route");
+        } else if (route.action == config::ActionKind::kDirectResponse) {
+          respondLocal(s, route.direct.status, route.direct.body, route.direct.content_type, {}, &*m);
+          finish(s, {});
+        } else if (route.action == config::ActionKind::kRedirect) {
+          respondLocal(s, route.redirect.code, {}, {},
+                       router::redirectLocation(route.redirect, *m, listener_.scheme, host, s.path, query), &*m);
+          finish(s, {});
+        } else {
+          // RATE LIMIT HOOK: when branch `edge` is merged, ask worker_.rateLimiter().check() here
+          // exactly as the HTTP/1.1 path does (429 + Retry-After; gRPC: grpc-status 8).
+          co_await forward(s, *m);
+        }
+      }
+    }
+  }
+  // A request body nobody read: its window goes back so the connection does not stall.
+  if (!s.in.empty()) {
+    codec_->consume(s.id, s.in.size());
+    s.in.clear();
+  }
+  if (!s.responded && !s.gone) codec_->reset(s.id, NGHTTP2_INTERNAL_ERROR);
+  flush();
+  if (--tasks_ == 0) done_cv_.cancel();
+}
+
+// Writes the request body to the upstream as it arrives; the client's window is given back only
+// for bytes the upstream took. chunked: the request had no content-length.
+asio::awaitable<bool> ServerSession::sendBody(Stream& s, bool chunked) {
+  const Millis stall = s.wrt->rt->snapshot->timeouts.body_read;
+  const uint64_t max_body = s.wrt->rt->snapshot->limits.max_body_bytes;
+  uint64_t total = 0;
+  std::string chunk;
+  for (;;) {
+    if (!s.in.empty()) {
+      total += s.in.size();
+      if (max_body && total > max_body) {
+        respondError(s, 413, "request body larger than limits.max_body_bytes");
+        co_return false;
+      }
+      std::swap(chunk, s.in);
+      s.in.clear();
+      const size_t n = chunk.size();
+      if (chunked) chunk = fmt::format("{:x}\r\n", n) + chunk + "\r\n";
+      s.setDeadline(stall);
+      boost::system::error_code ec;
+      if (s.up->tls) {
+        auto [wec, wn] = co_await asio::async_write(*s.up->tls, asio::buffer(chunk), kNoThrow);
+        ec = wec;
+      } else {
+        auto [wec, wn] = co_await asio::async_write(s.up->socket, asio::buffer(chunk), kNoThrow);
+        ec = wec;
+      }
+      if (ec) {
+        if (!s.gone) respondError(s, s.timed_out ? 504 : 502, "upstream write failed");
+        co_return false;
+      }
+      if (!s.gone) codec_->consume(s.id, n);
+      flush();
+      chunk.clear();
+      continue;
+    }
+    if (s.in_end) break;
+    s.setDeadline(stall);
+    const bool alive = co_await waitFor(s);
+    if (!alive) co_return false;
+    if (s.timed_out && s.in.empty() && !s.in_end) {
+      respondError(s, 408, "timed out reading the request body");
+      co_return false;
+    }
+  }
+  if (chunked) {
+    boost::system::error_code ec;
+    static constexpr std::string_view kLast = "0\r\n\r\n";
+    if (s.up->tls) {
+      auto [wec, wn] = co_await asio::async_write(*s.up->tls, asio::buffer(kLast), kNoThrow);
+      ec = wec;
+    } else {
+      auto [wec, wn] = co_await asio::async_write(s.up->socket, asio::buffer(kLast), kNoThrow);
+      ec = wec;
+    }
+    if (ec) {
+      respondError(s, 502, "upstream write failed");
+      co_return false;
+    }
+  }
+  co_return true;
+}
+
+asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable::Match& m) {
+  server::WorkerRuntime& wrt = *s.wrt;
+  const server::Runtime& rt = *wrt.rt;
+  const config::Snapshot& snap = *rt.snapshot;
+  const size_t ci = static_cast<size_t>(m.cluster);
+  const server::ClusterRuntime& cr = rt.clusters[ci];
+  const config::Cluster& cc = *cr.config;
+  const config::Route& route = *m.route;
+  const config::RetryPolicy& rp = route.forward.retry;
+  server::ClusterStats& cstats = *wrt.cluster_stats[ci];
+  upstream::LoadBalancer& lb = *wrt.lbs[ci];
+  s.log_cluster = cc.name;
+  Request& r = s.req;
+
+  // The HTTP/1.1 view of the request, for the shared head writer.
+  http::RequestHead rh;
+  rh.method = r.method;
+  rh.target = r.path;
+  const size_t q = r.path.find('?');
+  rh.path = s.path;
+  rh.query = q == std::string::npos ? std::string_view{} : std::string_view(r.path).substr(q + 1);
+  rh.host = r.authority;
+  bool have_cl = false;
+  uint64_t cl = 0;
+  for (auto& [n, v] : r.headers) {
+    if (n == "host") {
+      if (rh.host.empty()) rh.host = v;
+      continue;  // :authority wins (RFC 9113 §8.3.1)
+    }
+    if (n == "cookie") continue;
+    if (n == "content-length") {
+      have_cl = std::from_chars(v.data(), v.data() + v.size(), cl).ec == std::errc{};
+      continue;
+    }
+    rh.headers.push_back({n, v});
+  }
+  if (!s.cookie.empty()) rh.headers.push_back({"cookie", s.cookie});
+  const bool has_body = !(s.in_end && s.in.empty() && (!have_cl || cl == 0));
+  codec::UpstreamRequest up_req;
+  std::string rewritten;
+  up_req.method = r.method;
+  up_req.path = s.path;
+  if (router::hasPathRewrite(route)) {
+    rewritten = router::rewritePath(m, s.path);
+    up_req.path = rewritten;
+  }
+  up_req.query = rh.query;
+  up_req.has_query = q != std::string::npos;
+  up_req.host = route.forward.host_rewrite ? std::string_view(*route.forward.host_rewrite) : rh.host;
+  up_req.client_ip = client_.ip;
+  up_req.scheme = listener_.scheme;
+  up_req.request_id = s.request_id;
+  if (client_.identity && client_.identity->present) {
+    up_req.client_cert_subject = client_.identity->subject;
+    up_req.client_cert_san = client_.identity->san;
+  }
+  if (have_cl) {
+    up_req.body = codec::BodyOut::kContentLength;
+    up_req.content_length = cl;
+  } else if (has_body) {
+    up_req.body = codec::BodyOut::kChunked;
+  }
+  std::string up_head;
+  codec::writeUpstreamRequest(up_head, rh, up_req, snap.forwarding, {&m.vhost->request_headers, &route.request_headers});
+
+  const uint64_t hash = cc.lb == config::LbPolicy::kRingHash || cc.lb == config::LbPolicy::kMaglev
+                            ? upstream::requestHash(cc.hash, client_.ip, rh.headers)
+                            : 0;
+  const Millis response_timeout = route.forward.timeout.count() ? route.forward.timeout : cc.timeouts.response;
+  const Millis try_timeout = rp.per_try_timeout.count() ? rp.per_try_timeout : response_timeout;
+  // Retries here: connect failures (and a pooled connection found closed) of requests without a body.
+  uint32_t retries_left = server::isIdempotent(r.method) && !has_body ? rp.attempts : 0;
+  int exclude = -1;
+  bool force_fresh = false;
+  uint32_t& active = wrt.active_requests[ci];
+  ++active;
+  struct ActiveGuard {
+    uint32_t& a;
+    ~ActiveGuard() { --a; }
+  } active_guard{active};
+
+  for (;;) {
+    if (s.gone) co_return;
+    const int64_t now = upstream::steadyNowNs();
+    const int idx = lb.pick(hash, exclude, [&](size_t i) { return cr.health->available(i, now); });
+    if (idx < 0) {
+      respondError(s, 503, "no healthy upstream");
+      co_return;
+    }
+    const size_t ei = static_cast<size_t>(idx);
+    upstream::EndpointPool& pool = *wrt.pools[ci][ei];
+    s.log_upstream = cr.keys[ei];
+    if (!s.upstream_start_ns) s.upstream_start_ns = monoNowNs();
+    std::unique_ptr<upstream::UpstreamConnection> conn;
+    if (!force_fresh) conn = pool.checkout(coarseNowNs(), cc.timeouts.idle.count() * kNsPerMs);
+    const bool reused = conn != nullptr;
+    force_fresh = false;
+    ++pool.active;
+    lb.onRequestStart(ei);
+    struct EndpointGuard {
+      upstream::EndpointPool& pool;
+      upstream::LoadBalancer& lb;
+      size_t ei;
+      ~EndpointGuard() {
+        --pool.active;
+        lb.onRequestEnd(ei);
+      }
+    } endpoint_guard{pool, lb, ei};
+    auto report = [&](upstream::Outcome o) {
+      if (cr.health) cr.health->onResult(ei, o, upstream::steadyNowNs());
+    };
+
+    if (!conn) {
+      s.up = std::make_unique<upstream::UpstreamConnection>(worker_.ioc());
+      s.setDeadline(cc.timeouts.connect);
+      const server::ConnectStatus cs = co_await server::connectUpstream(cr, ei, pool.endpoint(), *s.up);
+      if (s.gone) co_return;
+      if (cs != server::ConnectStatus::kOk) {
+        ++cstats.connect_failures;
+        report(upstream::Outcome::kConnectFailure);
+        if (retries_left > 0 && (rp.on & static_cast<uint8_t>(config::RetryOn::kConnectFailure))) {
+          --retries_left;
+          ++cstats.retries;
+          exclude = idx;
+          continue;
+        }
+        respondError(s, s.timed_out ? 504 : 502, server::connectError(cs, s.timed_out));
+        co_return;
+      }
+      ++cstats.connections_opened;
+    } else {
+      s.up = std::move(conn);
+    }
+
+    // --- the head, then the body as it comes
+    s.setDeadline(try_timeout);
+    {
+      boost::system::error_code ec;
+      if (s.up->tls) {
+        auto [wec, wn] = co_await asio::async_write(*s.up->tls, asio::buffer(up_head), kNoThrow);
+        ec = wec;
+      } else {
+        auto [wec, wn] = co_await asio::async_write(s.up->socket, asio::buffer(up_head), kNoThrow);
+        ec = wec;
+      }
+      if (s.gone) co_return;
+      if (ec) {
+        if (reused && !s.timed_out && !has_body) {
+          force_fresh = true;
+          continue;
+        }
+        report(upstream::Outcome::kConnectFailure);
+        respondError(s, s.timed_out ? 504 : 502, "upstream write failed");
+        co_return;
+      }
+    }
+    if (has_body) {
+      const bool sent = co_await sendBody(s, !have_cl);
+      if (!sent) co_return;
+    }
+
+    // --- the response head
+    s.setDeadline(try_timeout);
+    Buffer ubuf(16 * 1024);
+    http::ResponseHead resp;
+    http::ParseLimits limits;
+    limits.max_request_line = snap.limits.max_request_line;
+    limits.max_header_bytes = snap.limits.max_header_bytes;
+    limits.max_headers = snap.limits.max_headers;
+    bool got_head = false, any_byte = false;
+    http::ParseError perr;
+    boost::system::error_code rec;
+    for (;;) {
+      if (!ubuf.empty()) {
+        any_byte = true;
+        auto st = http::parseResponse(ubuf.view(), limits, s.head, resp, perr);
+        if (st == http::ParseStatus::kComplete) {
+          if (resp.status >= 100 && resp.status < 200) {
+            ubuf.consume(resp.head_size);
+            continue;
+          }
+          got_head = true;
+          break;
+        }
+        if (st == http::ParseStatus::kError) break;
+      }
+      size_t room = ubuf.prepare(4096, limits.max_request_line + limits.max_header_bytes + 16);
+      if (room == 0) break;
+      size_t n = 0;
+      if (s.up->tls) {
+        auto [e, rn] = co_await s.up->tls->async_read_some(asio::buffer(ubuf.tail(), room), kNoThrow);
+        rec = e;
+        n = rn;
+      } else {
+        auto [e, rn] = co_await s.up->socket.async_read_some(asio::buffer(ubuf.tail(), room), kNoThrow);
+        rec = e;
+        n = rn;
+      }
+      if (rec) break;
+      ubuf.commit(n);
+    }
+    if (s.gone) co_return;
+    if (!got_head) {
+      if (rec && s.timed_out) {
+        ++cstats.timeouts;
+        report(upstream::Outcome::k5xx);
+        respondError(s, 504, "upstream response timed out");
+        co_return;
+      }
+      if (rec && !any_byte && reused && !has_body) {
+        force_fresh = true;  // a pooled connection the upstream had closed: one fresh try
+        continue;
+      }
+      report(rec ? upstream::Outcome::kConnectFailure : upstream::Outcome::k5xx);
+      respondError(s, 502, rec ? "upstream closed the connection before responding"
+                               : (perr.reason[0] ? perr.reason : "invalid response from upstream"));
+      co_return;
+    }
+    const int status = resp.status;
+    report(status >= 500 ? upstream::Outcome::k5xx : upstream::Outcome::kSuccess);
+    s.upstream_end_ns = monoNowNs();
+
+    // --- relay the response
+    Fields f;
+    codec::responseFields(f, resp, {&m.vhost->response_headers, &route.response_headers},
+                          resp.framing == BodyFraming::kContentLength || s.head || status == 304);
+    for (auto it = f.begin(); it != f.end();)
+      it = connectionSpecific(it->first) ? f.erase(it) : it + 1;
+    const bool body = resp.framing != BodyFraming::kNone;
+    s.status = status;
+    s.responded = true;
+    codec_->submitResponse(s.id, status, f, body);
+    flush();
+    const BodyFraming framing = resp.framing;
+    uint64_t remaining = resp.content_length;
+    const bool resp_keep = resp.keep_alive;
+    ubuf.consume(resp.head_size);
+    http::ChunkedDecoder chunks;
+    chunks.keep_trailers = true;
+    std::vector<std::string_view> pieces;
+    bool done = !body;
+    bool ok = true;
+    const Millis stall = snap.timeouts.body_read;
+    while (!done) {
+      if (!ubuf.empty()) {
+        size_t take = 0;
+        if (framing == BodyFraming::kChunked) {
+          pieces.clear();
+          auto cr2 = chunks.decode(ubuf.view(), &pieces);
+          if (cr2.error) {
+            ok = false;
+            break;
+          }
+          for (auto p : pieces) s.out.append(p);
+          take = cr2.consumed;
+          done = cr2.done;
+        } else if (framing == BodyFraming::kContentLength) {
+          take = static_cast<size_t>(std::min<uint64_t>(remaining, ubuf.size()));
+          s.out.append(ubuf.view().substr(0, take));
+          remaining -= take;
+          done = remaining == 0;
+        } else {
+          take = ubuf.size();
+          s.out.append(ubuf.view());
+        }
+        ubuf.consume(take);
+        codec_->resume(s.id);
+        flush();
+        if (done) break;
+      } else if (framing == BodyFraming::kContentLength && remaining == 0) {
+        done = true;
+        break;
+      }
+      // Backpressure: read more only once the codec took what is buffered.
+      while (s.pending() >= kOutHighWater && !s.gone) {
+        s.setDeadline(stall);
+        const bool alive = co_await waitFor(s);
+        if (!alive || s.timed_out) break;
+      }
+      if (s.gone || s.timed_out) {
+        ok = false;
+        break;
+      }
+      s.setDeadline(stall);
+      size_t room = ubuf.prepare(kReadChunk, 64 * 1024);
+      boost::system::error_code ec;
+      size_t n = 0;
+      if (s.up->tls) {
+        auto [e, rn] = co_await s.up->tls->async_read_some(asio::buffer(ubuf.tail(), room), kNoThrow);
+        ec = e == asio::ssl::error::stream_truncated ? asio::error::eof : e;
+        n = rn;
+      } else {
+        auto [e, rn] = co_await s.up->socket.async_read_some(asio::buffer(ubuf.tail(), room), kNoThrow);
+        ec = e;
+        n = rn;
+      }
+      if (ec) {
+        done = framing == BodyFraming::kUntilClose && ec == asio::error::eof;
+        ok = done;
+        break;
+      }
+      ubuf.commit(n);
+    }
+    if (s.gone) {
+      finish(s, "client reset the stream");
+      co_return;
+    }
+    if (!ok) {
+      codec_->reset(s.id, NGHTTP2_INTERNAL_ERROR);  // a truncated body must not look complete
+      flush();
+      finish(s, "response relay interrupted");
+      co_return;
+    }
+    if (framing == BodyFraming::kChunked) s.trailers = parseTrailers(chunks.trailers());
+    s.out_eof = true;
+    codec_->resume(s.id);
+    flush();
+    if (resp_keep && framing != BodyFraming::kUntilClose && ubuf.empty()) {
+      ++s.up->requests;
+      pool.checkin(std::move(s.up), coarseNowNs(), cc.max_idle_connections, cc.timeouts.idle.count() * kNsPerMs);
+    } else {
+      s.up.reset();
+    }
+    s.deadline_ns = INT64_MAX;
+    finish(s, {});
+    co_return;
+  }
+}
+
+}  // namespace marchproxy::proxy::h2

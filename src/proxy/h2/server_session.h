@@ -1,0 +1,95 @@
+#pragma once
+// ServerSession: one downstream HTTP/2 connection (TLS with ALPN "h2", or h2c with prior
+// knowledge), handed over by HttpSession::run() once the protocol is known.
+//
+//   reader ──▶ ServerCodec (frames, limits) ──▶ per stream: a coroutine that routes the request,
+//   forwards it over HTTP/1.1 (pools, load balancer, health, forwarding headers, rewrites: the same
+//   pieces as the HTTP/1.1 path) and feeds the response back as HEADERS/DATA/trailers
+//   writer ◀── ServerCodec output (one writer; any stream or callback wakes it)
+//
+// Memory per connection is bounded: request bodies by the stream windows (given back only once the
+// upstream took the bytes), response bodies by a 64 KiB buffer per stream that is refilled only
+// when the codec drained it. Deadlines: a 100 ms sweep per connection cancels upstream sockets of
+// streams past their deadline and closes the connection after http2.idle_timeout without streams.
+// Draining (shutdown/reload of a removed listener): GOAWAY, in-flight streams finish.
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "proxy/h2/server_codec.h"
+#include "proxy/router/route_table.h"
+#include "proxy/tls/session_info.h"
+
+namespace marchproxy::proxy::server {
+class Worker;
+struct ListenerInfo;
+}  // namespace marchproxy::proxy::server
+
+namespace marchproxy::proxy::h2 {
+
+// The 24-byte client connection preface that starts an h2c (prior knowledge) connection.
+inline constexpr std::string_view kClientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+class ServerSession final : public ServerCodec::Handler {
+ public:
+  struct Client {
+    boost::asio::ip::tcp::socket& socket;
+    boost::asio::ssl::stream<boost::asio::ip::tcp::socket&>* tls = nullptr;  // null: h2c
+    const tls::ClientIdentity* identity = nullptr;                          // verified client certificate
+    std::string_view ip;
+  };
+  ServerSession(Client client, server::Worker& worker, const server::ListenerInfo& listener);
+  ~ServerSession() override;
+  ServerSession(const ServerSession&) = delete;
+  ServerSession& operator=(const ServerSession&) = delete;
+
+  // Serves the connection until it closes. preread: bytes already read from the client.
+  boost::asio::awaitable<void> run(std::string_view preread);
+
+ private:
+  struct Stream;
+  // ServerCodec::Handler
+  void onRequest(int32_t id, Request& req, bool end_stream) override;
+  void onData(int32_t id, std::string_view data) override;
+  void onEndStream(int32_t id) override;
+  void onClose(int32_t id, uint32_t error) override;
+  BodyChunk readBody(int32_t id, uint8_t* buf, size_t len) override;
+
+  boost::asio::awaitable<void> readLoop();
+  boost::asio::awaitable<void> writeLoop();
+  boost::asio::awaitable<void> sweepLoop();
+  boost::asio::awaitable<void> serve(std::shared_ptr<Stream> s);
+  boost::asio::awaitable<void> forward(Stream& s, const router::RouteTable::Match& m);
+  boost::asio::awaitable<bool> sendBody(Stream& s, bool chunked);
+  boost::asio::awaitable<bool> relayBody(Stream& s, int framing, uint64_t length);
+  boost::asio::awaitable<bool> waitFor(Stream& s);  // until notified; false once the stream is gone
+  // Answers from the proxy itself; gRPC clients get grpc-status/grpc-message instead of a body.
+  void respondLocal(Stream& s, int status, std::string_view body, std::string_view content_type = "text/plain",
+                    std::string_view location = {}, const router::RouteTable::Match* m = nullptr);
+  void respondError(Stream& s, int status, std::string_view reason);
+  void finish(Stream& s, std::string_view error);
+  void flush();
+  void stop();
+
+  Client client_;
+  server::Worker& worker_;
+  const server::ListenerInfo& listener_;
+  std::unique_ptr<ServerCodec> codec_;
+  std::unordered_map<int32_t, std::shared_ptr<Stream>> streams_;
+  boost::asio::steady_timer write_cv_;
+  boost::asio::steady_timer done_cv_;
+  std::string wbuf_;
+  int tasks_ = 0;  // coroutines still running besides run(): writer, sweep, streams
+  bool writing_ = false;
+  bool stopping_ = false;
+  bool goaway_sent_ = false;
+  int64_t last_active_ns_ = 0;
+};
+
+}  // namespace marchproxy::proxy::h2

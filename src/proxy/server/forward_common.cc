@@ -1,0 +1,82 @@
+#include "proxy/server/forward_common.h"
+
+#include <boost/asio/write.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <chrono>
+
+#include "common/base/clock.h"
+#include "common/base/log.h"
+#include "proxy/server/worker.h"
+
+namespace marchproxy::proxy::server {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+bool isIdempotent(std::string_view m) {
+  return m == "GET" || m == "HEAD" || m == "OPTIONS" || m == "PUT" || m == "DELETE" || m == "TRACE";
+}
+
+int codeClass(int status) {
+  int c = status / 100;
+  return c < 1 ? 0 : c > 5 ? 4 : c - 1;
+}
+
+asio::awaitable<ConnectStatus> connectUpstream(const ClusterRuntime& cr, size_t ei, const tcp::endpoint& endpoint,
+                                               upstream::UpstreamConnection& conn, std::string proxy_header) {
+  constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
+  const config::Cluster& cc = *cr.config;
+  auto [ec] = co_await conn.socket.async_connect(endpoint, kNoThrow);
+  if (ec) co_return ConnectStatus::kConnectFailed;
+  boost::system::error_code oec;
+  conn.socket.set_option(tcp::no_delay(true), oec);
+  if (!proxy_header.empty()) {  // before the TLS ClientHello, as the receiver expects
+    auto [wec, wn] = co_await asio::async_write(conn.socket, asio::buffer(proxy_header), kNoThrow);
+    if (wec) co_return ConnectStatus::kConnectFailed;
+  }
+  if (cr.tls) {
+    SSL* ssl = cr.tls->newSession(cc.endpoints[ei].host);
+    if (!ssl) co_return ConnectStatus::kTlsFailed;
+    conn.tls = std::make_unique<asio::ssl::stream<tcp::socket&>>(conn.socket, ssl);
+    auto [hec] = co_await conn.tls->async_handshake(asio::ssl::stream_base::client, kNoThrow);
+    if (hec) {
+      const long verify = SSL_get_verify_result(ssl);
+      spdlog::warn("upstream tls handshake failed: cluster={} endpoint={} reason={}", cc.name, cr.keys[ei],
+                   verify != X509_V_OK ? std::string("certificate: ") + X509_verify_cert_error_string(verify)
+                                       : hec.message());
+      co_return ConnectStatus::kTlsFailed;
+    }
+  }
+  co_return ConnectStatus::kOk;
+}
+
+std::string_view connectError(ConnectStatus s, bool timed_out) {
+  if (s == ConnectStatus::kTlsFailed)
+    return timed_out ? "upstream TLS handshake timed out" : "upstream TLS handshake failed";
+  return timed_out ? "upstream connect timed out" : "upstream connect failed";
+}
+
+void recordRequest(Worker& worker, const WorkerRuntime* wrt, int route_id, AccessEntry& e, int64_t start_ns,
+                   int64_t upstream_start_ns, int64_t upstream_end_ns) {
+  const int64_t end = monoNowNs();
+  if (route_id >= 0 && wrt) {
+    RouteStats* rs = wrt->route_stats[static_cast<size_t>(route_id)];
+    ++rs->by_class[static_cast<size_t>(codeClass(e.status))];
+    rs->latency.observe(static_cast<double>(end - start_ns) / 1e9);
+  }
+  AccessLogWriter* log = worker.accessLog();
+  if (!log) return;
+  if (route_id >= 0 && wrt) e.route = wrt->rt->routes->routeName(static_cast<uint32_t>(route_id));
+  e.duration_ms = static_cast<double>(end - start_ns) / 1e6;
+  if (upstream_start_ns)
+    e.upstream_ms = static_cast<double>((upstream_end_ns ? upstream_end_ns : end) - upstream_start_ns) / 1e6;
+  e.unix_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
+  log->append(e);
+}
+
+}  // namespace marchproxy::proxy::server
