@@ -9,6 +9,9 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <charconv>
+#include <optional>
+
+#include <openssl/ssl.h>
 
 #include <fmt/format.h>
 
@@ -60,62 +63,137 @@ Result<ManagerUrl> parseManagerUrl(const std::string& url) {
   return out;
 }
 
-asio::awaitable<Result<HttpsResponse>> httpsRequest(asio::io_context& ioc, const ManagerUrl& url,
-                                                    std::shared_ptr<const proxy::tls::ClientContext> tls,
-                                                    HttpsRequest req) {
-  tcp::socket sock(ioc);
-  asio::steady_timer deadline(ioc);
+struct HttpsConnection::Conn {
+  explicit Conn(asio::io_context& ioc) : sock(ioc) {}
+  tcp::socket sock;
+  std::optional<asio::ssl::stream<tcp::socket&>> stream;  // after sock: destroyed first
+  boost::beast::flat_buffer buf;
+  std::shared_ptr<const proxy::tls::ClientContext> tls;  // the context this connection was made with
+};
+
+HttpsConnection::HttpsConnection(asio::io_context& ioc, ManagerUrl url) : ioc_(ioc), url_(std::move(url)) {}
+HttpsConnection::~HttpsConnection() = default;
+
+void HttpsConnection::close() { conn_.reset(); }
+
+asio::awaitable<std::optional<HttpsConnection::Failure>> HttpsConnection::connect(
+    const std::shared_ptr<const proxy::tls::ClientContext>& tls, const bool& timed_out) {
+  conn_ = std::make_unique<Conn>(ioc_);
+  conn_->tls = tls;
+  tcp::resolver resolver(ioc_);
+  auto [rec, endpoints] = co_await resolver.async_resolve(url_.host, std::to_string(url_.port), kNoThrow);
+  if (rec) co_return Failure{"resolve", rec};
+  if (timed_out) co_return Failure{"resolve", asio::error::operation_aborted};  // the deadline passed meanwhile
+  auto [cec, ep] = co_await asio::async_connect(conn_->sock, endpoints, kNoThrow);
+  if (cec) co_return Failure{"connect", cec};
+  SSL* ssl = tls->newSession(url_.host);
+  if (!ssl) co_return Failure{"TLS: cannot create a session", {}};
+  // A session is only offered with the context (client certificate) it was made with: a resumed
+  // session keeps the identity of the handshake that created it.
+  const bool offered = session_ && session_tls_ == tls && SSL_set_session(ssl, session_.get()) == 1;
+  conn_->stream.emplace(conn_->sock, ssl);
+  auto [hec] = co_await conn_->stream->async_handshake(asio::ssl::stream_base::client, kNoThrow);
+  if (hec) {
+    if (offered) session_.reset();  // never offer a session twice that did not work
+    co_return Failure{"TLS handshake", hec};
+  }
+  ++connects_;
+  if (SSL_session_reused(ssl)) ++resumed_;
+  co_return std::nullopt;
+}
+
+asio::awaitable<Result<HttpsResponse>> HttpsConnection::request(std::shared_ptr<const proxy::tls::ClientContext> tls,
+                                                                HttpsRequest req) {
+  asio::steady_timer deadline(ioc_);
   bool timed_out = false;
   deadline.expires_after(req.timeout);
-  deadline.async_wait([&sock, &timed_out](const boost::system::error_code& ec) {
+  deadline.async_wait([this, &timed_out](const boost::system::error_code& ec) {
     if (ec) return;
     timed_out = true;
-    boost::system::error_code ignored;
-    sock.close(ignored);
+    if (conn_) {
+      boost::system::error_code ignored;
+      conn_->sock.close(ignored);
+    }
   });
-  auto fail = [&](const char* step, const boost::system::error_code& ec) -> Result<HttpsResponse> {
+  auto fail = [&](const std::string& step, const boost::system::error_code& ec) -> Result<HttpsResponse> {
     deadline.cancel();
+    conn_.reset();
     if (timed_out) return Error{fmt::format("{}: no answer within {} ms", step, req.timeout.count())};
     return Error{fmt::format("{}: {}", step, ec.message())};
   };
+  auto connectNow = [&]() -> asio::awaitable<std::optional<Result<HttpsResponse>>> {
+    auto f = co_await connect(tls, timed_out);
+    if (!f) co_return std::nullopt;
+    if (!f->ec) {
+      deadline.cancel();
+      conn_.reset();
+      co_return Result<HttpsResponse>(Error{f->step});
+    }
+    co_return fail(f->step, f->ec);
+  };
 
-  tcp::resolver resolver(ioc);
-  auto [rec, endpoints] = co_await resolver.async_resolve(url.host, std::to_string(url.port), kNoThrow);
-  if (rec) co_return fail("resolve", rec);
-  auto [cec, ep] = co_await asio::async_connect(sock, endpoints, kNoThrow);
-  if (cec) co_return fail("connect", cec);
-  SSL* ssl = tls->newSession(url.host);
-  if (!ssl) co_return Error{"TLS: cannot create a session"};
-  asio::ssl::stream<tcp::socket&> stream(sock, ssl);
-  auto [hec] = co_await stream.async_handshake(asio::ssl::stream_base::client, kNoThrow);
-  if (hec) co_return fail("TLS handshake", hec);
+  bool reused = conn_ && conn_->tls == tls && conn_->sock.is_open();
+  if (!reused) {
+    if (auto f = co_await connectNow()) co_return std::move(*f);
+  }
 
   bhttp::request<bhttp::string_body> out{req.method == "POST" ? bhttp::verb::post : bhttp::verb::get,
-                                         url.base_path + req.target, 11};
-  out.set(bhttp::field::host, url.host.find(':') != std::string::npos ? fmt::format("[{}]:{}", url.host, url.port)
-                                                                      : fmt::format("{}:{}", url.host, url.port));
+                                         url_.base_path + req.target, 11};
+  out.set(bhttp::field::host, url_.host.find(':') != std::string::npos ? fmt::format("[{}]:{}", url_.host, url_.port)
+                                                                       : fmt::format("{}:{}", url_.host, url_.port));
   out.set(bhttp::field::user_agent, "marchproxy-agent");
   out.set(bhttp::field::accept, "application/json");
-  out.set(bhttp::field::connection, "close");
   if (!req.bearer.empty()) out.set(bhttp::field::authorization, "Bearer " + req.bearer);
   if (!req.body.empty() || req.method == "POST") {
     out.set(bhttp::field::content_type, "application/json");
     out.body() = std::move(req.body);
   }
   out.prepare_payload();
-  auto [wec, wn] = co_await bhttp::async_write(stream, out, kNoThrow);
-  if (wec) co_return fail("send", wec);
 
-  boost::beast::flat_buffer buf;
-  bhttp::response_parser<bhttp::string_body> parser;
-  parser.body_limit(64u << 20);  // snapshots carry certificates; far above any real one
-  auto [ec, rn] = co_await bhttp::async_read(stream, buf, parser, kNoThrow);
-  if (ec) co_return fail("read the answer", ec);
-  deadline.cancel();
-  boost::system::error_code ignored;
-  sock.close(ignored);
-  auto& res = parser.get();
-  co_return HttpsResponse{static_cast<int>(res.result_int()), std::move(res.body())};
+  for (;;) {
+    // A kept connection the manager closed while idle fails here with nothing answered: the
+    // request goes out once more on a new connection.
+    auto retry = [&](bool nothing_read) { return reused && nothing_read && !timed_out; };
+    auto [wec, wn] = co_await bhttp::async_write(*conn_->stream, out, kNoThrow);
+    if (wec) {
+      if (retry(true)) {
+        reused = false;
+        if (auto f = co_await connectNow()) co_return std::move(*f);
+        continue;
+      }
+      co_return fail("send", wec);
+    }
+    bhttp::response_parser<bhttp::string_body> parser;
+    parser.body_limit(64u << 20);  // snapshots carry certificates; far above any real one
+    auto [ec, rn] = co_await bhttp::async_read(*conn_->stream, conn_->buf, parser, kNoThrow);
+    if (ec) {
+      if (retry(!parser.got_some())) {
+        reused = false;
+        if (auto f = co_await connectNow()) co_return std::move(*f);
+        continue;
+      }
+      co_return fail("read the answer", ec);
+    }
+    deadline.cancel();
+    auto& res = parser.get();
+    if (SSL_SESSION* s = SSL_get1_session(conn_->stream->native_handle())) {
+      if (SSL_SESSION_is_resumable(s)) {
+        session_.reset(s, SSL_SESSION_free);
+        session_tls_ = tls;
+      } else {
+        SSL_SESSION_free(s);
+      }
+    }
+    if (!res.keep_alive() || parser.need_eof()) conn_.reset();
+    co_return HttpsResponse{static_cast<int>(res.result_int()), std::move(res.body())};
+  }
+}
+
+asio::awaitable<Result<HttpsResponse>> httpsRequest(asio::io_context& ioc, const ManagerUrl& url,
+                                                    std::shared_ptr<const proxy::tls::ClientContext> tls,
+                                                    HttpsRequest req) {
+  HttpsConnection c(ioc, url);
+  co_return co_await c.request(std::move(tls), std::move(req));
 }
 
 }  // namespace marchproxy::control
