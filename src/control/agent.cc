@@ -284,6 +284,9 @@ void Agent::start(asio::io_context& control, Host& host) {
 void Agent::stop() {
   stopped_ = true;
   if (heartbeat_wake_) heartbeat_wake_->cancel();
+  // The kept connections belong to the control io_context, which is destroyed before this agent.
+  if (poll_conn_) poll_conn_->close();
+  if (beat_conn_) beat_conn_->close();
 }
 
 asio::awaitable<void> Agent::sleep(std::chrono::milliseconds d) {

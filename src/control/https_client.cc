@@ -74,25 +74,33 @@ struct HttpsConnection::Conn {
 HttpsConnection::HttpsConnection(asio::io_context& ioc, ManagerUrl url) : ioc_(ioc), url_(std::move(url)) {}
 HttpsConnection::~HttpsConnection() = default;
 
-void HttpsConnection::close() { conn_.reset(); }
+void HttpsConnection::close() {
+  closed_ = true;
+  conn_.reset();
+}
 
 asio::awaitable<std::optional<HttpsConnection::Failure>> HttpsConnection::connect(
     const std::shared_ptr<const proxy::tls::ClientContext>& tls, const bool& timed_out) {
-  conn_ = std::make_unique<Conn>(ioc_);
-  conn_->tls = tls;
+  // The coroutine frame holds the connection too: pending operations never outlive what they use,
+  // even when the io_context is destroyed after this object (process exit).
+  auto c = std::make_shared<Conn>(ioc_);
+  c->tls = tls;
+  made_ = c;
+  conn_.reset();
+  if (!closed_) conn_ = c;  // closed: the connection lives in the caller's frame only
   tcp::resolver resolver(ioc_);
   auto [rec, endpoints] = co_await resolver.async_resolve(url_.host, std::to_string(url_.port), kNoThrow);
   if (rec) co_return Failure{"resolve", rec};
   if (timed_out) co_return Failure{"resolve", asio::error::operation_aborted};  // the deadline passed meanwhile
-  auto [cec, ep] = co_await asio::async_connect(conn_->sock, endpoints, kNoThrow);
+  auto [cec, ep] = co_await asio::async_connect(c->sock, endpoints, kNoThrow);
   if (cec) co_return Failure{"connect", cec};
   SSL* ssl = tls->newSession(url_.host);
   if (!ssl) co_return Failure{"TLS: cannot create a session", {}};
   // A session is only offered with the context (client certificate) it was made with: a resumed
   // session keeps the identity of the handshake that created it.
   const bool offered = session_ && session_tls_ == tls && SSL_set_session(ssl, session_.get()) == 1;
-  conn_->stream.emplace(conn_->sock, ssl);
-  auto [hec] = co_await conn_->stream->async_handshake(asio::ssl::stream_base::client, kNoThrow);
+  c->stream.emplace(c->sock, ssl);
+  auto [hec] = co_await c->stream->async_handshake(asio::ssl::stream_base::client, kNoThrow);
   if (hec) {
     if (offered) session_.reset();  // never offer a session twice that did not work
     co_return Failure{"TLS handshake", hec};
@@ -104,17 +112,26 @@ asio::awaitable<std::optional<HttpsConnection::Failure>> HttpsConnection::connec
 
 asio::awaitable<Result<HttpsResponse>> HttpsConnection::request(std::shared_ptr<const proxy::tls::ClientContext> tls,
                                                                 HttpsRequest req) {
+  // The deadline closes the current connection's socket. Its handler shares only `watch` (never
+  // this object or the frame), so it is harmless whenever it runs.
+  struct Watch {
+    bool timed_out = false;
+    std::weak_ptr<Conn> conn;
+  };
+  auto watch = std::make_shared<Watch>();
+  const bool& timed_out = watch->timed_out;
   asio::steady_timer deadline(ioc_);
-  bool timed_out = false;
   deadline.expires_after(req.timeout);
-  deadline.async_wait([this, &timed_out](const boost::system::error_code& ec) {
+  deadline.async_wait([watch](const boost::system::error_code& ec) {
     if (ec) return;
-    timed_out = true;
-    if (conn_) {
+    watch->timed_out = true;
+    if (auto c = watch->conn.lock()) {
       boost::system::error_code ignored;
-      conn_->sock.close(ignored);
+      c->sock.close(ignored);
     }
   });
+  std::shared_ptr<Conn> conn = conn_;  // held by the frame (see connect)
+  watch->conn = conn;
   auto fail = [&](const std::string& step, const boost::system::error_code& ec) -> Result<HttpsResponse> {
     deadline.cancel();
     conn_.reset();
@@ -123,6 +140,8 @@ asio::awaitable<Result<HttpsResponse>> HttpsConnection::request(std::shared_ptr<
   };
   auto connectNow = [&]() -> asio::awaitable<std::optional<Result<HttpsResponse>>> {
     auto f = co_await connect(tls, timed_out);
+    conn = std::move(made_);
+    watch->conn = conn;
     if (!f) co_return std::nullopt;
     if (!f->ec) {
       deadline.cancel();
@@ -132,7 +151,7 @@ asio::awaitable<Result<HttpsResponse>> HttpsConnection::request(std::shared_ptr<
     co_return fail(f->step, f->ec);
   };
 
-  bool reused = conn_ && conn_->tls == tls && conn_->sock.is_open();
+  bool reused = conn && conn->tls == tls && conn->sock.is_open();
   if (!reused) {
     if (auto f = co_await connectNow()) co_return std::move(*f);
   }
@@ -154,7 +173,7 @@ asio::awaitable<Result<HttpsResponse>> HttpsConnection::request(std::shared_ptr<
     // A kept connection the manager closed while idle fails here with nothing answered: the
     // request goes out once more on a new connection.
     auto retry = [&](bool nothing_read) { return reused && nothing_read && !timed_out; };
-    auto [wec, wn] = co_await bhttp::async_write(*conn_->stream, out, kNoThrow);
+    auto [wec, wn] = co_await bhttp::async_write(*conn->stream, out, kNoThrow);
     if (wec) {
       if (retry(true)) {
         reused = false;
@@ -165,7 +184,7 @@ asio::awaitable<Result<HttpsResponse>> HttpsConnection::request(std::shared_ptr<
     }
     bhttp::response_parser<bhttp::string_body> parser;
     parser.body_limit(64u << 20);  // snapshots carry certificates; far above any real one
-    auto [ec, rn] = co_await bhttp::async_read(*conn_->stream, conn_->buf, parser, kNoThrow);
+    auto [ec, rn] = co_await bhttp::async_read(*conn->stream, conn->buf, parser, kNoThrow);
     if (ec) {
       if (retry(!parser.got_some())) {
         reused = false;
@@ -176,7 +195,7 @@ asio::awaitable<Result<HttpsResponse>> HttpsConnection::request(std::shared_ptr<
     }
     deadline.cancel();
     auto& res = parser.get();
-    if (SSL_SESSION* s = SSL_get1_session(conn_->stream->native_handle())) {
+    if (SSL_SESSION* s = SSL_get1_session(conn->stream->native_handle())) {
       if (SSL_SESSION_is_resumable(s)) {
         session_.reset(s, SSL_SESSION_free);
         session_tls_ = tls;

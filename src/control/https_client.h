@@ -57,6 +57,8 @@ class HttpsConnection {
   // Connection, TLS and protocol failures come back as an Error whose message says which step failed.
   boost::asio::awaitable<Result<HttpsResponse>> request(std::shared_ptr<const proxy::tls::ClientContext> tls,
                                                         HttpsRequest req);
+  // Drops the kept connection and keeps none from now on (requests still work, each on its own
+  // connection). Call before the io_context goes away: a kept socket must not outlive it.
   void close();
   uint64_t connects() const { return connects_; }  // TCP+TLS connections opened so far
   uint64_t resumed() const { return resumed_; }    // of which TLS resumed a session
@@ -72,7 +74,9 @@ class HttpsConnection {
                                                          const bool& timed_out);
   boost::asio::io_context& ioc_;
   ManagerUrl url_;
-  std::unique_ptr<Conn> conn_;
+  std::shared_ptr<Conn> conn_;  // the kept connection
+  std::shared_ptr<Conn> made_;  // handed from connect() to request()
+  bool closed_ = false;
   std::shared_ptr<const proxy::tls::ClientContext> session_tls_;  // the context session_ belongs to
   std::shared_ptr<SSL_SESSION> session_;
   uint64_t connects_ = 0, resumed_ = 0;
