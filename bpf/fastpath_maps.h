@@ -18,6 +18,12 @@
 /* mp_settings.flags */
 #define MP_F_PORT_FILTER (1u << 0) /* drop TCP SYNs / UDP to ports the proxy does not serve */
 #define MP_F_ICMP_ECHO_DENY (1u << 1) /* TC egress: drop ICMP/ICMPv6 echo request and reply */
+#define MP_F_ROUTED_ENFORCE (1u << 2) /* TC egress: routed TCP/UDP must match a routed rule */
+
+/* Routed (gateway) rules: at most this many per generation (one bit each in a __u64 mask), each
+ * with at most MP_ROUTED_RANGES destination port ranges. */
+#define MP_ROUTED_RULES 64
+#define MP_ROUTED_RANGES 8
 
 /* LPM values: what a matching source prefix means. The longest matching prefix wins. */
 #define MP_CIDR_DENY 1
@@ -47,6 +53,8 @@ enum mp_tc_reason {
   MP_TC_PASS = 0,        /* left as is */
   MP_TC_MARKED,          /* DSCP rewritten */
   MP_TC_DROP_ICMP,       /* ICMP echo denied */
+  MP_TC_PASS_ROUTED,     /* routed TCP/UDP allowed by a routed rule */
+  MP_TC_DROP_ROUTED,     /* routed TCP/UDP no routed rule allows */
   MP_TC_REASONS
 };
 
@@ -69,7 +77,20 @@ struct mp_settings {
   __u32 flags;
   __u16 ephemeral_min; /* UDP to ports >= this passes the port filter (replies to our sockets) */
   __u16 reserved;
+  __u64 routed_any_source; /* TC: the routed rules that allow every source (bit i = rule i) */
 };
+
+/* One routed rule (mp_routed_rules[gen * MP_ROUTED_RULES + i]). Ports in host byte order,
+ * inclusive; nranges 0 = every port. */
+struct mp_routed_rule {
+  __u8 protocols; /* MP_ROUTED_TCP | MP_ROUTED_UDP */
+  __u8 nranges;
+  __u16 reserved;
+  __u16 lo[MP_ROUTED_RANGES];
+  __u16 hi[MP_ROUTED_RANGES];
+};
+#define MP_ROUTED_TCP 1u
+#define MP_ROUTED_UDP 2u
 
 /* LPM trie keys: the generation is part of the prefix (prefixlen = 32 + CIDR length). */
 struct mp_lpm4_key {

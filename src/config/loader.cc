@@ -119,6 +119,7 @@ class Decoder {
             {"version", [&](auto& n, auto& p) { integer(n, p, s.version, 0, UINT64_MAX); }},
             {"hash", [&](auto& n, auto& p) { str(n, p, declaredHash.emplace()); }},
             {"workers", [&](auto& n, auto& p) { integer(n, p, s.workers, 0, kMaxWorkers); }},
+            {"cpu_affinity", [&](auto& n, auto& p) { cpuAffinity(n, p, s.cpu_affinity); }},
             {"admin", [&](auto& n, auto& p) { admin(n, p, s.admin); }},
             {"listeners", [&](auto& n, auto& p) { listeners(n, p, s.listeners); }, true},
             {"virtual_hosts", [&](auto& n, auto& p) { virtualHosts(n, p, s.virtual_hosts); }},
@@ -128,6 +129,7 @@ class Decoder {
             {"timeouts", [&](auto& n, auto& p) { timeouts(n, p, s.timeouts); }},
             {"access_log", [&](auto& n, auto& p) { accessLog(n, p, s.access_log); }},
             {"fast_path", [&](auto& n, auto& p) { fastPath(n, p, s.fast_path); }},
+            {"redis", [&](auto& n, auto& p) { redis(n, p, s.redis.emplace()); }},
         },
         {{"schema", "missing required field \"schema\" (add \"schema: 1\" at the top)"}},
         /*extensions=*/true);
@@ -464,8 +466,43 @@ class Decoder {
               {"address", [&](auto& v, auto& q) { address(v, q, l.address); }},
               {"port", [&](auto& v, auto& q) { integer(v, q, l.port, 0, 65535); }, true},
               {"tls", [&](auto& v, auto& q) { listenerTls(v, q, l.tls.emplace()); }},
+              {"proxy_protocol", [&](auto& v, auto& q) { proxyProtocol(v, q, l.proxy_protocol); }},
           });
     });
+  }
+
+  void proxyProtocol(const Value& n, const std::string& path, ProxyProtocol& pp) {
+    map(n, path,
+        {
+            {"accept",
+             [&](auto& v, auto& p) { enumeration(v, p, kProxyProtocolModes, pp.accept, "PROXY protocol mode"); }},
+            {"trusted", [&](auto& v, auto& p) { strList(v, p, pp.trusted); }},
+        });
+  }
+
+  void requestRateLimit(const Value& n, const std::string& path, RequestRateLimit& rl) {
+    map(n, path,
+        {
+            {"requests_per_second",
+             [&](auto& v, auto& p) { integer(v, p, rl.requests_per_second, 0, kMaxRequestsPerSecond); }},
+            {"burst", [&](auto& v, auto& p) { integer(v, p, rl.burst, 0, kMaxRequestsPerSecond); }},
+            {"key", [&](auto& v, auto& p) { enumeration(v, p, kRateLimitKeys, rl.key, "rate-limit key"); }},
+            {"header",
+             [&](auto& v, auto& p) {
+               if (str(v, p, rl.header)) rl.header = toLower(rl.header);
+             }},
+            {"scope",
+             [&](auto& v, auto& p) { enumeration(v, p, kRateLimitScopes, rl.scope, "rate-limit scope"); }},
+        });
+  }
+
+  void redis(const Value& n, const std::string& path, Redis& r) {
+    map(n, path,
+        {
+            {"address", [&](auto& v, auto& p) { address(v, p, r.address); }, true},
+            {"port", [&](auto& v, auto& p) { integer(v, p, r.port, 1, 65535); }},
+            {"timeout", [&](auto& v, auto& p) { duration(v, p, r.timeout); }},
+        });
   }
 
   void listenerTls(const Value& n, const std::string& path, ListenerTls& t) {
@@ -615,6 +652,9 @@ class Decoder {
                 {"request_headers", [&](auto& v, auto& p) { headerRewrite(v, p, r.request_headers); }},
                 {"response_headers", [&](auto& v, auto& p) { headerRewrite(v, p, r.response_headers); }},
                 {"allowed_client_names", [&](auto& v, auto& p) { strList(v, p, r.allowed_client_names); }},
+                {"rate_limit", [&](auto& v, auto& p) { requestRateLimit(v, p, r.rate_limit.emplace()); }},
+                {"websocket", [&](auto& v, auto& p) { boolean(v, p, r.websocket); }},
+                {"websocket_idle_timeout", [&](auto& v, auto& p) { duration(v, p, r.websocket_idle_timeout); }},
             });
     if (!seen) {
       poisoned_.insert(path);
@@ -790,6 +830,10 @@ class Decoder {
                          {"client_key", [&](auto& x, auto& r) { str(x, r, t.client_key); }},
                      });
                }},
+              {"send_proxy_protocol",
+               [&](auto& v, auto& q) {
+                 enumeration(v, q, kSendProxyProtocols, c.send_proxy_protocol, "PROXY protocol version");
+               }},
           });
     });
   }
@@ -945,6 +989,8 @@ class Decoder {
             {"max_header_bytes", [&](auto& v, auto& p) { size(v, p, l.max_header_bytes); }},
             {"max_headers", [&](auto& v, auto& p) { integer(v, p, l.max_headers, 1, kMaxHeaders); }},
             {"max_body_bytes", [&](auto& v, auto& p) { size(v, p, l.max_body_bytes); }},
+            {"max_connections_per_ip",
+             [&](auto& v, auto& p) { integer(v, p, l.max_connections_per_ip, 0, kMaxConnections); }},
         });
   }
 
@@ -987,6 +1033,59 @@ class Decoder {
     });
   }
 
+  // `off`, `auto`, or a list of CPU numbers.
+  void cpuAffinity(const Value& n, const std::string& path, CpuAffinity& c) {
+    c.pos = n.pos;
+    c.cpus.clear();
+    if (n.isList()) {
+      c.mode = CpuAffinity::Mode::kList;
+      list(n, path, [&](const Value& e, const std::string& p, size_t) {
+        uint32_t cpu = 0;
+        integer(e, p, cpu, 0, kMaxCpu);
+        c.cpus.push_back(cpu);
+      });
+      return;  // an empty list: validate()'s error
+    }
+    std::string v, message;
+    if (!str(n, path, v)) return;
+    if (auto mode = cpuAffinityWord(v, n.quoted, &message))
+      c.mode = *mode;
+    else
+      error(path, std::move(message));
+  }
+
+  // `routed: off`, or the list of rules (writing the list turns enforcement on; `[]` denies all).
+  void routed(const Value& n, const std::string& path, FastPath& f) {
+    f.routed.clear();
+    if (toggle(n, f.routed_enforce)) {
+      if (f.routed_enforce) error(path, "write the list of rules (or [] to refuse every routed connection)");
+      return;
+    }
+    f.routed_enforce = true;
+    list(n, path, [&](const Value& e, const std::string& ep, size_t) {
+      RoutedRule& r = f.routed.emplace_back();
+      r.pos = e.pos;
+      map(e, ep,
+          {
+              {"name", [&](auto& x, auto& xp) { str(x, xp, r.name); }},
+              {"sources", [&](auto& x, auto& xp) { strList(x, xp, r.sources); }},
+              {"destinations", [&](auto& x, auto& xp) { strList(x, xp, r.destinations); }, true},
+              {"protocols", [&](auto& x, auto& xp) { strList(x, xp, r.protocols); }},
+              {"ports",
+               [&](auto& x, auto& xp) {
+                 list(x, xp, [&](const Value& pv, const std::string& pp, size_t) {
+                   std::string text;
+                   if (!str(pv, pp, text)) return;
+                   if (auto range = portRange(text))
+                     r.ports.push_back(*range);
+                   else
+                     error(pp, quote(text) + " is not a port or a range (\"443\", \"8000-8100\"; 1 to 65535)");
+                 });
+               }},
+          });
+    });
+  }
+
   void fastPath(const Value& n, const std::string& path, FastPath& f) {
     f.pos = n.pos;
     if (toggle(n, f.enabled)) return;
@@ -1007,6 +1106,7 @@ class Decoder {
             {"extra_udp_ports", [&](auto& v, auto& p) { portList(v, p, f.extra_udp_ports); }},
             {"egress_interfaces", [&](auto& v, auto& p) { strList(v, p, f.egress_interfaces); }},
             {"icmp_echo", [&](auto& v, auto& p) { boolean(v, p, f.icmp_echo); }},
+            {"routed", [&](auto& v, auto& p) { routed(v, p, f); }},
             {"dscp",
              [&](auto& v, auto& p) {
                f.dscp.clear();

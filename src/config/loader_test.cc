@@ -1,6 +1,7 @@
 // Decoding and validation of config text: one test per class of error, each pinning the exact
 // line, path and message a user sees, plus the defaults and shorthands of the file format.
 #include "config/loader.h"
+#include "config/writer.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -206,19 +207,19 @@ listeners:
 
 TEST(Loader, UnknownFieldWithoutACloseMatchListsTheFields) {
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1, colour: red}]\n"),
-            "line 2: listeners[0]: unknown field \"colour\" (expected one of: name, address, port or tls)");
+            "line 2: listeners[0]: unknown field \"colour\" (expected one of: name, address, port, tls or proxy_protocol)");
 }
 
 TEST(Loader, MessagesEscapeAndShortenUserText) {
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\n\"x\\e[2J\\n\": 1\n"),
-            "line 3: unknown field \"x\\x1b[2J\\n\" (expected one of: schema, version, hash, workers, admin, "
-            "listeners, virtual_hosts, clusters, forwarding, limits, timeouts, access_log or fast_path)");
+            "line 3: unknown field \"x\\x1b[2J\\n\" (expected one of: schema, version, hash, workers, cpu_affinity, admin, "
+            "listeners, virtual_hosts, clusters, forwarding, limits, timeouts, access_log, fast_path or redis)");
   std::string longName(200, 'n');
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\n" + longName + ": 1\n"),
             "line 3: unknown field \"" + std::string(80, 'n') +
-                "...\" (expected one of: schema, version, hash, workers, admin, listeners, virtual_hosts, "
+                "...\" (expected one of: schema, version, hash, workers, cpu_affinity, admin, listeners, virtual_hosts, "
                 "clusters, "
-                "forwarding, limits, timeouts, access_log or fast_path)");
+                "forwarding, limits, timeouts, access_log, fast_path or redis)");
 }
 
 TEST(Loader, DuplicateField) {
@@ -839,6 +840,142 @@ TEST_F(LoadFileTest, FileErrorsAreDiagnostics) {
     ASSERT_EQ(r.errors.size(), 1u);
     EXPECT_EQ(r.errors[0].toString(), "cannot open \"" + locked + "\": Permission denied");
   }
+}
+
+}  // namespace
+}  // namespace marchproxy::config
+
+namespace marchproxy::config {
+namespace {
+
+TEST(LoaderCpuAffinity, OffAutoAndListForms) {
+  EXPECT_EQ(loadOk(std::string(kBase))->cpu_affinity.mode, CpuAffinity::Mode::kOff);
+  EXPECT_EQ(loadOk(std::string(kBase) + "cpu_affinity: off\n")->cpu_affinity.mode, CpuAffinity::Mode::kOff);
+  EXPECT_EQ(loadOk(std::string(kBase) + "cpu_affinity: auto\n")->cpu_affinity.mode, CpuAffinity::Mode::kAuto);
+  auto s = loadOk(std::string(kBase) + "cpu_affinity: [1, 0]\n");
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(s->cpu_affinity.mode, CpuAffinity::Mode::kList);
+  EXPECT_EQ(s->cpu_affinity.cpus, (std::vector<uint32_t>{1, 0}));
+}
+
+TEST(LoaderCpuAffinity, ErrorsNameTheLineAndTheField) {
+  EXPECT_EQ(onlyError(std::string(kBase) + "cpu_affinity: yes\n"),
+            "line 11: cpu_affinity: unknown CPU affinity \"yes\" (expected \"off\", \"auto\" or a list of CPU numbers)");
+  EXPECT_EQ(onlyError(std::string(kBase) + "cpu_affinity: [0, x]\n"),
+            "line 11: cpu_affinity[1]: expected a number, got a string");
+  EXPECT_EQ(onlyError(std::string(kBase) + "cpu_affinity: []\n"),
+            "line 11: cpu_affinity: an empty CPU list (write \"off\" to leave the workers unpinned)");
+}
+
+TEST(LoaderCpuAffinity, WrittenOnlyWhenSetAndReadBack) {
+  auto off = loadOk(std::string(kBase));
+  ASSERT_NE(off, nullptr);
+  EXPECT_EQ(toJson(*off).find("cpu_affinity"), std::string::npos);  // old hashes stay what they were
+  for (std::string form : {"auto", "[3, 1]"}) {
+    auto s = loadOk(std::string(kBase) + "cpu_affinity: " + form + "\n");
+    ASSERT_NE(s, nullptr);
+    auto back = loadOk(toJson(*s));
+    ASSERT_NE(back, nullptr) << form;
+    EXPECT_EQ(back->cpu_affinity.mode, s->cpu_affinity.mode) << form;
+    EXPECT_EQ(back->cpu_affinity.cpus, s->cpu_affinity.cpus) << form;
+  }
+}
+
+}  // namespace
+}  // namespace marchproxy::config
+
+namespace marchproxy::config {
+namespace {
+
+constexpr std::string_view kRoutedBase = R"(schema: 1
+listeners: [ { name: http, port: 8080 } ]
+fast_path:
+  egress_interfaces: [eth1]
+  routed:
+)";
+
+TEST(LoaderRouted, RulesReadBackAndOffIsTheDefault) {
+  auto s = loadOk(std::string(kRoutedBase) +
+                  "    - {name: db, sources: [10.1.0.0/16], destinations: [192.0.2.10], ports: [\"5432\", \"8000-8100\"]}\n"
+                  "    - {destinations: [\"2001:db8::/32\"], protocols: [udp]}\n");
+  ASSERT_NE(s, nullptr);
+  const FastPath& f = s->fast_path;
+  EXPECT_TRUE(f.routed_enforce);
+  ASSERT_EQ(f.routed.size(), 2u);
+  EXPECT_EQ(f.routed[0].protocols, (std::vector<std::string>{"tcp"})) << "tcp by default";
+  EXPECT_EQ(f.routed[0].ports, (std::vector<std::pair<uint16_t, uint16_t>>{{5432, 5432}, {8000, 8100}}));
+  EXPECT_TRUE(f.routed[1].sources.empty());
+  auto back = loadOk(toJson(*s));
+  ASSERT_NE(back, nullptr);
+  EXPECT_EQ(toJson(*back), toJson(*s));
+  auto off = loadOk("schema: 1\nlisteners: [ { name: http, port: 8080 } ]\nfast_path: {egress_interfaces: [eth1], routed: off}\n");
+  ASSERT_NE(off, nullptr);
+  EXPECT_FALSE(off->fast_path.routed_enforce);
+  auto none = loadOk(std::string(kRoutedBase) + "    []\n");
+  ASSERT_NE(none, nullptr);
+  EXPECT_TRUE(none->fast_path.routed_enforce) << "an empty list refuses every routed connection";
+}
+
+TEST(LoaderRouted, ErrorsNameTheRuleAndTheField) {
+  EXPECT_EQ(onlyError(std::string(kRoutedBase) + "    - {destinations: [db.internal]}\n"),
+            "line 6: fast_path.routed[0].destinations[0]: \"db.internal\": not an IPv4 address "
+            "(host names cannot be judged per packet)");
+  EXPECT_EQ(onlyError(std::string(kRoutedBase) + "    - {destinations: [192.0.2.1], ports: [\"70000\"]}\n"),
+            "line 6: fast_path.routed[0].ports[0]: \"70000\" is not a port or a range (\"443\", \"8000-8100\"; 1 to 65535)");
+  EXPECT_EQ(onlyError(std::string(kRoutedBase) + "    - {destinations: [192.0.2.1], ports: [\"9-3\"]}\n"),
+            "line 6: fast_path.routed[0].ports[0]: \"9-3\" is not a port or a range (\"443\", \"8000-8100\"; 1 to 65535)");
+  EXPECT_EQ(onlyError(std::string(kRoutedBase) + "    - {destinations: [192.0.2.1], protocols: [icmp]}\n"),
+            "line 6: fast_path.routed[0].protocols[0]: must be \"tcp\" or \"udp\" (routed rules are raw TCP/UDP), got \"icmp\"");
+  EXPECT_EQ(onlyError(std::string(kRoutedBase) + "    - {name: x}\n"),
+            "line 6: fast_path.routed[0]: missing required field \"destinations\"");
+// The edge fields (docs/rate-limiting.md, docs/proxy-protocol.md): errors point at line and field.
+std::string withRoute(std::string_view extra) {
+  return std::string(R"(schema: 1
+listeners:
+  - { name: http, port: 8080 }
+virtual_hosts:
+  - name: app
+    domains: ["*"]
+    routes:
+      - forward: { cluster: app }
+)") + std::string(extra) + "\nclusters:\n  - { name: app, endpoints: [127.0.0.1:9001] }\n";
+}
+
+TEST(LoaderEdge, RateLimitErrors) {
+  EXPECT_EQ(onlyError(withRoute("        rate_limit: { requests_per_second: 5, key: ip }")),
+            "line 9: virtual_hosts[0].routes[0].rate_limit.key: unknown rate-limit key \"ip\" (expected client_ip, "
+            "header or client_cert)");
+  EXPECT_EQ(onlyError(withRoute("        rate_limit: { requests_per_second: 5, key: header }")),
+            "line 9: virtual_hosts[0].routes[0].rate_limit.header: is required with key: header (the header whose "
+            "value is the key)");
+  EXPECT_EQ(onlyError(withRoute("        rate_limit: { burst: 5 }")),
+            "line 9: virtual_hosts[0].routes[0].rate_limit.burst: is set but requests_per_second is 0 (off)");
+  EXPECT_EQ(onlyError(withRoute("        rate_limit: { requests_per_second: 5, header: x-key }")),
+            "line 9: virtual_hosts[0].routes[0].rate_limit.header: is only used with key: header");
+  EXPECT_EQ(onlyError(withRoute("        websocket_idle_timeout: 0s")),
+            "line 9: virtual_hosts[0].routes[0].websocket_idle_timeout: must be longer than 0s");
+}
+
+TEST(LoaderEdge, GlobalScopeWithoutRedisWarns) {
+  LoadResult r = loadString(withRoute("        rate_limit: { requests_per_second: 5, scope: global }"));
+  ASSERT_TRUE(r.ok()) << all(r.errors);
+  ASSERT_EQ(r.warnings.size(), 1u);
+  EXPECT_EQ(r.warnings[0].toString(),
+            "line 9: virtual_hosts[0].routes[0].rate_limit.scope: is global but no redis is configured: the limit "
+            "is enforced per proxy");
+}
+
+TEST(LoaderEdge, ProxyProtocolAndRedisErrors) {
+  EXPECT_EQ(onlyError("schema: 1\nlisteners:\n  - { name: a, port: 1, proxy_protocol: { accept: v3 } }\n"),
+            "line 3: listeners[0].proxy_protocol.accept: unknown PROXY protocol mode \"v3\" (did you mean \"v1\"?)");
+  EXPECT_EQ(onlyError("schema: 1\nlisteners:\n  - { name: a, port: 1, proxy_protocol: { accept: v2, trusted: "
+                      "[10.0.0.1/8] } }\n"),
+            "line 3: listeners[0].proxy_protocol.trusted[0]: \"10.0.0.1/8\": has bits set beyond the /8 prefix (did you "
+            "mean 10.0.0.0/8?)");
+  EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\nredis: { address: redis.local }\n"),
+            "line 3: redis.address: must be an IPv4 or IPv6 address (names are not resolved here)");
+  EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\nredis: { port: 6379 }\n"),
+            "line 3: redis: missing required field \"address\"");
 }
 
 }  // namespace

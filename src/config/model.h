@@ -61,11 +61,20 @@ struct ListenerTls {
   ClientAuth client_auth;
 };
 
+// PROXY protocol on a listener (docs/proxy-protocol.md): the peer (a load balancer) announces the
+// real client address in a header before any other byte (before the ClientHello on TLS listeners).
+struct ProxyProtocol {
+  enum class Mode { kOff, kV1, kV2, kAny };
+  Mode accept = Mode::kOff;
+  std::vector<std::string> trusted;  // CIDRs allowed to send a header; empty = any
+};
+
 struct Listener {
   std::string name;
   std::string address = "0.0.0.0";  // IPv4 or IPv6 literal
   uint16_t port = 0;                 // 0 = kernel-chosen (tests); logged at start
   std::optional<ListenerTls> tls;    // absent = plain HTTP
+  ProxyProtocol proxy_protocol;
   SourcePos pos;
 };
 
@@ -160,6 +169,17 @@ struct DirectResponseAction {
 
 enum class ActionKind { kForward, kRedirect, kDirectResponse };
 
+// Request rate limit of a route (docs/rate-limiting.md): a token bucket per key.
+struct RequestRateLimit {
+  uint64_t requests_per_second = 0;  // 0 = off
+  uint64_t burst = 0;                // bucket depth; 0 = requests_per_second
+  enum class Key { kClientIp, kHeader, kClientCert };
+  Key key = Key::kClientIp;
+  std::string header;  // lower-case, when key == kHeader
+  enum class Scope { kLocal, kGlobal };
+  Scope scope = Scope::kLocal;  // global = shared between proxy instances through Redis
+};
+
 struct Route {
   std::string name;  // for metrics and logs; defaulted to "<vhost>/<index>"
   RouteMatch match;
@@ -172,6 +192,9 @@ struct Route {
   // mTLS: when non-empty only clients whose verified certificate has one of these names (subject CN
   // or a DNS/URI/email subjectAltName) may use the route; others get 403.
   std::vector<std::string> allowed_client_names;
+  std::optional<RequestRateLimit> rate_limit;  // absent = no request rate limit
+  bool websocket = true;                        // false: WebSocket upgrades are refused (403)
+  Millis websocket_idle_timeout{3'600'000};     // an open WebSocket with no bytes either way closes
   SourcePos pos;
 };
 
@@ -254,6 +277,9 @@ struct Cluster {
   uint32_t max_idle_connections = 64;  // per endpoint, per worker
   uint32_t retry_budget_percent = 20;  // retries in flight <= this % of active requests (min 3)
   std::optional<UpstreamTls> tls;      // absent = plain HTTP to the endpoints
+  // PROXY protocol header written on each new upstream connection (docs/proxy-protocol.md).
+  enum class SendProxyProtocol { kOff, kV1, kV2 };
+  SendProxyProtocol send_proxy_protocol = SendProxyProtocol::kOff;
   SourcePos pos;
 };
 
@@ -265,6 +291,14 @@ struct Limits {
   uint32_t max_header_bytes = 64 * 1024;  // whole head; 431 beyond
   uint32_t max_headers = 100;             // 431 beyond
   uint64_t max_body_bytes = 0;            // 0 = unlimited; 413 beyond
+  uint32_t max_connections_per_ip = 0;    // open connections per client address; 0 = off
+};
+
+// Redis for global rate limits (docs/rate-limiting.md). Absent = global limits act locally.
+struct Redis {
+  std::string address;  // IP literal
+  uint16_t port = 6379;
+  Millis timeout{50};   // per request; slower = the local fallback bucket decides
 };
 
 struct Timeouts {
@@ -298,6 +332,18 @@ struct DscpRule {
   SourcePos pos;
 };
 
+// A raw TCP/UDP rule for routed (gateway) traffic leaving fast_path.egress_interfaces: the egress
+// mapping's shape (sources, destinations, protocols, ports), with addresses in place of service
+// names and host names, since a forwarded packet carries neither (docs/fast-path.md).
+struct RoutedRule {
+  std::string name;
+  std::vector<std::string> sources;           // CIDRs or addresses; empty = any source
+  std::vector<std::string> destinations;      // CIDRs or addresses; at least one
+  std::vector<std::string> protocols{"tcp"};  // "tcp" | "udp"
+  std::vector<std::pair<uint16_t, uint16_t>> ports;  // inclusive destination port ranges; empty = all
+  SourcePos pos;
+};
+
 // Packets the proxy would refuse anyway die in the driver (docs/fast-path.md).
 struct FastPath {
   bool enabled = false;
@@ -314,6 +360,19 @@ struct FastPath {
   std::vector<std::string> egress_interfaces;  // TC clsact egress program on each
   std::vector<DscpRule> dscp;                  // egress marking by destination
   bool icmp_echo = true;                       // false: egress drops ICMP echo request/reply
+  // Routed TCP/UDP on egress_interfaces: when enforced, only what a rule allows leaves (default deny).
+  bool routed_enforce = false;
+  std::vector<RoutedRule> routed;
+  SourcePos pos;
+};
+
+// ---------------------------------------------------------------- workers
+
+// Worker thread pinning (docs/operations.md, "CPU pinning"). Takes effect at start (like workers).
+struct CpuAffinity {
+  enum class Mode { kOff, kAuto, kList };
+  Mode mode = Mode::kOff;      // off: the kernel schedules the workers
+  std::vector<uint32_t> cpus;  // kList: worker i runs on cpus[i % cpus.size()]
   SourcePos pos;
 };
 
@@ -324,6 +383,7 @@ struct Snapshot {
   uint64_t version = 0;  // monotonically increasing; the manager sets it, files may
   std::string hash;      // content hash (hex SHA-256 of the canonical JSON), computed on load
   uint32_t workers = 0;  // 0 = one per core
+  CpuAffinity cpu_affinity;
   std::vector<Listener> listeners;
   Admin admin;
   std::vector<VirtualHost> virtual_hosts;
@@ -333,6 +393,7 @@ struct Snapshot {
   Timeouts timeouts;
   AccessLog access_log;
   FastPath fast_path;
+  std::optional<Redis> redis;
 };
 
 }  // namespace marchproxy::config

@@ -1,5 +1,7 @@
 #include "config/syntax.h"
 
+#include <charconv>
+
 #include <arpa/inet.h>
 #include <fmt/format.h>
 
@@ -158,6 +160,31 @@ std::optional<std::string> checkPath(std::string_view s) {
       return "must contain only visible ASCII characters (percent-encode the others)";
   }
   return std::nullopt;
+}
+
+std::optional<CpuAffinity::Mode> cpuAffinityWord(std::string_view word, bool quoted, std::string* error) {
+  if (word == "auto") return CpuAffinity::Mode::kAuto;
+  if (!quoted && (word == "off" || word == "false" || word == "no")) return CpuAffinity::Mode::kOff;
+  *error = fmt::format("unknown CPU affinity {} (expected \"off\", \"auto\" or a list of CPU numbers)", quote(word));
+  return std::nullopt;
+}
+
+std::optional<std::pair<uint16_t, uint16_t>> portRange(std::string_view s) {
+  auto port = [](std::string_view t) -> std::optional<uint16_t> {
+    unsigned v = 0;
+    auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+    if (t.empty() || ec != std::errc() || p != t.data() + t.size() || v < 1 || v > 65535) return std::nullopt;
+    return static_cast<uint16_t>(v);
+  };
+  size_t dash = s.find('-');
+  auto lo = port(s.substr(0, dash));
+  auto hi = dash == std::string_view::npos ? lo : port(s.substr(dash + 1));
+  if (!lo || !hi || *hi < *lo) return std::nullopt;
+  return std::make_pair(*lo, *hi);
+}
+
+std::string formatPortRange(std::pair<uint16_t, uint16_t> r) {
+  return r.first == r.second ? std::to_string(r.first) : fmt::format("{}-{}", r.first, r.second);
 }
 
 std::string quote(std::string_view s) {

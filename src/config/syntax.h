@@ -18,6 +18,9 @@ namespace marchproxy::config::syntax {
 // ---------------------------------------------------------------- ranges (docs/config-reference.md)
 
 inline constexpr uint32_t kMaxWorkers = 256;
+inline constexpr uint32_t kMaxCpu = 4095;  // highest CPU number cpu_affinity may name
+inline constexpr size_t kMaxRoutedRules = 64;       // MP_ROUTED_RULES in bpf/fastpath_maps.h
+inline constexpr size_t kMaxRoutedPortRanges = 8;   // MP_ROUTED_RANGES
 inline constexpr size_t kMaxNameLength = 128;
 inline constexpr size_t kMaxPathLength = 4096;
 inline constexpr size_t kMaxHeaderValueLength = 8192;
@@ -33,6 +36,7 @@ inline constexpr uint32_t kMinHeaderBytes = 1024;
 inline constexpr uint32_t kMaxHeaderBytes = 16 << 20;
 inline constexpr uint32_t kMaxHeaders = 10'000;
 inline constexpr Millis kMinHealthInterval{100};
+inline constexpr uint64_t kMaxRequestsPerSecond = 1'000'000'000;
 
 // ---------------------------------------------------------------- enum spellings
 
@@ -96,6 +100,30 @@ inline constexpr Spelling<DscpClass> kDscpClasses[] = {
     {"P3", DscpClass::kP3},
 };
 
+inline constexpr Spelling<RequestRateLimit::Key> kRateLimitKeys[] = {
+    {"client_ip", RequestRateLimit::Key::kClientIp},
+    {"header", RequestRateLimit::Key::kHeader},
+    {"client_cert", RequestRateLimit::Key::kClientCert},
+};
+
+inline constexpr Spelling<RequestRateLimit::Scope> kRateLimitScopes[] = {
+    {"local", RequestRateLimit::Scope::kLocal},
+    {"global", RequestRateLimit::Scope::kGlobal},
+};
+
+inline constexpr Spelling<ProxyProtocol::Mode> kProxyProtocolModes[] = {
+    {"off", ProxyProtocol::Mode::kOff},
+    {"v1", ProxyProtocol::Mode::kV1},
+    {"v2", ProxyProtocol::Mode::kV2},
+    {"any", ProxyProtocol::Mode::kAny},
+};
+
+inline constexpr Spelling<Cluster::SendProxyProtocol> kSendProxyProtocols[] = {
+    {"off", Cluster::SendProxyProtocol::kOff},
+    {"v1", Cluster::SendProxyProtocol::kV1},
+    {"v2", Cluster::SendProxyProtocol::kV2},
+};
+
 template <typename E, size_t N>
 constexpr std::string_view nameOf(const Spelling<E> (&table)[N], E value) {
   for (const auto& s : table)
@@ -135,6 +163,14 @@ std::optional<std::string> checkPath(std::string_view s);
 // move a terminal's cursor), cut at 80 bytes on a character boundary (a 1 MiB value must not make
 // a 1 MiB message).
 std::string quote(std::string_view s);
+
+// "443" or "8000-8100" (1 to 65535, low <= high); what the writer writes back for a range.
+std::optional<std::pair<uint16_t, uint16_t>> portRange(std::string_view s);
+std::string formatPortRange(std::pair<uint16_t, uint16_t> r);
+
+// cpu_affinity written as a word: "auto", or off / false / no (unquoted). Anything else: nullopt
+// and the message for the user in *error. (The list form is read by each loader.)
+std::optional<CpuAffinity::Mode> cpuAffinityWord(std::string_view word, bool quoted, std::string* error);
 
 // ---------------------------------------------------------------- hosts
 

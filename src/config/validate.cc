@@ -47,6 +47,7 @@ class Validator {
       error("schema", {},
             fmt::format("unsupported schema {}: this build reads schema {}", s_.schema, kSchemaVersion));
     if (s_.workers > kMaxWorkers) error("workers", {}, rangeMessage(0, kMaxWorkers));
+    cpuAffinity();
     admin();
     listeners();
     virtualHosts();
@@ -55,9 +56,19 @@ class Validator {
     timeouts();
     accessLog();
     fastPath();
+    redis();
   }
 
  private:
+  // Whether each CPU exists is checked at start, on the machine that runs the workers.
+  void cpuAffinity() {
+    const CpuAffinity& c = s_.cpu_affinity;
+    if (c.mode != CpuAffinity::Mode::kList) return;
+    if (c.cpus.empty()) error("cpu_affinity", c.pos, "an empty CPU list (write \"off\" to leave the workers unpinned)");
+    for (size_t i = 0; i < c.cpus.size(); ++i)
+      if (c.cpus[i] > kMaxCpu) error(fmt::format("cpu_affinity[{}]", i), c.pos, rangeMessage(0, kMaxCpu));
+  }
+
   // ------------------------------------------------------------ reporting
 
   SourcePos locate(const std::string& path, SourcePos fallback) const {
@@ -155,6 +166,13 @@ class Validator {
         }
       }
       if (l.tls) listenerTls(*l.tls, path + ".tls", l.pos);
+      for (size_t k = 0; k < l.proxy_protocol.trusted.size(); ++k) {
+        const std::string& t = l.proxy_protocol.trusted[k];
+        if (auto c = parseCidr(t); !c)
+          error(fmt::format("{}.proxy_protocol.trusted[{}]", path, k), l.pos, quote(t) + ": " + c.error().message);
+      }
+      if (l.proxy_protocol.accept == ProxyProtocol::Mode::kOff && !l.proxy_protocol.trusted.empty())
+        warn(path + ".proxy_protocol.trusted", l.pos, "is set but accept is off: no header is read");
       if (s_.admin.enabled && s_.admin.port == l.port && overlaps(s_.admin.address, l.address))
         error(path, l.pos,
               fmt::format("{} overlaps the admin endpoint ({})", formatHostPort(l.address, l.port),
@@ -306,6 +324,8 @@ class Validator {
 
   void route(const Route& r, const std::string& path) {
     const SourcePos at = r.pos;
+    if (r.rate_limit) rateLimit(*r.rate_limit, path + ".rate_limit", at);
+    nonZero(r.websocket_idle_timeout, path + ".websocket_idle_timeout", at);
     const RouteMatch& m = r.match;
     std::string kind(nameOf(kPathMatches, m.path_kind));
     if (m.path_kind == PathMatch::kRegex) {
@@ -627,10 +647,39 @@ class Validator {
            "is enabled but both consecutive_5xx and consecutive_connect_failures are 0: nothing ejects");
   }
 
+  void rateLimit(const RequestRateLimit& rl, const std::string& path, SourcePos at) {
+    if (rl.requests_per_second > kMaxRequestsPerSecond)
+      error(path + ".requests_per_second", at, rangeMessage(0, kMaxRequestsPerSecond));
+    if (rl.burst > kMaxRequestsPerSecond) error(path + ".burst", at, rangeMessage(0, kMaxRequestsPerSecond));
+    if (rl.burst != 0 && rl.requests_per_second == 0)
+      error(path + ".burst", at, "is set but requests_per_second is 0 (off)");
+    if (rl.key == RequestRateLimit::Key::kHeader) {
+      if (rl.header.empty())
+        error(path + ".header", at, "is required with key: header (the header whose value is the key)");
+      else if (!isToken(rl.header) || rl.header != toLower(rl.header))
+        error(path + ".header", at, quote(rl.header) + " is not a valid lower-case header name");
+    } else if (!rl.header.empty()) {
+      error(path + ".header", at, "is only used with key: header");
+    }
+    if (rl.scope == RequestRateLimit::Scope::kGlobal && !s_.redis)
+      warn(path + ".scope", at, "is global but no redis is configured: the limit is enforced per proxy");
+  }
+
+  void redis() {
+    if (!s_.redis) return;
+    const Redis& r = *s_.redis;
+    if (!isIpv4(r.address) && !isIpv6(r.address))
+      error("redis.address", {}, "must be an IPv4 or IPv6 address (names are not resolved here)");
+    if (r.port == 0) error("redis.port", {}, rangeMessage(1, 65535));
+    nonZero(r.timeout, "redis.timeout", {});
+  }
+
   void limits() {
     const Limits& l = s_.limits;
     if (l.max_connections < 1 || l.max_connections > kMaxConnections)
       error("limits.max_connections", {}, rangeMessage(1, kMaxConnections));
+    if (l.max_connections_per_ip > kMaxConnections)
+      error("limits.max_connections_per_ip", {}, rangeMessage(0, kMaxConnections));
     if (l.max_request_line < kMinRequestLine || l.max_request_line > kMaxRequestLine)
       error("limits.max_request_line", {}, "must be between 256 and 1MiB");
     if (l.max_header_bytes < kMinHeaderBytes || l.max_header_bytes > kMaxHeaderBytes)
@@ -711,13 +760,43 @@ class Validator {
       else if (!dscpSeen.insert({r.protocol, r.port}).second)
         error(p, r.pos, fmt::format("{}/{} already has a class", r.protocol, r.port));
     }
-    if ((!f.dscp.empty() || !f.icmp_echo) && f.egress_interfaces.empty())
+    routed(f);
+    if ((!f.dscp.empty() || !f.icmp_echo || f.routed_enforce) && f.egress_interfaces.empty())
       warn("fast_path.egress_interfaces", f.pos,
-           "is empty: the dscp and icmp_echo settings only act on egress interfaces");
+           "is empty: the dscp, icmp_echo and routed settings only act on egress interfaces");
     if (f.port_filter && f.allow.empty() && f.extra_tcp_ports.empty())
       warn("fast_path.port_filter", f.pos,
            "drops new TCP connections to every port the proxy does not serve (SSH too): list "
            "extra_tcp_ports or an allow prefix for management access");
+  }
+
+  void routed(const FastPath& f) {
+    if (f.routed.size() > kMaxRoutedRules)
+      error("fast_path.routed", f.pos, fmt::format("has {} rules; at most {} fit the fast path", f.routed.size(),
+                                                   kMaxRoutedRules));
+    for (size_t i = 0; i < f.routed.size(); ++i) {
+      const RoutedRule& r = f.routed[i];
+      const std::string p = fmt::format("fast_path.routed[{}]", i);
+      if (r.destinations.empty()) error(p + ".destinations", r.pos, "must name at least one address or CIDR");
+      auto cidrs = [&](const std::vector<std::string>& list, const char* field) {
+        for (size_t k = 0; k < list.size(); ++k)
+          if (auto c = parseCidr(list[k]); !c)
+            error(fmt::format("{}.{}[{}]", p, field, k), r.pos,
+                  quote(list[k]) + ": " + c.error().message + " (host names cannot be judged per packet)");
+      };
+      cidrs(r.sources, "sources");
+      cidrs(r.destinations, "destinations");
+      if (r.protocols.empty()) error(p + ".protocols", r.pos, "must list tcp, udp or both");
+      for (size_t k = 0; k < r.protocols.size(); ++k)
+        if (r.protocols[k] != "tcp" && r.protocols[k] != "udp")
+          error(fmt::format("{}.protocols[{}]", p, k), r.pos,
+                "must be \"tcp\" or \"udp\" (routed rules are raw TCP/UDP), got " + quote(r.protocols[k]));
+      if (r.ports.size() > kMaxRoutedPortRanges)
+        error(p + ".ports", r.pos, fmt::format("has {} entries; at most {}", r.ports.size(), kMaxRoutedPortRanges));
+      for (size_t k = 0; k < r.ports.size(); ++k)
+        if (r.ports[k].first == 0 || r.ports[k].second < r.ports[k].first)
+          error(fmt::format("{}.ports[{}]", p, k), r.pos, "must be a port or a range from 1 to 65535");
+    }
   }
 
   const Snapshot& s_;

@@ -275,6 +275,21 @@ void writeRoute(JsonOut& j, const Route& r) {
     for (const auto& n : r.allowed_client_names) j.str(n);
     j.endArray();
   }
+  // Written only when set or not the default (hash stability, as for the fast path).
+  if (r.rate_limit) {
+    const RequestRateLimit& rl = *r.rate_limit;
+    j.key("rate_limit");
+    j.beginObject();
+    j.field("requests_per_second", rl.requests_per_second);
+    j.field("burst", rl.burst);
+    j.field("key", nameOf(kRateLimitKeys, rl.key));
+    if (!rl.header.empty()) j.field("header", rl.header);
+    j.field("scope", nameOf(kRateLimitScopes, rl.scope));
+    j.endObject();
+  }
+  if (!r.websocket) j.field("websocket", false);
+  if (r.websocket_idle_timeout != Route{}.websocket_idle_timeout)
+    j.field("websocket_idle_timeout", r.websocket_idle_timeout);
   j.endObject();
 }
 
@@ -389,6 +404,10 @@ void writeCluster(JsonOut& j, const Cluster& c) {
     j.endObject();
   }
   j.field("retry_budget_percent", c.retry_budget_percent);
+  // The edge fields (docs/proxy-protocol.md) are written only when set, so that the hash of every
+  // config without them stays what it was.
+  if (c.send_proxy_protocol != Cluster::SendProxyProtocol::kOff)
+    j.field("send_proxy_protocol", nameOf(kSendProxyProtocols, c.send_proxy_protocol));
   j.endObject();
 }
 
@@ -401,6 +420,15 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
     if (!s.hash.empty()) j.field("hash", s.hash);
   }
   j.field("workers", s.workers);
+  // Written only when set, so that the hashes of configs without it stay what they were.
+  if (s.cpu_affinity.mode == CpuAffinity::Mode::kAuto) {
+    j.field("cpu_affinity", "auto");
+  } else if (s.cpu_affinity.mode == CpuAffinity::Mode::kList) {
+    j.key("cpu_affinity");
+    j.beginArray();
+    for (uint32_t c : s.cpu_affinity.cpus) j.num(c);
+    j.endArray();
+  }
 
   j.key("admin");
   j.beginObject();
@@ -417,6 +445,16 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
     j.field("address", l.address);
     j.field("port", l.port);
     if (l.tls) writeListenerTls(j, *l.tls);
+    if (l.proxy_protocol.accept != ProxyProtocol::Mode::kOff || !l.proxy_protocol.trusted.empty()) {
+      j.key("proxy_protocol");
+      j.beginObject();
+      j.field("accept", nameOf(kProxyProtocolModes, l.proxy_protocol.accept));
+      j.key("trusted");
+      j.beginArray();
+      for (const auto& c : l.proxy_protocol.trusted) j.str(c);
+      j.endArray();
+      j.endObject();
+    }
     j.endObject();
   }
   j.endArray();
@@ -464,6 +502,7 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
   j.field("max_header_bytes", l.max_header_bytes);
   j.field("max_headers", l.max_headers);
   j.field("max_body_bytes", l.max_body_bytes);
+  if (l.max_connections_per_ip) j.field("max_connections_per_ip", l.max_connections_per_ip);
   j.endObject();
 
   const Timeouts& t = s.timeouts;
@@ -528,6 +567,32 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
     }
     j.endArray();
     j.field("icmp_echo", fp.icmp_echo);
+    if (fp.routed_enforce) {  // written only when enforced: older hashes stay what they were
+      j.key("routed");
+      j.beginArray();
+      for (const RoutedRule& r : fp.routed) {
+        j.beginObject();
+        if (!r.name.empty()) j.field("name", r.name);
+        strings("sources", r.sources);
+        strings("destinations", r.destinations);
+        strings("protocols", r.protocols);
+        j.key("ports");
+        j.beginArray();
+        for (auto range : r.ports) j.str(formatPortRange(range));
+        j.endArray();
+        j.endObject();
+      }
+      j.endArray();
+    }
+    j.endObject();
+  }
+
+  if (s.redis) {
+    j.key("redis");
+    j.beginObject();
+    j.field("address", s.redis->address);
+    j.field("port", s.redis->port);
+    j.field("timeout", s.redis->timeout);
     j.endObject();
   }
 

@@ -381,3 +381,61 @@ TEST(Writer, Summary) {
 
 }  // namespace
 }  // namespace marchproxy::config
+
+namespace marchproxy::config {
+namespace {
+
+constexpr std::string_view kEdge = R"(schema: 1
+listeners:
+  - name: http
+    port: 8080
+    proxy_protocol: { accept: any, trusted: [10.0.0.0/8, "fd00::/8"] }
+virtual_hosts:
+  - name: app
+    domains: ["*"]
+    routes:
+      - name: login
+        match: { prefix: /login }
+        rate_limit: { requests_per_second: 2, burst: 10, key: header, header: X-Api-Key, scope: global }
+        websocket: false
+        websocket_idle_timeout: 5m
+        forward: { cluster: app }
+clusters:
+  - { name: app, endpoints: [127.0.0.1:9001], send_proxy_protocol: v2 }
+limits: { max_connections_per_ip: 50 }
+redis: { address: 127.0.0.1, port: 6380, timeout: 20ms }
+)";
+
+TEST(Writer, EdgeFieldsRoundTrip) {
+  auto s = load(kEdge);
+  ASSERT_NE(s, nullptr);
+  expectRoundTrip(*s);
+  const Route& r = s->virtual_hosts[0].routes[0];
+  ASSERT_TRUE(r.rate_limit.has_value());
+  EXPECT_EQ(r.rate_limit->requests_per_second, 2u);
+  EXPECT_EQ(r.rate_limit->burst, 10u);
+  EXPECT_EQ(r.rate_limit->key, RequestRateLimit::Key::kHeader);
+  EXPECT_EQ(r.rate_limit->header, "x-api-key");
+  EXPECT_EQ(r.rate_limit->scope, RequestRateLimit::Scope::kGlobal);
+  EXPECT_FALSE(r.websocket);
+  EXPECT_EQ(r.websocket_idle_timeout, std::chrono::minutes(5));
+  EXPECT_EQ(s->listeners[0].proxy_protocol.accept, ProxyProtocol::Mode::kAny);
+  EXPECT_EQ(s->listeners[0].proxy_protocol.trusted.size(), 2u);
+  EXPECT_EQ(s->clusters[0].send_proxy_protocol, Cluster::SendProxyProtocol::kV2);
+  EXPECT_EQ(s->limits.max_connections_per_ip, 50u);
+  ASSERT_TRUE(s->redis.has_value());
+  EXPECT_EQ(s->redis->port, 6380);
+  EXPECT_EQ(s->redis->timeout, std::chrono::milliseconds(20));
+}
+
+TEST(Writer, EdgeDefaultsLeaveTheHashAlone) {
+  // A config without the edge fields writes none of them (hashes of older configs are unchanged).
+  auto s = load(kEverything);
+  ASSERT_NE(s, nullptr);
+  const std::string json = toJson(*s, false);
+  for (const char* k : {"rate_limit", "websocket", "proxy_protocol", "max_connections_per_ip", "redis"})
+    EXPECT_EQ(json.find(k), std::string::npos) << k;
+}
+
+}  // namespace
+}  // namespace marchproxy::config

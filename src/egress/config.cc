@@ -65,6 +65,7 @@ class Decoder {
                if (!k.empty() && k != "egress") error(n, p, "must be \"egress\" in an egress config");
              }},
             {"workers", [&](const Value& n, const std::string& p) { integer(n, p, c.workers, 0, 256); }},
+            {"cpu_affinity", [&](const Value& n, const std::string& p) { cpuAffinity(n, p, c.cpu_affinity); }},
             {"listeners", [&](const Value& n, const std::string& p) { listeners(n, p, c.listeners); }},
             {"admin", [&](const Value& n, const std::string& p) { admin(n, p, c.admin); }},
             {"access_log", [&](const Value& n, const std::string& p) {
@@ -177,6 +178,25 @@ class Decoder {
       return;
     }
     out = n.text;
+  }
+
+  // As the ingress's (docs/config-reference.md, "cpu_affinity"): off, auto, or a list of CPUs.
+  void cpuAffinity(const Value& n, const std::string& path, config::CpuAffinity& out) {
+    out.cpus.clear();
+    if (n.isList()) {
+      out.mode = config::CpuAffinity::Mode::kList;
+      if (n.items.empty()) error(n, path, "an empty CPU list (write \"off\" to leave the workers unpinned)");
+      list(n, path, [&](const Value& item, const std::string& q) {
+        integer(item, q, out.cpus.emplace_back(), 0, config::syntax::kMaxCpu);
+      });
+      return;
+    }
+    std::string word, message;
+    str(n, path, word);
+    if (auto mode = config::syntax::cpuAffinityWord(word, n.quoted, &message))
+      out.mode = *mode;
+    else
+      error(n, path, message);
   }
 
   template <typename T>

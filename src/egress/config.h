@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "config/diagnostic.h"
+#include "config/model.h"
 #include "egress/acl.h"
 
 namespace marchproxy::egress {
@@ -79,6 +80,7 @@ struct AdminConfig {
 struct Config {
   int schema = 1;
   uint32_t workers = 0;  // 0 = one per core
+  config::CpuAffinity cpu_affinity;  // as the ingress's; taken at start
   std::vector<ListenerConfig> listeners;
   AdminConfig admin;
   bool access_log = false;

@@ -41,6 +41,7 @@
 
 #include <fmt/format.h>
 
+#include "common/base/cpu.h"
 #include "common/base/log.h"
 #include "common/http/h1_parser.h"
 #include "egress/acl.h"
@@ -207,11 +208,12 @@ class Worker {
   }
   ~Worker() { join(); }
 
-  void start() {
-    thread_ = std::thread([this] {
+  void start(int cpu) {
+    thread_ = std::thread([this, cpu] {
       char name[16];
       std::snprintf(name, sizeof name, "egress-%u", index_);
       pthread_setname_np(pthread_self(), name);
+      if (std::string err = cpu::pinThisThread(cpu); !err.empty()) spdlog::warn("{}: {}", name, err);
       for (;;) {
         try {
           ioc_.run();
@@ -1761,6 +1763,14 @@ int Egress::run() {
     return 1;
   }
   unsigned n = r.config->workers ? r.config->workers : std::max(1u, std::thread::hardware_concurrency());
+  const auto& affinity = r.config->cpu_affinity;
+  std::string layout;
+  auto cpus = cpu::planHere(n, affinity.mode == config::CpuAffinity::Mode::kAuto, affinity.cpus, &layout);
+  if (!cpus) {
+    spdlog::error("cannot start: {}", cpus.error().message);
+    return 1;
+  }
+  spdlog::info("workers: {}", layout);
   for (unsigned i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>(i, draining_));
   publish(*rt);
   if (auto err = bindListeners(*r.config); !err.empty()) {
@@ -1775,7 +1785,7 @@ int Egress::run() {
     for (auto& w : workers_) w->stop();
     return 1;
   }
-  for (auto& w : workers_) w->start();
+  for (unsigned i = 0; i < n; ++i) workers_[i]->start((*cpus)[i]);
   if (waiting) {
     spdlog::info("marchproxy egress started: {} worker(s), not ready until the manager sends a config", n);
   } else {

@@ -57,6 +57,29 @@ std::array<T, N> sumPerCpu(int fd) {
 
 constexpr int64_t kFlipQuietNs = 10'000'000;
 
+// Writes one prefix of rules generation `slot` into the IPv4 or the IPv6 LPM trie (the slot is the
+// key's first 32 bits) and remembers the key, so the next write of that slot can delete it.
+template <typename V>
+bool writePrefix(int fd4, int fd6, uint32_t slot, const Cidr& prefix, const V& value,
+                 std::vector<mp_lpm4_key>& keys4, std::vector<mp_lpm6_key>& keys6) {
+  if (prefix.v6) {
+    mp_lpm6_key k{};
+    k.prefixlen = 32 + prefix.length;
+    k.gen = slot;
+    std::memcpy(k.addr, prefix.addr.data(), 16);
+    if (bpf_map_update_elem(fd6, &k, &value, BPF_ANY) != 0) return false;
+    keys6.push_back(k);
+  } else {
+    mp_lpm4_key k{};
+    k.prefixlen = 32 + prefix.length;
+    k.gen = slot;
+    std::memcpy(k.addr, prefix.addr.data(), 4);
+    if (bpf_map_update_elem(fd4, &k, &value, BPF_ANY) != 0) return false;
+    keys4.push_back(k);
+  }
+  return true;
+}
+
 int64_t monoNs() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -89,7 +112,8 @@ const char* xdpReasonName(uint32_t reason) {
 }
 
 const char* tcReasonName(uint32_t reason) {
-  static constexpr const char* kNames[MP_TC_REASONS] = {"pass", "marked", "drop_icmp"};
+  static constexpr const char* kNames[MP_TC_REASONS] = {"pass", "marked", "drop_icmp", "pass_routed",
+                                                        "drop_routed"};
   return reason < MP_TC_REASONS ? kNames[reason] : "?";
 }
 
@@ -145,23 +169,8 @@ Result<uint32_t> XdpObject::publish(const CompiledRules& rules) {
   auto fail = [&](const char* what) -> Result<uint32_t> {
     return Error{fmt::format("cannot write the fast path's {} map: {}", what, errnoText(errno))};
   };
-  for (const CidrRule& c : rules.cidrs) {
-    if (c.prefix.v6) {
-      mp_lpm6_key k{};
-      k.prefixlen = 32 + c.prefix.length;
-      k.gen = slot;
-      std::memcpy(k.addr, c.prefix.addr.data(), 16);
-      if (bpf_map_update_elem(cidr6, &k, &c.action, BPF_ANY) != 0) return fail("IPv6 prefix");
-      w.v6.push_back(k);
-    } else {
-      mp_lpm4_key k{};
-      k.prefixlen = 32 + c.prefix.length;
-      k.gen = slot;
-      std::memcpy(k.addr, c.prefix.addr.data(), 4);
-      if (bpf_map_update_elem(cidr4, &k, &c.action, BPF_ANY) != 0) return fail("IPv4 prefix");
-      w.v4.push_back(k);
-    }
-  }
+  for (const CidrRule& c : rules.cidrs)
+    if (!writePrefix(cidr4, cidr6, slot, c.prefix, c.action, w.v4, w.v6)) return fail("prefix");
   for (const auto& [p, bits] : rules.ports) {
     mp_port_key k{};
     k.gen = slot;
@@ -202,23 +211,46 @@ TcCounters TcObject::counters() const {
 Result<uint32_t> TcObject::publish(const CompiledRules& rules) {
   const uint32_t next = generation_ + 1;
   const uint32_t slot = next & 1;
+  // As for XDP: let packets still reading the slot from before the last flip finish first.
+  if (int64_t since = monoNs() - lastFlipNs_; lastFlipNs_ != 0 && since < kFlipQuietNs)
+    std::this_thread::sleep_for(std::chrono::nanoseconds(kFlipQuietNs - since));
   int dscp = bpf_map__fd(skel_->maps.mp_dscp);
-  for (auto& k : written_[slot]) bpf_map_delete_elem(dscp, &k);
-  written_[slot].clear();
+  int dst4 = bpf_map__fd(skel_->maps.mp_routed_dst4), dst6 = bpf_map__fd(skel_->maps.mp_routed_dst6);
+  int src4 = bpf_map__fd(skel_->maps.mp_routed_src4), src6 = bpf_map__fd(skel_->maps.mp_routed_src6);
+  Written& w = written_[slot];
+  for (auto& k : w.dscp) bpf_map_delete_elem(dscp, &k);
+  for (auto& k : w.dst4) bpf_map_delete_elem(dst4, &k);
+  for (auto& k : w.src4) bpf_map_delete_elem(src4, &k);
+  for (auto& k : w.dst6) bpf_map_delete_elem(dst6, &k);
+  for (auto& k : w.src6) bpf_map_delete_elem(src6, &k);
+  w = {};
+  auto fail = [&](const char* what) -> Result<uint32_t> {
+    return Error{fmt::format("cannot write the TC {} map: {}", what, errnoText(errno))};
+  };
   for (const auto& [p, code] : rules.dscp) {
     mp_port_key k{};
     k.gen = slot;
     k.port = p.port;
     k.proto = p.proto;
-    if (bpf_map_update_elem(dscp, &k, &code, BPF_ANY) != 0)
-      return Error{"cannot write the DSCP map: " + errnoText(errno)};
-    written_[slot].push_back(k);
+    if (bpf_map_update_elem(dscp, &k, &code, BPF_ANY) != 0) return fail("DSCP");
+    w.dscp.push_back(k);
+  }
+  for (const RoutedPrefix& p : rules.routed_dst)
+    if (!writePrefix(dst4, dst6, slot, p.prefix, p.rules, w.dst4, w.dst6)) return fail("routed destination");
+  for (const RoutedPrefix& p : rules.routed_src)
+    if (!writePrefix(src4, src6, slot, p.prefix, p.rules, w.src4, w.src6)) return fail("routed source");
+  int routed = bpf_map__fd(skel_->maps.mp_routed_rules);
+  for (uint32_t i = 0; i < MP_ROUTED_RULES; ++i) {
+    mp_routed_rule m = i < rules.routed.size() ? rules.routed[i] : mp_routed_rule{};
+    uint32_t idx = slot * MP_ROUTED_RULES + i;
+    if (bpf_map_update_elem(routed, &idx, &m, BPF_ANY) != 0) return fail("routed rule");
   }
   if (bpf_map_update_elem(bpf_map__fd(skel_->maps.mp_tc_settings), &slot, &rules.tc, BPF_ANY) != 0)
-    return Error{"cannot write the TC settings: " + errnoText(errno)};
+    return fail("settings");
   uint32_t zero = 0;
   if (bpf_map_update_elem(bpf_map__fd(skel_->maps.mp_tc_active), &zero, &next, BPF_ANY) != 0)
-    return Error{"cannot flip the TC generation: " + errnoText(errno)};
+    return fail("active generation");
+  lastFlipNs_ = monoNs();
   generation_ = next;
   return next;
 }
@@ -411,8 +443,13 @@ void FastPath::apply(const config::Snapshot& s) {
     else
       spdlog::error("fast path: {}; the previous rules stay active", g.error().message);
   }
-  if (tc_)
-    if (auto g = tc_->publish(*rules); !g) spdlog::error("fast path: {}", g.error().message);
+  if (tc_) {
+    if (auto g = tc_->publish(*rules); !g)
+      spdlog::error("fast path: {}; the previous egress rules stay active", g.error().message);
+    else
+      spdlog::info("fast path: egress rules generation {} active (routed: {})", *g,
+                   f.routed_enforce ? fmt::format("{} rule(s), default deny", f.routed.size()) : std::string("off"));
+  }
   enabled_ = true;
   std::lock_guard lock(mu_);
   rules_ = std::move(rules);

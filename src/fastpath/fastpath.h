@@ -78,7 +78,13 @@ class TcObject {
   TcObject() = default;
   tc_egress* skel_ = nullptr;
   uint32_t generation_ = 0;
-  std::vector<mp_port_key> written_[MP_GENERATIONS];
+  struct Written {
+    std::vector<mp_port_key> dscp;
+    std::vector<mp_lpm4_key> dst4, src4;
+    std::vector<mp_lpm6_key> dst6, src6;
+  };
+  Written written_[MP_GENERATIONS];
+  int64_t lastFlipNs_ = 0;
 };
 
 struct InterfaceStatus {

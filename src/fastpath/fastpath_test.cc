@@ -351,11 +351,15 @@ class TcTest : public ::testing::Test {
     ASSERT_TRUE(g) << g.error().message;
   }
 
-  std::pair<int, Bytes> run(const Bytes& pkt) {
+  // forwarded: the packet came in on an interface (skb->ingress_ifindex set), as routed traffic
+  // does; otherwise it is a local socket's.
+  std::pair<int, Bytes> run(const Bytes& pkt, bool forwarded = false) {
     Bytes out(pkt.size() + 256);
+    __sk_buff ctx{};
+    ctx.ingress_ifindex = 1;
     LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = pkt.data(), .data_out = out.data(),
                 .data_size_in = static_cast<__u32>(pkt.size()), .data_size_out = static_cast<__u32>(out.size()),
-                .repeat = 1);
+                .ctx_in = forwarded ? &ctx : nullptr, .ctx_size_in = forwarded ? sizeof ctx : 0u, .repeat = 1);
     int err = bpf_prog_test_run_opts(obj_->programFd(), &opts);
     EXPECT_EQ(err, 0) << std::strerror(-err);
     out.resize(opts.data_size_out);
@@ -421,6 +425,101 @@ TEST_F(TcTest, IcmpEchoDeniedOnEgress) {
   EXPECT_EQ(obj_->counters()[MP_TC_DROP_ICMP].packets - before[MP_TC_DROP_ICMP].packets, 3u);
 }
 
+// Routed (gateway) enforcement: run(packet, /*forwarded=*/true) gives the packet an input interface.
+const char* kRouted = R"(fast_path:
+  egress_interfaces: [eth1]
+  routed:
+    - name: db
+      sources: [10.1.0.0/16]
+      destinations: [192.0.2.0/24]
+      protocols: [tcp]
+      ports: ["5432"]
+    - name: db-admins
+      sources: [10.1.7.0/24]
+      destinations: [192.0.2.10]
+      protocols: [tcp]
+      ports: ["22", "8000-8100"]
+    - name: dns
+      destinations: [198.51.100.53, "2001:db8:53::/48"]
+      protocols: [udp, tcp]
+      ports: ["53"]
+    - name: anything-to-backup
+      sources: ["2001:db8:1::/48"]
+      destinations: ["2001:db8:b::/48"]
+      protocols: [tcp]
+)";
+
+TEST_F(TcTest, RoutedTrafficLeavesOnlyWhenARuleAllowsIt) {
+  CompiledRules rules = compile(snapshotFrom(kRouted), {});
+  auto g = obj_->publish(rules);
+  ASSERT_TRUE(g) << g.error().message;
+  auto udpTo = [](uint16_t port) {
+    L4 u;
+    u.proto = 17;
+    u.dport = port;
+    return u;
+  };
+  struct Case {
+    Bytes packet;
+    bool allowed;
+    const char* why;
+  };
+  std::vector<Case> cases = {
+      {ipv4("10.1.2.3", "192.0.2.5", tcp(5432)), true, "db: source and destination prefixes, port"},
+      {ipv4("10.1.2.3", "192.0.2.5", tcp(5433)), false, "db: another port"},
+      {ipv4("10.2.2.3", "192.0.2.5", tcp(5432)), false, "db: a source outside 10.1/16"},
+      {ipv4("10.1.2.3", "192.0.3.5", tcp(5432)), false, "db: a destination outside 192.0.2/24"},
+      {ipv4("10.1.2.3", "192.0.2.5", udpTo(5432)), false, "db: tcp only"},
+      {ipv4("10.1.7.9", "192.0.2.10", tcp(22)), true, "db-admins: the nested /24 and /32"},
+      {ipv4("10.1.7.9", "192.0.2.10", tcp(8050)), true, "db-admins: inside the range"},
+      {ipv4("10.1.7.9", "192.0.2.10", tcp(8101)), false, "db-admins: past the range"},
+      {ipv4("10.1.7.9", "192.0.2.10", tcp(5432)), true, "db still applies inside the longer prefixes"},
+      {ipv4("10.1.8.9", "192.0.2.10", tcp(22)), false, "db-admins: a source outside 10.1.7/24"},
+      {ipv4("172.16.0.1", "198.51.100.53", udpTo(53)), true, "dns: any source"},
+      {ipv4("172.16.0.1", "198.51.100.54", udpTo(53)), false, "dns: another host"},
+      {ipv6("2001:db8:7::1", "2001:db8:53::1", udpTo(53)), true, "dns over IPv6"},
+      {ipv6("2001:db8:1::1", "2001:db8:b::9", tcp(443)), true, "backup: every port"},
+      {ipv6("2001:db8:2::1", "2001:db8:b::9", tcp(443)), false, "backup: another source"},
+      {ipv6("2001:db8:1::1", "2001:db8:b::9", tcp(443), {{60, 8}}), false,
+       "an extension header before TCP cannot be judged: refused"},
+      {truncated(ipv4("10.1.2.3", "192.0.2.5", tcp(5432)), 14 + 20 + 2), false, "a truncated TCP header"},
+  };
+  for (const Case& c : cases) {
+    TcCounters before = obj_->counters();
+    auto [verdict, out] = run(c.packet, true);
+    EXPECT_EQ(verdict, c.allowed ? TC_ACT_OK : TC_ACT_SHOT) << c.why;
+    uint32_t reason = c.allowed ? MP_TC_PASS_ROUTED : MP_TC_DROP_ROUTED;
+    EXPECT_EQ(obj_->counters()[reason].packets - before[reason].packets, 1u) << c.why;
+  }
+  // ICMP and other protocols are not routed rules' business (icmp_echo is).
+  EXPECT_EQ(run(ipv4("10.9.9.9", "203.0.113.1", icmp(1, 8)), true).first, TC_ACT_OK);
+  // The host's own connections (no input interface) are the proxy's to police, not the rules'.
+  EXPECT_EQ(run(ipv4("10.2.2.3", "192.0.3.5", tcp(9999))).first, TC_ACT_OK);
+  // A reload to "routed: []" refuses everything routed; "routed: off" lets it all through again.
+  ASSERT_TRUE(obj_->publish(compile(snapshotFrom("fast_path:\n  egress_interfaces: [eth1]\n  routed: []\n"), {})));
+  EXPECT_EQ(run(ipv4("172.16.0.1", "198.51.100.53", udpTo(53)), true).first, TC_ACT_SHOT);
+  ASSERT_TRUE(obj_->publish(compile(snapshotFrom("fast_path:\n  egress_interfaces: [eth1]\n  routed: off\n"), {})));
+  EXPECT_EQ(run(ipv4("172.16.0.1", "203.0.113.99", tcp(9999)), true).first, TC_ACT_OK);
+}
+
+TEST_F(TcTest, RandomRoutedPacketsMatchTheUserSpaceReference) {
+  CompiledRules rules = compile(snapshotFrom(kRouted), {});
+  ASSERT_TRUE(obj_->publish(rules));
+  std::mt19937 rng(7);
+  const char* sources[] = {"10.1.2.3", "10.1.7.1", "10.2.0.1", "172.16.0.1"};
+  const char* dests[] = {"192.0.2.5", "192.0.2.10", "198.51.100.53", "192.0.3.1"};
+  const uint16_t ports[] = {22, 53, 5432, 8000, 8100, 8101, 443};
+  for (int i = 0; i < 400; ++i) {
+    const char* src = sources[rng() % 4];
+    const char* dst = dests[rng() % 4];
+    L4 l4 = tcp(ports[rng() % 7]);
+    if (rng() % 2) l4.proto = 17;
+    bool want = referenceRoutedAllows(rules, *parseCidr(src), *parseCidr(dst), l4.proto, l4.dport);
+    EXPECT_EQ(run(ipv4(src, dst, l4), true).first, want ? TC_ACT_OK : TC_ACT_SHOT)
+        << src << " -> " << dst << " proto " << int(l4.proto) << " port " << l4.dport;
+  }
+}
+
 // ----------------------------------------------------------------------------------- compiler
 
 TEST(Rules, CompileTurnsTheSnapshotIntoMapEntries) {
@@ -454,6 +553,25 @@ TEST(Rules, CompileTurnsTheSnapshotIntoMapEntries) {
                                         {{9901, 6}, MP_PORT_SERVED},
                                         {{22, 6}, MP_PORT_SERVED}};
   EXPECT_EQ(r.ports, want);
+}
+
+TEST(Rules, RoutedPrefixesCarryTheRulesOfThePrefixesHoldingThem) {
+  CompiledRules r = compile(snapshotFrom(kRouted), {});
+  EXPECT_EQ(r.tc.flags & MP_F_ROUTED_ENFORCE, MP_F_ROUTED_ENFORCE);
+  EXPECT_EQ(r.tc.routed_any_source, 1u << 2) << "only dns names no source";
+  ASSERT_EQ(r.routed.size(), 4u);
+  EXPECT_EQ(r.routed[1].nranges, 2);
+  EXPECT_EQ(r.routed[1].lo[1], 8000);
+  EXPECT_EQ(r.routed[1].hi[1], 8100);
+  EXPECT_EQ(r.routed[2].protocols, MP_ROUTED_UDP | MP_ROUTED_TCP);
+  std::map<std::string, uint64_t> dst;
+  for (const auto& p : r.routed_dst) dst[p.prefix.toString()] = p.rules;
+  EXPECT_EQ(dst["192.0.2.0/24"], 1u);
+  EXPECT_EQ(dst["192.0.2.10/32"], 1u | 2u) << "the /32 inside db's /24 allows both";
+  EXPECT_EQ(dst["2001:db8:53::/48"], 4u);
+  auto off = compile(snapshotFrom("fast_path:\n  egress_interfaces: [eth1]\n"), {});
+  EXPECT_EQ(off.tc.flags & MP_F_ROUTED_ENFORCE, 0u);
+  EXPECT_TRUE(referenceRoutedAllows(off, *parseCidr("10.0.0.1"), *parseCidr("10.0.0.2"), 6, 1));
 }
 
 TEST(Rules, LookupSourceLongestPrefixWins) {

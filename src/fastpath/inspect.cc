@@ -15,6 +15,7 @@
 
 #include <fmt/format.h>
 
+#include "common/base/cpu.h"
 #include "fastpath/fastpath.h"
 #include "fastpath_maps.h"
 
@@ -185,7 +186,42 @@ StatusReport inspect() {
     }
   }
   out += "CPU layout: " + cpuLayout() + "\n";
+  out += workerPinning();
   return r;
+}
+
+std::string workerPinning() {
+  namespace fs = std::filesystem;
+  const cpu::Topology topology = cpu::read();
+  std::string out;
+  std::error_code ec;
+  for (const auto& proc : fs::directory_iterator("/proc", ec)) {
+    const std::string pid = proc.path().filename().string();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (readLine(proc.path().string() + "/comm") != "marchproxy") continue;
+    std::map<int, std::string> workers;  // worker index -> "worker-0 cpus 0 (node 0)"
+    std::error_code tec;
+    for (const auto& task : fs::directory_iterator(proc.path() / "task", tec)) {
+      const std::string comm = readLine(task.path().string() + "/comm");
+      const bool egress = comm.rfind("egress-", 0) == 0;  // the egress names its workers so
+      if (comm.rfind("worker-", 0) != 0 && !egress) continue;
+      std::ifstream st(task.path() / "status");
+      std::string line, allowed;
+      while (std::getline(st, line))
+        if (line.rfind("Cpus_allowed_list:", 0) == 0) allowed = line.substr(line.find(':') + 1);
+      std::vector<int> cpus = cpu::parseList(allowed);
+      std::string where = cpus.size() == topology.allowed.size() && cpus == topology.allowed
+                              ? "not pinned"
+                              : "cpus " + cpu::formatList(cpus);
+      if (cpus.size() == 1 && topology.nodeOf(cpus[0]) >= 0) where += fmt::format(" (node {})", topology.nodeOf(cpus[0]));
+      workers[std::atoi(comm.c_str() + 7)] = (egress ? "egress-" : "worker-") + std::string(comm.substr(7)) + " " + where;
+    }
+    if (workers.empty()) continue;
+    out += fmt::format("marchproxy process {}:", pid);
+    for (const auto& [i, where] : workers) out += " " + where + ";";
+    out.back() = '\n';
+  }
+  return out.empty() ? "no running marchproxy workers in this PID namespace\n" : "workers:\n" + out;
 }
 
 }  // namespace marchproxy::fastpath

@@ -17,4 +17,8 @@ StatusReport inspect();
 // "2 CPUs, 1 NUMA node (node0: cpus 0-1)", from /sys/devices/system/{cpu,node}.
 std::string cpuLayout();
 
+// One line per running marchproxy process (read from /proc): the CPUs each worker thread may run
+// on, e.g. "marchproxy process 812: worker-0 cpus 0 (node 0); worker-1 cpus 1 (node 0)".
+std::string workerPinning();
+
 }  // namespace marchproxy::fastpath

@@ -21,6 +21,64 @@ void bucket(const config::RateLimit& r, uint64_t share, __u64& cost, __u64& cap)
 
 uint16_t be16(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
 
+Cidr hostOf(const Cidr& prefix) {
+  Cidr h = prefix;
+  h.length = prefix.v6 ? 128 : 32;
+  return h;
+}
+
+// prefix -> rule bits, then every prefix also gets the bits of the shorter prefixes holding it.
+std::vector<RoutedPrefix> nestPrefixes(const std::map<std::string, RoutedPrefix>& byText) {
+  std::vector<RoutedPrefix> out;
+  for (const auto& [text, p] : byText) out.push_back(p);
+  for (auto& p : out)
+    for (const auto& [text, q] : byText)
+      if (q.prefix.v6 == p.prefix.v6 && q.prefix.length < p.prefix.length && q.prefix.contains(hostOf(p.prefix)))
+        p.rules |= q.rules;
+  return out;
+}
+
+void compileRouted(const config::FastPath& f, CompiledRules& r) {
+  if (!f.routed_enforce) return;
+  r.tc.flags |= MP_F_ROUTED_ENFORCE;
+  std::map<std::string, RoutedPrefix> dst, src;
+  for (size_t i = 0; i < f.routed.size() && i < MP_ROUTED_RULES; ++i) {
+    const config::RoutedRule& rule = f.routed[i];
+    const uint64_t bit = 1ull << i;
+    mp_routed_rule m{};
+    for (const auto& proto : rule.protocols) m.protocols |= proto == "udp" ? MP_ROUTED_UDP : MP_ROUTED_TCP;
+    for (size_t k = 0; k < rule.ports.size() && k < MP_ROUTED_RANGES; ++k) {
+      m.lo[k] = rule.ports[k].first;
+      m.hi[k] = rule.ports[k].second;
+      m.nranges = static_cast<uint8_t>(k + 1);
+    }
+    r.routed.push_back(m);
+    auto add = [&](std::map<std::string, RoutedPrefix>& into, const std::string& text) {
+      if (auto c = parseCidr(text)) {
+        RoutedPrefix& p = into[c->toString()];
+        p.prefix = *c;
+        p.rules |= bit;
+      }
+    };
+    for (const auto& d : rule.destinations) add(dst, d);
+    for (const auto& s : rule.sources) add(src, s);
+    if (rule.sources.empty()) r.tc.routed_any_source |= bit;
+  }
+  r.routed_dst = nestPrefixes(dst);
+  r.routed_src = nestPrefixes(src);
+}
+
+uint64_t longestMatch(const std::vector<RoutedPrefix>& prefixes, const Cidr& host) {
+  int best = -1;
+  uint64_t rules = 0;
+  for (const auto& p : prefixes)
+    if (p.prefix.v6 == host.v6 && p.prefix.length > best && p.prefix.contains(host)) {
+      best = p.prefix.length;
+      rules = p.rules;
+    }
+  return rules;
+}
+
 }  // namespace
 
 CompiledRules compile(const config::Snapshot& s, const CompileOptions& options) {
@@ -55,7 +113,23 @@ CompiledRules compile(const config::Snapshot& s, const CompileOptions& options) 
     }
     r.dscp[{d.port, static_cast<uint8_t>(d.protocol == "udp" ? IPPROTO_UDP : IPPROTO_TCP)}] = code + 1;
   }
+  compileRouted(f, r);
   return r;
+}
+
+bool referenceRoutedAllows(const CompiledRules& rules, const Cidr& src, const Cidr& dst, uint8_t proto,
+                           uint16_t dport) {
+  if (!(rules.tc.flags & MP_F_ROUTED_ENFORCE)) return true;
+  uint64_t mask = longestMatch(rules.routed_dst, dst) & (longestMatch(rules.routed_src, src) | rules.tc.routed_any_source);
+  const uint8_t bit = proto == IPPROTO_TCP ? MP_ROUTED_TCP : MP_ROUTED_UDP;
+  for (size_t i = 0; i < rules.routed.size(); ++i) {
+    if (!(mask & (1ull << i)) || !(rules.routed[i].protocols & bit)) continue;
+    const mp_routed_rule& m = rules.routed[i];
+    if (m.nranges == 0) return true;
+    for (size_t k = 0; k < m.nranges; ++k)
+      if (dport >= m.lo[k] && dport <= m.hi[k]) return true;
+  }
+  return false;
 }
 
 uint32_t lookupSource(const CompiledRules& rules, const Cidr& host) {

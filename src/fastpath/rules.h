@@ -24,12 +24,23 @@ struct PortEntry {
   friend auto operator<=>(const PortEntry&, const PortEntry&) = default;
 };
 
+// A routed-rule prefix and the rules (bit i = fast_path.routed[i]) it allows. An LPM trie returns
+// only the longest matching prefix, so `rules` already includes the bits of every shorter prefix
+// that contains this one.
+struct RoutedPrefix {
+  Cidr prefix;
+  uint64_t rules = 0;
+};
+
 struct CompiledRules {
   mp_settings xdp{};  // per-generation settings for XDP
   mp_settings tc{};   // per-generation settings for TC egress
   std::vector<CidrRule> cidrs;
   std::map<PortEntry, uint32_t> ports;  // -> MP_PORT_* bits
   std::map<PortEntry, uint32_t> dscp;   // -> DSCP code point + 1
+  std::vector<RoutedPrefix> routed_dst;  // fast_path.routed destinations
+  std::vector<RoutedPrefix> routed_src;  // ... and sources (rules with none: tc.routed_any_source)
+  std::vector<mp_routed_rule> routed;    // protocols and port ranges, by rule index
 };
 
 struct CompileOptions {
@@ -47,6 +58,11 @@ uint32_t lookupSource(const CompiledRules& rules, const Cidr& host);
 // What the XDP program decides for a packet when no rate limit is reached (the buckets are
 // stateful; the reference leaves them out): one of enum mp_xdp_reason.
 mp_xdp_reason referenceReason(const CompiledRules& rules, std::span<const uint8_t> packet);
+
+// What the TC program decides for a routed (forwarded) TCP/UDP packet from `src` to `dst`:
+// true = a routed rule allows it. Enforcement off: always true.
+bool referenceRoutedAllows(const CompiledRules& rules, const Cidr& src, const Cidr& dst, uint8_t proto,
+                           uint16_t dport);
 
 // Reads the first port of /proc/sys/net/ipv4/ip_local_port_range (32768 when unreadable).
 uint16_t ephemeralPortMin();

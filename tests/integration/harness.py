@@ -422,6 +422,18 @@ def build_request(method, path, headers=None, body=None, host="test.local", vers
     return data
 
 
+def conn_from(source_ip, port, timeout=10.0):
+    """A Conn to 127.0.0.1:port from a chosen loopback source address (127.0.0.2, ...): another client."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.bind((source_ip, 0))
+    s.connect((LOCALHOST, port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c = Conn.__new__(Conn)
+    c.sock, c.buf, c.eof, c.bytes_read = s, bytearray(), False, 0
+    return c
+
+
 def request(port, method="GET", path="/", headers=None, body=None, host="test.local", timeout=10.0):
     """One request on a fresh connection; the connection is closed afterwards."""
     with Conn(port, timeout=timeout) as c:

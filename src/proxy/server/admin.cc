@@ -136,6 +136,12 @@ std::string renderMetrics(const WorkerStats& t, const std::shared_ptr<const Runt
                        "marchproxy_requests_total{{vhost=\"{}\",route=\"{}\",cluster=\"{}\",code_class=\"{}\"}} {}\n",
                        esc(r.vhost), esc(r.route), esc(r.cluster), kClass[c], r.by_class[c]);
 
+  header(o, "marchproxy_rate_limited_total", "counter", "Requests refused with 429 by a route's rate limit.");
+  for (const auto& [k, r] : t.routes)
+    if (r.rate_limited)
+      fmt::format_to(std::back_inserter(o), "marchproxy_rate_limited_total{{vhost=\"{}\",route=\"{}\"}} {}\n",
+                     esc(r.vhost), esc(r.route), r.rate_limited);
+
   header(o, "marchproxy_request_duration_seconds", "histogram",
          "Time from the request head to the end of the response, by virtual host and route.");
   for (const auto& [k, r] : t.routes) {
@@ -170,6 +176,10 @@ std::string renderMetrics(const WorkerStats& t, const std::shared_ptr<const Runt
   header(o, "marchproxy_tls_resumptions_total", "counter", "Completed TLS handshakes that resumed a session.");
   fmt::format_to(std::back_inserter(o), "marchproxy_tls_resumptions_total {}\n", t.tls_resumed);
 
+  header(o, "marchproxy_websockets_active", "gauge", "Upgraded WebSocket connections open now.");
+  fmt::format_to(std::back_inserter(o), "marchproxy_websockets_active {}\n", t.websockets_active);
+  header(o, "marchproxy_websockets_total", "counter", "WebSocket upgrades relayed (101 from the upstream).");
+  fmt::format_to(std::back_inserter(o), "marchproxy_websockets_total {}\n", t.websockets_total);
   header(o, "marchproxy_downstream_connections_active", "gauge", "Open client connections.");
   fmt::format_to(std::back_inserter(o), "marchproxy_downstream_connections_active {}\n", t.connections_active);
   header(o, "marchproxy_downstream_connections_total", "counter", "Accepted client connections.");
@@ -178,6 +188,14 @@ std::string renderMetrics(const WorkerStats& t, const std::shared_ptr<const Runt
          "Client connections closed at once because limits.max_connections was reached.");
   fmt::format_to(std::back_inserter(o), "marchproxy_downstream_connections_rejected_total {}\n",
                  t.connections_rejected);
+  header(o, "marchproxy_connections_refused_total", "counter",
+         "Client connections closed at once by a per-client limit (per_ip: limits.max_connections_per_ip).");
+  fmt::format_to(std::back_inserter(o), "marchproxy_connections_refused_total{{reason=\"per_ip\"}} {}\n",
+                 t.connections_refused_per_ip);
+  header(o, "marchproxy_proxy_protocol_errors_total", "counter",
+         "Connections closed on a PROXY protocol listener: untrusted peer, bad header, timeout, closed early.");
+  for (const auto& [reason, n] : t.proxy_protocol_errors)
+    fmt::format_to(std::back_inserter(o), "marchproxy_proxy_protocol_errors_total{{reason=\"{}\"}} {}\n", esc(reason), n);
   header(o, "marchproxy_downstream_requests_total", "counter", "Requests received from clients.");
   fmt::format_to(std::back_inserter(o), "marchproxy_downstream_requests_total {}\n", t.requests_total);
   header(o, "marchproxy_downstream_bytes_received_total", "counter", "Bytes read from clients.");

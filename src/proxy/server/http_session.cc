@@ -3,9 +3,14 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <array>
+#include <cerrno>
+#include <cstring>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/write.hpp>
@@ -13,8 +18,11 @@
 
 #include "common/base/clock.h"
 #include "common/base/log.h"
+#include "common/base/cidr.h"
 #include "common/http/path.h"
+#include "common/net/proxy_protocol.h"
 #include "proxy/codec/h1_writer.h"
+#include "proxy/server/server.h"
 #include "proxy/server/worker.h"
 #include "proxy/tls/session_info.h"
 
@@ -26,6 +34,7 @@ using tcp = asio::ip::tcp;
 using Millis = std::chrono::milliseconds;
 using http::BodyFraming;
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
+using namespace asio::experimental::awaitable_operators;  // NOLINT(google-build-using-namespace)
 
 // Style note: results of co_await are stored in a named local before they are tested or returned
 // (`const bool ok = co_await f(); if (!ok) ...`), never used inside a condition or a co_return
@@ -62,6 +71,7 @@ HttpSession::HttpSession(tcp::socket socket, const tcp::endpoint& peer, Worker& 
   client_ip_ = addr.is_v6() && addr.to_v6().is_v4_mapped()
                    ? asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6()).to_string()
                    : addr.to_string();
+  client_port_ = peer.port();
   worker_.link(this);
   ++worker_.stats().connections_total;
 }
@@ -125,6 +135,28 @@ void HttpSession::closeClient() {
 }
 
 asio::awaitable<void> HttpSession::run() {
+  uint32_t max_per_ip = 0;
+  {
+    // Settings of the config current at accept (a kept listener follows reloads).
+    const std::shared_ptr<WorkerRuntime> wrt = worker_.runtime();
+    const config::Snapshot& snap = *wrt->rt->snapshot;
+    max_per_ip = snap.limits.max_connections_per_ip;
+    const config::ProxyProtocol* pp = nullptr;
+    for (const config::Listener& l : snap.listeners)
+      if (l.name == listener_.name) pp = &l.proxy_protocol;
+    if (pp && pp->accept != config::ProxyProtocol::Mode::kOff) {
+      const config::ProxyProtocol settings = *pp;  // wrt may be replaced while we wait
+      const bool ok_header = co_await readProxyHeader(settings, snap.timeouts.header_read);
+      if (!ok_header) {
+        closeClient();
+        co_return;
+      }
+    }
+  }
+  if (!admitPerIp(max_per_ip)) {
+    closeClient();
+    co_return;
+  }
   if (listener_.tls) {
     const bool ok_handshake = co_await handshake();
     if (!ok_handshake) {
@@ -149,6 +181,104 @@ asio::awaitable<void> HttpSession::run() {
     co_await lingerClose();
   }
   closeClient();
+}
+
+// The PROXY protocol header for a new upstream connection: the client (as this proxy sees it,
+// i.e. from an incoming PROXY header when there was one) and the address it connected to.
+std::string HttpSession::proxyHeaderFor(config::Cluster::SendProxyProtocol version) const {
+  net::ProxyAddress src, dst;
+  src.port = client_port_;
+  boost::system::error_code ec;
+  const tcp::endpoint local = client_.local_endpoint(ec);
+  dst.port = ec ? 0 : local.port();
+  std::string local_ip = ec ? std::string() : local.address().to_string();
+  if (!ec && local.address().is_v6() && local.address().to_v6().is_v4_mapped())
+    local_ip = asio::ip::make_address_v4(asio::ip::v4_mapped, local.address().to_v6()).to_string();
+  const bool known = net::parseProxyAddress(client_ip_, src) && net::parseProxyAddress(local_ip, dst);
+  if (!known) {  // the writers say "unknown" (v1) / LOCAL (v2) for addresses of different families
+    src.v6 = false;
+    dst.v6 = true;
+  }
+  // (An IPv6 client on an IPv4 listener, from an incoming header, also ends up as "unknown".)
+  return version == config::Cluster::SendProxyProtocol::kV1 ? net::proxyHeaderV1(src, dst) : net::proxyHeaderV2(src, dst);
+}
+
+// limits.max_connections_per_ip, on the client address (the PROXY protocol one when read).
+bool HttpSession::admitPerIp(uint32_t max) {
+  limits::ConnectionLimiter& cl = worker_.server().connectionLimiter();
+  if (!cl.tryAcquire(client_ip_, max)) {
+    ++worker_.stats().connections_refused_per_ip;
+    spdlog::debug("connection refused: client={} has {} open connections (limits.max_connections_per_ip)",
+                  client_ip_, max);
+    return false;
+  }
+  conn_slot_ = limits::ConnectionSlot(&cl, client_ip_);
+  return true;
+}
+
+// The PROXY protocol header (docs/proxy-protocol.md), before anything else on the connection (also
+// before the ClientHello). The socket is peeked, and only the header's own bytes are consumed, so
+// what follows is left for the TLS stream or the HTTP parser exactly as the client sent it.
+asio::awaitable<bool> HttpSession::readProxyHeader(const config::ProxyProtocol& pp, Millis timeout) {
+  WorkerStats& stats = worker_.stats();
+  auto refuse = [&](const char* label, std::string_view why) {
+    ++stats.proxy_protocol_errors[label];
+    spdlog::debug("proxy protocol: listener={} peer={} closed: {}", listener_.name, client_ip_, why);
+    return false;
+  };
+  if (!pp.trusted.empty()) {
+    auto peer = parseCidr(client_ip_);
+    bool trusted = false;
+    for (const std::string& t : pp.trusted) {
+      auto c = parseCidr(t);
+      if (c && peer && c->v6 == peer->v6 && c->contains(*peer)) trusted = true;
+    }
+    if (!trusted) co_return refuse("untrusted", "peer not in proxy_protocol.trusted");
+  }
+  const bool v1 = pp.accept == config::ProxyProtocol::Mode::kV1 || pp.accept == config::ProxyProtocol::Mode::kAny;
+  const bool v2 = pp.accept == config::ProxyProtocol::Mode::kV2 || pp.accept == config::ProxyProtocol::Mode::kAny;
+  setPhase(Phase::kReadingHead, timeout);
+  std::string got;  // header bytes consumed so far (only while the header is incomplete)
+  char buf[net::kProxyV2MaxLength];
+  const int fd = client_.native_handle();
+  for (;;) {
+    auto [ec] = co_await client_.async_wait(tcp::socket::wait_read, kNoThrow);
+    if (ec) co_return refuse(timed_out_ ? "timeout" : "closed", timed_out_ ? "timed out" : ec.message());
+    const size_t want = sizeof buf - got.size();
+    const ssize_t n = ::recv(fd, buf, want, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0) co_return refuse("closed", "closed before the header was complete");
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) continue;
+      co_return refuse("closed", std::strerror(errno));
+    }
+    std::string_view seen(buf, static_cast<size_t>(n));
+    std::string joined;
+    if (!got.empty()) {
+      joined = got;
+      joined.append(seen);
+    }
+    const net::ProxyParseResult r = net::parseProxyHeader(got.empty() ? seen : std::string_view(joined), v1, v2);
+    if (r.status == net::ProxyParseStatus::kError) co_return refuse("bad_header", r.error);
+    // Incomplete: every byte seen is header, consume it all; complete: exactly the header's rest.
+    const size_t take = r.status == net::ProxyParseStatus::kComplete ? r.consumed - got.size() : static_cast<size_t>(n);
+    const ssize_t m = ::recv(fd, buf, take, MSG_DONTWAIT);
+    if (m != static_cast<ssize_t>(take)) co_return refuse("closed", "short read of a peeked header");
+    worker_.stats().bytes_in += take;
+    if (r.status == net::ProxyParseStatus::kIncomplete) {
+      got.append(buf, take);
+      continue;
+    }
+    if (!r.header.local) {
+      std::string ip = r.header.source.toString();
+      // An IPv4-mapped IPv6 source is logged and limited as the IPv4 address, like a socket peer.
+      const auto addr = asio::ip::make_address(ip);
+      client_ip_ = addr.is_v6() && addr.to_v6().is_v4_mapped()
+                       ? asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6()).to_string()
+                       : ip;
+      client_port_ = r.header.source.port;
+    }
+    co_return true;
+  }
 }
 
 // The TLS handshake, bounded by tls.handshake_timeout. Counts the result; a refused client
@@ -349,6 +479,43 @@ asio::awaitable<bool> HttpSession::handleRequest() {
       co_return result;
     }
   }
+  if (route.rate_limit && route.rate_limit->requests_per_second) {
+    const limits::Verdict verdict =
+        co_await worker_.rateLimiter().check(route_id_, *route.rate_limit, rateLimitKey(*route.rate_limit));
+    if (!verdict.allowed) {
+      linger_ = has_body;
+      const bool result = co_await respondRateLimited(verdict.retry_after_s, !has_body && x_->req.keep_alive);
+      co_return result;
+    }
+  }
+  // WebSocket (docs/websocket.md). Any other Upgrade (h2c, TLS/1.0, ...) is ignored, as RFC 9110
+  // §7.8 allows: the request is served as plain HTTP/1.1 and the Upgrade header is not forwarded.
+  websocket_ = false;
+  if (x_->req.upgrade) {
+    const http::Header* upgrade = x_->req.find("upgrade");
+    if (upgrade && http::equalsIgnoreCase(upgrade->value, "websocket")) {
+      const char* refusal = nullptr;
+      int refusal_status = 400;
+      const http::Header* key = x_->req.find("sec-websocket-key");
+      const http::Header* version = x_->req.find("sec-websocket-version");
+      if (!route.websocket) {
+        refusal = "WebSocket is disabled on this route";
+        refusal_status = 403;
+      } else if (x_->req.method != "GET" || has_body) {
+        refusal = "a WebSocket upgrade is a GET without a body";
+      } else if (!key || key->value.empty()) {
+        refusal = "a WebSocket upgrade needs Sec-WebSocket-Key";
+      } else if (!version || version->value != "13") {
+        refusal = "unsupported Sec-WebSocket-Version (13 is supported)";
+      }
+      if (refusal) {
+        linger_ = has_body;
+        const bool result = co_await respondError(refusal_status, refusal, false);
+        co_return result;
+      }
+      websocket_ = route.action == config::ActionKind::kForward;
+    }
+  }
   switch (route.action) {
     case config::ActionKind::kDirectResponse: {
       linger_ = has_body;
@@ -374,6 +541,38 @@ asio::awaitable<bool> HttpSession::handleRequest() {
       }
   }
   co_return false;
+}
+
+// The rate-limit key of this request. A request without the configured header (or without a
+// verified client certificate) is limited by its client address instead, in its own key space.
+std::string HttpSession::rateLimitKey(const config::RequestRateLimit& rl) const {
+  switch (rl.key) {
+    case config::RequestRateLimit::Key::kHeader:
+      if (const http::Header* h = x_->req.find(rl.header)) return "h:" + std::string(h->value);
+      break;
+    case config::RequestRateLimit::Key::kClientCert:
+      if (tls_ && tls_->identity.present) return "c:" + tls_->identity.subject;
+      break;
+    case config::RequestRateLimit::Key::kClientIp:
+      break;
+  }
+  return "ip:" + client_ip_;
+}
+
+// 429 with Retry-After; counted per route (marchproxy_rate_limited_total) and as a local response.
+asio::awaitable<bool> HttpSession::respondRateLimited(uint32_t retry_after_s, bool keep_alive) {
+  if (route_id_ >= 0) ++wrt_->route_stats[static_cast<size_t>(route_id_)]->rate_limited;
+  ++worker_.stats().local_responses[429];
+  keep_alive = keep_alive && !worker_.draining();
+  config::HeaderRewrite retry;
+  retry.set.push_back({"Retry-After", std::to_string(retry_after_s)});
+  x_->wbuf.clear();
+  codec::writeLocalResponse(x_->wbuf, 429, "text/plain", "429 Too Many Requests: rate limit exceeded\n", keep_alive,
+                            head_request_, {}, x_->request_id, {&retry, nullptr});
+  setPhase(Phase::kWritingClient, wrt_->rt->snapshot->timeouts.body_read);
+  const bool ok = co_await writeClient(x_->wbuf);
+  finishRequest(429, "rate limited");
+  co_return ok && keep_alive;
 }
 
 asio::awaitable<bool> HttpSession::respondError(int status, std::string_view reason, bool keep_alive) {
@@ -417,6 +616,75 @@ asio::awaitable<bool> HttpSession::writeClient(std::string_view a, std::string_v
   worker_.stats().bytes_out += n;
   resp_bytes_ += n;
   co_return !ec;
+}
+
+asio::awaitable<std::pair<boost::system::error_code, size_t>> HttpSession::readClient(asio::mutable_buffer b) {
+  if (tls_) {
+    auto [ec, n] = co_await tls_->stream.async_read_some(b, kNoThrow);
+    co_return std::pair{ec, n};
+  }
+  auto [ec, n] = co_await client_.async_read_some(b, kNoThrow);
+  co_return std::pair{ec, n};
+}
+
+asio::awaitable<void> HttpSession::spliceWebSocket(upstream::UpstreamConnection& up, Millis idle) {
+  WorkerStats& stats = worker_.stats();
+  ++stats.websockets_total;
+  ++stats.websockets_active;
+  struct Gauge {
+    uint64_t& g;
+    ~Gauge() { --g; }
+  } gauge{stats.websockets_active};
+  setPhase(Phase::kWebSocket, idle);
+  // Either side closing (or failing) ends both: WebSocket closes in-band (Close frames) first.
+  auto close_both = [this, &up] {
+    boost::system::error_code ig;
+    client_.close(ig);
+    up.socket.close(ig);
+  };
+  auto client_to_upstream = [&]() -> asio::awaitable<void> {
+    auto buf = std::make_unique_for_overwrite<char[]>(kBodyChunk);
+    for (;;) {
+      const auto [ec, n] = co_await readClient(asio::buffer(buf.get(), kBodyChunk));
+      if (ec) break;
+      setPhase(Phase::kWebSocket, idle);
+      stats.bytes_in += n;
+      req_bytes_ += n;
+      boost::system::error_code wec;
+      if (up.tls) {
+        auto [e, k] = co_await asio::async_write(*up.tls, asio::buffer(buf.get(), n), kNoThrow);
+        wec = e;
+      } else {
+        auto [e, k] = co_await asio::async_write(up.socket, asio::buffer(buf.get(), n), kNoThrow);
+        wec = e;
+      }
+      if (wec) break;
+    }
+    close_both();
+  };
+  auto upstream_to_client = [&]() -> asio::awaitable<void> {
+    auto buf = std::make_unique_for_overwrite<char[]>(kBodyChunk);
+    for (;;) {
+      boost::system::error_code ec;
+      size_t n = 0;
+      if (up.tls) {
+        auto [e, k] = co_await up.tls->async_read_some(asio::buffer(buf.get(), kBodyChunk), kNoThrow);
+        ec = e;
+        n = k;
+      } else {
+        auto [e, k] = co_await up.socket.async_read_some(asio::buffer(buf.get(), kBodyChunk), kNoThrow);
+        ec = e;
+        n = k;
+      }
+      if (ec) break;
+      setPhase(Phase::kWebSocket, idle);
+      const bool ok = co_await writeClient(std::string_view(buf.get(), n));
+      if (!ok) break;
+    }
+    close_both();
+  };
+  co_await (client_to_upstream() && upstream_to_client());
+  if (timed_out_) spdlog::debug("websocket idle for {}ms: client={} closed", idle.count(), client_ip_);
 }
 
 // Reads and drops what the client is still sending after an early final response, so that closing
@@ -680,6 +948,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
   up_head.clear();
   codec::writeUpstreamRequest(up_head, x_->req, up_req, snap.forwarding,
                               {&m.vhost->request_headers, &route.request_headers});
+  if (websocket_) up_head.insert(up_head.size() - 2, "Connection: upgrade\r\nUpgrade: websocket\r\n");
 
   const uint64_t hash = cc.lb == config::LbPolicy::kRingHash || cc.lb == config::LbPolicy::kMaglev
                             ? upstream::requestHash(cc.hash, client_ip_, x_->req.headers)
@@ -767,7 +1036,10 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
     if (!upstream_start_ns_) upstream_start_ns_ = monoNowNs();
 
     std::unique_ptr<upstream::UpstreamConnection> conn;
-    if (!force_fresh) conn = pool.checkout(coarseNowNs(), cc.timeouts.idle.count() * kNsPerMs);
+    // A cluster that is sent the PROXY protocol gets one connection per request: a pooled
+    // connection carries the header of the client that opened it (docs/proxy-protocol.md).
+    const bool send_pp = cc.send_proxy_protocol != config::Cluster::SendProxyProtocol::kOff;
+    if (!force_fresh && !send_pp) conn = pool.checkout(coarseNowNs(), cc.timeouts.idle.count() * kNsPerMs);
     const bool reused = conn != nullptr;
     force_fresh = false;
     ++pool.active;
@@ -823,6 +1095,19 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       }
       boost::system::error_code oec;
       conn->socket.set_option(tcp::no_delay(true), oec);
+      if (send_pp) {
+        const std::string pp = proxyHeaderFor(cc.send_proxy_protocol);
+        auto [pec, pn] = co_await asio::async_write(conn->socket, asio::buffer(pp), kNoThrow);
+        if (pec) {
+          ++cstats.connect_failures;
+          report(m.cluster, idx, upstream::Outcome::kConnectFailure);
+          linger_ = !body_whole;
+          rbuf_.consume(held);
+          held = 0;
+          const bool result = co_await respondError(502, "upstream write failed", client_keep && body_whole);
+          co_return result;
+        }
+      }
       if (cr.tls) {
         // Re-encryption: the TLS handshake is part of connecting (same timeout, same retry rules).
         SSL* ssl = cr.tls->newSession(cc.endpoints[static_cast<size_t>(idx)].host);
@@ -1004,7 +1289,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
                         x_->ubuf.size() == x_->resp.head_size + x_->resp.content_length &&
                         x_->resp.content_length <= kMaxRetryDiscard;
         x_->ubuf.clear();
-        if (reusable) {
+        if (reusable && !send_pp) {
           ++conn->requests;
           pool.checkin(std::move(conn), coarseNowNs(), cc.max_idle_connections, cc.timeouts.idle.count() * kNsPerMs);
         }
@@ -1013,6 +1298,43 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       }
     }
     upstream_end_ns_ = monoNowNs();
+
+    if (websocket_ && status == 101) {
+      const http::Header* proto = x_->resp.find("upgrade");
+      if (!proto || !http::equalsIgnoreCase(proto->value, "websocket")) {
+        report(m.cluster, idx, upstream::Outcome::k5xx);
+        x_->ubuf.clear();
+        const bool result = co_await respondError(502, "upstream switched to a protocol other than websocket", false);
+        co_return result;
+      }
+      // --- the 101 to the client (with the upgrade headers the codec leaves out), then the splice
+      codec::DownstreamResponse down;
+      down.keep_alive = true;
+      down.request_id = x_->request_id;
+      x_->wbuf.clear();
+      codec::writeDownstreamResponse(x_->wbuf, x_->resp, down, {&m.vhost->response_headers, &route.response_headers});
+      x_->wbuf.insert(x_->wbuf.size() - 2, "Connection: Upgrade\r\nUpgrade: websocket\r\n");
+      x_->ubuf.consume(x_->resp.head_size);
+      setPhase(Phase::kWritingClient, route.websocket_idle_timeout);
+      bool ok = co_await writeClient(x_->wbuf, x_->ubuf.view());  // with any frames that came along
+      x_->ubuf.clear();
+      if (ok && !rbuf_.empty()) {  // frames the client sent right behind its request
+        setPhase(Phase::kWritingUpstream, route.websocket_idle_timeout);
+        boost::system::error_code wec;
+        if (conn->tls) {
+          auto [e, n] = co_await asio::async_write(*conn->tls, asio::buffer(rbuf_.view()), kNoThrow);
+          wec = e;
+        } else {
+          auto [e, n] = co_await asio::async_write(conn->socket, asio::buffer(rbuf_.view()), kNoThrow);
+          wec = e;
+        }
+        ok = !wec;
+        rbuf_.clear();
+      }
+      if (ok) co_await spliceWebSocket(*conn, route.websocket_idle_timeout);
+      finishRequest(101, {});
+      co_return false;
+    }
 
     // --- relay the response
     rbuf_.consume(held);  // the request body is delivered; what follows is the next request
@@ -1078,7 +1400,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
         ok = co_await streamResponseBody(*conn, rframing, remaining, dechunk, upstream_clean);
       }
     }
-    if (ok && upstream_clean && resp_keep && rframing != BodyFraming::kUntilClose) {
+    if (ok && upstream_clean && resp_keep && rframing != BodyFraming::kUntilClose && !send_pp) {
       ++conn->requests;
       pool.checkin(std::move(conn), coarseNowNs(), cc.max_idle_connections, cc.timeouts.idle.count() * kNsPerMs);
     }

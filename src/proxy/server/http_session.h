@@ -16,9 +16,12 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "common/base/buffer.h"
 #include "common/http/h1_parser.h"
+#include "config/model.h"
+#include "proxy/limits/connection_limiter.h"
 #include "proxy/server/exchange.h"
 #include "proxy/router/route_table.h"
 #include "proxy/upstream/health_state.h"
@@ -53,11 +56,14 @@ class HttpSession {
  private:
   enum class Phase : uint8_t {
     kIdle, kReadingHead, kReadingBody, kConnecting, kWritingUpstream, kWaitingResponse,
-    kStreamingResponse, kWritingClient, kLingering, kHandshake,
+    kStreamingResponse, kWritingClient, kLingering, kHandshake, kWebSocket,
   };
   struct TlsState;  // the TLS stream and verified client identity (TLS listeners only)
 
   boost::asio::awaitable<bool> handshake();
+  boost::asio::awaitable<bool> readProxyHeader(const config::ProxyProtocol& pp, std::chrono::milliseconds timeout);
+  bool admitPerIp(uint32_t max);
+  std::string proxyHeaderFor(config::Cluster::SendProxyProtocol version) const;
   boost::asio::awaitable<void> tlsShutdown();
   boost::asio::awaitable<bool> readHead();
   boost::asio::awaitable<bool> handleRequest();
@@ -68,12 +74,19 @@ class HttpSession {
                                             std::string_view content_type = "text/plain",
                                             const router::RouteTable::Match* m = nullptr);
   boost::asio::awaitable<bool> respondError(int status, std::string_view reason, bool keep_alive);
+  boost::asio::awaitable<bool> respondRateLimited(uint32_t retry_after_s, bool keep_alive);
+  std::string rateLimitKey(const config::RequestRateLimit& rl) const;
   boost::asio::awaitable<bool> streamRequestBody(upstream::UpstreamConnection& up, uint64_t already_sent,
                                                  bool& upstream_failed);
   boost::asio::awaitable<bool> streamResponseBody(upstream::UpstreamConnection& up, http::BodyFraming framing,
                                                   uint64_t remaining, bool dechunk, bool& upstream_clean);
   boost::asio::awaitable<bool> writeClient(std::string_view a, std::string_view b = {});
+  // One read from the client (through TLS when the listener has it).
+  boost::asio::awaitable<std::pair<boost::system::error_code, size_t>> readClient(boost::asio::mutable_buffer b);
   boost::asio::awaitable<void> lingerClose();
+  // Relays bytes both ways between the client and an upgraded upstream connection until either
+  // closes or nothing moves for `idle` (docs/websocket.md).
+  boost::asio::awaitable<void> spliceWebSocket(upstream::UpstreamConnection& up, std::chrono::milliseconds idle);
 
   void setPhase(Phase p, std::chrono::milliseconds timeout);
   void resetRequestState();
@@ -87,6 +100,8 @@ class HttpSession {
   const ListenerInfo& listener_;
   std::shared_ptr<WorkerRuntime> wrt_;
   std::string client_ip_;
+  uint16_t client_port_ = 0;
+  limits::ConnectionSlot conn_slot_;  // this connection's count in limits.max_connections_per_ip
 
   Buffer rbuf_{kIdleBufferBytes};  // downstream bytes: request heads, buffered body, pipelined requests
   std::unique_ptr<Exchange> x_;     // per-request state, borrowed from the worker while not idle
@@ -109,6 +124,7 @@ class HttpSession {
   std::string_view path_;  // the request path as routed: normalised (common/http/path.h)
   bool http10_ = false;
   bool head_request_ = false;
+  bool websocket_ = false;  // this request is a WebSocket upgrade being forwarded
 };
 
 }  // namespace marchproxy::proxy::server

@@ -23,6 +23,7 @@
 
 #include <fmt/format.h>
 
+#include "common/base/cpu.h"
 #include "common/base/log.h"
 #include "config/loader.h"
 #include "config/writer.h"
@@ -146,6 +147,9 @@ std::string Server::apply(std::shared_ptr<config::Snapshot> snapshot, bool initi
   if (!initial) {
     if (snapshot->workers != current_->snapshot->workers)
       spdlog::warn("config reload: a change of \"workers\" takes effect only after a restart");
+    const auto &ca = snapshot->cpu_affinity, &cb = current_->snapshot->cpu_affinity;
+    if (ca.mode != cb.mode || ca.cpus != cb.cpus)
+      spdlog::warn("config reload: a change of \"cpu_affinity\" takes effect only after a restart");
     const auto &a = snapshot->admin, &b = current_->snapshot->admin;
     if (a.enabled != b.enabled || a.address != b.address || a.port != b.port)
       spdlog::warn("config reload: a change of \"admin\" takes effect only after a restart");
@@ -410,6 +414,15 @@ int Server::run() {
   }
   for (const auto& w : r.warnings) spdlog::warn("config: {}", w.toString());
   unsigned n = r.snapshot->workers ? r.snapshot->workers : std::max(1u, std::thread::hardware_concurrency());
+  const auto& affinity = r.snapshot->cpu_affinity;
+  std::string layout;
+  auto cpus = cpu::planHere(n, affinity.mode == config::CpuAffinity::Mode::kAuto, affinity.cpus, &layout);
+  if (!cpus) {
+    spdlog::error("cannot start: {}", cpus.error().message);
+    return 1;
+  }
+  cpus_ = std::move(*cpus);
+  spdlog::info("workers: {}", layout);
   for (unsigned i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>(i, *this));
   checker_ = std::make_unique<upstream::HealthChecker>(control_, health_);
   if (!apply(r.snapshot, true, config_dir_).empty()) return 1;
@@ -421,12 +434,12 @@ int Server::run() {
       Worker* wp = w.get();
       wp->post([wp] { wp->stop(); });
     }
-    for (auto& w : workers_) w->start();
+    for (auto& w : workers_) w->start();  // unpinned: they only stop
     for (auto& w : workers_) w->join();
     return 1;
   }
   applyFastPath(*r.snapshot);
-  for (auto& w : workers_) w->start();
+  for (size_t i = 0; i < workers_.size(); ++i) workers_[i]->start(cpus_[i]);
   if (waiting) {
     spdlog::info("marchproxy ingress started: {} worker(s), not ready until the manager sends a config", n);
   } else {

@@ -20,6 +20,7 @@
 
 #include "config/model.h"
 #include "fastpath/fastpath.h"
+#include "proxy/limits/connection_limiter.h"
 #include "proxy/server/runtime.h"
 #include "proxy/server/worker.h"
 #include "proxy/upstream/health_state.h"
@@ -60,6 +61,9 @@ class Server {
   void releaseConnection();
   // The fast path's userspace enforcement (deny/allow, SYN rate) when XDP is not attached.
   bool fastPathAdmit(const sockaddr* peer) { return fast_path_.admit(peer); }
+  // Request rate-limit state shared by the workers (lock-free; proxy/limits/rate_limiter.h).
+  limits::BucketTable& rateTable() { return rate_table_; }
+  limits::ConnectionLimiter& connectionLimiter() { return connection_limiter_; }
   bool draining() const { return draining_.load(std::memory_order_relaxed); }
   bool ready() const { return ready_.load(std::memory_order_relaxed) && !draining(); }
 
@@ -105,6 +109,8 @@ class Server {
   std::shared_ptr<const Runtime> current_;  // control thread; admin reads current_atomic_
   std::atomic<std::shared_ptr<const Runtime>> current_atomic_;
   uint64_t generation_ = 0;
+  limits::BucketTable rate_table_;
+  limits::ConnectionLimiter connection_limiter_;
   std::atomic<uint32_t> connections_{0};
   std::atomic<uint32_t> max_connections_{0};
   std::atomic<bool> draining_{false};
@@ -116,6 +122,7 @@ class Server {
   uint16_t admin_port_ = 0;  // as bound
   std::filesystem::path config_dir_;  // relative paths of the running config resolve here
   fastpath::FastPath fast_path_;
+  std::vector<int> cpus_;  // the CPU each worker is pinned to (-1 = not pinned); config cpu_affinity
 };
 
 }  // namespace marchproxy::proxy::server

@@ -35,7 +35,9 @@ struct RouteStats {
   std::string vhost, route, cluster;
   std::array<uint64_t, 5> by_class{};  // 1xx..5xx
   Histogram latency;
+  uint64_t rate_limited = 0;  // requests refused with 429 by the route's rate_limit
   void merge(const RouteStats& o) {
+    rate_limited += o.rate_limited;
     for (size_t i = 0; i < by_class.size(); ++i) by_class[i] += o.by_class[i];
     latency.merge(o.latency);
   }
@@ -61,7 +63,11 @@ struct ClusterStats {
 struct WorkerStats {
   uint64_t connections_total = 0;
   uint64_t connections_rejected = 0;  // over limits.max_connections
+  uint64_t connections_refused_per_ip = 0;  // over limits.max_connections_per_ip
+  std::map<std::string, uint64_t> proxy_protocol_errors;  // connections closed, by reason label
   uint64_t connections_active = 0;    // gauge
+  uint64_t websockets_total = 0;      // upgrades completed (101 relayed)
+  uint64_t websockets_active = 0;     // gauge: spliced WebSocket connections open now
   uint64_t requests_total = 0;
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
@@ -78,7 +84,11 @@ struct WorkerStats {
   void merge(const WorkerStats& o) {
     connections_total += o.connections_total;
     connections_rejected += o.connections_rejected;
+    connections_refused_per_ip += o.connections_refused_per_ip;
+    for (auto& [k, v] : o.proxy_protocol_errors) proxy_protocol_errors[k] += v;
     connections_active += o.connections_active;
+    websockets_total += o.websockets_total;
+    websockets_active += o.websockets_active;
     requests_total += o.requests_total;
     bytes_in += o.bytes_in;
     bytes_out += o.bytes_out;

@@ -11,6 +11,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "common/base/clock.h"
+#include "common/base/cpu.h"
 #include "common/base/log.h"
 #include "proxy/server/http_session.h"
 #include "proxy/server/server.h"
@@ -35,17 +36,19 @@ Worker::Worker(unsigned index, Server& server)
       server_(server),
       ioc_(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO),
       rng_(std::random_device{}()),
+      rate_limiter_(server.rateTable()),
       sweep_timer_(ioc_) {
   work_.emplace(ioc_.get_executor());
 }
 
 Worker::~Worker() { join(); }
 
-void Worker::start() {
-  thread_ = std::thread([this] {
+void Worker::start(int cpu) {
+  thread_ = std::thread([this, cpu] {
     char name[16];
     std::snprintf(name, sizeof name, "worker-%u", index_);
     pthread_setname_np(pthread_self(), name);
+    if (std::string err = cpu::pinThisThread(cpu); !err.empty()) spdlog::warn("{}: {}", name, err);
     asio::co_spawn(ioc_, sweepLoop(), asio::detached);
     for (;;) {
       try {

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "proxy/limits/rate_limiter.h"
 #include "proxy/server/access_log.h"
 #include "proxy/server/exchange.h"
 #include "proxy/server/runtime.h"
@@ -58,7 +59,7 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  void start();
+  void start(int cpu = -1);  // cpu >= 0: the worker thread pins itself to it first
   void join();
   void post(std::function<void()> fn);
 
@@ -84,6 +85,7 @@ class Worker {
   // Formats a fresh 32-hex-digit request id into out.
   void newRequestId(char (&out)[32]);
   unsigned index() const { return index_; }
+  limits::RateLimiter& rateLimiter() { return rate_limiter_; }
   // Open downstream connections; readable from any thread (drain waits on it).
   size_t sessionsApprox() const { return session_gauge_.load(std::memory_order_relaxed); }
 
@@ -120,6 +122,7 @@ class Worker {
   bool draining_ = false;
   bool stopped_ = false;
   std::mt19937_64 rng_;
+  limits::RateLimiter rate_limiter_;
   boost::asio::steady_timer sweep_timer_;
   std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_;
 };

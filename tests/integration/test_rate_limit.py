@@ -1,0 +1,123 @@
+"""Per-route request rate limits (docs/rate-limiting.md): 429 with Retry-After before any upstream
+work, token-bucket counts within the expected band across workers (by counts, with the elapsed
+time only widening the band), keys by client IP / header, marchproxy_rate_limited_total."""
+import time
+import unittest
+
+from harness import ProxyTestCase, Conn, conn_from, get, render, wait_until
+
+CONFIG = """
+schema: 1
+version: 1
+workers: 2
+admin: { address: 127.0.0.1, port: 0 }
+listeners: [ { name: http, address: 127.0.0.1, port: 0 } ]
+virtual_hosts:
+  - name: app
+    domains: ["*"]
+    routes:
+      - name: slow
+        match: { prefix: /slow }
+        rate_limit: { requests_per_second: 1, burst: 5 }
+        forward: { cluster: a }
+      - name: steady
+        match: { prefix: /steady }
+        rate_limit: { requests_per_second: 50, burst: 10 }
+        direct_response: { status: 200, body: "ok" }
+      - name: keyed
+        match: { prefix: /keyed }
+        rate_limit: { requests_per_second: 1, burst: 2, key: header, header: X-Api-Key }
+        direct_response: { status: 200, body: "ok" }
+      - name: open
+        match: { prefix: / }
+        forward: { cluster: a }
+clusters:
+  - name: a
+    endpoints: [ "${A}" ]
+timeouts: { header_read: 2s, idle: 30s, drain: 1s }
+"""
+
+
+def get_from(port, path, source_ip, headers=None):
+    """One GET on a fresh connection from a chosen loopback source address."""
+    with conn_from(source_ip, port) as c:
+        return c.request("GET", path, headers)
+
+
+class RateLimitTest(ProxyTestCase):
+    def setUp(self):
+        self.a = self.start_origin("A")
+        self.p = self.start_proxy(render(CONFIG, A=self.a.address))
+
+    def burst(self, path, n, **kw):
+        t0 = time.monotonic()
+        statuses = [get(self.p.port, path, **kw) for _ in range(n)]
+        return statuses, time.monotonic() - t0
+
+    def test_burst_then_429_with_retry_after_and_no_upstream_work(self):
+        before = self.a.count
+        rs, elapsed = self.burst("/slow/x", 20)
+        ok = [r for r in rs if r.status == 200]
+        refused = [r for r in rs if r.status == 429]
+        self.assertEqual(len(ok) + len(refused), 20, [r.status for r in rs])
+        # burst 5, plus at most one token per second that passed (each new connection may land on
+        # either worker: the bucket is shared, so this holds across workers).
+        self.assertGreaterEqual(len(ok), 5)
+        self.assertLessEqual(len(ok), 5 + int(elapsed) + 1, elapsed)
+        self.assertEqual(self.a.count - before, len(ok), "a refused request reached the upstream")
+        r = refused[0]
+        self.assertEqual(r.header("retry-after"), "1", r)
+        self.assertIn(b"rate limit", r.body)
+        self.assertLess(len(r.body), 100)
+        self.assertEqual(self.p.metric("marchproxy_rate_limited_total", route="slow"), len(refused))
+        # Other routes are not limited.
+        for _ in range(10):
+            self.assertStatus(get(self.p.port, "/other"), 200)
+
+    def test_steady_rate_band(self):
+        # 300 requests as fast as one client can: burst + rate * elapsed pass, within one token.
+        rs, elapsed = self.burst("/steady", 300)
+        ok = sum(r.status == 200 for r in rs)
+        refused = sum(r.status == 429 for r in rs)
+        self.assertEqual(ok + refused, 300)
+        high = 10 + int(50 * elapsed) + 1
+        self.assertGreaterEqual(ok, 10)
+        self.assertLessEqual(ok, high, f"elapsed {elapsed:.3f}s")
+        self.assertEqual(self.p.metric("marchproxy_rate_limited_total", route="steady"), refused)
+
+    def test_keep_alive_connection_is_limited_too(self):
+        with Conn(self.p.port) as c:
+            statuses = [c.request("GET", "/slow/k").status for _ in range(8)]
+        self.assertEqual(statuses[:5], [200] * 5, statuses)
+        self.assertIn(429, statuses[5:])
+
+    def test_client_ip_keys_are_independent(self):
+        for ip in ("127.0.0.2", "127.0.0.3"):
+            got = [get_from(self.p.port, "/slow/ip", ip).status for _ in range(7)]
+            self.assertEqual(got[:5], [200] * 5, (ip, got))
+            self.assertIn(429, got[5:], (ip, got))
+
+    def test_header_key(self):
+        a = [get(self.p.port, "/keyed", headers={"X-Api-Key": "alpha"}).status for _ in range(4)]
+        b = [get(self.p.port, "/keyed", headers={"x-api-key": "beta"}).status for _ in range(4)]
+        self.assertEqual(a[:2], [200, 200], a)
+        self.assertEqual(b[:2], [200, 200], b)
+        self.assertIn(429, a[2:])
+        self.assertIn(429, b[2:])
+        # Without the header the client address is the key (its own bucket).
+        c = [get(self.p.port, "/keyed").status for _ in range(4)]
+        self.assertEqual(c[:2], [200, 200], c)
+        self.assertIn(429, c[2:])
+
+    def test_reload_keeps_limiting(self):
+        rs, _ = self.burst("/slow/r", 8)
+        self.assertIn(429, [r.status for r in rs])
+        self.p.reload(render(CONFIG, A=self.a.address).replace("burst: 5", "burst: 6")
+                      .replace("version: 1", "version: 2"))
+        wait_until(lambda: self.p.config_info().get("version") == 2, 10, message="reload applied")
+        rs, _ = self.burst("/slow/r", 8)
+        self.assertIn(429, [r.status for r in rs])
+
+
+if __name__ == "__main__":
+    unittest.main()
