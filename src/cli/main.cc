@@ -118,11 +118,12 @@ int main(int argc, char** argv) {
   manager->add_option("--license-file", manager_opts.license_file,
                       "Enterprise licence file (env MARCHPROXY_LICENSE_FILE; see docs/licensing.md)");
   manager->add_option("--license-public-key", manager_opts.license_public_key,
-                      "File with the Ed25519 licence public key (env MARCHPROXY_LICENSE_PUBLIC_KEY: file or key)");
+                      "TEST BUILDS ONLY (MP_LICENSE_TEST_KEYS): Ed25519 key replacing the built-in licence key "
+                      "(env MARCHPROXY_LICENSE_PUBLIC_KEY: file or key)");
   manager->add_option("--license-server", manager_opts.license_server,
                       "Optional online licence validation URL (off by default; failures only log)");
   manager->add_option("--license-grace-days", manager_opts.license_grace_days,
-                      "Days an expired licence keeps enterprise limits (default 14)");
+                      "At most this many grace days after expiry (default: the licence's own, signed in it)");
   manager->add_option("--control-listen", manager_opts.control_listen,
                       "host:port of the mTLS control listener proxies use (default 127.0.0.1:8443)");
   manager->add_option("--control-hosts", manager_opts.control_hosts,
@@ -146,6 +147,8 @@ int main(int argc, char** argv) {
   license_issue->add_option("--expires", lic_payload.expires_at, "Expiry: YYYY-MM-DD (end of day, UTC) or ISO-8601")
       ->required();
   license_issue->add_option("--issued-at", lic_payload.issued_at, "Issue time (default now)");
+  license_issue->add_option("--grace-days", lic_payload.grace_days,
+                            "Days enterprise limits stay after expiry, signed into the licence (default 14)");
   license_issue->add_option("--out", lic_out, "Write here instead of standard output");
 
   marchproxy::up::Options up_opts;

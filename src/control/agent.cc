@@ -78,6 +78,14 @@ std::string problemText(int status, const std::string& body) {
   return fmt::format("HTTP {}{}{}", status, body.empty() ? "" : ": ", body.substr(0, 200));
 }
 
+// "certificate-revoked" from a problem+json body's type URL; "" otherwise.
+std::string problemType(const std::string& body) {
+  auto j = json::parse(body, nullptr, false);
+  if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) return "";
+  const std::string t = j["type"].get<std::string>();
+  return t.substr(t.rfind('/') + 1);
+}
+
 std::string isoTime(std::chrono::system_clock::time_point t) {
   const std::time_t s = std::chrono::system_clock::to_time_t(t);
   std::tm tm{};
@@ -266,6 +274,8 @@ Result<std::string> Agent::prepare() {
 void Agent::start(asio::io_context& control, Host& host) {
   ioc_ = &control;
   host_ = &host;
+  poll_conn_ = std::make_unique<HttpsConnection>(control, url_);
+  beat_conn_ = std::make_unique<HttpsConnection>(control, url_);
   heartbeat_due_ = true;  // tell the manager at once that this proxy (re)started, when registered
   asio::co_spawn(*ioc_, pollLoop(), asio::detached);
   asio::co_spawn(*ioc_, heartbeatLoop(), asio::detached);
@@ -274,6 +284,9 @@ void Agent::start(asio::io_context& control, Host& host) {
 void Agent::stop() {
   stopped_ = true;
   if (heartbeat_wake_) heartbeat_wake_->cancel();
+  // The kept connections belong to the control io_context, which is destroyed before this agent.
+  if (poll_conn_) poll_conn_->close();
+  if (beat_conn_) beat_conn_->close();
 }
 
 asio::awaitable<void> Agent::sleep(std::chrono::milliseconds d) {
@@ -309,6 +322,12 @@ Agent::Outcome Agent::classify(const Result<HttpsResponse>& r, const char* what,
   }
   setReachable(true, {});
   if (r->status == 401) return Outcome::kUnauthorized;
+  if (r->status == 403 && problemType(r->body) == "certificate-revoked") {
+    // The proxy's certificate alone was revoked (the CA API), the proxy was not: get a new one.
+    spdlog::warn("manager: this proxy's certificate was revoked ({}); registering {} again for a new one",
+                 problemText(r->status, r->body), options_.name);
+    return Outcome::kUnauthorized;
+  }
   if (r->status == 403) {
     const auto now = std::chrono::steady_clock::now();
     if (!revoked_ || now - revoked_logged_ >= 60s) {
@@ -425,7 +444,7 @@ asio::awaitable<void> Agent::renewIfDue() {
   auto csr = makeCsrPem(key_pem_, options_.name);
   if (!csr) co_return;
   HttpsRequest req{"POST", fmt::format("/api/v1/proxies/{}/certificate", id_), token_, json{{"csr", *csr}}.dump(), 15s};
-  auto r = co_await httpsRequest(*ioc_, url_, mtls_, std::move(req));
+  auto r = co_await poll_conn_->request(mtls_, std::move(req));
   if (!r || r->status != 200) {
     spdlog::warn("manager: certificate renewal failed ({}); trying again on the next poll",
                  r ? problemText(r->status, r->body) : r.error().message);
@@ -453,7 +472,9 @@ asio::awaitable<void> Agent::pollLoop() {
     std::string target = fmt::format("/api/v1/proxies/{}/config?wait=30", id_);
     if (seen_version_ > 0) target += fmt::format("&since={}", seen_version_);
     HttpsRequest req{"GET", std::move(target), token_, "", 45s};
-    auto r = co_await httpsRequest(*ioc_, url_, mtls_, std::move(req));
+    auto r = co_await poll_conn_->request(mtls_, std::move(req));
+    m_poll_connects_ = poll_conn_->connects();
+    m_poll_resumed_ = poll_conn_->resumed();
     if (stopped_) break;
     std::chrono::milliseconds wait{0};
     switch (classify(r, "config", &wait)) {
@@ -464,8 +485,9 @@ asio::awaitable<void> Agent::pollLoop() {
         co_await sleep(wait);
         break;
       case Outcome::kUnauthorized:
-        spdlog::warn("manager no longer accepts this proxy's token or certificate (401); registering {} again",
-                     options_.name);
+        if (r->status == 401)
+          spdlog::warn("manager no longer accepts this proxy's token or certificate (401); registering {} again",
+                       options_.name);
         token_.clear();
         mtls_.reset();
         break;
@@ -569,7 +591,10 @@ asio::awaitable<void> Agent::heartbeatLoop() {
     if (stopped_) break;
     if (token_.empty() || !mtls_ || revoked_) continue;
     HttpsRequest req{"POST", fmt::format("/api/v1/proxies/{}/heartbeat", id_), token_, heartbeatBody(), 10s};
-    auto r = co_await httpsRequest(*ioc_, url_, mtls_, std::move(req));
+    auto r = co_await beat_conn_->request(mtls_, std::move(req));
+    ++m_heartbeats_;
+    m_beat_connects_ = beat_conn_->connects();
+    m_beat_resumed_ = beat_conn_->resumed();
     if (!r) spdlog::debug("manager: heartbeat failed: {}", r.error().message);
     else if (r->status != 200) spdlog::debug("manager: heartbeat answered {}", problemText(r->status, r->body));
   }
@@ -587,9 +612,21 @@ std::string Agent::metricsText() const {
       "# HELP marchproxy_manager_apply_failures_total Snapshots from the manager this proxy refused.\n"
       "# TYPE marchproxy_manager_apply_failures_total counter\nmarchproxy_manager_apply_failures_total {}\n"
       "# HELP marchproxy_manager_registrations_total Registrations with the manager (first and re-registrations).\n"
-      "# TYPE marchproxy_manager_registrations_total counter\nmarchproxy_manager_registrations_total {}\n",
+      "# TYPE marchproxy_manager_registrations_total counter\nmarchproxy_manager_registrations_total {}\n"
+      "# HELP marchproxy_manager_heartbeats_total Heartbeats sent to the manager (answered or not).\n"
+      "# TYPE marchproxy_manager_heartbeats_total counter\nmarchproxy_manager_heartbeats_total {}\n"
+      "# HELP marchproxy_manager_connections_total Connections opened to the manager's control listener, by loop "
+      "(kept alive between calls).\n"
+      "# TYPE marchproxy_manager_connections_total counter\n"
+      "marchproxy_manager_connections_total{{loop=\"config\"}} {}\n"
+      "marchproxy_manager_connections_total{{loop=\"heartbeat\"}} {}\n"
+      "# HELP marchproxy_manager_tls_resumptions_total Of those connections, the ones that resumed a TLS session.\n"
+      "# TYPE marchproxy_manager_tls_resumptions_total counter\n"
+      "marchproxy_manager_tls_resumptions_total{{loop=\"config\"}} {}\n"
+      "marchproxy_manager_tls_resumptions_total{{loop=\"heartbeat\"}} {}\n",
       m_applied_version_.load(), m_last_apply_unix_.load(), m_reachable_.load(), m_apply_failures_.load(),
-      m_registrations_.load());
+      m_registrations_.load(), m_heartbeats_.load(), m_poll_connects_.load(), m_beat_connects_.load(),
+      m_poll_resumed_.load(), m_beat_resumed_.load());
 }
 
 }  // namespace marchproxy::control

@@ -117,6 +117,8 @@ class Agent {
   AgentOptions options_;
   StateDir state_;
   ManagerUrl url_;
+  // One kept-alive connection per loop: the long-poll and the heartbeat never wait for each other.
+  std::unique_ptr<HttpsConnection> poll_conn_, beat_conn_;
   std::mt19937_64 rng_{std::random_device{}()};
   Backoff backoff_;
   bool stopped_ = false;
@@ -145,6 +147,9 @@ class Agent {
   std::atomic<int> m_reachable_{0};
   std::atomic<uint64_t> m_apply_failures_{0};
   std::atomic<uint64_t> m_registrations_{0};
+  std::atomic<uint64_t> m_heartbeats_{0};
+  // copied from the connections after each call (the admin thread must not touch them)
+  std::atomic<uint64_t> m_poll_connects_{0}, m_beat_connects_{0}, m_poll_resumed_{0}, m_beat_resumed_{0};
 };
 
 }  // namespace marchproxy::control

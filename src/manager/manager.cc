@@ -6,9 +6,11 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <fstream>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 #include <sstream>
@@ -19,6 +21,7 @@
 #include "manager/auth/keyring.h"
 #include "manager/ca/authority.h"
 #include "manager/license/license.h"
+#include "manager/license/vendor_key.h"
 #include "manager/control/service.h"
 #include "manager/crypto/crypto.h"
 #include "manager/http/server.h"
@@ -111,8 +114,11 @@ std::string resolveOptions(Options& o) {
   if (o.heartbeat_interval < 1 || o.heartbeat_interval > 3600) return "heartbeat-interval: must be 1-3600 seconds";
   if (o.cert_renew_days == 0) o.cert_renew_days = 30;
   if (o.cert_renew_days < 1 || o.cert_renew_days > 365) return "cert-renew-days: must be 1-365";
-  if (o.license_grace_days == 0) o.license_grace_days = 14;
-  if (o.license_grace_days < 1 || o.license_grace_days > 365) return "license-grace-days: must be 1-365";
+  // 0: the grace period signed into the licence; otherwise at most that many days (never more).
+  if (o.license_grace_days < 0 || o.license_grace_days > 365) return "license-grace-days: must be 0-365";
+  if (!o.license_public_key.empty() && !license::kPublicKeyOverrideAllowed)
+    return "license-public-key: this build verifies licences only against the MarchProxy key built into it; "
+           "the option exists in test builds (-DMP_LICENSE_TEST_KEYS=ON) only (see docs/licensing.md)";
   if (!o.license_server.empty() && o.license_server.rfind("http://", 0) != 0 &&
       o.license_server.rfind("https://", 0) != 0)
     return "license-server: expected an http:// or https:// URL";
@@ -154,24 +160,25 @@ std::string licensePublicKey(const std::string& value) {
   return ss.str();
 }
 
-// Re-issues expiring certificates at start-up and then every hour until stopped.
-class RenewalTimer {
+// Runs `fn` at once and then every `interval` until destroyed, on a thread of its own; an exception
+// is logged and the next round runs as usual.
+class Periodic {
  public:
-  RenewalTimer(ca::Authority& ca, int days) : thread_([this, &ca, days] {
-      std::unique_lock l(mu_);
-      while (!stop_) {
-        l.unlock();
-        try {
-          auto done = ca.renewExpiring(days);
-          if (!done.empty()) spdlog::info("ca: renewed {} certificate(s) expiring within {} days", done.size(), days);
-        } catch (const std::exception& e) {
-          spdlog::error("ca: renewal check failed: {}", e.what());
-        }
-        l.lock();
-        cv_.wait_for(l, std::chrono::hours(1), [this] { return stop_; });
-      }
-    }) {}
-  ~RenewalTimer() {
+  Periodic(const char* what, std::chrono::milliseconds interval, std::function<void()> fn)
+      : thread_([this, what, interval, fn = std::move(fn)] {
+          std::unique_lock l(mu_);
+          while (!stop_) {
+            l.unlock();
+            try {
+              fn();
+            } catch (const std::exception& e) {
+              spdlog::error("{}: {}", what, e.what());
+            }
+            l.lock();
+            cv_.wait_for(l, interval, [this] { return stop_; });
+          }
+        }) {}
+  ~Periodic() {
     {
       std::lock_guard l(mu_);
       stop_ = true;
@@ -189,7 +196,8 @@ class RenewalTimer {
 
 // The control listener's certificate: issued by the CA for --control-hosts and kept in the
 // certificates table as "manager-control"; re-issued when the hosts change, it is revoked, or it
-// expires within 30 days (the CA's renewal also re-issues it; a restart picks that up).
+// expires within 30 days (the CA's renewal also re-issues it; the running listener picks up a new
+// one within 2 s: see the watcher in run()).
 std::pair<std::string, std::string> controlCertificate(store::Db& db, const auth::KeyRing& keys, ca::Authority& ca,
                                                        const std::string& hosts_csv) {
   std::vector<std::string> sans;
@@ -239,14 +247,28 @@ int run(Options opts) {
     keys.load(*db);
     Metrics metrics;
     ca::Authority authority(*db, keys);
-    license::Licensing licensing(opts.license_file, licensePublicKey(opts.license_public_key), opts.license_grace_days);
+    if (!opts.license_public_key.empty())
+      spdlog::warn("license: TEST BUILD: licences are verified against --license-public-key instead of the "
+                   "MarchProxy key (built with MP_LICENSE_TEST_KEYS; never run such a build in production)");
+    license::Licensing licensing(opts.license_file,
+                                 opts.license_public_key.empty() ? std::string(license::kVendorPublicKey)
+                                                                 : licensePublicKey(opts.license_public_key),
+                                 opts.license_grace_days);
+    // The latest time seen survives restarts: a clock set back does not revive an expired licence.
+    licensing.raiseLastSeen(license::loadLastSeen(*db, keys));
+    Periodic license_clock("license: cannot store the last-seen time", std::chrono::minutes(1),
+                           [&] { license::saveLastSeen(*db, keys, licensing.lastSeen()); });
     std::unique_ptr<license::OnlineCheck> online;
     if (!opts.license_server.empty()) online = std::make_unique<license::OnlineCheck>(licensing, opts.license_server);
     api::App app(*db, keys, metrics);
     app.openapi = openapiDocument();
     app.ca = &authority;
     app.license = &licensing;
-    RenewalTimer renewal(authority, opts.cert_renew_days);
+    // Re-issues expiring certificates at start-up and then every hour.
+    Periodic renewal("ca: renewal check failed", std::chrono::hours(1), [&authority, days = opts.cert_renew_days] {
+      auto done = authority.renewExpiring(days);
+      if (!done.empty()) spdlog::info("ca: renewed {} certificate(s) expiring within {} days", done.size(), days);
+    });
     if (opts.ca_intermediate && !authority.hasIntermediate()) {
       // Never fatal: without the licence feature the root keeps issuing.
       if (licensing.hasFeature("intermediate-ca")) {
@@ -330,7 +352,36 @@ int run(Options opts) {
                  opts.control_listen.substr(0, opts.control_listen.rfind(':')), control_server.port(),
                  opts.control_hosts);
     server.bind();
+    metrics.addSource([&control_server] {
+      return fmt::format(
+          "# HELP marchproxy_manager_control_tls_handshakes_total TLS handshakes on the control listener, by whether "
+          "a session was resumed.\n# TYPE marchproxy_manager_control_tls_handshakes_total counter\n"
+          "marchproxy_manager_control_tls_handshakes_total{{resumed=\"false\"}} {}\n"
+          "marchproxy_manager_control_tls_handshakes_total{{resumed=\"true\"}} {}\n",
+          control_server.tlsHandshakes() - control_server.tlsResumed(), control_server.tlsResumed());
+    });
     std::thread control_thread([&] { control_server.run(); });
+    // A renewed (or revoked and re-issued) listener certificate, or a new CA chain (also one another
+    // manager on the same database created), is served to new connections without a restart; open
+    // ones keep theirs. Two small reads every 2 s.
+    std::string served_cert = control_cert, served_chain = authority.chainPem();
+    Periodic control_tls("control listener: certificate reload failed", std::chrono::seconds(2), [&] {
+      authority.refresh();  // another manager on this database may have created the intermediate (M3)
+      auto rows = db->read([](store::Conn& c) {
+        return c.exec("SELECT cert_pem, revoked_at FROM certificates WHERE name = 'manager-control'");
+      });
+      std::string chain = authority.chainPem();
+      if (!rows.empty() && rows.front().str("cert_pem") == served_cert && rows.front().isNull("revoked_at") &&
+          chain == served_chain)
+        return;
+      auto [cert, key] = controlCertificate(*db, keys, authority, opts.control_hosts);
+      control_server.reloadTls(cert + chain, key, chain);
+      auto facts = ca::parseCertificate(cert);
+      spdlog::info("control listener: now serving certificate {} (valid until {})", facts ? facts->serial : "?",
+                   facts ? facts->not_after : "?");
+      served_cert = cert;
+      served_chain = chain;
+    });
     spdlog::info("listening: listener=manager address={}:{} tls={} database={} ui={}",
                  opts.listen.substr(0, opts.listen.rfind(':')), server.port(), server.tls() ? "on" : "off",
                  db->dialect() == store::Dialect::sqlite ? "sqlite" : "postgres", ui.dir().empty() ? "off" : ui.dir());

@@ -17,7 +17,7 @@ struct Options {
   std::string license_file;        // enterprise licence (docs/licensing.md); empty = community
   std::string license_public_key;  // file with, or the text of, the Ed25519 public key (PEM or base64)
   std::string license_server;      // optional online validation URL; off when empty
-  int license_grace_days = 0;      // default 14
+  int license_grace_days = 0;      // 0: the licence's signed grace period; else at most this many days
   // The control listener proxies use (docs/control-protocol.md, docs/control-plane.md).
   std::string control_listen;  // default 127.0.0.1:8443
   std::string control_hosts;   // SANs of its certificate, comma-separated (default localhost,127.0.0.1,::1,<hostname>)

@@ -46,6 +46,13 @@ class LicenseTests(ManagerTestCase):
         self.assertEqual(st, 200, b)
         return b
 
+    def test_a_test_build_says_it_accepts_another_key(self):
+        # Production builds refuse --license-public-key (unit test OnlyTheBuiltInVendorKey...); the
+        # tests run on builds with MP_LICENSE_TEST_KEYS=ON, which must say so loudly.
+        self.restart_with(self.make_license("valid.json", day(365)))
+        self.assertEqual(self.state()["status"], "valid")
+        self.assertIn("license: TEST BUILD", self.mgr.output())
+
     def test_community_by_default_and_enterprise_feature_refused(self):
         s = self.state()
         self.assertEqual((s["edition"], s["status"], s["max_proxies"]), ("community", "valid", 3))

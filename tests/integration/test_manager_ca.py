@@ -83,6 +83,11 @@ class CaTests(ManagerTestCase):
                                            {"kind": "client", "name": "x", "common_name": "a", "days": 5000}), 422, "days")
         self.assertProblem(self.admin.post("/api/v1/certificates/issue",
                                            {"kind": "client", "name": "web", "common_name": "a"}), 409, "name")
+        # The control listener's proxy identities are reserved (review L6).
+        for cn in ("proxy:1:ingress-1", "PROXY:2:x"):
+            self.assertProblem(self.admin.post("/api/v1/certificates/issue",
+                                               {"kind": "client", "name": "fake-proxy", "common_name": cn}),
+                               422, "common_name")
 
     def test_revoked_certificate_is_in_the_crl(self):
         ca_file = self.write("ca.pem", self.admin.get("/api/v1/ca.pem")[2])

@@ -263,6 +263,23 @@ class WebUiTests(ManagerTestCase):
         ow.close()
         vw.close()
 
+    def test_a_service_owner_gets_the_delete_event_of_their_service(self):
+        # Review M2: the row and its assignment are gone when the event is checked; the stream
+        # remembers which services the owner had.
+        c = self.make_cluster("team-c")
+        owner, oc = self.make_user("svc-owner", "service-owner")
+        mine = self.make_service(c["id"], "mine")
+        other = self.make_service(c["id"], "not-mine")
+        st, _, b = self.admin.post(f"/api/v1/users/{owner['id']}/services", {"service_id": mine["id"]})
+        self.assertEqual(st, 201, b)
+        ow = WsClient(self.mgr.port, self.ticket(oc))
+        self.assertEqual(ow.message()["role"], "service-owner")
+        self.assertEqual(self.admin.delete(f"/api/v1/services/{other['id']}")[0], 204)  # not theirs: not sent
+        self.assertEqual(self.admin.delete(f"/api/v1/services/{mine['id']}")[0], 204)
+        gone = ow.next_event(("object",))
+        self.assertEqual((gone["resource"], gone["action"], gone["id"]), ("services", "deleted", mine["id"]))
+        ow.close()
+
 
 if __name__ == "__main__":
     run()

@@ -1,6 +1,7 @@
 // Routes of the certificate authority and the licence: CA certificate and CRL, issuing server and
 // client certificates, revocation, downloads, the intermediate CA (enterprise), GET /license.
 // Certificate listing, import, edit and delete are the generic resource routes (resources.cc).
+#include <cctype>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -89,6 +90,11 @@ Response issue(App& app, Request& req) {
     if (!b.contains("common_name")) validate::fail("common_name", "required for client certificates (the service name)");
     validate::text(b["common_name"], "common_name", 64);
     cn = b["common_name"];
+    // "proxy:<id>:<name>" is how the control listener recognises a proxy's certificate (review L6).
+    std::string lower = cn.substr(0, 6);
+    for (auto& ch : lower) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+    if (lower == "proxy:")
+      validate::fail("common_name", "the prefix \"proxy:\" is reserved for the certificates of registered proxies");
   }
   std::string name = b["name"];
   Json row;
@@ -162,6 +168,9 @@ Response revoke(App& app, Request& req) {
     return resourceJson(c, "certificates", id);
   });
   authority(app).crlPem();  // regenerate now rather than on the next snapshot
+  // Every cluster's version moved (the CRL is in every snapshot): wake the waiting long-polls, so
+  // the proxies get the new CRL, and a proxy whose own certificate this was learns it, at once.
+  if (app.on_config_write) app.on_config_write();
   announce(out, "updated");
   return Response::json(200, out);
 }

@@ -72,6 +72,7 @@ class EventStream : public http::WsSession {
       : app_(app), who_(std::move(g.who)), authorization_(std::move(g.authorization)), sub_(events::bus().subscribe()) {
     Json hello{{"type", "hello"}, {"user", who_.username}, {"role", who_.role}};
     pending_ = hello.dump();
+    if (!who_.isAdmin() && who_.role != "viewer") rememberOwned();
   }
   ~EventStream() override {
     events::bus().unsubscribe(sub_);
@@ -122,7 +123,43 @@ class EventStream : public http::WsSession {
     });
     if (rows.empty() || rows.front().i64("disabled")) return false;
     who_.role = rows.front().str("role");
+    // Assignments may have changed too: visibility is worked out afresh (at most 30 s stale).
+    clusters_.clear();
+    objects_.clear();
+    if (!who_.isAdmin() && who_.role != "viewer") rememberOwned();
     return true;
+  }
+
+  // The services this owner is assigned: their "deleted" events are theirs too, although the row
+  // (and the assignment) is gone by the time the event is checked (review M2).
+  void rememberOwned() {
+    auto rows = app_.db.read([&](store::Conn& c) {
+      return c.exec("SELECT service_id FROM user_services WHERE user_id = ?", {std::to_string(who_.user_id)});
+    });
+    for (const auto& r : rows.rows) objects_["services/" + std::to_string(r.i64("service_id"))] = true;
+  }
+
+  // Visibility is cached per object and per cluster until the next re-check (review M5: one
+  // database read per event for every non-admin subscriber, before).
+  bool objectVisible(const events::Event& ev) {
+    const std::string key = ev.resource + "/" + std::to_string(ev.id);
+    auto it = objects_.find(key);
+    if (ev.action == "deleted") return it != objects_.end() && it->second;  // the row is gone: what we knew
+    if (it != objects_.end() && ev.action != "updated") return it->second;
+    // An update may move the object (another cluster or owner): checked again, then remembered.
+    bool ok = mayReadObject(app_, who_, ev.resource, ev.data);
+    if (objects_.size() > 10000) objects_.clear();
+    objects_[key] = ok;
+    return ok;
+  }
+
+  bool clusterVisible(std::int64_t cluster_id) {
+    auto it = clusters_.find(cluster_id);
+    if (it != clusters_.end()) return it->second;
+    bool ok = app_.db.read([&](store::Conn& c) { return policy::seesCluster(c, who_, cluster_id); });
+    if (clusters_.size() > 10000) clusters_.clear();
+    clusters_[cluster_id] = ok;
+    return ok;
   }
 
   bool visible(const events::Event& ev) {
@@ -131,11 +168,11 @@ class EventStream : public http::WsSession {
     if (ev.type == "audit") return false;  // the audit log is for admins
     // Viewers list all configuration (GET /x scopes only service owners); owners get exactly what
     // they may read.
-    if (ev.type == "object") return who_.role == "viewer" || mayReadObject(app_, who_, ev.resource, ev.data);
+    if (ev.type == "object") return who_.role == "viewer" || objectVisible(ev);
     // proxies and anything else cluster-scoped: viewers read every cluster, owners their own
     if (!ev.cluster_id) return false;
     if (who_.role == "viewer") return true;
-    return app_.db.read([&](store::Conn& c) { return policy::seesCluster(c, who_, *ev.cluster_id); });
+    return clusterVisible(*ev.cluster_id);
   }
 
   App& app_;
@@ -144,6 +181,8 @@ class EventStream : public http::WsSession {
   bool ended_ = false;
   std::shared_ptr<events::Subscriber> sub_;
   std::optional<std::string> pending_;
+  std::map<std::int64_t, bool> clusters_;   // cluster id -> visible (until the next re-check)
+  std::map<std::string, bool> objects_;     // "resource/id" -> visible (idem)
   Clock::time_point sent_ = Clock::now(), checked_ = Clock::now();
 };
 

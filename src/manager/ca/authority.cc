@@ -399,6 +399,7 @@ struct Authority::Impl {
   mutable std::string crl;
   mutable std::string crl_stamp;  // revoked count + newest revocation the cache was made from
   mutable std::int64_t crl_made = 0;
+  std::int64_t inter_version = 0;  // the intermediate row's version when loaded (refresh())
 
   Impl(store::Db& d, const auth::KeyRing& k) : db(d), keys(k) {}
 
@@ -536,6 +537,29 @@ Authority::Authority(store::Db& db, const auth::KeyRing& keys) : impl_(std::make
 }
 
 Authority::~Authority() = default;
+
+bool Authority::refresh() {
+  auto rows = impl_->db.read([](Conn& c) {
+    return c.exec("SELECT id, name, cert_pem, key_enc, version FROM certificates WHERE kind = 'ca' AND name = ?",
+                  {std::string(kIntermediateName)});
+  });
+  std::lock_guard l(impl_->mu);
+  const std::int64_t have_id = impl_->inter ? impl_->inter->id : 0;
+  const std::int64_t have_version = impl_->inter_version;
+  if (rows.empty()) return false;  // an intermediate is never removed while a manager runs
+  const auto& r = rows.front();
+  if (r.i64("id") == have_id && (r.i64("version") == have_version || have_version == 0)) {
+    impl_->inter_version = r.i64("version");  // loaded at start or created here: just note the version
+    return false;
+  }
+  Ca ca = impl_->loadCa(r);  // throws (the old state stays) when it does not decrypt
+  impl_->inter = std::move(ca);
+  impl_->inter_version = r.i64("version");
+  impl_->crl_stamp.clear();
+  spdlog::info("ca: loaded the intermediate CA another manager created (certificates/{}); issuing from it now",
+               r.i64("id"));
+  return true;
+}
 
 std::string Authority::rootPem() const {
   std::lock_guard l(impl_->mu);

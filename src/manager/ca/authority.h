@@ -66,6 +66,10 @@ class Authority {
   // Root and intermediate facts for GET /api/v1/ca.
   nlohmann::json info() const;
   bool hasIntermediate() const;
+  // Re-reads the intermediate's row: another manager on the same database may have created it
+  // (review M3). Loads it when its id or version differs from what this one holds; returns whether
+  // anything changed. One small read; the manager calls it every 2 s.
+  bool refresh();
   // Creates the intermediate (5 years, pathlen 0, signed by the root) and issues from it from now
   // on. Returns the existing one when there already is one (`created` false).
   Issued createIntermediate(bool* created = nullptr);

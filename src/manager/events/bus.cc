@@ -71,15 +71,18 @@ void Bus::publish(Event e) {
   for (const auto& s : subs_) s->push(e);
 }
 
-bool Bus::publishThrottled(const std::string& key, Event e, std::chrono::milliseconds min_interval) {
+bool Bus::claim(const std::string& key, std::chrono::milliseconds min_interval) {
   auto now = std::chrono::steady_clock::now();
-  {
-    std::lock_guard g(mu_);
-    auto it = last_.find(key);
-    if (it != last_.end() && now - it->second < min_interval) return false;
-    last_[key] = now;
-    if (last_.size() > 100000) last_.clear();  // bounded: keys are per proxy
-  }
+  std::lock_guard g(mu_);
+  auto it = last_.find(key);
+  if (it != last_.end() && now - it->second < min_interval) return false;
+  last_[key] = now;
+  if (last_.size() > 100000) last_.clear();  // bounded: keys are per proxy
+  return true;
+}
+
+bool Bus::publishThrottled(const std::string& key, Event e, std::chrono::milliseconds min_interval) {
+  if (!claim(key, min_interval)) return false;
   publish(std::move(e));
   return true;
 }

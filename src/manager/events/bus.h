@@ -7,6 +7,7 @@
 //   events::bus().publish({.type = "proxy", .resource = "proxies", .id = 7, .action = "online",
 //                          .cluster_id = 1, .data = {...}});
 //   events::bus().publishThrottled("heartbeat:7", ev, std::chrono::seconds(5));  // heartbeats
+//   if (events::bus().claim("heartbeat:7", 5s)) { build the event; publish(ev); }  // same, lazily
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -60,6 +61,9 @@ class Bus {
   // Publishes unless an event with the same key went out less than `min_interval` ago (heartbeats).
   // Returns whether it was published.
   bool publishThrottled(const std::string& key, Event e, std::chrono::milliseconds min_interval);
+  // The throttle alone: true (and the key's time taken) when nothing with `key` went out less than
+  // `min_interval` ago. Lets a caller skip building an event (a database read) that would be dropped.
+  bool claim(const std::string& key, std::chrono::milliseconds min_interval);
   std::size_t subscribers();
 
  private:

@@ -73,7 +73,14 @@ struct Server::Impl {
   WsUpgrade ws_upgrade;
   asio::io_context io;
   tcp::acceptor acceptor{io};
-  std::unique_ptr<asio::ssl::context> ssl;
+  // Replaced whole by reloadTls(); each connection holds the context it was accepted with.
+  std::shared_ptr<asio::ssl::context> ssl;
+  mutable std::mutex ssl_mu;
+  std::atomic<std::uint64_t> handshakes{0}, resumed{0};
+  std::shared_ptr<asio::ssl::context> currentSsl() const {
+    std::lock_guard g(ssl_mu);
+    return ssl;
+  }
   asio::signal_set signals{io, SIGINT, SIGTERM};
   std::atomic<int> active{0};
   std::atomic<bool> stopping{false};
@@ -124,19 +131,23 @@ struct Server::Impl {
         ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
         sock.set_option(tcp::no_delay(true), ec);
         ++active;
-        std::thread([this, s = std::move(sock)]() mutable {
+        std::thread([this, s = std::move(sock), ctx = currentSsl()]() mutable {
           Conn entry{s.native_handle()};
           {
             std::lock_guard g(conns_mu);
             conns.insert(&entry);
           }
           try {
-            if (ssl) {
+            if (ctx) {
               entry.read_since_ms = nowMs();
-              beast::ssl_stream<tcp::socket> stream(std::move(s), *ssl);
+              beast::ssl_stream<tcp::socket> stream(std::move(s), *ctx);
               beast::error_code hec;
               stream.handshake(asio::ssl::stream_base::server, hec);
-              if (!hec) serve(stream, stream.next_layer(), entry, peerOf(stream.native_handle()));
+              if (!hec) {
+                ++handshakes;
+                if (SSL_session_reused(stream.native_handle())) ++resumed;
+                serve(stream, stream.next_layer(), entry, peerOf(stream.native_handle()));
+              }
             } else {
               serve(s, s, entry, {});
             }
@@ -271,6 +282,42 @@ struct Server::Impl {
   }
 };
 
+namespace {
+
+// The TLS context for `o` (certificate from memory or files, optional client CA). Sessions can be
+// resumed (tickets, and the server cache for TLS 1.2): a proxy reconnecting to the control
+// listener skips the certificate signature and verification. The session id context is required
+// by OpenSSL to resume sessions that carry a verified client certificate.
+std::shared_ptr<asio::ssl::context> makeContext(const ServerOptions& o) {
+  beast::error_code ec;
+  auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                   asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1);
+  if (!o.tls_cert_pem.empty()) {
+    ctx->use_certificate_chain(asio::buffer(o.tls_cert_pem), ec);
+    if (ec) throw std::runtime_error("tls: cannot use the certificate: " + ec.message());
+    ctx->use_private_key(asio::buffer(o.tls_key_pem), asio::ssl::context::pem, ec);
+    if (ec) throw std::runtime_error("tls: cannot use the private key: " + ec.message());
+  } else {
+    ctx->use_certificate_chain_file(o.tls_cert, ec);
+    if (ec) throw std::runtime_error("tls-cert: cannot load " + o.tls_cert + ": " + ec.message());
+    ctx->use_private_key_file(o.tls_key, asio::ssl::context::pem, ec);
+    if (ec) throw std::runtime_error("tls-key: cannot load " + o.tls_key + ": " + ec.message());
+  }
+  if (!o.client_ca_pem.empty()) {
+    ctx->add_certificate_authority(asio::buffer(o.client_ca_pem), ec);
+    if (ec) throw std::runtime_error("tls: cannot use the client CA: " + ec.message());
+    // Ask for a certificate, verify it when sent, accept connections without one.
+    ctx->set_verify_mode(asio::ssl::verify_peer, ec);
+  }
+  static const unsigned char kSidCtx[] = "marchproxy-manager";
+  SSL_CTX_set_session_id_context(ctx->native_handle(), kSidCtx, sizeof kSidCtx - 1);
+  SSL_CTX_set_session_cache_mode(ctx->native_handle(), SSL_SESS_CACHE_SERVER);
+  return ctx;
+}
+
+}  // namespace
+
 Server::Server(ServerOptions opts, Dispatch dispatch) : impl_(std::make_unique<Impl>()) {
   impl_->opts = std::move(opts);
   impl_->dispatch = std::move(dispatch);
@@ -297,27 +344,7 @@ void Server::bind() {
   if (!o.tls_cert.empty() || !o.tls_key.empty() || !o.tls_cert_pem.empty()) {
     if (o.tls_cert_pem.empty() && (o.tls_cert.empty() || o.tls_key.empty()))
       throw std::runtime_error("tls: both --tls-cert and --tls-key are needed");
-    impl_->ssl = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_server);
-    impl_->ssl->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
-                            asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
-                            asio::ssl::context::no_tlsv1_1);
-    if (!o.tls_cert_pem.empty()) {
-      impl_->ssl->use_certificate_chain(asio::buffer(o.tls_cert_pem), ec);
-      if (ec) throw std::runtime_error("tls: cannot use the certificate: " + ec.message());
-      impl_->ssl->use_private_key(asio::buffer(o.tls_key_pem), asio::ssl::context::pem, ec);
-      if (ec) throw std::runtime_error("tls: cannot use the private key: " + ec.message());
-    } else {
-      impl_->ssl->use_certificate_chain_file(o.tls_cert, ec);
-      if (ec) throw std::runtime_error("tls-cert: cannot load " + o.tls_cert + ": " + ec.message());
-      impl_->ssl->use_private_key_file(o.tls_key, asio::ssl::context::pem, ec);
-      if (ec) throw std::runtime_error("tls-key: cannot load " + o.tls_key + ": " + ec.message());
-    }
-    if (!o.client_ca_pem.empty()) {
-      impl_->ssl->add_certificate_authority(asio::buffer(o.client_ca_pem), ec);
-      if (ec) throw std::runtime_error("tls: cannot use the client CA: " + ec.message());
-      // Ask for a certificate, verify it when sent, accept connections without one.
-      impl_->ssl->set_verify_mode(asio::ssl::verify_peer, ec);
-    }
+    impl_->ssl = makeContext(o);
   }
   tcp::endpoint ep(addr, static_cast<unsigned short>(port));
   auto& a = impl_->acceptor;
@@ -334,7 +361,23 @@ void Server::onUpgrade(std::string path, WsUpgrade upgrade) {
 }
 
 unsigned short Server::port() const { return impl_->acceptor.local_endpoint().port(); }
-bool Server::tls() const { return impl_->ssl != nullptr; }
+bool Server::tls() const { return impl_->currentSsl() != nullptr; }
+
+void Server::reloadTls(const std::string& cert_pem, const std::string& key_pem, const std::string& client_ca_pem) {
+  ServerOptions o = impl_->opts;
+  o.tls_cert_pem = cert_pem;
+  o.tls_key_pem = key_pem;
+  o.client_ca_pem = client_ca_pem;
+  auto ctx = makeContext(o);  // throws: the old context stays
+  std::lock_guard g(impl_->ssl_mu);
+  impl_->opts.tls_cert_pem = cert_pem;
+  impl_->opts.tls_key_pem = key_pem;
+  impl_->opts.client_ca_pem = client_ca_pem;
+  impl_->ssl = std::move(ctx);
+}
+
+std::uint64_t Server::tlsHandshakes() const { return impl_->handshakes.load(); }
+std::uint64_t Server::tlsResumed() const { return impl_->resumed.load(); }
 
 void Server::run() {
   impl_->signals.async_wait([this](beast::error_code, int sig) {

@@ -3,6 +3,7 @@
 // with blocking I/O: the manager serves administrators and automation, not data-plane traffic, and
 // its handlers block on the database anyway. Connections are capped; idle reads time out.
 #include <atomic>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -35,6 +36,11 @@ class Server {
   void onUpgrade(std::string path, WsUpgrade upgrade);
   unsigned short port() const;
   bool tls() const;
+  // Serves new connections with this certificate chain, key and client CA (PEM) from now on;
+  // connections already open keep theirs. Throws std::runtime_error (the old ones stay) when unusable.
+  void reloadTls(const std::string& cert_pem, const std::string& key_pem, const std::string& client_ca_pem);
+  std::uint64_t tlsHandshakes() const;  // completed TLS handshakes
+  std::uint64_t tlsResumed() const;     // of which resumed a session
   // Accepts until SIGINT/SIGTERM or stop(). Blocks.
   void run();
   void stop();

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <ctime>
@@ -19,7 +20,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include "manager/auth/keyring.h"
 #include "manager/crypto/crypto.h"
+#include "manager/store/db.h"
 #include "manager/util/time.h"
 
 namespace marchproxy::manager::license {
@@ -108,6 +111,12 @@ Payload payloadFromJson(const nlohmann::json& j) {
     }
   }
   if (parseExpiry(p.expires_at) < 0) throw std::invalid_argument("malformed: payload.expires_at is not a date");
+  if (j.contains("grace_days")) {
+    if (!j["grace_days"].is_number_integer() || j["grace_days"].get<std::int64_t>() < 0 ||
+        j["grace_days"].get<std::int64_t>() > 365)
+      throw std::invalid_argument("malformed: payload.grace_days must be an integer 0-365");
+    p.grace_days = j["grace_days"].get<int>();
+  }
   return p;
 }
 
@@ -171,12 +180,14 @@ std::string issue(const std::string& private_key_pem, const Payload& p) {
   if (p.max_proxies < 1) throw std::invalid_argument("--max-proxies: must be at least 1");
   std::int64_t exp = parseExpiry(p.expires_at);
   if (exp < 0) throw std::invalid_argument("--expires: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ");
+  if (p.grace_days < 0 || p.grace_days > 365) throw std::invalid_argument("--grace-days: must be 0-365");
   nlohmann::json j{{"customer", p.customer},
                    {"edition", p.edition.empty() ? "enterprise" : p.edition},
                    {"max_proxies", p.max_proxies},
                    {"features", p.features},
                    {"issued_at", p.issued_at.empty() ? util::nowIso() : p.issued_at},
-                   {"expires_at", isoFromUnix(exp)}};
+                   {"expires_at", isoFromUnix(exp)},
+                   {"grace_days", p.grace_days}};
   std::string payload = j.dump();
   std::unique_ptr<EVP_MD_CTX, CtxDel> ctx(EVP_MD_CTX_new());
   std::size_t siglen = 0;
@@ -211,7 +222,7 @@ Payload verify(const std::string& license_text, const std::string& public_key) {
             EVP_DigestVerify(ctx.get(), reinterpret_cast<const unsigned char*>(sig->data()), sig->size(),
                              reinterpret_cast<const unsigned char*>(payload->data()), payload->size()) == 1;
   ERR_clear_error();
-  if (!ok) throw std::invalid_argument("the signature does not verify against the configured public key");
+  if (!ok) throw std::invalid_argument("the signature does not verify against the MarchProxy licence key");
   nlohmann::json pj = nlohmann::json::parse(*payload, nullptr, false);
   if (pj.is_discarded()) throw std::invalid_argument("malformed: payload is not JSON");
   return payloadFromJson(pj);
@@ -269,8 +280,16 @@ State Licensing::state() const {
     s.problem = l.problem;
     return s;
   }
-  std::int64_t now = now_();
-  std::int64_t grace_end = l.expires + std::int64_t(grace_days_) * 86400;
+  const std::int64_t clock = now_();
+  std::int64_t now;
+  {
+    std::lock_guard g(mu_);
+    last_seen_ = std::max(last_seen_, clock);
+    now = last_seen_;  // a clock set back does not count
+  }
+  int grace = l.payload.grace_days;
+  if (grace_days_ > 0) grace = std::min(grace, grace_days_);
+  std::int64_t grace_end = l.expires + std::int64_t(grace) * 86400;
   s.customer = l.payload.customer;
   s.expires_at = isoFromUnix(l.expires);
   s.grace_ends_at = isoFromUnix(grace_end);
@@ -294,6 +313,50 @@ State Licensing::state() const {
 }
 
 int Licensing::proxyLimit() const { return state().max_proxies; }
+
+void Licensing::raiseLastSeen(std::int64_t t) {
+  std::lock_guard g(mu_);
+  last_seen_ = std::max(last_seen_, t);
+}
+
+std::int64_t Licensing::lastSeen() const {
+  std::lock_guard g(mu_);
+  return std::max(last_seen_, now_());
+}
+
+namespace {
+constexpr const char* kLastSeenName = "license:last_seen";
+}
+
+std::int64_t loadLastSeen(store::Db& db, const auth::KeyRing& keys) {
+  auto rows = db.read([](store::Conn& c) {
+    return c.exec("SELECT value_enc FROM secrets WHERE name = ?", {std::string(kLastSeenName)});
+  });
+  if (rows.empty()) return 0;
+  auto v = keys.open(rows.front().str("value_enc"), kLastSeenName);
+  if (!v || v->empty() || v->size() > 18 || v->find_first_not_of("0123456789") != std::string::npos) {
+    spdlog::warn("license: the stored last-seen time is unreadable; ignoring it");
+    return 0;
+  }
+  return std::stoll(*v);
+}
+
+void saveLastSeen(store::Db& db, const auth::KeyRing& keys, std::int64_t t) {
+  db.write([&](store::Conn& c) {
+    auto rows = c.exec("SELECT value_enc FROM secrets WHERE name = ?", {std::string(kLastSeenName)});
+    if (!rows.empty()) {
+      auto v = keys.open(rows.front().str("value_enc"), kLastSeenName);
+      if (v && !v->empty() && v->size() <= 18 && v->find_first_not_of("0123456789") == std::string::npos &&
+          std::stoll(*v) >= t)
+        return;
+      c.exec("UPDATE secrets SET value_enc = ? WHERE name = ?", {keys.seal(std::to_string(t), kLastSeenName),
+                                                                 std::string(kLastSeenName)});
+    } else {
+      c.exec("INSERT INTO secrets (name, value_enc, created_at) VALUES (?, ?, ?)",
+             {std::string(kLastSeenName), keys.seal(std::to_string(t), kLastSeenName), util::nowIso()});
+    }
+  });
+}
 
 bool Licensing::hasFeature(const std::string& name) const {
   State s = state();

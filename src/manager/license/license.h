@@ -1,11 +1,11 @@
 #pragma once
 // Licensing: community edition (at most 3 registered proxies, no enterprise features) or an
-// enterprise licence file signed with Ed25519 and verified offline against the configured public
-// key. See docs/licensing.md.
+// enterprise licence file signed with Ed25519 and verified offline against the vendor public key
+// compiled into the binary (vendor_key.h; test builds may replace it). See docs/licensing.md.
 //
 // Licence file (JSON): {"format": "marchproxy-license-v1", "payload": base64(P), "signature":
 // base64(Ed25519 signature of the bytes P)}, where P is the UTF-8 JSON object {customer, edition,
-// max_proxies, features[], issued_at, expires_at}. The signature covers the exact payload bytes, so
+// max_proxies, features[], issued_at, expires_at, grace_days}. The signature covers the exact payload bytes, so
 // no canonical JSON is needed.
 //
 // Threading: state() and the checks are safe from any thread.
@@ -21,6 +21,7 @@
 namespace marchproxy::manager::license {
 
 constexpr int kCommunityProxies = 3;
+constexpr int kDefaultGraceDays = 14;  // a payload without grace_days
 
 struct State {
   std::string edition = "community";  // community | enterprise
@@ -41,6 +42,7 @@ struct Payload {
   int max_proxies = 0;
   std::vector<std::string> features;
   std::string issued_at, expires_at;  // ISO-8601 UTC
+  int grace_days = kDefaultGraceDays;  // signed: the operator can shorten it, never extend it
 };
 
 using Clock = std::function<std::int64_t()>;  // unix seconds
@@ -48,12 +50,18 @@ using Clock = std::function<std::int64_t()>;  // unix seconds
 class Licensing {
  public:
   // `license_file` may be empty (community). `public_key` is the Ed25519 public key (PEM or base64).
-  Licensing(std::string license_file, std::string public_key, int grace_days = 14);
+  // `grace_days` > 0 caps the licence's own grace period (0: the licence's).
+  Licensing(std::string license_file, std::string public_key, int grace_days = 0);
   // The same with an injected clock (tests).
   Licensing(std::string license_file, std::string public_key, int grace_days, Clock now);
   State state() const;                      // re-evaluated against the clock on every call
   int proxyLimit() const;                   // the limit that applies now
   bool hasFeature(const std::string& name) const;
+  // The latest time this manager has seen (unix seconds). Every evaluation uses max(clock, this),
+  // so a clock set back does not revive an expired licence. The manager persists it in its
+  // database (loadLastSeen/saveLastSeen) and raises it from there at start-up.
+  void raiseLastSeen(std::int64_t t);
+  std::int64_t lastSeen() const;
 
  private:
   struct Loaded {
@@ -71,7 +79,18 @@ class Licensing {
   mutable Loaded cache_;
   mutable std::int64_t cache_mtime_ns_ = -1;
   mutable std::int64_t cache_size_ = -1;
+  mutable std::int64_t last_seen_ = 0;
 };
+
+// The last-seen time kept in the database (the secrets table, sealed with the master key so it
+// cannot be forged; a missing or unreadable row reads as 0).
+}  // namespace marchproxy::manager::license
+namespace marchproxy::manager::store { class Db; }
+namespace marchproxy::manager::auth { class KeyRing; }
+namespace marchproxy::manager::license {
+std::int64_t loadLastSeen(store::Db& db, const auth::KeyRing& keys);
+// Stores max(stored, t).
+void saveLastSeen(store::Db& db, const auth::KeyRing& keys, std::int64_t t);
 
 // Developer commands (marchproxy license keygen / issue).
 struct KeyPair {

@@ -1,5 +1,6 @@
-// Unit tests of licensing: the four states with an injected clock, tampering, malformed files, and
-// a licence replaced on disk while the manager runs.
+// Unit tests of licensing: the four states with an injected clock, tampering, malformed files, a
+// licence replaced on disk while the manager runs, the signed grace period, the last-seen time
+// against a clock set back, and the built-in vendor key.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -8,8 +9,11 @@
 #include <sstream>
 #include <tuple>
 
+#include "manager/auth/keyring.h"
 #include "manager/crypto/crypto.h"
 #include "manager/license/license.h"
+#include "manager/license/vendor_key.h"
+#include "manager/test_db.h"
 
 namespace ml = marchproxy::manager::license;
 namespace fs = std::filesystem;
@@ -154,4 +158,68 @@ TEST(ManagerLicense, IssueRefusesBadInput) {
   EXPECT_EQ(ml::parseExpiry("2027-12-31"), kExpiry);
   EXPECT_EQ(ml::parseExpiry("2027-12-31T23:59:59Z"), kExpiry);
   EXPECT_EQ(ml::parseExpiry("31/12/2027"), -1);
+}
+
+TEST(ManagerLicense, GracePeriodIsSignedAndTheOperatorCanOnlyShortenIt) {
+  Dir d;
+  auto keys = ml::generateKeyPair();
+  auto p = payload();
+  p.grace_days = 30;
+  std::string file = d.write("license.json", ml::issue(keys.private_pem, p));
+  auto at = [&](int cap, std::int64_t now) { return ml::Licensing(file, keys.public_pem, cap, [now] { return now; }).state(); };
+  EXPECT_EQ(at(0, kExpiry + 20 * kDay).status, "grace");     // the licence's 30 days
+  EXPECT_EQ(at(0, kExpiry + 20 * kDay).grace_ends_at, "2028-01-30T23:59:59.000Z");
+  EXPECT_EQ(at(14, kExpiry + 20 * kDay).status, "expired");  // the operator shortened it
+  EXPECT_EQ(at(365, kExpiry + 40 * kDay).status, "expired");  // ...but cannot extend it
+  // A payload edited to a longer grace no longer verifies.
+  auto j = nlohmann::json::parse(ml::issue(keys.private_pem, p));
+  auto pj = nlohmann::json::parse(*marchproxy::manager::crypto::base64Decode(j["payload"].get<std::string>()));
+  EXPECT_EQ(pj["grace_days"], 30);
+  pj["grace_days"] = 365;
+  j["payload"] = marchproxy::manager::crypto::base64Encode(pj.dump());
+  EXPECT_EQ(stateAt(d.write("longer.json", j.dump()), keys.public_pem, kExpiry + 40 * kDay).status, "invalid");
+  p.grace_days = 366;
+  EXPECT_THROW(ml::issue(keys.private_pem, p), std::invalid_argument);
+}
+
+TEST(ManagerLicense, AClockSetBackDoesNotReviveAnExpiredLicence) {
+  Dir d;
+  auto keys = ml::generateKeyPair();
+  std::string file = d.write("license.json", ml::issue(keys.private_pem, payload()));
+  std::int64_t clock = kExpiry + 20 * kDay;  // past the 14 grace days
+  ml::Licensing lic(file, keys.public_pem, 0, [&clock] { return clock; });
+  EXPECT_EQ(lic.state().status, "expired");
+  clock = kExpiry - 10 * kDay;  // the operator sets the clock back
+  EXPECT_EQ(lic.state().status, "expired");
+  EXPECT_EQ(lic.proxyLimit(), ml::kCommunityProxies);
+
+  // Across a restart, through the database: the stored time is sealed with the master key.
+  marchproxy::manager::testing::TempDb db;
+  marchproxy::manager::auth::KeyRing ring(marchproxy::manager::crypto::randomBytes(32));
+  EXPECT_EQ(ml::loadLastSeen(*db.db, ring), 0);
+  ml::saveLastSeen(*db.db, ring, lic.lastSeen());
+  ml::saveLastSeen(*db.db, ring, kExpiry - 30 * kDay);  // never lowers it
+  EXPECT_EQ(ml::loadLastSeen(*db.db, ring), kExpiry + 20 * kDay);
+  ml::Licensing restarted(file, keys.public_pem, 0, [&clock] { return clock; });
+  EXPECT_EQ(restarted.state().status, "valid");  // without the stored time the clock would fool it
+  restarted.raiseLastSeen(ml::loadLastSeen(*db.db, ring));
+  EXPECT_EQ(restarted.state().status, "expired");
+  // Another master key cannot read (or have forged) the row: it reads as nothing.
+  marchproxy::manager::auth::KeyRing other(marchproxy::manager::crypto::randomBytes(32));
+  EXPECT_EQ(ml::loadLastSeen(*db.db, other), 0);
+}
+
+TEST(ManagerLicense, OnlyTheBuiltInVendorKeyVerifiesInAProductionBuild) {
+  Dir d;
+  auto self_made = ml::generateKeyPair();  // anyone can make a key pair and sign a licence
+  std::string file = d.write("license.json", ml::issue(self_made.private_pem, payload()));
+  auto s = stateAt(file, ml::kVendorPublicKey, kExpiry - 10 * kDay);
+  EXPECT_EQ(s.status, "invalid");
+  EXPECT_EQ(s.max_proxies, ml::kCommunityProxies);
+  EXPECT_NE(s.problem.find("signature does not verify"), std::string::npos) << s.problem;
+#if defined(MP_LICENSE_TEST_KEYS) && MP_LICENSE_TEST_KEYS
+  EXPECT_TRUE(ml::kPublicKeyOverrideAllowed);
+#else
+  EXPECT_FALSE(ml::kPublicKeyOverrideAllowed);
+#endif
 }
