@@ -1,6 +1,8 @@
 """Per-route request rate limits (docs/rate-limiting.md): 429 with Retry-After before any upstream
 work, token-bucket counts within the expected band across workers (by counts, with the elapsed
 time only widening the band), keys by client IP / header, marchproxy_rate_limited_total."""
+import shutil
+import subprocess
 import time
 import unittest
 
@@ -11,7 +13,9 @@ schema: 1
 version: 1
 workers: 2
 admin: { address: 127.0.0.1, port: 0 }
-listeners: [ { name: http, address: 127.0.0.1, port: 0 } ]
+listeners:
+  - { name: http, address: 127.0.0.1, port: 0 }
+  - { name: h2, address: 127.0.0.1, port: 0, h2c: true }
 virtual_hosts:
   - name: app
     domains: ["*"]
@@ -47,7 +51,7 @@ def get_from(port, path, source_ip, headers=None):
 class RateLimitTest(ProxyTestCase):
     def setUp(self):
         self.a = self.start_origin("A")
-        self.p = self.start_proxy(render(CONFIG, A=self.a.address))
+        self.p = self.start_proxy(render(CONFIG, A=self.a.address), expect_listeners=("http", "h2"))
 
     def burst(self, path, n, **kw):
         t0 = time.monotonic()
@@ -73,6 +77,28 @@ class RateLimitTest(ProxyTestCase):
         # Other routes are not limited.
         for _ in range(10):
             self.assertStatus(get(self.p.port, "/other"), 200)
+
+    @unittest.skipUnless(shutil.which("curl"), "curl is not installed")
+    def test_http2_streams_are_limited_like_http1_requests(self):
+        before = self.a.count
+        t0 = time.monotonic()
+        heads = []
+        for _ in range(12):
+            r = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-D", "-", "-o", "/dev/null",
+                                f"http://127.0.0.1:{self.p.ports['h2']}/slow/h2"],
+                               capture_output=True, text=True, timeout=30)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            heads.append(r.stdout.lower())
+        elapsed = time.monotonic() - t0
+        self.assertTrue(all(h.startswith("http/2 ") for h in heads), heads[0])
+        ok = [h for h in heads if h.startswith("http/2 200")]
+        refused = [h for h in heads if h.startswith("http/2 429")]
+        self.assertEqual(len(ok) + len(refused), 12, heads)
+        self.assertGreaterEqual(len(ok), 5)
+        self.assertLessEqual(len(ok), 5 + int(elapsed) + 1, elapsed)
+        self.assertIn("retry-after: 1", refused[0])
+        self.assertEqual(self.a.count - before, len(ok), "a refused stream reached the upstream")
+        self.assertEqual(self.p.metric("marchproxy_rate_limited_total", route="slow"), len(refused))
 
     def test_steady_rate_band(self):
         # 300 requests as fast as one client can: burst + rate * elapsed pass, within one token.

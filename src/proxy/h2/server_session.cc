@@ -13,6 +13,7 @@
 #include "common/http/h1_parser.h"
 #include "common/http/path.h"
 #include "proxy/codec/h1_writer.h"
+#include "proxy/limits/rate_limiter.h"
 #include "proxy/server/forward_common.h"
 #include "proxy/server/worker.h"
 
@@ -370,6 +371,49 @@ void ServerSession::respondError(Stream& s, int status, std::string_view reason)
   finish(s, reason);
 }
 
+// The route's request rate limit (docs/rate-limiting.md), keyed as on HTTP/1.1. Over it: 429 with
+// Retry-After (a gRPC client gets grpc-status 8 RESOURCE_EXHAUSTED), and false.
+asio::awaitable<bool> ServerSession::admitRate(Stream& s, const config::Route& route) {
+  if (!route.rate_limit || route.rate_limit->requests_per_second == 0) co_return true;
+  const config::RequestRateLimit& rl = *route.rate_limit;
+  std::string_view header;
+  bool has_header = false;
+  if (rl.key == config::RequestRateLimit::Key::kHeader) {
+    for (auto& [n, v] : s.req.headers)
+      if (n == rl.header) {
+        header = v;
+        has_header = true;
+        break;
+      }
+  }
+  const bool cert = client_.identity && client_.identity->present;
+  const std::string key = limits::rateLimitKey(rl, has_header ? &header : nullptr,
+                                               cert ? &client_.identity->subject : nullptr, client_.ip);
+  const limits::Verdict verdict = co_await worker_.rateLimiter().check(s.route_id, rl, key);
+  if (verdict.allowed || s.gone) co_return verdict.allowed;
+  ++s.wrt->route_stats[static_cast<size_t>(s.route_id)]->rate_limited;
+  if (s.grpc) {
+    respondError(s, 429, "rate limit exceeded");
+    co_return false;
+  }
+  ++worker_.stats().local_responses[429];
+  s.responded = true;
+  s.status = 429;
+  Fields f{{"retry-after", std::to_string(verdict.retry_after_s)},
+           {"x-request-id", s.request_id},
+           {"content-type", "text/plain"}};
+  const std::string_view body = "429 Too Many Requests: rate limit exceeded\n";
+  f.emplace_back("content-length", std::to_string(body.size()));
+  if (!s.head) {
+    s.out.assign(body);
+    s.out_eof = true;
+  }
+  codec_->submitResponse(s.id, 429, f, !s.head);
+  flush();
+  finish(s, "rate limited");
+  co_return false;
+}
+
 void ServerSession::finish(Stream& s, std::string_view error) {
   server::AccessEntry e;
   e.request_id = s.request_id;
@@ -444,6 +488,8 @@ asio::awaitable<void> ServerSession::serve(std::shared_ptr<Stream> sp) {
         } else if (!route.allowed_client_names.empty() &&
                    !(client_.identity && client_.identity->allows(route.allowed_client_names))) {
           respondError(s, 403, "client certificate not allowed on this route");
+        } else if (const bool admitted = co_await admitRate(s, route); !admitted) {
+          // answered 429 (gRPC: grpc-status 8 RESOURCE_EXHAUSTED)
         } else if (route.action == config::ActionKind::kDirectResponse) {
           respondLocal(s, route.direct.status, route.direct.body, route.direct.content_type, {}, &*m);
           finish(s, {});
@@ -452,8 +498,6 @@ asio::awaitable<void> ServerSession::serve(std::shared_ptr<Stream> sp) {
                        router::redirectLocation(route.redirect, *m, listener_.scheme, host, s.path, query), &*m);
           finish(s, {});
         } else {
-          // RATE LIMIT HOOK: when branch `edge` is merged, ask worker_.rateLimiter().check() here
-          // exactly as the HTTP/1.1 path does (429 + Retry-After; gRPC: grpc-status 8).
           co_await forward(s, *m);
         }
       }

@@ -73,6 +73,7 @@ class ServerSession final : public ServerCodec::Handler {
   void respondLocal(Stream& s, int status, std::string_view body, std::string_view content_type = "text/plain",
                     std::string_view location = {}, const router::RouteTable::Match* m = nullptr);
   void respondError(Stream& s, int status, std::string_view reason);
+  boost::asio::awaitable<bool> admitRate(Stream& s, const config::Route& route);
   void finish(Stream& s, std::string_view error);
   void flush();
   void stop();

@@ -105,4 +105,11 @@ boost::asio::awaitable<Verdict> RateLimiter::check(int route_id, const config::R
   co_return checkLocal(route_id, rl, key, monoNowNs());
 }
 
+std::string rateLimitKey(const config::RequestRateLimit& rl, const std::string_view* header_value,
+                         const std::string* cert_subject, std::string_view client_ip) {
+  if (rl.key == config::RequestRateLimit::Key::kHeader && header_value) return "h:" + std::string(*header_value);
+  if (rl.key == config::RequestRateLimit::Key::kClientCert && cert_subject) return "c:" + *cert_subject;
+  return "ip:" + std::string(client_ip);
+}
+
 }  // namespace marchproxy::proxy::limits

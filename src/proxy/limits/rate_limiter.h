@@ -16,6 +16,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -60,6 +61,13 @@ class BucketTable {
 uint64_t bucketKey(int route_id, std::string_view key);
 
 // One per worker (Worker::rateLimiter()); the h2 streams call it exactly like the HTTP/1 path.
+// The bucket key of one request for a route's limit: the value of the configured header, or the
+// verified client certificate's subject, falling back to the client address when the request has
+// neither (a client cannot escape its address's bucket by leaving the header out). Prefixed by
+// kind so that a header value cannot collide with an address.
+std::string rateLimitKey(const config::RequestRateLimit& rl, const std::string_view* header_value,
+                         const std::string* cert_subject, std::string_view client_ip);
+
 class RateLimiter {
  public:
   explicit RateLimiter(BucketTable& table) : table_(table) {}

@@ -26,7 +26,7 @@ int codeClass(int status) {
 }
 
 asio::awaitable<ConnectStatus> connectUpstream(const ClusterRuntime& cr, size_t ei, const tcp::endpoint& endpoint,
-                                               upstream::UpstreamConnection& conn, std::string proxy_header) {
+                                               upstream::UpstreamConnection& conn, std::string_view proxy_header) {
   constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
   const config::Cluster& cc = *cr.config;
   auto [ec] = co_await conn.socket.async_connect(endpoint, kNoThrow);

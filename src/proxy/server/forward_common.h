@@ -21,11 +21,13 @@ enum class ConnectStatus { kOk, kConnectFailed, kTlsFailed };
 // Connects conn to endpoint ei of the cluster, sends `proxy_header` first when it is not empty (a
 // PROXY protocol header: Cluster.send_proxy_protocol) and, for a TLS cluster, handshakes (the
 // handshake is part of connecting: same timeout, same retry rules). Deadlines are the caller's (it
-// cancels conn.socket). Logs a refused upstream certificate.
+// cancels conn.socket). Logs a refused upstream certificate. proxy_header must outlive the call
+// (a named local of the caller: GCC 12 destroys a by-value std::string parameter of a coroutine
+// built from a temporary twice).
 boost::asio::awaitable<ConnectStatus> connectUpstream(const ClusterRuntime& cr, size_t ei,
                                                       const boost::asio::ip::tcp::endpoint& endpoint,
                                                       upstream::UpstreamConnection& conn,
-                                                      std::string proxy_header = {});
+                                                      std::string_view proxy_header = {});
 
 // The error text for a failed connect, as answered to the client and logged.
 std::string_view connectError(ConnectStatus s, bool timed_out);

@@ -580,20 +580,13 @@ asio::awaitable<bool> HttpSession::handleRequest() {
 // The rate-limit key of this request. A request without the configured header (or without a
 // verified client certificate) is limited by its client address instead, in its own key space.
 std::string HttpSession::rateLimitKey(const config::RequestRateLimit& rl) const {
-  switch (rl.key) {
-    case config::RequestRateLimit::Key::kHeader:
-      if (const http::Header* h = x_->req.find(rl.header)) return "h:" + std::string(h->value);
-      break;
-    case config::RequestRateLimit::Key::kClientCert:
-      if (tls_ && tls_->identity.present) return "c:" + tls_->identity.subject;
-      break;
-    case config::RequestRateLimit::Key::kClientIp:
-      break;
-  }
-  return "ip:" + client_ip_;
+  std::string_view header;
+  const http::Header* h = rl.key == config::RequestRateLimit::Key::kHeader ? x_->req.find(rl.header) : nullptr;
+  if (h) header = h->value;
+  const bool cert = tls_ && tls_->identity.present;
+  return limits::rateLimitKey(rl, h ? &header : nullptr, cert ? &tls_->identity.subject : nullptr, client_ip_);
 }
 
-// 429 with Retry-After; counted per route (marchproxy_rate_limited_total) and as a local response.
 asio::awaitable<bool> HttpSession::respondRateLimited(uint32_t retry_after_s, bool keep_alive) {
   if (route_id_ >= 0) ++wrt_->route_stats[static_cast<size_t>(route_id_)]->rate_limited;
   ++worker_.stats().local_responses[429];
@@ -1094,8 +1087,8 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       conn = std::make_unique<upstream::UpstreamConnection>(worker_.ioc());
       upstream_ = conn.get();
       setPhase(Phase::kConnecting, cc.timeouts.connect);
-      const ConnectStatus cs = co_await connectUpstream(
-          cr, ei, pool.endpoint(), *conn, send_pp ? proxyHeaderFor(cc.send_proxy_protocol) : std::string());
+      const std::string proxy_header = send_pp ? proxyHeaderFor(cc.send_proxy_protocol) : std::string();
+      const ConnectStatus cs = co_await connectUpstream(cr, ei, pool.endpoint(), *conn, proxy_header);
       if (cs != ConnectStatus::kOk) {
         const bool timeout = timed_out_;
         ++cstats.connect_failures;
