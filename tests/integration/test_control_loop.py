@@ -164,6 +164,27 @@ class ControlLoopTest(ControlLoopCase):
         self.wait_origin(p2, "A", timeout=60)
         self.assertEqual(len([x for x in self.proxies() if x["name"] == "ingress-1"]), 1)
 
+    def test_a_rate_limit_set_through_the_api_is_enforced_by_the_ingress(self):
+        a = self.start_origin("A")
+        route = self.make_route(a.address)
+        p = self.start_ingress(os.path.join(self.tmp, "ingress-state"))
+        self.wait_origin(p, "A")
+        st, _, b = self.admin.patch(f"/api/v1/routes/{route['id']}",
+                                    {"rate_limit": {"requests_per_second": 1, "burst": 3}})
+        self.assertEqual(st, 200, b)
+        # Once the new snapshot is applied, a burst from one client gets 429s with Retry-After.
+        def limited():
+            return any(get(p.port, "/id").status == 429 for _ in range(8))
+        wait_until(limited, timeout=15, message="429 from the managed ingress")
+        r = next(r for r in (get(p.port, "/id") for _ in range(8)) if r.status == 429)
+        self.assertEqual(r.header("retry-after"), "1")
+        # Raising it through the API lets the same burst through.
+        st, _, b = self.admin.patch(f"/api/v1/routes/{route['id']}",
+                                    {"rate_limit": {"requests_per_second": 1000, "burst": 1000}})
+        self.assertEqual(st, 200, b)
+        wait_until(lambda: all(get(p.port, "/id").status == 200 for _ in range(8)), timeout=15,
+                   message="limit raised")
+
     def test_without_cache_and_manager_it_is_not_ready(self):
         state = os.path.join(self.tmp, "lonely-state")
         dead = free_port()  # nothing listens there

@@ -113,6 +113,13 @@ Json compileIngress(Conn& c, const Row& cluster, std::map<std::string, std::stri
       }
       Json allow = parseJson(rp.row->str("mtls_allow"), Json::array());
       if (!allow.empty()) route["allowed_client_names"] = allow;
+      // The API's {requests_per_second, burst}: per client address, in each proxy (docs/rate-limiting.md).
+      Json rl = parseJson(rp.row->str("rate_limit"), Json::object());
+      if (rl.is_object() && rl.value("requests_per_second", std::int64_t(0)) > 0) {
+        Json limit = {{"requests_per_second", rl.value("requests_per_second", std::int64_t(0))}, {"key", "client_ip"}};
+        if (rl.value("burst", std::int64_t(0)) > 0) limit["burst"] = rl.value("burst", std::int64_t(0));
+        route["rate_limit"] = limit;
+      }
       rs.push_back(route);
     }
     std::string vn = vhostName(host);

@@ -123,7 +123,8 @@ struct Populated : Env {
                                            {{"action", "add"}, {"name", "x-tag"}, {"value", "a"}},
                                            {{"action", "add"}, {"name", "x-tag"}, {"value", "b"}}}},
                       {"certificate_id", cert},
-                      {"mtls_allow", {"billing-client"}}});
+                      {"mtls_allow", {"billing-client"}},
+                      {"rate_limit", {{"requests_per_second", 50}, {"burst", 100}}}});
     create("routes", {{"cluster_id", cluster}, {"name", "web"}, {"hosts", {"api.example.test", "www.example.test"}},
                       {"paths", {"/static/"}}, {"backends", {{{"address", "[::1]:9000"}}}}, {"lb_policy", "least_conn"},
                       {"health_check", {{"interval_ms", 1000}}}});
@@ -179,6 +180,11 @@ TEST(ControlCompiler, IngressSnapshotLoadsWithTheProxyLoader) {
   EXPECT_EQ(api->routes[0].match.path, "/static/");
   EXPECT_EQ(api->routes[1].match.path, "/v1/");
   EXPECT_EQ(api->routes[1].allowed_client_names, std::vector<std::string>{"billing-client"});
+  ASSERT_TRUE(api->routes[1].rate_limit.has_value());
+  EXPECT_EQ(api->routes[1].rate_limit->requests_per_second, 50u);
+  EXPECT_EQ(api->routes[1].rate_limit->burst, 100u);
+  EXPECT_EQ(api->routes[1].rate_limit->key, marchproxy::config::RequestRateLimit::Key::kClientIp);
+  EXPECT_FALSE(api->routes[0].rate_limit.has_value()) << "web has no rate_limit";
   EXPECT_EQ(api->routes[1].request_headers.add.size(), 2u);
   EXPECT_EQ(api->routes[1].request_headers.remove, std::vector<std::string>{"x-debug"});
   for (const auto& c : s.clusters)
