@@ -6,7 +6,7 @@ import os
 import subprocess
 import unittest
 
-from harness import ProxyTestCase, find_binary, get
+from harness import ProxyTestCase, find_binary, get, wait_until
 
 INGRESS = """
 schema: 1
@@ -45,6 +45,22 @@ def node_of(cpu):
     return -1
 
 
+def settled_cpus(pid, prefix, want):
+    """worker_cpus() once it equals `want`, or what it last was after a deadline: a worker thread
+    names itself and then pins itself as it starts, which may be just after "ready" is logged."""
+    got = {}
+
+    def check():
+        nonlocal got
+        got = worker_cpus(pid, prefix)
+        return got == want
+    try:
+        wait_until(check, timeout=10, message=f"workers {prefix}* placed as {want}")
+    except AssertionError:
+        pass
+    return got
+
+
 def worker_cpus(pid, prefix):
     """{worker index: set of CPUs it may run on}, from /proc/PID/task/*/status."""
     out = {}
@@ -64,8 +80,8 @@ class CpuAffinityTest(ProxyTestCase):
         cpus = sorted(allowed_cpus(), key=lambda c: (node_of(c), c))
         workers = len(cpus) + 1  # one more than CPUs: the plan wraps around
         p = self.start_proxy(INGRESS.format(workers=workers, affinity="auto"))
-        got = worker_cpus(p.pid, "worker-")
-        self.assertEqual(got, {i: {cpus[i % len(cpus)]} for i in range(workers)})
+        want = {i: {cpus[i % len(cpus)]} for i in range(workers)}
+        self.assertEqual(settled_cpus(p.pid, "worker-", want), want)
         self.assertEqual(get(p.port, "/").text, "pinned")
         self.assertTrue(any(f"worker-0 cpu {cpus[0]}" in ln for ln in p.lines), p.tail(20))
         status = subprocess.run([find_binary(), "xdp", "status"], capture_output=True, text=True, timeout=30)
@@ -74,12 +90,14 @@ class CpuAffinityTest(ProxyTestCase):
     def test_a_list_places_workers_in_order_and_repeats(self):
         last = allowed_cpus()[-1]
         p = self.start_proxy(INGRESS.format(workers=3, affinity=f"[{last}]"))
-        self.assertEqual(worker_cpus(p.pid, "worker-"), {0: {last}, 1: {last}, 2: {last}})
+        want = {0: {last}, 1: {last}, 2: {last}}
+        self.assertEqual(settled_cpus(p.pid, "worker-", want), want)
         self.assertEqual(get(p.port, "/").status, 200)
 
     def test_off_leaves_the_workers_to_the_scheduler(self):
         p = self.start_proxy(INGRESS.format(workers=2, affinity="off"))
-        self.assertEqual(worker_cpus(p.pid, "worker-"), {0: set(allowed_cpus()), 1: set(allowed_cpus())})
+        want = {0: set(allowed_cpus()), 1: set(allowed_cpus())}
+        self.assertEqual(settled_cpus(p.pid, "worker-", want), want)
         self.assertTrue(any("workers: not pinned" in ln for ln in p.lines), p.tail(20))
 
     def test_a_cpu_this_process_may_not_use_is_refused_at_start(self):
@@ -96,7 +114,8 @@ class CpuAffinityTest(ProxyTestCase):
     def test_egress_workers_are_pinned_too(self):
         cpus = allowed_cpus()
         p = self.start_proxy(EGRESS.format(affinity=f"[{cpus[-1]}, {cpus[0]}]"), command="egress")
-        self.assertEqual(worker_cpus(p.pid, "egress-"), {0: {cpus[-1]}, 1: {cpus[0]}})
+        want = {0: {cpus[-1]}, 1: {cpus[0]}}
+        self.assertEqual(settled_cpus(p.pid, "egress-", want), want)
 
 
 if __name__ == "__main__":
