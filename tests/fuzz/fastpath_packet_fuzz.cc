@@ -70,7 +70,7 @@ int runProgram(int fd, const std::vector<uint8_t>& pkt, bool forwarded = false) 
   ctx.ingress_ifindex = 1;
   LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = pkt.data(), .data_out = out.data(),
               .data_size_in = static_cast<__u32>(pkt.size()), .data_size_out = static_cast<__u32>(out.size()),
-              .ctx_in = forwarded ? &ctx : nullptr, .ctx_size_in = forwarded ? sizeof ctx : 0u, .repeat = 1);
+              .ctx_in = forwarded ? &ctx : nullptr, .ctx_size_in = forwarded ? static_cast<__u32>(sizeof ctx) : 0u, .repeat = 1);
   if (bpf_prog_test_run_opts(fd, &opts) != 0) return -1;
   return static_cast<int>(opts.retval);
 }

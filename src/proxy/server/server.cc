@@ -177,7 +177,7 @@ std::string Server::apply(std::shared_ptr<config::Snapshot> snapshot, bool initi
     Worker* wp = w.get();
     wp->post([this, wp, published, pending, initial] {
       wp->applyRuntime(published);
-      if (pending->fetch_sub(1) == 1 && !initial) current_atomic_.store(published);
+      if (pending->fetch_sub(1) == 1 && !initial) publish(published);
     });
   }
   std::set<std::string> wanted;
@@ -211,7 +211,7 @@ std::string Server::apply(std::shared_ptr<config::Snapshot> snapshot, bool initi
   if (checker_) checker_->update(*snapshot);
   if (!initial) applyFastPath(*snapshot);  // initially: once the admin port is bound (run())
   current_ = published;
-  if (initial || workers_.empty()) current_atomic_.store(published);  // reloads: when the workers have it
+  if (initial || workers_.empty()) publish(published);  // reloads: when the workers have it
   loaded_at_unix_.store(
       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
   return {};
@@ -480,7 +480,7 @@ int Server::run() {
 }
 
 std::string Server::configJson() {
-  auto rt = current_atomic_.load();
+  auto rt = published();
   if (!rt) return "{}";
   return fmt::format(
       "{{\"version\":{},\"hash\":\"{}\",\"schema\":{},\"loaded_at\":{},\"generation\":{},\"reloads_ok\":{},"
@@ -516,7 +516,7 @@ WorkerStats Server::collectStats(size_t* missing_out) {
 std::string Server::metricsText() {
   size_t missing = 0;
   WorkerStats total = collectStats(&missing);
-  return renderMetrics(total, current_atomic_.load(), {reloads_ok_.load(), reloads_failed_.load(),
+  return renderMetrics(total, published(), {reloads_ok_.load(), reloads_failed_.load(),
                                                        connections_.load(), missing, draining()}) +
          fast_path_.metricsText() + (options_.extra_metrics ? options_.extra_metrics() : std::string());
 }

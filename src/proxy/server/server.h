@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -106,8 +107,20 @@ class Server {
   std::map<std::string, BoundListener> listeners_;  // by key; control thread only
   upstream::HealthRegistry health_;
   std::unique_ptr<upstream::HealthChecker> checker_;
-  std::shared_ptr<const Runtime> current_;  // control thread; admin reads current_atomic_
-  std::atomic<std::shared_ptr<const Runtime>> current_atomic_;
+  std::shared_ptr<const Runtime> current_;  // control thread; the admin thread reads published()
+  // What the admin endpoint reports, set by whichever thread completes a reload. A mutex rather
+  // than std::atomic<std::shared_ptr>: libstdc++ 12's lock-bit implementation is reported as a
+  // data race by TSan (test_reload_drain), and this is read once per admin request.
+  mutable std::mutex published_mu_;
+  std::shared_ptr<const Runtime> published_;
+  std::shared_ptr<const Runtime> published() const {
+    std::lock_guard lock(published_mu_);
+    return published_;
+  }
+  void publish(std::shared_ptr<const Runtime> rt) {
+    std::lock_guard lock(published_mu_);
+    published_ = std::move(rt);
+  }
   uint64_t generation_ = 0;
   limits::BucketTable rate_table_;
   limits::ConnectionLimiter connection_limiter_;
