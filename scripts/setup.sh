@@ -16,6 +16,7 @@ PKGS=(
   python3 curl procps iproute2 prometheus
   postgresql-15 openssl iperf3 nftables          # real PostgreSQL for manager tests; TLS test certs
   python3-websockets redis-server                # WebSocket client for the ingress tests; Redis for global rate limits
+  testssl.sh bsdextrautils                       # TLS listener audit (tests/integration/test_testssl.py; hexdump)
   # benchmarks (peers and load generators)
   nginx-light haproxy wrk nghttp2-client gnuplot-nox
   squid                                          # egress bench peer (forward proxy)

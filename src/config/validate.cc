@@ -173,6 +173,13 @@ class Validator {
       }
       if (l.proxy_protocol.accept == ProxyProtocol::Mode::kOff && !l.proxy_protocol.trusted.empty())
         warn(path + ".proxy_protocol.trusted", l.pos, "is set but accept is off: no header is read");
+      // A loopback listener is reachable from this host only; anywhere else an empty list lets any
+      // client that can connect claim any source address (and so escape per-IP limits and ACLs).
+      if (l.proxy_protocol.accept != ProxyProtocol::Mode::kOff && l.proxy_protocol.trusted.empty() &&
+          !l.address.starts_with("127.") && l.address != "::1")
+        warn(path + ".proxy_protocol.trusted", l.pos,
+             "is empty: any client that reaches " + formatHostPort(l.address, l.port) +
+                 " can claim any source address; list the load balancers' addresses");
       if (l.tls && l.h2c)
         error(path + ".h2c", l.pos,
               "is for plain listeners only (a TLS listener offers HTTP/2 through tls.alpn: [h2, http/1.1])");

@@ -42,6 +42,25 @@ TEST(Validate, ValidSnapshotHasNoDiagnostics) {
   EXPECT_TRUE(warnings.empty()) << testing::PrintToString(strings(warnings));
 }
 
+TEST(Validate, ProxyProtocolWithoutTrustedPeersWarnsUnlessLoopback) {
+  Snapshot s = valid();
+  s.listeners[0].proxy_protocol.accept = ProxyProtocol::Mode::kV2;
+  std::vector<Diagnostic> warnings;
+  EXPECT_TRUE(validate(s, &warnings).empty());
+  EXPECT_EQ(strings(warnings),
+            (std::vector<std::string>{"listeners[0].proxy_protocol.trusted: is empty: any client that reaches "
+                                      "0.0.0.0:8080 can claim any source address; list the load balancers' "
+                                      "addresses"}));
+  s.listeners[0].proxy_protocol.trusted = {"10.0.0.0/8"};
+  warnings.clear();
+  EXPECT_TRUE(validate(s, &warnings).empty());
+  EXPECT_TRUE(warnings.empty()) << testing::PrintToString(strings(warnings));
+  s.listeners[0].proxy_protocol.trusted.clear();
+  s.listeners[0].address = "127.0.0.1";  // reachable from this host only
+  EXPECT_TRUE(validate(s, &warnings).empty());
+  EXPECT_TRUE(warnings.empty()) << testing::PrintToString(strings(warnings));
+}
+
 TEST(Validate, DefaultSnapshotNeedsAListener) {
   std::vector<Diagnostic> warnings;
   EXPECT_EQ(strings(validate(Snapshot{}, &warnings)),

@@ -3,6 +3,7 @@ registration with a CSR made by `openssl req`, the config long-poll over mTLS (2
 API change), heartbeats and drift in GET /api/v1/proxies, stale proxies, the community licence limit,
 re-registration, revocation by DELETE, certificate renewal, and the refusals (wrong cluster key, no
 client certificate, another proxy's certificate, a revoked proxy)."""
+import json
 import os
 import ssl
 import threading
@@ -181,15 +182,24 @@ class ControlTests(ManagerTestCase):
                    message="proxy marked stale")
         p.heartbeat(snap["version"])
         self.assertEqual(self.admin.get(f"/api/v1/proxies/{p.id}")[2]["status"], "online")
-        # Renewal: a new certificate for a new key, which then works.
+        # Renewal: a new certificate for a new key, which then works; the superseded one is revoked
+        # (a leftover copy of the old key cannot speak for the proxy any more).
         key2, csr2 = make_csr(self.tmp, "renew")
         st, _, b = p.request("POST", f"/api/v1/proxies/{p.id}/certificate", {"csr": csr2})
         self.assertEqual(st, 200, b)
+        old_key, old_cert = p.key_file, p.cert_file
         p.key_file, p.cert_file = key2, os.path.join(self.tmp, "renewed.pem")
         with open(p.cert_file, "w") as f:
             f.write(b["certificate"])
         st, _, _ = p.config()
         self.assertEqual(st, 200)
+        p.key_file, p.cert_file = old_key, old_cert
+        st, _, b = p.heartbeat(snap["version"])
+        self.assertEqual(st, 403, b)
+        self.assertTrue(b["type"].endswith("/certificate-revoked"), b)
+        st, _, audit = self.admin.get("/api/v1/audit?action=proxy.renew")
+        self.assertEqual(st, 200, audit)
+        self.assertIn("revoked the superseded serial", json.dumps(audit))
 
 
 both_backends(ControlTests, globals())

@@ -88,6 +88,12 @@ void Service::addControlRoutes(http::Router& r) {
       throw unauthorized("the proxy token is not proxy " + std::to_string(id) + "'s current token");
     if (ca_.isRevoked(req.peer.serial))
       throw ApiError(403, "certificate-revoked", "the client certificate " + req.peer.serial + " is revoked");
+    // The handshake checked the validity period when the connection was made; a kept-alive
+    // connection can outlive it.
+    if (req.peer.not_after != 0 && util::unixNow() > req.peer.not_after)
+      throw ApiError(403, "certificate-revoked",
+                     "the client certificate " + req.peer.serial + " expired at " + util::isoFromUnixMs(req.peer.not_after * 1000) +
+                         "; register again");
     return ProxyCtx{row, id};
   };
 
@@ -253,8 +259,14 @@ void Service::addControlRoutes(http::Router& r) {
       auto is = ca_.signProxyCsr(c, csr, "proxy:" + std::to_string(p.id) + ":" + p.row.str("name"), opts_.cert_days);
       c.exec("UPDATE proxy_servers SET cert_serial = ?, cert_not_after = ?, updated_at = ? WHERE id = ?",
              {is.serial, is.not_after, util::nowIso(), std::to_string(p.id)});
+      // The certificate this request came with is superseded: revoked, so a copy of the old key
+      // (a backup, a decommissioned disk) cannot speak for this proxy until it expires.
+      const bool superseded = !req.peer.serial.empty() && req.peer.serial != is.serial &&
+                              ca_.revoke(c, req.peer.serial, "superseded");
       audit::append(c, {"proxy:" + p.row.str("name"), req.remote_ip, "proxy.renew", "proxies/" + std::to_string(p.id),
-                        "renewed the proxy certificate (new serial " + is.serial + ", expires " + is.not_after + ")"});
+                        "renewed the proxy certificate (new serial " + is.serial + ", expires " + is.not_after +
+                            (superseded ? "; revoked the superseded serial " + req.peer.serial : std::string()) +
+                            ")"});
       return is;
     });
     return Response::json(200, {{"certificate", issued.cert_pem}, {"ca_chain", ca_.chainPem()}});

@@ -2,6 +2,7 @@
 // The manager's request/response values and its error type. Handlers receive a parsed Request and
 // return a Response, or throw ApiError which the server renders as application/problem+json
 // (RFC 9457) with the offending field named.
+#include <cstdint>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -28,6 +29,7 @@ struct Request {
     bool verified = false;
     std::string serial;  // hex, upper case, no leading zeros
     std::string common_name;
+    std::int64_t not_after = 0;  // unix seconds; 0 = unknown
   } peer;
 
   std::string header(const std::string& lower_name) const {

@@ -198,6 +198,7 @@ struct Server::Impl {
     }
     char cn[256] = {0};
     if (X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof cn) > 0) p.common_name = cn;
+    if (std::tm tm{}; ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) == 1) p.not_after = timegm(&tm);
     return p;
   }
 

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include <algorithm>
+#include <chrono>
 #include <cctype>
 #include <cstdio>
 #include <ctime>
@@ -231,8 +232,16 @@ Payload verify(const std::string& license_text, const std::string& public_key) {
 Licensing::Licensing(std::string license_file, std::string public_key, int grace_days)
     : Licensing(std::move(license_file), std::move(public_key), grace_days, [] { return util::unixNow(); }) {}
 
-Licensing::Licensing(std::string license_file, std::string public_key, int grace_days, Clock now)
-    : file_(std::move(license_file)), public_key_(std::move(public_key)), grace_days_(grace_days), now_(std::move(now)) {
+Licensing::Licensing(std::string license_file, std::string public_key, int grace_days, Clock now, Clock steady)
+    : file_(std::move(license_file)),
+      public_key_(std::move(public_key)),
+      grace_days_(grace_days),
+      now_(std::move(now)),
+      steady_(steady ? std::move(steady) : Clock([] {
+        return std::int64_t(std::chrono::duration_cast<std::chrono::seconds>(
+                                std::chrono::steady_clock::now().time_since_epoch())
+                                .count());
+      })) {
   State s = state();
   if (s.edition == "community" && s.status == "valid")
     spdlog::info("license: community edition (at most {} proxies)", s.max_proxies);
@@ -284,8 +293,8 @@ State Licensing::state() const {
   std::int64_t now;
   {
     std::lock_guard g(mu_);
-    last_seen_ = std::max(last_seen_, clock);
-    now = last_seen_;  // a clock set back does not count
+    advanceLastSeenLocked(clock);
+    now = std::max(last_seen_, clock);  // a clock set back does not count
   }
   int grace = l.payload.grace_days;
   if (grace_days_ > 0) grace = std::min(grace, grace_days_);
@@ -320,8 +329,29 @@ void Licensing::raiseLastSeen(std::int64_t t) {
 }
 
 std::int64_t Licensing::lastSeen() const {
+  const std::int64_t clock = now_();
   std::lock_guard g(mu_);
-  return std::max(last_seen_, now_());
+  advanceLastSeenLocked(clock);
+  return last_seen_;
+}
+
+void Licensing::advanceLastSeenLocked(std::int64_t clock) const {
+  const std::int64_t steady = steady_();
+  if (!anchored_) {
+    anchored_ = true;
+    anchor_wall_ = clock;
+    anchor_steady_ = steady;
+  }
+  const std::int64_t bound = anchor_wall_ + (steady - anchor_steady_) + kClockSlack;
+  if (clock > bound && clock > last_seen_ && !jump_warned_) {
+    jump_warned_ = true;
+    spdlog::warn("license: the system clock is {} s ahead of the time elapsed since start-up; the licence is "
+                 "evaluated at it while it lasts, but it is not remembered as the last-seen time",
+                 clock - bound + kClockSlack);
+  } else if (clock <= bound) {
+    jump_warned_ = false;
+  }
+  last_seen_ = std::max(last_seen_, std::min(clock, bound));
 }
 
 namespace {

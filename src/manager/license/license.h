@@ -52,14 +52,17 @@ class Licensing {
   // `license_file` may be empty (community). `public_key` is the Ed25519 public key (PEM or base64).
   // `grace_days` > 0 caps the licence's own grace period (0: the licence's).
   Licensing(std::string license_file, std::string public_key, int grace_days = 0);
-  // The same with an injected clock (tests).
-  Licensing(std::string license_file, std::string public_key, int grace_days, Clock now);
+  // The same with an injected clock (tests); `steady` counts seconds monotonically (default: the
+  // process's steady clock).
+  Licensing(std::string license_file, std::string public_key, int grace_days, Clock now, Clock steady = {});
   State state() const;                      // re-evaluated against the clock on every call
   int proxyLimit() const;                   // the limit that applies now
   bool hasFeature(const std::string& name) const;
   // The latest time this manager has seen (unix seconds). Every evaluation uses max(clock, this),
   // so a clock set back does not revive an expired licence. The manager persists it in its
-  // database (loadLastSeen/saveLastSeen) and raises it from there at start-up.
+  // database (loadLastSeen/saveLastSeen) and raises it from there at start-up. It advances no
+  // faster than the monotonic clock (plus kClockSlack): a wall clock jumped forward by mistake
+  // counts while it is wrong, but is not remembered once it is corrected.
   void raiseLastSeen(std::int64_t t);
   std::int64_t lastSeen() const;
 
@@ -71,6 +74,8 @@ class Licensing {
     std::string problem;   // non-empty: invalid
   };
   Loaded load() const;  // reads and verifies the file again when it changed on disk
+  // Raises last_seen_ towards `clock`, bounded by the monotonic time since the anchor. Holds mu_.
+  void advanceLastSeenLocked(std::int64_t clock) const;
 
   std::string file_, public_key_;
   int grace_days_;
@@ -80,7 +85,14 @@ class Licensing {
   mutable std::int64_t cache_mtime_ns_ = -1;
   mutable std::int64_t cache_size_ = -1;
   mutable std::int64_t last_seen_ = 0;
+  Clock steady_;
+  mutable std::int64_t anchor_wall_ = 0, anchor_steady_ = 0;  // wall and steady clock at the first check
+  mutable bool anchored_ = false, jump_warned_ = false;
 };
+
+// How far the wall clock may run ahead of the monotonic clock (NTP slews, leap smearing) and
+// still be remembered as the last-seen time.
+inline constexpr std::int64_t kClockSlack = 600;
 
 // The last-seen time kept in the database (the secrets table, sealed with the master key so it
 // cannot be forged; a missing or unreadable row reads as 0).

@@ -209,6 +209,32 @@ TEST(ManagerLicense, AClockSetBackDoesNotReviveAnExpiredLicence) {
   EXPECT_EQ(ml::loadLastSeen(*db.db, other), 0);
 }
 
+TEST(ManagerLicense, AClockJumpedForwardByMistakeIsNotRemembered) {
+  Dir d;
+  auto keys = ml::generateKeyPair();
+  std::string file = d.write("license.json", ml::issue(keys.private_pem, payload()));
+  std::int64_t clock = kExpiry - 10 * kDay, steady = 1000;
+  ml::Licensing lic(file, keys.public_pem, 0, [&clock] { return clock; }, [&steady] { return steady; });
+  EXPECT_EQ(lic.state().status, "valid");
+  // A bad NTP source sets the clock a year ahead for a minute: the licence reads as expired while
+  // the clock says so...
+  clock += 365 * kDay;
+  steady += 60;
+  EXPECT_EQ(lic.state().status, "expired");
+  // ...but the stored last-seen time moved only as far as the monotonic clock did.
+  EXPECT_LE(lic.lastSeen(), kExpiry - 10 * kDay + 60 + ml::kClockSlack);
+  clock = kExpiry - 10 * kDay + 120;  // corrected
+  steady += 60;
+  EXPECT_EQ(lic.state().status, "valid");
+  EXPECT_LE(lic.lastSeen(), kExpiry - 10 * kDay + 60 + ml::kClockSlack);  // at most the slack ahead
+  // Real time passing moves it as before, and setting the clock back still does not count.
+  clock += 20 * kDay;
+  steady += 20 * kDay;
+  EXPECT_EQ(lic.state().status, "grace");
+  clock -= 15 * kDay;
+  EXPECT_EQ(lic.state().status, "grace");
+}
+
 TEST(ManagerLicense, OnlyTheBuiltInVendorKeyVerifiesInAProductionBuild) {
   Dir d;
   auto self_made = ml::generateKeyPair();  // anyone can make a key pair and sign a licence
