@@ -44,6 +44,7 @@
 #include "common/base/cpu.h"
 #include "common/base/log.h"
 #include "common/http/h1_parser.h"
+#include "common/net/splice.h"
 #include "egress/acl.h"
 #include "egress/config.h"
 #include "egress/identity.h"
@@ -564,8 +565,20 @@ asio::awaitable<TunnelResult> runTunnel(Worker& w, tcp::socket& client, tcp::soc
   };
   t.close = close_both;
   auto reg = w.registerTunnel(&t);
-  co_await ((pump(client, up, res.up, last) && pump(up, client, res.down, last)) ||
-            idleWatch(idle, last, rt->config->timeouts.idle, close_both));
+  // splice(2) through a pipe per direction: the payload stays in the kernel. Without pipes (fd
+  // exhaustion) the tunnel copies through user space instead.
+  net::SplicePipe to_up, to_client;
+  if (to_up.valid() && to_client.valid()) {
+    std::function<void()> touch = [&last] { last = Clock::now(); };
+    auto run = [&](tcp::socket& from, tcp::socket& to, net::SplicePipe& p, uint64_t& n) -> asio::awaitable<void> {
+      co_await net::splicePump(from, to, p, n, touch);
+    };
+    co_await ((run(client, up, to_up, res.up) && run(up, client, to_client, res.down)) ||
+              idleWatch(idle, last, rt->config->timeouts.idle, close_both));
+  } else {
+    co_await ((pump(client, up, res.up, last) && pump(up, client, res.down, last)) ||
+              idleWatch(idle, last, rt->config->timeouts.idle, close_both));
+  }
   w.unregisterTunnel(reg);
   if (t.revoked) res.reason = "revoked";
   co_return res;

@@ -21,7 +21,7 @@ import threading
 import time
 import unittest
 
-from harness import (LOCALHOST, ProxyTestCase, RawServer, connect_tunnel, main, render, wait_until)
+from harness import (LOCALHOST, ProxyTestCase, RawServer, connect_tunnel, free_port, main, render, wait_until)
 
 TOKEN = "s3cret-token"
 JWT_SECRET = "an-hs256-secret-of-at-least-32-bytes!"
@@ -338,6 +338,174 @@ class HttpForwardTest(EgressTestCase):
                                        decision="allow"), 1)
         self.assertGreaterEqual(self.p.metric("marchproxy_egress_bytes_total", service="billing",
                                               direction="down"), 1000)
+
+
+class DigestServer(RawServer):
+    """Reads until the client half-closes, then answers the SHA-256 of what it got followed by
+    `reply` bytes of a pattern, and closes: a tunnel must carry both directions in full and pass
+    each end of stream on."""
+
+    def __init__(self, reply):
+        self.reply = reply
+        super().__init__(handler=self._serve)
+
+    def _serve(self, c):
+        h, n = hashlib.sha256(), 0
+        while True:
+            d = c.recv(1 << 18)
+            if not d:
+                break
+            h.update(d)
+            n += len(d)
+        c.sendall(h.digest() + n.to_bytes(8, "big") + pattern(self.reply))
+
+
+def pattern(n):
+    block = hashlib.sha256(b"marchproxy").digest() * 2048  # 64 KiB
+    return (block * (n // len(block) + 1))[:n]
+
+
+class TunnelForwarder:
+    """A local TCP port whose every connection is carried through the egress (CONNECT or SOCKS5) to
+    one destination: how a client without proxy support (iperf3) is tested through a tunnel."""
+
+    def __init__(self, open_tunnel):
+        self.open_tunnel = open_tunnel
+        self.sock = socket.socket()
+        self.sock.bind((LOCALHOST, 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.errors = []
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                t = self.open_tunnel()
+            except Exception as e:  # noqa: BLE001 - reported by the test
+                self.errors.append(repr(e))
+                c.close()
+                continue
+            for a, b in ((c, t), (t, c)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while True:
+                d = a.recv(1 << 18)
+                if not d:
+                    b.shutdown(socket.SHUT_WR)
+                    return
+                b.sendall(d)
+        except OSError:
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+
+
+IPERF3 = shutil.which("iperf3")
+
+
+def listening(port):
+    """A TCP socket listens on the port (read from /proc: connecting would disturb iperf3)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    return True
+    return False
+
+
+class TunnelBulkTest(EgressTestCase):
+    """Bulk data both ways through CONNECT and SOCKS5 tunnels (relayed with splice(2)): every byte
+    arrives, each side's end of stream reaches the other (half-close), and the byte counters match."""
+
+    def run_digest_exchange(self, sock, sent_bytes, reply_bytes):
+        data = pattern(sent_bytes)
+        sock.settimeout(30)
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)  # the server answers only once it sees our end of stream
+        got = b""
+        while True:
+            d = sock.recv(1 << 18)
+            if not d:
+                break
+            got += d
+        sock.close()
+        self.assertEqual(got[:32], hashlib.sha256(data).digest(), "the server got different bytes")
+        self.assertEqual(int.from_bytes(got[32:40], "big"), sent_bytes)
+        self.assertEqual(len(got) - 40, reply_bytes)
+        self.assertTrue(got[40:] == pattern(reply_bytes), "the reply arrived different")
+
+    def test_connect_and_socks5_carry_bulk_data_both_ways_with_half_close(self):
+        server = DigestServer(reply=24 << 20)
+        self.addCleanup(server.close)
+        p = self.start_egress(ORIGIN_RULE, port=server.port)
+        s, head = connect_tunnel(self.http_port, "origin.test", server.port, basic(), timeout=30)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        self.run_digest_exchange(s, 32 << 20, 24 << 20)
+        s, auth = socks5_handshake(self.socks_port, "billing", TOKEN)
+        self.assertEqual(auth, b"\x01\x00")
+        code, _, _ = socks5_request(s, 1, "origin.test", server.port)
+        self.assertEqual(code, 0)
+        server.reply = 40 << 20
+        self.run_digest_exchange(s, 8 << 20, 40 << 20)
+        # Both tunnels counted every byte each way (the pattern plus the 40-byte digest header).
+        up = wait_until(lambda: (lambda v: v if v >= (40 << 20) else None)(
+            p.metric("marchproxy_egress_bytes_total", service="billing", direction="up")),
+            message="upstream bytes counted")
+        self.assertEqual(up, (32 << 20) + (8 << 20))
+        self.assertEqual(p.metric("marchproxy_egress_bytes_total", service="billing", direction="down"),
+                         (24 << 20) + (40 << 20) + 2 * 40)
+        self.assertEqual(p.metric("marchproxy_egress_tunnels_open"), 0)
+
+    @unittest.skipUnless(IPERF3, "iperf3 not installed (scripts/setup.sh installs it)")
+    def test_iperf3_through_connect_and_socks5(self):
+        iperf_port = free_port()
+        p = self.start_egress(ORIGIN_RULE, port=iperf_port)
+        server = subprocess.Popen([IPERF3, "-s", "-B", LOCALHOST, "-p", str(iperf_port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(server.kill)
+        wait_until(lambda: listening(iperf_port), message="iperf3 server listening")
+
+        def via_connect():
+            s, head = connect_tunnel(self.http_port, "origin.test", iperf_port, basic(), timeout=30)
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise ConnectionError(head)
+            s.settimeout(None)
+            return s
+
+        def via_socks():
+            s, auth = socks5_handshake(self.socks_port, "billing", TOKEN, timeout=30)
+            code, _, _ = socks5_request(s, 1, "origin.test", iperf_port)
+            if auth != b"\x01\x00" or code != 0:
+                raise ConnectionError(f"socks5 auth {auth!r} reply {code}")
+            s.settimeout(None)
+            return s
+
+        for name, opener in (("CONNECT", via_connect), ("SOCKS5", via_socks)):
+            for reverse in (False, True):
+                fwd = TunnelForwarder(opener)
+                self.addCleanup(fwd.close)
+                args = [IPERF3, "-c", LOCALHOST, "-p", str(fwd.port), "-t", "2", "-J"] + (["-R"] if reverse else [])
+                r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+                self.assertEqual(fwd.errors, [], name)
+                result = json.loads(r.stdout)
+                self.assertNotIn("error", result, f"{name} reverse={reverse}: {result.get('error')}")
+                received = result["end"]["sum_received"]["bytes"]
+                self.assertGreater(received, 1 << 20, f"{name} reverse={reverse}: {received} bytes")
+        wait_until(lambda: p.metric("marchproxy_egress_tunnels_open") == 0, message="every tunnel closed")
 
 
 @unittest.skipUnless(CURL, "curl not installed")
