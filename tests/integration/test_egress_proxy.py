@@ -499,9 +499,15 @@ class TunnelBulkTest(EgressTestCase):
                 fwd = TunnelForwarder(opener)
                 self.addCleanup(fwd.close)
                 args = [IPERF3, "-c", LOCALHOST, "-p", str(fwd.port), "-t", "2", "-J"] + (["-R"] if reverse else [])
-                r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+                # The server may still be closing the previous test (its control connection's end
+                # travels back through the tunnel): it then answers "busy", and we ask again.
+                for _ in range(50):
+                    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+                    result = json.loads(r.stdout)
+                    if "busy" not in result.get("error", ""):
+                        break
+                    time.sleep(0.2)
                 self.assertEqual(fwd.errors, [], name)
-                result = json.loads(r.stdout)
                 self.assertNotIn("error", result, f"{name} reverse={reverse}: {result.get('error')}")
                 received = result["end"]["sum_received"]["bytes"]
                 self.assertGreater(received, 1 << 20, f"{name} reverse={reverse}: {received} bytes")
