@@ -499,8 +499,6 @@ TEST_F(TcTest, RoutedTrafficLeavesOnlyWhenARuleAllowsIt) {
       {truncated(ipv6("2001:db8:1::1", "2001:db8:b::9", tcp(443), {{60, 16}}), 14 + 40 + 1), false,
        "a truncated extension header"},
       {truncated(ipv4("10.1.2.3", "192.0.2.5", tcp(5432)), 14 + 20 + 2), false, "a truncated TCP header"},
-      {truncated(ipv4("10.1.2.3", "192.0.2.5", tcp(5432)), 14 + 12), false, "a truncated IPv4 header"},
-      {truncated(ipv6("2001:db8:1::1", "2001:db8:b::9", tcp(443)), 14 + 30), false, "a truncated IPv6 header"},
       {ipv4("10.1.2.3", "192.0.2.5", tcp(5432), 0, 0x2000), true, "a first fragment: judged by its ports"},
       {ipv4("10.1.2.3", "192.0.2.5", tcp(5433), 0, 0x2000), false, "a first fragment to another port"},
       {ipv4("10.1.2.3", "192.0.2.5", tcp(1), 0, 0x0010), true, "a later fragment: db allows tcp between the two"},
@@ -532,6 +530,12 @@ TEST_F(TcTest, RoutedTrafficLeavesOnlyWhenARuleAllowsIt) {
     EXPECT_EQ(obj_->counters()[reason].packets - before[reason].packets, 1u) << c.why;
     EXPECT_EQ(referenceTcReason(rules, c.packet, true), reason) << "the user-space reference: " << c.why;
   }
+  // A truncated IP header: the kernel refuses to test-run such a frame (EINVAL), so only the
+  // reference, which the program follows (a failed bpf_skb_load_bytes refuses it), is checked.
+  EXPECT_EQ(referenceTcReason(rules, truncated(ipv4("10.1.2.3", "192.0.2.5", tcp(5432)), 14 + 12), true),
+            MP_TC_DROP_ROUTED);
+  EXPECT_EQ(referenceTcReason(rules, truncated(ipv6("2001:db8:1::1", "2001:db8:b::9", tcp(443)), 14 + 30), true),
+            MP_TC_DROP_ROUTED);
   // Not IP (ARP): not ours to judge, also when forwarded.
   Bytes arp = ethernet(0x0806);
   arp.resize(14 + 28, 1);
