@@ -3,8 +3,9 @@ forwards between two veth links and runs `marchproxy ingress` with the TC egress
 server-facing link, and a server. Forwarded connections leave only when a `fast_path.routed` rule
 allows them (source, destination, protocol, port); a reload widens the rules; the counters in
 `marchproxy xdp status` move; stopping the proxy detaches the program and forwarding is open again.
-Other IP protocols (GRE, ESP, IPIP, SCTP) and VLAN-tagged frames are refused, ICMP, ARP and the
-fragments of an allowed datagram pass; a non-Ethernet egress interface (tun) is refused with a clear
+Other IP protocols (GRE, ESP, IPIP, SCTP) are refused, ICMP, ARP and the fragments of an allowed
+datagram pass (VLAN-tagged frames: mp_fastpath_test and the fuzzer; this kernel has no tc vlan
+action to put a tag into a forwarded frame); a non-Ethernet egress interface (tun) is refused with a clear
 error while the proxy keeps running. What reaches the server is observed by a packet socket there.
 Needs root; skips otherwise. Namespaces are removed by the test, also when it fails."""
 import itertools
@@ -27,7 +28,6 @@ SERVER_IP, GW_SERVER_SIDE = f"10.{NET}.2.2", f"10.{NET}.2.1"
 OTHER_SERVER_IP = f"10.{NET}.2.3"  # no udp rule names it
 GW_OUT_IF = f"{TAG}g1"  # the gateway's server-facing link: the TC egress program goes here
 GW_TUN = f"{TAG}t"  # a tun device in the gateway: no Ethernet header, refused for TC
-TAGGED_SPORT = 45999  # the gateway's egress pushes two VLAN tags onto UDP from this source port
 SENTINEL_SPORT = 45998
 
 CONFIG = """
@@ -272,20 +272,11 @@ class RoutedRulesTest(ProxyTestCase):
         wait_until(lambda: self.probe("tcp", OTHER_CLIENT_IP, 8002) == "ok 8002", timeout=10,
                    message="forwarding open again once the proxy stopped and detached")
 
-    def test_other_protocols_vlan_tags_and_fragments(self):
+    def test_other_protocols_icmp_fragments_and_arp(self):
         protocols = {"GRE": 47, "ESP": 50, "IPIP": 4, "SCTP": 132}
-        # The gateway's server-facing link pushes two VLAN tags (802.1Q, then 802.1ad outside it)
-        # onto UDP from TAGGED_SPORT, before the MarchProxy filter (priority 1 runs first): the
-        # frame reaches our program with the inner tag in its data.
-        ns(GW_NS, "tc", "qdisc", "add", "dev", GW_OUT_IF, "clsact", check=False)
-        ns(GW_NS, "tc", "filter", "add", "dev", GW_OUT_IF, "egress", "prio", "1", "protocol", "ip", "u32",
-           "match", "ip", "protocol", "17", "0xff", "match", "ip", "sport", str(TAGGED_SPORT), "0xffff",
-           "action", "vlan", "push", "id", "10", "protocol", "802.1Q", "pipe",
-           "action", "vlan", "push", "id", "20", "protocol", "802.1ad", "continue")
         # Before the proxy, the gateway forwards all of it (so a refusal below is the program's).
         for name, number in protocols.items():
             self.assertEqual(self.arrives("raw", SERVER_IP, number), [(0, number)], name)
-        self.assertTrue(self.arrives("udp", SERVER_IP, 64, TAGGED_SPORT), "the tagged datagram, no proxy")
         self.assertTrue(self.arrives("udp", OTHER_SERVER_IP, 3000), "a fragmented datagram, no proxy")
 
         p = self.start_gateway_proxy(self.config('"8001"'))
@@ -301,8 +292,6 @@ class RoutedRulesTest(ProxyTestCase):
         self.assertIn((0, 17), frames, "the first fragment")
         self.assertTrue([f for f in frames if f[0] != 0], f"the later fragments: {frames}")
         self.assertEqual(self.arrives("udp", OTHER_SERVER_IP, 3000), [], "no fragment to the other host")
-        # The same allowed datagram with VLAN tags in the frame: not classified, refused.
-        self.assertEqual(self.arrives("udp", SERVER_IP, 64, TAGGED_SPORT), [], "a VLAN-tagged routed frame")
         # ARP still works: with the gateway's neighbour entries gone, an allowed connection needs
         # the gateway to resolve the server's address on the enforcing link again.
         ns(GW_NS, IP, "neigh", "flush", "dev", GW_OUT_IF)
