@@ -144,7 +144,7 @@ uint8_t pickProto(FuzzedDataProvider& in, bool v6) {
   static const uint8_t kProtos[] = {IPPROTO_TCP, IPPROTO_UDP, 0, 47, 50, 51, 4, 41, 132, 59};
   const size_t i = in.ConsumeIntegralInRange<size_t>(0, std::size(kProtos));
   if (i == std::size(kProtos)) return in.ConsumeIntegral<uint8_t>();
-  if (kProtos[i] == 0) return v6 ? IPPROTO_ICMPV6 : IPPROTO_ICMP;
+  if (kProtos[i] == 0) return v6 ? uint8_t{IPPROTO_ICMPV6} : uint8_t{IPPROTO_ICMP};
   return kProtos[i];
 }
 
