@@ -20,6 +20,9 @@
 #define MP_F_ICMP_ECHO_DENY (1u << 1) /* TC egress: drop ICMP/ICMPv6 echo request and reply */
 #define MP_F_ROUTED_ENFORCE (1u << 2) /* TC egress: routed TCP/UDP must match a routed rule */
 
+/* TC egress: at most this many IPv6 extension headers are walked to the upper-layer header. */
+#define MP_IPV6_EXT_MAX 4
+
 /* Routed (gateway) rules: at most this many per generation (one bit each in a __u64 mask), each
  * with at most MP_ROUTED_RANGES destination port ranges. */
 #define MP_ROUTED_RULES 64
@@ -53,8 +56,8 @@ enum mp_tc_reason {
   MP_TC_PASS = 0,        /* left as is */
   MP_TC_MARKED,          /* DSCP rewritten */
   MP_TC_DROP_ICMP,       /* ICMP echo denied */
-  MP_TC_PASS_ROUTED,     /* routed TCP/UDP allowed by a routed rule */
-  MP_TC_DROP_ROUTED,     /* routed TCP/UDP no routed rule allows */
+  MP_TC_PASS_ROUTED,     /* routed TCP/UDP allowed by a routed rule, or routed ICMP */
+  MP_TC_DROP_ROUTED,     /* routed: no rule allows it, another protocol, VLAN-tagged, unreadable */
   MP_TC_REASONS
 };
 

@@ -4,8 +4,11 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <linux/if_link.h>
+#include <net/if_arp.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -311,6 +314,20 @@ int attachXdpLink(int progFd, int ifindex, uint32_t flags) {
   return fd;
 }
 
+// The interface's link type (ARPHRD_*, the number /sys/class/net/IF/type shows; 1 = Ethernet), asked
+// through a socket of this network namespace (a /sys mounted for another namespace would answer
+// for another interface of the same name); -1 when it cannot be read.
+int linkType(const std::string& name) {
+  if (name.size() >= IFNAMSIZ) return -1;
+  int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  ifreq req{};
+  std::memcpy(req.ifr_name, name.data(), name.size());
+  int type = ::ioctl(fd, SIOCGIFHWADDR, &req) == 0 ? req.ifr_hwaddr.sa_family : -1;
+  ::close(fd);
+  return type;
+}
+
 }  // namespace
 
 void FastPath::attachXdp(const config::FastPath& f) {
@@ -391,11 +408,20 @@ void FastPath::attachTc(const config::FastPath& f) {
     a->tcOpts.prog_fd = tc_->programFd();
     // Replacing deliberately: a filter left by a crashed run (same handle and priority) is ours.
     a->tcOpts.flags = BPF_TC_F_REPLACE;
-    int err = a->ifindex == 0 ? -ENODEV : bpf_tc_hook_create(&a->hook);
-    if (err == 0 || err == -EEXIST) err = bpf_tc_attach(&a->hook, &a->tcOpts);
-    if (err != 0) {
-      st.error = a->ifindex == 0 ? "no such interface" : errnoText(err);
-      spdlog::error("fast path: cannot attach the TC egress program to {} ({})", name, st.error);
+    // The program reads an Ethernet header first: on a tun, ipip, GRE or WireGuard link (no link
+    // layer header) it would misread every packet, so such links are refused.
+    const int type = a->ifindex == 0 ? -1 : linkType(name);
+    if (a->ifindex == 0) {
+      st.error = "no such interface";
+    } else if (type != ARPHRD_ETHER) {
+      st.error = fmt::format("interface {} is not an Ethernet interface (link type {})", name, type);
+    } else {
+      int err = bpf_tc_hook_create(&a->hook);
+      if (err == 0 || err == -EEXIST) err = bpf_tc_attach(&a->hook, &a->tcOpts);
+      if (err != 0) st.error = errnoText(err);
+    }
+    if (!st.error.empty()) {
+      spdlog::error("fast path: cannot attach the TC egress program to {}: {}", name, st.error);
     } else {
       a->mode = st.mode = AttachMode::kTc;
       spdlog::info("fast path: TC egress program attached to {}", name);

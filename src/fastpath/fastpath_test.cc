@@ -453,6 +453,11 @@ TEST_F(TcTest, RoutedTrafficLeavesOnlyWhenARuleAllowsIt) {
   CompiledRules rules = compile(snapshotFrom(kRouted), {});
   auto g = obj_->publish(rules);
   ASSERT_TRUE(g) << g.error().message;
+  auto proto = [](uint8_t p) {  // another IP protocol: 8 bytes of its header
+    L4 o;
+    o.proto = p;
+    return o;
+  };
   auto udpTo = [](uint16_t port) {
     L4 u;
     u.proto = 17;
@@ -480,19 +485,62 @@ TEST_F(TcTest, RoutedTrafficLeavesOnlyWhenARuleAllowsIt) {
       {ipv6("2001:db8:7::1", "2001:db8:53::1", udpTo(53)), true, "dns over IPv6"},
       {ipv6("2001:db8:1::1", "2001:db8:b::9", tcp(443)), true, "backup: every port"},
       {ipv6("2001:db8:2::1", "2001:db8:b::9", tcp(443)), false, "backup: another source"},
-      {ipv6("2001:db8:1::1", "2001:db8:b::9", tcp(443), {{60, 8}}), false,
-       "an extension header before TCP cannot be judged: refused"},
+      {ipv6("2001:db8:1::1", "2001:db8:b::9", tcp(443), {{60, 8}}), true,
+       "a destination-options header before TCP is walked"},
+      {ipv6("2001:db8:1::1", "2001:db8:b::9", tcp(443), {{0, 8}, {43, 24}, {60, 16}, {44, 8}}), true,
+       "four extension headers (a first fragment among them) are walked"},
+      {ipv6("2001:db8:1::1", "2001:db8:b::9", tcp(443), {{0, 8}, {43, 24}, {60, 16}, {60, 8}, {60, 8}}), false,
+       "a fifth extension header is not walked: refused"},
+      {ipv6("2001:db8:2::1", "2001:db8:b::9", tcp(443), {{60, 8}}), false, "behind the header: another source"},
+      {ipv6("2001:db8:1::1", "2001:db8:b::9", tcp(443), {{44, 8}}, 100), true,
+       "a later IPv6 fragment: a rule allows tcp between the two on some port"},
+      {ipv6("2001:db8:7::1", "2001:db8:53::1", udpTo(9), {{44, 8}}, 100), true, "a later fragment: dns allows udp"},
+      {ipv6("2001:db8:7::1", "2001:db8:54::1", udpTo(9), {{44, 8}}, 100), false, "a later fragment to another host"},
+      {truncated(ipv6("2001:db8:1::1", "2001:db8:b::9", tcp(443), {{60, 16}}), 14 + 40 + 1), false,
+       "a truncated extension header"},
       {truncated(ipv4("10.1.2.3", "192.0.2.5", tcp(5432)), 14 + 20 + 2), false, "a truncated TCP header"},
+      {ipv4("10.1.2.3", "192.0.2.5", tcp(5432), 0, 0x2000), true, "a first fragment: judged by its ports"},
+      {ipv4("10.1.2.3", "192.0.2.5", tcp(5433), 0, 0x2000), false, "a first fragment to another port"},
+      {ipv4("10.1.2.3", "192.0.2.5", tcp(1), 0, 0x0010), true, "a later fragment: db allows tcp between the two"},
+      {ipv4("10.1.2.3", "192.0.2.5", udpTo(1), 0, 0x2010), false, "a later fragment: no rule allows udp there"},
+      {ipv4("10.2.2.3", "192.0.2.5", tcp(5432), 0, 0x0010), false, "a later fragment from another source"},
+      {ipv4("172.16.0.1", "198.51.100.53", udpTo(1), 0, 0x0010), true, "a later fragment: dns, any source"},
+      {ipv4("10.9.9.9", "203.0.113.1", icmp(1, 3)), true, "ICMP passes (PMTU discovery, errors)"},
+      {ipv4("10.9.9.9", "203.0.113.1", icmp(1, 8)), true, "ICMP echo too (icmp_echo governs echo)"},
+      {ipv6("2001:db8:9::1", "2001:db8:c::1", icmp(58, 2)), true, "ICMPv6 packet too big passes"},
+      {ipv6("2001:db8:9::1", "2001:db8:c::1", icmp(58, 128), {{0, 8}}), true, "ICMPv6 behind hop-by-hop"},
+      {ipv4("10.9.9.9", "203.0.113.1", icmp(1, 3), 0, 0x0010), true, "a later ICMP fragment"},
+      {truncated(ipv4("10.9.9.9", "203.0.113.1", icmp(1, 3)), 14 + 20 + 2), false, "a truncated ICMP header"},
+      {ipv4("10.1.2.3", "192.0.2.5", proto(47)), false, "GRE"},
+      {ipv4("10.1.2.3", "192.0.2.5", proto(50)), false, "ESP"},
+      {ipv4("10.1.2.3", "192.0.2.5", proto(4)), false, "IPIP"},
+      {ipv4("10.1.2.3", "192.0.2.5", proto(132)), false, "SCTP"},
+      {ipv4("10.1.2.3", "192.0.2.5", proto(58)), false, "ICMPv6 inside IPv4 is not ICMP"},
+      {ipv4("10.1.2.3", "192.0.2.5", proto(47), 0, 0x0010), false, "a later GRE fragment"},
+      {ipv6("2001:db8:1::1", "2001:db8:b::9", proto(50)), false, "ESP over IPv6"},
+      {ipv6("2001:db8:1::1", "2001:db8:b::9", proto(6), {{51, 16}}), false, "AH over IPv6"},
+      {ipv4("10.1.2.3", "192.0.2.5", tcp(5432), 0, 0, {5}), false, "VLAN-tagged: not classified"},
+      {ipv4("10.1.2.3", "192.0.2.5", tcp(5432), 0, 0, {5, 6}), false, "QinQ-tagged"},
   };
   for (const Case& c : cases) {
     TcCounters before = obj_->counters();
     auto [verdict, out] = run(c.packet, true);
     EXPECT_EQ(verdict, c.allowed ? TC_ACT_OK : TC_ACT_SHOT) << c.why;
-    uint32_t reason = c.allowed ? MP_TC_PASS_ROUTED : MP_TC_DROP_ROUTED;
+    mp_tc_reason reason = c.allowed ? MP_TC_PASS_ROUTED : MP_TC_DROP_ROUTED;
     EXPECT_EQ(obj_->counters()[reason].packets - before[reason].packets, 1u) << c.why;
+    EXPECT_EQ(referenceTcReason(rules, c.packet, true), reason) << "the user-space reference: " << c.why;
   }
-  // ICMP and other protocols are not routed rules' business (icmp_echo is).
-  EXPECT_EQ(run(ipv4("10.9.9.9", "203.0.113.1", icmp(1, 8)), true).first, TC_ACT_OK);
+  // A truncated IP header: the kernel refuses to test-run such a frame (EINVAL), so only the
+  // reference, which the program follows (a failed bpf_skb_load_bytes refuses it), is checked.
+  EXPECT_EQ(referenceTcReason(rules, truncated(ipv4("10.1.2.3", "192.0.2.5", tcp(5432)), 14 + 12), true),
+            MP_TC_DROP_ROUTED);
+  EXPECT_EQ(referenceTcReason(rules, truncated(ipv6("2001:db8:1::1", "2001:db8:b::9", tcp(443)), 14 + 30), true),
+            MP_TC_DROP_ROUTED);
+  // Not IP (ARP): not ours to judge, also when forwarded.
+  Bytes arp = ethernet(0x0806);
+  arp.resize(14 + 28, 1);
+  EXPECT_EQ(run(arp, true).first, TC_ACT_OK);
+  EXPECT_EQ(referenceTcReason(rules, arp, true), MP_TC_PASS);
   // The host's own connections (no input interface) are the proxy's to police, not the rules'.
   EXPECT_EQ(run(ipv4("10.2.2.3", "192.0.3.5", tcp(9999))).first, TC_ACT_OK);
   // A reload to "routed: []" refuses everything routed; "routed: off" lets it all through again.
@@ -572,6 +620,53 @@ TEST(Rules, RoutedPrefixesCarryTheRulesOfThePrefixesHoldingThem) {
   auto off = compile(snapshotFrom("fast_path:\n  egress_interfaces: [eth1]\n"), {});
   EXPECT_EQ(off.tc.flags & MP_F_ROUTED_ENFORCE, 0u);
   EXPECT_TRUE(referenceRoutedAllows(off, *parseCidr("10.0.0.1"), *parseCidr("10.0.0.2"), 6, 1));
+}
+
+TEST(Rules, ReferenceRoutedAllowsTcpUdpByRuleIcmpAlwaysNothingElse) {
+  CompiledRules r = compile(snapshotFrom(kRouted), {});
+  auto a = [](const char* text) { return *parseCidr(text); };
+  EXPECT_TRUE(referenceRoutedAllows(r, a("10.1.2.3"), a("192.0.2.5"), IPPROTO_TCP, 5432));
+  EXPECT_FALSE(referenceRoutedAllows(r, a("10.1.2.3"), a("192.0.2.5"), IPPROTO_TCP, 5433));
+  EXPECT_FALSE(referenceRoutedAllows(r, a("10.1.2.3"), a("192.0.2.5"), IPPROTO_UDP, 5432));
+  // ICMP passes whoever sends it where; the IPv6 one is ICMPv6.
+  EXPECT_TRUE(referenceRoutedAllows(r, a("10.9.9.9"), a("203.0.113.1"), IPPROTO_ICMP, 0));
+  EXPECT_TRUE(referenceRoutedAllows(r, a("2001:db8:9::1"), a("2001:db8:c::1"), IPPROTO_ICMPV6, 0));
+  EXPECT_FALSE(referenceRoutedAllows(r, a("10.9.9.9"), a("203.0.113.1"), IPPROTO_ICMPV6, 0));
+  // Every other protocol is refused, even between addresses a rule names, fragment or not.
+  for (uint8_t p : std::initializer_list<uint8_t>{47, 50, 51, 4, 41, 132, 0, 255}) {
+    EXPECT_FALSE(referenceRoutedAllows(r, a("10.1.2.3"), a("192.0.2.5"), p, 5432)) << int(p);
+    EXPECT_FALSE(referenceRoutedAllows(r, a("10.1.2.3"), a("192.0.2.5"), p, 0, true)) << int(p);
+  }
+  // A later fragment (no ports): some rule between the two must allow the protocol on some port.
+  EXPECT_TRUE(referenceRoutedAllows(r, a("10.1.2.3"), a("192.0.2.5"), IPPROTO_TCP, 0, true));
+  EXPECT_FALSE(referenceRoutedAllows(r, a("10.1.2.3"), a("192.0.2.5"), IPPROTO_UDP, 0, true));
+  EXPECT_FALSE(referenceRoutedAllows(r, a("10.2.2.3"), a("192.0.2.5"), IPPROTO_TCP, 0, true));
+  EXPECT_FALSE(referenceRoutedAllows(r, a("10.1.2.3"), a("192.0.3.5"), IPPROTO_TCP, 0, true));
+  EXPECT_TRUE(referenceRoutedAllows(r, a("172.16.0.1"), a("198.51.100.53"), IPPROTO_UDP, 0, true));
+  // Enforcement off: everything.
+  auto off = compile(snapshotFrom("fast_path:\n  egress_interfaces: [eth1]\n"), {});
+  EXPECT_TRUE(referenceRoutedAllows(off, a("10.1.2.3"), a("192.0.2.5"), 47, 0));
+}
+
+TEST(Rules, ReferenceTcReasonWalksIpv6ExtensionHeaders) {
+  CompiledRules r = compile(snapshotFrom(kRouted), {});
+  auto at = [&](const Bytes& p) { return referenceTcReason(r, p, true); };
+  const char* src = "2001:db8:1::1";
+  const char* dst = "2001:db8:b::9";
+  EXPECT_EQ(at(ipv6(src, dst, tcp(443), {{0, 8}})), MP_TC_PASS_ROUTED);
+  EXPECT_EQ(at(ipv6(src, dst, tcp(443), {{0, 8}, {43, 8}, {60, 8}, {44, 8}})), MP_TC_PASS_ROUTED);
+  EXPECT_EQ(at(ipv6(src, dst, tcp(443), {{0, 8}, {43, 8}, {60, 8}, {60, 8}, {60, 8}})), MP_TC_DROP_ROUTED)
+      << "five: more than the program walks";
+  EXPECT_EQ(at(ipv6("2001:db8:2::1", dst, tcp(443), {{60, 8}})), MP_TC_DROP_ROUTED) << "rule sources still apply";
+  EXPECT_EQ(at(ipv6(src, dst, tcp(443), {{44, 8}}, 3)), MP_TC_PASS_ROUTED) << "a later fragment, tcp allowed";
+  L4 udp = tcp(443);
+  udp.proto = 17;
+  EXPECT_EQ(at(ipv6(src, dst, udp, {{44, 8}}, 3)), MP_TC_DROP_ROUTED) << "a later fragment, udp not allowed";
+  EXPECT_EQ(at(ipv6(src, dst, udp, {{44, 8}})), MP_TC_DROP_ROUTED) << "a first fragment: its port (443/udp)";
+  EXPECT_EQ(at(truncated(ipv6(src, dst, tcp(443), {{60, 8}}), 14 + 40 + 8 + 10)), MP_TC_DROP_ROUTED);
+  // Local traffic (no input interface) is not judged, whatever its shape.
+  EXPECT_EQ(referenceTcReason(r, ipv6(src, dst, tcp(443), {{0, 8}, {0, 8}, {0, 8}, {0, 8}, {0, 8}}), false),
+            MP_TC_PASS);
 }
 
 TEST(Rules, LookupSourceLongestPrefixWins) {

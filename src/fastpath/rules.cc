@@ -118,18 +118,105 @@ CompiledRules compile(const config::Snapshot& s, const CompileOptions& options) 
 }
 
 bool referenceRoutedAllows(const CompiledRules& rules, const Cidr& src, const Cidr& dst, uint8_t proto,
-                           uint16_t dport) {
+                           uint16_t dport, bool fragment) {
   if (!(rules.tc.flags & MP_F_ROUTED_ENFORCE)) return true;
+  if (proto == (dst.v6 ? uint8_t{IPPROTO_ICMPV6} : uint8_t{IPPROTO_ICMP})) return true;
+  if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) return false;
   uint64_t mask = longestMatch(rules.routed_dst, dst) & (longestMatch(rules.routed_src, src) | rules.tc.routed_any_source);
   const uint8_t bit = proto == IPPROTO_TCP ? MP_ROUTED_TCP : MP_ROUTED_UDP;
   for (size_t i = 0; i < rules.routed.size(); ++i) {
     if (!(mask & (1ull << i)) || !(rules.routed[i].protocols & bit)) continue;
     const mp_routed_rule& m = rules.routed[i];
-    if (m.nranges == 0) return true;
+    if (m.nranges == 0 || fragment) return true;
     for (size_t k = 0; k < m.nranges; ++k)
       if (dport >= m.lo[k] && dport <= m.hi[k]) return true;
   }
   return false;
+}
+
+mp_tc_reason referenceTcReason(const CompiledRules& rules, std::span<const uint8_t> pkt, bool forwarded) {
+  const size_t n = pkt.size();
+  const uint8_t* d = pkt.data();
+  const bool enforce = (rules.tc.flags & MP_F_ROUTED_ENFORCE) && forwarded;
+  const mp_tc_reason refuse = enforce ? MP_TC_DROP_ROUTED : MP_TC_PASS;
+  if (n < 14) return refuse;
+  const uint16_t ethertype = be16(d + 12);
+  constexpr size_t l3 = 14;
+  Cidr src, dst;
+  uint8_t l4proto = 0;
+  size_t l4 = 0;
+  bool fragment = false;
+  if (ethertype == 0x0800) {
+    if (l3 + 20 > n || (d[l3] & 0x0f) < 5) return refuse;
+    const uint8_t* ip = d + l3;
+    fragment = (be16(ip + 6) & 0x1fff) != 0;
+    l4proto = ip[9];
+    l4 = l3 + (ip[0] & 0x0f) * 4u;
+    std::copy(ip + 12, ip + 16, src.addr.begin());
+    std::copy(ip + 16, ip + 20, dst.addr.begin());
+    src.length = dst.length = 32;
+  } else if (ethertype == 0x86dd) {
+    if (l3 + 40 > n) return refuse;
+    const uint8_t* ip = d + l3;
+    std::copy(ip + 8, ip + 24, src.addr.begin());
+    std::copy(ip + 24, ip + 40, dst.addr.begin());
+    src.v6 = dst.v6 = true;
+    src.length = dst.length = 128;
+    l4proto = ip[6];
+    l4 = l3 + 40;
+    for (int i = 0; i < MP_IPV6_EXT_MAX; ++i) {
+      if (l4proto == IPPROTO_HOPOPTS || l4proto == IPPROTO_ROUTING || l4proto == IPPROTO_DSTOPTS) {
+        if (l4 + 2 > n) return refuse;
+        const size_t len = (d[l4 + 1] + 1u) * 8;
+        l4proto = d[l4];
+        l4 += len;
+      } else if (l4proto == IPPROTO_FRAGMENT) {
+        if (l4 + 4 > n) return refuse;
+        const bool later = (be16(d + l4 + 2) & 0xfff8) != 0;
+        l4proto = d[l4];
+        l4 += 8;
+        if (later) {
+          fragment = true;
+          break;
+        }
+      } else {
+        break;
+      }
+    }
+    if (!fragment && (l4proto == IPPROTO_HOPOPTS || l4proto == IPPROTO_ROUTING || l4proto == IPPROTO_DSTOPTS ||
+                      l4proto == IPPROTO_FRAGMENT))
+      return refuse;
+  } else if (ethertype == 0x8100 || ethertype == 0x88a8) {
+    return refuse;
+  } else {
+    return MP_TC_PASS;
+  }
+  const bool v4 = !src.v6;
+  const uint8_t icmp = v4 ? uint8_t{IPPROTO_ICMP} : uint8_t{IPPROTO_ICMPV6};
+  if ((rules.tc.flags & MP_F_ICMP_ECHO_DENY) && l4proto == icmp && !fragment && l4 + 1 <= n) {
+    const uint8_t t = d[l4];
+    if (v4 && (t == 8 || t == 0)) return MP_TC_DROP_ICMP;
+    if (!v4 && (t == 128 || t == 129)) return MP_TC_DROP_ICMP;
+  }
+  if (l4proto == icmp) {
+    if (!enforce) return MP_TC_PASS;
+    return !fragment && l4 + 4 > n ? MP_TC_DROP_ROUTED : MP_TC_PASS_ROUTED;
+  }
+  if (l4proto != IPPROTO_TCP && l4proto != IPPROTO_UDP) return refuse;
+  uint16_t dport = 0;
+  if (!fragment) {
+    if (l4 + (l4proto == IPPROTO_TCP ? 20u : 8u) > n) return refuse;
+    dport = be16(d + l4 + 2);
+  } else if (!enforce) {
+    return MP_TC_PASS;
+  }
+  if (enforce) {
+    if (!referenceRoutedAllows(rules, src, dst, l4proto, dport, fragment)) return MP_TC_DROP_ROUTED;
+    if (fragment) return MP_TC_PASS_ROUTED;
+  }
+  auto it = rules.dscp.find({dport, l4proto});
+  if (it == rules.dscp.end() || it->second == 0) return enforce ? MP_TC_PASS_ROUTED : MP_TC_PASS;
+  return MP_TC_MARKED;
 }
 
 uint32_t lookupSource(const CompiledRules& rules, const Cidr& host) {

@@ -59,10 +59,16 @@ uint32_t lookupSource(const CompiledRules& rules, const Cidr& host);
 // stateful; the reference leaves them out): one of enum mp_xdp_reason.
 mp_xdp_reason referenceReason(const CompiledRules& rules, std::span<const uint8_t> packet);
 
-// What the TC program decides for a routed (forwarded) TCP/UDP packet from `src` to `dst`:
-// true = a routed rule allows it. Enforcement off: always true.
+// What the TC program decides for a routed (forwarded) packet of IP protocol `proto` from `src` to
+// `dst`: true = it may leave. TCP/UDP: a routed rule must allow the protocol and destination port —
+// for a non-first fragment (`fragment`, no ports) some port; ICMP/ICMPv6 always; any other protocol
+// never. Enforcement off: always true.
 bool referenceRoutedAllows(const CompiledRules& rules, const Cidr& src, const Cidr& dst, uint8_t proto,
-                           uint16_t dport);
+                           uint16_t dport, bool fragment = false);
+
+// What the TC egress program decides for a whole frame (one of enum mp_tc_reason), step by step as
+// bpf/tc_egress.bpf.c does. forwarded: the packet came in on an interface (routed traffic).
+mp_tc_reason referenceTcReason(const CompiledRules& rules, std::span<const uint8_t> packet, bool forwarded);
 
 // Reads the first port of /proc/sys/net/ipv4/ip_local_port_range (32768 when unreadable).
 uint16_t ephemeralPortMin();
