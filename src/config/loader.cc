@@ -495,6 +495,8 @@ class Decoder {
              }},
             {"scope",
              [&](auto& v, auto& p) { enumeration(v, p, kRateLimitScopes, rl.scope, "rate-limit scope"); }},
+            {"ipv6_prefix", [&](auto& v, auto& p) { integer(v, p, rl.ipv6_prefix, 1, 128); }},
+            {"per_ip_ceiling", [&](auto& v, auto& p) { integer(v, p, rl.per_ip_ceiling, 0, kMaxPerIpCeiling); }},
         });
   }
 
@@ -504,6 +506,8 @@ class Decoder {
             {"address", [&](auto& v, auto& p) { address(v, p, r.address); }, true},
             {"port", [&](auto& v, auto& p) { integer(v, p, r.port, 1, 65535); }},
             {"timeout", [&](auto& v, auto& p) { duration(v, p, r.timeout); }},
+            {"password_file", [&](auto& v, auto& p) { str(v, p, r.password_file); }},
+            {"password_env", [&](auto& v, auto& p) { str(v, p, r.password_env); }},
         });
   }
 

@@ -954,6 +954,10 @@ TEST(LoaderEdge, RateLimitErrors) {
             "line 9: virtual_hosts[0].routes[0].rate_limit.burst: is set but requests_per_second is 0 (off)");
   EXPECT_EQ(onlyError(withRoute("        rate_limit: { requests_per_second: 5, header: x-key }")),
             "line 9: virtual_hosts[0].routes[0].rate_limit.header: is only used with key: header");
+  EXPECT_EQ(onlyError(withRoute("        rate_limit: { requests_per_second: 5, ipv6_prefix: 0 }")),
+            "line 9: virtual_hosts[0].routes[0].rate_limit.ipv6_prefix: must be between 1 and 128");
+  EXPECT_EQ(onlyError(withRoute("        rate_limit: { requests_per_second: 5, per_ip_ceiling: 1001 }")),
+            "line 9: virtual_hosts[0].routes[0].rate_limit.per_ip_ceiling: must be between 0 and 1000");
   EXPECT_EQ(onlyError(withRoute("        websocket_idle_timeout: 0s")),
             "line 9: virtual_hosts[0].routes[0].websocket_idle_timeout: must be longer than 0s");
 }
@@ -978,6 +982,9 @@ TEST(LoaderEdge, ProxyProtocolAndRedisErrors) {
             "line 3: redis.address: must be an IPv4 or IPv6 address (names are not resolved here)");
   EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\nredis: { port: 6379 }\n"),
             "line 3: redis: missing required field \"address\"");
+  EXPECT_EQ(onlyError("schema: 1\nlisteners: [{name: a, port: 1}]\nredis: { address: 127.0.0.1, password_file: /a, "
+                      "password_env: B }\n"),
+            "line 3: redis.password_env: is set together with password_file: give the password one way");
 }
 
 }  // namespace

@@ -179,6 +179,10 @@ struct RequestRateLimit {
   std::string header;  // lower-case, when key == kHeader
   enum class Scope { kLocal, kGlobal };
   Scope scope = Scope::kLocal;  // global = shared between proxy instances through Redis
+  uint32_t ipv6_prefix = 64;    // an IPv6 client address is keyed by its /ipv6_prefix network
+  // key header / client_cert: the client address is also limited to per_ip_ceiling x the rate
+  // and burst, across all its keys (a client cannot multiply its limit by rotating keys); 0 = off.
+  uint32_t per_ip_ceiling = 4;
 };
 
 struct Route {
@@ -303,6 +307,8 @@ struct Redis {
   std::string address;  // IP literal
   uint16_t port = 6379;
   Millis timeout{50};   // per request; slower = the local fallback bucket decides
+  std::string password_file;  // AUTH password: first line of this file, or
+  std::string password_env;   // the value of this environment variable (never logged)
 };
 
 struct Timeouts {

@@ -38,6 +38,7 @@ inline constexpr uint32_t kMaxHeaders = 10'000;
 inline constexpr uint32_t kMaxH2Streams = 10'000;  // http2.max_concurrent_streams
 inline constexpr Millis kMinHealthInterval{100};
 inline constexpr uint64_t kMaxRequestsPerSecond = 1'000'000'000;
+inline constexpr uint32_t kMaxPerIpCeiling = 1000;
 
 // ---------------------------------------------------------------- enum spellings
 

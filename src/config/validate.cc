@@ -675,6 +675,8 @@ class Validator {
     } else if (!rl.header.empty()) {
       error(path + ".header", at, "is only used with key: header");
     }
+    if (rl.ipv6_prefix < 1 || rl.ipv6_prefix > 128) error(path + ".ipv6_prefix", at, rangeMessage(1, 128));
+    if (rl.per_ip_ceiling > kMaxPerIpCeiling) error(path + ".per_ip_ceiling", at, rangeMessage(0, kMaxPerIpCeiling));
     if (rl.scope == RequestRateLimit::Scope::kGlobal && !s_.redis)
       warn(path + ".scope", at, "is global but no redis is configured: the limit is enforced per proxy");
   }
@@ -686,6 +688,8 @@ class Validator {
       error("redis.address", {}, "must be an IPv4 or IPv6 address (names are not resolved here)");
     if (r.port == 0) error("redis.port", {}, rangeMessage(1, 65535));
     nonZero(r.timeout, "redis.timeout", {});
+    if (!r.password_file.empty() && !r.password_env.empty())
+      error("redis.password_env", {}, "is set together with password_file: give the password one way");
   }
 
   void limits() {

@@ -285,6 +285,8 @@ void writeRoute(JsonOut& j, const Route& r) {
     j.field("key", nameOf(kRateLimitKeys, rl.key));
     if (!rl.header.empty()) j.field("header", rl.header);
     j.field("scope", nameOf(kRateLimitScopes, rl.scope));
+    if (rl.ipv6_prefix != RequestRateLimit{}.ipv6_prefix) j.field("ipv6_prefix", rl.ipv6_prefix);
+    if (rl.per_ip_ceiling != RequestRateLimit{}.per_ip_ceiling) j.field("per_ip_ceiling", rl.per_ip_ceiling);
     j.endObject();
   }
   if (!r.websocket) j.field("websocket", false);
@@ -620,6 +622,8 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
     j.field("address", s.redis->address);
     j.field("port", s.redis->port);
     j.field("timeout", s.redis->timeout);
+    if (!s.redis->password_file.empty()) j.field("password_file", s.redis->password_file);
+    if (!s.redis->password_env.empty()) j.field("password_env", s.redis->password_env);
     j.endObject();
   }
 

@@ -396,14 +396,15 @@ virtual_hosts:
     routes:
       - name: login
         match: { prefix: /login }
-        rate_limit: { requests_per_second: 2, burst: 10, key: header, header: X-Api-Key, scope: global }
+        rate_limit: { requests_per_second: 2, burst: 10, key: header, header: X-Api-Key, scope: global,
+                      ipv6_prefix: 56, per_ip_ceiling: 10 }
         websocket: false
         websocket_idle_timeout: 5m
         forward: { cluster: app }
 clusters:
   - { name: app, endpoints: [127.0.0.1:9001], send_proxy_protocol: v2 }
 limits: { max_connections_per_ip: 50 }
-redis: { address: 127.0.0.1, port: 6380, timeout: 20ms }
+redis: { address: 127.0.0.1, port: 6380, timeout: 20ms, password_file: /run/secrets/redis }
 )";
 
 TEST(Writer, EdgeFieldsRoundTrip) {
@@ -417,6 +418,8 @@ TEST(Writer, EdgeFieldsRoundTrip) {
   EXPECT_EQ(r.rate_limit->key, RequestRateLimit::Key::kHeader);
   EXPECT_EQ(r.rate_limit->header, "x-api-key");
   EXPECT_EQ(r.rate_limit->scope, RequestRateLimit::Scope::kGlobal);
+  EXPECT_EQ(r.rate_limit->ipv6_prefix, 56u);
+  EXPECT_EQ(r.rate_limit->per_ip_ceiling, 10u);
   EXPECT_FALSE(r.websocket);
   EXPECT_EQ(r.websocket_idle_timeout, std::chrono::minutes(5));
   EXPECT_EQ(s->listeners[0].proxy_protocol.accept, ProxyProtocol::Mode::kAny);
@@ -426,6 +429,19 @@ TEST(Writer, EdgeFieldsRoundTrip) {
   ASSERT_TRUE(s->redis.has_value());
   EXPECT_EQ(s->redis->port, 6380);
   EXPECT_EQ(s->redis->timeout, std::chrono::milliseconds(20));
+  EXPECT_EQ(s->redis->password_file, "/run/secrets/redis");
+}
+
+TEST(Writer, RateLimitDefaultsAreNotWritten) {
+  // ipv6_prefix and per_ip_ceiling at their defaults leave the canonical JSON (and hash) of an
+  // existing rate_limit as it was.
+  auto s = load(kEdge);
+  ASSERT_NE(s, nullptr);
+  s->virtual_hosts[0].routes[0].rate_limit->ipv6_prefix = 64;
+  s->virtual_hosts[0].routes[0].rate_limit->per_ip_ceiling = 4;
+  const std::string json = toJson(*s, false);
+  EXPECT_EQ(json.find("ipv6_prefix"), std::string::npos);
+  EXPECT_EQ(json.find("per_ip_ceiling"), std::string::npos);
 }
 
 TEST(Writer, EdgeDefaultsLeaveTheHashAlone) {

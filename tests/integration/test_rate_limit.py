@@ -135,6 +135,19 @@ class RateLimitTest(ProxyTestCase):
         self.assertEqual(c[:2], [200, 200], c)
         self.assertIn(429, c[2:])
 
+    def test_rotating_header_values_meets_the_per_ip_ceiling(self):
+        # A new API key per request: each key's bucket is full, but the address's ceiling
+        # (per_ip_ceiling 4 x burst 2, refilled at 4 x 1/s) bounds what one address gets.
+        t0 = time.monotonic()
+        statuses = [get(self.p.port, "/keyed", headers={"X-Api-Key": f"rotated-{i}"}).status for i in range(40)]
+        elapsed = time.monotonic() - t0
+        ok = statuses.count(200)
+        self.assertEqual(ok + statuses.count(429), 40, statuses)
+        self.assertGreaterEqual(ok, 8, statuses)
+        self.assertLessEqual(ok, 8 + int(4 * elapsed) + 1, (elapsed, statuses))
+        # Another address has its own ceiling.
+        self.assertEqual(get_from(self.p.port, "/keyed", "127.0.0.4", {"X-Api-Key": "fresh"}).status, 200)
+
     def test_reload_keeps_limiting(self):
         rs, _ = self.burst("/slow/r", 8)
         self.assertIn(429, [r.status for r in rs])

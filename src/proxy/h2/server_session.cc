@@ -387,9 +387,10 @@ asio::awaitable<bool> ServerSession::admitRate(Stream& s, const config::Route& r
       }
   }
   const bool cert = client_.identity && client_.identity->present;
-  const std::string key = limits::rateLimitKey(rl, has_header ? &header : nullptr,
-                                               cert ? &client_.identity->subject : nullptr, client_.ip);
-  const limits::Verdict verdict = co_await worker_.rateLimiter().check(s.route_id, rl, key);
+  const limits::RateKeys keys = limits::rateLimitKeys(rl, has_header ? &header : nullptr,
+                                                      cert ? &client_.identity->subject : nullptr, client_.ip);
+  const server::RouteStats& names = *s.wrt->route_stats[static_cast<size_t>(s.route_id)];
+  const limits::Verdict verdict = co_await worker_.rateLimiter().check(s.route_id, names.vhost, names.route, rl, keys);
   if (verdict.allowed || s.gone) co_return verdict.allowed;
   ++s.wrt->route_stats[static_cast<size_t>(s.route_id)]->rate_limited;
   if (s.grpc) {

@@ -43,44 +43,71 @@ class BucketTable {
   Verdict take(uint64_t key_hash, uint64_t rate, uint64_t burst, int64_t now_ns);
 
   size_t slots() const { return mask_ + 1; }
-  size_t bytes() const { return slots() * sizeof(Slot); }
+  size_t bytes() const { return slots() * (sizeof(Slot) + 1); }  // + the claim flags
   // Slots holding a key whose bucket is not yet full again at now_ns (for tests and /metrics).
   size_t live(int64_t now_ns) const;
+  // Slots holding key_hash (for tests: a key never has more than one).
+  size_t cellsOf(uint64_t key_hash) const;
 
  private:
+  static constexpr uint64_t kBusy = ~uint64_t{0};  // tag of a slot being claimed
+  static constexpr uint32_t kMaxClaimSpins = 1u << 16;
   struct Slot {
-    std::atomic<uint64_t> tag{0};  // key hash (never 0); 0 = empty
+    std::atomic<uint64_t> tag{0};  // key hash (never 0 nor kBusy); 0 = empty, kBusy = being claimed
     std::atomic<int64_t> tat{0};
   };
   Slot* find(uint64_t tag, int64_t now_ns);
   std::unique_ptr<Slot[]> slots_;
+  std::unique_ptr<std::atomic<uint8_t>[]> claims_;  // by home slot: 1 while a key of that home is claimed
   size_t mask_;
 };
 
 // Hash of (route, key) for BucketTable; never 0.
 uint64_t bucketKey(int route_id, std::string_view key);
 
-// One per worker (Worker::rateLimiter()); the h2 streams call it exactly like the HTTP/1 path.
-// The bucket key of one request for a route's limit: the value of the configured header, or the
-// verified client certificate's subject, falling back to the client address when the request has
-// neither (a client cannot escape its address's bucket by leaving the header out). Prefixed by
-// kind so that a header value cannot collide with an address.
-std::string rateLimitKey(const config::RequestRateLimit& rl, const std::string_view* header_value,
-                         const std::string* cert_subject, std::string_view client_ip);
+// The key of a client address: an IPv4 address as is, an IPv6 address as its /ipv6_prefix network
+// ("2001:db8:1:2::/64"; a client usually holds a whole /64, so keying by /128 would let it pick a
+// fresh bucket per request). IPv4-mapped IPv6 addresses count as their IPv4 address.
+std::string addressKey(std::string_view client_ip, uint32_t ipv6_prefix);
 
+// The buckets one request is charged to for a route's limit.
+struct RateKeys {
+  // The value of the configured header, or the verified client certificate's subject, falling back
+  // to the client address when the request has neither (a client cannot escape its address's
+  // bucket by leaving the header out). Prefixed by kind so that a header value cannot collide with
+  // an address.
+  std::string key;
+  // key header / client_cert with per_ip_ceiling: the client address's ceiling bucket (rate and
+  // burst x per_ip_ceiling), charged for every request of the address whatever its key. Empty: none.
+  std::string ceiling;
+};
+RateKeys rateLimitKeys(const config::RequestRateLimit& rl, const std::string_view* header_value,
+                       const std::string* cert_subject, std::string_view client_ip);
+
+class RedisClient;
+
+// One per worker (Worker::rateLimiter()); the h2 streams call it exactly like the HTTP/1 path.
 class RateLimiter {
  public:
   explicit RateLimiter(BucketTable& table) : table_(table) {}
 
-  // route_id: index of the route in the compiled table; key: client ip / header value / identity.
-  // Scope global without Redis configured is enforced through the local (process-wide) table.
-  boost::asio::awaitable<Verdict> check(int route_id, const config::RequestRateLimit& rl, std::string_view key);
+  // route_id: index of the route in the compiled table (local buckets); vhost, route: the names
+  // (Redis keys: the same route on every proxy). Scope global goes to Redis when one is configured
+  // and answers in time, else (and for scope local) to the local, process-wide table.
+  boost::asio::awaitable<Verdict> check(int route_id, std::string_view vhost, std::string_view route,
+                                        const config::RequestRateLimit& rl, const RateKeys& keys);
 
-  // The synchronous local decision (what check() does for local scope).
-  Verdict checkLocal(int route_id, const config::RequestRateLimit& rl, std::string_view key, int64_t now_ns);
+  // The synchronous local decision (what check() does for local scope): the key's bucket, then,
+  // if that allowed the request, the ceiling's.
+  Verdict checkLocal(int route_id, const config::RequestRateLimit& rl, const RateKeys& keys, int64_t now_ns);
+
+  // The worker's Redis client (nullptr: no redis configured).
+  void setRedis(std::shared_ptr<RedisClient> redis) { redis_ = std::move(redis); }
+  const std::shared_ptr<RedisClient>& redis() const { return redis_; }
 
  private:
   BucketTable& table_;
+  std::shared_ptr<RedisClient> redis_;
 };
 
 }  // namespace marchproxy::proxy::limits

@@ -100,6 +100,108 @@ TEST(BucketTable, ConcurrentWorkersShareOneBucketExactly) {
   EXPECT_EQ(allowed.load(), 500);
 }
 
+// RL-3: workers racing to claim a slot for the same new key, in a table whose every slot holds a
+// live bucket (so each claim evicts): the key gets exactly one cell and exactly its burst passes,
+// round after round. Before claims were serialised per home slot and the TAT reset was a CAS, a
+// claimer's late "fresh bucket" store could overwrite the charges of the workers that had already
+// found the new tag (more than the burst passed), and two claimers could give the key two cells.
+TEST(BucketTable, RacingClaimsOfOneNewKeyGiveOneCellAndExactlyTheBurst) {
+  BucketTable t(BucketTable::kProbe);  // one probe window: every claim competes for the same slots
+  constexpr int kThreads = 4, kRounds = 300, kBurst = 5;
+  for (int i = 0; i < static_cast<int>(t.slots()); ++i)  // fill it with buckets that refill in 1000 s
+    for (int j = 0; j < 1000; ++j) t.take(bucketKey(9, "filler" + std::to_string(i)), 1, 1000, kT0);
+  ASSERT_EQ(t.live(kT0), t.slots());
+  for (int round = 0; round < kRounds; ++round) {
+    const uint64_t k = bucketKey(1, "client" + std::to_string(round));
+    const int64_t now = kT0 + round;
+    std::atomic<int> ready{0}, allowed{0};
+    std::vector<std::thread> th;
+    for (int w = 0; w < kThreads; ++w)
+      th.emplace_back([&] {
+        ready.fetch_add(1);
+        while (ready.load() < kThreads) std::this_thread::yield();
+        for (int i = 0; i < 20; ++i)
+          if (t.take(k, 1, kBurst, now).allowed) allowed.fetch_add(1);
+      });
+    for (auto& x : th) x.join();
+    ASSERT_EQ(t.cellsOf(k), 1u) << "round " << round;
+    ASSERT_EQ(allowed.load(), kBurst) << "round " << round;
+  }
+}
+
+TEST(BucketTable, EvictedKeyStartsAgainWithAFullBucketInOneCell) {
+  BucketTable t(BucketTable::kProbe);
+  const uint64_t a = bucketKey(0, "a");
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(t.take(a, 1, 3, kT0).allowed);
+  EXPECT_FALSE(t.take(a, 1, 3, kT0).allowed);
+  // Eight other keys with buckets refilling later than a's push it out of the only window.
+  for (int i = 0; i < 8; ++i)
+    for (int j = 0; j < 10; ++j) t.take(bucketKey(0, "o" + std::to_string(i)), 1, 10, kT0);
+  EXPECT_EQ(t.cellsOf(a), 0u);
+  EXPECT_TRUE(t.take(a, 1, 3, kT0).allowed);
+  EXPECT_EQ(t.cellsOf(a), 1u);
+}
+
+// RL-2: an IPv6 client is keyed by its /64 (configurable): it cannot pick a fresh bucket per
+// request from the addresses of its own network.
+TEST(RateKeys, Ipv6IsKeyedByPrefix) {
+  EXPECT_EQ(addressKey("192.0.2.7", 64), "192.0.2.7");
+  EXPECT_EQ(addressKey("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 64), "2001:db8:1:2::/64");
+  EXPECT_EQ(addressKey("2001:db8:1:2::1", 64), addressKey("2001:db8:1:2:ffff::9", 64));
+  EXPECT_NE(addressKey("2001:db8:1:2::1", 64), addressKey("2001:db8:1:3::1", 64));
+  EXPECT_EQ(addressKey("2001:db8:1:2:aaaa::1", 128), "2001:db8:1:2:aaaa::1/128");
+  EXPECT_EQ(addressKey("2001:db8:1:2:aaaa::1", 48), "2001:db8:1::/48");
+  EXPECT_EQ(addressKey("2001:db8:1:ff80::1", 57), "2001:db8:1:ff80::/57");  // a prefix inside a group
+  EXPECT_EQ(addressKey("2001:db8:1:ffff::1", 57), "2001:db8:1:ff80::/57");
+  EXPECT_EQ(addressKey("::ffff:192.0.2.7", 64), "192.0.2.7");  // an IPv4 client on a dual-stack socket
+  config::RequestRateLimit rl;
+  rl.requests_per_second = 1;
+  BucketTable t(1024);
+  RateLimiter limiter(t);
+  // Burst 1 per /64: a second address of the same /64 is refused, another /64 is not.
+  EXPECT_TRUE(limiter.checkLocal(0, rl, rateLimitKeys(rl, nullptr, nullptr, "2001:db8::1"), kT0).allowed);
+  EXPECT_FALSE(limiter.checkLocal(0, rl, rateLimitKeys(rl, nullptr, nullptr, "2001:db8::2"), kT0).allowed);
+  EXPECT_TRUE(limiter.checkLocal(0, rl, rateLimitKeys(rl, nullptr, nullptr, "2001:db8:0:1::2"), kT0).allowed);
+}
+
+// RL-1: keys chosen by the client (a header) are also charged to the address's ceiling, so
+// rotating header values yields at most per_ip_ceiling x the limit.
+TEST(RateKeys, RotatingHeaderValuesMeetsThePerIpCeiling) {
+  config::RequestRateLimit rl;
+  rl.requests_per_second = 1;
+  rl.burst = 2;
+  rl.key = config::RequestRateLimit::Key::kHeader;
+  rl.header = "x-api-key";
+  ASSERT_EQ(rl.per_ip_ceiling, 4u);  // on by default
+  BucketTable t(1024);
+  RateLimiter limiter(t);
+  int allowed = 0;
+  for (int i = 0; i < 100; ++i) {
+    const std::string value = "key" + std::to_string(i);
+    const std::string_view v = value;
+    allowed += limiter.checkLocal(0, rl, rateLimitKeys(rl, &v, nullptr, "198.51.100.1"), kT0).allowed;
+  }
+  EXPECT_EQ(allowed, 2 * 4);
+  // Another address has its own ceiling; one key still has its own limit of 2.
+  const std::string_view k = "key0";
+  EXPECT_TRUE(limiter.checkLocal(0, rl, rateLimitKeys(rl, &k, nullptr, "198.51.100.2"), kT0).allowed);
+  EXPECT_FALSE(limiter.checkLocal(0, rl, rateLimitKeys(rl, &k, nullptr, "198.51.100.2"), kT0).allowed);
+  // per_ip_ceiling 0: no ceiling, rotation is not bounded by the address.
+  rl.per_ip_ceiling = 0;
+  EXPECT_TRUE(rateLimitKeys(rl, &k, nullptr, "198.51.100.1").ceiling.empty());
+  allowed = 0;
+  for (int i = 0; i < 100; ++i) {
+    const std::string value = "other" + std::to_string(i);
+    const std::string_view v = value;
+    allowed += limiter.checkLocal(1, rl, rateLimitKeys(rl, &v, nullptr, "198.51.100.1"), kT0).allowed;
+  }
+  EXPECT_EQ(allowed, 100);  // every new key passes: nothing bounds the address
+  // key client_ip has no ceiling (the key is the address already).
+  config::RequestRateLimit ip;
+  ip.requests_per_second = 1;
+  EXPECT_TRUE(rateLimitKeys(ip, nullptr, nullptr, "198.51.100.1").ceiling.empty());
+}
+
 TEST(BucketTable, ZeroRateIsOff) {
   BucketTable t(64);
   for (int i = 0; i < 100; ++i) EXPECT_TRUE(t.take(1, 0, 0, kT0).allowed);

@@ -141,6 +141,17 @@ std::string renderMetrics(const WorkerStats& t, const std::shared_ptr<const Runt
     if (r.rate_limited)
       fmt::format_to(std::back_inserter(o), "marchproxy_rate_limited_total{{vhost=\"{}\",route=\"{}\"}} {}\n",
                      esc(r.vhost), esc(r.route), r.rate_limited);
+  if (rt && rt->snapshot->redis) {
+    // Up: at least one worker holds a connection and none is failing (a worker opens its connection
+    // with its first global-limit request; until then it counts neither way).
+    header(o, "marchproxy_ratelimit_redis_up", "gauge",
+           "1 when the workers' Redis connections for global rate limits are up; 0: the local table decides.");
+    fmt::format_to(std::back_inserter(o), "marchproxy_ratelimit_redis_up {}\n",
+                   t.redis_up > 0 && t.redis_down == 0 ? 1 : 0);
+    header(o, "marchproxy_ratelimit_redis_errors_total", "counter",
+           "Redis calls for global rate limits that failed (connection, timeout, protocol or error reply).");
+    fmt::format_to(std::back_inserter(o), "marchproxy_ratelimit_redis_errors_total {}\n", t.redis_errors);
+  }
 
   header(o, "marchproxy_request_duration_seconds", "histogram",
          "Time from the request head to the end of the response, by virtual host and route.");

@@ -514,8 +514,10 @@ asio::awaitable<bool> HttpSession::handleRequest() {
     }
   }
   if (route.rate_limit && route.rate_limit->requests_per_second) {
+    const limits::RateKeys keys = rateLimitKeys(*route.rate_limit);
+    const RouteStats& names = *wrt_->route_stats[static_cast<size_t>(route_id_)];
     const limits::Verdict verdict =
-        co_await worker_.rateLimiter().check(route_id_, *route.rate_limit, rateLimitKey(*route.rate_limit));
+        co_await worker_.rateLimiter().check(route_id_, names.vhost, names.route, *route.rate_limit, keys);
     if (!verdict.allowed) {
       linger_ = has_body;
       const bool result = co_await respondRateLimited(verdict.retry_after_s, !has_body && x_->req.keep_alive);
@@ -579,12 +581,12 @@ asio::awaitable<bool> HttpSession::handleRequest() {
 
 // The rate-limit key of this request. A request without the configured header (or without a
 // verified client certificate) is limited by its client address instead, in its own key space.
-std::string HttpSession::rateLimitKey(const config::RequestRateLimit& rl) const {
+limits::RateKeys HttpSession::rateLimitKeys(const config::RequestRateLimit& rl) const {
   std::string_view header;
   const http::Header* h = rl.key == config::RequestRateLimit::Key::kHeader ? x_->req.find(rl.header) : nullptr;
   if (h) header = h->value;
   const bool cert = tls_ && tls_->identity.present;
-  return limits::rateLimitKey(rl, h ? &header : nullptr, cert ? &tls_->identity.subject : nullptr, client_ip_);
+  return limits::rateLimitKeys(rl, h ? &header : nullptr, cert ? &tls_->identity.subject : nullptr, client_ip_);
 }
 
 asio::awaitable<bool> HttpSession::respondRateLimited(uint32_t retry_after_s, bool keep_alive) {

@@ -22,6 +22,7 @@
 #include "common/http/h1_parser.h"
 #include "config/model.h"
 #include "proxy/limits/connection_limiter.h"
+#include "proxy/limits/rate_limiter.h"
 #include "proxy/server/exchange.h"
 #include "proxy/router/route_table.h"
 #include "proxy/upstream/health_state.h"
@@ -78,7 +79,7 @@ class HttpSession {
                                             const router::RouteTable::Match* m = nullptr);
   boost::asio::awaitable<bool> respondError(int status, std::string_view reason, bool keep_alive);
   boost::asio::awaitable<bool> respondRateLimited(uint32_t retry_after_s, bool keep_alive);
-  std::string rateLimitKey(const config::RequestRateLimit& rl) const;
+  limits::RateKeys rateLimitKeys(const config::RequestRateLimit& rl) const;
   boost::asio::awaitable<bool> streamRequestBody(upstream::UpstreamConnection& up, uint64_t already_sent,
                                                  bool& upstream_failed);
   boost::asio::awaitable<bool> streamResponseBody(upstream::UpstreamConnection& up, http::BodyFraming framing,

@@ -80,6 +80,11 @@ struct WorkerStats {
   std::map<std::string, uint64_t> tls_handshakes;
   std::map<std::string, uint64_t> tls_versions;
   uint64_t tls_resumed = 0;
+  // Rate limits through Redis (proxy/limits/redis_client.h): workers whose connection is up / down
+  // (a worker that has not needed Redis yet is neither), and failed calls.
+  uint32_t redis_up = 0;
+  uint32_t redis_down = 0;
+  uint64_t redis_errors = 0;
 
   void merge(const WorkerStats& o) {
     connections_total += o.connections_total;
@@ -101,6 +106,9 @@ struct WorkerStats {
     for (auto& [k, v] : o.tls_handshakes) tls_handshakes[k] += v;
     for (auto& [k, v] : o.tls_versions) tls_versions[k] += v;
     tls_resumed += o.tls_resumed;
+    redis_up += o.redis_up;
+    redis_down += o.redis_down;
+    redis_errors += o.redis_errors;
   }
 };
 

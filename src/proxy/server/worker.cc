@@ -115,7 +115,35 @@ void Worker::applyRuntime(std::shared_ptr<const Runtime> rt) {
       }
     }
   }
+  applyRedis(snap);
   wrt_ = std::move(w);
+}
+
+// Global rate limits: a new Redis client when the redis settings (or the password) change; the old
+// one is closed (its calls in flight fall back to the local table).
+void Worker::applyRedis(const config::Snapshot& snap) {
+  std::string password;
+  if (snap.redis) {
+    try {
+      password = limits::readRedisPassword(*snap.redis);
+    } catch (const std::exception& e) {
+      spdlog::error("worker {}: rate limits: {}; connecting to redis without a password", index_, e.what());
+    }
+  }
+  const auto& cur = rate_limiter_.redis();
+  if (cur && snap.redis) {
+    const config::Redis& a = cur->config();
+    const config::Redis& b = *snap.redis;
+    if (a.address == b.address && a.port == b.port && a.timeout == b.timeout && a.password_file == b.password_file &&
+        a.password_env == b.password_env && cur->password() == password)
+      return;
+  }
+  if (!cur && !snap.redis) return;
+  if (cur) cur->close();
+  redis_stats_.state = 0;
+  rate_limiter_.setRedis(snap.redis ? std::make_shared<limits::RedisClient>(ioc_, *snap.redis, std::move(password),
+                                                                            redis_stats_, index_)
+                                    : nullptr);
 }
 
 void Worker::addListener(const std::string& key, int fd, ListenerInfo info) {
@@ -238,6 +266,7 @@ void Worker::stop() {
   acceptors_.clear();
   for (HttpSession* s = sessions_head_; s; s = s->next) s->forceClose();
   pools_.closeAll();
+  if (rate_limiter_.redis()) rate_limiter_.redis()->close();
   if (access_log_) access_log_->flush();
   work_.reset();
 }
@@ -245,6 +274,9 @@ void Worker::stop() {
 void Worker::collect(WorkerStats* out) {
   *out = stats_;
   out->connections_active = session_count_;
+  out->redis_up = redis_stats_.state == 1;
+  out->redis_down = redis_stats_.state == 2;
+  out->redis_errors = redis_stats_.errors;
   for (auto& [name, cs] : out->clusters) cs.active = cs.idle = 0;
   if (wrt_) {
     for (size_t ci = 0; ci < wrt_->rt->clusters.size(); ++ci) {

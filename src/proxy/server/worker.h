@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "proxy/limits/rate_limiter.h"
+#include "proxy/limits/redis_client.h"
 #include "proxy/server/access_log.h"
 #include "proxy/server/exchange.h"
 #include "proxy/server/runtime.h"
@@ -104,6 +105,7 @@ class Worker {
   struct Acceptor;
   boost::asio::awaitable<void> acceptLoop(std::shared_ptr<Acceptor> acc);
   boost::asio::awaitable<void> sweepLoop();
+  void applyRedis(const config::Snapshot& snap);
 
   unsigned index_;
   Server& server_;
@@ -123,6 +125,7 @@ class Worker {
   bool stopped_ = false;
   std::mt19937_64 rng_;
   limits::RateLimiter rate_limiter_;
+  limits::RedisStats redis_stats_;  // outlives the clients that write it (a reload replaces them)
   boost::asio::steady_timer sweep_timer_;
   std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_;
 };
