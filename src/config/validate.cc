@@ -555,9 +555,10 @@ class Validator {
       const SourcePos at = c.pos;
       std::string path = fmt::format("clusters[{}]", i);
       name(c.name, path + ".name", at);
-      if (c.protocol == Cluster::Protocol::kHttp2)
-        error(path + ".protocol", at,
-              "\"http2\" is not implemented yet (HTTP/2 is served to clients; upstreams are HTTP/1.1)");
+      // One HTTP/2 connection carries the requests of many clients: no per-connection PROXY header.
+      if (c.protocol == Cluster::Protocol::kHttp2 && c.send_proxy_protocol != Cluster::SendProxyProtocol::kOff)
+        error(path + ".send_proxy_protocol", at,
+              "cannot be used with protocol http2 (one upstream connection carries many clients' requests)");
       if (c.tls) {
         if (c.tls->client_cert.empty() != c.tls->client_key.empty())
           error(path + ".tls." + (c.tls->client_cert.empty() ? "client_cert" : "client_key"), at,

@@ -426,6 +426,7 @@ virtual_hosts:
 clusters:
   - name: a
     protocol: http2
+    send_proxy_protocol: v2
     endpoints: [ "127.0.0.1:1" ]
 """
 
@@ -464,7 +465,7 @@ class Http2Config(ProxyTestCase):
         self.expect(self.check(render(BROKEN_RULES, CERT=cert, KEY=key)), [
             r"^line \d+: listeners\[0\]\.h2c: is for plain listeners only",
             r"^line \d+: listeners\[0\]\.tls\.alpn\[1\]: \"spdy/3\" is not supported \(only \"h2\" and \"http/1.1\"\)",
-            r"^line \d+: clusters\[0\]\.protocol: \"http2\" is not implemented yet",
+            r"^line \d+: clusters\[0\]\.send_proxy_protocol: cannot be used with protocol http2",
         ])
 
 

@@ -13,6 +13,7 @@
 #include "common/http/h1_parser.h"
 #include "common/http/path.h"
 #include "proxy/codec/h1_writer.h"
+#include "proxy/h2/upstream_connection.h"
 #include "proxy/limits/rate_limiter.h"
 #include "proxy/server/forward_common.h"
 #include "proxy/server/worker.h"
@@ -657,6 +658,10 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
     uint32_t& a;
     ~ActiveGuard() { --a; }
   } active_guard{active};
+  if (cc.protocol == config::Cluster::Protocol::kHttp2) {  // HTTP/2 to the upstream: forwardH2 below
+    co_await forwardH2(s, m, up_head, has_body, hash, retries_left);
+    co_return;
+  }
 
   for (;;) {
     if (s.gone) co_return;
@@ -903,6 +908,212 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
     s.deadline_ns = INT64_MAX;
     finish(s, {});
     co_return;
+  }
+}
+
+}  // namespace marchproxy::proxy::h2
+
+// ------------------------------------------------------------------ HTTP/2 upstreams
+
+namespace marchproxy::proxy::h2 {
+
+// forward() for a cluster with `protocol: http2`: the request goes out as a stream of a shared
+// upstream connection (upstream_connection.h). up_head is the HTTP/1.1 head forward() built (the
+// same forwarding headers and rewrites), turned into HTTP/2 fields. Both bodies are relayed with
+// backpressure: client bytes move to the upstream stream only once it took the previous batch
+// (the client's window is given back then), response bytes only while the client stream's buffer
+// is under kOutHighWater (the upstream's window is given back then). Response trailers (gRPC
+// status) pass through. Retries: a body-less request the upstream never processed (connect
+// failure under the route's retry policy; REFUSED_STREAM or GOAWAY above its stream, once).
+asio::awaitable<void> ServerSession::forwardH2(Stream& s, const router::RouteTable::Match& m,
+                                               std::string_view up_head, bool has_body, uint64_t hash,
+                                               uint32_t retries_left) {
+  server::WorkerRuntime& wrt = *s.wrt;
+  const server::Runtime& rt = *wrt.rt;
+  const config::Snapshot& snap = *rt.snapshot;
+  const size_t ci = static_cast<size_t>(m.cluster);
+  const server::ClusterRuntime& cr = rt.clusters[ci];
+  const config::Cluster& cc = *cr.config;
+  const config::Route& route = *m.route;
+  const config::RetryPolicy& rp = route.forward.retry;
+  server::ClusterStats& cstats = *wrt.cluster_stats[ci];
+  upstream::LoadBalancer& lb = *wrt.lbs[ci];
+  const codec::Rewrites rewrites{&m.vhost->response_headers, &route.response_headers};
+
+  bool te_trailers = false;
+  for (auto& [n, v] : s.req.headers)
+    if (n == "te" && v == "trailers") te_trailers = true;
+  Request head;
+  if (!requestFromH1Head(up_head, cr.tls ? "https" : "http", te_trailers, head)) {
+    respondError(s, 502, "request head not representable in HTTP/2");
+    co_return;
+  }
+  const Millis response_timeout = route.forward.timeout.count() ? route.forward.timeout : cc.timeouts.response;
+  const Millis try_timeout = rp.per_try_timeout.count() ? rp.per_try_timeout : response_timeout;
+  const Millis stall = snap.timeouts.body_read;
+  const uint64_t max_body = snap.limits.max_body_bytes;
+  bool refused_retry = !has_body;  // one transparent retry of a stream the upstream did not process
+  int exclude = -1;
+
+  for (;;) {
+    if (s.gone) co_return;
+    const int64_t now = upstream::steadyNowNs();
+    const int idx = lb.pick(hash, exclude, [&](size_t i) { return cr.health->available(i, now); });
+    if (idx < 0) {
+      respondError(s, 503, "no healthy upstream");
+      co_return;
+    }
+    const size_t ei = static_cast<size_t>(idx);
+    upstream::EndpointPool& pool = *wrt.pools[ci][ei];
+    s.log_upstream = cr.keys[ei];
+    if (!s.upstream_start_ns) s.upstream_start_ns = monoNowNs();
+    ++pool.active;
+    lb.onRequestStart(ei);
+    struct EndpointGuard {
+      upstream::EndpointPool& pool;
+      upstream::LoadBalancer& lb;
+      size_t ei;
+      ~EndpointGuard() {
+        --pool.active;
+        lb.onRequestEnd(ei);
+      }
+    } endpoint_guard{pool, lb, ei};
+    auto report = [&](upstream::Outcome o) {
+      if (cr.health) cr.health->onResult(ei, o, upstream::steadyNowNs());
+    };
+
+    bool opened = false;
+    std::shared_ptr<UpstreamH2Connection> conn =
+        UpstreamH2Connection::acquire(worker_.ioc(), pool, wrt.rt, ci, ei, &opened);
+    if (opened) ++cstats.connections_opened;
+    auto us = std::make_shared<UpstreamStream>();
+    us->waker = &s.cv;
+    us->in_end = !has_body;
+    struct StreamGuard {
+      UpstreamH2Connection& conn;
+      UpstreamStream& us;
+      ~StreamGuard() {
+        us.waker = nullptr;
+        if (!us.closed) conn.cancel(us);  // the upstream stops working on it
+      }
+    } stream_guard{*conn, *us};
+    if (!conn->start(us, head, has_body)) {
+      respondError(s, 502, "no HTTP/2 stream available to the upstream");
+      co_return;
+    }
+    s.setDeadline(try_timeout);
+    uint64_t total_in = 0;
+    bool retry = false;
+    for (;;) {
+      if (s.gone) {
+        finish(s, "client reset the stream");
+        co_return;
+      }
+      // Request body: the next batch once the upstream stream took the previous one.
+      if (has_body && !us->in_end && us->pendingIn() == 0 && !us->closed) {
+        if (!s.in.empty()) {
+          total_in += s.in.size();
+          if (max_body && total_in > max_body) {
+            respondError(s, 413, "request body larger than limits.max_body_bytes");
+            co_return;
+          }
+          const size_t n = s.in.size();
+          us->in.swap(s.in);
+          us->in_off = 0;
+          s.in.clear();
+          codec_->consume(s.id, n);
+          flush();
+        }
+        if (s.in_end && s.in.empty()) us->in_end = true;
+        conn->bodyReady(*us);
+      }
+      // Response head.
+      if (us->head && !s.responded) {
+        report(us->status >= 500 ? upstream::Outcome::k5xx : upstream::Outcome::kSuccess);
+        s.upstream_end_ns = monoNowNs();
+        Fields f = std::move(us->headers);
+        dropConnectionFields(f);
+        codec::rewriteFields(f, rewrites);
+        s.status = us->status;
+        s.responded = true;
+        const bool body = !(us->out_end && us->out.empty() && us->trailers.empty());
+        codec_->submitResponse(s.id, us->status, f, body);
+        flush();
+        if (!body) {
+          s.deadline_ns = INT64_MAX;
+          finish(s, {});
+          co_return;
+        }
+        s.setDeadline(stall);
+      }
+      // Response body, then trailers.
+      if (s.responded) {
+        if (!us->out.empty() && s.pending() < kOutHighWater) {
+          const size_t n = us->out.size();
+          s.out.append(us->out);
+          us->out.clear();
+          conn->consumed(*us, n);
+          codec_->resume(s.id);
+          flush();
+          s.setDeadline(stall);
+        }
+        if (us->out_end && us->out.empty()) {
+          s.trailers = std::move(us->trailers);
+          dropConnectionFields(s.trailers);
+          s.out_eof = true;
+          codec_->resume(s.id);
+          flush();
+          s.deadline_ns = INT64_MAX;
+          finish(s, {});
+          co_return;
+        }
+      }
+      if (us->closed && !us->out_end) {
+        if (s.responded) {
+          codec_->reset(s.id, NGHTTP2_INTERNAL_ERROR);  // a truncated body must not look complete
+          flush();
+          finish(s, "upstream reset the stream");
+          co_return;
+        }
+        if (us->connect_status != server::ConnectStatus::kOk) {
+          ++cstats.connect_failures;
+          report(upstream::Outcome::kConnectFailure);
+          if (retries_left > 0 && (rp.on & static_cast<uint8_t>(config::RetryOn::kConnectFailure))) {
+            --retries_left;
+            ++cstats.retries;
+            exclude = idx;
+            retry = true;
+            break;
+          }
+          respondError(s, us->connect_timed_out ? 504 : 502,
+                       server::connectError(us->connect_status, us->connect_timed_out));
+          co_return;
+        }
+        if (us->retryable && refused_retry) {
+          refused_retry = false;  // GOAWAY / REFUSED_STREAM: the upstream did not process it
+          retry = true;
+          break;
+        }
+        report(upstream::Outcome::k5xx);
+        respondError(s, 502, us->retryable ? "upstream refused the stream" : "upstream reset the stream");
+        co_return;
+      }
+      if (s.timed_out) {
+        if (!s.responded) {
+          ++cstats.timeouts;
+          report(upstream::Outcome::k5xx);
+          respondError(s, 504, "upstream response timed out");
+        } else {
+          codec_->reset(s.id, NGHTTP2_INTERNAL_ERROR);
+          flush();
+          finish(s, "response relay interrupted");
+        }
+        co_return;
+      }
+      const bool alive = co_await waitFor(s);
+      if (!alive) continue;  // s.gone: handled at the top
+    }
+    if (!retry) co_return;
   }
 }
 

@@ -66,6 +66,9 @@ class ServerSession final : public ServerCodec::Handler {
   boost::asio::awaitable<void> sweepLoop();
   boost::asio::awaitable<void> serve(std::shared_ptr<Stream> s);
   boost::asio::awaitable<void> forward(Stream& s, const router::RouteTable::Match& m);
+  // The same over an HTTP/2 upstream connection (cluster protocol http2).
+  boost::asio::awaitable<void> forwardH2(Stream& s, const router::RouteTable::Match& m, std::string_view up_head,
+                                         bool has_body, uint64_t hash, uint32_t retries_left);
   boost::asio::awaitable<bool> sendBody(Stream& s, bool chunked);
   boost::asio::awaitable<bool> relayBody(Stream& s, int framing, uint64_t length);
   boost::asio::awaitable<bool> waitFor(Stream& s);  // until notified; false once the stream is gone

@@ -6,6 +6,7 @@
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <chrono>
+#include <cstring>
 
 #include "common/base/clock.h"
 #include "common/base/log.h"
@@ -40,6 +41,10 @@ asio::awaitable<ConnectStatus> connectUpstream(const ClusterRuntime& cr, size_t 
   if (cr.tls) {
     SSL* ssl = cr.tls->newSession(cc.endpoints[ei].host);
     if (!ssl) co_return ConnectStatus::kTlsFailed;
+    // An HTTP/2 cluster offers only "h2" in ALPN and insists on it (docs/http2.md).
+    const bool h2 = cc.protocol == config::Cluster::Protocol::kHttp2;
+    static constexpr unsigned char kAlpnH2[] = {2, 'h', '2'};
+    if (h2) SSL_set_alpn_protos(ssl, kAlpnH2, sizeof kAlpnH2);
     conn.tls = std::make_unique<asio::ssl::stream<tcp::socket&>>(conn.socket, ssl);
     auto [hec] = co_await conn.tls->async_handshake(asio::ssl::stream_base::client, kNoThrow);
     if (hec) {
@@ -48,6 +53,17 @@ asio::awaitable<ConnectStatus> connectUpstream(const ClusterRuntime& cr, size_t 
                    verify != X509_V_OK ? std::string("certificate: ") + X509_verify_cert_error_string(verify)
                                        : hec.message());
       co_return ConnectStatus::kTlsFailed;
+    }
+    if (h2) {
+      const unsigned char* proto = nullptr;
+      unsigned int len = 0;
+      SSL_get0_alpn_selected(ssl, &proto, &len);
+      if (len != 2 || std::memcmp(proto, "h2", 2) != 0) {
+        spdlog::warn("upstream tls handshake failed: cluster={} endpoint={} reason=the upstream did not select "
+                     "ALPN h2 (protocol: http2)",
+                     cc.name, cr.keys[ei]);
+        co_return ConnectStatus::kTlsFailed;
+      }
     }
   }
   co_return ConnectStatus::kOk;

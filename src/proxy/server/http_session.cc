@@ -973,6 +973,10 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
   bool client_keep = x_->req.keep_alive;
   const BodyFraming req_framing = x_->req.framing;
   // x_->req's views must not be used after the first read below (framing fields are values).
+  if (cc.protocol == config::Cluster::Protocol::kHttp2) {  // HTTP/2 to the upstream: http_session_h2up.cc
+    const bool result = co_await forwardH2(m, hash);
+    co_return result;
+  }
 
   // --- how much of the body is already here? A body held whole in rbuf_ can be replayed on retry.
   size_t held = 0;

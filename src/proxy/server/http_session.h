@@ -72,6 +72,8 @@ class HttpSession {
   boost::asio::awaitable<bool> readHead();
   boost::asio::awaitable<bool> handleRequest();
   boost::asio::awaitable<bool> forward(const router::RouteTable::Match& m);
+  // forward() to a cluster with `protocol: http2` (http_session_h2up.cc).
+  boost::asio::awaitable<bool> forwardH2(const router::RouteTable::Match& m, uint64_t hash);
   // Sends a proxy-generated response. Returns whether the connection may carry another request.
   boost::asio::awaitable<bool> respondLocal(int status, std::string_view body, bool keep_alive,
                                             std::string_view location = {},

@@ -50,6 +50,8 @@ Result<std::shared_ptr<const Runtime>> buildRuntime(std::shared_ptr<const config
                                           : fmt::format("{}:{}", addr.to_string(), e.port));
       // TLS connections are pooled apart from plain ones, and per cluster (SNI, client certificate).
       if (c.tls) cr.pool_keys.back() += fmt::format("|tls|{}|{}", c.name, e.host);
+      // HTTP/2 connections are multiplexed, never pooled with HTTP/1.1 ones.
+      if (c.protocol == config::Cluster::Protocol::kHttp2) cr.pool_keys.back() += "|h2";
     }
   }
   for (size_t ci = 0; ci < snapshot->clusters.size(); ++ci) {

@@ -76,7 +76,7 @@ void PoolSet::sweep(int64_t now_ns) {
   for (auto it = pools_.begin(); it != pools_.end();) {
     EndpointPool& p = *it->second;
     p.expire(now_ns);
-    if (it->second.use_count() == 1 && p.idle() == 0 && p.active == 0 && now_ns - p.last_used_ns > kForgetAfterNs) {
+    if (it->second.use_count() == 1 && p.idle() == 0 && p.active == 0 && p.shared.empty() && now_ns - p.last_used_ns > kForgetAfterNs) {
       it = pools_.erase(it);
     } else {
       ++it;
@@ -89,7 +89,11 @@ void PoolSet::sweep(int64_t now_ns) {
 namespace marchproxy::proxy::upstream {
 
 void PoolSet::closeAll() {
-  for (auto& [key, pool] : pools_) pool->expire(INT64_MAX);
+  for (auto& [key, pool] : pools_) {
+    pool->expire(INT64_MAX);
+    const auto shared = pool->shared;  // close() removes the connection from the list
+    for (const auto& c : shared) c->close();
+  }
 }
 
 }  // namespace marchproxy::proxy::upstream

@@ -27,6 +27,13 @@ struct UpstreamConnection {
   int64_t idle_since_ns = 0;  // coarse clock
 };
 
+// A connection many requests use at once (HTTP/2 to the upstream: proxy/h2/upstream_connection.h).
+// It closes itself when idle; the pool only lists it for new requests and closes it on shutdown.
+struct SharedConnection {
+  virtual ~SharedConnection() = default;
+  virtual void close() = 0;
+};
+
 class EndpointPool {
  public:
   EndpointPool(boost::asio::ip::tcp::endpoint endpoint, std::string key)
@@ -49,6 +56,9 @@ class EndpointPool {
   uint32_t active = 0;  // connections checked out or connecting, maintained by sessions
   int64_t last_used_ns = 0;
   int64_t idle_timeout_ns = 60'000'000'000;
+  // HTTP/2 clusters: the open multiplexed connections (a connection removes itself once it stops
+  // taking new streams).
+  std::vector<std::shared_ptr<SharedConnection>> shared;
 
  private:
   boost::asio::ip::tcp::endpoint endpoint_;
