@@ -1028,6 +1028,7 @@ class Decoder {
             {"max_continuation_frames",
              [&](auto& v, auto& p) { integer(v, p, h.max_continuation_frames, 1, 10'000); }},
             {"idle_timeout", [&](auto& v, auto& p) { duration(v, p, h.idle_timeout); }},
+            {"stream_idle_timeout", [&](auto& v, auto& p) { duration(v, p, h.stream_idle_timeout); }},
         });
   }
 

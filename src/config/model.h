@@ -329,6 +329,7 @@ struct Http2 {
   uint32_t max_control_frames_per_second = 100;  // SETTINGS/PING/empty DATA/PRIORITY floods
   uint32_t max_continuation_frames = 32;         // per header block (CONTINUATION flood)
   Millis idle_timeout{300'000};
+  Millis stream_idle_timeout{60'000};  // a finished stream that does not end (zero window) is reset
 };
 
 struct AccessLog {

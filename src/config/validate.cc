@@ -729,6 +729,7 @@ class Validator {
     if (h.max_concurrent_streams < 1 || h.max_concurrent_streams > kMaxH2Streams)
       error("http2.max_concurrent_streams", {}, rangeMessage(1, kMaxH2Streams));
     nonZero(h.idle_timeout, "http2.idle_timeout", {});
+    nonZero(h.stream_idle_timeout, "http2.stream_idle_timeout", {});
   }
 
   void accessLog() {

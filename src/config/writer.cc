@@ -528,7 +528,8 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
                       h2.max_resets_per_second != h2_defaults.max_resets_per_second ||
                       h2.max_control_frames_per_second != h2_defaults.max_control_frames_per_second ||
                       h2.max_continuation_frames != h2_defaults.max_continuation_frames ||
-                      h2.idle_timeout != h2_defaults.idle_timeout;
+                      h2.idle_timeout != h2_defaults.idle_timeout ||
+                      h2.stream_idle_timeout != h2_defaults.stream_idle_timeout;
   if (h2_set) {
     j.key("http2");
     j.beginObject();
@@ -540,6 +541,7 @@ std::string writeJson(const Snapshot& s, bool pretty, bool identityOnly) {
     j.field("max_control_frames_per_second", h2.max_control_frames_per_second);
     j.field("max_continuation_frames", h2.max_continuation_frames);
     j.field("idle_timeout", h2.idle_timeout);
+    j.field("stream_idle_timeout", h2.stream_idle_timeout);
     j.endObject();
   }
 

@@ -19,8 +19,9 @@ PROTOCOL_ERROR = 0x1
 
 
 class RawH2:
-    def __init__(self, port, tls_ctx=None, host="127.0.0.1", timeout=10.0, settings=None):
-        s = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, tls_ctx=None, host="127.0.0.1", timeout=10.0, settings=None, source=None):
+        s = socket.create_connection((host, port), timeout=timeout,
+                                     source_address=(source, 0) if source else None)
         if tls_ctx is not None:
             s = tls_ctx.wrap_socket(s, server_hostname="localhost")
             if s.selected_alpn_protocol() != "h2":

@@ -7,8 +7,10 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import threading
+import time
 import unittest
 
 from harness import ProxyTestCase, RawServer, render, wait_until, get, pattern_bytes
@@ -277,7 +279,88 @@ class Http2(ProxyTestCase):
         self.assertLess(self.proxy.vm_hwm_kib(), RSS_LIMIT_KIB)
         self.assert_healthy()
 
+    def test_invalid_or_conflicting_authority_is_400(self):
+        """:authority and a host field are checked like an HTTP/1.1 Host (docs/http1.md); when both
+        are there they must name the same thing (RFC 9113 §8.3.1)."""
+        with RawH2(self.h2c_port) as c:
+            for what, authority, extra in (
+                    ("userinfo in :authority", "user@test.local", ()),
+                    ("port out of range", "test.local:99999", ()),
+                    ("port not a number", "test.local:8x", ()),
+                    ("empty port", "test.local:", ()),
+                    ("invalid host field", "test.local", [("host", "test.local:x")]),
+                    ("host differs from :authority", "test.local", [("host", "other.local")])):
+                st, _, _, _, rst = c.response(c.request("/id", authority=authority, extra=extra))
+                self.assertEqual((st, rst), (400, None), what)
+            # Two host fields: nghttp2 may refuse them itself (stream error) before the proxy does.
+            st, _, _, _, rst = c.response(c.request("/id", extra=[("host", "test.local"), ("host", "test.local")]))
+            self.assertIn((st, rst), ((400, None), (None, PROTOCOL_ERROR)))
+            st, _, body, _, _ = c.response(c.request("/id", authority="test.local",
+                                                     extra=[("host", "TEST.local")]))
+            self.assertEqual((st, body), (200, b"app"))  # same host, other case: fine
+        self.assertEqual(self.origin.count, 1)
+
+    def test_te_is_not_forwarded_to_an_http11_upstream(self):
+        with RawH2(self.h2c_port) as c:
+            st, _, body, _, _ = c.response(c.request("/echo", extra=[("te", "trailers"), ("x-keep", "1")]))
+        self.assertEqual(st, 200)
+        names = [n.lower() for n, _ in json.loads(body)["headers"]]
+        self.assertIn("x-keep", names)
+        self.assertNotIn("te", names)
+
+    def test_limits_max_headers_counts_http2_fields(self):
+        """limits.max_headers (default 100) as on HTTP/1.1: 431, the connection stays. Cookie
+        crumbs count once, as the one Cookie line they become."""
+        with RawH2(self.h2c_port) as c:
+            st, _, _, _, _ = c.response(c.request("/id", extra=[(f"x-h{i}", "1") for i in range(101)]))
+            self.assertEqual(st, 431)
+            st, _, _, _, _ = c.response(c.request("/id", extra=[(f"x-h{i}", "1") for i in range(100)]))
+            self.assertEqual(st, 200)
+            st, _, _, _, _ = c.response(c.request("/id", extra=[("cookie", f"c{i}=1") for i in range(150)]))
+            self.assertEqual(st, 200)
+        self.assertEqual(self.origin.count, 2)
+
     # ------------------------------------------------------------------ floods
+
+    def test_server_resets_provoked_by_the_client_count_as_rapid_reset(self):
+        """MadeYouReset (CVE-2025-8671): WINDOW_UPDATE 0 on an open stream makes the server reset
+        it (stream error PROTOCOL_ERROR); those resets spend the max_resets_per_second budget, so
+        the connection gets GOAWAY ENHANCE_YOUR_CALM. Another connection is served meanwhile."""
+        good = RawH2(self.h2c_port)
+        self.addCleanup(good.close)
+        st, _, _, _, _ = good.response(good.request("/id"))
+        self.assertEqual(st, 200)
+        with RawH2(self.h2c_port) as c:
+            resets = 0
+            for _ in range(25):  # 8 at a time: below max_concurrent_streams (16)
+                want = set()
+                out = b""
+                for _ in range(8):
+                    sid = c.new_stream()
+                    want.add(sid)
+                    out += c.headers_frame(sid, [(":method", "POST"), (":scheme", "http"),
+                                                 (":authority", "test.local"), (":path", "/direct")],
+                                           end_stream=False).serialize()
+                    out += struct.pack(">I", 4)[1:] + bytes([0x8, 0]) + struct.pack(">II", sid, 0)
+                if not c.send_raw(out):
+                    break
+
+                def until(f):
+                    nonlocal resets
+                    if isinstance(f, hf.RstStreamFrame) and f.stream_id in want:
+                        self.assertEqual(f.error_code, PROTOCOL_ERROR)
+                        want.discard(f.stream_id)
+                        resets += 1
+                    return not want or isinstance(f, hf.GoAwayFrame)
+                c.pump(until, timeout=10)
+                if c.goaway is not None or c.closed:
+                    break
+            self.assertIsNotNone(c.goaway, f"no GOAWAY after {resets} provoked resets")
+            self.assertEqual(c.goaway.error_code, ENHANCE_YOUR_CALM)
+            st, _, body, _, _ = good.response(good.request("/id"))
+            self.assertEqual((st, body), (200, b"app"))
+        self.assert_healthy()
+
 
     def test_rapid_reset_gets_goaway_enhance_your_calm(self):
         with RawH2(self.h2c_port) as c:
@@ -389,6 +472,85 @@ class Http2(ProxyTestCase):
             self.assertEqual(c.goaway.error_code, 0)
         finally:
             c.close()
+
+
+SHORT_TIMEOUTS = """
+schema: 1
+workers: 1
+admin: { address: 127.0.0.1, port: 0 }
+listeners:
+  - { name: h2c, address: 127.0.0.1, port: 0, h2c: true }
+http2:
+  idle_timeout: 1s
+  stream_idle_timeout: 1s
+timeouts: { drain: 120s }
+virtual_hosts:
+  - name: app
+    domains: ["*"]
+    routes:
+      - match: { prefix: / }
+        forward: { cluster: app }
+clusters:
+  - name: app
+    endpoints: [ "${ORIGIN}" ]
+"""
+
+CANCEL = 0x8
+
+
+class Http2Timeouts(ProxyTestCase):
+    """http2.idle_timeout and http2.stream_idle_timeout: what keeps a connection open."""
+
+    def setUp(self):
+        self.origin = self.start_origin("app")
+        self.proxy = self.start_proxy(render(SHORT_TIMEOUTS, ORIGIN=self.origin.address), expect_listeners=("h2c",))
+        self.port = self.proxy.ports["h2c"]
+
+    def assert_closes(self, c):
+        """The connection gets GOAWAY NO_ERROR, then is closed by the proxy."""
+        c.pump(lambda f: isinstance(f, hf.GoAwayFrame), timeout=30)
+        self.assertIsNotNone(c.goaway, "no GOAWAY")
+        self.assertEqual(c.goaway.error_code, 0)
+        c.pump(lambda f: False, timeout=30)  # returns once the proxy closed; TimeoutError otherwise
+        self.assertTrue(c.closed)
+
+    def test_pings_do_not_keep_an_idle_connection_open(self):
+        with RawH2(self.port) as c:
+            st, _, _, _, _ = c.response(c.request("/id"))
+            self.assertEqual(st, 200)
+            give_up = time.monotonic() + 30
+            i = 0
+            while c.goaway is None and not c.closed and time.monotonic() < give_up:
+                i += 1
+                c.send(hf.PingFrame(0, opaque_data=i.to_bytes(8, "big")))
+                c.pump(lambda f: isinstance(f, hf.GoAwayFrame) or (isinstance(f, hf.PingFrame) and "ACK" in f.flags))
+                time.sleep(0.3)
+            self.assertIsNotNone(c.goaway, f"no GOAWAY after {i} PINGs over 30 s with idle_timeout 1s")
+            self.assert_closes(c)
+
+    def zero_window_stream(self):
+        """A client that sets its initial window to 0 and never sends WINDOW_UPDATE: the response
+        HEADERS come, its DATA never can."""
+        c = RawH2(self.port, settings={hf.SettingsFrame.INITIAL_WINDOW_SIZE: 0})
+        self.addCleanup(c.close)
+        sid = c.request("/id")
+        c.pump(lambda f: isinstance(f, hf.HeadersFrame) and f.stream_id == sid, timeout=10)
+        wait_until(lambda: self.origin.count == 1, message="the request reached the origin")
+        return c, sid
+
+    def test_stream_stuck_on_a_zero_window_is_reset_and_the_idle_connection_closes(self):
+        c, sid = self.zero_window_stream()
+        frames = c.pump(lambda f: isinstance(f, hf.RstStreamFrame) and f.stream_id == sid, timeout=30)
+        rst = [f for f in frames if isinstance(f, hf.RstStreamFrame) and f.stream_id == sid]
+        self.assertEqual([f.error_code for f in rst], [CANCEL])
+        self.assertFalse([f for f in frames if isinstance(f, hf.DataFrame) and f.stream_id == sid and f.data])
+        self.assert_closes(c)
+
+    def test_drain_is_not_held_by_a_zero_window_stream(self):
+        c, sid = self.zero_window_stream()
+        self.proxy.signal(15)  # drain: timeouts.drain is 120 s, the stream must not use it up
+        self.assert_closes(c)
+        self.assertEqual(self.proxy.wait_exit(60), 0)
 
 
 # Mistakes the loader sees (syntax, names, ranges of single values) ...

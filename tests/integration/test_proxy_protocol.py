@@ -12,7 +12,7 @@ import struct
 import subprocess
 import unittest
 
-from harness import ProxyTestCase, Conn, build_request, conn_from, free_port, get, render, wait_until
+from harness import ProxyTestCase, Conn, RawServer, build_request, conn_from, free_port, get, render, wait_until
 from tls_certs import Pki
 
 CONFIG = """
@@ -216,6 +216,40 @@ clusters:
 """
 
 
+SENDER_H2 = """
+schema: 1
+workers: 1
+admin: { address: 127.0.0.1, port: 0 }
+listeners: [ { name: http, address: 127.0.0.1, port: 0, h2c: true } ]
+virtual_hosts:
+  - name: a
+    domains: ["*"]
+    routes:
+      - { match: { prefix: / }, forward: { cluster: pp } }
+clusters:
+  - { name: pp, endpoints: [ "${UP}" ], send_proxy_protocol: v1 }
+"""
+
+
+def pp_recorder(c):
+    """An HTTP/1.1 upstream that expects a PROXY v1 line first and answers each request with the
+    line its connection started with; a second request on the same connection gets "reused"."""
+    f = c.makefile("rb")
+    line = f.readline().rstrip(b"\r\n")
+    first = True
+    while True:
+        head = f.readline()
+        if not head:
+            return
+        while True:
+            h = f.readline()
+            if h in (b"\r\n", b"\n", b""):
+                break
+        body = line if first else b"reused"
+        first = False
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
 class SendProxyProtocolTest(Base):
     def test_sender_writes_the_client_address_per_connection(self):
         # A marchproxy sending the header to this test's proxy ("pp" listener, which requires one).
@@ -228,6 +262,22 @@ class SendProxyProtocolTest(Base):
                         self.assertStatus(r, 200)
                         self.assertEqual(xff(r), [ip], (path, ip))
         self.assertEqual(self.p.metric("marchproxy_proxy_protocol_errors_total"), 0)
+
+    def test_sender_over_http2_writes_the_header_per_stream(self):
+        """HTTP/2 streams are forwarded like HTTP/1.1 requests: each gets its own upstream
+        connection that starts with the header of its client (address and port)."""
+        from h2_client import RawH2
+        up = RawServer(pp_recorder)
+        self.addCleanup(up.close)
+        sender = self.start_proxy(render(SENDER_H2, UP=up.address))
+        for ip in ("127.0.0.2", "127.0.0.3"):
+            with RawH2(sender.port, source=ip) as c:
+                sport = c.sock.getsockname()[1]
+                want = f"PROXY TCP4 {ip} 127.0.0.1 {sport} {sender.port}".encode()
+                for _ in range(2):  # two streams, one after the other, on one client connection
+                    status, _, body, _, rst = c.response(c.request("/x"))
+                    self.assertEqual((status, body, rst), (200, want, None))
+        self.assertEqual(up.accepted, 4)  # no upstream connection served two streams
 
 
 class PerIpLimitTest(Base):

@@ -332,6 +332,8 @@ const char* addConnection(std::string_view v, ConnectionOptions& c) {
   return ok ? nullptr : "invalid Connection";
 }
 
+}  // namespace
+
 // uri-host [ ":" port ] (RFC 9110 §4.2, §7.2; RFC 3986 §3.2). Strict on purpose: the result is
 // what routing and egress policy match on, so userinfo ('@'), empty hosts, empty or oversize ports
 // and stray characters are refused rather than normalised.
@@ -367,6 +369,8 @@ bool isValidAuthority(std::string_view a, bool require_port) {
   }
   return p <= 65535;
 }
+
+namespace {
 
 // Everything the field lines of a message say about framing and connection handling.
 struct FieldSemantics {

@@ -89,6 +89,11 @@ struct RequestHead {
 // out is cleared first and is meaningful only on kComplete.
 ParseStatus parseRequest(std::string_view buf, const ParseLimits& limits, RequestHead& out, ParseError& err);
 
+// uri-host [ ":" port ] (RFC 9110 §4.2, §7.2; RFC 3986 §3.2), as a Host field, an absolute-form
+// authority or an HTTP/2 :authority must be. Strict: userinfo, empty hosts, empty or oversize ports
+// and stray characters are refused. require_port: authority-form (CONNECT) needs host:port.
+bool isValidAuthority(std::string_view a, bool require_port);
+
 struct ResponseHead {
   int minor_version = 1;
   int status = 0;  // 100..999

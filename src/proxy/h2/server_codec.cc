@@ -45,6 +45,7 @@ ServerCodec::ServerCodec(const config::Http2& limits, Handler& handler) : limits
   nghttp2_session_callbacks_set_on_frame_recv_callback(cb, &ServerCodec::onFrameRecv);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, &ServerCodec::onDataChunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(cb, &ServerCodec::onStreamClose);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cb, &ServerCodec::onFrameSend);
   nghttp2_option* opt = nullptr;
   nghttp2_option_new(&opt);
   nghttp2_option_set_no_auto_window_update(opt, 1);  // the window follows what the upstream took
@@ -263,6 +264,27 @@ int ServerCodec::onStreamClose(nghttp2_session*, int32_t stream, uint32_t error,
   ServerCodec& c = *self(p);
   c.pending_.erase(stream);
   c.handler_.onClose(stream, error);
+  return 0;
+}
+
+// "MadeYouReset" (CVE-2025-8671): a client that makes the server reset streams (a bad field, DATA
+// beyond content-length, WINDOW_UPDATE 0 on a stream, DATA on a half-closed stream...) cancels work
+// as cheaply as one that resets them itself, without sending a single RST_STREAM. Those resets use
+// the rapid-reset budget too. The proxy's own resets (INTERNAL_ERROR for a truncated upstream
+// body, CANCEL for a stalled stream) and REFUSED_STREAM are not the client's doing here.
+int ServerCodec::onFrameSend(nghttp2_session*, const nghttp2_frame* frame, void* p) {
+  ServerCodec& c = *self(p);
+  if (frame->hd.type != NGHTTP2_RST_STREAM) return 0;
+  switch (frame->rst_stream.error_code) {
+    case NGHTTP2_PROTOCOL_ERROR:
+    case NGHTTP2_FLOW_CONTROL_ERROR:
+    case NGHTTP2_STREAM_CLOSED:
+    case NGHTTP2_FRAME_SIZE_ERROR:
+      if (c.resets_.hit(c.limits_.max_resets_per_second, nowNs())) c.calm("stream errors provoked by the client (MadeYouReset)");
+      break;
+    default:
+      break;
+  }
   return 0;
 }
 

@@ -8,7 +8,8 @@
 //     proxy-connection, transfer-encoding, upgrade), te other than "trailers", upper-case or invalid
 //     names, CR/LF/NUL and leading/trailing whitespace in values, bad pseudo-headers: stream error
 //     PROTOCOL_ERROR. The codec adds the decoded header-list limit (431) on top.
-//   - floods: client RST_STREAM per second (rapid reset, CVE-2023-44487), SETTINGS/PING/PRIORITY/
+//   - floods: client RST_STREAM per second (rapid reset, CVE-2023-44487) together with the
+//     RST_STREAMs the server sends for client protocol errors ("MadeYouReset", CVE-2025-8671), SETTINGS/PING/PRIORITY/
 //     empty DATA per second, CONTINUATION frames per header block (CVE-2024-27316): over a limit the
 //     codec queues GOAWAY ENHANCE_YOUR_CALM and feed() returns false; the caller flushes and closes.
 //   - request bodies: the window is given back only when the application calls consume(), so a
@@ -65,7 +66,8 @@ class ServerCodec {
 
   // Processes client bytes. false: the connection must be closed once takeOutput() is flushed.
   bool feed(std::string_view in);
-  // Appends every frame ready to send to out.
+  // Appends every frame ready to send to out. May find a flood (flooded() turns true: the
+  // resets sent for client protocol errors are counted as they go out); the GOAWAY is then in out.
   void takeOutput(std::string& out);
   bool wantsIo() const;  // false: both sides are done (GOAWAY exchanged, no stream left)
 
@@ -92,6 +94,7 @@ class ServerCodec {
   static int onDataChunk(nghttp2_session*, uint8_t flags, int32_t stream, const uint8_t* data, size_t len,
                          void* self);
   static int onStreamClose(nghttp2_session*, int32_t stream, uint32_t error, void* self);
+  static int onFrameSend(nghttp2_session*, const nghttp2_frame* frame, void* self);
   static ssize_t readCallback(nghttp2_session*, int32_t stream, uint8_t* buf, size_t len, uint32_t* flags,
                               nghttp2_data_source* source, void* self);
   void calm(const char* reason);

@@ -143,6 +143,35 @@ TEST(ServerCodec, RapidResetTripsTheLimit) {
   EXPECT_LE(r.requests.size(), 21u);
 }
 
+// MadeYouReset (CVE-2025-8671): WINDOW_UPDATE 0 on an open stream is a stream error the server
+// answers with RST_STREAM PROTOCOL_ERROR; those resets spend the rapid-reset budget. A few do not.
+TEST(ServerCodec, ResetsProvokedByTheClientTripTheRapidResetLimit) {
+  Recorder r;
+  config::Http2 l;
+  l.max_resets_per_second = 20;
+  l.max_concurrent_streams = 1000;
+  ServerCodec c(l, r);
+  Client cl;
+  const std::string zero("\0\0\0\0", 4);
+  std::string in = kPreface;
+  for (int32_t id = 1; id < 20; id += 2) in += cl.get(id, "/x", {}, 0x4) + frame(NGHTTP2_WINDOW_UPDATE, 0, id, zero);
+  EXPECT_TRUE(c.feed(in));
+  std::string out;
+  c.takeOutput(out);
+  EXPECT_FALSE(c.flooded());  // 10 resets: under 20
+  EXPECT_EQ(goawayCode(out), -1);
+  EXPECT_EQ(r.closed.size(), 10u);
+  for (auto& [id, err] : r.closed) EXPECT_EQ(err, static_cast<uint32_t>(NGHTTP2_PROTOCOL_ERROR)) << id;
+  in.clear();
+  for (int32_t id = 21; id < 200; id += 2) in += cl.get(id, "/x", {}, 0x4) + frame(NGHTTP2_WINDOW_UPDATE, 0, id, zero);
+  c.feed(in);
+  out.clear();
+  c.takeOutput(out);
+  EXPECT_TRUE(c.flooded());
+  EXPECT_EQ(goawayCode(out), NGHTTP2_ENHANCE_YOUR_CALM);
+  EXPECT_FALSE(c.feed(cl.get(201)));  // nothing more is read
+}
+
 TEST(ServerCodec, ContinuationFloodTripsTheLimit) {
   Recorder r;
   config::Http2 l;

@@ -84,6 +84,8 @@ struct ServerSession::Stream {
   std::string in;            // request body bytes not yet sent upstream
   bool in_end = false;       // the request body is complete
   bool gone = false;         // closed or reset: stop working on it
+  bool serving = true;       // serve() still runs (its own deadlines bound it)
+  int64_t progress_ns = 0;   // serve() ended, or response bytes last went out (http2.stream_idle_timeout)
   asio::steady_timer cv;     // wait/notify (cancel() wakes the waiter)
   std::string out;           // response body bytes not yet taken by the codec
   size_t out_off = 0;
@@ -177,7 +179,8 @@ asio::awaitable<void> ServerSession::readLoop() {
       n = rn;
     }
     if (ec || stopping_) co_return;
-    last_active_ns_ = coarseNowNs();
+    // Not last_active_ns_: only streams and their data keep a connection alive, never PING or
+    // SETTINGS alone (docs/http2.md, idle_timeout).
     worker_.stats().bytes_in += n;
     const bool ok = codec_->feed(std::string_view(buf.data(), n));
     flush();
@@ -189,6 +192,12 @@ asio::awaitable<void> ServerSession::writeLoop() {
   for (;;) {
     wbuf_.clear();
     codec_->takeOutput(wbuf_);
+    if (codec_->flooded() && !stopping_) {
+      // Seen while sending (the codec counts the resets it sends for client protocol errors):
+      // the reader returns, run() logs and stops; the GOAWAY in wbuf_ still goes out below.
+      boost::system::error_code cec;
+      client_.socket.cancel(cec);
+    }
     if (wbuf_.empty()) {
       if (stopping_) break;
       write_cv_.expires_at(asio::steady_timer::time_point::max());
@@ -227,6 +236,9 @@ asio::awaitable<void> ServerSession::sweepLoop() {
     (void)ec;
     if (stopping_) break;
     const int64_t now = coarseNowNs();
+    const config::Http2& h2 = worker_.runtime()->rt->snapshot->http2;
+    const int64_t stream_idle_ns = h2.stream_idle_timeout.count() * kNsPerMs;
+    bool reset_any = false;
     for (auto& [id, s] : streams_) {
       if (s->deadline_ns < now) {
         s->deadline_ns = INT64_MAX;
@@ -235,8 +247,17 @@ asio::awaitable<void> ServerSession::sweepLoop() {
         if (s->up) s->up->socket.cancel(cec);
         s->notify();
       }
+      // A stream whose work is done but which does not end: the client never opens its window
+      // for the rest of the response (zero window) or never ends its request body. Without this it
+      // would hold the connection (idle timeout, drain) forever.
+      if (!s->serving && !s->gone && now - s->progress_ns > stream_idle_ns) {
+        s->gone = true;
+        codec_->reset(id, NGHTTP2_CANCEL);
+        reset_any = true;
+        spdlog::debug("http2: stream {} from {} reset: no progress for http2.stream_idle_timeout", id, client_.ip);
+      }
     }
-    const config::Http2& h2 = worker_.runtime()->rt->snapshot->http2;
+    if (reset_any) flush();
     if (!goaway_sent_ && (worker_.draining() ||
                           (streams_.empty() && now - last_active_ns_ > h2.idle_timeout.count() * kNsPerMs))) {
       goaway_sent_ = true;  // graceful: streams in flight finish, new ones are refused
@@ -260,14 +281,16 @@ void ServerSession::onRequest(int32_t id, Request& req, bool end_stream) {
   s->id = id;
   s->req = std::move(req);
   s->in_end = end_stream;
+  s->progress_ns = last_active_ns_ = coarseNowNs();
   streams_[id] = s;
   ++tasks_;
   asio::co_spawn(worker_.ioc(), serve(s), asio::detached);
 }
 
 void ServerSession::onData(int32_t id, std::string_view data) {
+  last_active_ns_ = coarseNowNs();
   auto it = streams_.find(id);
-  if (it == streams_.end() || it->second->gone) {
+  if (it == streams_.end() || it->second->gone || !it->second->serving) {
     codec_->consume(id, data.size());  // nobody wants it: give the window back at once
     return;
   }
@@ -293,6 +316,7 @@ void ServerSession::onClose(int32_t id, uint32_t) {
   if (s.up && !s.out_eof) s.up->socket.cancel(ec);
   s.notify();
   streams_.erase(it);
+  last_active_ns_ = coarseNowNs();  // idle_timeout counts from the last stream's end
 }
 
 BodyChunk ServerSession::readBody(int32_t id, uint8_t* buf, size_t len) {
@@ -307,6 +331,7 @@ BodyChunk ServerSession::readBody(int32_t id, uint8_t* buf, size_t len) {
   std::memcpy(buf, s.out.data() + s.out_off, n);
   s.out_off += n;
   s.bytes_out += n;
+  if (n) s.progress_ns = last_active_ns_ = coarseNowNs();
   if (s.out_off == s.out.size()) {
     s.out.clear();
     s.out_off = 0;
@@ -443,13 +468,25 @@ asio::awaitable<void> ServerSession::serve(std::shared_ptr<Stream> sp) {
   s.request_id.assign(id, sizeof id);
   Request& r = s.req;
   std::string_view host = r.authority;
+  std::string_view host_field;
+  int host_fields = 0;
+  size_t fields = 0;  // as HTTP/1.1 field lines: the cookie crumbs join into one
   for (auto& [n, v] : r.headers) {
     if (n == "content-type" && v.starts_with("application/grpc")) s.grpc = true;
     if (n == "x-request-id" && !v.empty() && v.size() <= 128 &&
         std::all_of(v.begin(), v.end(), [](char c) { return c > 0x20 && c < 0x7f && c != '"'; }))
       s.request_id = v;
-    if (n == "host" && host.empty()) host = v;
-    if (n == "cookie") s.cookie += (s.cookie.empty() ? "" : "; ") + v;
+    if (n == "host") {
+      ++host_fields;
+      host_field = v;
+      if (host.empty()) host = v;
+    }
+    if (n == "cookie") {
+      if (s.cookie.empty()) ++fields;
+      s.cookie += (s.cookie.empty() ? "" : "; ") + v;
+    } else {
+      ++fields;
+    }
   }
   s.head = r.method == "HEAD";
   const std::string_view target = r.path;
@@ -457,8 +494,16 @@ asio::awaitable<void> ServerSession::serve(std::shared_ptr<Stream> sp) {
   std::string_view path = target.substr(0, q);
   s.path = path;
 
-  if (r.method == "CONNECT") {
+  if (fields > s.wrt->rt->snapshot->limits.max_headers) {
+    respondError(s, 431, "more header fields than limits.max_headers");
+  } else if (r.method == "CONNECT") {
     respondError(s, 405, "CONNECT is not served by an ingress listener");
+  } else if (!r.authority.empty() && !http::isValidAuthority(r.authority, false)) {
+    respondError(s, 400, "invalid :authority");
+  } else if (host_fields > 1 || (host_fields == 1 && !http::isValidAuthority(host_field, false))) {
+    respondError(s, 400, "invalid host");
+  } else if (host_fields == 1 && !r.authority.empty() && !http::equalsIgnoreCase(host_field, r.authority)) {
+    respondError(s, 400, ":authority and host differ");
   } else if (host.empty() || path.empty() || path[0] != '/') {
     respondError(s, 400, "missing :authority or an origin-form :path");
   } else {
@@ -511,6 +556,8 @@ asio::awaitable<void> ServerSession::serve(std::shared_ptr<Stream> sp) {
     s.in.clear();
   }
   if (!s.responded && !s.gone) codec_->reset(s.id, NGHTTP2_INTERNAL_ERROR);
+  s.serving = false;
+  s.progress_ns = coarseNowNs();  // http2.stream_idle_timeout counts from here
   flush();
   if (--tasks_ == 0) done_cv_.cancel();
 }
@@ -652,6 +699,7 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
   uint32_t retries_left = server::isIdempotent(r.method) && !has_body ? rp.attempts : 0;
   int exclude = -1;
   bool force_fresh = false;
+  const bool send_pp = cc.send_proxy_protocol != config::Cluster::SendProxyProtocol::kOff;
   uint32_t& active = wrt.active_requests[ci];
   ++active;
   struct ActiveGuard {
@@ -676,7 +724,9 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
     s.log_upstream = cr.keys[ei];
     if (!s.upstream_start_ns) s.upstream_start_ns = monoNowNs();
     std::unique_ptr<upstream::UpstreamConnection> conn;
-    if (!force_fresh) conn = pool.checkout(coarseNowNs(), cc.timeouts.idle.count() * kNsPerMs);
+    // A cluster sent the PROXY protocol gets a fresh connection per stream, closed afterwards: a
+    // pooled connection carries the header of the client that opened it (docs/proxy-protocol.md).
+    if (!force_fresh && !send_pp) conn = pool.checkout(coarseNowNs(), cc.timeouts.idle.count() * kNsPerMs);
     const bool reused = conn != nullptr;
     force_fresh = false;
     ++pool.active;
@@ -697,7 +747,10 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
     if (!conn) {
       s.up = std::make_unique<upstream::UpstreamConnection>(worker_.ioc());
       s.setDeadline(cc.timeouts.connect);
-      const server::ConnectStatus cs = co_await server::connectUpstream(cr, ei, pool.endpoint(), *s.up);
+      const std::string proxy_header =
+          send_pp ? server::proxyHeaderFor(cc.send_proxy_protocol, client_.ip, client_.port, client_.socket)
+                  : std::string();
+      const server::ConnectStatus cs = co_await server::connectUpstream(cr, ei, pool.endpoint(), *s.up, proxy_header);
       if (s.gone) co_return;
       if (cs != server::ConnectStatus::kOk) {
         ++cstats.connect_failures;
@@ -899,7 +952,7 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
     s.out_eof = true;
     codec_->resume(s.id);
     flush();
-    if (resp_keep && framing != BodyFraming::kUntilClose && ubuf.empty()) {
+    if (resp_keep && framing != BodyFraming::kUntilClose && ubuf.empty() && !send_pp) {
       ++s.up->requests;
       pool.checkin(std::move(s.up), coarseNowNs(), cc.max_idle_connections, cc.timeouts.idle.count() * kNsPerMs);
     } else {

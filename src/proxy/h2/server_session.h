@@ -10,7 +10,9 @@
 // Memory per connection is bounded: request bodies by the stream windows (given back only once the
 // upstream took the bytes), response bodies by a 64 KiB buffer per stream that is refilled only
 // when the codec drained it. Deadlines: a 100 ms sweep per connection cancels upstream sockets of
-// streams past their deadline and closes the connection after http2.idle_timeout without streams.
+// streams past their deadline, resets a stream whose work is done but that does not end (zero window)
+// after http2.stream_idle_timeout without a response byte sent, and closes the connection after
+// http2.idle_timeout without streams (PING/SETTINGS are not activity).
 // Draining (shutdown/reload of a removed listener): GOAWAY, in-flight streams finish.
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -43,6 +45,7 @@ class ServerSession final : public ServerCodec::Handler {
     boost::asio::ssl::stream<boost::asio::ip::tcp::socket&>* tls = nullptr;  // null: h2c
     const tls::ClientIdentity* identity = nullptr;                          // verified client certificate
     std::string_view ip;
+    uint16_t port = 0;  // with ip: the client as this proxy sees it (PROXY protocol to upstreams)
   };
   ServerSession(Client client, server::Worker& worker, const server::ListenerInfo& listener);
   ~ServerSession() override;

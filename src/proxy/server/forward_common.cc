@@ -10,6 +10,7 @@
 
 #include "common/base/clock.h"
 #include "common/base/log.h"
+#include "common/net/proxy_protocol.h"
 #include "proxy/server/worker.h"
 
 namespace marchproxy::proxy::server {
@@ -67,6 +68,27 @@ asio::awaitable<ConnectStatus> connectUpstream(const ClusterRuntime& cr, size_t 
     }
   }
   co_return ConnectStatus::kOk;
+}
+
+// The client (as this proxy sees it, i.e. from an incoming PROXY header when there was one) and
+// the address it connected to.
+std::string proxyHeaderFor(config::Cluster::SendProxyProtocol version, std::string_view client_ip,
+                           uint16_t client_port, const tcp::socket& downstream) {
+  net::ProxyAddress src, dst;
+  src.port = client_port;
+  boost::system::error_code ec;
+  const tcp::endpoint local = downstream.local_endpoint(ec);
+  dst.port = ec ? 0 : local.port();
+  std::string local_ip = ec ? std::string() : local.address().to_string();
+  if (!ec && local.address().is_v6() && local.address().to_v6().is_v4_mapped())
+    local_ip = asio::ip::make_address_v4(asio::ip::v4_mapped, local.address().to_v6()).to_string();
+  const bool known = net::parseProxyAddress(client_ip, src) && net::parseProxyAddress(local_ip, dst);
+  if (!known) {  // the writers say "unknown" (v1) / LOCAL (v2) for addresses of different families
+    src.v6 = false;
+    dst.v6 = true;
+  }
+  // (An IPv6 client on an IPv4 listener, from an incoming header, also ends up as "unknown".)
+  return version == config::Cluster::SendProxyProtocol::kV1 ? net::proxyHeaderV1(src, dst) : net::proxyHeaderV2(src, dst);
 }
 
 std::string_view connectError(ConnectStatus s, bool timed_out) {

@@ -3,6 +3,7 @@
 // (proxy/h2/server_session.cc): opening an upstream connection (TCP, then TLS for a cluster with
 // `tls`), and recording a finished request (route metrics, access log).
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -28,6 +29,14 @@ boost::asio::awaitable<ConnectStatus> connectUpstream(const ClusterRuntime& cr, 
                                                       const boost::asio::ip::tcp::endpoint& endpoint,
                                                       upstream::UpstreamConnection& conn,
                                                       std::string_view proxy_header = {});
+
+// The PROXY protocol header (Cluster.send_proxy_protocol) for a new upstream connection made for a
+// client at client_ip:client_port (the address from an incoming PROXY header when there was one) that
+// connected to downstream's local address. A cluster sent the header gets a fresh connection per
+// request on HTTP/1.1 and per stream on HTTP/2: a pooled connection carries the header of the
+// client that opened it.
+std::string proxyHeaderFor(config::Cluster::SendProxyProtocol version, std::string_view client_ip,
+                           uint16_t client_port, const boost::asio::ip::tcp::socket& downstream);
 
 // The error text for a failed connect, as answered to the client and logged.
 std::string_view connectError(ConnectStatus s, bool timed_out);

@@ -193,26 +193,6 @@ asio::awaitable<void> HttpSession::run() {
   closeClient();
 }
 
-// The PROXY protocol header for a new upstream connection: the client (as this proxy sees it,
-// i.e. from an incoming PROXY header when there was one) and the address it connected to.
-std::string HttpSession::proxyHeaderFor(config::Cluster::SendProxyProtocol version) const {
-  net::ProxyAddress src, dst;
-  src.port = client_port_;
-  boost::system::error_code ec;
-  const tcp::endpoint local = client_.local_endpoint(ec);
-  dst.port = ec ? 0 : local.port();
-  std::string local_ip = ec ? std::string() : local.address().to_string();
-  if (!ec && local.address().is_v6() && local.address().to_v6().is_v4_mapped())
-    local_ip = asio::ip::make_address_v4(asio::ip::v4_mapped, local.address().to_v6()).to_string();
-  const bool known = net::parseProxyAddress(client_ip_, src) && net::parseProxyAddress(local_ip, dst);
-  if (!known) {  // the writers say "unknown" (v1) / LOCAL (v2) for addresses of different families
-    src.v6 = false;
-    dst.v6 = true;
-  }
-  // (An IPv6 client on an IPv4 listener, from an incoming header, also ends up as "unknown".)
-  return version == config::Cluster::SendProxyProtocol::kV1 ? net::proxyHeaderV1(src, dst) : net::proxyHeaderV2(src, dst);
-}
-
 // limits.max_connections_per_ip, on the client address (the PROXY protocol one when read).
 bool HttpSession::admitPerIp(uint32_t max) {
   limits::ConnectionLimiter& cl = worker_.server().connectionLimiter();
@@ -420,7 +400,8 @@ asio::awaitable<void> HttpSession::runHttp2(std::string_view preread) {
   deadline_ns_ = INT64_MAX;
   if (x_) worker_.releaseExchange(std::move(x_));
   h2::ServerSession::Client c{client_, tls_ ? &tls_->stream : nullptr,
-                              tls_ && tls_->identity.present ? &tls_->identity : nullptr, client_ip_};
+                              tls_ && tls_->identity.present ? &tls_->identity : nullptr, client_ip_,
+                              client_port_};
   h2::ServerSession session(c, worker_, listener_);
   co_await session.run(preread);
 }
@@ -1093,7 +1074,8 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       conn = std::make_unique<upstream::UpstreamConnection>(worker_.ioc());
       upstream_ = conn.get();
       setPhase(Phase::kConnecting, cc.timeouts.connect);
-      const std::string proxy_header = send_pp ? proxyHeaderFor(cc.send_proxy_protocol) : std::string();
+      const std::string proxy_header =
+          send_pp ? proxyHeaderFor(cc.send_proxy_protocol, client_ip_, client_port_, client_) : std::string();
       const ConnectStatus cs = co_await connectUpstream(cr, ei, pool.endpoint(), *conn, proxy_header);
       if (cs != ConnectStatus::kOk) {
         const bool timeout = timed_out_;

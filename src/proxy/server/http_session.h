@@ -65,7 +65,6 @@ class HttpSession {
   boost::asio::awaitable<bool> handshake();
   boost::asio::awaitable<bool> readProxyHeader(const config::ProxyProtocol& pp, std::chrono::milliseconds timeout);
   bool admitPerIp(uint32_t max);
-  std::string proxyHeaderFor(config::Cluster::SendProxyProtocol version) const;
   // The HTTP/2 hand-off: ALPN h2, or the h2c preface on a listener with h2c. preread: bytes read so far.
   boost::asio::awaitable<void> runHttp2(std::string_view preread);
   boost::asio::awaitable<void> tlsShutdown();
