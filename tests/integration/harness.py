@@ -634,6 +634,7 @@ class Proxy:
         self.killed = False            # stop() had to SIGKILL it
         self.exit_observed = False     # wait_exit() returned a code to the test
         self.exited_on_its_own = False  # it was gone before stop() and nobody signalled it
+        self.stopped = False           # stop() ran
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()
         want = set(expect_listeners) | ({"admin"} if admin else set())
@@ -767,8 +768,9 @@ class Proxy:
 
     def stop(self, timeout=STOP_DEADLINE):
         """SIGTERM, wait, then SIGKILL. Returns the exit code (negative = killed by that signal)."""
-        if self.proc.poll() is not None and not self.signals_sent:
+        if self.proc.poll() is not None and not self.signals_sent and not self.stopped:
             self.exited_on_its_own = True
+        self.stopped = True  # a second stop() (the test's, then the cleanup's) is not an exit of its own
         if self.proc.poll() is None:
             try:
                 os.kill(self.pid, signal.SIGTERM)

@@ -323,8 +323,8 @@ class Http2(ProxyTestCase):
     # ------------------------------------------------------------------ floods
 
     def test_server_resets_provoked_by_the_client_count_as_rapid_reset(self):
-        """MadeYouReset (CVE-2025-8671): WINDOW_UPDATE 0 on an open stream makes the server reset
-        it (stream error PROTOCOL_ERROR); those resets spend the max_resets_per_second budget, so
+        """MadeYouReset (CVE-2025-8671): DATA beyond the announced content-length makes the server
+        reset the stream (stream error PROTOCOL_ERROR); those resets spend the max_resets_per_second budget, so
         the connection gets GOAWAY ENHANCE_YOUR_CALM. Another connection is served meanwhile."""
         good = RawH2(self.h2c_port)
         self.addCleanup(good.close)
@@ -339,9 +339,11 @@ class Http2(ProxyTestCase):
                     sid = c.new_stream()
                     want.add(sid)
                     out += c.headers_frame(sid, [(":method", "POST"), (":scheme", "http"),
-                                                 (":authority", "test.local"), (":path", "/direct")],
+                                                 (":authority", "test.local"), (":path", "/direct"),
+                                                 ("content-length", "1")],
                                            end_stream=False).serialize()
-                    out += struct.pack(">I", 4)[1:] + bytes([0x8, 0]) + struct.pack(">II", sid, 0)
+                    # DATA (END_STREAM) with 2 bytes where content-length said 1: a stream error.
+                    out += struct.pack(">I", 2)[1:] + bytes([0x0, 0x1]) + struct.pack(">I", sid) + b"ab"
                 if not c.send_raw(out):
                     break
 

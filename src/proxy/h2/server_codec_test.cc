@@ -143,8 +143,9 @@ TEST(ServerCodec, RapidResetTripsTheLimit) {
   EXPECT_LE(r.requests.size(), 21u);
 }
 
-// MadeYouReset (CVE-2025-8671): WINDOW_UPDATE 0 on an open stream is a stream error the server
-// answers with RST_STREAM PROTOCOL_ERROR; those resets spend the rapid-reset budget. A few do not.
+// MadeYouReset (CVE-2025-8671): DATA beyond the request's content-length is a stream error the
+// server answers with RST_STREAM PROTOCOL_ERROR; those resets spend the rapid-reset budget. A few do
+// not. (WINDOW_UPDATE 0 on a stream, the other classic trigger, is a connection error in nghttp2.)
 TEST(ServerCodec, ResetsProvokedByTheClientTripTheRapidResetLimit) {
   Recorder r;
   config::Http2 l;
@@ -152,9 +153,11 @@ TEST(ServerCodec, ResetsProvokedByTheClientTripTheRapidResetLimit) {
   l.max_concurrent_streams = 1000;
   ServerCodec c(l, r);
   Client cl;
-  const std::string zero("\0\0\0\0", 4);
+  auto provoke = [&](int32_t id) {
+    return cl.get(id, "/x", {{"content-length", "1"}}, 0x4) + frame(NGHTTP2_DATA, 0x1, id, "ab");
+  };
   std::string in = kPreface;
-  for (int32_t id = 1; id < 20; id += 2) in += cl.get(id, "/x", {}, 0x4) + frame(NGHTTP2_WINDOW_UPDATE, 0, id, zero);
+  for (int32_t id = 1; id < 20; id += 2) in += provoke(id);
   EXPECT_TRUE(c.feed(in));
   std::string out;
   c.takeOutput(out);
@@ -163,7 +166,7 @@ TEST(ServerCodec, ResetsProvokedByTheClientTripTheRapidResetLimit) {
   EXPECT_EQ(r.closed.size(), 10u);
   for (auto& [id, err] : r.closed) EXPECT_EQ(err, static_cast<uint32_t>(NGHTTP2_PROTOCOL_ERROR)) << id;
   in.clear();
-  for (int32_t id = 21; id < 200; id += 2) in += cl.get(id, "/x", {}, 0x4) + frame(NGHTTP2_WINDOW_UPDATE, 0, id, zero);
+  for (int32_t id = 21; id < 200; id += 2) in += provoke(id);
   c.feed(in);
   out.clear();
   c.takeOutput(out);
