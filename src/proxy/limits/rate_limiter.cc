@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "common/base/clock.h"
+#include "common/base/hash.h"
 #include "proxy/limits/redis_client.h"
 
 namespace marchproxy::proxy::limits {
@@ -17,14 +18,6 @@ namespace marchproxy::proxy::limits {
 namespace {
 constexpr int64_t kNsPerSec = 1'000'000'000;
 
-uint64_t mix(uint64_t h) {  // splitmix64 finaliser
-  h ^= h >> 30;
-  h *= 0xbf58476d1ce4e5b9ULL;
-  h ^= h >> 27;
-  h *= 0x94d049bb133111ebULL;
-  h ^= h >> 31;
-  return h;
-}
 }  // namespace
 
 uint64_t bucketKey(int route_id, std::string_view key) {
@@ -33,7 +26,7 @@ uint64_t bucketKey(int route_id, std::string_view key) {
     h ^= c;
     h *= 0x100000001b3ULL;
   }
-  h = mix(h ^ key.size());
+  h = mix64(h ^ key.size());
   return h && h != ~uint64_t{0} ? h : 1;  // never 0 (empty) nor kBusy
 }
 

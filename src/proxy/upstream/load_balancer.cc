@@ -9,6 +9,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "common/base/hash.h"
 #include "proxy/upstream/health_state.h"
 
 namespace marchproxy::proxy::upstream {
@@ -43,16 +44,8 @@ uint64_t xxMerge(uint64_t acc, uint64_t val) {
   return acc * kP1 + kP4;
 }
 
-// splitmix64: the finalizer applied to request hashes (so a caller's weak hash, e.g. a raw
-// integer, still spreads over the ring), and the per-worker PRNG of least_request.
-uint64_t mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xBF58476D1CE4E5B9ULL;
-  x ^= x >> 27;
-  x *= 0x94D049BB133111EBULL;
-  x ^= x >> 31;
-  return x;
-}
+// mix64 (common/base/hash.h): request hashes, so a caller's weak hash still spreads over the ring;
+// and the step of least_request's PRNG.
 
 }  // namespace
 
