@@ -67,6 +67,7 @@ class Decoder {
             {"workers", [&](const Value& n, const std::string& p) { integer(n, p, c.workers, 0, 256); }},
             {"cpu_affinity", [&](const Value& n, const std::string& p) { cpuAffinity(n, p, c.cpu_affinity); }},
             {"listeners", [&](const Value& n, const std::string& p) { listeners(n, p, c.listeners); }},
+            {"forwards", [&](const Value& n, const std::string& p) { forwards(n, p, c.forwards); }},
             {"admin", [&](const Value& n, const std::string& p) { admin(n, p, c.admin); }},
             {"access_log", [&](const Value& n, const std::string& p) {
                map(n, p,
@@ -99,7 +100,9 @@ class Decoder {
                     {"drain", [&](const Value& m, const std::string& q) { duration(m, q, c.timeouts.drain); }}});
              }},
         },
-        {"kind", "listeners"});
+        {"kind"});
+    if (v.isMap() && !hasKey(v, "listeners") && !hasKey(v, "forwards"))
+      error(v, "", "missing required field \"listeners\" (or \"forwards\")");
     if (!have_forbidden) c.forbidden_networks = defaultForbiddenNetworks();
   }
 
@@ -118,6 +121,29 @@ class Decoder {
       for (const auto& s : c.rules[i].sources)
         if (s != "*" && !svc.count(s))
           error(v, fmt::format("mappings[{}].sources", i), fmt::format("unknown service \"{}\"", s));
+    // Forwards: names share the listeners' namespace (they are logged as listeners), a listen
+    // address is bound once per protocol, sources name known services.
+    std::map<std::string, std::string> bound;  // "tcp|addr|port" -> who
+    for (const auto& l : c.listeners)
+      if (l.port != 0) bound[fmt::format("tcp|{}|{}", l.address, l.port)] = fmt::format("listener \"{}\"", l.name);
+    for (size_t i = 0; i < c.forwards.size(); ++i) {
+      const auto& f = c.forwards[i];
+      const std::string p = fmt::format("forwards[{}]", i);
+      if (names[f.name]++ == 1)
+        error(v, p + ".name", fmt::format("name \"{}\" is already used by a listener or a forward", f.name));
+      if (f.port != 0) {
+        auto key = fmt::format("{}|{}|{}", protocolName(f.protocol), f.address, f.port);
+        if (auto it = bound.find(key); it != bound.end())
+          error(v, p + ".listen",
+                fmt::format("{} ({}) is already the listen address of {}", hostPort(f.address, f.port),
+                            protocolName(f.protocol), it->second));
+        else bound[key] = fmt::format("forward \"{}\"", f.name);
+      }
+      for (size_t j = 0; j < f.sources.size(); ++j)
+        if (!f.sources[j].service.empty() && !svc.count(f.sources[j].service))
+          error(v, fmt::format("{}.sources[{}].service", p, j),
+                fmt::format("unknown service \"{}\"", f.sources[j].service));
+    }
   }
 
  private:
@@ -276,6 +302,107 @@ class Decoder {
       out.push_back(std::move(l));
     });
     if (n.isList() && n.items.empty()) error(n, path, "at least one listener is needed");
+  }
+
+  static std::string hostPort(const std::string& a, uint16_t port) {
+    return a.find(':') != std::string::npos ? fmt::format("[{}]:{}", a, port) : fmt::format("{}:{}", a, port);
+  }
+
+  void forwards(const Value& n, const std::string& path, std::vector<ForwardConfig>& out) {
+    list(n, path, [&](const Value& item, const std::string& p) {
+      ForwardConfig f;
+      const Value* tls_node = nullptr;
+      map(item, p,
+          {{"name", [&](const Value& m, const std::string& q) { name(m, q, f.name); }},
+           {"listen", [&](const Value& m, const std::string& q) {
+              std::string text, err;
+              str(m, q, text);
+              if (!m.isScalar()) return;
+              auto hp = config::syntax::parseHostPort(text, &err);
+              if (!hp || !parseIp(hp->host) || hp->port > 65535) {
+                error(m, q,
+                      fmt::format("{} must be an IP address and a port (\"127.0.0.1:15432\", \"[::1]:5353\"; "
+                                  "port 0 = chosen by the kernel)",
+                                  config::syntax::quote(text)));
+                return;
+              }
+              f.address = formatIp(*parseIp(hp->host));
+              f.port = static_cast<uint16_t>(hp->port);
+            }},
+           {"protocol", [&](const Value& m, const std::string& q) {
+              std::string s;
+              str(m, q, s);
+              if (s == "tcp") f.protocol = Protocol::kTcp;
+              else if (s == "udp") f.protocol = Protocol::kUdp;
+              else error(m, q, fmt::format("must be \"tcp\" or \"udp\", got {}", config::syntax::quote(s)));
+            }},
+           {"destination", [&](const Value& m, const std::string& q) {
+              std::string text, err;
+              str(m, q, text);
+              if (!m.isScalar()) return;
+              auto hp = config::syntax::parseHostPort(text, &err);
+              std::optional<Destination> d;
+              if (hp) d = parseDestination(hp->host, &err);
+              const bool one_host = d && (d->kind == Destination::Kind::kName ||
+                                          (d->kind == Destination::Kind::kCidr &&
+                                           d->cidr.prefix == (d->cidr.base.v6 ? 128 : 32)));
+              if (!hp || !one_host || hp->port < 1 || hp->port > 65535) {
+                error(m, q,
+                      fmt::format("{} must be one host (a name or an IP address) and a port 1-65535 "
+                                  "(\"db.example.com:5432\", \"[2001:db8::1]:53\")",
+                                  config::syntax::quote(text)));
+                return;
+              }
+              f.host = d->kind == Destination::Kind::kName ? d->name : formatIp(d->cidr.base);
+              f.dest_port = static_cast<uint16_t>(hp->port);
+            }},
+           {"sources", [&](const Value& m, const std::string& q) {
+              list(m, q, [&](const Value& s, const std::string& sq) {
+                ForwardSource src;
+                bool have_cidr = false;
+                map(s, sq,
+                    {{"cidr", [&](const Value& v, const std::string& vq) {
+                        std::string text, err;
+                        str(v, vq, text);
+                        if (!v.isScalar()) return;
+                        auto c = parseCidr(text, &err);
+                        if (!c) error(v, vq, fmt::format("{} {}", config::syntax::quote(text), err));
+                        else {
+                          src.cidr = *c;
+                          have_cidr = true;
+                        }
+                      }},
+                     {"service", [&](const Value& v, const std::string& vq) { name(v, vq, src.service); }}},
+                    {"cidr", "service"});
+                if (have_cidr) f.sources.push_back(std::move(src));
+              });
+            }},
+           {"tls", [&](const Value& m, const std::string& q) {
+              tls_node = &m;
+              ForwardTls t;
+              auto file = [&](std::string& dst) {
+                return [&](const Value& v, const std::string& vq) {
+                  std::string name;
+                  str(v, vq, name);
+                  if (v.isScalar()) dst = readFile(v, vq, name);
+                };
+              };
+              map(m, q, {{"cert", file(t.cert)}, {"key", file(t.key)}, {"client_ca", file(t.client_ca)}},
+                  {"cert", "key", "client_ca"});
+              f.tls = std::move(t);
+            }},
+           {"idle_timeout", [&](const Value& m, const std::string& q) { duration(m, q, f.idle_timeout); }},
+           {"max_sessions", [&](const Value& m, const std::string& q) { integer(m, q, f.max_sessions, 1, 1000000); }}},
+          {"name", "listen", "destination"});
+      if (item.isMap()) {
+        if (tls_node && f.protocol == Protocol::kUdp)
+          error(*tls_node, p + ".tls", "TLS client certificates are for tcp forwards only (this forward is udp)");
+        if (!f.tls && f.sources.empty())
+          error(item, p + ".sources",
+                "a forward needs \"sources\" (CIDR -> service) or \"tls\" (client certificate CN = service)");
+      }
+      out.push_back(std::move(f));
+    });
   }
 
   void admin(const Value& n, const std::string& path, AdminConfig& a) {
@@ -563,10 +690,10 @@ bool isEgressDocument(std::string_view text) {
 std::string summary(const Config& c) {
   size_t http = 0, socks = 0;
   for (const auto& l : c.listeners) (l.kind == ListenerConfig::Kind::kHttp ? http : socks)++;
-  return fmt::format("OK: egress config: {} listener(s) ({} http, {} socks5), {} service(s), {} JWT key(s), "
-                     "{} mapping(s); hash {}",
-                     c.listeners.size(), http, socks, c.services.size(), c.jwt.keys.size(), c.rules.size(),
-                     c.hash.substr(0, 12));
+  return fmt::format("OK: egress config: {} listener(s) ({} http, {} socks5), {} forward(s), {} service(s), "
+                     "{} JWT key(s), {} mapping(s); hash {}",
+                     c.listeners.size(), http, socks, c.forwards.size(), c.services.size(), c.jwt.keys.size(),
+                     c.rules.size(), c.hash.substr(0, 12));
 }
 
 }  // namespace marchproxy::egress

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,6 +30,34 @@ struct ListenerConfig {
   std::string address = "127.0.0.1";
   uint16_t port = 0;  // 0 = kernel-chosen (tests); logged at start
   Kind kind = Kind::kHttp;
+};
+
+// An L4 port-forward (docs/egress.md, "Port forwards"): a TCP or UDP listen port bound to one
+// destination, for clients that cannot speak a proxy protocol. The caller is identified by its
+// source address (the first `sources` CIDR that contains it) or, with `tls`, by its client
+// certificate's CN; then the destination goes through the same mapping check as a CONNECT.
+struct ForwardSource {
+  Cidr cidr;
+  std::string service;
+};
+
+struct ForwardTls {
+  std::string cert;       // PEM text (from the file named in the config)
+  std::string key;        // PEM text
+  std::string client_ca;  // PEM text: client certificates must chain to it
+};
+
+struct ForwardConfig {
+  std::string name;
+  std::string address = "127.0.0.1";
+  uint16_t port = 0;                   // 0 = kernel-chosen (tests); logged at start
+  Protocol protocol = Protocol::kTcp;  // kTcp or kUdp
+  std::string host;                    // destination: a name (lower-case) or an IP literal
+  uint16_t dest_port = 0;
+  std::vector<ForwardSource> sources;
+  std::optional<ForwardTls> tls;  // tcp only
+  Millis idle_timeout{0};         // 0 = timeouts.idle
+  uint32_t max_sessions = 1024;   // udp: concurrent client addresses per worker
 };
 
 enum class JwtAlg { kHs256, kRs256, kEs384 };
@@ -82,6 +111,7 @@ struct Config {
   uint32_t workers = 0;  // 0 = one per core
   config::CpuAffinity cpu_affinity;  // as the ingress's; taken at start
   std::vector<ListenerConfig> listeners;
+  std::vector<ForwardConfig> forwards;
   AdminConfig admin;
   bool access_log = false;
   std::string access_log_path = "-";

@@ -93,5 +93,82 @@ TEST(EgressConfig, KindIsRequiredAndChecked) {
   EXPECT_TRUE(isEgressDocument("{\"kind\": \"egress\", \"schema\": 1}"));
 }
 
+TEST(EgressConfig, Forwards) {
+  LoadResult r = loadString(R"(kind: egress
+services: [{name: billing}]
+forwards:
+  - name: pg
+    listen: 127.0.0.1:15432
+    destination: DB.Example.com:5432
+    sources: [{cidr: 10.1.0.0/16, service: billing}]
+    idle_timeout: 2m
+  - {name: dns, listen: "[::1]:5353", protocol: udp, destination: 192.0.2.7:53,
+     sources: [{cidr: "::1", service: billing}]}
+)");
+  ASSERT_TRUE(r.ok()) << errorsOf(r);
+  ASSERT_EQ(r.config->forwards.size(), 2u);
+  const auto& pg = r.config->forwards[0];
+  EXPECT_EQ(pg.address, "127.0.0.1");
+  EXPECT_EQ(pg.port, 15432);
+  EXPECT_EQ(pg.protocol, Protocol::kTcp);
+  EXPECT_EQ(pg.host, "db.example.com");
+  EXPECT_EQ(pg.dest_port, 5432);
+  EXPECT_EQ(pg.idle_timeout, Millis(120'000));
+  EXPECT_EQ(pg.sources[0].service, "billing");
+  const auto& dns = r.config->forwards[1];
+  EXPECT_EQ(dns.address, "::1");
+  EXPECT_EQ(dns.protocol, Protocol::kUdp);
+  EXPECT_EQ(dns.host, "192.0.2.7");
+}
+
+TEST(EgressConfig, ForwardErrors) {
+  LoadResult r = loadString(R"(kind: egress
+services: [{name: billing}]
+forwards:
+  - name: a
+    listen: 127.0.0.1:15432
+    destination: "*.example.com:5432"
+    sources: [{cidr: 10.1.2.3/16, service: billing}]
+  - name: b
+    listen: 127.0.0.1:15433
+    protocol: udp
+    destination: db:53
+    tls: {cert: x.pem, key: x.pem, client_ca: x.pem}
+  - name: c
+    listen: localhost:1
+    destination: db
+    protocol: sctp
+)");
+  ASSERT_FALSE(r.ok());
+  const std::string e = errorsOf(r);
+  EXPECT_NE(e.find("line 6: forwards[0].destination: \"*.example.com:5432\" must be one host"), std::string::npos) << e;
+  EXPECT_NE(e.find("line 7: forwards[0].sources[0].cidr: \"10.1.2.3/16\" has host bits set"), std::string::npos) << e;
+  EXPECT_NE(e.find("line 12: forwards[1].tls: TLS client certificates are for tcp forwards only"), std::string::npos)
+      << e;
+  EXPECT_NE(e.find("line 14: forwards[2].listen:"), std::string::npos) << e;
+  EXPECT_NE(e.find("line 15: forwards[2].destination:"), std::string::npos) << e;
+  EXPECT_NE(e.find("line 16: forwards[2].protocol: must be \"tcp\" or \"udp\""), std::string::npos) << e;
+
+  // Cross-field rules: unknown service, duplicate listen address, a name a listener has.
+  r = loadString(R"(kind: egress
+listeners: [{name: http, port: 3128}]
+services: [{name: billing}]
+forwards:
+  - {name: a, listen: 127.0.0.1:15432, destination: db:5432, sources: [{cidr: 10.0.0.0/8, service: ghost}]}
+  - {name: b, listen: 127.0.0.1:15432, destination: db:5432, sources: [{cidr: 10.0.0.0/8, service: billing}]}
+  - {name: http, listen: 127.0.0.1:3128, destination: db:5432, sources: [{cidr: 10.0.0.0/8, service: billing}]}
+  - {name: u, listen: 127.0.0.1:15432, protocol: udp, destination: db:53, sources: [{cidr: 10.0.0.0/8, service: billing}]}
+)");
+  ASSERT_FALSE(r.ok());
+  const std::string x = errorsOf(r);
+  EXPECT_NE(x.find("forwards[0].sources[0].service: unknown service \"ghost\""), std::string::npos) << x;
+  EXPECT_NE(x.find("forwards[1].listen: 127.0.0.1:15432 (tcp) is already the listen address of forward \"a\""),
+            std::string::npos) << x;
+  EXPECT_NE(x.find("forwards[2].name: name \"http\" is already used"), std::string::npos) << x;
+  EXPECT_NE(x.find("forwards[2].listen: 127.0.0.1:3128 (tcp) is already the listen address of listener \"http\""),
+            std::string::npos) << x;
+  EXPECT_EQ(x.find("forwards[3]"), std::string::npos) << x;  // udp and tcp ports are separate
+}
+
 }  // namespace
 }  // namespace marchproxy::egress
