@@ -25,7 +25,9 @@ namespace marchproxy::egress {
 using Millis = std::chrono::milliseconds;
 
 struct ListenerConfig {
-  enum class Kind { kHttp, kSocks5 };
+  // kTcpForward/kUdpForward: the listen socket of a `forwards` entry of the same name (built by
+  // the server; never in Config::listeners).
+  enum class Kind { kHttp, kSocks5, kTcpForward, kUdpForward };
   std::string name;
   std::string address = "127.0.0.1";
   uint16_t port = 0;  // 0 = kernel-chosen (tests); logged at start

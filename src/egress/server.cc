@@ -197,6 +197,11 @@ struct Tunnel {
   uint16_t port = 0;
   Protocol protocol = Protocol::kTcp;
   std::optional<IpAddr> addr;  // UDP associations check each datagram instead
+  bool per_datagram = false;   // SOCKS5 UDP associations: only the service is re-checked
+  Millis idle{0};              // 0 = timeouts.idle
+  // Forwards: is the caller still identified as `service` under a new config (its forward and
+  // source CIDR still there)? Empty = nothing more to check.
+  std::function<bool(const Config&)> still_identified;
   std::function<void()> close;
   bool revoked = false;
 };
@@ -239,10 +244,9 @@ class Worker {
 
   void addListener(int fd, const ListenerConfig& l);
   void stopAccepting() {
-    for (auto& a : acceptors_) {
-      boost::system::error_code ec;
-      a->close(ec);
-    }
+    boost::system::error_code ec;
+    for (auto& a : acceptors_) a->close(ec);
+    for (auto& u : udp_forwards_) u->close(ec);
   }
   void applyRuntime(std::shared_ptr<const Runtime> rt);
   void collect(Stats* out) const { *out = stats_; }
@@ -310,6 +314,7 @@ class Worker {
   static constexpr size_t kMaxIdlePerDestination = 64;
   std::unordered_map<std::string, std::vector<tcp::socket>> idle_;
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
+  std::vector<std::shared_ptr<udp::socket>> udp_forwards_;
   std::atomic<size_t> sessions_{0};
   std::atomic<bool>& draining_;
 };
@@ -379,37 +384,47 @@ constexpr uint8_t kConnectProtocols = static_cast<uint8_t>(Protocol::kHttps) | s
 // answers. Never connects anywhere the policy refused.
 std::string poolKey(const IpAddr& a, uint16_t port) { return fmt::format("{}|{}", formatIp(a), port); }
 
-// reuse: an idle pooled connection to an allowed address may be returned (Dial::reused).
-asio::awaitable<Dial> dial(Worker& w, std::shared_ptr<const Runtime> rt, std::string service,
-                           uint8_t protocols, std::string host, uint16_t port, bool reuse = false) {
-  Dial out;
-  NameDecision nd = decideAny(*rt->policy, service, protocols, host, port);
+// The two-step decision (name, then every resolved address) without connecting: the allowed
+// addresses with the rule that allows each, best first. Empty: `out` says why (reason_code, reason,
+// statuses).
+using Allowed = std::vector<std::pair<IpAddr, const Rule*>>;
+asio::awaitable<Allowed> authorise(Worker& w, const Runtime& rt, const std::string& service, uint8_t protocols,
+                                   const std::string& host, uint16_t port, Dial& out) {
+  Allowed allowed;
+  NameDecision nd = decideAny(*rt.policy, service, protocols, host, port);
   if (nd.rules.empty()) {
     out.reason_code = "no_rule";
     out.reason = nd.reason;
-    co_return out;
+    co_return allowed;
   }
-  auto resolved = co_await w.resolver().resolve(host, rt->config->dns);
+  auto resolved = co_await w.resolver().resolve(host, rt.config->dns);
   if (!resolved) {
     out.decision = "error";
     out.reason_code = "dns_failure";
     out.reason = fmt::format("cannot resolve {}: {}", host, resolved.error().message);
     out.http_status = 502;
     out.socks = socks5::Reply::kHostUnreachable;
-    co_return out;
+    co_return allowed;
   }
-  std::vector<std::pair<IpAddr, const Rule*>> allowed;
   std::string first_denial;
   for (const IpAddr& a : *resolved) {
-    AddressDecision ad = rt->policy->checkAddress(nd, host, a);
+    AddressDecision ad = rt.policy->checkAddress(nd, host, a);
     if (ad.rule) allowed.emplace_back(a, ad.rule);
     else if (first_denial.empty()) first_denial = ad.reason;
   }
   if (allowed.empty()) {
     out.reason_code = "forbidden_address";
     out.reason = first_denial;
-    co_return out;
   }
+  co_return allowed;
+}
+
+// reuse: an idle pooled connection to an allowed address may be returned (Dial::reused).
+asio::awaitable<Dial> dial(Worker& w, std::shared_ptr<const Runtime> rt, std::string service,
+                           uint8_t protocols, std::string host, uint16_t port, bool reuse = false) {
+  Dial out;
+  const Allowed allowed = co_await authorise(w, *rt, service, protocols, host, port, out);
+  if (allowed.empty()) co_return out;
   if (reuse) {
     for (const auto& [addr, rule] : allowed) {
       auto idle = w.takeIdle(poolKey(addr, port));
@@ -558,6 +573,7 @@ asio::awaitable<TunnelResult> runTunnel(Worker& w, tcp::socket& client, tcp::soc
   }
   Clock::time_point last = Clock::now();
   asio::steady_timer idle(w.ioc());
+  const Clock::duration idle_after = t.idle.count() ? t.idle : rt->config->timeouts.idle;
   auto close_both = [&client, &up] {
     boost::system::error_code ig;
     client.close(ig);
@@ -574,14 +590,51 @@ asio::awaitable<TunnelResult> runTunnel(Worker& w, tcp::socket& client, tcp::soc
       co_await net::splicePump(from, to, p, n, touch);
     };
     co_await ((run(client, up, to_up, res.up) && run(up, client, to_client, res.down)) ||
-              idleWatch(idle, last, rt->config->timeouts.idle, close_both));
+              idleWatch(idle, last, idle_after, close_both));
   } else {
     co_await ((pump(client, up, res.up, last) && pump(up, client, res.down, last)) ||
-              idleWatch(idle, last, rt->config->timeouts.idle, close_both));
+              idleWatch(idle, last, idle_after, close_both));
   }
   w.unregisterTunnel(reg);
   if (t.revoked) res.reason = "revoked";
   co_return res;
+}
+
+// What a dial decided, into the access-log entry and the decision counters. `addr_text` holds the
+// address text the entry points to.
+void noteDial(Worker& w, const Dial& d, const std::string& service, LogEntry& le, std::string& addr_text) {
+  addr_text = d.rule ? formatIp(d.addr) : std::string();
+  le.address = addr_text;
+  le.rule = d.rule ? std::string_view(d.rule->name) : std::string_view();
+  le.decision = d.decision;
+  le.reason = d.reason_code;
+  w.count(service, le.rule, d.decision, d.reason_code);
+}
+
+// Relays an allowed, dialled TCP stream (CONNECT, SOCKS5 CONNECT, TCP forward) as a revocable
+// tunnel: https-only mappings require a ClientHello, sni_check mappings check it. Fills the log entry.
+asio::awaitable<void> tunnelDialled(Worker& w, tcp::socket& client, tcp::socket& up, const Dial& d,
+                                    const std::string& service, const std::string& host, uint16_t port,
+                                    std::string initial, LogEntry& le, Tunnel& t) {
+  const bool need_tls = !(d.rule->protocols & static_cast<uint8_t>(Protocol::kTcp));
+  le.protocol = need_tls ? "https" : "tcp";
+  t.service = service;
+  t.host = host;
+  t.port = port;
+  t.rule = d.rule->name;
+  t.protocol = need_tls ? Protocol::kHttps : Protocol::kTcp;
+  t.addr = d.addr;
+  TunnelResult tr = co_await runTunnel(w, client, up, std::move(initial), t, need_tls, d.rule->sni_check);
+  le.bytes_up = tr.up;
+  le.bytes_down = tr.down;
+  if (!tr.reason.empty()) {
+    le.reason = tr.reason;
+    if (tr.reason != "client_closed") {
+      le.decision = "deny";
+      w.count(service, le.rule, "deny", tr.reason);
+    }
+  }
+  w.addBytes(service, tr.up, tr.down);
 }
 
 // ---------------------------------------------------------------- HTTP proxy session
@@ -844,12 +897,8 @@ asio::awaitable<void> httpSession(Worker& w, tcp::socket sock) {
     // connection if the pooled one turns out to be closed.
     const bool may_reuse = !is_connect && head.framing == http::BodyFraming::kNone;
     Dial d = co_await dial(w, rt, *service, protocols, host, port, may_reuse);
-    const std::string addr_text = d.rule ? formatIp(d.addr) : std::string();
-    le.address = addr_text;
-    le.rule = d.rule ? std::string_view(d.rule->name) : std::string_view();
-    le.decision = d.decision;
-    le.reason = d.reason_code;
-    w.count(*service, le.rule, d.decision, d.reason_code);
+    std::string addr_text;
+    noteDial(w, d, *service, le, addr_text);
     if (!d.sock) {
       spdlog::info("egress: {} for service \"{}\" to {}:{}: {}", d.http_status, *service, host, port, d.reason);
       const bool keep = co_await reply(d.http_status, d.http_status == 403 ? "Forbidden" : "Bad Gateway", d.reason);
@@ -860,29 +909,12 @@ asio::awaitable<void> httpSession(Worker& w, tcp::socket sock) {
     tcp::socket up = std::move(*d.sock);
 
     if (is_connect) {
-      const bool need_tls = !(d.rule->protocols & static_cast<uint8_t>(Protocol::kTcp));
-      le.protocol = need_tls ? "https" : "tcp";
       std::string ok = "HTTP/1.1 200 Connection established\r\n\r\n";
       auto [ec, n] = co_await asio::async_write(sock, asio::buffer(ok), kNoThrow);
       if (ec) co_return;
       Tunnel t;
-      t.service = *service;
-      t.host = host;
-      t.port = port;
-      t.rule = d.rule->name;
-      t.protocol = need_tls ? Protocol::kHttps : Protocol::kTcp;
-      t.addr = d.addr;
-      TunnelResult tr = co_await runTunnel(w, sock, up, buf.substr(head.head_size), t, need_tls, d.rule->sni_check);
-      le.bytes_up = tr.up;
-      le.bytes_down = tr.down;
-      if (!tr.reason.empty()) {
-        le.reason = tr.reason;
-        if (tr.reason != "client_closed") {
-          le.decision = "deny";
-          w.count(*service, le.rule, "deny", tr.reason);
-        }
-      }
-      w.addBytes(*service, tr.up, tr.down);
+      std::string initial = buf.substr(head.head_size);
+      co_await tunnelDialled(w, sock, up, d, *service, host, port, std::move(initial), le, t);
       finish(200);
       co_return;
     }
@@ -1082,12 +1114,8 @@ asio::awaitable<void> socksSession(Worker& w, tcp::socket sock) {
     co_return;
   }
   Dial d = co_await dial(w, rt, *service, kConnectProtocols, req.dest.host, req.dest.port);
-  const std::string addr_text = d.rule ? formatIp(d.addr) : std::string();
-  le.address = addr_text;
-  le.rule = d.rule ? std::string_view(d.rule->name) : std::string_view();
-  le.decision = d.decision;
-  le.reason = d.reason_code;
-  w.count(*service, le.rule, d.decision, d.reason_code);
+  std::string addr_text;
+  noteDial(w, d, *service, le, addr_text);
   if (!d.sock) {
     spdlog::info("egress: SOCKS5 refused for service \"{}\" to {}:{}: {}", *service, req.dest.host, req.dest.port,
                  d.reason);
@@ -1102,26 +1130,8 @@ asio::awaitable<void> socksSession(Worker& w, tcp::socket sock) {
   std::string r = socks5::buildReply(socks5::Reply::kSucceeded, fromAddress(local.address()), local.port());
   auto [wec, n] = co_await asio::async_write(sock, asio::buffer(r), kNoThrow);
   if (wec) co_return;
-  const bool need_tls = !(d.rule->protocols & static_cast<uint8_t>(Protocol::kTcp));
-  le.protocol = need_tls ? "https" : "tcp";
   Tunnel t;
-  t.service = *service;
-  t.host = req.dest.host;
-  t.port = req.dest.port;
-  t.rule = d.rule->name;
-  t.protocol = need_tls ? Protocol::kHttps : Protocol::kTcp;
-  t.addr = d.addr;
-  TunnelResult tr = co_await runTunnel(w, sock, upstream, buf, t, need_tls, d.rule->sni_check);
-  le.bytes_up = tr.up;
-  le.bytes_down = tr.down;
-  if (!tr.reason.empty()) {
-    le.reason = tr.reason;
-    if (tr.reason != "client_closed") {
-      le.decision = "deny";
-      w.count(*service, le.rule, "deny", tr.reason);
-    }
-  }
-  w.addBytes(*service, tr.up, tr.down);
+  co_await tunnelDialled(w, sock, upstream, d, *service, req.dest.host, req.dest.port, buf, le, t);
   finish();
 }
 
@@ -1164,6 +1174,7 @@ asio::awaitable<void> udpAssociate(Worker& w, tcp::socket& control, std::string 
   t.service = service;
   t.host = declared.host;
   t.protocol = Protocol::kUdp;
+  t.per_datagram = true;
   t.close = [&] {
     boost::system::error_code ig;
     relay.close(ig);
@@ -1185,33 +1196,17 @@ asio::awaitable<void> udpAssociate(Worker& w, tcp::socket& control, std::string 
         size_t off = 0;
         if (socks5::parseUdpHeader(std::string_view(buf.data(), n), dst, off) != socks5::Parse::kOk) continue;
         const auto cur = w.runtime();
-        NameDecision nd = cur->policy->decideName(service, Protocol::kUdp, dst.host, dst.port);
-        if (nd.rules.empty()) {
-          w.count(service, "", "deny", "no_rule");
-          spdlog::info("egress: SOCKS5 UDP datagram refused: {}", nd.reason);
+        Dial why;
+        const Allowed allowed =
+            co_await authorise(w, *cur, service, static_cast<uint8_t>(Protocol::kUdp), dst.host, dst.port, why);
+        if (allowed.empty()) {
+          w.count(service, "", why.decision, why.reason_code);
+          spdlog::info("egress: SOCKS5 UDP datagram refused: {}", why.reason);
           continue;
         }
-        auto addrs = co_await w.resolver().resolve(dst.host, cur->config->dns);
-        if (!addrs) {
-          w.count(service, nd.rules.front()->name, "error", "dns_failure");
-          continue;
-        }
-        std::optional<IpAddr> target;
-        const Rule* rule = nullptr;
-        for (const auto& a : *addrs) {
-          AddressDecision ad = cur->policy->checkAddress(nd, dst.host, a);
-          if (ad.rule) {
-            target = a;
-            rule = ad.rule;
-            break;
-          }
-        }
-        if (!target) {
-          w.count(service, "", "deny", "forbidden_address");
-          continue;
-        }
+        const auto& [target, rule] = allowed.front();
         w.count(service, rule->name, "allow", "allowed");
-        udp::endpoint to(toEndpoint(*target, dst.port).address(), dst.port);
+        udp::endpoint to(toEndpoint(target, dst.port).address(), dst.port);
         sent_to.insert(to);
         auto [sec, sn] = co_await relay.async_send_to(asio::buffer(buf.data() + off, n - off), to, kNoThrow);
         if (!sec) up += sn;
@@ -1238,14 +1233,267 @@ asio::awaitable<void> udpAssociate(Worker& w, tcp::socket& control, std::string 
   w.addBytes(service, up, down);
 }
 
+// ---------------------------------------------------------------- port forwards
+
+// A forward's listen socket serves one destination. The caller is identified by its address (the
+// first `sources` CIDR that contains it); then the destination is authorised exactly as a CONNECT
+// (TCP: protocols https or tcp; UDP: udp) and relayed. Forwarded TCP connections and UDP flows are
+// tunnels: a reload re-checks them (mapping, address, and that the caller is still identified).
+
+const ForwardConfig* findForward(const Config& c, std::string_view name) {
+  for (const auto& f : c.forwards)
+    if (f.name == name) return &f;
+  return nullptr;
+}
+
+// The service of the first source CIDR that contains `ip`; "" = none.
+std::string sourceService(const ForwardConfig& f, const IpAddr& ip) {
+  for (const auto& s : f.sources)
+    if (s.cidr.contains(ip)) return s.service;
+  return {};
+}
+
+std::function<bool(const Config&)> stillIdentified(const std::string& forward, const IpAddr& ip,
+                                                   const std::string& service) {
+  return [forward, ip, service](const Config& c) {
+    const ForwardConfig* f = findForward(c, forward);
+    return f && sourceService(*f, ip) == service;
+  };
+}
+
+struct ForwardCaller {
+  const ForwardConfig* forward = nullptr;  // null: refused (le says why)
+  std::string service;
+};
+
+// Looks up the forward in the current config and identifies the caller; a refusal is counted,
+// logged (spdlog and the access log) and leaves `forward` null.
+ForwardCaller identifyForwardCaller(Worker& w, const Runtime& rt, const std::string& name, const IpAddr& peer,
+                                    LogEntry& le) {
+  ForwardCaller out;
+  const ForwardConfig* f = findForward(*rt.config, name);
+  if (f) {
+    le.host = f->host;
+    le.port = f->dest_port;
+    out.service = sourceService(*f, peer);
+  }
+  if (!f || out.service.empty()) {
+    le.decision = "deny";
+    le.reason = f ? "unknown_source" : "no_forward";
+    w.count("", "", "deny", le.reason);
+    spdlog::info("egress: forward \"{}\" refused {}: {}", name, le.client,
+                 f ? "no source CIDR contains it" : "the forward is no longer configured");
+    w.log(le);
+    return out;
+  }
+  out.forward = f;
+  return out;
+}
+
+asio::awaitable<void> tcpForwardSession(Worker& w, tcp::socket sock, std::string name) {
+  Worker::SessionGuard guard(w);
+  const auto rt = w.runtime();
+  const auto started = Clock::now();
+  const std::string client = endpointText(sock);
+  LogEntry le;
+  le.kind = "forward";
+  le.client = client;
+  le.method = name;
+  le.protocol = "tcp";
+  boost::system::error_code ec;
+  const auto peer_ep = sock.remote_endpoint(ec);
+  if (ec) co_return;
+  const IpAddr peer = fromAddress(peer_ep.address());
+  const ForwardCaller caller = identifyForwardCaller(w, *rt, name, peer, le);
+  if (!caller.forward) co_return;
+  const std::string service = caller.service;
+  const std::string host = caller.forward->host;
+  const uint16_t port = caller.forward->dest_port;
+  le.service = service;
+  Dial d = co_await dial(w, rt, service, kConnectProtocols, host, port);
+  std::string addr_text;
+  noteDial(w, d, service, le, addr_text);
+  if (d.sock) {
+    tcp::socket upstream = std::move(*d.sock);
+    Tunnel t;
+    t.idle = caller.forward->idle_timeout;
+    t.still_identified = stillIdentified(name, peer, service);
+    std::string initial;
+    co_await tunnelDialled(w, sock, upstream, d, service, host, port, std::move(initial), le, t);
+  } else {
+    spdlog::info("egress: forward \"{}\" refused for service \"{}\" to {}:{}: {}", name, service, host, port,
+                 d.reason);
+  }
+  le.duration_ms = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
+  w.log(le);
+}
+
+// One client address of a UDP forward: its own socket connected to the destination, so replies
+// go back to that address only. Ends when idle or revoked.
+struct UdpFlow {
+  explicit UdpFlow(asio::io_context& ioc) : up(ioc), idle(ioc) {}
+  udp::socket up;
+  asio::steady_timer idle;
+  Clock::time_point started = Clock::now(), last = Clock::now();
+  Clock::duration idle_after{};
+  std::string client, address;
+  Tunnel t;
+  std::list<Tunnel*>::iterator reg;
+  uint64_t bytes_up = 0, bytes_down = 0;
+};
+
+struct UdpForward {
+  std::shared_ptr<udp::socket> sock;
+  std::string name;
+  std::map<udp::endpoint, std::shared_ptr<UdpFlow>> flows;
+};
+
+asio::awaitable<void> udpFlowRun(Worker& w, std::shared_ptr<UdpForward> fwd, udp::endpoint client,
+                                 std::shared_ptr<UdpFlow> flow) {
+  auto replies = [&]() -> asio::awaitable<void> {
+    std::vector<char> buf(65536);
+    for (;;) {
+      auto [ec, n] = co_await flow->up.async_receive(asio::buffer(buf), kNoThrow);
+      if (ec == asio::error::connection_refused && flow->up.is_open()) continue;  // an ICMP error
+      if (ec) co_return;
+      flow->last = Clock::now();
+      auto [sec, sn] = co_await fwd->sock->async_send_to(asio::buffer(buf.data(), n), client, kNoThrow);
+      if (!sec) flow->bytes_down += sn;
+    }
+  };
+  co_await (replies() || idleWatch(flow->idle, flow->last, flow->idle_after, flow->t.close));
+  w.unregisterTunnel(flow->reg);
+  if (auto it = fwd->flows.find(client); it != fwd->flows.end() && it->second == flow) fwd->flows.erase(it);
+  LogEntry le;
+  le.kind = "forward";
+  le.client = flow->client;
+  le.method = fwd->name;
+  le.protocol = "udp";
+  le.service = flow->t.service;
+  le.host = flow->t.host;
+  le.port = flow->t.port;
+  le.address = flow->address;
+  le.rule = flow->t.rule;
+  le.decision = "allow";
+  le.reason = flow->t.revoked ? "revoked" : "allowed";
+  le.bytes_up = flow->bytes_up;
+  le.bytes_down = flow->bytes_down;
+  le.duration_ms = std::chrono::duration<double, std::milli>(Clock::now() - flow->started).count();
+  w.log(le);
+  w.addBytes(flow->t.service, flow->bytes_up, flow->bytes_down);
+}
+
+// The first datagram from a client address: identify, authorise, open the flow. Null = dropped.
+asio::awaitable<std::shared_ptr<UdpFlow>> openUdpFlow(Worker& w, std::shared_ptr<UdpForward> fwd,
+                                                      udp::endpoint from) {
+  const auto rt = w.runtime();
+  const std::string client = fmt::format("{}:{}", from.address().to_string(), from.port());
+  LogEntry le;
+  le.kind = "forward";
+  le.client = client;
+  le.method = fwd->name;
+  le.protocol = "udp";
+  const IpAddr peer = fromAddress(from.address());
+  const ForwardCaller caller = identifyForwardCaller(w, *rt, fwd->name, peer, le);
+  if (!caller.forward) co_return nullptr;
+  const std::string service = caller.service;
+  const std::string host = caller.forward->host;
+  const uint16_t port = caller.forward->dest_port;
+  le.service = service;
+  if (fwd->flows.size() >= caller.forward->max_sessions) {
+    le.decision = "deny";
+    le.reason = "session_limit";
+    w.count(service, "", "deny", "session_limit");
+    w.log(le);
+    co_return nullptr;
+  }
+  Dial d;
+  const Allowed allowed =
+      co_await authorise(w, *rt, service, static_cast<uint8_t>(Protocol::kUdp), host, port, d);
+  auto flow = std::make_shared<UdpFlow>(w.ioc());
+  boost::system::error_code ec;
+  if (!allowed.empty()) {
+    const udp::endpoint to(toEndpoint(allowed.front().first, port).address(), port);
+    flow->up.open(to.protocol(), ec);
+    if (!ec) flow->up.connect(to, ec);
+    d.rule = allowed.front().second;
+    d.addr = allowed.front().first;
+    d.decision = ec ? "error" : "allow";
+    d.reason_code = ec ? "connect_failed" : "allowed";
+    d.reason = ec ? fmt::format("cannot open a UDP socket to {}:{}: {}", host, port, ec.message()) : "";
+  }
+  std::string addr_text;
+  noteDial(w, d, service, le, addr_text);
+  if (d.decision != "allow") {
+    spdlog::info("egress: forward \"{}\" refused for service \"{}\" to {}:{}: {}", fwd->name, service, host, port,
+                 d.reason);
+    w.log(le);
+    co_return nullptr;
+  }
+  flow->client = client;
+  flow->address = addr_text;
+  flow->idle_after = caller.forward->idle_timeout.count() ? caller.forward->idle_timeout : rt->config->timeouts.idle;
+  flow->t.service = service;
+  flow->t.host = host;
+  flow->t.port = port;
+  flow->t.rule = d.rule->name;
+  flow->t.protocol = Protocol::kUdp;
+  flow->t.addr = d.addr;
+  flow->t.still_identified = stillIdentified(fwd->name, peer, service);
+  flow->t.close = [f = flow.get()] {
+    boost::system::error_code ig;
+    f->up.close(ig);
+    f->idle.cancel();
+  };
+  flow->reg = w.registerTunnel(&flow->t);
+  fwd->flows[from] = flow;
+  asio::co_spawn(w.ioc(), udpFlowRun(w, fwd, from, flow), asio::detached);
+  co_return flow;
+}
+
+asio::awaitable<void> udpForwardLoop(Worker& w, std::shared_ptr<UdpForward> fwd) {
+  std::vector<char> buf(65536);
+  for (;;) {
+    udp::endpoint from;
+    auto [ec, n] = co_await fwd->sock->async_receive_from(asio::buffer(buf), from, kNoThrow);
+    if (ec) {
+      if (!fwd->sock->is_open()) break;
+      continue;  // an ICMP error for an earlier reply
+    }
+    std::shared_ptr<UdpFlow> flow;
+    if (auto it = fwd->flows.find(from); it != fwd->flows.end()) flow = it->second;
+    else flow = co_await openUdpFlow(w, fwd, from);
+    if (!flow) continue;
+    flow->last = Clock::now();
+    auto [sec, sn] = co_await flow->up.async_send(asio::buffer(buf.data(), n), kNoThrow);
+    if (!sec) flow->bytes_up += sn;
+  }
+  auto flows = fwd->flows;  // closing one erases it from the map
+  for (auto& [ep, f] : flows) f->t.close();
+}
+
 // ---------------------------------------------------------------- worker methods
 
 void Worker::addListener(int fd, const ListenerConfig& l) {
-  auto a = std::make_unique<tcp::acceptor>(ioc_);
   boost::system::error_code ec;
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  if (l.kind == ListenerConfig::Kind::kUdpForward) {
+    auto fwd = std::make_shared<UdpForward>();
+    fwd->name = l.name;
+    fwd->sock = std::make_shared<udp::socket>(ioc_);
+    fwd->sock->assign(ss.ss_family == AF_INET6 ? udp::v6() : udp::v4(), fd, ec);
+    if (ec) {
+      spdlog::error("egress worker {}: cannot adopt forward \"{}\": {}", index_, l.name, ec.message());
+      ::close(fd);
+      return;
+    }
+    udp_forwards_.push_back(fwd->sock);
+    asio::co_spawn(ioc_, udpForwardLoop(*this, fwd), asio::detached);
+    return;
+  }
+  auto a = std::make_unique<tcp::acceptor>(ioc_);
   a->assign(ss.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(), fd, ec);
   if (ec) {
     spdlog::error("egress worker {}: cannot adopt listener \"{}\": {}", index_, l.name, ec.message());
@@ -1274,6 +1522,8 @@ asio::awaitable<void> Worker::acceptLoop(tcp::acceptor* acceptor, ListenerConfig
     sock.set_option(tcp::no_delay(true), ig);
     if (l.kind == ListenerConfig::Kind::kSocks5)
       asio::co_spawn(ioc_, socksSession(*this, std::move(sock)), asio::detached);
+    else if (l.kind == ListenerConfig::Kind::kTcpForward)
+      asio::co_spawn(ioc_, tcpForwardSession(*this, std::move(sock), l.name), asio::detached);
     else
       asio::co_spawn(ioc_, httpSession(*this, std::move(sock)), asio::detached);
   }
@@ -1303,8 +1553,8 @@ void Worker::revoke() {
     bool known = false;
     for (const auto& s : rt.config->services)
       if (s.name == t->service) known = true;
-    bool allowed = known;
-    if (allowed && t->protocol != Protocol::kUdp) {
+    bool allowed = known && (!t->still_identified || t->still_identified(*rt.config));
+    if (allowed && !t->per_datagram) {
       NameDecision nd = rt.policy->decideName(t->service, t->protocol, t->host, t->port);
       if (nd.rules.empty() && t->protocol == Protocol::kHttps)
         nd = rt.policy->decideName(t->service, Protocol::kTcp, t->host, t->port);
@@ -1333,7 +1583,8 @@ void Worker::revoke() {
 
 // ---------------------------------------------------------------- process
 
-Result<int> listenSocket(const std::string& address, uint16_t port) {
+// A bound socket: listening (SOCK_STREAM) or ready to receive (SOCK_DGRAM).
+Result<int> listenSocket(const std::string& address, uint16_t port, int type = SOCK_STREAM) {
   auto ip = parseIp(address);
   if (!ip) return Error{"not an IP address"};
   sockaddr_storage ss{};
@@ -1351,13 +1602,13 @@ Result<int> listenSocket(const std::string& address, uint16_t port) {
     std::memcpy(&a->sin_addr, ip->bytes.data(), 4);
     len = sizeof *a;
   }
-  int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int fd = ::socket(ss.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return Error{std::strerror(errno)};
   int one = 1;
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
   if (ss.ss_family == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(fd, 4096) != 0) {
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || (type == SOCK_STREAM && ::listen(fd, 4096) != 0)) {
     std::string err = std::strerror(errno);
     ::close(fd);
     return Error{err};
@@ -1423,6 +1674,29 @@ std::string listenerKey(const ListenerConfig& l) {
   return fmt::format("{}|{}|{}|{}", l.name, l.address, l.port, static_cast<int>(l.kind));
 }
 
+// The listeners and the forwards' listen sockets, as configured.
+std::vector<ListenerConfig> allListeners(const Config& c) {
+  std::vector<ListenerConfig> out = c.listeners;
+  for (const auto& f : c.forwards)
+    out.push_back({f.name, f.address, f.port,
+                   f.protocol == Protocol::kUdp ? ListenerConfig::Kind::kUdpForward : ListenerConfig::Kind::kTcpForward});
+  return out;
+}
+
+std::string_view listenerProtocol(ListenerConfig::Kind k) {
+  switch (k) {
+    case ListenerConfig::Kind::kHttp:
+      return "http";
+    case ListenerConfig::Kind::kSocks5:
+      return "socks5";
+    case ListenerConfig::Kind::kTcpForward:
+      return "tcp-forward";
+    case ListenerConfig::Kind::kUdpForward:
+      return "udp-forward";
+  }
+  return "?";
+}
+
 Result<std::shared_ptr<const Runtime>> Egress::build(std::shared_ptr<const Config> c) {
   auto rt = std::make_shared<Runtime>();
   auto id = Identifier::create(*c);
@@ -1466,12 +1740,13 @@ std::string Egress::bindListeners(const Config& c) {
       for (int fd : fds) ::close(fd);
     return msg;
   };
-  for (const auto& l : c.listeners) {
+  const std::vector<ListenerConfig> all = allListeners(c);
+  for (const auto& l : all) {
     if (bound_.count(listenerKey(l))) continue;
     uint16_t port = l.port;
     std::vector<int> fds;
     for (size_t i = 0; i < workers_.size(); ++i) {
-      auto fd = listenSocket(l.address, port);
+      auto fd = listenSocket(l.address, port, l.kind == ListenerConfig::Kind::kUdpForward ? SOCK_DGRAM : SOCK_STREAM);
       if (!fd) {
         for (int f : fds) ::close(f);
         return fail(fmt::format("listener \"{}\": cannot listen on {}: {}", l.name, hostPort(l.address, port),
@@ -1492,11 +1767,11 @@ std::string Egress::bindListeners(const Config& c) {
       wp->post([wp, f, lc] { wp->addListener(f, lc); });
     }
     ListenerConfig key = l;
-    for (const auto& cl : c.listeners)
+    for (const auto& cl : all)
       if (cl.name == l.name) key = cl;  // as configured (port 0 stays 0)
     bound_.insert(listenerKey(key));
     spdlog::info("listening: listener={} address={} protocol={}", l.name, hostPort(l.address, l.port),
-                 l.kind == ListenerConfig::Kind::kSocks5 ? "socks5" : "http");
+                 listenerProtocol(l.kind));
   }
   return {};
 }
@@ -1519,7 +1794,7 @@ std::string Egress::reloadFrom(const std::string& path, const char* why) {
   // directory, so files next to an unchanged config.json, e.g. a rotated certificate, still apply.)
   if (r.config->hash == current_->config->hash && path == loaded_from_) return {};
   std::set<std::string> wanted;
-  for (const auto& l : r.config->listeners) wanted.insert(listenerKey(l));
+  for (const auto& l : allListeners(*r.config)) wanted.insert(listenerKey(l));
   for (const auto& k : bound_)
     if (!wanted.count(k))
       spdlog::warn("egress config reload: removing or changing a listener takes effect only after a restart");

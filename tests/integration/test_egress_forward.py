@@ -1,0 +1,261 @@
+"""Egress L4 port forwards end to end: plain TCP and UDP clients (no proxy protocol) on loopback.
+
+A forward listens on its own port and relays to one destination. The caller is identified by its
+source address (loopback has the whole 127.0.0.0/8: a client bound to 127.0.0.2 is "another host"),
+then the destination is authorised by the mappings exactly as a CONNECT. Names resolve through the
+config's `dns.hosts`.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import threading
+
+from harness import LOCALHOST, ProxyTestCase, main, render, wait_until
+from test_egress_proxy import EchoServer, closed_by_peer, recv_exact
+
+BASE = """
+schema: 1
+kind: egress
+workers: 1
+admin: {address: 127.0.0.1, port: 0}
+access_log: {enabled: true, path: "${log}"}
+services:
+  - name: billing
+  - name: reports
+dns:
+  hosts:
+    origin.test: [127.0.0.1]
+forwards:
+  - name: pg
+    listen: 127.0.0.1:0
+    destination: origin.test:${echo}
+    sources:
+      - {cidr: 127.0.0.1/32, service: billing}
+${extra_sources}
+  - name: pg-other-port
+    listen: 127.0.0.1:0
+    destination: origin.test:${other}
+    sources: [{cidr: 127.0.0.0/8, service: billing}]
+  - name: pg-reports
+    listen: 127.0.0.1:0
+    destination: origin.test:${echo}
+    sources: [{cidr: 127.0.0.0/8, service: reports}]
+  - name: dns
+    listen: 127.0.0.1:0
+    protocol: udp
+    destination: origin.test:${udp}
+    idle_timeout: 1m
+    sources: [{cidr: 127.0.0.0/8, service: billing}]
+mappings:
+  - name: billing-origin
+    sources: [billing]
+    destinations: [origin.test, 127.0.0.1/32]
+    protocols: [tcp, udp]
+    ports: [${allowed_ports}]
+"""
+
+LISTENERS = ("pg", "pg-other-port", "pg-reports", "dns")
+
+
+class UdpEcho:
+    """Answers every datagram with b"echo:" + payload, to the address it came from."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((LOCALHOST, 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                d, a = self.sock.recvfrom(65536)
+                self.sock.sendto(b"echo:" + d, a)
+            except OSError:
+                return
+
+    def close(self):
+        self.sock.close()
+
+
+def udp_client(bind_host=LOCALHOST, timeout=5.0):
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.bind((bind_host, 0))
+    c.settimeout(timeout)
+    return c
+
+
+def tcp_client(port, bind_host=None, timeout=5.0):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    if bind_host:
+        s.bind((bind_host, 0))
+    s.connect((LOCALHOST, port))
+    return s
+
+
+class ForwardTest(ProxyTestCase):
+    def setUp(self):
+        self.echo = EchoServer()
+        self.addCleanup(self.echo.close)
+        self.udp = UdpEcho()
+        self.addCleanup(self.udp.close)
+        self.log_path = os.path.join(self.tmpdir(), "access.log")
+        self.p = self.start_proxy(self.config(), command="egress", expect_listeners=LISTENERS)
+
+    def config(self, allowed_ports=None, extra_sources=""):
+        ports = allowed_ports or f'"{self.echo.port}", "{self.udp.port}"'
+        return render(BASE, log=self.log_path, echo=self.echo.port, udp=self.udp.port,
+                      other=self.echo.port + 1 if self.echo.port + 1 != self.udp.port else self.echo.port + 2,
+                      allowed_ports=ports, extra_sources=extra_sources)
+
+    def tcp(self, port, bind_host=None):
+        s = tcp_client(port, bind_host)
+        self.addCleanup(s.close)
+        return s
+
+    def access_log(self, **match):
+        with open(self.log_path) as f:
+            entries = [json.loads(line) for line in f if line.strip()]
+        return [e for e in entries if all(e.get(k) == v for k, v in match.items())]
+
+    def wait_entry(self, **match):
+        return wait_until(lambda: self.access_log(**match), message=f"access log entry {match}")[0]
+
+    # -- TCP
+
+    def test_tcp_forward_relays_to_the_destination(self):
+        s = self.tcp(self.p.ports["pg"])
+        s.sendall(b"ping")
+        self.assertEqual(recv_exact(s, 4), b"ping")
+        s.sendall(b"x" * 100000)
+        self.assertEqual(recv_exact(s, 100000), b"x" * 100000)
+        self.assertEqual(self.p.metric("marchproxy_egress_tunnels_open"), 1)
+        s.shutdown(socket.SHUT_WR)
+        self.assertTrue(closed_by_peer(s))  # the half-close reached the echo server and came back
+        s.close()
+        e = self.wait_entry(kind="forward", method="pg")
+        self.assertEqual((e["service"], e["decision"], e["reason"], e["rule"]),
+                         ("billing", "allow", "allowed", "billing-origin"))
+        self.assertEqual((e["host"], e["port"], e["address"], e["protocol"]),
+                         ("origin.test", self.echo.port, "127.0.0.1", "tcp"))
+        self.assertEqual((e["bytes_up"], e["bytes_down"]), (100004, 100004))
+        self.assertEqual(self.p.metric("marchproxy_egress_decisions_total", service="billing",
+                                       mapping="billing-origin", decision="allow"), 1)
+        self.assertEqual(self.p.metric("marchproxy_egress_bytes_total", service="billing", direction="up"), 100004)
+
+    def test_unlisted_source_is_closed_and_logged(self):
+        s = self.tcp(self.p.ports["pg"], bind_host="127.0.0.2")  # pg lists 127.0.0.1/32 only
+        s.sendall(b"ping")
+        self.assertTrue(closed_by_peer(s))
+        e = self.wait_entry(kind="forward", method="pg", reason="unknown_source")
+        self.assertEqual((e["decision"], e["service"]), ("deny", ""))
+        self.assertTrue(e["client"].startswith("127.0.0.2:"), e)
+        self.assertEqual(self.echo.accepted, 0)  # nothing reached the destination
+        self.p.wait_log(r'forward "pg" refused 127\.0\.0\.2:\d+: no source CIDR contains it')
+        self.assertEqual(self.p.metric("marchproxy_egress_decisions_total", decision="deny",
+                                       reason="unknown_source"), 1)
+
+    def test_destination_no_mapping_allows_is_closed(self):
+        # The port is not in the mapping; and the service "reports" has no mapping at all.
+        for name, service in (("pg-other-port", "billing"), ("pg-reports", "reports")):
+            s = self.tcp(self.p.ports[name])
+            s.sendall(b"ping")
+            self.assertTrue(closed_by_peer(s), name)
+            e = self.wait_entry(kind="forward", method=name)
+            self.assertEqual((e["service"], e["decision"], e["reason"]), (service, "deny", "no_rule"))
+        self.p.wait_log(r'forward "pg-reports" refused for service "reports" to origin\.test:\d+: no rule allows')
+        self.assertEqual(self.echo.accepted, 0)
+
+    def test_reload_revoking_the_mapping_closes_open_forwards(self):
+        s = self.tcp(self.p.ports["pg"])
+        s.sendall(b"ping")
+        self.assertEqual(recv_exact(s, 4), b"ping")
+        u = udp_client()
+        self.addCleanup(u.close)
+        u.sendto(b"hi", (LOCALHOST, self.p.ports["dns"]))
+        self.assertEqual(u.recvfrom(65536)[0], b"echo:hi")
+        wait_until(lambda: self.p.metric("marchproxy_egress_tunnels_open") == 2, message="two tunnels")
+        mark = self.p.mark()
+        self.p.reload(self.config(allowed_ports='"1"'))
+        self.p.wait_log("egress config reloaded", since=mark)
+        self.assertTrue(closed_by_peer(s), "forwarded TCP connection still open after its mapping was revoked")
+        wait_until(lambda: self.p.metric("marchproxy_egress_tunnels_open") == 0, message="tunnels closed")
+        self.assertEqual(self.p.metric("marchproxy_egress_tunnels_revoked_total"), 2)
+        self.assertTrue(self.access_log(kind="forward", method="pg", reason="revoked"))
+        self.assertTrue(self.access_log(kind="forward", method="dns", reason="revoked"))
+        # A new datagram is authorised afresh, and refused.
+        u.sendto(b"late", (LOCALHOST, self.p.ports["dns"]))
+        self.wait_entry(kind="forward", method="dns", reason="no_rule")
+
+    def test_reload_dropping_the_source_closes_open_forwards(self):
+        self.p.reload(self.config(extra_sources="      - {cidr: 127.0.0.3/32, service: billing}"))
+        self.p.wait_log("egress config reloaded")
+        s = self.tcp(self.p.ports["pg"], bind_host="127.0.0.3")
+        s.sendall(b"ping")
+        self.assertEqual(recv_exact(s, 4), b"ping")
+        self.p.reload(self.config())  # 127.0.0.3 is no longer a source
+        self.assertTrue(closed_by_peer(s), "forward still open after its source was removed")
+
+    # -- UDP
+
+    def test_udp_round_trip_and_replies_go_to_their_own_client(self):
+        a, b = udp_client(), udp_client()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        dest = (LOCALHOST, self.p.ports["dns"])
+        for i in range(3):
+            a.sendto(b"from-a-%d" % i, dest)
+            b.sendto(b"from-b-%d" % i, dest)
+        got_a = sorted(a.recvfrom(65536)[0] for _ in range(3))
+        got_b = sorted(b.recvfrom(65536)[0] for _ in range(3))
+        self.assertEqual(got_a, [b"echo:from-a-%d" % i for i in range(3)])
+        self.assertEqual(got_b, [b"echo:from-b-%d" % i for i in range(3)])
+        self.assertEqual(self.p.metric("marchproxy_egress_tunnels_open"), 2)  # one flow per client address
+        self.assertEqual(self.p.metric("marchproxy_egress_decisions_total", service="billing",
+                                       mapping="billing-origin", decision="allow"), 2)
+
+
+class ForwardCheckTest(ProxyTestCase):
+    def test_check_reports_forward_errors(self):
+        path = os.path.join(self.tmpdir(), "egress.yaml")
+        with open(path, "w") as f:
+            f.write("""kind: egress
+services: [{name: billing}]
+forwards:
+  - name: pg
+    listen: 127.0.0.1:15432
+    destination: "db.example.com"
+    sources: [{cidr: 10.1.2.3/16, service: billing}]
+  - name: dns
+    listen: 127.0.0.1:15353
+    protocol: udp
+    destination: 192.0.2.7:53
+    sources: [{cidr: 10.0.0.0/8, service: billing}]
+    tls: {cert: c.pem, key: k.pem, client_ca: ca.pem}
+""")
+        from harness import find_binary
+        p = subprocess.run([find_binary(), "check", path], capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn('line 6: forwards[0].destination: "db.example.com" must be one host', p.stdout)
+        self.assertIn('line 7: forwards[0].sources[0].cidr: "10.1.2.3/16" has host bits set', p.stdout)
+        self.assertIn("line 13: forwards[1].tls: TLS client certificates are for tcp forwards only", p.stdout)
+
+        with open(path, "w") as f:
+            f.write("""kind: egress
+services: [{name: billing}]
+forwards:
+  - {name: a, listen: 127.0.0.1:15432, destination: db:5432, sources: [{cidr: 10.0.0.0/8, service: ghost}]}
+  - {name: b, listen: 127.0.0.1:15432, destination: db:5432, sources: [{cidr: 10.0.0.0/8, service: billing}]}
+""")
+        p = subprocess.run([find_binary(), "check", path], capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn('forwards[0].sources[0].service: unknown service "ghost"', p.stdout)
+        self.assertIn('forwards[1].listen: 127.0.0.1:15432 (tcp) is already the listen address of forward "a"',
+                      p.stdout)
+
+
+if __name__ == "__main__":
+    main()
