@@ -379,17 +379,7 @@ class Decoder {
             }},
            {"tls", [&](const Value& m, const std::string& q) {
               tls_node = &m;
-              ForwardTls t;
-              auto file = [&](std::string& dst) {
-                return [&](const Value& v, const std::string& vq) {
-                  std::string name;
-                  str(v, vq, name);
-                  if (v.isScalar()) dst = readFile(v, vq, name);
-                };
-              };
-              map(m, q, {{"cert", file(t.cert)}, {"key", file(t.key)}, {"client_ca", file(t.client_ca)}},
-                  {"cert", "key", "client_ca"});
-              f.tls = std::move(t);
+              f.tls = forwardTls(m, q);
             }},
            {"idle_timeout", [&](const Value& m, const std::string& q) { duration(m, q, f.idle_timeout); }},
            {"max_sessions", [&](const Value& m, const std::string& q) { integer(m, q, f.max_sessions, 1, 1000000); }}},
@@ -403,6 +393,45 @@ class Decoder {
       }
       out.push_back(std::move(f));
     });
+  }
+
+  // A forward's TLS block: the files must exist, and the certificate, key and CA must load (the
+  // contexts are built here, once per config, with client certificates required).
+  ForwardTls forwardTls(const Value& m, const std::string& q) {
+    ForwardTls t;
+    auto file = [&](std::string& dst) {
+      return [&](const Value& v, const std::string& vq) {
+        std::string name;
+        str(v, vq, name);
+        if (!v.isScalar()) return;
+        std::filesystem::path p(name);
+        if (p.is_relative()) p = std::filesystem::path(base_dir_) / p;
+        dst = p.string();
+        std::ifstream in(p);
+        if (!in) error(v, vq, fmt::format("cannot read {}", dst));
+      };
+    };
+    const size_t before = errors_.size();
+    map(m, q, {{"cert", file(t.cert)}, {"key", file(t.key)}, {"client_ca", file(t.client_ca)}},
+        {"cert", "key", "client_ca"});
+    if (errors_.size() != before) return t;
+    config::ListenerTls lt;
+    lt.certificates.push_back({t.cert, t.key, {}, {}});
+    lt.session_tickets = false;
+    lt.client_auth.mode = config::ClientAuth::Mode::kRequire;
+    lt.client_auth.ca = t.client_ca;
+    std::vector<proxy::tls::Problem> problems;
+    t.contexts = proxy::tls::ServerContexts::build(lt, q, ".", &problems);
+    for (auto& pr : problems) {
+      if (pr.warning) continue;
+      // The ingress's field names -> this block's.
+      std::string field = pr.field;
+      for (auto [from, to] : {std::pair<std::string_view, std::string_view>{".certificates[0]", ""},
+                              {".client_auth.ca", ".client_ca"}})
+        if (auto at = field.find(from); at != std::string::npos) field.replace(at, from.size(), to);
+      error(m, field, pr.message);
+    }
+    return t;
   }
 
   void admin(const Value& n, const std::string& path, AdminConfig& a) {

@@ -19,6 +19,7 @@
 #include "config/diagnostic.h"
 #include "config/model.h"
 #include "egress/acl.h"
+#include "proxy/tls/server_contexts.h"
 
 namespace marchproxy::egress {
 
@@ -44,9 +45,12 @@ struct ForwardSource {
 };
 
 struct ForwardTls {
-  std::string cert;       // PEM text (from the file named in the config)
-  std::string key;        // PEM text
-  std::string client_ca;  // PEM text: client certificates must chain to it
+  std::string cert;       // file paths, resolved against the config file's directory
+  std::string key;
+  std::string client_ca;  // client certificates must chain to it; their CN names the service
+  // Built when the config is loaded (so `marchproxy check` reports unusable files); shared
+  // read-only by every worker.
+  std::shared_ptr<const proxy::tls::ServerContexts> contexts;
 };
 
 struct ForwardConfig {

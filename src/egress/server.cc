@@ -21,6 +21,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -52,6 +53,8 @@
 #include "egress/socks5.h"
 #include "egress/tls_peek.h"
 #include "proxy/server/access_log.h"  // appendJsonString
+#include "proxy/tls/server_contexts.h"
+#include "proxy/tls/session_info.h"
 
 namespace marchproxy::egress {
 
@@ -480,19 +483,25 @@ asio::awaitable<Dial> dial(Worker& w, std::shared_ptr<const Runtime> rt, std::st
 
 // ---------------------------------------------------------------- tunnels
 
+// A client side is a TCP socket, or a TLS stream over one (forwards with `tls`).
+using TlsStream = asio::ssl::stream<tcp::socket&>;
+tcp::socket& lowest(tcp::socket& s) { return s; }
+tcp::socket& lowest(TlsStream& s) { return s.next_layer(); }
+
 // Copies bytes one way until EOF or error; a clean EOF half-closes the other side (so the peer
 // sees the end of the stream); an error closes both.
-asio::awaitable<void> pump(tcp::socket& from, tcp::socket& to, uint64_t& bytes, Clock::time_point& last) {
+template <typename From, typename To>
+asio::awaitable<void> pump(From& from, To& to, uint64_t& bytes, Clock::time_point& last) {
   auto buf = std::make_unique_for_overwrite<char[]>(kRelayChunk);
   for (;;) {
     auto [ec, n] = co_await from.async_read_some(asio::buffer(buf.get(), kRelayChunk), kNoThrow);
     if (ec) {
       boost::system::error_code ig;
       if (ec == asio::error::eof) {
-        to.shutdown(tcp::socket::shutdown_send, ig);
+        lowest(to).shutdown(tcp::socket::shutdown_send, ig);
       } else {
-        from.close(ig);
-        to.close(ig);
+        lowest(from).close(ig);
+        lowest(to).close(ig);
       }
       co_return;
     }
@@ -500,8 +509,8 @@ asio::awaitable<void> pump(tcp::socket& from, tcp::socket& to, uint64_t& bytes, 
     auto [wec, m] = co_await asio::async_write(to, asio::buffer(buf.get(), n), kNoThrow);
     if (wec) {
       boost::system::error_code ig;
-      from.close(ig);
-      to.close(ig);
+      lowest(from).close(ig);
+      lowest(to).close(ig);
       co_return;
     }
     bytes += m;
@@ -528,8 +537,10 @@ struct TunnelResult {
 
 // Runs an established tunnel: optional ClientHello check, then relays both ways until both sides
 // are done, the idle timeout fires, or a reload revokes it.
-asio::awaitable<TunnelResult> runTunnel(Worker& w, tcp::socket& client, tcp::socket& up, std::string initial,
-                                        Tunnel& t, bool need_tls, bool sni_check) {
+// Client is tcp::socket (relayed with splice(2)) or TlsStream (decrypted, copied through user space).
+template <typename Client>
+asio::awaitable<TunnelResult> runTunnel(Worker& w, Client& client, tcp::socket& up, std::string initial, Tunnel& t,
+                                        bool need_tls, bool sni_check) {
   TunnelResult res;
   const auto rt = w.runtime();
   if (need_tls || sni_check) {
@@ -537,7 +548,7 @@ asio::awaitable<TunnelResult> runTunnel(Worker& w, tcp::socket& client, tcp::soc
     timer.expires_after(rt->config->timeouts.header_read);
     timer.async_wait([&client](boost::system::error_code ec) {
       boost::system::error_code ig;
-      if (!ec) client.close(ig);
+      if (!ec) lowest(client).close(ig);
     });
     std::string sni;
     PeekResult pr = PeekResult::kIncomplete;
@@ -576,20 +587,24 @@ asio::awaitable<TunnelResult> runTunnel(Worker& w, tcp::socket& client, tcp::soc
   const Clock::duration idle_after = t.idle.count() ? t.idle : rt->config->timeouts.idle;
   auto close_both = [&client, &up] {
     boost::system::error_code ig;
-    client.close(ig);
+    lowest(client).close(ig);
     up.close(ig);
   };
   t.close = close_both;
   auto reg = w.registerTunnel(&t);
   // splice(2) through a pipe per direction: the payload stays in the kernel. Without pipes (fd
   // exhaustion) the tunnel copies through user space instead.
-  net::SplicePipe to_up, to_client;
-  if (to_up.valid() && to_client.valid()) {
+  std::optional<net::SplicePipe> to_up, to_client;
+  if constexpr (std::is_same_v<Client, tcp::socket>) {
+    to_up.emplace();
+    to_client.emplace();
+  }
+  if (to_up && to_client && to_up->valid() && to_client->valid()) {
     std::function<void()> touch = [&last] { last = Clock::now(); };
     auto run = [&](tcp::socket& from, tcp::socket& to, net::SplicePipe& p, uint64_t& n) -> asio::awaitable<void> {
       co_await net::splicePump(from, to, p, n, touch);
     };
-    co_await ((run(client, up, to_up, res.up) && run(up, client, to_client, res.down)) ||
+    co_await ((run(lowest(client), up, *to_up, res.up) && run(up, lowest(client), *to_client, res.down)) ||
               idleWatch(idle, last, idle_after, close_both));
   } else {
     co_await ((pump(client, up, res.up, last) && pump(up, client, res.down, last)) ||
@@ -613,7 +628,8 @@ void noteDial(Worker& w, const Dial& d, const std::string& service, LogEntry& le
 
 // Relays an allowed, dialled TCP stream (CONNECT, SOCKS5 CONNECT, TCP forward) as a revocable
 // tunnel: https-only mappings require a ClientHello, sni_check mappings check it. Fills the log entry.
-asio::awaitable<void> tunnelDialled(Worker& w, tcp::socket& client, tcp::socket& up, const Dial& d,
+template <typename Client>
+asio::awaitable<void> tunnelDialled(Worker& w, Client& client, tcp::socket& up, const Dial& d,
                                     const std::string& service, const std::string& host, uint16_t port,
                                     std::string initial, LogEntry& le, Tunnel& t) {
   const bool need_tls = !(d.rule->protocols & static_cast<uint8_t>(Protocol::kTcp));
@@ -1253,12 +1269,33 @@ std::string sourceService(const ForwardConfig& f, const IpAddr& ip) {
   return {};
 }
 
+// Whether the caller at `ip` is `service` for forward f. by_cert: the verified client certificate's
+// CN named the service (f must have tls); when f lists sources, a CIDR of that same service must
+// also contain ip. Otherwise the first source CIDR containing ip names the service.
+bool callerIs(const ForwardConfig& f, const IpAddr& ip, const std::string& service, bool by_cert) {
+  if (!by_cert) return !f.tls && sourceService(f, ip) == service;
+  if (!f.tls) return false;
+  if (f.sources.empty()) return true;
+  for (const auto& s : f.sources)
+    if (s.service == service && s.cidr.contains(ip)) return true;
+  return false;
+}
+
 std::function<bool(const Config&)> stillIdentified(const std::string& forward, const IpAddr& ip,
-                                                   const std::string& service) {
-  return [forward, ip, service](const Config& c) {
+                                                   const std::string& service, bool by_cert) {
+  return [forward, ip, service, by_cert](const Config& c) {
     const ForwardConfig* f = findForward(c, forward);
-    return f && sourceService(*f, ip) == service;
+    return f && callerIs(*f, ip, service, by_cert);
   };
+}
+
+// The CN of a verified client certificate ("" = none).
+std::string peerCommonName(SSL* ssl) {
+  X509* cert = SSL_get0_peer_certificate(ssl);
+  if (!cert || SSL_get_verify_result(ssl) != X509_V_OK) return {};
+  char cn[256];
+  const int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof cn);
+  return n > 0 ? std::string(cn, static_cast<size_t>(n)) : std::string();
 }
 
 struct ForwardCaller {
@@ -1266,28 +1303,80 @@ struct ForwardCaller {
   std::string service;
 };
 
-// Looks up the forward in the current config and identifies the caller; a refusal is counted,
-// logged (spdlog and the access log) and leaves `forward` null.
+// Refuses a forwarded connection or datagram before any destination is considered: counted,
+// logged (spdlog and the access log).
+void refuseCaller(Worker& w, const std::string& name, LogEntry& le, std::string_view reason, std::string_view why) {
+  le.decision = "deny";
+  le.reason = reason;
+  w.count(le.service, "", "deny", reason);
+  spdlog::info("egress: forward \"{}\" refused {}: {}", name, le.client, why);
+  w.log(le);
+}
+
+// Looks up the forward in the current config and identifies the caller by its address, or (cert_cn
+// non-null, tls forwards) by its certificate's CN. A refusal leaves `forward` null.
 ForwardCaller identifyForwardCaller(Worker& w, const Runtime& rt, const std::string& name, const IpAddr& peer,
-                                    LogEntry& le) {
+                                    LogEntry& le, const std::string* cert_cn = nullptr) {
   ForwardCaller out;
   const ForwardConfig* f = findForward(*rt.config, name);
-  if (f) {
-    le.host = f->host;
-    le.port = f->dest_port;
-    out.service = sourceService(*f, peer);
-  }
-  if (!f || out.service.empty()) {
-    le.decision = "deny";
-    le.reason = f ? "unknown_source" : "no_forward";
-    w.count("", "", "deny", le.reason);
-    spdlog::info("egress: forward \"{}\" refused {}: {}", name, le.client,
-                 f ? "no source CIDR contains it" : "the forward is no longer configured");
-    w.log(le);
+  if (!f) {
+    refuseCaller(w, name, le, "no_forward", "the forward is no longer configured");
     return out;
+  }
+  le.host = f->host;
+  le.port = f->dest_port;
+  if (cert_cn) {
+    bool known = false;
+    for (const auto& s : rt.config->services) known = known || s.name == *cert_cn;
+    if (!known) {
+      refuseCaller(w, name, le, "unknown_service",
+                   fmt::format("the client certificate's CN \"{}\" is not a service", *cert_cn));
+      return out;
+    }
+    le.service = *cert_cn;
+    if (!callerIs(*f, peer, *cert_cn, true)) {
+      refuseCaller(w, name, le, "unknown_source",
+                   fmt::format("no source CIDR of service \"{}\" contains it", *cert_cn));
+      return out;
+    }
+    out.service = *cert_cn;
+  } else {
+    out.service = sourceService(*f, peer);
+    if (out.service.empty()) {
+      refuseCaller(w, name, le, "unknown_source", "no source CIDR contains it");
+      return out;
+    }
   }
   out.forward = f;
   return out;
+}
+
+// The TLS handshake of a forward with `tls` (client certificate required), bounded by
+// timeouts.header_read. Null (logged, counted) when it fails.
+asio::awaitable<std::unique_ptr<TlsStream>> forwardHandshake(Worker& w, tcp::socket& sock,
+                                                             const proxy::tls::ServerContexts& ctx,
+                                                             const std::string& name, LogEntry& le) {
+  SSL* ssl = ctx.newSession();
+  if (!ssl) co_return nullptr;
+  auto tls = std::make_unique<TlsStream>(sock, ssl);
+  asio::steady_timer timer(w.ioc());
+  bool timed_out = false;
+  timer.expires_after(w.runtime()->config->timeouts.header_read);
+  timer.async_wait([&sock, &timed_out](boost::system::error_code ec) {
+    boost::system::error_code ig;
+    if (!ec) {
+      timed_out = true;
+      sock.close(ig);
+    }
+  });
+  auto [ec] = co_await tls->async_handshake(asio::ssl::stream_base::server, kNoThrow);
+  timer.cancel();
+  if (ec) {
+    const proxy::tls::Failure f = proxy::tls::classifyFailure(ec, ssl, timed_out);
+    refuseCaller(w, name, le, "bad_client_cert", fmt::format("TLS handshake failed: {}", f.detail));
+    co_return nullptr;
+  }
+  co_return tls;
 }
 
 asio::awaitable<void> tcpForwardSession(Worker& w, tcp::socket sock, std::string name) {
@@ -1304,7 +1393,18 @@ asio::awaitable<void> tcpForwardSession(Worker& w, tcp::socket sock, std::string
   const auto peer_ep = sock.remote_endpoint(ec);
   if (ec) co_return;
   const IpAddr peer = fromAddress(peer_ep.address());
-  const ForwardCaller caller = identifyForwardCaller(w, *rt, name, peer, le);
+  // A forward with tls: the handshake first, then the certificate's CN is the service.
+  std::unique_ptr<TlsStream> tls;
+  std::string cn;
+  if (const ForwardConfig* f = findForward(*rt->config, name); f && f->tls) {
+    le.host = f->host;
+    le.port = f->dest_port;
+    const auto contexts = f->tls->contexts;
+    tls = co_await forwardHandshake(w, sock, *contexts, name, le);
+    if (!tls) co_return;
+    cn = peerCommonName(tls->native_handle());
+  }
+  const ForwardCaller caller = identifyForwardCaller(w, *rt, name, peer, le, tls ? &cn : nullptr);
   if (!caller.forward) co_return;
   const std::string service = caller.service;
   const std::string host = caller.forward->host;
@@ -1317,9 +1417,10 @@ asio::awaitable<void> tcpForwardSession(Worker& w, tcp::socket sock, std::string
     tcp::socket upstream = std::move(*d.sock);
     Tunnel t;
     t.idle = caller.forward->idle_timeout;
-    t.still_identified = stillIdentified(name, peer, service);
+    t.still_identified = stillIdentified(name, peer, service, tls != nullptr);
     std::string initial;
-    co_await tunnelDialled(w, sock, upstream, d, service, host, port, std::move(initial), le, t);
+    if (tls) co_await tunnelDialled(w, *tls, upstream, d, service, host, port, std::move(initial), le, t);
+    else co_await tunnelDialled(w, sock, upstream, d, service, host, port, std::move(initial), le, t);
   } else {
     spdlog::info("egress: forward \"{}\" refused for service \"{}\" to {}:{}: {}", name, service, host, port,
                  d.reason);
@@ -1439,7 +1540,7 @@ asio::awaitable<std::shared_ptr<UdpFlow>> openUdpFlow(Worker& w, std::shared_ptr
   flow->t.rule = d.rule->name;
   flow->t.protocol = Protocol::kUdp;
   flow->t.addr = d.addr;
-  flow->t.still_identified = stillIdentified(fwd->name, peer, service);
+  flow->t.still_identified = stillIdentified(fwd->name, peer, service, false);
   flow->t.close = [f = flow.get()] {
     boost::system::error_code ig;
     f->up.close(ig);

@@ -9,11 +9,14 @@ config's `dns.hosts`.
 import json
 import os
 import socket
+import ssl
 import subprocess
 import threading
 
 from harness import LOCALHOST, ProxyTestCase, main, render, wait_until
 from test_egress_proxy import EchoServer, closed_by_peer, recv_exact
+from tls_certs import Pki
+from tls_client import client_context
 
 BASE = """
 schema: 1
@@ -218,6 +221,102 @@ class ForwardTest(ProxyTestCase):
                                        mapping="billing-origin", decision="allow"), 2)
 
 
+TLS_CONFIG = """
+schema: 1
+kind: egress
+workers: 1
+admin: {address: 127.0.0.1, port: 0}
+access_log: {enabled: true, path: "${log}"}
+services: [{name: billing}, {name: reports}]
+dns:
+  hosts:
+    origin.test: [127.0.0.1]
+forwards:
+  - name: pg-tls
+    listen: 127.0.0.1:0
+    destination: origin.test:${echo}
+    tls: {cert: "${cert}", key: "${key}", client_ca: "${ca}"}
+  - name: pg-tls-sources      # the certificate names the service; the address must be one of its
+    listen: 127.0.0.1:0
+    destination: origin.test:${echo}
+    tls: {cert: "${cert}", key: "${key}", client_ca: "${ca}"}
+    sources: [{cidr: 127.0.0.2/32, service: billing}]
+mappings:
+  - name: billing-origin
+    sources: [billing]
+    destinations: [origin.test, 127.0.0.1/32]
+    protocols: [tcp]
+    ports: ["${echo}"]
+"""
+
+
+class ForwardMtlsTest(ProxyTestCase):
+    def setUp(self):
+        self.echo = EchoServer()
+        self.addCleanup(self.echo.close)
+        tmp = self.tmpdir()
+        self.pki = Pki(tmp)
+        server = self.pki.issue("forward.test", sans=["DNS:forward.test"])
+        self.billing = self.pki.issue("billing", client=True)
+        self.reports = self.pki.issue("reports", client=True)
+        self.ghost = self.pki.issue("ghost", client=True)
+        self.stranger = Pki(tmp, name="other-ca").issue("billing", client=True)  # right CN, wrong CA
+        self.log_path = os.path.join(tmp, "access.log")
+        self.p = self.start_proxy(render(TLS_CONFIG, log=self.log_path, echo=self.echo.port, cert=server[0],
+                                         key=server[1], ca=self.pki.cert),
+                                  command="egress", expect_listeners=("pg-tls", "pg-tls-sources"))
+
+    def open(self, who, listener="pg-tls", bind_host=None):
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw.settimeout(5)
+        if bind_host:
+            raw.bind((bind_host, 0))
+        raw.connect((LOCALHOST, self.p.ports[listener]))
+        ctx = client_context(ca=self.pki.cert, cert=who[0] if who else None, key=who[1] if who else None)
+        s = ctx.wrap_socket(raw, server_hostname="forward.test")
+        self.addCleanup(s.close)
+        return s
+
+    def echoes(self, who, **kw):
+        """True when a ping comes back through the forward; False when the proxy refused."""
+        try:
+            s = self.open(who, **kw)
+            s.sendall(b"ping")
+            ok = recv_exact(s, 4) == b"ping"
+            s.close()  # the access log line is written when the tunnel ends
+            return ok
+        except (ssl.SSLError, ConnectionError, OSError):
+            return False
+
+    def entries(self, **match):
+        with open(self.log_path) as f:
+            entries = [json.loads(line) for line in f if line.strip()]
+        return [e for e in entries if all(e.get(k) == v for k, v in match.items())]
+
+    def test_client_certificate_names_the_service(self):
+        self.assertTrue(self.echoes(self.billing))
+        e = wait_until(lambda: self.entries(method="pg-tls", decision="allow"), message="allow entry")[0]
+        self.assertEqual((e["service"], e["rule"], e["protocol"]), ("billing", "billing-origin", "tcp"))
+
+    def test_wrong_ca_unknown_cn_and_no_certificate_are_refused(self):
+        self.assertFalse(self.echoes(self.stranger))
+        wait_until(lambda: self.entries(method="pg-tls", reason="bad_client_cert"), message="bad_client_cert")
+        self.assertFalse(self.echoes(None))
+        wait_until(lambda: len(self.entries(method="pg-tls", reason="bad_client_cert")) == 2, message="no cert")
+        self.assertFalse(self.echoes(self.ghost))
+        self.p.wait_log(r'forward "pg-tls" refused .*: the client certificate\'s CN "ghost" is not a service')
+        self.assertTrue(self.entries(method="pg-tls", reason="unknown_service"))
+        self.assertFalse(self.echoes(self.reports))  # a service, but no mapping allows it
+        e = wait_until(lambda: self.entries(method="pg-tls", service="reports"), message="reports entry")[0]
+        self.assertEqual((e["decision"], e["reason"]), ("deny", "no_rule"))
+        self.assertEqual(self.echo.accepted, 0)
+
+    def test_sources_restrict_certificate_callers_by_address(self):
+        self.assertFalse(self.echoes(self.billing, listener="pg-tls-sources"))  # from 127.0.0.1
+        self.assertTrue(self.entries(method="pg-tls-sources", reason="unknown_source", service="billing"))
+        self.assertTrue(self.echoes(self.billing, listener="pg-tls-sources", bind_host="127.0.0.2"))
+
+
 class ForwardCheckTest(ProxyTestCase):
     def test_check_reports_forward_errors(self):
         path = os.path.join(self.tmpdir(), "egress.yaml")
@@ -255,6 +354,27 @@ forwards:
         self.assertIn('forwards[0].sources[0].service: unknown service "ghost"', p.stdout)
         self.assertIn('forwards[1].listen: 127.0.0.1:15432 (tcp) is already the listen address of forward "a"',
                       p.stdout)
+
+        # TLS files: missing, and not PEM (the contexts are built by `check`, as at start).
+        with open(os.path.join(self.tmpdir(), "junk.pem"), "w") as f:
+            f.write("not a certificate\n")
+        with open(path, "w") as f:
+            f.write("""kind: egress
+services: [{name: billing}]
+forwards:
+  - name: a
+    listen: 127.0.0.1:15432
+    destination: db:5432
+    tls: {cert: junk.pem, key: junk.pem, client_ca: missing.pem}
+  - name: b
+    listen: 127.0.0.1:15433
+    destination: db:5432
+    tls: {cert: junk.pem, key: junk.pem, client_ca: junk.pem}
+""")
+        p = subprocess.run([find_binary(), "check", path], capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("line 7: forwards[0].tls.client_ca: cannot read", p.stdout)
+        self.assertIn("line 11: forwards[1].tls.cert: not a PEM certificate chain", p.stdout)
 
 
 if __name__ == "__main__":
