@@ -135,7 +135,7 @@ class Decoder {
         auto key = fmt::format("{}|{}|{}", protocolName(f.protocol), f.address, f.port);
         if (auto it = bound.find(key); it != bound.end())
           error(v, p + ".listen",
-                fmt::format("{} ({}) is already the listen address of {}", hostPort(f.address, f.port),
+                fmt::format("{} ({}) is already the listen address of {}", config::syntax::formatHostPort(f.address, f.port),
                             protocolName(f.protocol), it->second));
         else bound[key] = fmt::format("forward \"{}\"", f.name);
       }
@@ -302,10 +302,6 @@ class Decoder {
       out.push_back(std::move(l));
     });
     if (n.isList() && n.items.empty()) error(n, path, "at least one listener is needed");
-  }
-
-  static std::string hostPort(const std::string& a, uint16_t port) {
-    return a.find(':') != std::string::npos ? fmt::format("[{}]:{}", a, port) : fmt::format("{}:{}", a, port);
   }
 
   void forwards(const Value& n, const std::string& path, std::vector<ForwardConfig>& out) {

@@ -51,6 +51,12 @@ ${extra_sources}
     destination: origin.test:${udp}
     idle_timeout: 1m
     sources: [{cidr: 127.0.0.0/8, service: billing}]
+  - name: dns-one
+    listen: 127.0.0.1:0
+    protocol: udp
+    destination: origin.test:${udp}
+    max_sessions: 1
+    sources: [{cidr: 127.0.0.0/8, service: billing}]
 mappings:
   - name: billing-origin
     sources: [billing]
@@ -59,7 +65,7 @@ mappings:
     ports: [${allowed_ports}]
 """
 
-LISTENERS = ("pg", "pg-other-port", "pg-reports", "dns")
+LISTENERS = ("pg", "pg-other-port", "pg-reports", "dns", "dns-one")
 
 
 class UdpEcho:
@@ -220,6 +226,19 @@ class ForwardTest(ProxyTestCase):
         self.assertEqual(self.p.metric("marchproxy_egress_decisions_total", service="billing",
                                        mapping="billing-origin", decision="allow"), 2)
 
+
+    def test_udp_flows_are_bounded(self):
+        a, b = udp_client(), udp_client()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        dest = (LOCALHOST, self.p.ports["dns-one"])
+        a.sendto(b"a", dest)
+        self.assertEqual(a.recvfrom(65536)[0], b"echo:a")
+        b.sendto(b"b", dest)  # a second client address while the first flow is open: dropped
+        e = self.wait_entry(kind="forward", method="dns-one", reason="session_limit")
+        self.assertEqual((e["decision"], e["service"]), ("deny", "billing"))
+        a.sendto(b"a2", dest)  # the open flow still works
+        self.assertEqual(a.recvfrom(65536)[0], b"echo:a2")
 
 TLS_CONFIG = """
 schema: 1
