@@ -50,6 +50,7 @@ struct JwtConfig {
 
 struct Service {
   std::string name;
+  std::string collection;  // optional group name; mappings may name it in `source_collections`
   // SHA-256 of each accepted token (Basic password / SOCKS5 password). Never the token itself.
   std::vector<std::array<uint8_t, 32>> token_sha256;
 };
