@@ -119,6 +119,9 @@ class Decoder {
       for (const auto& s : c.rules[i].sources)
         if (s != "*" && !svc.count(s))
           error(v, fmt::format("mappings[{}].sources", i), fmt::format("unknown service \"{}\"", s));
+    for (const auto& ref : jwt_service_refs_)
+      if (!ref.name.empty() && !svc.count(ref.name))
+        error(*ref.node, ref.path, fmt::format("unknown service \"{}\"", ref.name));
     // Collections are expanded here, once: the policy only ever sees service names. A collection
     // no service is in is a mistake in a file (a typo, or a service renamed), so it is an error
     // rather than a mapping that silently allows nobody.
@@ -148,6 +151,12 @@ class Decoder {
     std::string path;
   };
   std::vector<CollectionRef> collection_refs_;  // mappings[].source_collections, resolved by validate()
+  struct ServiceRef {
+    std::string name;
+    const Value* node;
+    std::string path;
+  };
+  std::vector<ServiceRef> jwt_service_refs_;  // jwt.keys[].service, checked by validate()
 
   void error(const Value& n, const std::string& path, std::string message) {
     errors_.push_back({n.pos.line, n.pos.column, path, std::move(message)});
@@ -367,6 +376,10 @@ class Decoder {
                       alg_node = &v;
                     }},
                    {"secret", [&](const Value& v, const std::string& vq) { str(v, vq, k.secret); }},
+                   {"service", [&](const Value& v, const std::string& vq) {
+                      name(v, vq, k.service);
+                      jwt_service_refs_.push_back({k.service, &v, vq});
+                    }},
                    {"secret_file",
                     [&](const Value& v, const std::string& vq) {
                       std::string f;

@@ -39,6 +39,10 @@ struct JwtKey {
   JwtAlg alg = JwtAlg::kHs256;
   std::string secret;      // HS256
   std::string public_key;  // RS256/ES384: PEM text (from public_key or public_key_file)
+  // When set, tokens this key verifies must name this service in "service_id": a service that holds
+  // its own HS256 secret cannot sign tokens for another one. Unset: the key may sign for any service
+  // (an identity provider's key).
+  std::string service;
 };
 
 struct JwtConfig {

@@ -45,6 +45,7 @@ jwt:
   issuer: manager
   keys:
     - {id: k1, alg: HS256, secret: "${jwt_secret}"}
+    - {id: reports-key, alg: HS256, secret: "${jwt_secret}-reports", service: reports}
 dns:
   hosts:
     origin.test: [127.0.0.1]
@@ -316,6 +317,17 @@ class HttpForwardTest(EgressTestCase):
             rc, code, body = curl("-x", self.proxy, "--proxy-header", f"Proxy-Authorization: Bearer {bad}",
                                   f"http://origin.test:{self.origin.port}/id")
             self.assertEqual(code, 407, bad)
+        self.assertEqual(self.origin.count, 1)
+        # reports' own key signs for reports only: a token it signs naming billing is refused...
+        forged = jwt(claims(service="billing"), secret=JWT_SECRET + "-reports", kid="reports-key")
+        rc, code, body = curl("-x", self.proxy, "--proxy-header", f"Proxy-Authorization: Bearer {forged}",
+                              f"http://origin.test:{self.origin.port}/id")
+        self.assertEqual(code, 407)
+        # ...while one naming reports authenticates (and reports has no mapping to the origin).
+        own = jwt(claims(service="reports"), secret=JWT_SECRET + "-reports", kid="reports-key")
+        rc, code, body = curl("-x", self.proxy, "--proxy-header", f"Proxy-Authorization: Bearer {own}",
+                              f"http://origin.test:{self.origin.port}/id")
+        self.assertEqual(code, 403, body)
         self.assertEqual(self.origin.count, 1)
 
     def test_access_log_and_metrics(self):
