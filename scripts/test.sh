@@ -68,17 +68,40 @@ if has_stage fuzz; then
   fuzz_targets=()
   for src in tests/fuzz/*_fuzz.cc; do fuzz_targets+=("$(basename "$src" .cc)"); done
   build fuzz "${fuzz_targets[@]}"
-  for f in build/fuzz/tests/fuzz/*_fuzz; do
+  # One fuzzer per core at a time: each runs single-threaded for FUZZ_SECONDS, so on 2 cores the stage
+  # takes half as long. Each fuzzer's output goes to its own log, printed when it ends.
+  fuzz_one() {  # fuzz_one BINARY LOG
+    local f=$1 log=$2 name corpus_seed work
     name=$(basename "$f")
     corpus_seed=tests/fuzz/corpus/${name%_fuzz}
     work=build/fuzz/corpus-$name
     mkdir -p "$work"
-    section "fuzz: $name for ${FUZZ_SECONDS}s"
-    seeds=()
+    local seeds=()
     [ -d "$corpus_seed" ] && seeds+=("$corpus_seed")
-    run "$name" "$f" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-      -artifact_prefix=build/fuzz/ "$work" "${seeds[@]}"
+    "$f" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+      -artifact_prefix=build/fuzz/ "$work" "${seeds[@]}" >"$log" 2>&1
+  }
+  fuzz_finish() {  # fuzz_finish PID NAME LOG: waits for one fuzzer, prints its summary, records the result
+    local rc=0
+    wait "$1" || rc=$?
+    section "fuzz: $2 (${FUZZ_SECONDS}s) exit $rc"
+    if ((rc == 0)); then grep -E '^(stat::|Done|INFO: Seed|#[0-9]+ +DONE)' "$3" | tail -n 12 || true
+    else tail -n 60 "$3"; fi
+    if ((rc == 0)); then passed=$((passed + 1)); else failed+=("$2"); fi
+  }
+  section "fuzz: ${#fuzz_targets[@]} targets, ${FUZZ_SECONDS}s each, $JOBS at a time"
+  pids=() names=() logs=()
+  for f in build/fuzz/tests/fuzz/*_fuzz; do
+    if ((${#pids[@]} >= JOBS)); then
+      fuzz_finish "${pids[0]}" "${names[0]}" "${logs[0]}"
+      pids=("${pids[@]:1}") names=("${names[@]:1}") logs=("${logs[@]:1}")
+    fi
+    name=$(basename "$f")
+    log=build/fuzz/$name.log
+    fuzz_one "$f" "$log" &
+    pids+=($!) names+=("$name") logs+=("$log")
   done
+  for i in "${!pids[@]}"; do fuzz_finish "${pids[$i]}" "${names[$i]}" "${logs[$i]}"; done
 fi
 
 if has_stage web; then

@@ -16,6 +16,7 @@
 #include "egress/server.h"
 #include <fstream>
 #include <sstream>
+#include "proxy/limits/redis_client.h"
 #include "proxy/tls/server_contexts.h"
 #include "up/up.h"
 
@@ -219,6 +220,19 @@ int main(int argc, char** argv) {
     for (const auto& p : tls_problems) {
       std::printf("%s%s\n", p.warning ? "warning: " : "", p.toString().c_str());
       tls_errors += p.warning ? 0 : 1;
+    }
+    // The Redis password is read as the proxy would; an unset variable is only a warning here, as
+    // `check` rarely runs with the proxy's environment.
+    if (r.snapshot->redis) {
+      try {
+        marchproxy::proxy::limits::readRedisPassword(*r.snapshot->redis,
+                                                     std::filesystem::absolute(check_path).parent_path());
+      } catch (const std::exception& e) {
+        const bool env = r.snapshot->redis->password_file.empty();
+        std::printf("%s%s%s\n", env ? "warning: " : "", e.what(),
+                    env ? " in this environment (the proxy refuses to start without it)" : "");
+        tls_errors += env ? 0 : 1;
+      }
     }
     if (tls_errors) {
       std::printf("%s: %zu error(s)\n", check_path.c_str(), tls_errors);

@@ -230,10 +230,14 @@ bool Policy::forbidden(const IpAddr& addr) const {
 
 NameDecision Policy::decideName(std::string_view service, Protocol protocol, std::string_view host,
                                 uint16_t port) const {
+  return decide(service, static_cast<uint8_t>(protocol), host, port);
+}
+
+NameDecision Policy::decide(std::string_view service, uint8_t protocols, std::string_view host, uint16_t port) const {
   NameDecision out;
   auto literal = parseIp(host);
   for (const Rule& r : rules_) {
-    if (!(r.protocols & static_cast<uint8_t>(protocol))) continue;
+    if (!(r.protocols & protocols)) continue;
     bool src = false;
     for (const auto& s : r.sources)
       if (s == "*" || s == service) {
@@ -259,9 +263,12 @@ NameDecision Policy::decideName(std::string_view service, Protocol protocol, std
     }
     if (dst) out.rules.push_back(&r);
   }
-  if (out.rules.empty())
-    out.reason = fmt::format("no rule allows {}:{} ({}) for service \"{}\"", host, port, protocolName(protocol),
-                             service);
+  if (out.rules.empty()) {
+    std::string names;
+    for (Protocol p : {Protocol::kHttps, Protocol::kTcp, Protocol::kHttp, Protocol::kUdp, Protocol::kIcmp})
+      if (protocols & static_cast<uint8_t>(p)) names += (names.empty() ? "" : " or ") + std::string(protocolName(p));
+    out.reason = fmt::format("no rule allows {}:{} ({}) for service \"{}\"", host, port, names, service);
+  }
   return out;
 }
 

@@ -13,6 +13,7 @@
 //
 // A Policy is built once per config (apply time) and read-only afterwards; any thread may call it.
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -77,12 +78,18 @@ std::optional<Destination> parseDestination(std::string_view s, std::string* err
 
 struct Rule {
   std::string name;
-  std::vector<std::string> sources;  // service names; "*" = every authenticated service
+  // Service names; "*" = every authenticated service. `source_collections` are expanded into this
+  // list when the config is loaded (a service is in the collection its `collection` field names).
+  std::vector<std::string> sources;
+  std::vector<std::string> source_collections;  // as written, for `check` and the docs
   std::vector<Destination> destinations;
   uint8_t protocols = 0;  // bit set of Protocol
   std::vector<PortRange> ports;
   int priority = 0;        // higher first; equal priorities keep file order
   bool sni_check = false;  // CONNECT/SOCKS to TLS: the ClientHello SNI must equal the requested host
+  // How long tunnels this rule allowed stay open after a reload stops allowing them; unset = the
+  // config's timeouts.revoke_grace.
+  std::optional<std::chrono::milliseconds> revoke_grace;
 };
 
 struct NameDecision {
@@ -102,6 +109,9 @@ class Policy {
   // `host` is lower-case, without brackets; an IP literal matches IP/CIDR destinations and "*".
   NameDecision decideName(std::string_view service, Protocol protocol, std::string_view host,
                           uint16_t port) const;
+  // The same for any protocol in `protocols` (a bit set of Protocol: a CONNECT may be https or
+  // tcp), rules in priority order.
+  NameDecision decide(std::string_view service, uint8_t protocols, std::string_view host, uint16_t port) const;
   AddressDecision checkAddress(const NameDecision& name, std::string_view host, const IpAddr& addr) const;
   bool forbidden(const IpAddr& addr) const;
 

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "egress/decision_cache.h"
+
 namespace marchproxy::egress {
 namespace {
 
@@ -116,6 +118,55 @@ TEST(Policy, PriorityOrdersRules) {
   auto d = p.decideName("s", Protocol::kHttp, "x.com", 80);
   ASSERT_EQ(d.rules.size(), 2u);
   EXPECT_EQ(d.rules[0]->name, "high");
+}
+
+TEST(Policy, AnyOfSeveralProtocolsKeepsPriorityOrder) {
+  // A CONNECT may be https or tcp: the best rule across both comes first, not the best https one.
+  Policy p({rule("tls", {"*"}, {"*.example.com"}, kHttps, {"443"}, 1),
+            rule("raw", {"*"}, {"api.example.com"}, kTcp, {"443"}, 5)},
+           defaultForbiddenNetworks());
+  NameDecision d = p.decide("svc", kHttps | kTcp, "api.example.com", 443);
+  ASSERT_EQ(d.rules.size(), 2u);
+  EXPECT_EQ(d.rules[0]->name, "raw");
+  EXPECT_EQ(d.rules[1]->name, "tls");
+  NameDecision none = p.decide("svc", kHttps | kTcp, "other.org", 443);
+  EXPECT_EQ(none.reason, "no rule allows other.org:443 (https or tcp) for service \"svc\"");
+}
+
+TEST(DecisionCache, ServesRepeatsAndForgetsOnANewPolicy) {
+  auto allow = std::make_shared<const Policy>(
+      std::vector<Rule>{rule("a", {"billing"}, {"api.stripe.com"}, kHttps, {"443"})}, defaultForbiddenNetworks());
+  DecisionCache cache;
+  cache.reset(allow);
+  EXPECT_EQ(cache.decide(*allow, "billing", kHttps, "api.stripe.com", 443).rules.size(), 1u);
+  EXPECT_EQ(cache.decide(*allow, "billing", kHttps, "api.stripe.com", 443).rules.size(), 1u);
+  EXPECT_EQ(cache.decide(*allow, "billing", kHttps, "api.stripe.com", 444).rules.size(), 0u);  // another key
+  EXPECT_EQ(cache.decide(*allow, "other", kHttps, "api.stripe.com", 443).rules.size(), 0u);
+  EXPECT_EQ(cache.hits(), 1u);
+  EXPECT_EQ(cache.misses(), 3u);
+  EXPECT_EQ(cache.size(), 3u);
+
+  // A reload that revokes the mapping: the cached "allowed" must not survive it.
+  auto deny = std::make_shared<const Policy>(std::vector<Rule>{}, defaultForbiddenNetworks());
+  cache.reset(deny);
+  EXPECT_EQ(cache.size(), 0u);
+  EXPECT_TRUE(cache.decide(*deny, "billing", kHttps, "api.stripe.com", 443).rules.empty());
+
+  // A request still holding the old policy is answered from it, uncached.
+  EXPECT_EQ(cache.decide(*allow, "billing", kHttps, "api.stripe.com", 443).rules.size(), 1u);
+  EXPECT_EQ(cache.size(), 1u);
+  EXPECT_TRUE(cache.decide(*deny, "billing", kHttps, "api.stripe.com", 443).rules.empty());
+}
+
+TEST(DecisionCache, StaysWithinItsBound) {
+  auto pol = std::make_shared<const Policy>(
+      std::vector<Rule>{rule("a", {"*"}, {"*.example.com"}, kHttps, {"1-65535"})}, defaultForbiddenNetworks());
+  DecisionCache cache(100);
+  cache.reset(pol);
+  for (uint16_t port = 1; port <= 250; ++port)
+    EXPECT_EQ(cache.decide(*pol, "svc", kHttps, "a.example.com", port).rules.size(), 1u);
+  EXPECT_LE(cache.size(), 100u);
+  EXPECT_EQ(cache.evictions(), 200u);  // emptied twice when full
 }
 
 }  // namespace

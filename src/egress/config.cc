@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
+#include <algorithm>
 #include <charconv>
 #include <filesystem>
 #include <fstream>
@@ -107,7 +108,7 @@ class Decoder {
   }
 
   // Cross-field rules, after the whole document is read.
-  void validate(const Value& v, const Config& c) {
+  void validate(const Value& v, Config& c) {
     std::map<std::string, int> names;
     for (const auto& l : c.listeners)
       if (names[l.name]++ == 1) error(v, "listeners", fmt::format("listener name \"{}\" is used twice", l.name));
@@ -144,6 +145,22 @@ class Decoder {
           error(v, fmt::format("{}.sources[{}].service", p, j),
                 fmt::format("unknown service \"{}\"", f.sources[j].service));
     }
+    for (const auto& ref : jwt_service_refs_)
+      if (!ref.name.empty() && !svc.count(ref.name))
+        error(*ref.node, ref.path, fmt::format("unknown service \"{}\"", ref.name));
+    // Collections are expanded here, once: the policy only ever sees service names. A collection
+    // no service is in is a mistake in a file (a typo, or a service renamed), so it is an error
+    // rather than a mapping that silently allows nobody.
+    for (const auto& ref : collection_refs_) {
+      Rule& r = c.rules[ref.rule];
+      size_t members = 0;
+      for (const auto& s : c.services) {
+        if (s.collection != ref.name) continue;
+        ++members;
+        if (std::find(r.sources.begin(), r.sources.end(), s.name) == r.sources.end()) r.sources.push_back(s.name);
+      }
+      if (members == 0) error(*ref.node, ref.path, fmt::format("no service is in collection \"{}\"", ref.name));
+    }
   }
 
  private:
@@ -152,6 +169,20 @@ class Decoder {
     std::string_view key;
     Reader read;
   };
+
+  struct CollectionRef {
+    size_t rule;  // index into Config::rules
+    std::string name;
+    const Value* node;
+    std::string path;
+  };
+  std::vector<CollectionRef> collection_refs_;  // mappings[].source_collections, resolved by validate()
+  struct ServiceRef {
+    std::string name;
+    const Value* node;
+    std::string path;
+  };
+  std::vector<ServiceRef> jwt_service_refs_;  // jwt.keys[].service, checked by validate()
 
   void error(const Value& n, const std::string& path, std::string message) {
     errors_.push_back({n.pos.line, n.pos.column, path, std::move(message)});
@@ -445,6 +476,7 @@ class Decoder {
       Service s;
       map(item, p,
           {{"name", [&](const Value& m, const std::string& q) { name(m, q, s.name); }},
+           {"collection", [&](const Value& m, const std::string& q) { name(m, q, s.collection); }},
            {"tokens", [&](const Value& m, const std::string& q) {
               list(m, q, [&](const Value& t, const std::string& tq) {
                 std::string text;
@@ -496,6 +528,10 @@ class Decoder {
                       alg_node = &v;
                     }},
                    {"secret", [&](const Value& v, const std::string& vq) { str(v, vq, k.secret); }},
+                   {"service", [&](const Value& v, const std::string& vq) {
+                      name(v, vq, k.service);
+                      jwt_service_refs_.push_back({k.service, &v, vq});
+                    }},
                    {"secret_file",
                     [&](const Value& v, const std::string& vq) {
                       std::string f;
@@ -541,6 +577,15 @@ class Decoder {
                 if (s.isScalar()) r.sources.push_back(text);
               });
             }},
+           {"source_collections", [&](const Value& m, const std::string& q) {
+              list(m, q, [&](const Value& s, const std::string& sq) {
+                std::string text;
+                name(s, sq, text);
+                if (!s.isScalar() || text.empty()) return;
+                r.source_collections.push_back(text);
+                collection_refs_.push_back({out.size(), text, &s, sq});
+              });
+            }},
            {"destinations", [&](const Value& m, const std::string& q) {
               list(m, q, [&](const Value& s, const std::string& sq) {
                 std::string text, err;
@@ -572,10 +617,20 @@ class Decoder {
               });
             }},
            {"priority", [&](const Value& m, const std::string& q) { integer(m, q, r.priority, -1000000, 1000000); }},
-           {"sni_check", [&](const Value& m, const std::string& q) { boolean(m, q, r.sni_check); }}},
-          {"name", "sources", "destinations", "protocols", "ports"});
+           {"sni_check", [&](const Value& m, const std::string& q) { boolean(m, q, r.sni_check); }},
+           {"revoke_grace", [&](const Value& m, const std::string& q) {
+              Millis g{0};
+              duration(m, q, g);
+              r.revoke_grace = g;
+            }}},
+          {"name", "destinations", "protocols", "ports"});
       if (item.isMap()) {
-        if (item.isMap() && r.sources.empty() && hasKey(item, "sources")) error(item, p + ".sources", "must not be empty");
+        const bool has_sources = hasKey(item, "sources"), has_collections = hasKey(item, "source_collections");
+        if (!has_sources && !has_collections)
+          error(item, p, "missing required field \"sources\" (service names or \"*\") or \"source_collections\"");
+        if (r.sources.empty() && has_sources && !has_collections) error(item, p + ".sources", "must not be empty");
+        if (r.source_collections.empty() && has_collections && !has_sources)
+          error(item, p + ".source_collections", "must not be empty");
         if (r.destinations.empty() && hasKey(item, "destinations")) error(item, p + ".destinations", "must not be empty");
         if (r.protocols == 0 && hasKey(item, "protocols")) error(item, p + ".protocols", "must not be empty");
         if (r.ports.empty() && hasKey(item, "ports")) error(item, p + ".ports", "must not be empty");

@@ -74,6 +74,10 @@ struct JwtKey {
   JwtAlg alg = JwtAlg::kHs256;
   std::string secret;      // HS256
   std::string public_key;  // RS256/ES384: PEM text (from public_key or public_key_file)
+  // When set, tokens this key verifies must name this service in "service_id": a service that holds
+  // its own HS256 secret cannot sign tokens for another one. Unset: the key may sign for any service
+  // (an identity provider's key).
+  std::string service;
 };
 
 struct JwtConfig {
@@ -85,6 +89,7 @@ struct JwtConfig {
 
 struct Service {
   std::string name;
+  std::string collection;  // optional group name; mappings may name it in `source_collections`
   // SHA-256 of each accepted token (Basic password / SOCKS5 password). Never the token itself.
   std::vector<std::array<uint8_t, 32>> token_sha256;
 };

@@ -170,5 +170,35 @@ forwards:
   EXPECT_EQ(x.find("forwards[3]"), std::string::npos) << x;  // udp and tcp ports are separate
 }
 
+TEST(EgressConfig, CollectionsExpandIntoSourcesAndGraceIsPerMapping) {
+  LoadResult r = loadString(R"(schema: 1
+kind: egress
+listeners: [{name: http, port: 0}]
+services:
+  - {name: billing, collection: payments}
+  - {name: refunds, collection: payments}
+  - {name: reports}
+mappings:
+  - name: pay
+    sources: [reports]
+    source_collections: [payments]
+    destinations: [api.stripe.com]
+    protocols: [https]
+    ports: ["443"]
+    revoke_grace: 10m
+  - name: other
+    sources: [billing]
+    destinations: [example.com]
+    protocols: [https]
+    ports: ["443"]
+)");
+  ASSERT_TRUE(r.ok()) << errorsOf(r);
+  const Rule& pay = r.config->rules[0];
+  EXPECT_EQ(pay.sources, (std::vector<std::string>{"reports", "billing", "refunds"}));
+  ASSERT_TRUE(pay.revoke_grace);
+  EXPECT_EQ(pay.revoke_grace->count(), 600000);
+  EXPECT_FALSE(r.config->rules[1].revoke_grace);  // falls back to timeouts.revoke_grace
+}
+
 }  // namespace
 }  // namespace marchproxy::egress

@@ -72,7 +72,7 @@ Result<std::shared_ptr<const JwtVerifier>> JwtVerifier::create(const JwtConfig& 
   auto v = std::make_shared<JwtVerifier>();
   v->config_ = config;
   for (const auto& k : config.keys) {
-    Key key{k.kid, k.alg, k.secret, nullptr};
+    Key key{k.kid, k.alg, k.secret, nullptr, k.service};
     if (k.alg != JwtAlg::kHs256) {
       std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_mem_buf(k.public_key.data(), static_cast<int>(k.public_key.size())),
                                                     BIO_free);
@@ -112,6 +112,7 @@ Result<JwtIdentity> JwtVerifier::verify(std::string_view token, int64_t now_unix
   if (alg != "HS256" && alg != "RS256" && alg != "ES384") return Error{fmt::format("algorithm \"{}\" is not accepted", alg)};
 
   bool tried = false, ok = false;
+  const Key* used = nullptr;
   for (const Key& k : keys_) {
     if (!kid.empty() && k.kid != kid) continue;
     if (jwtAlgName(k.alg) != alg) {
@@ -149,7 +150,10 @@ Result<JwtIdentity> JwtVerifier::verify(std::string_view token, int64_t now_unix
            EVP_DigestVerify(ctx.get(), reinterpret_cast<const unsigned char*>(der.data()), der.size(),
                             reinterpret_cast<const unsigned char*>(signing_input.data()), signing_input.size()) == 1;
     }
-    if (ok) break;
+    if (ok) {
+      used = &k;
+      break;
+    }
   }
   if (!tried) return Error{kid.empty() ? fmt::format("no {} key is configured", alg) : fmt::format("unknown key id \"{}\"", kid)};
   if (!ok) return Error{"signature does not verify"};
@@ -185,7 +189,11 @@ Result<JwtIdentity> JwtVerifier::verify(std::string_view token, int64_t now_unix
   }
   if (!claims.contains("service_id") || !claims["service_id"].is_string())
     return Error{"token has no \"service_id\" claim"};
-  return JwtIdentity{claims["service_id"]};
+  const std::string service = claims["service_id"];
+  if (!used->service.empty() && service != used->service)
+    return Error{fmt::format("key \"{}\" signs for service \"{}\" only, the token names \"{}\"", used->kid,
+                             used->service, service)};
+  return JwtIdentity{service};
 }
 
 }  // namespace marchproxy::egress

@@ -5,7 +5,8 @@
 // is refused (no "algorithm confusion": an RS256 public key is never used as an HMAC secret), and
 // "alg": "none" never verifies. Claims: "service_id" (string, required), "exp" (required), "nbf"
 // (optional), "iss"/"aud" when configured, all time checks with the configured clock skew. Keys
-// are found by "kid"; without a kid, every key of the token's algorithm is tried (rotation).
+// are found by "kid"; without a kid, every key of the token's algorithm is tried (rotation). A key
+// bound to a service (JwtKey::service) verifies only tokens whose service_id is that service.
 //
 // A Verifier is built once per config (public keys parsed then) and is read-only afterwards: any
 // thread may call verify().
@@ -42,6 +43,7 @@ class JwtVerifier {
     JwtAlg alg;
     std::string secret;
     std::shared_ptr<EVP_PKEY> pkey;
+    std::string service;  // bound service, or empty
   };
   JwtConfig config_;
   std::vector<Key> keys_;

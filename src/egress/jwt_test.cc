@@ -157,5 +157,27 @@ TEST(Identity, BasicAndBearer) {
   EXPECT_TRUE((*id)->fromPassword("billing", sign("HS256", "h1", "{\"service_id\":\"billing\",\"exp\":" + std::to_string(kNow + 60) + "}", nullptr), kNow));
 }
 
+TEST(JwtBinding, AKeyBoundToAServiceCannotSignForAnother) {
+  JwtConfig c;
+  c.keys.push_back({"billing", JwtAlg::kHs256, kSecret, "", "billing"});
+  c.keys.push_back({"idp", JwtAlg::kHs256, std::string(kSecret) + "-idp", ""});  // unbound: any service
+  auto v = JwtVerifier::create(c);
+  ASSERT_TRUE(v) << v.error().message;
+  auto as = [](const std::string& service) {
+    return "{\"service_id\":\"" + service + "\",\"exp\":" + std::to_string(kNow + 600) + "}";
+  };
+  auto own = (*v)->verify(sign("HS256", "billing", as("billing"), nullptr), kNow);
+  ASSERT_TRUE(own) << own.error().message;
+  EXPECT_EQ(own->service, "billing");
+  // billing holds its own secret; a token it signs naming reports must not pass as reports.
+  auto forged = (*v)->verify(sign("HS256", "billing", as("reports"), nullptr), kNow);
+  ASSERT_FALSE(forged);
+  EXPECT_EQ(forged.error().message, "key \"billing\" signs for service \"billing\" only, the token names \"reports\"");
+  EXPECT_FALSE((*v)->verify(sign("HS256", "", as("reports"), nullptr), kNow));  // nor without a kid
+  auto idp = (*v)->verify(sign("HS256", "idp", as("reports"), nullptr, std::string(kSecret) + "-idp"), kNow);
+  ASSERT_TRUE(idp) << idp.error().message;
+  EXPECT_EQ(idp->service, "reports");
+}
+
 }  // namespace
 }  // namespace marchproxy::egress

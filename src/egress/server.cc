@@ -48,6 +48,7 @@
 #include "common/net/splice.h"
 #include "egress/acl.h"
 #include "egress/config.h"
+#include "egress/decision_cache.h"
 #include "egress/identity.h"
 #include "egress/resolver.h"
 #include "egress/socks5.h"
@@ -163,6 +164,7 @@ struct Stats {
   int64_t tunnels_open = 0;
   uint64_t tunnels_revoked = 0;
   uint64_t connections = 0;
+  uint64_t decision_cache_hits = 0, decision_cache_misses = 0, decision_cache_entries = 0;
 
   void merge(const Stats& o) {
     for (const auto& [k, v] : o.decisions) decisions[k] += v;
@@ -173,6 +175,9 @@ struct Stats {
     tunnels_open += o.tunnels_open;
     tunnels_revoked += o.tunnels_revoked;
     connections += o.connections;
+    decision_cache_hits += o.decision_cache_hits;
+    decision_cache_misses += o.decision_cache_misses;
+    decision_cache_entries += o.decision_cache_entries;
   }
 };
 
@@ -205,8 +210,11 @@ struct Tunnel {
   // Forwards: is the caller still identified as `service` under a new config (its forward and
   // source CIDR still there)? Empty = nothing more to check.
   std::function<bool(const Config&)> still_identified;
+  std::optional<Millis> grace;  // the revoke_grace of the mapping that allowed it, if it set one
   std::function<void()> close;
-  bool revoked = false;
+  uint64_t id = 0;           // set by Worker::registerTunnel; unique per worker (a grace timer finds it by id)
+  bool revoked = false;      // a reload no longer allows it: closed when the grace period ends
+  uint64_t revoke_seq = 0;   // which revocation the pending grace timer belongs to
 };
 
 class Worker {
@@ -252,7 +260,12 @@ class Worker {
     for (auto& u : udp_forwards_) u->close(ec);
   }
   void applyRuntime(std::shared_ptr<const Runtime> rt);
-  void collect(Stats* out) const { *out = stats_; }
+  void collect(Stats* out) const {
+    *out = stats_;
+    out->decision_cache_hits = decisions_.hits();
+    out->decision_cache_misses = decisions_.misses();
+    out->decision_cache_entries = decisions_.size();
+  }
   size_t sessionsApprox() const { return sessions_.load(std::memory_order_relaxed); }
 
   // --- worker thread
@@ -268,7 +281,13 @@ class Worker {
     b[0] += up;
     b[1] += down;
   }
+  // The decision before DNS, from the per-worker cache (see decision_cache.h).
+  NameDecision decide(const Policy& policy, std::string_view service, uint8_t protocols, std::string_view host,
+                      uint16_t port) {
+    return decisions_.decide(policy, service, protocols, host, port);
+  }
   std::list<Tunnel*>::iterator registerTunnel(Tunnel* t) {
+    t->id = ++next_tunnel_id_;
     ++stats_.tunnels_open;
     return tunnels_.insert(tunnels_.end(), t);
   }
@@ -314,6 +333,8 @@ class Worker {
   Resolver resolver_;
   Stats stats_;
   std::list<Tunnel*> tunnels_;
+  uint64_t next_tunnel_id_ = 0;
+  DecisionCache decisions_;
   static constexpr size_t kMaxIdlePerDestination = 64;
   std::unordered_map<std::string, std::vector<tcp::socket>> idle_;
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
@@ -360,27 +381,6 @@ IpAddr fromAddress(const asio::ip::address& a) {
   return ip.unmapped();
 }
 
-// The decision before DNS for any of `protocols` (a CONNECT may be https or tcp).
-// `protocols` is a bit set of Protocol (not a list: g++ 12 cannot keep an initializer_list in a
-// coroutine frame).
-NameDecision decideAny(const Policy& policy, const std::string& service, uint8_t protocols, const std::string& host,
-                       uint16_t port) {
-  NameDecision out;
-  for (Protocol p : {Protocol::kHttps, Protocol::kTcp, Protocol::kHttp, Protocol::kUdp}) {
-    if (!(protocols & static_cast<uint8_t>(p))) continue;
-    NameDecision d = policy.decideName(service, p, host, port);
-    for (const Rule* r : d.rules)
-      if (std::find(out.rules.begin(), out.rules.end(), r) == out.rules.end()) out.rules.push_back(r);
-  }
-  if (out.rules.empty()) {
-    std::string names;
-    for (Protocol p : {Protocol::kHttps, Protocol::kTcp, Protocol::kHttp, Protocol::kUdp})
-      if (protocols & static_cast<uint8_t>(p)) names += (names.empty() ? "" : " or ") + std::string(protocolName(p));
-    out.reason = fmt::format("no rule allows {}:{} ({}) for service \"{}\"", host, port, names, service);
-  }
-  return out;
-}
-
 constexpr uint8_t kConnectProtocols = static_cast<uint8_t>(Protocol::kHttps) | static_cast<uint8_t>(Protocol::kTcp);
 
 // Authorise (name, then every resolved address), then connect to the first allowed address that
@@ -394,7 +394,7 @@ using Allowed = std::vector<std::pair<IpAddr, const Rule*>>;
 asio::awaitable<Allowed> authorise(Worker& w, const Runtime& rt, const std::string& service, uint8_t protocols,
                                    const std::string& host, uint16_t port, Dial& out) {
   Allowed allowed;
-  NameDecision nd = decideAny(*rt.policy, service, protocols, host, port);
+  NameDecision nd = w.decide(*rt.policy, service, protocols, host, port);
   if (nd.rules.empty()) {
     out.reason_code = "no_rule";
     out.reason = nd.reason;
@@ -640,6 +640,7 @@ asio::awaitable<void> tunnelDialled(Worker& w, Client& client, tcp::socket& up, 
   t.rule = d.rule->name;
   t.protocol = need_tls ? Protocol::kHttps : Protocol::kTcp;
   t.addr = d.addr;
+  t.grace = d.rule->revoke_grace;
   TunnelResult tr = co_await runTunnel(w, client, up, std::move(initial), t, need_tls, d.rule->sni_check);
   le.bytes_up = tr.up;
   le.bytes_down = tr.down;
@@ -1538,6 +1539,7 @@ asio::awaitable<std::shared_ptr<UdpFlow>> openUdpFlow(Worker& w, std::shared_ptr
   flow->t.host = host;
   flow->t.port = port;
   flow->t.rule = d.rule->name;
+  flow->t.grace = d.rule->revoke_grace;
   flow->t.protocol = Protocol::kUdp;
   flow->t.addr = d.addr;
   flow->t.still_identified = stillIdentified(fwd->name, peer, service, false);
@@ -1635,6 +1637,7 @@ void Worker::applyRuntime(std::shared_ptr<const Runtime> rt) {
   const bool dns_changed = initial || rt->config->dns.servers != rt_->config->dns.servers ||
                            rt->config->dns.timeout != rt_->config->dns.timeout;
   rt_ = std::move(rt);
+  decisions_.reset(rt_->policy);  // in the same step as the new config: no stale decision survives it
   if (dns_changed) {
     auto ok = resolver_.configure(rt_->config->dns);
     if (!ok) spdlog::error("egress worker {}: {}", index_, ok.error().message);
@@ -1646,7 +1649,7 @@ void Worker::applyRuntime(std::shared_ptr<const Runtime> rt) {
 
 // Re-checks every open tunnel against the new runtime; closes (after the grace period) those it
 // no longer allows: a removed service, rule, destination or port, or an address that became
-// forbidden.
+// forbidden. A tunnel waiting out its grace period that a later reload allows again stays open.
 void Worker::revoke() {
   const auto& rt = *rt_;
   std::vector<Tunnel*> victims;
@@ -1656,29 +1659,46 @@ void Worker::revoke() {
       if (s.name == t->service) known = true;
     bool allowed = known && (!t->still_identified || t->still_identified(*rt.config));
     if (allowed && !t->per_datagram) {
-      NameDecision nd = rt.policy->decideName(t->service, t->protocol, t->host, t->port);
-      if (nd.rules.empty() && t->protocol == Protocol::kHttps)
-        nd = rt.policy->decideName(t->service, Protocol::kTcp, t->host, t->port);
+      // A TLS tunnel may have been allowed as https or as tcp.
+      const uint8_t protocols = t->protocol == Protocol::kHttps ? kConnectProtocols : static_cast<uint8_t>(t->protocol);
+      NameDecision nd = rt.policy->decide(t->service, protocols, t->host, t->port);
       allowed = !nd.rules.empty() && (!t->addr || rt.policy->checkAddress(nd, t->host, *t->addr).rule);
     }
-    if (!allowed) victims.push_back(t);
+    if (allowed && t->revoked) {
+      spdlog::info("egress: config change allows the {} tunnel of service \"{}\" to {}:{} again; it stays open",
+                   protocolName(t->protocol), t->service, t->host, t->port);
+      t->revoked = false;
+      ++t->revoke_seq;  // its pending grace timer no longer applies
+    }
+    if (!allowed && !t->revoked) victims.push_back(t);  // already revoked: its first deadline stands
   }
   for (Tunnel* t : victims) {
-    spdlog::info("egress: config change revokes the {} tunnel of service \"{}\" to {}:{}",
-                 protocolName(t->protocol), t->service, t->host, t->port);
+    // The grace of the mapping that allowed the tunnel, as the new config has it (as the old one had
+    // it when the mapping was removed); without one, timeouts.revoke_grace.
+    Millis grace = rt.config->timeouts.revoke_grace;
+    if (t->grace) grace = *t->grace;
+    for (const Rule& r : rt.policy->rules())
+      if (r.name == t->rule) grace = r.revoke_grace.value_or(rt.config->timeouts.revoke_grace);
+    spdlog::info("egress: config change revokes the {} tunnel of service \"{}\" to {}:{} (mapping \"{}\"); "
+                 "closing it {}",
+                 protocolName(t->protocol), t->service, t->host, t->port, t->rule,
+                 grace.count() == 0 ? std::string("now") : fmt::format("in {} ms", grace.count()));
     t->revoked = true;
     ++stats_.tunnels_revoked;
     count(t->service, t->rule, "deny", "revoked");
-    if (rt.config->timeouts.revoke_grace.count() == 0) {
+    if (grace.count() == 0) {
       t->close();
-    } else {
-      auto timer = std::make_shared<asio::steady_timer>(ioc_, rt.config->timeouts.revoke_grace);
-      // The tunnel may end on its own before the grace period does: look it up again then.
-      timer->async_wait([this, t, timer](boost::system::error_code ec) {
-        if (ec) return;
-        if (std::find(tunnels_.begin(), tunnels_.end(), t) != tunnels_.end()) t->close();
-      });
+      continue;
     }
+    auto timer = std::make_shared<asio::steady_timer>(ioc_, grace);
+    // The tunnel may end on its own before the grace period does, or be allowed again by a later
+    // reload: find it by id (a new tunnel may reuse the old one's address) and check it is still
+    // this revocation.
+    timer->async_wait([this, id = t->id, seq = ++t->revoke_seq, timer](boost::system::error_code ec) {
+      if (ec) return;
+      auto it = std::find_if(tunnels_.begin(), tunnels_.end(), [id](const Tunnel* x) { return x->id == id; });
+      if (it != tunnels_.end() && (*it)->revoked && (*it)->revoke_seq == seq) (*it)->close();
+    });
   }
 }
 
@@ -2045,9 +2065,16 @@ std::string Egress::metricsText() {
                  "# HELP marchproxy_egress_config_reloads_total Config reloads by result.\n"
                  "# TYPE marchproxy_egress_config_reloads_total counter\n"
                  "marchproxy_egress_config_reloads_total{{result=\"ok\"}} {}\n"
-                 "marchproxy_egress_config_reloads_total{{result=\"failed\"}} {}\n",
+                 "marchproxy_egress_config_reloads_total{{result=\"failed\"}} {}\n"
+                 "# HELP marchproxy_egress_decision_cache_lookups_total Mapping decisions (before DNS) by cache result.\n"
+                 "# TYPE marchproxy_egress_decision_cache_lookups_total counter\n"
+                 "marchproxy_egress_decision_cache_lookups_total{{result=\"hit\"}} {}\n"
+                 "marchproxy_egress_decision_cache_lookups_total{{result=\"miss\"}} {}\n"
+                 "# HELP marchproxy_egress_decision_cache_entries Cached mapping decisions, all workers.\n"
+                 "# TYPE marchproxy_egress_decision_cache_entries gauge\nmarchproxy_egress_decision_cache_entries {}\n",
                  total.tunnels_open, total.tunnels_revoked, total.connections, reloads_ok_.load(),
-                 reloads_failed_.load());
+                 reloads_failed_.load(), total.decision_cache_hits, total.decision_cache_misses,
+                 total.decision_cache_entries);
   if (agent_) out += agent_->metricsText();
   return out;
 }

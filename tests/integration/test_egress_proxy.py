@@ -45,6 +45,7 @@ jwt:
   issuer: manager
   keys:
     - {id: k1, alg: HS256, secret: "${jwt_secret}"}
+    - {id: reports-key, alg: HS256, secret: "${jwt_secret}-reports", service: reports}
 dns:
   hosts:
     origin.test: [127.0.0.1]
@@ -317,6 +318,17 @@ class HttpForwardTest(EgressTestCase):
                                   f"http://origin.test:{self.origin.port}/id")
             self.assertEqual(code, 407, bad)
         self.assertEqual(self.origin.count, 1)
+        # reports' own key signs for reports only: a token it signs naming billing is refused...
+        forged = jwt(claims(service="billing"), secret=JWT_SECRET + "-reports", kid="reports-key")
+        rc, code, body = curl("-x", self.proxy, "--proxy-header", f"Proxy-Authorization: Bearer {forged}",
+                              f"http://origin.test:{self.origin.port}/id")
+        self.assertEqual(code, 407)
+        # ...while one naming reports authenticates (and reports has no mapping to the origin).
+        own = jwt(claims(service="reports"), secret=JWT_SECRET + "-reports", kid="reports-key")
+        rc, code, body = curl("-x", self.proxy, "--proxy-header", f"Proxy-Authorization: Bearer {own}",
+                              f"http://origin.test:{self.origin.port}/id")
+        self.assertEqual(code, 403, body)
+        self.assertEqual(self.origin.count, 1)
 
     def test_access_log_and_metrics(self):
         curl("-x", self.proxy, "-U", f"billing:{TOKEN}", f"http://origin.test:{self.origin.port}/bytes/1000")
@@ -588,6 +600,56 @@ class ConnectTest(EgressTestCase):
         wait_until(lambda: p.metric("marchproxy_egress_tunnels_open") == 0, message="tunnels closed")
         self.assertEqual(p.metric("marchproxy_egress_tunnels_revoked_total"), 2)
 
+    def test_revoke_grace_per_mapping_and_a_reload_that_allows_again(self):
+        rule = ORIGIN_RULE + "    revoke_grace: ${grace}\n"
+        p = self.start_egress(rule, port=self.echo.port, grace="1h")
+        s, head = self.connect("origin.test", self.echo.port)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        s.sendall(b"one")
+        self.assertEqual(recv_exact(s, 3), b"one")
+        # Revoked with the mapping's hour of grace: the tunnel keeps working meanwhile.
+        p.reload(self.config(rule, port=self.echo.port + 1, grace="1h"))
+        p.wait_log("closing it in 3600000 ms")
+        s.sendall(b"two")
+        self.assertEqual(recv_exact(s, 3), b"two")
+        # Allowed again before the grace ran out: it stays open, and its old deadline is void.
+        p.reload(self.config(rule, port=self.echo.port, grace="1h"))
+        p.wait_log("again; it stays open")
+        s.sendall(b"three")
+        self.assertEqual(recv_exact(s, 5), b"three")
+        # Revoked once more, now with no grace on the mapping: closed at once.
+        p.reload(self.config(rule, port=self.echo.port + 1, grace="0s"))
+        self.assertTrue(closed_by_peer(s), "tunnel still open after a revocation without grace")
+        wait_until(lambda: p.metric("marchproxy_egress_tunnels_open") == 0, message="tunnel closed")
+
+
+@unittest.skipUnless(CURL, "curl not installed")
+class CollectionTest(EgressTestCase):
+    RULE = """
+  - name: payments-origin
+    source_collections: [payments]
+    destinations: [origin.test, 127.0.0.1/32]
+    protocols: [http]
+    ports: ["${port}"]
+"""
+
+    def test_a_mapping_from_a_collection_allows_its_members_only(self):
+        origin = self.start_origin("o1")
+        text = self.config(self.RULE, port=origin.port).replace(
+            "  - name: billing\n", "  - name: billing\n    collection: payments\n")
+        p = self.start_proxy(text, command="egress", expect_listeners=("http", "socks"))
+        proxy = f"http://127.0.0.1:{p.ports['http']}"
+        url = f"http://origin.test:{origin.port}/id"
+        for _ in range(2):
+            rc, code, body = curl("-x", proxy, "-U", f"billing:{TOKEN}", url)
+            self.assertEqual((code, body), (200, b"o1"))
+        rc, code, body = curl("-x", proxy, "-U", f"reports:{TOKEN}", url)
+        self.assertEqual(code, 403, body)
+        self.assertIn(b'for service "reports"', body)
+        # The second identical request was decided from the worker's cache.
+        self.assertGreaterEqual(p.metric("marchproxy_egress_decision_cache_lookups_total", result="hit"), 1)
+        self.assertGreaterEqual(p.metric("marchproxy_egress_decision_cache_entries"), 2)
+
 
 class Socks5Test(EgressTestCase):
     def setUp(self):
@@ -715,6 +777,35 @@ mappings:
         self.assertIn("did you mean 10.0.0.0/8", out)
         self.assertIn("line 9: mappings[0].protocols[0]", out)
         self.assertIn("line 10: mappings[0].ports[0]", out)
+
+    def test_unknown_collection_and_missing_sources(self):
+        rc, out = self.run_check("""schema: 1
+kind: egress
+listeners:
+  - {name: http, port: 0}
+services:
+  - {name: billing, collection: payments}
+mappings:
+  - name: m
+    source_collections: [payment]
+    destinations: [api.example.com]
+    protocols: [https]
+    ports: ["443"]
+""")
+        self.assertEqual(rc, 1, out)
+        self.assertIn('line 9: mappings[0].source_collections[0]: no service is in collection "payment"', out)
+        rc, out = self.run_check("""schema: 1
+kind: egress
+listeners:
+  - {name: http, port: 0}
+mappings:
+  - name: n
+    destinations: [api.example.com]
+    protocols: [https]
+    ports: ["443"]
+""")
+        self.assertEqual(rc, 1, out)
+        self.assertIn('line 6: mappings[0]: missing required field "sources"', out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import threading
 import time
 import unittest
 
-from harness import ProxyTestCase, free_port, get, render, wait_until
+from harness import ProxyTestCase, find_binary, free_port, get, render, wait_until
 
 REDIS_SERVER = "/usr/bin/redis-server"
 
@@ -285,6 +285,45 @@ class RedisRateLimitTest(ProxyTestCase):
         self.assertTrue(any("AUTH refused" in ln for ln in q.lines), q.tail(20))
         for proxy in (p, q):
             self.assertFalse(any(secret in ln for ln in proxy.lines), "the password was logged")
+
+    def test_unreadable_password_file_is_an_error_at_check_start_and_reload(self):
+        secret = "s3cret-" + os.urandom(6).hex()
+        r = self.start_redis(password=secret)
+        d = self.tmpdir()
+        # `marchproxy check` reads the file as the proxy would, and names the field.
+        bad = os.path.join(d, "bad.yaml")
+        with open(bad, "w") as f:
+            f.write(render(CONFIG, R=r.port, EXTRA=", password_file: missing.pass"))
+        res = subprocess.run([find_binary(), "check", bad], capture_output=True, text=True, timeout=30)
+        self.assertEqual(res.returncode, 1, res.stdout + res.stderr)
+        self.assertIn("redis.password_file: cannot read " + os.path.join(d, "missing.pass"), res.stdout)
+        # An empty first line is refused too (AUTH with an empty password is never what was meant).
+        with open(os.path.join(d, "empty.pass"), "w") as f:
+            f.write("\n")
+        with open(bad, "w") as f:
+            f.write(render(CONFIG, R=r.port, EXTRA=", password_file: empty.pass"))
+        res = subprocess.run([find_binary(), "check", bad], capture_output=True, text=True, timeout=30)
+        self.assertEqual(res.returncode, 1, res.stdout)
+        self.assertIn("redis.password_file: the first line of", res.stdout)
+        # Start: the proxy refuses to start instead of connecting without a password.
+        res = subprocess.run([find_binary(), "ingress", "--config", bad, "--no-watch"], capture_output=True,
+                             text=True, timeout=30)
+        self.assertNotEqual(res.returncode, 0)
+        self.assertIn("redis.password_file", res.stdout + res.stderr)
+        # Reload: refused, the running config (with its working password) keeps serving.
+        path = os.path.join(self.tmpdir(), "redis.pass")
+        with open(path, "w") as f:
+            f.write(secret + "\n")
+        p = self.proxy(r.port, extra=f", password_file: {path}")
+        self.assertEqual(get(p.port, "/shared/a").status, 200)
+        self.assertEqual(self.redis_up(p), 1)
+        mark = p.mark()
+        p.reload(render(CONFIG, R=r.port, EXTRA=", password_file: /nonexistent/redis.pass"))
+        p.wait_log("config reload failed", since=mark)
+        self.assertTrue(any("redis.password_file: cannot read /nonexistent/redis.pass" in ln
+                            for ln in p.log_lines_since(mark)), p.tail(20))
+        self.assertEqual(get(p.port, "/open").status, 200)
+        self.assertEqual(self.redis_up(p), 1)
 
 
 if __name__ == "__main__":

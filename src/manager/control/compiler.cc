@@ -168,7 +168,7 @@ Json compileEgress(Conn& c, const Row& cluster, const auth::KeyRing& keys) {
       auto secret = keys.open(s.str("secret_enc"), "services.secret");
       if (!secret) throw std::runtime_error("service " + s.str("name") + ": the stored secret does not decrypt");
       if (type == "base64") tokens.push_back("sha256:" + crypto::sha256Hex(*secret));
-      else jwt_keys.push_back({{"id", s.str("name")}, {"alg", "HS256"}, {"secret", *secret}});
+      else jwt_keys.push_back({{"id", s.str("name")}, {"alg", "HS256"}, {"secret", *secret}, {"service", s.str("name")}});
     }
     services.push_back({{"name", s.str("name")}, {"tokens", tokens}});
   }

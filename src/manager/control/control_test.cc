@@ -209,7 +209,8 @@ TEST(ControlCompiler, EgressSnapshotLoadsWithTheProxyLoader) {
   EXPECT_EQ(c.listeners.size(), 2u);
   EXPECT_EQ(c.services.size(), 4u);
   EXPECT_EQ(c.rules.size(), 3u);  // "off" is disabled
-  EXPECT_EQ(c.jwt.keys.size(), 1u);
+  ASSERT_EQ(c.jwt.keys.size(), 1u);
+  EXPECT_EQ(c.jwt.keys[0].service, "reports");  // its secret signs for reports only
   // The base64 service's token is shipped as its SHA-256 only, the JWT key as the sealed secret.
   std::string dump = snap->config.dump();
   auto sealed = p.db->read([](mm::store::Conn& cn) {

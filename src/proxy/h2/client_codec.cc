@@ -192,6 +192,12 @@ int ClientCodec::onHeader(nghttp2_session* s, const nghttp2_frame* frame, const 
   if (n == ":status") {
     int code = 0;
     for (char ch : v) code = code * 10 + (ch - '0');  // nghttp2 checked: three digits
+    if (code < 100) {
+      // nghttp2 lets "000".."099" through as a final status; like the HTTP/1.1 parser (a status
+      // code starts with 1-9) this is a malformed response, so the stream fails with a 502.
+      nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_PROTOCOL_ERROR);
+      return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
     st.status = code;
   } else if (!n.empty() && n[0] != ':') {
     st.headers.emplace_back(n, v);

@@ -483,5 +483,24 @@ TEST(ClientCodec, PingFloodFromTheUpstreamEndsTheConnection) {
   EXPECT_FALSE(p.client.canOpenStream());
 }
 
+
+TEST(ClientCodec, StatusBelow100IsAStreamErrorNotAResponse) {
+  // nghttp2 accepts any three digits; "000" is no HTTP status (the HTTP/1.1 parser refuses it too).
+  Pair p;
+  p.up.script["/hold"] = {200, {}, "", {}, true};
+  p.client.submitRequest(Pair::get("/hold"), false);
+  p.client.submitRequest(Pair::get("/hold"), false);
+  p.pump();
+  // HPACK: literal without indexing, name index 8 (:status), value "000" (not Huffman).
+  const std::string block = std::string("\x08\x03", 2) + "000";
+  EXPECT_TRUE(p.client.feed(frame(NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS | NGHTTP2_FLAG_END_STREAM, 1, block)));
+  std::string out;
+  p.client.takeOutput(out);  // the RST_STREAM goes out and the stream closes
+  EXPECT_EQ(p.px.got[1].status, 0);  // never reported as a response
+  EXPECT_EQ(p.px.got[1].closes, 1);
+  EXPECT_NE(p.px.got[1].error, 0u);
+  EXPECT_FALSE(p.px.got[1].retryable);
+}
+
 }  // namespace
 }  // namespace marchproxy::proxy::h2

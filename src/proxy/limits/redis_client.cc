@@ -11,6 +11,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <stdexcept>
 
@@ -77,17 +78,22 @@ constexpr std::chrono::milliseconds kMinBackoff{100}, kMaxBackoff{2000};
 
 }  // namespace
 
-std::string readRedisPassword(const config::Redis& cfg) {
+std::string readRedisPassword(const config::Redis& cfg, const std::filesystem::path& base_dir) {
   if (!cfg.password_file.empty()) {
-    std::ifstream f(cfg.password_file);
+    std::filesystem::path p = cfg.password_file;
+    if (p.is_relative() && !base_dir.empty()) p = base_dir / p;
+    std::ifstream f(p);
+    if (!f) throw std::runtime_error(fmt::format("redis.password_file: cannot read {}: {}", p.string(), std::strerror(errno)));
     std::string line;
-    if (!f || !std::getline(f, line)) throw std::runtime_error("cannot read redis.password_file " + cfg.password_file);
+    std::getline(f, line);
     if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) throw std::runtime_error(fmt::format("redis.password_file: the first line of {} is empty", p.string()));
     return line;
   }
   if (!cfg.password_env.empty()) {
     const char* v = std::getenv(cfg.password_env.c_str());
     if (!v) throw std::runtime_error("redis.password_env: " + cfg.password_env + " is not set");
+    if (!*v) throw std::runtime_error("redis.password_env: " + cfg.password_env + " is empty");
     return v;
   }
   return {};

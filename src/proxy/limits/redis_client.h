@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -40,9 +41,11 @@ struct RedisBucket {
   int64_t tolerance_ns = 0;
 };
 
-// The password of `redis`, from password_file (first line) or password_env; empty when neither is
-// set. Throws std::runtime_error (without the secret) when the file or variable cannot be read.
-std::string readRedisPassword(const config::Redis& cfg);
+// The password of `redis`, from password_file (first line; a relative path is resolved against
+// base_dir, the config file's directory) or password_env; empty when neither is set. Throws
+// std::runtime_error naming the field (never the secret) when the file or variable cannot be read or
+// is empty. Read at start and on every reload (buildRuntime), and by `marchproxy check`.
+std::string readRedisPassword(const config::Redis& cfg, const std::filesystem::path& base_dir = {});
 
 // The Redis key of a bucket: "vhost/route" and a SHA-256 of the key (header values such as API
 // keys are never written to Redis in clear).

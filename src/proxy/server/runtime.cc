@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "common/base/log.h"
+#include "proxy/limits/redis_client.h"
 
 namespace marchproxy::proxy::server {
 
@@ -78,6 +79,13 @@ Result<std::shared_ptr<const Runtime>> buildRuntime(std::shared_ptr<const config
     }
     if (!ctx) return Error{errors.empty() ? fmt::format("listeners[{}].tls: unusable", li) : errors};
     rt->tls[l.name] = std::move(ctx);
+  }
+  if (snapshot->redis) {
+    try {
+      rt->redis_password = limits::readRedisPassword(*snapshot->redis, config_dir);
+    } catch (const std::exception& e) {
+      return Error{e.what()};
+    }
   }
   auto healths = health.apply(*snapshot);
   for (size_t ci = 0; ci < healths.size() && ci < rt->clusters.size(); ++ci) rt->clusters[ci].health = healths[ci];

@@ -38,6 +38,8 @@ struct Runtime {
   // TLS listeners' compiled contexts, by listener name (proxy/tls). A connection keeps the one it
   // was accepted with; new connections after a reload get the new one.
   std::map<std::string, std::shared_ptr<const tls::ServerContexts>> tls;
+  // The `redis` AUTH password, read once per apply (a file that cannot be read fails the apply).
+  std::string redis_password;
   bool tlsFilesChanged() const {
     for (const auto& [name, t] : tls)
       if (t->filesChanged()) return true;

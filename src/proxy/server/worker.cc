@@ -115,21 +115,15 @@ void Worker::applyRuntime(std::shared_ptr<const Runtime> rt) {
       }
     }
   }
-  applyRedis(snap);
+  applyRedis(*rt);
   wrt_ = std::move(w);
 }
 
 // Global rate limits: a new Redis client when the redis settings (or the password) change; the old
 // one is closed (its calls in flight fall back to the local table).
-void Worker::applyRedis(const config::Snapshot& snap) {
-  std::string password;
-  if (snap.redis) {
-    try {
-      password = limits::readRedisPassword(*snap.redis);
-    } catch (const std::exception& e) {
-      spdlog::error("worker {}: rate limits: {}; connecting to redis without a password", index_, e.what());
-    }
-  }
+void Worker::applyRedis(const Runtime& rt) {
+  const config::Snapshot& snap = *rt.snapshot;
+  std::string password = rt.redis_password;
   const auto& cur = rate_limiter_.redis();
   if (cur && snap.redis) {
     const config::Redis& a = cur->config();

@@ -105,7 +105,7 @@ class Worker {
   struct Acceptor;
   boost::asio::awaitable<void> acceptLoop(std::shared_ptr<Acceptor> acc);
   boost::asio::awaitable<void> sweepLoop();
-  void applyRedis(const config::Snapshot& snap);
+  void applyRedis(const Runtime& rt);
 
   unsigned index_;
   Server& server_;
