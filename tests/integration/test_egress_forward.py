@@ -18,18 +18,20 @@ from test_egress_proxy import EchoServer, closed_by_peer, recv_exact
 from tls_certs import Pki
 from tls_client import client_context
 
-BASE = """
+# Both test configs: two services, origin.test on loopback, an access log to read.
+HEAD = """
 schema: 1
 kind: egress
 workers: 1
 admin: {address: 127.0.0.1, port: 0}
 access_log: {enabled: true, path: "${log}"}
-services:
-  - name: billing
-  - name: reports
+services: [{name: billing}, {name: reports}]
 dns:
   hosts:
     origin.test: [127.0.0.1]
+"""
+
+BASE = HEAD + """
 forwards:
   - name: pg
     listen: 127.0.0.1:0
@@ -240,16 +242,8 @@ class ForwardTest(ProxyTestCase):
         a.sendto(b"a2", dest)  # the open flow still works
         self.assertEqual(a.recvfrom(65536)[0], b"echo:a2")
 
-TLS_CONFIG = """
-schema: 1
-kind: egress
-workers: 1
-admin: {address: 127.0.0.1, port: 0}
-access_log: {enabled: true, path: "${log}"}
-services: [{name: billing}, {name: reports}]
-dns:
-  hosts:
-    origin.test: [127.0.0.1]
+
+TLS_CONFIG = HEAD + """
 forwards:
   - name: pg-tls
     listen: 127.0.0.1:0
