@@ -1431,13 +1431,17 @@ asio::awaitable<void> tcpForwardSession(Worker& w, tcp::socket sock, std::string
 }
 
 // One client address of a UDP forward: its own socket connected to the destination, so replies
-// go back to that address only. Ends when idle or revoked.
+// go back to that address only. Ends when idle or revoked. Until its destination is authorised
+// (DNS may take a while) it is pending: a few datagrams wait, the rest are dropped, and the
+// forward's receive loop goes on serving other clients.
 struct UdpFlow {
+  static constexpr size_t kMaxPending = 16;
   explicit UdpFlow(asio::io_context& ioc) : up(ioc), idle(ioc) {}
   udp::socket up;
   asio::steady_timer idle;
   Clock::time_point started = Clock::now(), last = Clock::now();
-  Clock::duration idle_after{};
+  bool ready = false;
+  std::vector<std::string> pending;  // datagrams received while pending
   std::string client, address;
   Tunnel t;
   std::list<Tunnel*>::iterator reg;
@@ -1448,71 +1452,34 @@ struct UdpForward {
   std::shared_ptr<udp::socket> sock;
   std::string name;
   std::map<udp::endpoint, std::shared_ptr<UdpFlow>> flows;
+  void erase(const udp::endpoint& client, const std::shared_ptr<UdpFlow>& flow) {
+    if (auto it = flows.find(client); it != flows.end() && it->second == flow) flows.erase(it);
+  }
 };
 
-asio::awaitable<void> udpFlowRun(Worker& w, std::shared_ptr<UdpForward> fwd, udp::endpoint client,
-                                 std::shared_ptr<UdpFlow> flow) {
-  auto replies = [&]() -> asio::awaitable<void> {
-    std::vector<char> buf(65536);
-    for (;;) {
-      auto [ec, n] = co_await flow->up.async_receive(asio::buffer(buf), kNoThrow);
-      if (ec == asio::error::connection_refused && flow->up.is_open()) continue;  // an ICMP error
-      if (ec) co_return;
-      flow->last = Clock::now();
-      auto [sec, sn] = co_await fwd->sock->async_send_to(asio::buffer(buf.data(), n), client, kNoThrow);
-      if (!sec) flow->bytes_down += sn;
-    }
-  };
-  co_await (replies() || idleWatch(flow->idle, flow->last, flow->idle_after, flow->t.close));
-  w.unregisterTunnel(flow->reg);
-  if (auto it = fwd->flows.find(client); it != fwd->flows.end() && it->second == flow) fwd->flows.erase(it);
+// A new flow whose caller is identified: authorises the destination (protocol udp), opens the
+// socket, sends what waited, then relays replies until idle or revoked. Logged when it ends.
+asio::awaitable<void> udpFlow(Worker& w, std::shared_ptr<UdpForward> fwd, udp::endpoint client,
+                              std::shared_ptr<UdpFlow> flow, std::string service) {
+  const auto rt = w.runtime();
   LogEntry le;
   le.kind = "forward";
   le.client = flow->client;
   le.method = fwd->name;
   le.protocol = "udp";
-  le.service = flow->t.service;
-  le.host = flow->t.host;
-  le.port = flow->t.port;
-  le.address = flow->address;
-  le.rule = flow->t.rule;
-  le.decision = "allow";
-  le.reason = flow->t.revoked ? "revoked" : "allowed";
-  le.bytes_up = flow->bytes_up;
-  le.bytes_down = flow->bytes_down;
-  le.duration_ms = std::chrono::duration<double, std::milli>(Clock::now() - flow->started).count();
-  w.log(le);
-  w.addBytes(flow->t.service, flow->bytes_up, flow->bytes_down);
-}
-
-// The first datagram from a client address: identify, authorise, open the flow. Null = dropped.
-asio::awaitable<std::shared_ptr<UdpFlow>> openUdpFlow(Worker& w, std::shared_ptr<UdpForward> fwd,
-                                                      udp::endpoint from) {
-  const auto rt = w.runtime();
-  const std::string client = fmt::format("{}:{}", from.address().to_string(), from.port());
-  LogEntry le;
-  le.kind = "forward";
-  le.client = client;
-  le.method = fwd->name;
-  le.protocol = "udp";
-  const IpAddr peer = fromAddress(from.address());
-  const ForwardCaller caller = identifyForwardCaller(w, *rt, fwd->name, peer, le);
-  if (!caller.forward) co_return nullptr;
-  const std::string service = caller.service;
-  const std::string host = caller.forward->host;
-  const uint16_t port = caller.forward->dest_port;
   le.service = service;
-  if (fwd->flows.size() >= caller.forward->max_sessions) {
-    le.decision = "deny";
-    le.reason = "session_limit";
-    w.count(service, "", "deny", "session_limit");
-    w.log(le);
-    co_return nullptr;
+  const ForwardConfig* f = findForward(*rt->config, fwd->name);
+  if (!f) {  // a reload removed it meanwhile
+    fwd->erase(client, flow);
+    co_return;
   }
+  const std::string host = f->host;
+  const uint16_t port = f->dest_port;
+  const Clock::duration idle_after = f->idle_timeout.count() ? f->idle_timeout : rt->config->timeouts.idle;
+  le.host = host;
+  le.port = port;
   Dial d;
-  const Allowed allowed =
-      co_await authorise(w, *rt, service, static_cast<uint8_t>(Protocol::kUdp), host, port, d);
-  auto flow = std::make_shared<UdpFlow>(w.ioc());
+  const Allowed allowed = co_await authorise(w, *rt, service, static_cast<uint8_t>(Protocol::kUdp), host, port, d);
   boost::system::error_code ec;
   if (!allowed.empty()) {
     const udp::endpoint to(toEndpoint(allowed.front().first, port).address(), port);
@@ -1524,17 +1491,14 @@ asio::awaitable<std::shared_ptr<UdpFlow>> openUdpFlow(Worker& w, std::shared_ptr
     d.reason_code = ec ? "connect_failed" : "allowed";
     d.reason = ec ? fmt::format("cannot open a UDP socket to {}:{}: {}", host, port, ec.message()) : "";
   }
-  std::string addr_text;
-  noteDial(w, d, service, le, addr_text);
+  noteDial(w, d, service, le, flow->address);
   if (d.decision != "allow") {
     spdlog::info("egress: forward \"{}\" refused for service \"{}\" to {}:{}: {}", fwd->name, service, host, port,
                  d.reason);
     w.log(le);
-    co_return nullptr;
+    fwd->erase(client, flow);
+    co_return;
   }
-  flow->client = client;
-  flow->address = addr_text;
-  flow->idle_after = caller.forward->idle_timeout.count() ? caller.forward->idle_timeout : rt->config->timeouts.idle;
   flow->t.service = service;
   flow->t.host = host;
   flow->t.port = port;
@@ -1542,16 +1506,67 @@ asio::awaitable<std::shared_ptr<UdpFlow>> openUdpFlow(Worker& w, std::shared_ptr
   flow->t.grace = d.rule->revoke_grace;
   flow->t.protocol = Protocol::kUdp;
   flow->t.addr = d.addr;
-  flow->t.still_identified = stillIdentified(fwd->name, peer, service, false);
+  flow->t.still_identified = stillIdentified(fwd->name, fromAddress(client.address()), service, false);
   flow->t.close = [f = flow.get()] {
     boost::system::error_code ig;
     f->up.close(ig);
     f->idle.cancel();
   };
   flow->reg = w.registerTunnel(&flow->t);
+  flow->ready = true;
+  flow->last = Clock::now();
+  for (const std::string& datagram : flow->pending) {
+    auto [sec, sn] = co_await flow->up.async_send(asio::buffer(datagram), kNoThrow);
+    if (!sec) flow->bytes_up += sn;
+  }
+  flow->pending.clear();
+  auto replies = [&]() -> asio::awaitable<void> {
+    std::vector<char> buf(65536);
+    for (;;) {
+      auto [rec, n] = co_await flow->up.async_receive(asio::buffer(buf), kNoThrow);
+      if (rec == asio::error::connection_refused && flow->up.is_open()) continue;  // an ICMP error
+      if (rec) co_return;
+      flow->last = Clock::now();
+      auto [sec, sn] = co_await fwd->sock->async_send_to(asio::buffer(buf.data(), n), client, kNoThrow);
+      if (!sec) flow->bytes_down += sn;
+    }
+  };
+  co_await (replies() || idleWatch(flow->idle, flow->last, idle_after, flow->t.close));
+  w.unregisterTunnel(flow->reg);
+  fwd->erase(client, flow);
+  le.reason = flow->t.revoked ? "revoked" : "allowed";
+  le.bytes_up = flow->bytes_up;
+  le.bytes_down = flow->bytes_down;
+  le.duration_ms = std::chrono::duration<double, std::milli>(Clock::now() - flow->started).count();
+  w.log(le);
+  w.addBytes(service, flow->bytes_up, flow->bytes_down);
+}
+
+// The first datagram from a client address: identify the caller (synchronously), bound the number
+// of flows, and start the flow. False = dropped (logged).
+bool startUdpFlow(Worker& w, const std::shared_ptr<UdpForward>& fwd, const udp::endpoint& from,
+                  std::string datagram) {
+  const auto rt = w.runtime();
+  const std::string client = fmt::format("{}:{}", from.address().to_string(), from.port());
+  LogEntry le;
+  le.kind = "forward";
+  le.client = client;
+  le.method = fwd->name;
+  le.protocol = "udp";
+  const ForwardCaller caller = identifyForwardCaller(w, *rt, fwd->name, fromAddress(from.address()), le);
+  if (!caller.forward) return false;
+  le.service = caller.service;
+  if (fwd->flows.size() >= caller.forward->max_sessions) {
+    refuseCaller(w, fwd->name, le, "session_limit",
+                 fmt::format("{} UDP flows are open (max_sessions)", fwd->flows.size()));
+    return false;
+  }
+  auto flow = std::make_shared<UdpFlow>(w.ioc());
+  flow->client = client;
+  flow->pending.push_back(std::move(datagram));
   fwd->flows[from] = flow;
-  asio::co_spawn(w.ioc(), udpFlowRun(w, fwd, from, flow), asio::detached);
-  co_return flow;
+  asio::co_spawn(w.ioc(), udpFlow(w, fwd, from, flow, caller.service), asio::detached);
+  return true;
 }
 
 asio::awaitable<void> udpForwardLoop(Worker& w, std::shared_ptr<UdpForward> fwd) {
@@ -1563,16 +1578,23 @@ asio::awaitable<void> udpForwardLoop(Worker& w, std::shared_ptr<UdpForward> fwd)
       if (!fwd->sock->is_open()) break;
       continue;  // an ICMP error for an earlier reply
     }
-    std::shared_ptr<UdpFlow> flow;
-    if (auto it = fwd->flows.find(from); it != fwd->flows.end()) flow = it->second;
-    else flow = co_await openUdpFlow(w, fwd, from);
-    if (!flow) continue;
+    auto it = fwd->flows.find(from);
+    if (it == fwd->flows.end()) {
+      startUdpFlow(w, fwd, from, std::string(buf.data(), n));
+      continue;
+    }
+    const std::shared_ptr<UdpFlow> flow = it->second;
+    if (!flow->ready) {
+      if (flow->pending.size() < UdpFlow::kMaxPending) flow->pending.emplace_back(buf.data(), n);
+      continue;
+    }
     flow->last = Clock::now();
     auto [sec, sn] = co_await flow->up.async_send(asio::buffer(buf.data(), n), kNoThrow);
     if (!sec) flow->bytes_up += sn;
   }
   auto flows = fwd->flows;  // closing one erases it from the map
-  for (auto& [ep, f] : flows) f->t.close();
+  for (auto& [ep, f] : flows)
+    if (f->ready) f->t.close();
 }
 
 // ---------------------------------------------------------------- worker methods
