@@ -53,6 +53,17 @@ ${extra_sources}
     destination: origin.test:${udp}
     idle_timeout: 1m
     sources: [{cidr: 127.0.0.0/8, service: billing}]
+  - name: pg-idle
+    listen: 127.0.0.1:0
+    destination: origin.test:${echo}
+    idle_timeout: 200ms
+    sources: [{cidr: 127.0.0.0/8, service: billing}]
+  - name: dns-idle
+    listen: 127.0.0.1:0
+    protocol: udp
+    destination: origin.test:${udp}
+    idle_timeout: 200ms
+    sources: [{cidr: 127.0.0.0/8, service: billing}]
   - name: dns-one
     listen: 127.0.0.1:0
     protocol: udp
@@ -67,7 +78,7 @@ mappings:
     ports: [${allowed_ports}]
 """
 
-LISTENERS = ("pg", "pg-other-port", "pg-reports", "dns", "dns-one")
+LISTENERS = ("pg", "pg-other-port", "pg-reports", "pg-idle", "dns", "dns-idle", "dns-one")
 
 
 class UdpEcho:
@@ -241,6 +252,22 @@ class ForwardTest(ProxyTestCase):
         self.assertEqual((e["decision"], e["service"]), ("deny", "billing"))
         a.sendto(b"a2", dest)  # the open flow still works
         self.assertEqual(a.recvfrom(65536)[0], b"echo:a2")
+
+
+    def test_idle_timeout_ends_connections_and_flows(self):
+        s = self.tcp(self.p.ports["pg-idle"])
+        s.sendall(b"ping")
+        self.assertEqual(recv_exact(s, 4), b"ping")
+        self.assertTrue(closed_by_peer(s), "an idle forwarded connection stays open")
+        u = udp_client()
+        self.addCleanup(u.close)
+        dest = (LOCALHOST, self.p.ports["dns-idle"])
+        u.sendto(b"one", dest)
+        self.assertEqual(u.recvfrom(65536)[0], b"echo:one")
+        e = self.wait_entry(kind="forward", method="dns-idle", decision="allow")  # written when the flow ends
+        self.assertEqual((e["bytes_up"], e["bytes_down"]), (3, 8))
+        u.sendto(b"two", dest)  # a new flow for the same client
+        self.assertEqual(u.recvfrom(65536)[0], b"echo:two")
 
 
 TLS_CONFIG = HEAD + """
