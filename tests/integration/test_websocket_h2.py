@@ -4,11 +4,12 @@ against a real python3-websockets echo server behind the proxy (which sees an HT
 Checks SETTINGS_ENABLE_CONNECT_PROTOCOL, the 200, masked frames echoed both ways with flow control,
 the route rules (403), an upstream refusal relayed, close from either side, concurrency with normal
 requests on one connection, the idle timeout, other :protocol values, and TLS with ALPN h2."""
+import base64
 import os
 import ssl
 import unittest
 
-from harness import ProxyTestCase, render, wait_until
+from harness import ProxyTestCase, RawServer, render, wait_until
 from h2_client import RawH2, hf
 from tls_certs import Pki
 import test_websocket as tw
@@ -40,6 +41,9 @@ virtual_hosts:
         match: { prefix: /idle }
         websocket_idle_timeout: 300ms
         forward: { cluster: ws }
+      - name: raw
+        match: { prefix: /raw }
+        forward: { cluster: raw }
       - name: plain
         match: { prefix: /plain }
         forward: { cluster: origin }
@@ -51,7 +55,40 @@ clusters:
     endpoints: [ "${WS}" ]
   - name: origin
     endpoints: [ "${ORIGIN}" ]
+  - name: raw
+    endpoints: [ "${RAW}" ]
+timeouts: { drain: 1s }
 """
+
+
+def raw_upgrade_upstream(heads):
+    """An HTTP/1.1 upstream at the byte level: records each request head; /raw/other switches to
+    another protocol; otherwise 101 websocket with bytes right behind the head ("early"), then
+    echoes whatever comes until the proxy closes its side, and closes."""
+    def handler(c):
+        got = b""
+        while b"\r\n\r\n" not in got:
+            d = c.recv(4096)
+            if not d:
+                return
+            got += d
+        head, rest = got.split(b"\r\n\r\n", 1)
+        heads.append(head.decode())
+        if head.split(b" ")[1].startswith(b"/raw/other"):
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+            return
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                  b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
+                  b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\nearly")
+        if rest:
+            c.sendall(rest)
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d)
+        c.close()
+    return handler
 
 
 def ws_frame(payload, opcode=0x1):
@@ -91,8 +128,9 @@ class H2WebSockets:
     """WebSocket streams on one RawH2 connection: per-stream state, DATA sent within the peer's
     flow-control windows, WINDOW_UPDATE for everything received."""
 
-    def __init__(self, conn, scheme="http"):
+    def __init__(self, conn, scheme="http", frames=True):
         self.c = conn
+        self.parse = frames  # False: the upstream is not speaking WebSocket, keep the raw bytes
         self.scheme = scheme
         self.server_settings = None
         self.conn_window = 65535
@@ -126,7 +164,7 @@ class H2WebSockets:
                 s["headers"] = fields
             elif isinstance(f, hf.DataFrame):
                 s["data"] += f.data
-                frames, s["data"] = parse_frames(s["data"]) if s["status"] == 200 else ([], s["data"])
+                frames, s["data"] = parse_frames(s["data"]) if s["status"] == 200 and self.parse else ([], s["data"])
                 s["frames"] += frames
                 if f.flow_controlled_length:
                     self.c.send(hf.WindowUpdateFrame(0, window_increment=f.flow_controlled_length),
@@ -186,10 +224,13 @@ class WebSocketOverHttp2(ProxyTestCase):
         self.ws = tw.EchoServer(subprotocols=["chat"])
         self.addCleanup(self.ws.close)
         self.origin = self.start_origin("origin")
+        self.heads = []
+        self.raw = RawServer(raw_upgrade_upstream(self.heads))
+        self.addCleanup(self.raw.close)
         self.pki = Pki(self.tmpdir())
         self.cert, self.key = self.pki.issue("localhost", sans=["DNS:localhost", "IP:127.0.0.1"])
         self.p = self.start_proxy(render(CONFIG, CERT=self.cert, KEY=self.key, WS=self.ws.address,
-                                         ORIGIN=self.origin.address), expect_listeners=("h2c", "https"))
+                                         ORIGIN=self.origin.address, RAW=self.raw.address), expect_listeners=("h2c", "https"))
 
     def client(self, tls=False):
         if not tls:
@@ -311,6 +352,72 @@ class WebSocketOverHttp2(ProxyTestCase):
         w.wait(lambda: s["rst"] is not None or s["end"], timeout=20, what="the idle timeout")
         self.assertEqual(s["rst"], CANCEL, s)
         wait_until(lambda: self.p.metric("marchproxy_websockets_active") == 0, 10, message="gauge back to 0")
+
+    def test_what_the_upstream_sees_and_what_comes_back(self):
+        w = H2WebSockets(RawH2(self.p.ports["h2c"]), frames=False)
+        self.addCleanup(w.c.close)
+        sid = w.open("/raw/path?q=1", extra=[("sec-websocket-protocol", "chat, superchat"),
+                                             ("sec-websocket-extensions", "permessage-deflate"),
+                                             ("origin", "https://app.example"), ("cookie", "a=1"), ("cookie", "b=2")])
+        w.send(sid, b"pre")  # before the 200: held, then relayed after the upgrade
+        r = w.response(sid)
+        self.assertEqual(r["status"], 200, r)
+        self.assertEqual(r["headers"].get("sec-websocket-extensions"), "permessage-deflate")
+        self.assertNotIn("sec-websocket-accept", r["headers"])
+        self.assertNotIn("connection", r["headers"])
+        w.wait(lambda: r["data"] == b"earlypre", what="the bytes that came with the 101, then the echo")
+        w.send(sid, b"\x00binary\xff")
+        w.wait(lambda: r["data"] == b"earlypre\x00binary\xff", what="the echo")
+        head = self.heads[0].split("\r\n")
+        self.assertEqual(head[0], "GET /raw/path?q=1 HTTP/1.1")
+        fields = {}
+        for line in head[1:]:
+            n, v = line.split(":", 1)
+            fields.setdefault(n.strip().lower(), []).append(v.strip())
+        self.assertEqual(fields["upgrade"], ["websocket"])
+        self.assertEqual([v.lower() for v in fields["connection"]], ["upgrade"])
+        self.assertEqual(fields["sec-websocket-version"], ["13"])
+        self.assertEqual(len(base64.b64decode(fields["sec-websocket-key"][0], validate=True)), 16)
+        self.assertEqual(fields["sec-websocket-protocol"], ["chat, superchat"])
+        self.assertEqual(fields["sec-websocket-extensions"], ["permessage-deflate"])
+        self.assertEqual(fields["origin"], ["https://app.example"])
+        self.assertEqual(fields["cookie"], ["a=1; b=2"])
+        self.assertEqual(fields["host"], ["test.local"])
+        self.assertEqual(fields["x-forwarded-for"], ["127.0.0.1"])
+        self.assertNotIn("content-length", fields)
+        self.assertNotIn("transfer-encoding", fields)
+        # Our END_STREAM is a FIN to the upstream, which closes: the stream ends cleanly.
+        w.send(sid, b"", end_stream=True)
+        w.wait(lambda: r["end"] or r["rst"] is not None, what="the end of the stream")
+        self.assertTrue(r["end"], r)
+        self.assertIsNone(r["rst"])
+        # Two keys are not the same.
+        sid2 = w.open("/raw/again")
+        self.assertEqual(w.response(sid2)["status"], 200)
+        key2 = [ln for ln in self.heads[1].split("\r\n") if ln.lower().startswith("sec-websocket-key:")]
+        self.assertNotEqual(key2[0].split(":", 1)[1].strip(), fields["sec-websocket-key"][0])
+
+    def test_upstream_switching_to_another_protocol_is_502(self):
+        w = self.client()
+        sid = w.open("/raw/other")
+        r = w.response(sid)
+        self.assertEqual(r["status"], 502)
+        w.wait(lambda: r["end"], what="the body")
+        self.assertIn(b"upstream switched to a protocol other than websocket", r["data"])
+
+    def test_drain_keeps_relaying_then_closes(self):
+        import signal
+        w = self.client()
+        sid = w.open("/chat")
+        self.assertEqual(w.response(sid)["status"], 200)
+        self.echo(w, sid, b"before")
+        self.p.signal(signal.SIGTERM)
+        w.wait(lambda: w.c.goaway is not None, what="GOAWAY")
+        self.assertEqual(w.c.goaway.error_code, NO_ERROR)
+        self.echo(w, sid, b"during drain")  # the open WebSocket goes on until timeouts.drain ...
+        w.c.pump(lambda f: False, timeout=20)  # ... then the connection closes
+        self.assertTrue(w.c.closed)
+        self.assertEqual(self.p.wait_exit(20), 0, self.p.tail())
 
     def test_tls_alpn_h2(self):
         w = self.client(tls=True)
