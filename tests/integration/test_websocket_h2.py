@@ -7,6 +7,8 @@ requests on one connection, the idle timeout, other :protocol values, and TLS wi
 import base64
 import os
 import ssl
+import threading
+import time
 import unittest
 
 from harness import ProxyTestCase, RawServer, render, wait_until
@@ -61,10 +63,14 @@ timeouts: { drain: 1s }
 """
 
 
-def raw_upgrade_upstream(heads):
+FLOOD = bytes(range(256)) * 4096 * 32  # 32 MiB
+
+
+def raw_upgrade_upstream(heads, state):
     """An HTTP/1.1 upstream at the byte level: records each request head; /raw/other switches to
-    another protocol; otherwise 101 websocket with bytes right behind the head ("early"), then
-    echoes whatever comes until the proxy closes its side, and closes."""
+    another protocol; /raw/flood sends FLOOD as fast as it is taken (counting in state["sent"]) and
+    closes; /raw/sink never reads (state["release"] ends it); otherwise 101 websocket with bytes
+    right behind the head ("early"), then echoes whatever comes until the proxy closes its side."""
     def handler(c):
         got = b""
         while b"\r\n\r\n" not in got:
@@ -76,6 +82,18 @@ def raw_upgrade_upstream(heads):
         heads.append(head.decode())
         if head.split(b" ")[1].startswith(b"/raw/other"):
             c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+            return
+        ok = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        if head.split(b" ")[1].startswith(b"/raw/flood"):
+            c.sendall(ok)
+            view = memoryview(FLOOD)
+            while state["sent"] < len(FLOOD):
+                state["sent"] += c.send(view[state["sent"]:state["sent"] + 65536])
+            c.close()
+            return
+        if head.split(b" ")[1].startswith(b"/raw/sink"):
+            c.sendall(ok)
+            state["release"].wait(60)
             return
         c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
                   b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
@@ -136,10 +154,11 @@ class H2WebSockets:
         self.conn_window = 65535
         self.initial_window = 65535
         self.windows = {}
+        self.sent = {}
         self.st = {}
 
     def _stream(self, sid):
-        return self.st.setdefault(sid, {"status": None, "headers": {}, "data": b"", "end": False, "rst": None,
+        return self.st.setdefault(sid, {"status": None, "headers": {}, "data": bytearray(), "end": False, "rst": None,
                                         "frames": []})
 
     def _on(self, f):
@@ -200,11 +219,13 @@ class H2WebSockets:
         self.wait(lambda: s["status"] is not None or s["rst"] is not None, what=f"a response on {sid}")
         return s
 
-    def send(self, sid, data, end_stream=False):
+    def send(self, sid, data, end_stream=False, window_timeout=15.0):
         while data:
-            self.wait(lambda: self.conn_window > 0 and self.windows[sid] > 0, what="send window")
+            self.wait(lambda: self.conn_window > 0 and self.windows[sid] > 0, timeout=window_timeout,
+                      what="send window")
             n = min(len(data), 16384, self.conn_window, self.windows[sid])
             self.c.data(sid, data[:n])
+            self.sent[sid] = self.sent.get(sid, 0) + n
             self.conn_window -= n
             self.windows[sid] -= n
             data = data[n:]
@@ -225,7 +246,9 @@ class WebSocketOverHttp2(ProxyTestCase):
         self.addCleanup(self.ws.close)
         self.origin = self.start_origin("origin")
         self.heads = []
-        self.raw = RawServer(raw_upgrade_upstream(self.heads))
+        self.state = {"sent": 0, "release": threading.Event()}
+        self.addCleanup(self.state["release"].set)
+        self.raw = RawServer(raw_upgrade_upstream(self.heads, self.state))
         self.addCleanup(self.raw.close)
         self.pki = Pki(self.tmpdir())
         self.cert, self.key = self.pki.issue("localhost", sans=["DNS:localhost", "IP:127.0.0.1"])
@@ -418,6 +441,46 @@ class WebSocketOverHttp2(ProxyTestCase):
         w.c.pump(lambda f: False, timeout=20)  # ... then the connection closes
         self.assertTrue(w.c.closed)
         self.assertEqual(self.p.wait_exit(20), 0, self.p.tail())
+
+    def stalled(self, value):
+        """Waits until value() stops growing (the sender is blocked), returns it."""
+        last, since = -1, time.monotonic()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            v = value()
+            if v != last:
+                last, since = v, time.monotonic()
+            elif time.monotonic() - since > 1.5:
+                return v
+            time.sleep(0.1)
+        return value()
+
+    def test_upstream_to_slow_client_is_flow_controlled(self):
+        w = H2WebSockets(RawH2(self.p.ports["h2c"]), frames=False)
+        self.addCleanup(w.c.close)
+        sid = w.open("/raw/flood")
+        r = w.response(sid)
+        self.assertEqual(r["status"], 200)
+        # The client reads nothing more: the proxy stops reading the upstream once a stream window
+        # and its 64 KiB buffer are full, so the upstream blocks (kernel socket buffers aside).
+        sent = self.stalled(lambda: self.state["sent"])
+        self.assertLess(sent, len(FLOOD) // 2, "the proxy kept reading from the upstream")
+        w.wait(lambda: r["end"] or r["rst"] is not None, timeout=60, what="the whole flood")
+        self.assertTrue(r["end"], r["rst"])
+        self.assertEqual(len(r["data"]), len(FLOOD))
+        self.assertTrue(r["data"] == FLOOD)
+
+    def test_client_to_slow_upstream_is_flow_controlled(self):
+        w = H2WebSockets(RawH2(self.p.ports["h2c"]), frames=False)
+        self.addCleanup(w.c.close)
+        sid = w.open("/raw/sink")
+        self.assertEqual(w.response(sid)["status"], 200)
+        # The upstream reads nothing: windows stop being given back, the client cannot send more.
+        with self.assertRaises((AssertionError, TimeoutError)):
+            w.send(sid, FLOOD, window_timeout=3)
+        self.assertLess(w.sent[sid], len(FLOOD) // 2, "the proxy kept taking bytes the upstream did not")
+        # The stream and the connection still work.
+        self.assertEqual(w.response(w.get("/plain/id"))["status"], 200)
 
     def test_tls_alpn_h2(self):
         w = self.client(tls=True)
