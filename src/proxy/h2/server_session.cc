@@ -77,6 +77,26 @@ Fields parseTrailers(std::string_view raw) {
   return out;
 }
 
+// One read from / one whole write to an upstream connection, TLS or not.
+asio::awaitable<std::pair<boost::system::error_code, size_t>> readUpstream(upstream::UpstreamConnection& up,
+                                                                           asio::mutable_buffer b) {
+  if (up.tls) {
+    auto [e, n] = co_await up.tls->async_read_some(b, kNoThrow);
+    co_return std::pair{e == asio::ssl::error::stream_truncated ? asio::error::eof : e, n};
+  }
+  auto [e, n] = co_await up.socket.async_read_some(b, kNoThrow);
+  co_return std::pair{e, n};
+}
+
+asio::awaitable<boost::system::error_code> writeUpstream(upstream::UpstreamConnection& up, asio::const_buffer b) {
+  if (up.tls) {
+    auto [e, n] = co_await asio::async_write(*up.tls, b, kNoThrow);
+    co_return e;
+  }
+  auto [e, n] = co_await asio::async_write(up.socket, b, kNoThrow);
+  co_return e;
+}
+
 }  // namespace
 
 struct ServerSession::Stream {
@@ -1055,13 +1075,7 @@ asio::awaitable<void> ServerSession::relayWebSocket(Stream& s, const router::Rou
   s.out.append(ubuf.view());  // frames that came with the 101
   ubuf.clear();
   flush();
-  server::WorkerStats& stats = worker_.stats();
-  ++stats.websockets_total;
-  ++stats.websockets_active;
-  struct Gauge {
-    uint64_t& g;
-    ~Gauge() { --g; }
-  } gauge{stats.websockets_active};
+  const server::WebSocketCount counted(worker_.stats());
 
   upstream::UpstreamConnection& up = *s.up;
   s.setDeadline(idle);
@@ -1078,17 +1092,7 @@ asio::awaitable<void> ServerSession::relayWebSocket(Stream& s, const router::Rou
         if (!alive) break;
       }
       if (s.gone || s.timed_out) break;
-      boost::system::error_code ec;
-      size_t n = 0;
-      if (up.tls) {
-        auto [e, k] = co_await up.tls->async_read_some(asio::buffer(buf.get(), kReadChunk), kNoThrow);
-        ec = e == asio::ssl::error::stream_truncated ? asio::error::eof : e;
-        n = k;
-      } else {
-        auto [e, k] = co_await up.socket.async_read_some(asio::buffer(buf.get(), kReadChunk), kNoThrow);
-        ec = e;
-        n = k;
-      }
+      const auto [ec, n] = co_await readUpstream(up, asio::buffer(buf.get(), kReadChunk));
       if (ec) {
         up_eof = ec == asio::error::eof && !s.gone && !s.timed_out;
         break;
@@ -1108,14 +1112,7 @@ asio::awaitable<void> ServerSession::relayWebSocket(Stream& s, const router::Rou
       if (!s.in.empty()) {
         std::swap(chunk, s.in);
         s.in.clear();
-        boost::system::error_code ec;
-        if (up.tls) {
-          auto [e, k] = co_await asio::async_write(*up.tls, asio::buffer(chunk), kNoThrow);
-          ec = e;
-        } else {
-          auto [e, k] = co_await asio::async_write(up.socket, asio::buffer(chunk), kNoThrow);
-          ec = e;
-        }
+        const boost::system::error_code ec = co_await writeUpstream(up, asio::buffer(chunk));
         if (ec) break;
         if (!s.gone) codec_->consume(s.id, chunk.size());
         flush();
