@@ -43,6 +43,9 @@ virtual_hosts:
         match: { prefix: /idle }
         websocket_idle_timeout: 300ms
         forward: { cluster: ws }
+      - name: tlsup
+        match: { prefix: /tlsup }
+        forward: { cluster: wss }
       - name: raw
         match: { prefix: /raw }
         forward: { cluster: raw }
@@ -59,6 +62,9 @@ clusters:
     endpoints: [ "${ORIGIN}" ]
   - name: raw
     endpoints: [ "${RAW}" ]
+  - name: wss
+    endpoints: [ "${WSS}" ]
+    tls: { ca: "${CA}" }
 timeouts: { drain: 1s }
 """
 
@@ -252,8 +258,13 @@ class WebSocketOverHttp2(ProxyTestCase):
         self.addCleanup(self.raw.close)
         self.pki = Pki(self.tmpdir())
         self.cert, self.key = self.pki.issue("localhost", sans=["DNS:localhost", "IP:127.0.0.1"])
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_ctx.load_cert_chain(self.cert, self.key)
+        self.wss = tw.EchoServer(ssl_ctx=server_ctx)
+        self.addCleanup(self.wss.close)
         self.p = self.start_proxy(render(CONFIG, CERT=self.cert, KEY=self.key, WS=self.ws.address,
-                                         ORIGIN=self.origin.address, RAW=self.raw.address), expect_listeners=("h2c", "https"))
+                                         ORIGIN=self.origin.address, RAW=self.raw.address, WSS=self.wss.address,
+                                         CA=self.pki.cert), expect_listeners=("h2c", "https"))
 
     def client(self, tls=False):
         if not tls:
@@ -481,6 +492,20 @@ class WebSocketOverHttp2(ProxyTestCase):
         self.assertLess(w.sent[sid], len(FLOOD) // 2, "the proxy kept taking bytes the upstream did not")
         # The stream and the connection still work.
         self.assertEqual(w.response(w.get("/plain/id"))["status"], 200)
+
+    def test_tls_upstream(self):
+        w = self.client()
+        sid = w.open("/tlsup")
+        self.assertEqual(w.response(sid)["status"], 200)
+        self.echo(w, sid, b"to a wss upstream")
+        self.echo(w, sid, os.urandom(100000), opcode=0x2)
+        self.assertEqual(self.wss.connections, 1)
+        # END_STREAM from the client: a TLS upstream is closed and the stream ends.
+        w.send(sid, b"", end_stream=True)
+        s = w.st[sid]
+        w.wait(lambda: s["end"] or s["rst"] is not None, what="the end of the stream")
+        self.assertTrue(s["end"], s)
+        wait_until(lambda: self.p.metric("marchproxy_websockets_active") == 0, 10, message="gauge back to 0")
 
     def test_tls_alpn_h2(self):
         w = self.client(tls=True)

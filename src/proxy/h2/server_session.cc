@@ -714,7 +714,7 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
     if (n == "cookie") continue;
     if (s.websocket && n == "sec-websocket-key") continue;  // not an HTTP/2 field: the proxy makes its own
     if (n == "content-length") {
-      have_cl = std::from_chars(v.data(), v.data() + v.size(), cl).ec == std::errc{};
+      have_cl = !s.websocket && std::from_chars(v.data(), v.data() + v.size(), cl).ec == std::errc{};
       continue;
     }
     rh.headers.push_back({n, v});
