@@ -311,7 +311,9 @@ class WebSocketOverHttp2(ProxyTestCase):
         self.assertEqual(w.message(sid)[0][0], 0x8)
         s = w.st[sid]
         w.wait(lambda: s["end"] or s["rst"] is not None, what="the end of the stream")
-        self.assertTrue(s["end"], s)  # END_STREAM (then RST_STREAM NO_ERROR is allowed), never a reset alone
+        self.assertTrue(s["end"], s)  # END_STREAM, never a reset alone ...
+        w.wait(lambda: s["rst"] is not None, what="RST_STREAM")
+        self.assertEqual(s["rst"], NO_ERROR)  # ... then, as this client did not end its side: stop sending
         wait_until(lambda: self.p.metric("marchproxy_websockets_active") == 0, 10, message="gauge back to 0")
 
     def test_end_stream_from_the_client_closes_the_upstream(self):
@@ -332,6 +334,8 @@ class WebSocketOverHttp2(ProxyTestCase):
         self.assertEqual(r["status"], 403)
         w.wait(lambda: r["end"], what="the body")
         self.assertIn(b"WebSocket is disabled on this route", r["data"])
+        w.wait(lambda: r["rst"] is not None, what="RST_STREAM")
+        self.assertEqual(r["rst"], NO_ERROR)  # the client's side is closed for it too
         self.assertEqual(self.ws.connections, 0)
 
     def test_upstream_refusal_relayed(self):

@@ -279,6 +279,13 @@ asio::awaitable<void> ServerSession::sweepLoop() {
       // A stream whose work is done but which does not end: the client never opens its window
       // for the rest of the response (zero window) or never ends its request body. Without this it
       // would hold the connection (idle timeout, drain) forever.
+      // A WebSocket stream (RFC 8441) whose response went out whole (upgrade over, or refused)
+      // while the client may still send: RST_STREAM NO_ERROR tells it to stop (RFC 9113 §8.1).
+      if (s->websocket && !s->serving && !s->gone && !s->in_end && s->eof_sent) {
+        s->gone = true;
+        codec_->reset(id, NGHTTP2_NO_ERROR);
+        reset_any = true;
+      }
       if (!s->serving && !s->gone && now - s->progress_ns > stream_idle_ns) {
         s->gone = true;
         codec_->reset(id, NGHTTP2_CANCEL);
@@ -1140,21 +1147,9 @@ asio::awaitable<void> ServerSession::relayWebSocket(Stream& s, const router::Rou
   if (s.gone) {
     error = "client reset the stream";
   } else if (up_eof || (client_done && up.tls)) {
-    s.out_eof = true;  // END_STREAM after what is buffered
+    s.out_eof = true;  // END_STREAM after what is buffered; then the sweep stops a client still sending
     codec_->resume(s.id);
     flush();
-    if (!client_done) {
-      // The client may go on sending: once the END_STREAM is out, RST_STREAM NO_ERROR tells it to
-      // stop (RFC 9113 §8.1). A client that does not read is bounded by the idle timeout.
-      s.setDeadline(idle);
-      while (!s.eof_sent && !s.gone && !s.timed_out) {
-        const bool alive = co_await waitFor(s);
-        if (!alive) break;
-      }
-      if (s.eof_sent && !s.gone && !s.in_end) codec_->reset(s.id, NGHTTP2_NO_ERROR);
-      else if (!s.eof_sent && !s.gone) codec_->reset(s.id, NGHTTP2_CANCEL);
-      flush();
-    }
   } else {
     error = s.timed_out ? "websocket idle timeout" : "websocket relay interrupted";
     codec_->reset(s.id, NGHTTP2_CANCEL);
