@@ -276,9 +276,6 @@ asio::awaitable<void> ServerSession::sweepLoop() {
         if (s->up) s->up->socket.cancel(cec);
         s->notify();
       }
-      // A stream whose work is done but which does not end: the client never opens its window
-      // for the rest of the response (zero window) or never ends its request body. Without this it
-      // would hold the connection (idle timeout, drain) forever.
       // A WebSocket stream (RFC 8441) whose response went out whole (upgrade over, or refused)
       // while the client may still send: RST_STREAM NO_ERROR tells it to stop (RFC 9113 §8.1).
       if (s->websocket && !s->serving && !s->gone && !s->in_end && s->eof_sent) {
@@ -286,6 +283,9 @@ asio::awaitable<void> ServerSession::sweepLoop() {
         codec_->reset(id, NGHTTP2_NO_ERROR);
         reset_any = true;
       }
+      // A stream whose work is done but which does not end: the client never opens its window
+      // for the rest of the response (zero window) or never ends its request body. Without this it
+      // would hold the connection (idle timeout, drain) forever.
       if (!s->serving && !s->gone && now - s->progress_ns > stream_idle_ns) {
         s->gone = true;
         codec_->reset(id, NGHTTP2_CANCEL);
