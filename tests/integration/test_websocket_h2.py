@@ -281,6 +281,20 @@ class WebSocketOverHttp2(ProxyTestCase):
         w.send(sid, ws_frame(payload, opcode))
         self.assertEqual(w.message(sid), [(opcode, payload)])
 
+    def upgraded(self, path="/chat", tls=False):
+        """A client with one WebSocket stream the upstream accepted: (client, stream id)."""
+        w = self.client(tls)
+        sid = w.open(path)
+        self.assertEqual(w.response(sid)["status"], 200)
+        return w, sid
+
+    def assert_ended(self, w, sid):
+        """The stream ends with END_STREAM (a reset may follow, never replace it)."""
+        s = w.st[sid]
+        w.wait(lambda: s["end"] or s["rst"] is not None, what="the end of the stream")
+        self.assertTrue(s["end"], s)
+        return s
+
     def test_settings_200_and_messages_echoed(self):
         w = self.client()
         w.wait(lambda: w.server_settings is not None, what="server SETTINGS")
@@ -302,29 +316,21 @@ class WebSocketOverHttp2(ProxyTestCase):
         self.assertEqual(self.ws.connections, 1)
 
     def test_close_from_the_client_ends_stream_and_upstream(self):
-        w = self.client()
-        sid = w.open("/chat")
-        self.assertEqual(w.response(sid)["status"], 200)
+        w, sid = self.upgraded()
         self.echo(w, sid, b"before close")
         # A Close frame: the upstream answers it and closes its TCP connection; that FIN ends the stream.
         w.send(sid, ws_frame((1000).to_bytes(2, "big") + b"bye", opcode=0x8))
         self.assertEqual(w.message(sid)[0][0], 0x8)
-        s = w.st[sid]
-        w.wait(lambda: s["end"] or s["rst"] is not None, what="the end of the stream")
-        self.assertTrue(s["end"], s)  # END_STREAM, never a reset alone ...
+        s = self.assert_ended(w, sid)  # END_STREAM, never a reset alone ...
         w.wait(lambda: s["rst"] is not None, what="RST_STREAM")
         self.assertEqual(s["rst"], NO_ERROR)  # ... then, as this client did not end its side: stop sending
         wait_until(lambda: self.p.metric("marchproxy_websockets_active") == 0, 10, message="gauge back to 0")
 
     def test_end_stream_from_the_client_closes_the_upstream(self):
-        w = self.client()
-        sid = w.open("/chat")
-        self.assertEqual(w.response(sid)["status"], 200)
+        w, sid = self.upgraded()
         self.echo(w, sid, b"x")
         w.send(sid, b"", end_stream=True)  # FIN to the upstream: it closes, the stream ends
-        s = w.st[sid]
-        w.wait(lambda: s["end"] or s["rst"] is not None, what="the end of the stream")
-        self.assertTrue(s["end"], s)
+        s = self.assert_ended(w, sid)
         wait_until(lambda: self.p.metric("marchproxy_websockets_active") == 0, 10, message="gauge back to 0")
 
     def test_disabled_route_refused_with_403(self):
@@ -382,9 +388,7 @@ class WebSocketOverHttp2(ProxyTestCase):
         self.assertEqual(self.ws.connections, 2)
 
     def test_idle_timeout_resets_the_stream(self):
-        w = self.client()
-        sid = w.open("/idle")
-        self.assertEqual(w.response(sid)["status"], 200)
+        w, sid = self.upgraded("/idle")
         self.echo(w, sid, b"x")
         s = w.st[sid]
         w.wait(lambda: s["rst"] is not None or s["end"], timeout=20, what="the idle timeout")
@@ -445,9 +449,7 @@ class WebSocketOverHttp2(ProxyTestCase):
 
     def test_drain_keeps_relaying_then_closes(self):
         import signal
-        w = self.client()
-        sid = w.open("/chat")
-        self.assertEqual(w.response(sid)["status"], 200)
+        w, sid = self.upgraded()
         self.echo(w, sid, b"before")
         self.p.signal(signal.SIGTERM)
         w.wait(lambda: w.c.goaway is not None, what="GOAWAY")
@@ -498,23 +500,17 @@ class WebSocketOverHttp2(ProxyTestCase):
         self.assertEqual(w.response(w.get("/plain/id"))["status"], 200)
 
     def test_tls_upstream(self):
-        w = self.client()
-        sid = w.open("/tlsup")
-        self.assertEqual(w.response(sid)["status"], 200)
+        w, sid = self.upgraded("/tlsup")
         self.echo(w, sid, b"to a wss upstream")
         self.echo(w, sid, os.urandom(100000), opcode=0x2)
         self.assertEqual(self.wss.connections, 1)
         # END_STREAM from the client: a TLS upstream is closed and the stream ends.
         w.send(sid, b"", end_stream=True)
-        s = w.st[sid]
-        w.wait(lambda: s["end"] or s["rst"] is not None, what="the end of the stream")
-        self.assertTrue(s["end"], s)
+        s = self.assert_ended(w, sid)
         wait_until(lambda: self.p.metric("marchproxy_websockets_active") == 0, 10, message="gauge back to 0")
 
     def test_tls_alpn_h2(self):
-        w = self.client(tls=True)
-        sid = w.open("/chat")
-        self.assertEqual(w.response(sid)["status"], 200)
+        w, sid = self.upgraded("/chat", tls=True)
         self.echo(w, sid, b"over tls")
         self.echo(w, sid, os.urandom(70000), opcode=0x2)
 
