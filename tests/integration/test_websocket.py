@@ -65,7 +65,9 @@ class EchoServer:
     """A websockets echo server on its own event loop thread. /refuse answers 404 (no upgrade);
     a text message "push N" makes the server send N messages on its own."""
 
-    def __init__(self):
+    def __init__(self, subprotocols=None, ssl_ctx=None):
+        self.subprotocols = subprotocols
+        self.ssl_ctx = ssl_ctx  # serves wss:// (a cluster with tls)
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.connections = 0
@@ -95,7 +97,7 @@ class EchoServer:
 
         async def main():
             self.server = await websockets.serve(self._handler, "127.0.0.1", 0, process_request=self._process,
-                                                 max_size=None)
+                                                 max_size=None, subprotocols=self.subprotocols, ssl=self.ssl_ctx)
             self.port = self.server.sockets[0].getsockname()[1]
             self.ready.set()
             await self.server.wait_closed()

@@ -65,6 +65,9 @@ ServerCodec::ServerCodec(const config::Http2& limits, Handler& handler) : limits
       {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, limits_.max_frame_size},
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, limits_.max_header_list_bytes},
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+      // RFC 8441: WebSocket over a stream (:method CONNECT + :protocol). nghttp2 accepts
+      // :protocol only once this is submitted, and then checks the pseudo-headers of the request.
+      {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1},
   };
   nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings, std::size(settings));
   nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow);
@@ -220,6 +223,7 @@ int ServerCodec::onHeader(nghttp2_session* s, const nghttp2_frame* frame, const 
   else if (n == ":scheme") r.scheme = v;
   else if (n == ":authority") r.authority = v;
   else if (n == ":path") r.path = v;
+  else if (n == ":protocol") r.protocol = v;
   else if (!n.empty() && n[0] != ':') r.headers.emplace_back(n, v);
   return 0;
 }

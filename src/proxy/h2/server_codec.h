@@ -30,6 +30,7 @@ namespace marchproxy::proxy::h2 {
 
 struct Request {
   std::string method, scheme, authority, path;
+  std::string protocol;  // :protocol of an extended CONNECT (RFC 8441), e.g. "websocket"
   std::vector<std::pair<std::string, std::string>> headers;  // regular fields, lower-case names, in order
   uint64_t header_bytes = 0;                                  // decoded size (name + value + 32 each)
   bool too_large = false;

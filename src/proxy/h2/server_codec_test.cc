@@ -92,6 +92,51 @@ TEST(ServerCodec, RequestComesOutWithItsFields) {
   EXPECT_EQ(q.headers[0], (std::pair<std::string, std::string>{"x-k", "v"}));
 }
 
+// The value of one setting in the server's first SETTINGS frame, or -1.
+int64_t serverSetting(const std::string& out, uint16_t id) {
+  size_t i = 0;
+  while (i + 9 <= out.size()) {
+    const size_t len = (uint8_t(out[i]) << 16) | (uint8_t(out[i + 1]) << 8) | uint8_t(out[i + 2]);
+    if (out[i + 3] == NGHTTP2_SETTINGS && !(out[i + 4] & NGHTTP2_FLAG_ACK)) {
+      for (size_t k = i + 9; k + 6 <= i + 9 + len; k += 6)
+        if (((uint8_t(out[k]) << 8) | uint8_t(out[k + 1])) == id)
+          return (int64_t{uint8_t(out[k + 2])} << 24) | (uint8_t(out[k + 3]) << 16) | (uint8_t(out[k + 4]) << 8) |
+                 uint8_t(out[k + 5]);
+      return -1;
+    }
+    i += 9 + len;
+  }
+  return -1;
+}
+
+// RFC 8441: the server offers extended CONNECT, and a CONNECT with :protocol comes out with it;
+// nghttp2 refuses :protocol on another method and an extended CONNECT without :path or :scheme.
+TEST(ServerCodec, ExtendedConnectForWebSockets) {
+  Recorder r;
+  ServerCodec c(config::Http2{}, r);
+  std::string out;
+  c.takeOutput(out);
+  EXPECT_EQ(serverSetting(out, NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL), 1);
+  Client cl;
+  std::string in = kPreface;
+  in += frame(NGHTTP2_HEADERS, 0x4, 1,
+              cl.block({{":method", "CONNECT"}, {":protocol", "websocket"}, {":scheme", "https"},
+                        {":authority", "a.test"}, {":path", "/chat"}, {"sec-websocket-version", "13"}}));
+  in += cl.get(3, "/x", {{":protocol", "websocket"}});  // a pseudo-header after a regular one, on GET
+  in += frame(NGHTTP2_HEADERS, 0x4, 5,
+              cl.block({{":method", "GET"}, {":protocol", "websocket"}, {":scheme", "https"},
+                        {":authority", "a.test"}, {":path", "/chat"}}));
+  in += frame(NGHTTP2_HEADERS, 0x4, 7,
+              cl.block({{":method", "CONNECT"}, {":protocol", "websocket"}, {":authority", "a.test"}}));
+  ASSERT_TRUE(c.feed(in));
+  ASSERT_EQ(r.requests.size(), 1u);
+  const Request& q = r.requests[1];
+  EXPECT_EQ(q.method, "CONNECT");
+  EXPECT_EQ(q.protocol, "websocket");
+  EXPECT_EQ(q.path, "/chat");
+  EXPECT_EQ(q.scheme, "https");
+}
+
 TEST(ServerCodec, InvalidFieldsAreStreamErrors) {
   Recorder r;
   ServerCodec c(config::Http2{}, r);

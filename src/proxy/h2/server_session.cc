@@ -5,7 +5,10 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <charconv>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #include "common/base/buffer.h"
 #include "common/base/clock.h"
@@ -74,10 +77,30 @@ Fields parseTrailers(std::string_view raw) {
   return out;
 }
 
+// One read from / one whole write to an upstream connection, TLS or not.
+asio::awaitable<std::pair<boost::system::error_code, size_t>> readUpstream(upstream::UpstreamConnection& up,
+                                                                           asio::mutable_buffer b) {
+  if (up.tls) {
+    auto [e, n] = co_await up.tls->async_read_some(b, kNoThrow);
+    co_return std::pair{e == asio::ssl::error::stream_truncated ? asio::error::eof : e, n};
+  }
+  auto [e, n] = co_await up.socket.async_read_some(b, kNoThrow);
+  co_return std::pair{e, n};
+}
+
+asio::awaitable<boost::system::error_code> writeUpstream(upstream::UpstreamConnection& up, asio::const_buffer b) {
+  if (up.tls) {
+    auto [e, n] = co_await asio::async_write(*up.tls, b, kNoThrow);
+    co_return e;
+  }
+  auto [e, n] = co_await asio::async_write(up.socket, b, kNoThrow);
+  co_return e;
+}
+
 }  // namespace
 
 struct ServerSession::Stream {
-  explicit Stream(asio::io_context& ioc) : cv(ioc) {}
+  explicit Stream(asio::io_context& ioc) : cv(ioc), ws_cv(ioc) {}
   int32_t id = 0;
   Request req;
   std::string cookie;        // HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one
@@ -87,6 +110,9 @@ struct ServerSession::Stream {
   bool serving = true;       // serve() still runs (its own deadlines bound it)
   int64_t progress_ns = 0;   // serve() ended, or response bytes last went out (http2.stream_idle_timeout)
   asio::steady_timer cv;     // wait/notify (cancel() wakes the waiter)
+  asio::steady_timer ws_cv;  // the second waiter of a WebSocket stream (client -> upstream)
+  bool websocket = false;    // an RFC 8441 extended CONNECT with :protocol websocket
+  bool eof_sent = false;     // the codec took the end of the response body (END_STREAM)
   std::string out;           // response body bytes not yet taken by the codec
   size_t out_off = 0;
   bool out_eof = false;
@@ -106,7 +132,10 @@ struct ServerSession::Stream {
   std::string_view log_cluster;
   uint64_t bytes_in = 0, bytes_out = 0;
 
-  void notify() { cv.cancel(); }
+  void notify() {
+    cv.cancel();
+    ws_cv.cancel();
+  }
   void setDeadline(Millis t) {
     timed_out = false;
     deadline_ns = coarseNowNs() + t.count() * kNsPerMs;
@@ -247,6 +276,13 @@ asio::awaitable<void> ServerSession::sweepLoop() {
         if (s->up) s->up->socket.cancel(cec);
         s->notify();
       }
+      // A WebSocket stream (RFC 8441) whose response went out whole (upgrade over, or refused)
+      // while the client may still send: RST_STREAM NO_ERROR tells it to stop (RFC 9113 §8.1).
+      if (s->websocket && !s->serving && !s->gone && !s->in_end && s->eof_sent) {
+        s->gone = true;
+        codec_->reset(id, NGHTTP2_NO_ERROR);
+        reset_any = true;
+      }
       // A stream whose work is done but which does not end: the client never opens its window
       // for the rest of the response (zero window) or never ends its request body. Without this it
       // would hold the connection (idle timeout, drain) forever.
@@ -341,6 +377,8 @@ BodyChunk ServerSession::readBody(int32_t id, uint8_t* buf, size_t len) {
     if (s.out_eof) {
       b.eof = true;
       b.trailers = &s.trailers;
+      s.eof_sent = true;
+      s.notify();
     } else {
       b.deferred = n == 0;
       s.notify();  // room again: the stream may read more from its upstream
@@ -351,10 +389,11 @@ BodyChunk ServerSession::readBody(int32_t id, uint8_t* buf, size_t len) {
 
 // ------------------------------------------------------------------ streams
 
-asio::awaitable<bool> ServerSession::waitFor(Stream& s) {
+asio::awaitable<bool> ServerSession::waitFor(Stream& s, asio::steady_timer* on) {
   if (s.gone) co_return false;
-  s.cv.expires_at(asio::steady_timer::time_point::max());
-  auto [ec] = co_await s.cv.async_wait(kNoThrow);
+  asio::steady_timer& t = on ? *on : s.cv;
+  t.expires_at(asio::steady_timer::time_point::max());
+  auto [ec] = co_await t.async_wait(kNoThrow);
   (void)ec;
   co_return !s.gone;
 }
@@ -445,7 +484,7 @@ void ServerSession::finish(Stream& s, std::string_view error) {
   server::AccessEntry e;
   e.request_id = s.request_id;
   e.client = client_.ip;
-  e.method = s.req.method;
+  e.method = s.websocket ? std::string_view("CONNECT") : std::string_view(s.req.method);
   e.host = s.req.authority;
   e.path = s.path;
   e.protocol = "HTTP/2";
@@ -489,6 +528,27 @@ asio::awaitable<void> ServerSession::serve(std::shared_ptr<Stream> sp) {
     }
   }
   s.head = r.method == "HEAD";
+  // RFC 8441 extended CONNECT: a WebSocket on this stream. It is routed, checked and forwarded as
+  // the HTTP/1.1 upgrade is (a GET), docs/websocket.md. nghttp2 already required :scheme, :path and
+  // :authority with it, and refuses :protocol on any other method.
+  const char* ws_refusal = nullptr;
+  int ws_status = 400;
+  if (r.method == "CONNECT" && !r.protocol.empty()) {
+    const std::string* version = nullptr;
+    for (auto& [n, v] : r.headers)
+      if (n == "sec-websocket-version") version = &v;
+    if (!http::equalsIgnoreCase(r.protocol, "websocket")) {
+      ws_refusal = "extended CONNECT is served only for :protocol websocket";
+      ws_status = 501;
+    } else if (s.in_end) {
+      ws_refusal = "a WebSocket extended CONNECT must leave the stream open";
+    } else if (version && *version != "13") {
+      ws_refusal = "unsupported sec-websocket-version (13 is supported)";
+    } else {
+      s.websocket = true;
+      r.method = "GET";
+    }
+  }
   const std::string_view target = r.path;
   const size_t q = target.find('?');
   std::string_view path = target.substr(0, q);
@@ -496,6 +556,8 @@ asio::awaitable<void> ServerSession::serve(std::shared_ptr<Stream> sp) {
 
   if (fields > s.wrt->rt->snapshot->limits.max_headers) {
     respondError(s, 431, "more header fields than limits.max_headers");
+  } else if (ws_refusal) {
+    respondError(s, ws_status, ws_refusal);
   } else if (r.method == "CONNECT") {
     respondError(s, 405, "CONNECT is not served by an ingress listener");
   } else if (!r.authority.empty() && !http::isValidAuthority(r.authority, false)) {
@@ -537,6 +599,8 @@ asio::awaitable<void> ServerSession::serve(std::shared_ptr<Stream> sp) {
           respondError(s, 403, "client certificate not allowed on this route");
         } else if (const bool admitted = co_await admitRate(s, route); !admitted) {
           // answered 429 (gRPC: grpc-status 8 RESOURCE_EXHAUSTED)
+        } else if (s.websocket && !route.websocket) {
+          respondError(s, 403, "WebSocket is disabled on this route");
         } else if (route.action == config::ActionKind::kDirectResponse) {
           respondLocal(s, route.direct.status, route.direct.body, route.direct.content_type, {}, &*m);
           finish(s, {});
@@ -655,14 +719,16 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
       continue;  // :authority wins (RFC 9113 §8.3.1)
     }
     if (n == "cookie") continue;
+    if (s.websocket && n == "sec-websocket-key") continue;  // not an HTTP/2 field: the proxy makes its own
     if (n == "content-length") {
-      have_cl = std::from_chars(v.data(), v.data() + v.size(), cl).ec == std::errc{};
+      have_cl = !s.websocket && std::from_chars(v.data(), v.data() + v.size(), cl).ec == std::errc{};
       continue;
     }
     rh.headers.push_back({n, v});
   }
   if (!s.cookie.empty()) rh.headers.push_back({"cookie", s.cookie});
-  const bool has_body = !(s.in_end && s.in.empty() && (!have_cl || cl == 0));
+  // A WebSocket stream stays open for the relay, but its upgrade request has no body.
+  const bool has_body = !s.websocket && !(s.in_end && s.in.empty() && (!have_cl || cl == 0));
   codec::UpstreamRequest up_req;
   std::string rewritten;
   up_req.method = r.method;
@@ -689,6 +755,19 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
   }
   std::string up_head;
   codec::writeUpstreamRequest(up_head, rh, up_req, snap.forwarding, {&m.vhost->request_headers, &route.request_headers});
+  if (s.websocket) {
+    // The HTTP/1.1 upgrade the upstream expects (RFC 6455 §4.1): HTTP/2 has no key, so a fresh
+    // random one; the upstream's Sec-WebSocket-Accept for it is checked by nobody and not relayed.
+    unsigned char raw[16];
+    char key[25];
+    RAND_bytes(raw, sizeof raw);
+    EVP_EncodeBlock(reinterpret_cast<unsigned char*>(key), raw, sizeof raw);
+    const bool has_version = std::any_of(r.headers.begin(), r.headers.end(),
+                                         [](const auto& h) { return h.first == "sec-websocket-version"; });
+    up_head.insert(up_head.size() - 2, fmt::format("Connection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {}\r\n{}",
+                                                   std::string_view(key, 24),
+                                                   has_version ? "" : "Sec-WebSocket-Version: 13\r\n"));
+  }
 
   const uint64_t hash = cc.lb == config::LbPolicy::kRingHash || cc.lb == config::LbPolicy::kMaglev
                             ? upstream::requestHash(cc.hash, client_.ip, rh.headers)
@@ -706,6 +785,10 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
     uint32_t& a;
     ~ActiveGuard() { --a; }
   } active_guard{active};
+  if (cc.protocol == config::Cluster::Protocol::kHttp2 && s.websocket) {
+    respondError(s, 502, "WebSocket is not carried to a protocol http2 cluster");
+    co_return;
+  }
   if (cc.protocol == config::Cluster::Protocol::kHttp2) {  // HTTP/2 to the upstream: forwardH2 below
     co_await forwardH2(s, m, up_head, has_body, hash, retries_left);
     co_return;
@@ -812,7 +895,7 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
         any_byte = true;
         auto st = http::parseResponse(ubuf.view(), limits, s.head, resp, perr);
         if (st == http::ParseStatus::kComplete) {
-          if (resp.status >= 100 && resp.status < 200) {
+          if (resp.status >= 100 && resp.status < 200 && !(s.websocket && resp.status == 101)) {
             ubuf.consume(resp.head_size);
             continue;
           }
@@ -856,6 +939,11 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
     const int status = resp.status;
     report(status >= 500 ? upstream::Outcome::k5xx : upstream::Outcome::kSuccess);
     s.upstream_end_ns = monoNowNs();
+    if (status == 101) {  // only asked for by a WebSocket stream
+      co_await relayWebSocket(s, m, resp, ubuf);
+      s.up.reset();  // the upgraded connection is never pooled
+      co_return;
+    }
 
     // --- relay the response
     Fields f;
@@ -962,6 +1050,114 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
     finish(s, {});
     co_return;
   }
+}
+
+
+// RFC 8441 after the upstream's 101: the stream gets 200 (with the upstream's subprotocol and
+// extensions), then its DATA goes to the upstream socket and the upstream's bytes come back as
+// DATA, frames untouched. Flow control both ways: client bytes are given back to the client's
+// window only once written upstream; upstream bytes are read only while under kOutHighWater are
+// waiting for the client. Ends: the upstream's FIN is END_STREAM (and, if the client still sends,
+// RST_STREAM NO_ERROR once it went out); the client's END_STREAM is a FIN to a plain TCP upstream
+// (the relay goes on until the upstream closes) and closes a TLS one; a client RST_STREAM, an
+// upstream error or websocket_idle_timeout without a byte either way resets the stream (CANCEL) and
+// closes the upstream.
+asio::awaitable<void> ServerSession::relayWebSocket(Stream& s, const router::RouteTable::Match& m,
+                                                    const http::ResponseHead& resp, Buffer& ubuf) {
+  using namespace asio::experimental::awaitable_operators;  // NOLINT(google-build-using-namespace)
+  const config::Route& route = *m.route;
+  const Millis idle = route.websocket_idle_timeout;
+  const http::Header* proto = resp.find("upgrade");
+  if (!proto || !http::equalsIgnoreCase(proto->value, "websocket")) {
+    respondError(s, 502, "upstream switched to a protocol other than websocket");
+    co_return;
+  }
+  Fields f;
+  codec::responseFields(f, resp, {&m.vhost->response_headers, &route.response_headers}, false);
+  std::erase_if(f, [](const auto& h) { return connectionSpecific(h.first) || h.first == "sec-websocket-accept"; });
+  s.status = 200;
+  s.responded = true;
+  codec_->submitResponse(s.id, 200, f, true);
+  ubuf.consume(resp.head_size);
+  s.out.append(ubuf.view());  // frames that came with the 101
+  ubuf.clear();
+  flush();
+  const server::WebSocketCount counted(worker_.stats());
+
+  upstream::UpstreamConnection& up = *s.up;
+  s.setDeadline(idle);
+  bool up_eof = false, reader_done = false, client_done = false;
+  auto stopUpstream = [&up] {
+    boost::system::error_code ec;
+    up.socket.cancel(ec);
+  };
+  auto toClient = [&]() -> asio::awaitable<void> {
+    auto buf = std::make_unique_for_overwrite<char[]>(kReadChunk);
+    for (;;) {
+      while (s.pending() >= kOutHighWater && !s.gone && !s.timed_out) {
+        const bool alive = co_await waitFor(s);
+        if (!alive) break;
+      }
+      if (s.gone || s.timed_out) break;
+      const auto [ec, n] = co_await readUpstream(up, asio::buffer(buf.get(), kReadChunk));
+      if (ec) {
+        up_eof = ec == asio::error::eof && !s.gone && !s.timed_out;
+        break;
+      }
+      s.out.append(buf.get(), n);
+      s.setDeadline(idle);
+      codec_->resume(s.id);
+      flush();
+    }
+    reader_done = true;
+    s.notify();
+  };
+  auto toUpstream = [&]() -> asio::awaitable<void> {
+    std::string chunk;
+    for (;;) {
+      if (s.gone || s.timed_out || reader_done) break;
+      if (!s.in.empty()) {
+        std::swap(chunk, s.in);
+        s.in.clear();
+        const boost::system::error_code ec = co_await writeUpstream(up, asio::buffer(chunk));
+        if (ec) break;
+        if (!s.gone) codec_->consume(s.id, chunk.size());
+        flush();
+        chunk.clear();
+        s.setDeadline(idle);
+        continue;
+      }
+      if (s.in_end) {
+        client_done = true;
+        break;
+      }
+      const bool alive = co_await waitFor(s, &s.ws_cv);
+      if (!alive) break;
+    }
+    if (client_done && !up.tls) {
+      boost::system::error_code ec;
+      up.socket.shutdown(tcp::socket::shutdown_send, ec);  // FIN; the upstream's bytes still come back
+    } else if (!reader_done) {
+      stopUpstream();  // the other direction ends too
+    }
+  };
+  co_await (toClient() && toUpstream());
+
+  std::string_view error;
+  if (s.gone) {
+    error = "client reset the stream";
+  } else if (up_eof || (client_done && up.tls)) {
+    s.out_eof = true;  // END_STREAM after what is buffered; then the sweep stops a client still sending
+    codec_->resume(s.id);
+    flush();
+  } else {
+    error = s.timed_out ? "websocket idle timeout" : "websocket relay interrupted";
+    codec_->reset(s.id, NGHTTP2_CANCEL);
+    flush();
+  }
+  if (s.timed_out) spdlog::debug("http2 websocket idle for {}ms: client={} stream={} closed", idle.count(), client_.ip, s.id);
+  s.deadline_ns = INT64_MAX;
+  finish(s, error);
 }
 
 }  // namespace marchproxy::proxy::h2

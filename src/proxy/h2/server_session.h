@@ -24,6 +24,8 @@
 #include <string_view>
 #include <unordered_map>
 
+#include "common/base/buffer.h"
+#include "common/http/h1_parser.h"
 #include "proxy/h2/server_codec.h"
 #include "proxy/router/route_table.h"
 #include "proxy/tls/session_info.h"
@@ -74,7 +76,11 @@ class ServerSession final : public ServerCodec::Handler {
                                          bool has_body, uint64_t hash, uint32_t retries_left);
   boost::asio::awaitable<bool> sendBody(Stream& s, bool chunked);
   boost::asio::awaitable<bool> relayBody(Stream& s, int framing, uint64_t length);
-  boost::asio::awaitable<bool> waitFor(Stream& s);  // until notified; false once the stream is gone
+  // Until notified (on the stream's timer, or `on`); false once the stream is gone.
+  boost::asio::awaitable<bool> waitFor(Stream& s, boost::asio::steady_timer* on = nullptr);
+  // RFC 8441: after the upstream's 101, relays the stream's DATA <-> the upstream socket.
+  boost::asio::awaitable<void> relayWebSocket(Stream& s, const router::RouteTable::Match& m,
+                                              const http::ResponseHead& resp, Buffer& ubuf);
   // Answers from the proxy itself; gRPC clients get grpc-status/grpc-message instead of a body.
   void respondLocal(Stream& s, int status, std::string_view body, std::string_view content_type = "text/plain",
                     std::string_view location = {}, const router::RouteTable::Match* m = nullptr);

@@ -639,12 +639,7 @@ asio::awaitable<std::pair<boost::system::error_code, size_t>> HttpSession::readC
 
 asio::awaitable<void> HttpSession::spliceWebSocket(upstream::UpstreamConnection& up, Millis idle) {
   WorkerStats& stats = worker_.stats();
-  ++stats.websockets_total;
-  ++stats.websockets_active;
-  struct Gauge {
-    uint64_t& g;
-    ~Gauge() { --g; }
-  } gauge{stats.websockets_active};
+  const WebSocketCount counted(stats);
   setPhase(Phase::kWebSocket, idle);
   // Either side closing (or failing) ends both: WebSocket closes in-band (Close frames) first.
   auto close_both = [this, &up] {

@@ -112,4 +112,20 @@ struct WorkerStats {
   }
 };
 
+// One relayed WebSocket (an HTTP/1.1 upgrade or an HTTP/2 extended CONNECT, docs/websocket.md):
+// counted in websockets_total, and in the websockets_active gauge while this lives.
+class WebSocketCount {
+ public:
+  explicit WebSocketCount(WorkerStats& s) : active_(s.websockets_active) {
+    ++s.websockets_total;
+    ++active_;
+  }
+  ~WebSocketCount() { --active_; }
+  WebSocketCount(const WebSocketCount&) = delete;
+  WebSocketCount& operator=(const WebSocketCount&) = delete;
+
+ private:
+  uint64_t& active_;
+};
+
 }  // namespace marchproxy::proxy::server
