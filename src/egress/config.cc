@@ -192,8 +192,8 @@ class Decoder {
     return path.empty() ? std::string(key) : path + "." + std::string(key);
   }
 
-  void map(const Value& n, const std::string& path, std::initializer_list<Field> fields,
-           std::initializer_list<std::string_view> required = {}) {
+  void map(const Value& n, const std::string& path, const std::vector<Field>& fields,
+           const std::vector<std::string_view>& required = {}) {
     if (!n.isMap()) {
       error(n, path, "expected a map, got " + describe(n));
       return;
@@ -328,7 +328,8 @@ class Decoder {
               if (s == "http") l.kind = ListenerConfig::Kind::kHttp;
               else if (s == "socks5") l.kind = ListenerConfig::Kind::kSocks5;
               else error(m, q, "must be \"http\" or \"socks5\"");
-            }}},
+            }},
+           {"tls", [&](const Value& m, const std::string& q) { l.tls = tlsBlock(m, q, false); }}},
           {"name", "port"});
       out.push_back(std::move(l));
     });
@@ -406,7 +407,7 @@ class Decoder {
             }},
            {"tls", [&](const Value& m, const std::string& q) {
               tls_node = &m;
-              f.tls = forwardTls(m, q);
+              f.tls = tlsBlock(m, q, true);
             }},
            {"idle_timeout", [&](const Value& m, const std::string& q) { duration(m, q, f.idle_timeout); }},
            {"max_sessions", [&](const Value& m, const std::string& q) { integer(m, q, f.max_sessions, 1, 1000000); }}},
@@ -422,10 +423,12 @@ class Decoder {
     });
   }
 
-  // A forward's TLS block: the files must exist, and the certificate, key and CA must load (the
-  // contexts are built here, once per config, with client certificates required).
-  ForwardTls forwardTls(const Value& m, const std::string& q) {
-    ForwardTls t;
+  // A TLS block (a listener's or a forward's): the files must exist, and the certificate, key, CA
+  // and CRL must load (the contexts are built here, once per config). A forward identifies its
+  // callers by certificate only, so it requires client_ca and client certificates; a listener may
+  // go without (clients then authenticate as on a plain listener) or make them optional.
+  TlsConfig tlsBlock(const Value& m, const std::string& q, bool forward) {
+    TlsConfig t;
     auto file = [&](std::string& dst) {
       return [&](const Value& v, const std::string& vq) {
         std::string name;
@@ -439,14 +442,32 @@ class Decoder {
       };
     };
     const size_t before = errors_.size();
-    map(m, q, {{"cert", file(t.cert)}, {"key", file(t.key)}, {"client_ca", file(t.client_ca)}},
-        {"cert", "key", "client_ca"});
+    std::string client_auth;
+    const Value* client_auth_node = nullptr;
+    std::vector<Field> fields{{"cert", file(t.cert)}, {"key", file(t.key)}, {"client_ca", file(t.client_ca)},
+                              {"crl", file(t.crl)}};
+    if (!forward)
+      fields.push_back({"client_auth", [&](const Value& v, const std::string& vq) {
+                          str(v, vq, client_auth);
+                          client_auth_node = &v;
+                          if (client_auth != "optional" && client_auth != "require")
+                            error(v, vq, "must be \"optional\" or \"require\"");
+                        }});
+    map(m, q, fields, forward ? std::vector<std::string_view>{"cert", "key", "client_ca"}
+                              : std::vector<std::string_view>{"cert", "key"});
+    if (client_auth_node && t.client_ca.empty())
+      error(*client_auth_node, q + ".client_auth", "needs \"client_ca\" (the CA client certificates chain to)");
+    if (!t.crl.empty() && t.client_ca.empty()) error(m, q + ".crl", "needs \"client_ca\"");
     if (errors_.size() != before) return t;
+    t.require_client_cert = forward || client_auth == "require";
     config::ListenerTls lt;
     lt.certificates.push_back({t.cert, t.key, {}, {}});
     lt.session_tickets = false;
-    lt.client_auth.mode = config::ClientAuth::Mode::kRequire;
-    lt.client_auth.ca = t.client_ca;
+    if (!t.client_ca.empty()) {
+      lt.client_auth.mode = t.require_client_cert ? config::ClientAuth::Mode::kRequire : config::ClientAuth::Mode::kOptional;
+      lt.client_auth.ca = t.client_ca;
+      lt.client_auth.crl = t.crl;
+    }
     std::vector<proxy::tls::Problem> problems;
     t.contexts = proxy::tls::ServerContexts::build(lt, q, ".", &problems);
     for (auto& pr : problems) {
@@ -454,7 +475,7 @@ class Decoder {
       // The ingress's field names -> this block's.
       std::string field = pr.field;
       for (auto [from, to] : {std::pair<std::string_view, std::string_view>{".certificates[0]", ""},
-                              {".client_auth.ca", ".client_ca"}})
+                              {".client_auth.ca", ".client_ca"}, {".client_auth.crl", ".crl"}})
         if (auto at = field.find(from); at != std::string::npos) field.replace(at, from.size(), to);
       error(m, field, pr.message);
     }

@@ -25,6 +25,21 @@ namespace marchproxy::egress {
 
 using Millis = std::chrono::milliseconds;
 
+// TLS towards clients (an HTTP/SOCKS5 listener's or a TCP forward's `tls`): the proxy's certificate
+// and, with `client_ca`, client certificates whose CN names the service (docs/egress.md "Identity").
+struct TlsConfig {
+  std::string cert;       // file paths, resolved against the config file's directory
+  std::string key;
+  std::string client_ca;  // client certificates must chain to it; their CN names the service
+  std::string crl;        // optional: certificates it revokes are refused in the handshake
+  // A client without a certificate fails the handshake; otherwise (listeners only) it may still
+  // authenticate with Proxy-Authorization / SOCKS5 username and password.
+  bool require_client_cert = false;
+  // Built when the config is loaded (so `marchproxy check` reports unusable files); shared
+  // read-only by every worker.
+  std::shared_ptr<const proxy::tls::ServerContexts> contexts;
+};
+
 struct ListenerConfig {
   // kTcpForward/kUdpForward: the listen socket of a `forwards` entry of the same name (built by
   // the server; never in Config::listeners).
@@ -33,6 +48,7 @@ struct ListenerConfig {
   std::string address = "127.0.0.1";
   uint16_t port = 0;  // 0 = kernel-chosen (tests); logged at start
   Kind kind = Kind::kHttp;
+  std::optional<TlsConfig> tls;  // kHttp/kSocks5: clients speak TLS to the proxy (HTTPS proxy, SOCKS5 over TLS)
 };
 
 // An L4 port-forward (docs/egress.md, "Port forwards"): a TCP or UDP listen port bound to one
@@ -44,15 +60,6 @@ struct ForwardSource {
   std::string service;
 };
 
-struct ForwardTls {
-  std::string cert;       // file paths, resolved against the config file's directory
-  std::string key;
-  std::string client_ca;  // client certificates must chain to it; their CN names the service
-  // Built when the config is loaded (so `marchproxy check` reports unusable files); shared
-  // read-only by every worker.
-  std::shared_ptr<const proxy::tls::ServerContexts> contexts;
-};
-
 struct ForwardConfig {
   std::string name;
   std::string address = "127.0.0.1";
@@ -61,7 +68,7 @@ struct ForwardConfig {
   std::string host;                    // destination: a name (lower-case) or an IP literal
   uint16_t dest_port = 0;
   std::vector<ForwardSource> sources;
-  std::optional<ForwardTls> tls;  // tcp only
+  std::optional<TlsConfig> tls;  // tcp only; client certificates required
   Millis idle_timeout{0};         // 0 = timeouts.idle
   uint32_t max_sessions = 1024;   // udp: concurrent client addresses per worker
 };

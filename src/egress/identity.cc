@@ -44,6 +44,23 @@ Result<std::string> Identifier::fromPassword(std::string_view user, std::string_
   return std::string(user);
 }
 
+Result<std::string> Identifier::fromCertificate(std::string_view cn) const {
+  if (cn.empty()) return Error{"no verified client certificate"};
+  if (!find(cn)) return Error{fmt::format("the client certificate's CN \"{}\" is not a service", cn.substr(0, 128))};
+  return std::string(cn);
+}
+
+Result<std::string> Identifier::agree(const Result<std::string>& cert, bool sent,
+                                      const Result<std::string>& credentials) {
+  if (!cert) return cert;
+  if (!sent) return cert;
+  if (!credentials) return credentials;
+  if (*credentials != *cert)
+    return Error{fmt::format("the credentials name service \"{}\", the client certificate \"{}\"", *credentials,
+                             *cert)};
+  return cert;
+}
+
 Result<std::string> Identifier::fromProxyAuthorization(std::string_view value, int64_t now_unix) const {
   if (value.empty()) return Error{"no credentials"};
   size_t sp = value.find(' ');

@@ -25,6 +25,11 @@ class Identifier {
   Result<std::string> fromProxyAuthorization(std::string_view value, int64_t now_unix) const;
   // A user name and a password (Basic, SOCKS5).
   Result<std::string> fromPassword(std::string_view user, std::string_view password, int64_t now_unix) const;
+  // The CN of a verified client certificate (TLS listeners and forwards) names a service.
+  Result<std::string> fromCertificate(std::string_view cn) const;
+  // A client that presented a certificate (`cert`, from fromCertificate) and maybe credentials too
+  // (`sent`; `credentials` is what they named): both must name the same service.
+  static Result<std::string> agree(const Result<std::string>& cert, bool sent, const Result<std::string>& credentials);
 
  private:
   const Service* find(std::string_view name) const;

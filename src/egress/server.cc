@@ -713,8 +713,8 @@ bool isHopByHop(std::string_view name) {
 }
 
 // Reads from `s` into buf until parse() completes, fails, or the deadline passes.
-template <typename Parse>
-asio::awaitable<http::ParseStatus> readHead(tcp::socket& s, std::string& buf, Parse parse) {
+template <typename Stream, typename Parse>
+asio::awaitable<http::ParseStatus> readHead(Stream& s, std::string& buf, Parse parse) {
   char tmp[16 * 1024];
   for (;;) {
     http::ParseStatus st = parse();
@@ -729,8 +729,9 @@ asio::awaitable<http::ParseStatus> readHead(tcp::socket& s, std::string& buf, Pa
 // Relays one message body from `src` (whose first bytes are already in `buf` from `start`) to
 // `dst`. Returns false on an error (both connections must then be closed). On return, buf holds
 // what came after the body (a pipelined request) from `start` on.
-asio::awaitable<bool> relayBody(tcp::socket& src, std::string& buf, size_t start, tcp::socket& dst,
-                                http::BodyFraming framing, uint64_t length, uint64_t& bytes) {
+template <typename Src, typename Dst>
+asio::awaitable<bool> relayBody(Src& src, std::string& buf, size_t start, Dst& dst, http::BodyFraming framing,
+                                uint64_t length, uint64_t& bytes) {
   if (framing == http::BodyFraming::kNone) {
     buf.erase(0, start);
     co_return true;
@@ -807,9 +808,18 @@ asio::awaitable<bool> relayBody(tcp::socket& src, std::string& buf, size_t start
 constexpr std::string_view kProxyAuthenticate =
     "Proxy-Authenticate: Basic realm=\"marchproxy\"\r\nProxy-Authenticate: Bearer realm=\"marchproxy\"\r\n";
 
-asio::awaitable<void> httpSession(Worker& w, tcp::socket sock) {
-  Worker::SessionGuard guard(w);
-  const std::string client = endpointText(sock);
+// The verified client certificate's CN on a TLS listener ("" = none, or a plain listener): it names
+// the service; Proxy-Authorization is then optional, and must agree when sent.
+Result<std::string> identifyHttp(const Runtime& rt, const std::string& cert_cn, const http::Header* auth) {
+  const std::string_view value = auth ? auth->value : std::string_view();
+  if (cert_cn.empty()) return rt.identity->fromProxyAuthorization(value, unixNow());
+  return Identifier::agree(rt.identity->fromCertificate(cert_cn), auth != nullptr,
+                           auth ? rt.identity->fromProxyAuthorization(value, unixNow()) : Result<std::string>(Error{""}));
+}
+
+// One client connection of an HTTP proxy listener (a TCP socket, or TLS over one).
+template <typename Client>
+asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& client, const std::string& cert_cn) {
   std::string buf;
   bool first = true;
   for (;;) {
@@ -819,7 +829,7 @@ asio::awaitable<void> httpSession(Worker& w, tcp::socket sock) {
     head_timer.expires_after(first && buf.empty() ? cfg.timeouts.header_read : cfg.timeouts.idle);
     head_timer.async_wait([&sock](boost::system::error_code ec) {
       boost::system::error_code ig;
-      if (!ec) sock.close(ig);
+      if (!ec) lowest(sock).close(ig);
     });
     first = false;
     http::RequestHead head;
@@ -859,10 +869,10 @@ asio::awaitable<void> httpSession(Worker& w, tcp::socket sock) {
 
     // Identity first: nothing about the destination is revealed to an unknown caller.
     const http::Header* auth = head.find("proxy-authorization");
-    auto service = rt->identity->fromProxyAuthorization(auth ? auth->value : std::string_view(), unixNow());
+    auto service = identifyHttp(*rt, cert_cn, auth);
     if (!service) {
       le.decision = "deny";
-      le.reason = auth ? "bad_credentials" : "no_credentials";
+      le.reason = auth ? "bad_credentials" : cert_cn.empty() ? "no_credentials" : "bad_client_cert";
       w.count("", "", "deny", le.reason);
       spdlog::info("egress: 407 for {} from {}: {}", head.target, client, service.error().message);
       const bool keep = co_await reply(407, "Proxy Authentication Required", "proxy authentication required",
@@ -1020,16 +1030,22 @@ asio::awaitable<void> httpSession(Worker& w, tcp::socket sock) {
     finish(rh.status);
     if (!resp_ok || !keep) {
       boost::system::error_code ig;
-      sock.shutdown(tcp::socket::shutdown_send, ig);
+      lowest(sock).shutdown(tcp::socket::shutdown_send, ig);
       co_return;
     }
   }
 }
 
+asio::awaitable<void> httpSession(Worker& w, tcp::socket sock) {
+  Worker::SessionGuard guard(w);
+  const std::string client = endpointText(sock);
+  co_await httpExchange(w, sock, client, std::string());
+}
+
 // ---------------------------------------------------------------- SOCKS5 session
 
-template <typename Parse>
-asio::awaitable<socks5::Parse> readSocks(tcp::socket& s, std::string& buf, Parse parse) {
+template <typename Stream, typename Parse>
+asio::awaitable<socks5::Parse> readSocks(Stream& s, std::string& buf, Parse parse) {
   char tmp[1024];
   for (;;) {
     socks5::Parse p = parse();
@@ -1044,10 +1060,12 @@ asio::awaitable<socks5::Parse> readSocks(tcp::socket& s, std::string& buf, Parse
 asio::awaitable<void> udpAssociate(Worker& w, tcp::socket& control, std::string service, LogEntry& le,
                                    const socks5::Address& declared);
 
-asio::awaitable<void> socksSession(Worker& w, tcp::socket sock) {
-  Worker::SessionGuard guard(w);
+// One client connection of a SOCKS5 listener (a TCP socket, or TLS over one). With a verified client
+// certificate (cert_cn) the client may choose "no authentication" (the certificate names the
+// service) or username/password, which must then name the same service.
+template <typename Client>
+asio::awaitable<void> socksExchange(Worker& w, Client& sock, const std::string& client, const std::string& cert_cn) {
   const auto rt = w.runtime();
-  const std::string client = endpointText(sock);
   const auto started = Clock::now();
   LogEntry le;
   le.kind = "socks5";
@@ -1060,7 +1078,7 @@ asio::awaitable<void> socksSession(Worker& w, tcp::socket sock) {
   timer.expires_after(rt->config->timeouts.header_read);
   timer.async_wait([&sock](boost::system::error_code ec) {
     boost::system::error_code ig;
-    if (!ec) sock.close(ig);
+    if (!ec) lowest(sock).close(ig);
   });
   std::string buf;
   size_t used = 0;
@@ -1068,7 +1086,24 @@ asio::awaitable<void> socksSession(Worker& w, tcp::socket sock) {
   const socks5::Parse gp = co_await readSocks(sock, buf, [&] { return socks5::parseGreeting(buf, g, used); });
   if (gp != socks5::Parse::kOk) co_return;
   buf.erase(0, used);
-  if (std::find(g.methods.begin(), g.methods.end(), socks5::kMethodUserPass) == g.methods.end()) {
+  auto offered = [&](uint8_t m) { return std::find(g.methods.begin(), g.methods.end(), m) != g.methods.end(); };
+  Result<std::string> service = Error{"no credentials"};
+  if (!cert_cn.empty() && offered(socks5::kMethodNoAuth)) {
+    // The client certificate is the identity: no username/password round trip.
+    service = rt->identity->fromCertificate(cert_cn);
+    const uint8_t method = service ? socks5::kMethodNoAuth : socks5::kMethodNone;
+    const std::string sel{static_cast<char>(socks5::kVersion), static_cast<char>(method)};
+    auto [ec, n] = co_await asio::async_write(sock, asio::buffer(sel), kNoThrow);
+    if (!service) {
+      le.decision = "deny";
+      le.reason = "bad_client_cert";
+      w.count("", "", "deny", le.reason);
+      spdlog::info("egress: SOCKS5 refused from {}: {}", client, service.error().message);
+      finish();
+      co_return;
+    }
+    if (ec) co_return;
+  } else if (!offered(socks5::kMethodUserPass)) {
     // Identity is required: a client that offers no username/password gets "no acceptable methods".
     const std::string no{static_cast<char>(socks5::kVersion), static_cast<char>(socks5::kMethodNone)};
     co_await asio::async_write(sock, asio::buffer(no), kNoThrow);
@@ -1078,27 +1113,28 @@ asio::awaitable<void> socksSession(Worker& w, tcp::socket sock) {
     finish();
     co_return;
   }
-  {
-    const std::string sel{static_cast<char>(socks5::kVersion), static_cast<char>(socks5::kMethodUserPass)};
-    auto [ec, n] = co_await asio::async_write(sock, asio::buffer(sel), kNoThrow);
-    if (ec) co_return;
-  }
-  socks5::UserPass up;
-  const socks5::Parse upp = co_await readSocks(sock, buf, [&] { return socks5::parseUserPass(buf, up, used); });
-  if (upp != socks5::Parse::kOk) co_return;
-  buf.erase(0, used);
-  auto service = rt->identity->fromPassword(up.user, up.password, unixNow());
-  if (!service) {
-    const std::string fail{1, 1};
-    co_await asio::async_write(sock, asio::buffer(fail), kNoThrow);
-    le.decision = "deny";
-    le.reason = "bad_credentials";
-    w.count("", "", "deny", "bad_credentials");
-    spdlog::info("egress: SOCKS5 authentication failed from {}: {}", client, service.error().message);
-    finish();
-    co_return;
-  }
-  {
+  if (!service) {  // username/password (RFC 1929)
+    {
+      const std::string sel{static_cast<char>(socks5::kVersion), static_cast<char>(socks5::kMethodUserPass)};
+      auto [ec, n] = co_await asio::async_write(sock, asio::buffer(sel), kNoThrow);
+      if (ec) co_return;
+    }
+    socks5::UserPass up;
+    const socks5::Parse upp = co_await readSocks(sock, buf, [&] { return socks5::parseUserPass(buf, up, used); });
+    if (upp != socks5::Parse::kOk) co_return;
+    buf.erase(0, used);
+    service = rt->identity->fromPassword(up.user, up.password, unixNow());
+    if (!cert_cn.empty()) service = Identifier::agree(rt->identity->fromCertificate(cert_cn), true, service);
+    if (!service) {
+      const std::string fail{1, 1};
+      co_await asio::async_write(sock, asio::buffer(fail), kNoThrow);
+      le.decision = "deny";
+      le.reason = "bad_credentials";
+      w.count("", "", "deny", "bad_credentials");
+      spdlog::info("egress: SOCKS5 authentication failed from {}: {}", client, service.error().message);
+      finish();
+      co_return;
+    }
     const std::string ok{1, 0};
     auto [ec, n] = co_await asio::async_write(sock, asio::buffer(ok), kNoThrow);
     if (ec) co_return;
@@ -1121,7 +1157,7 @@ asio::awaitable<void> socksSession(Worker& w, tcp::socket sock) {
   if (req.command == static_cast<uint8_t>(socks5::Command::kUdpAssociate)) {
     le.kind = "socks5-udp";
     le.protocol = "udp";
-    co_await udpAssociate(w, sock, *service, le, req.dest);
+    co_await udpAssociate(w, lowest(sock), *service, le, req.dest);
     finish();
     co_return;
   }
@@ -1150,6 +1186,12 @@ asio::awaitable<void> socksSession(Worker& w, tcp::socket sock) {
   Tunnel t;
   co_await tunnelDialled(w, sock, upstream, d, *service, req.dest.host, req.dest.port, buf, le, t);
   finish();
+}
+
+asio::awaitable<void> socksSession(Worker& w, tcp::socket sock) {
+  Worker::SessionGuard guard(w);
+  const std::string client = endpointText(sock);
+  co_await socksExchange(w, sock, client, std::string());
 }
 
 // UDP ASSOCIATE: one relay socket per association, bound next to the control connection's local
@@ -1352,13 +1394,16 @@ ForwardCaller identifyForwardCaller(Worker& w, const Runtime& rt, const std::str
   return out;
 }
 
-// The TLS handshake of a forward with `tls` (client certificate required), bounded by
-// timeouts.header_read. Null (logged, counted) when it fails.
-asio::awaitable<std::unique_ptr<TlsStream>> forwardHandshake(Worker& w, tcp::socket& sock,
-                                                             const proxy::tls::ServerContexts& ctx,
-                                                             const std::string& name, LogEntry& le) {
+// The server side of a TLS handshake with a client (TLS listeners and forwards), bounded by
+// timeouts.header_read. Null when it fails; *failure then says why (for the log).
+asio::awaitable<std::unique_ptr<TlsStream>> serverHandshake(Worker& w, tcp::socket& sock,
+                                                            const proxy::tls::ServerContexts& ctx,
+                                                            std::string* failure) {
   SSL* ssl = ctx.newSession();
-  if (!ssl) co_return nullptr;
+  if (!ssl) {
+    *failure = "cannot create a TLS session";
+    co_return nullptr;
+  }
   auto tls = std::make_unique<TlsStream>(sock, ssl);
   asio::steady_timer timer(w.ioc());
   bool timed_out = false;
@@ -1373,10 +1418,20 @@ asio::awaitable<std::unique_ptr<TlsStream>> forwardHandshake(Worker& w, tcp::soc
   auto [ec] = co_await tls->async_handshake(asio::ssl::stream_base::server, kNoThrow);
   timer.cancel();
   if (ec) {
-    const proxy::tls::Failure f = proxy::tls::classifyFailure(ec, ssl, timed_out);
-    refuseCaller(w, name, le, "bad_client_cert", fmt::format("TLS handshake failed: {}", f.detail));
+    *failure = proxy::tls::classifyFailure(ec, ssl, timed_out).detail;
     co_return nullptr;
   }
+  co_return tls;
+}
+
+// The TLS handshake of a forward with `tls` (client certificate required). Null (logged, counted)
+// when it fails.
+asio::awaitable<std::unique_ptr<TlsStream>> forwardHandshake(Worker& w, tcp::socket& sock,
+                                                             const proxy::tls::ServerContexts& ctx,
+                                                             const std::string& name, LogEntry& le) {
+  std::string failure;
+  auto tls = co_await serverHandshake(w, sock, ctx, &failure);
+  if (!tls) refuseCaller(w, name, le, "bad_client_cert", fmt::format("TLS handshake failed: {}", failure));
   co_return tls;
 }
 
@@ -1597,6 +1652,29 @@ asio::awaitable<void> udpForwardLoop(Worker& w, std::shared_ptr<UdpForward> fwd)
     if (f->ready) f->t.close();
 }
 
+// ---------------------------------------------------------------- TLS listeners
+
+// A client of an HTTP or SOCKS5 listener with `tls`: the handshake (with the certificates of the
+// current config, so a reload rotates them for new connections), then the same session as on a
+// plain listener, with the verified client certificate's CN as the identity when there is one.
+asio::awaitable<void> tlsListenerSession(Worker& w, tcp::socket sock, ListenerConfig l) {
+  Worker::SessionGuard guard(w);
+  const std::string client = endpointText(sock);
+  std::shared_ptr<const proxy::tls::ServerContexts> contexts = l.tls->contexts;
+  for (const auto& cur : w.runtime()->config->listeners)
+    if (cur.name == l.name && cur.tls) contexts = cur.tls->contexts;
+  std::string failure;
+  auto tls = co_await serverHandshake(w, sock, *contexts, &failure);
+  if (!tls) {
+    w.count("", "", "deny", "tls_handshake_failed");
+    spdlog::info("egress: listener \"{}\": TLS handshake with {} failed: {}", l.name, client, failure);
+    co_return;
+  }
+  const std::string cn = peerCommonName(tls->native_handle());
+  if (l.kind == ListenerConfig::Kind::kSocks5) co_await socksExchange(w, *tls, client, cn);
+  else co_await httpExchange(w, *tls, client, cn);
+}
+
 // ---------------------------------------------------------------- worker methods
 
 void Worker::addListener(int fd, const ListenerConfig& l) {
@@ -1645,7 +1723,9 @@ asio::awaitable<void> Worker::acceptLoop(tcp::acceptor* acceptor, ListenerConfig
     ++stats_.connections;
     boost::system::error_code ig;
     sock.set_option(tcp::no_delay(true), ig);
-    if (l.kind == ListenerConfig::Kind::kSocks5)
+    if (l.tls && (l.kind == ListenerConfig::Kind::kHttp || l.kind == ListenerConfig::Kind::kSocks5))
+      asio::co_spawn(ioc_, tlsListenerSession(*this, std::move(sock), l), asio::detached);
+    else if (l.kind == ListenerConfig::Kind::kSocks5)
       asio::co_spawn(ioc_, socksSession(*this, std::move(sock)), asio::detached);
     else if (l.kind == ListenerConfig::Kind::kTcpForward)
       asio::co_spawn(ioc_, tcpForwardSession(*this, std::move(sock), l.name), asio::detached);
@@ -1814,7 +1894,7 @@ class Egress : public control::Host {
 };
 
 std::string listenerKey(const ListenerConfig& l) {
-  return fmt::format("{}|{}|{}|{}", l.name, l.address, l.port, static_cast<int>(l.kind));
+  return fmt::format("{}|{}|{}|{}|{}", l.name, l.address, l.port, static_cast<int>(l.kind), l.tls ? "tls" : "");
 }
 
 // The listeners and the forwards' listen sockets, as configured.
@@ -1933,9 +2013,10 @@ std::string Egress::reloadFrom(const std::string& path, const char* why) {
     }
     return text;
   }
-  // Same text from the same file: nothing to do. (Under a manager each version has its own
-  // directory, so files next to an unchanged config.json, e.g. a rotated certificate, still apply.)
-  if (r.config->hash == current_->config->hash && path == loaded_from_) return {};
+  // Same text from the same file: nothing to do, unless asked by SIGHUP, which also re-reads the
+  // certificate files a config names (rotated in place). Under a manager each version has its own
+  // directory, so files next to an unchanged config.json still apply.
+  if (r.config->hash == current_->config->hash && path == loaded_from_ && std::string_view(why) != "SIGHUP") return {};
   std::set<std::string> wanted;
   for (const auto& l : allListeners(*r.config)) wanted.insert(listenerKey(l));
   for (const auto& k : bound_)

@@ -16,7 +16,7 @@ namespace marchproxy::egress::socks5 {
 inline constexpr uint8_t kVersion = 5;
 inline constexpr uint8_t kMethodNoAuth = 0x00;
 inline constexpr uint8_t kMethodUserPass = 0x02;
-inline constexpr uint8_t kMethodNone = 0xff;
+inline constexpr uint8_t kMethodNone = 0xff;    // "no acceptable methods"
 
 enum class Command : uint8_t { kConnect = 1, kBind = 2, kUdpAssociate = 3 };
 
