@@ -203,6 +203,7 @@ def start_haproxy(work, iperf_port):
   maxconn 4096
 defaults
   mode tcp
+  option splice-auto
   timeout connect 5s
   timeout client 10m
   timeout server 10m
@@ -520,7 +521,7 @@ def main():
               f"{med(fwd['MarchProxy']['us']) / med(fwd['tinyproxy']['us']):.2f}× tinyproxy's.", "",
               "## tunnel: iperf3 throughput", "",
               f"`iperf3 -c` for {a.iperf_seconds} s (one TCP stream) to `iperf3 -s`: directly, through a TCP port forward "
-              "(HAProxy `mode tcp`, MarchProxy `forwards:`), or through a CONNECT / SOCKS5 tunnel that a splice client opens "
+              "(HAProxy `mode tcp` with `option splice-auto`, MarchProxy `forwards:`; both relay with splice(2)), or through a CONNECT / SOCKS5 tunnel that a splice client opens "
               "per connection (iperf3 connects to a local port; the client relays with splice(2), zero-copy, so it is one more "
               "loopback hop but not a user-space copy). CPU s/GiB is the proxy's own (utime+stime from /proc/PID/stat) "
               "per GiB received by iperf3.", "",
