@@ -1,26 +1,33 @@
 #!/usr/bin/env python3
-"""Egress forward proxy beside Squid: forward-proxy requests/s, CONNECT throughput, CONNECT setup rate.
+"""Egress forward proxy beside Squid, tinyproxy and HAProxy: forward-proxy requests/s, tunnel
+throughput (iperf3), tunnel setup rate.
 
-    bench/egress.py [--marchproxy PATH] [--duration 10] [--connections 32] [--tunnel-mib 2048]
-                    [--setups 2000] [--rounds 3] [--no-squid]
+    bench/egress.py [--marchproxy PATH] [--duration 10] [--connections 32] [--iperf-seconds 6]
+                    [--setups 2000] [--setup-clients 4] [--rounds 3] [--note TEXT]
 
-Same machine, same origin (one nginx worker), one worker/process each, alternating targets round
-after round; the numbers that travel are the ratios and the proxy's CPU per unit of work (from
-/proc/PID/stat), not absolute rates. Writes bench/results/egress-<timestamp>.md (and .json) for a
-full run (--duration >= 10, --rounds >= 3), else under bench/work/results/. Standard library only;
-needs nginx, wrk, squid (scripts/setup.sh installs them).
+Same machine, same origin (one nginx worker), one worker/thread each, every proxy pinned to CPU 0,
+the clients to CPU 1, targets alternating round after round; the numbers that travel are the ratios
+and the proxy's CPU per unit of work (from /proc/PID/stat), not absolute rates. Writes
+bench/results/egress-<timestamp>.md (and .json) for a full run (--duration >= 10, --rounds >= 3),
+else under bench/work/results/. Standard library only; needs nginx, wrk, squid, tinyproxy, haproxy,
+iperf3 (scripts/setup.sh installs them).
 
 Scenarios
-  fwd     wrk -> proxy -> nginx, absolute-form GET http://127.0.0.1:ORIGIN/ (keep-alive client side)
-  tunnel  one CONNECT tunnel, the client pushes --tunnel-mib MiB to a sink on loopback
-  setup   --setups sequential CONNECTs (connect, CONNECT, 200, one byte each way, close)
+  fwd     wrk -> proxy -> nginx, absolute-form GET http://127.0.0.1:ORIGIN/: MarchProxy, Squid, tinyproxy
+  tunnel  iperf3 -c -> path -> iperf3 -s, one stream: direct; TCP port forwards (HAProxy mode tcp,
+          MarchProxy forwards:); CONNECT / SOCKS5 tunnels opened by a splice(2) client that iperf3
+          connects to (also direct and HAProxy through that client, to show the client's own hop)
+  setup   --setups tunnels from --setup-clients processes: connect, CONNECT or SOCKS5, 200,
+          GET / HTTP/1.0 to the origin through the tunnel, read to the close
 """
 
 import argparse
 import base64
 import datetime
 import hashlib
+import fcntl
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -50,6 +57,21 @@ def cpu_seconds(pid):
         st = f.read()
     fields = st[st.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def cpu_busy():
+    """(busy, total) jiffies per CPU from /proc/stat."""
+    out = []
+    with open("/proc/stat") as f:
+        for line in f:
+            if re.match(r"cpu\d", line):
+                v = [int(x) for x in line.split()[1:]]
+                out.append((sum(v) - v[3] - v[4], sum(v)))  # minus idle and iowait
+    return out
+
+
+def busy_pct(b0, b1):
+    return [100 * (x1[0] - x0[0]) / max(1, x1[1] - x0[1]) for x0, x1 in zip(b0, b1)]
 
 
 def wait_port(port, timeout=15):
@@ -102,25 +124,31 @@ http {{ access_log off; keepalive_timeout 300s; keepalive_requests 1000000;
     return p, port
 
 
-def start_marchproxy(binary, work, origin_port, sink_port):
-    port = free_port()
+def start_marchproxy(binary, work, origin_port, iperf_port):
+    port, socks_port, fwd_port = free_port(), free_port(), free_port()
     h = hashlib.sha256(TOKEN.encode()).hexdigest()
     conf = os.path.join(work, "egress.yaml")
     with open(conf, "w") as f:
         f.write(f"""schema: 1
 kind: egress
 workers: 1
-listeners: [{{name: http, address: 127.0.0.1, port: {port}}}]
+listeners:
+  - {{name: http, address: 127.0.0.1, port: {port}}}
+  - {{name: socks, address: 127.0.0.1, port: {socks_port}, protocol: socks5}}
+forwards:
+  - {{name: iperf, listen: "127.0.0.1:{fwd_port}", destination: "127.0.0.1:{iperf_port}",
+     sources: [{{cidr: 127.0.0.0/8, service: bench}}]}}
 admin: {{address: 127.0.0.1, port: 0}}
 services: [{{name: bench, tokens: ["sha256:{h}"]}}]
 mappings:
   - {{name: bench, sources: [bench], destinations: [127.0.0.1/32], protocols: [http, tcp],
-     ports: ["{origin_port}", "{sink_port}"]}}
+     ports: ["{origin_port}", "{iperf_port}"]}}
 timeouts: {{idle: 10m}}
 """)
     p = Proc(taskset(0) + [binary, "egress", "--config", conf, "--no-watch", "--log-level", "warn"], work, "marchproxy")
-    wait_port(port)
-    return p, port
+    for q in (port, socks_port, fwd_port):
+        wait_port(q)
+    return p, port, socks_port, fwd_port
 
 
 def start_squid(work):
@@ -166,169 +194,363 @@ def wrk_fwd(proxy_port, origin_port, duration, connections, auth, work):
     return rps, p99ms, (int(non2xx.group(1)) if non2xx else 0), (errors.group(1) if errors else "")
 
 
-class Sink:
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1024)
-        self.port = self.sock.getsockname()[1]
-        self.received = 0
-        self.done = threading.Event()
-        threading.Thread(target=self._loop, daemon=True).start()
+def start_haproxy(work, iperf_port):
+    port = free_port()
+    conf = os.path.join(work, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(f"""global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode tcp
+  option splice-auto
+  timeout connect 5s
+  timeout client 10m
+  timeout server 10m
+listen fwd
+  bind 127.0.0.1:{port}
+  server iperf 127.0.0.1:{iperf_port}
+""")
+    p = Proc(taskset(0) + ["haproxy", "-db", "-f", conf], work, "haproxy")
+    wait_port(port)
+    return p, port
 
-    def _loop(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
-    def _serve(self, c):
-        buf = bytearray(1 << 20)
-        n = 0
-        while True:
-            k = c.recv_into(buf)
-            if not k:
-                break
-            if n == 0 and k == 1:  # setup scenario: echo the one byte
-                c.sendall(buf[:1])
-            n += k
-        self.received = n
-        c.close()
-        self.done.set()
+def start_tinyproxy(work):
+    port = free_port()
+    conf = os.path.join(work, "tinyproxy.conf")
+    with open(conf, "w") as f:
+        f.write(f"""User nobody
+Group nogroup
+Port {port}
+Listen 127.0.0.1
+Timeout 600
+LogFile "{work}/tinyproxy-own.log"
+LogLevel Critical
+MaxClients 4096
+Allow 127.0.0.1
+DisableViaHeader Yes
+""")
+    os.chmod(work, 0o777)
+    p = Proc(taskset(0) + ["tinyproxy", "-d", "-c", conf], work, "tinyproxy")
+    wait_port(port)
+    return p, port
+
+
+def read_until(s, marker):
+    head = b""
+    while marker not in head:
+        d = s.recv(4096)
+        if not d:
+            raise RuntimeError(f"proxy closed the connection during the handshake after {head[:80]!r}")
+        head += d
+    return head
+
+
+def recv_exact(s, n):
+    b = b""
+    while len(b) < n:
+        d = s.recv(n - len(b))
+        if not d:
+            raise RuntimeError("proxy closed the connection during the SOCKS5 handshake")
+        b += d
+    return b
 
 
 def connect_via(proxy_port, target_port, auth):
+    """An HTTP CONNECT tunnel to 127.0.0.1:target_port through the proxy."""
     s = socket.create_connection(("127.0.0.1", proxy_port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     req = f"CONNECT 127.0.0.1:{target_port} HTTP/1.1\r\nHost: 127.0.0.1:{target_port}\r\n"
     if auth:
         req += f"Proxy-Authorization: {auth}\r\n"
     s.sendall((req + "\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        d = s.recv(4096)
-        if not d:
-            raise RuntimeError("proxy closed during CONNECT")
-        head += d
-    if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
+    head = read_until(s, b"\r\n\r\n")
+    if not re.match(rb"HTTP/1\.[01] 200", head):
         raise RuntimeError(f"CONNECT refused: {head[:80]!r}")
+    if not head.endswith(b"\r\n\r\n"):
+        raise RuntimeError(f"bytes after the CONNECT response: {head[:120]!r}")
     return s
 
 
-def tunnel(proxy_port, sink, mib, auth):
-    """Returns seconds to push mib MiB through one tunnel (None = direct to the sink)."""
-    chunk = memoryview(bytes(1 << 20))
-    if proxy_port is None:
-        s = socket.create_connection(("127.0.0.1", sink.port))
-    else:
-        s = connect_via(proxy_port, sink.port, auth)
-    sink.done.clear()
-    t0 = time.monotonic()
-    for _ in range(mib):
-        s.sendall(chunk)
-    s.shutdown(socket.SHUT_WR)
-    sink.done.wait(300)
-    dt = time.monotonic() - t0
-    s.close()
-    return dt
+def socks5_via(proxy_port, target_port, user, password):
+    """A SOCKS5 CONNECT (RFC 1928, username/password RFC 1929) to 127.0.0.1:target_port."""
+    s = socket.create_connection(("127.0.0.1", proxy_port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(b"\x05\x01\x02")
+    if recv_exact(s, 2) != b"\x05\x02":
+        raise RuntimeError("SOCKS5: username/password method refused")
+    u, pw = user.encode(), password.encode()
+    s.sendall(bytes([1, len(u)]) + u + bytes([len(pw)]) + pw)
+    if recv_exact(s, 2) != b"\x01\x00":
+        raise RuntimeError("SOCKS5: authentication failed")
+    s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + target_port.to_bytes(2, "big"))
+    rep = recv_exact(s, 10)
+    if rep[1] != 0:
+        raise RuntimeError(f"SOCKS5 CONNECT refused: reply {rep[1]}")
+    return s
 
 
-def setups(proxy_port, sink, n, auth):
-    t0 = time.monotonic()
+class Splicer:
+    """A local port iperf3 connects to; each accepted connection gets its own tunnel (open_tunnel()),
+    and the bytes move with splice(2) through a pipe in both directions: the kernel moves the pages,
+    the Python threads only loop on the syscall (pinned to the load CPU)."""
+
+    def __init__(self, open_tunnel, cpu):
+        self.open_tunnel = open_tunnel
+        self.cpu = cpu
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.errors = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self):
+        self.sock.close()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                t = self.open_tunnel()
+            except Exception as e:  # noqa: BLE001 - reported with the run
+                self.errors.append(str(e))
+                c.close()
+                continue
+            left = [2]
+            lock = threading.Lock()
+            for src, dst in ((c, t), (t, c)):
+                threading.Thread(target=self._pump, args=(src, dst, c, t, left, lock), daemon=True).start()
+
+    def _pump(self, src, dst, a, b, left, lock):
+        if self.cpu is not None:
+            os.sched_setaffinity(0, {self.cpu})  # this thread only
+        r, w = os.pipe()
+        try:
+            fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ
+        except OSError:
+            pass
+        try:
+            while True:
+                n = os.splice(src.fileno(), w, 1 << 20, flags=os.SPLICE_F_MOVE)
+                if n == 0:
+                    dst.shutdown(socket.SHUT_WR)
+                    break
+                while n:
+                    n -= os.splice(r, dst.fileno(), n, flags=os.SPLICE_F_MOVE)
+        except OSError:
+            pass
+        finally:
+            os.close(r)
+            os.close(w)
+            with lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    a.close()
+                    b.close()
+
+
+def iperf(port, seconds, work):
+    """iperf3 -c through 127.0.0.1:port; returns (Gbit/s received, bytes received)."""
+    for attempt in range(5):
+        out = subprocess.run(taskset(1) + ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"],
+                             capture_output=True, text=True)
+        try:
+            j = json.loads(out.stdout)
+        except ValueError:
+            j = {"error": out.stdout[-300:] + out.stderr[-300:]}
+        if "error" not in j:
+            r = j["end"]["sum_received"]
+            return r["bits_per_second"] / 1e9, r["bytes"]
+        if "busy" not in j["error"] or attempt == 4:
+            raise RuntimeError(f"iperf3 through port {port}: {j['error']}")
+        time.sleep(1)  # the server is still closing the previous test
+
+
+def setup_worker(args):
+    kind, proxy_port, target_port, auth, n, cpu = args
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    req = b"GET / HTTP/1.0\r\nHost: origin\r\n\r\n"
     for _ in range(n):
-        s = connect_via(proxy_port, sink.port, auth)
-        s.sendall(b"x")
-        s.recv(1)
+        s = connect_via(proxy_port, target_port, auth) if kind == "connect" else \
+            socks5_via(proxy_port, target_port, "bench", TOKEN)
+        s.sendall(req)
+        got = b""
+        while True:
+            d = s.recv(4096)
+            if not d:
+                break
+            got += d
         s.close()
-    return time.monotonic() - t0
+        if not got.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"through the tunnel: {got[:80]!r}")
+    return n
+
+
+def setups(pool, kind, proxy_port, origin_port, auth, n, clients, cpu):
+    """n tunnels, from `clients` processes each opening them one after another: connect, CONNECT (or
+    SOCKS5), 200, GET / HTTP/1.0 to the origin through the tunnel, read the response to the close."""
+    per = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
+    t0 = time.monotonic()
+    done = sum(pool.map(setup_worker, [(kind, proxy_port, origin_port, auth, k, cpu) for k in per]))
+    return done / (time.monotonic() - t0)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--marchproxy", default=None)
-    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--duration", type=int, default=10, help="seconds of wrk per fwd run")
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--tunnel-mib", type=int, default=2048)
+    ap.add_argument("--iperf-seconds", type=int, default=6, help="seconds of iperf3 per tunnel run")
     ap.add_argument("--setups", type=int, default=2000)
+    ap.add_argument("--setup-clients", type=int, default=4, help="client processes opening tunnels")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--no-squid", action="store_true")
+    ap.add_argument("--note", default="", help="a line added to the results (e.g. what else ran)")
     a = ap.parse_args()
     binary = a.marchproxy or next((p for p in (os.path.join(ROOT, "build", b, "src", "cli", "marchproxy")
                                                for b in ("bench", "release")) if os.access(p, os.X_OK)), None)
     if not binary:
         sys.exit("no marchproxy binary: cmake --preset release && cmake --build --preset release --target marchproxy")
-    for tool in ("nginx", "wrk") + (() if a.no_squid else ("squid",)):
+    for tool in ("nginx", "wrk", "squid", "tinyproxy", "haproxy", "iperf3"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found (scripts/setup.sh installs it)")
     work = tempfile.mkdtemp(prefix="egress-bench-")
     os.chmod(work, 0o755)
     auth = "Basic " + base64.b64encode(f"bench:{TOKEN}".encode()).decode()
-    procs = []
+    load_cpu = 1 if os.cpu_count() > 1 else None
+    procs, splicers = [], []
+    fwd = {n: {"rps": [], "us": [], "p99": [], "bad": 0, "errors": []} for n in ("MarchProxy", "Squid", "tinyproxy")}
+    load = [os.getloadavg()[0]]
+    tun = {}  # name -> {"gbps": [], "cpu_gib": []}
+    setup = {n: {"rate": [], "us": [], "busy": []} for n in ("MarchProxy CONNECT", "MarchProxy SOCKS5", "Squid CONNECT", "tinyproxy CONNECT")}
+    pool = multiprocessing.get_context("fork").Pool(a.setup_clients)
     try:
         origin, origin_port = start_origin(work)
         procs.append(origin)
-        sink = Sink()
-        mp, mp_port = start_marchproxy(binary, work, origin_port, sink.port)
-        procs.append(mp)
-        targets = [("MarchProxy", mp, mp_port, auth)]
-        if not a.no_squid:
-            sq, sq_port = start_squid(work)
-            procs.append(sq)
-            targets.append(("Squid", sq, sq_port, None))
-        res = {name: {"fwd_rps": [], "fwd_us": [], "fwd_p99": [], "fwd_bad": 0, "mibs": [], "cpu_gb": [],
-                      "setup_rate": [], "setup_us": []} for name, *_ in targets}
-        direct = []
+        iperf_port = free_port()
+        procs.append(Proc(taskset(1) + ["iperf3", "-s", "-p", str(iperf_port)], work, "iperf3-server"))
+        wait_port(iperf_port)
+        mp, mp_port, mp_socks, mp_fwd = start_marchproxy(binary, work, origin_port, iperf_port)
+        hp, hp_port = start_haproxy(work, iperf_port)
+        sq, sq_port = start_squid(work)
+        tp, tp_port = start_tinyproxy(work)
+        procs += [mp, hp, sq, tp]
+
+        def spl(f):
+            sp = Splicer(f, load_cpu)
+            splicers.append(sp)
+            return sp.port
+        tunnels = [  # name, proxy process, port iperf3 connects to
+            ("direct", None, iperf_port),
+            ("HAProxy mode tcp", hp, hp_port),
+            ("MarchProxy forward", mp, mp_fwd),
+            ("direct, splice client", None, spl(lambda: socket.create_connection(("127.0.0.1", iperf_port)))),
+            ("HAProxy mode tcp, splice client", hp, spl(lambda: socket.create_connection(("127.0.0.1", hp_port)))),
+            ("MarchProxy CONNECT", mp, spl(lambda: connect_via(mp_port, iperf_port, auth))),
+            ("MarchProxy SOCKS5", mp, spl(lambda: socks5_via(mp_socks, iperf_port, "bench", TOKEN))),
+            ("Squid CONNECT", sq, spl(lambda: connect_via(sq_port, iperf_port, None))),
+            ("tinyproxy CONNECT", tp, spl(lambda: connect_via(tp_port, iperf_port, None))),
+        ]
+        tun = {n: {"gbps": [], "cpu_gib": [], "busy": []} for n, *_ in tunnels}
+        fwd_targets = [("MarchProxy", mp, mp_port, auth), ("Squid", sq, sq_port, None), ("tinyproxy", tp, tp_port, None)]
+        setup_targets = [("MarchProxy CONNECT", mp, "connect", mp_port, auth), ("MarchProxy SOCKS5", mp, "socks5", mp_socks, None),
+                         ("Squid CONNECT", sq, "connect", sq_port, None), ("tinyproxy CONNECT", tp, "connect", tp_port, None)]
         for r in range(a.rounds):
-            direct.append(a.tunnel_mib / tunnel(None, sink, a.tunnel_mib, None))
-            for name, proc, port, au in targets:
+            for name, proc, port, au in fwd_targets:
                 c0 = cpu_seconds(proc.pid)
                 rps, p99, bad, err = wrk_fwd(port, origin_port, a.duration, a.connections, au, work)
                 c1 = cpu_seconds(proc.pid)
-                res[name]["fwd_rps"].append(rps)
-                res[name]["fwd_us"].append((c1 - c0) / max(1, rps * a.duration) * 1e6)
-                res[name]["fwd_p99"].append(p99)
-                res[name]["fwd_bad"] += bad
-                c0 = cpu_seconds(proc.pid)
-                dt = tunnel(port, sink, a.tunnel_mib, au)
+                fwd[name]["rps"].append(rps)
+                fwd[name]["us"].append((c1 - c0) / max(1, rps * a.duration) * 1e6)
+                fwd[name]["p99"].append(p99)
+                fwd[name]["bad"] += bad
+                fwd[name]["errors"].append(err)
+                print(f"round {r + 1} fwd {name}: {rps:,.0f} req/s {err}", flush=True)
+            for name, proc, port in tunnels:
+                c0, b0 = (cpu_seconds(proc.pid) if proc else 0), cpu_busy()
+                gbps, nbytes = iperf(port, a.iperf_seconds, work)
+                tun[name]["busy"].append(busy_pct(b0, cpu_busy()))
+                c1 = cpu_seconds(proc.pid) if proc else 0
+                tun[name]["gbps"].append(gbps)
+                tun[name]["cpu_gib"].append((c1 - c0) / (nbytes / 2**30) if proc else 0.0)
+                print(f"round {r + 1} tunnel {name}: {gbps:.2f} Gbit/s", flush=True)
+            for name, proc, kind, port, au in setup_targets:
+                c0, b0 = cpu_seconds(proc.pid), cpu_busy()
+                rate = setups(pool, kind, port, origin_port, au, a.setups, a.setup_clients, load_cpu)
                 c1 = cpu_seconds(proc.pid)
-                res[name]["mibs"].append(a.tunnel_mib / dt)
-                res[name]["cpu_gb"].append((c1 - c0) / (a.tunnel_mib / 1024))
-                c0 = cpu_seconds(proc.pid)
-                dt = setups(port, sink, a.setups, au)
-                c1 = cpu_seconds(proc.pid)
-                res[name]["setup_rate"].append(a.setups / dt)
-                res[name]["setup_us"].append((c1 - c0) / a.setups * 1e6)
-                print(f"round {r + 1} {name}: fwd {rps:,.0f} req/s, tunnel {a.tunnel_mib / dt if False else res[name]['mibs'][-1]:,.0f} MiB/s, "
-                      f"setup {res[name]['setup_rate'][-1]:,.0f}/s", flush=True)
+                setup[name]["rate"].append(rate)
+                setup[name]["us"].append((c1 - c0) / a.setups * 1e6)
+                setup[name]["busy"].append(busy_pct(b0, cpu_busy()))
+                print(f"round {r + 1} setup {name}: {rate:,.0f}/s", flush=True)
+        errors = [e for sp in splicers for e in sp.errors]
+        load.append(os.getloadavg()[0])
     finally:
+        pool.terminate()
+        for sp in splicers:
+            sp.close()
         for p in reversed(procs):
             p.stop()
 
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    rows = []
-    for name in res:
-        d = res[name]
-        rows.append((name, med(d["fwd_rps"]), med(d["fwd_us"]), med(d["fwd_p99"]), d["fwd_bad"], med(d["mibs"]),
-                     med(d["cpu_gb"]), med(d["setup_rate"]), med(d["setup_us"])))
-    sq = next((r for r in rows if r[0] == "Squid"), None)
-    lines = [f"# egress — MarchProxy beside Squid ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ})", "",
-             f"{a.rounds} rounds; fwd: wrk -t1 -c{a.connections} {a.duration}s; tunnel: {a.tunnel_mib} MiB through one "
-             f"CONNECT; setup: {a.setups} sequential CONNECTs. One worker each, proxy pinned to CPU 0 with the origin, "
-             f"clients on CPU 1. Medians. Direct loopback (no proxy): {med(direct):,.0f} MiB/s.", "",
-             "| target | fwd req/s | fwd CPU µs/req | fwd p99 ms | non-2xx | tunnel MiB/s | tunnel CPU s/GiB | CONNECT setups/s | CPU µs/setup |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r[0]} | {r[1]:,.0f} | {r[2]:.1f} | {r[3]:.2f} | {r[4]} | {r[5]:,.0f} | {r[6]:.3f} | {r[7]:,.0f} | {r[8]:.1f} |")
-    if sq:
-        mp = rows[0]
-        lines += ["", f"- fwd requests/s: {mp[1] / sq[1]:.2f}× Squid (goal ≥ 3×); CPU per request {mp[2] / sq[2]:.2f}× Squid's",
-                  f"- tunnel throughput: {mp[5] / sq[5]:.2f}× Squid, {mp[5] / med(direct):.2f}× direct (goal ≥ 0.7× direct); CPU per GiB {mp[6] / sq[6]:.2f}× Squid's",
-                  f"- CONNECT setups/s: {mp[7] / sq[7]:.2f}× Squid; CPU per setup {mp[8] / sq[8]:.2f}× Squid's"]
-    lines += ["", "The tunnel and setup clients are Python (one connection at a time): they bound the absolute rates; "
-              "the CPU columns are the proxy's own."]
+
+    def busy(d):  # median busy % of the first two CPUs over the rounds
+        return " / ".join(f"{med([b[i] for b in d['busy']]):.0f}" for i in range(min(2, len(d["busy"][0]))))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    lines = [f"# egress — MarchProxy beside Squid, tinyproxy and HAProxy ({now:%Y-%m-%dT%H:%M:%SZ})", "",
+             f"{a.rounds} rounds, medians. One worker/thread each where the peer has the knob (tinyproxy is a thread per "
+             f"connection), every proxy pinned to CPU 0 (with the nginx origin), the clients (wrk, iperf3 client and server, "
+             f"the splice client, the setup clients) on CPU 1. Load average (1 min) at start {load[0]:.1f}, at end {load[-1]:.1f} "
+             f"on {os.cpu_count()} CPUs: other work shared the machine, so absolute rates move from run to run; compare the "
+             f"ratios and the CPU-per-unit columns.", ""]
+    if a.note:
+        lines += [a.note, ""]
+    lines += ["## fwd: HTTP forward proxy", "",
+              f"wrk -t1 -c{a.connections} {a.duration} s, absolute-form `GET http://127.0.0.1:ORIGIN/` (31-byte body).", "",
+              "| proxy | req/s | CPU µs/req | p99 ms | non-2xx | wrk socket errors (last round) |", "|---|---:|---:|---:|---:|---|"]
+    for n, d in fwd.items():
+        lines.append(f"| {n} | {med(d['rps']):,.0f} | {med(d['us']):.1f} | {med(d['p99']):.2f} | {d['bad']} | {d['errors'][-1] or '—'} |")
+    m, s_, t_ = (med(fwd[n]["rps"]) for n in ("MarchProxy", "Squid", "tinyproxy"))
+    lines += ["", f"MarchProxy: **{m / s_:.2f}× Squid** (goal ≥ 3×), {m / t_:.2f}× tinyproxy in requests/s; CPU per request "
+              f"{med(fwd['MarchProxy']['us']) / med(fwd['Squid']['us']):.2f}× Squid's, "
+              f"{med(fwd['MarchProxy']['us']) / med(fwd['tinyproxy']['us']):.2f}× tinyproxy's.", "",
+              "## tunnel: iperf3 throughput", "",
+              f"`iperf3 -c` for {a.iperf_seconds} s (one TCP stream) to `iperf3 -s`: directly, through a TCP port forward "
+              "(HAProxy `mode tcp` with `option splice-auto`, MarchProxy `forwards:`; both relay with splice(2)), or through a CONNECT / SOCKS5 tunnel that a splice client opens "
+              "per connection (iperf3 connects to a local port; the client relays with splice(2), zero-copy, so it is one more "
+              "loopback hop but not a user-space copy). CPU s/GiB is the proxy's own (utime+stime from /proc/PID/stat) "
+              "per GiB received by iperf3.", "",
+              "| path | Gbit/s | proxy CPU s/GiB | × HAProxy | × direct | CPU 0 / CPU 1 busy % |", "|---|---:|---:|---:|---:|---:|"]
+    dgb, hgb = med(tun["direct"]["gbps"]), med(tun["HAProxy mode tcp"]["gbps"])
+    for n, d in tun.items():
+        g = med(d["gbps"])
+        cpu = f"{med(d['cpu_gib']):.3f}" if not n.startswith("direct") else "—"
+        lines.append(f"| {n} | {g:.2f} | {cpu} | {g / hgb:.2f} | {g / dgb:.2f} | {busy(d)} |")
+    hc = med(tun["HAProxy mode tcp"]["cpu_gib"])
+    lines += [""] + [f"- {n}: **{med(tun[n]['gbps']) / hgb:.2f}× HAProxy** (goal ≥ 1.0×), **{med(tun[n]['gbps']) / dgb:.2f}× direct** "
+                     f"(goal ≥ 0.7×); CPU per GiB {med(tun[n]['cpu_gib']) / hc:.2f}× HAProxy's"
+                     for n in ("MarchProxy forward", "MarchProxy CONNECT", "MarchProxy SOCKS5")]
+    dsg, hsg = med(tun["direct, splice client"]["gbps"]), med(tun["HAProxy mode tcp, splice client"]["gbps"])
+    lines += [f"- {n}, against the same path with the splice client's hop: {med(tun[n]['gbps']) / hsg:.2f}× HAProxy mode tcp, "
+              f"{med(tun[n]['gbps']) / dsg:.2f}× direct" for n in ("MarchProxy CONNECT", "MarchProxy SOCKS5")]
+    if errors:
+        lines += ["", f"Splice client errors: {errors[:5]}"]
+    lines += ["", "## setup: new tunnels per second", "",
+              f"{a.setups} tunnels from {a.setup_clients} client processes (on CPU 1), each: connect, CONNECT (or SOCKS5 "
+              "handshake), 200, `GET / HTTP/1.0` to the origin through the tunnel, read to the close.", "",
+              "| proxy | tunnels/s | CPU µs/tunnel | CPU 0 / CPU 1 busy % |", "|---|---:|---:|---:|"]
+    for n, d in setup.items():
+        lines.append(f"| {n} | {med(d['rate']):,.0f} | {med(d['us']):.1f} | {busy(d)} |")
+    sr, su = med(setup["Squid CONNECT"]["rate"]), med(setup["Squid CONNECT"]["us"])
+    lines += ["", f"MarchProxy CONNECT: **{med(setup['MarchProxy CONNECT']['rate']) / sr:.2f}× Squid** in tunnels/s, CPU per "
+              f"tunnel {med(setup['MarchProxy CONNECT']['us']) / su:.2f}× Squid's (the origin's share of CPU 0 is the same "
+              "for every proxy). CPU 1 near 100 % means the Python clients were the limit, and tunnels/s is theirs; the CPU "
+              "µs column is the proxy's own either way. The busy % include the other tenants of the machine."]
     text = "\n".join(lines) + "\n"
     print(text)
     full = a.duration >= 10 and a.rounds >= 3
@@ -338,7 +560,7 @@ def main():
     with open(os.path.join(outdir, f"egress-{stamp}.md"), "w") as f:
         f.write(text)
     with open(os.path.join(outdir, f"egress-{stamp}.json"), "w") as f:
-        json.dump({"args": vars(a), "binary": binary, "direct_mibs": direct, "results": res}, f, indent=1)
+        json.dump({"args": vars(a), "binary": binary, "loadavg": load, "fwd": fwd, "tunnel": tun, "setup": setup}, f, indent=1)
     print(f"wrote {outdir}/egress-{stamp}.md")
     shutil.rmtree(work, ignore_errors=True)
 

@@ -19,7 +19,7 @@ PKGS=(
   testssl.sh bsdextrautils                       # TLS listener audit (tests/integration/test_testssl.py; hexdump)
   # benchmarks (peers and load generators)
   nginx-light haproxy wrk nghttp2-client gnuplot-nox
-  squid                                          # egress bench peer (forward proxy)
+  squid tinyproxy                                # egress bench peers (forward proxies)
   python3-h2 python3-hyperframe python3-grpcio   # HTTP/2 frame-level abuse tests, gRPC end-to-end tests
   chromium                                       # web UI end-to-end tests (tests/web)
 )
@@ -40,7 +40,7 @@ if ((${#missing[@]})); then
   $SUDO "${APT[@]}" update -qq
   $SUDO "${APT[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The peers are packaged as services; we run our own instances with our own configs.
-  for s in nginx haproxy prometheus postgresql squid; do
+  for s in nginx haproxy prometheus postgresql squid tinyproxy; do
     $SUDO systemctl disable --now "$s" >/dev/null 2>&1 || true
     $SUDO service "$s" stop >/dev/null 2>&1 || true
   done
