@@ -20,6 +20,7 @@
 #include "common/base/log.h"
 #include "common/base/cidr.h"
 #include "common/http/path.h"
+#include "common/net/edge_read.h"
 #include "common/net/proxy_protocol.h"
 #include "proxy/codec/h1_writer.h"
 #include "proxy/server/server.h"
@@ -381,6 +382,7 @@ asio::awaitable<bool> HttpSession::readHead() {
       auto [rec, rn] = co_await client_.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
       ec = rec;
       n = rn;
+      if (!rec) net::noteRead(client_, rn, room);
     }
     if (ec) {
       if (timed_out_ && !rbuf_.empty()) {
@@ -808,6 +810,7 @@ asio::awaitable<bool> HttpSession::streamRequestBody(upstream::UpstreamConnectio
       auto [rec, rn] = co_await client_.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
       ec = rec;
       n = rn;
+      if (!rec) net::noteRead(client_, rn, room);
     }
     if (ec) {
       if (timed_out_) {
@@ -887,6 +890,7 @@ asio::awaitable<bool> HttpSession::streamResponseBody(upstream::UpstreamConnecti
       auto [rec, rn] = co_await up.socket.async_read_some(asio::buffer(x_->ubuf.tail(), room), kNoThrow);
       ec = rec;
       n = rn;
+      if (!rec) net::noteRead(up.socket, rn, room);
     }
     if (ec) {
       // EOF is the end of an until-close body; anything else truncates the response.
@@ -1176,6 +1180,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
         auto [rec, rn] = co_await conn->socket.async_read_some(asio::buffer(x_->ubuf.tail(), room), kNoThrow);
         ec = rec;
         n = rn;
+        if (!rec) net::noteRead(conn->socket, rn, room);
       }
       if (ec) {
         if (timed_out_) {

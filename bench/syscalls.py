@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Syscalls per keep-alive request (scenario h1) for MarchProxy, nginx and HAProxy.
+
+Each proxy runs with the bench configs (1 worker, pinned to CPU 0, origin nginx on CPU 0, wrk on
+CPU 1). Two passes per proxy, each over a fresh set of wrk connections:
+  - perf stat -e 'syscalls:sys_enter_*' on the proxy's processes: every syscall counted by the
+    kernel, at full speed (no ptrace), divided by the origin's request count (stub_status);
+  - strace -f -yy on the proxy: each socket syscall attributed to the client side (local port =
+    the proxy's listener) or the origin side (remote port = the origin's), plus epoll/timer calls.
+    strace slows the proxy, so batching (events per epoll_wait) differs from the perf pass.
+
+Usage: bench/syscalls.py [--marchproxy BIN] [--proxies marchproxy,nginx,haproxy] [--seconds 5]
+Prints one markdown table per pass.
+"""
+
+import argparse
+import collections
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+import targets  # noqa: E402
+
+# Outside the proxies' config directory: MarchProxy watches it (inotify) for reloads.
+TRACE_DIR = tempfile.mkdtemp(prefix="mp-syscalls-trace-")
+
+WRK = ["taskset", "-c", "1", "wrk", "-t", "1", "-c", "50"]
+
+
+def wrk(port, seconds):
+    subprocess.run(WRK + ["-d", f"{seconds}s", f"http://127.0.0.1:{port}/"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def measured(origin, port, seconds, tracer):
+    """Runs tracer (a Popen) around one wrk run; returns the origin's request count."""
+    time.sleep(0.5)
+    _, r0 = origin.status()
+    wrk(port, seconds)
+    _, r1 = origin.status()
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(30)
+    return r1 - r0 - 1
+
+
+def perf_pass(origin, target, seconds, work):
+    out = os.path.join(TRACE_DIR, f"perf-{target.name}.txt")
+    pids = ",".join(str(p) for p in target.pids())
+    p = subprocess.Popen(["perf", "stat", "-x", ",", "-o", out, "-e", "syscalls:sys_enter_*",
+                          "-p", pids], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reqs = measured(origin, target.port, seconds, p)
+    counts = {}
+    with open(out) as f:
+        for line in f:
+            parts = line.strip().split(",")
+            if len(parts) > 3 and parts[2].startswith("syscalls:sys_enter_") and parts[0].isdigit():
+                n = int(parts[0])
+                if n:
+                    counts[parts[2][len("syscalls:sys_enter_"):]] = n
+    return reqs, counts
+
+
+LINE = re.compile(r"^(?:\[pid\s+\d+\]\s+|\d+\s+)?(\w+)\((.*)")
+FD = re.compile(r"^(\d+)<([^>]*)>")
+
+
+def strace_pass(origin, target, seconds, work):
+    out = os.path.join(TRACE_DIR, f"strace-{target.name}.txt")
+    cmd = ["strace", "-f", "-qq", "-yy", "-s", "0", "-o", out]
+    for pid in target.pids():
+        cmd += ["-p", str(pid)]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reqs = measured(origin, target.port, seconds, p)
+    client = f"127.0.0.1:{target.port}->"
+    upstream = f"->127.0.0.1:{origin.port}]"
+    counts = collections.Counter()
+    with open(out) as f:
+        for line in f:
+            m = LINE.match(line)
+            if not m or "resumed>" in line:
+                continue
+            name, args = m.group(1), m.group(2)
+            side = ""
+            fdm = FD.match(args)
+            if name == "epoll_ctl":
+                # epoll_ctl(epfd<anon_inode:[eventpoll]>, EPOLL_CTL_MOD, fd<...>, ...)
+                parts = args.split(", ", 3)
+                fdm = FD.match(parts[2]) if len(parts) > 2 else None
+                name = f"epoll_ctl {parts[1].replace('EPOLL_CTL_', '')}" if len(parts) > 1 else name
+            if fdm:
+                what = fdm.group(2)
+                if client in what:
+                    side = "client"
+                elif upstream in what:
+                    side = "origin"
+                elif "timerfd" in what:
+                    side = "timerfd"
+                elif "eventfd" in what:
+                    side = "eventfd"
+            if "= -1 EAGAIN" in line:
+                name += " (EAGAIN)"
+            counts[(side, name)] += 1
+    return reqs, counts
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--marchproxy", default=targets.default_marchproxy_binary())
+    ap.add_argument("--proxies", default="marchproxy,nginx,haproxy")
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--strace-seconds", type=int, default=3)
+    a = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="mp-syscalls-")
+    reg = targets.PidRegistry(None)
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    conns = max(1024, min(nofile - 512, 16384))
+    values = {"WORK": work, "NOFILE": nofile, "WORKER_CONNECTIONS": conns, "MAXCONN": conns,
+              "WORKERS": 1, "BODY": targets.BODY.replace("\n", "\\n")}
+    values.update(targets.make_certificates(work))
+    origin = targets.Origin(work, reg, "0", values)
+    origin.start()
+    values["ORIGIN_PORT"] = origin.port
+    results = {}
+    try:
+        for name in a.proxies.split(","):
+            cls = targets.PROXIES[name]
+            t = cls(work, reg, "0", values, a.marchproxy) if cls is targets.MarchProxy else cls(work, reg, "0", values)
+            t.start()
+            try:
+                wrk(t.port, 1)  # warm-up: the origin pool is filled
+                t.track()
+                results[name] = (perf_pass(origin, t, a.seconds, work),
+                                 strace_pass(origin, t, a.strace_seconds, work))
+            finally:
+                t.stop()
+    finally:
+        origin.stop()
+    names = list(results)
+    print(f"perf stat, syscalls per request ({a.seconds} s, wrk -c 50)\n")
+    print("| syscall | " + " | ".join(f"{n}" for n in names) + " |")
+    print("|---|" + "---:|" * len(names))
+    allsys = sorted({s for n in names for s in results[n][0][1]})
+    totals = {n: 0.0 for n in names}
+    for s in allsys:
+        row = []
+        for n in names:
+            reqs, c = results[n][0]
+            v = c.get(s, 0) / reqs
+            totals[n] += v
+            row.append(f"{v:.3f}")
+        if any(float(x) >= 0.001 for x in row):
+            print(f"| {s} | " + " | ".join(row) + " |")
+    print("| **total** | " + " | ".join(f"**{totals[n]:.2f}**" for n in names) + " |")
+    print("| requests | " + " | ".join(str(results[n][0][0]) for n in names) + " |")
+    print(f"\nstrace -f -yy, syscalls per request by side ({a.strace_seconds} s, wrk -c 50)\n")
+    print("| side | syscall | " + " | ".join(names) + " |")
+    print("|---|---|" + "---:|" * len(names))
+    keys = sorted({k for n in names for k in results[n][1][1]})
+    totals = {n: 0.0 for n in names}
+    for k in keys:
+        row = []
+        for n in names:
+            reqs, c = results[n][1]
+            v = c.get(k, 0) / reqs
+            totals[n] += v
+            row.append(f"{v:.3f}")
+        if any(float(x) >= 0.001 for x in row):
+            print(f"| {k[0] or '-'} | {k[1]} | " + " | ".join(row) + " |")
+    print("| | **total** | " + " | ".join(f"**{totals[n]:.2f}**" for n in names) + " |")
+    print("| | requests | " + " | ".join(str(results[n][1][0]) for n in names) + " |")
+
+
+if __name__ == "__main__":
+    main()
