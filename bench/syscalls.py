@@ -25,6 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+import procstat  # noqa: E402
 import targets  # noqa: E402
 
 # Outside the proxies' config directory: MarchProxy watches it (inotify) for reloads.
@@ -38,36 +39,44 @@ def wrk(port, seconds):
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def measured(origin, port, seconds, tracer):
-    """Runs tracer (a Popen) around one wrk run; returns the origin's request count."""
+def measured(origin, target, seconds, tracer):
+    """Runs tracer (a Popen) around one wrk run; returns the origin's request count and the
+    proxy's CPU seconds (utime + stime of all its processes) over the run."""
     time.sleep(0.5)
+    pids = target.pids()
     _, r0 = origin.status()
-    wrk(port, seconds)
+    c0 = procstat.cpu_ticks(pids)
+    wrk(target.port, seconds)
+    c1 = procstat.cpu_ticks(pids)
     _, r1 = origin.status()
     tracer.send_signal(signal.SIGINT)
     tracer.wait(30)
-    return r1 - r0 - 1
+    return r1 - r0 - 1, procstat.cpu_delta_seconds(c0, c1)[0]
 
 
 def perf_pass(origin, target, seconds, work):
     out = os.path.join(TRACE_DIR, f"perf-{target.name}.txt")
     pids = ",".join(str(p) for p in target.pids())
     p = subprocess.Popen(["perf", "stat", "-x", ",", "-o", out, "-e", "syscalls:sys_enter_*",
+                          "-e", "syscalls:sys_exit_recvfrom", "--filter", "ret == -11",
                           "-p", pids], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    reqs = measured(origin, target.port, seconds, p)
-    counts = {}
+    reqs, cpu = measured(origin, target, seconds, p)
+    counts = {"CPU µs/req (perf counting; loaded machine)": cpu * 1e6}  # ÷ reqs in the table
     with open(out) as f:
         for line in f:
             parts = line.strip().split(",")
-            if len(parts) > 3 and parts[2].startswith("syscalls:sys_enter_") and parts[0].isdigit():
+            if len(parts) > 3 and parts[2] == "syscalls:sys_exit_recvfrom" and parts[0].isdigit():
+                counts["recvfrom (EAGAIN, included above)"] = int(parts[0])
+            elif len(parts) > 3 and parts[2].startswith("syscalls:sys_enter_") and parts[0].isdigit():
                 n = int(parts[0])
                 if n:
                     counts[parts[2][len("syscalls:sys_enter_"):]] = n
     return reqs, counts
 
 
-LINE = re.compile(r"^(?:\[pid\s+\d+\]\s+|\d+\s+)?(\w+)\((.*)")
-FD = re.compile(r"^(\d+)<([^>]*)>")
+LINE = re.compile(r"^(\d+)\s+(\w+)\((.*)")
+RESUMED = re.compile(r"^(\d+)\s+<\.\.\. \w+ resumed>")
+FD = re.compile(r"^(\d+)<([^\[>]*(?:\[[^\]]*\])?)>")
 
 
 def strace_pass(origin, target, seconds, work):
@@ -76,16 +85,29 @@ def strace_pass(origin, target, seconds, work):
     for pid in target.pids():
         cmd += ["-p", str(pid)]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    reqs = measured(origin, target.port, seconds, p)
+    reqs, _ = measured(origin, target, seconds, p)
     client = f"127.0.0.1:{target.port}->"
     upstream = f"->127.0.0.1:{origin.port}]"
     counts = collections.Counter()
+    pending = {}  # pid -> (side, name) of a call strace split in two ("<unfinished ...>")
+
+    def count(key, line):
+        side, name = key
+        if "= -1 EAGAIN" in line:
+            name += " (EAGAIN)"
+        counts[(side, name)] += 1
+
     with open(out) as f:
         for line in f:
-            m = LINE.match(line)
-            if not m or "resumed>" in line:
+            r = RESUMED.match(line)
+            if r:
+                if r.group(1) in pending:
+                    count(pending.pop(r.group(1)), line)
                 continue
-            name, args = m.group(1), m.group(2)
+            m = LINE.match(line)
+            if not m:
+                continue
+            pid, name, args = m.group(1), m.group(2), m.group(3)
             side = ""
             fdm = FD.match(args)
             if name == "epoll_ctl":
@@ -103,9 +125,10 @@ def strace_pass(origin, target, seconds, work):
                     side = "timerfd"
                 elif "eventfd" in what:
                     side = "eventfd"
-            if "= -1 EAGAIN" in line:
-                name += " (EAGAIN)"
-            counts[(side, name)] += 1
+            if line.rstrip().endswith("<unfinished ...>"):
+                pending[pid] = (side, name)
+            else:
+                count((side, name), line)
     return reqs, counts
 
 
@@ -152,7 +175,7 @@ def main():
         for n in names:
             reqs, c = results[n][0]
             v = c.get(s, 0) / reqs
-            totals[n] += v
+            totals[n] += 0 if "included above" in s or "CPU" in s else v
             row.append(f"{v:.3f}")
         if any(float(x) >= 0.001 for x in row):
             print(f"| {s} | " + " | ".join(row) + " |")

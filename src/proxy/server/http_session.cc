@@ -1165,9 +1165,9 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
         }
         if (st == http::ParseStatus::kError) break;
       }
-      // No readiness wait before the read: Asio re-arms epoll (a syscall) for every wait, while a
-      // read on a socket whose last read came up short is queued without trying, so the common
-      // case costs exactly one recv per response.
+      // No readiness wait before the read: Asio re-arms epoll (a syscall) for every wait. A read
+      // after a short read is queued without trying (net::noteRead), so the common case costs
+      // exactly one recv per response.
       size_t room = x_->ubuf.prepare(4096, limits_.max_request_line + limits_.max_header_bytes + 16);
       if (room == 0) break;
       boost::system::error_code ec;
