@@ -636,6 +636,7 @@ asio::awaitable<std::pair<boost::system::error_code, size_t>> HttpSession::readC
     co_return std::pair{ec, n};
   }
   auto [ec, n] = co_await client_.async_read_some(b, kNoThrow);
+  if (!ec) net::noteRead(client_, n, b.size());
   co_return std::pair{ec, n};
 }
 
@@ -682,6 +683,7 @@ asio::awaitable<void> HttpSession::spliceWebSocket(upstream::UpstreamConnection&
         auto [e, k] = co_await up.socket.async_read_some(asio::buffer(buf.get(), kBodyChunk), kNoThrow);
         ec = e;
         n = k;
+        if (!e) net::noteRead(up.socket, k, kBodyChunk);
       }
       if (ec) break;
       setPhase(Phase::kWebSocket, idle);
