@@ -166,38 +166,28 @@ def main():
         origin.stop()
     names = list(results)
     print(f"perf stat, syscalls per request ({a.seconds} s, wrk -c 50)\n")
-    print("| syscall | " + " | ".join(f"{n}" for n in names) + " |")
-    print("|---|" + "---:|" * len(names))
-    allsys = sorted({s for n in names for s in results[n][0][1]})
-    totals = {n: 0.0 for n in names}
-    for s in allsys:
-        row = []
-        for n in names:
-            reqs, c = results[n][0]
-            v = c.get(s, 0) / reqs
-            totals[n] += 0 if "included above" in s or "CPU" in s else v
-            row.append(f"{v:.3f}")
-        if any(float(x) >= 0.001 for x in row):
-            print(f"| {s} | " + " | ".join(row) + " |")
-    print("| **total** | " + " | ".join(f"**{totals[n]:.2f}**" for n in names) + " |")
-    print("| requests | " + " | ".join(str(results[n][0][0]) for n in names) + " |")
+    table(names, [results[n][0] for n in names], ["syscall"], lambda k: [k])
     print(f"\nstrace -f -yy, syscalls per request by side ({a.strace_seconds} s, wrk -c 50)\n")
-    print("| side | syscall | " + " | ".join(names) + " |")
-    print("|---|---|" + "---:|" * len(names))
-    keys = sorted({k for n in names for k in results[n][1][1]})
-    totals = {n: 0.0 for n in names}
-    for k in keys:
+    table(names, [results[n][1] for n in names], ["side", "syscall"], lambda k: [k[0] or "-", k[1]])
+
+
+def table(names, passes, key_columns, cells):
+    """One markdown table: a row per counted key (per request), its total and the request count.
+    Rows that are not syscalls of their own (EAGAIN share, CPU time) stay out of the total."""
+    print("| " + " | ".join(key_columns) + " | " + " | ".join(names) + " |")
+    print("|" + "---|" * len(key_columns) + "---:|" * len(names))
+    totals = [0.0] * len(names)
+    pad = "| " * (len(key_columns) - 1)
+    for k in sorted({k for _, c in passes for k in c}):
         row = []
-        for n in names:
-            reqs, c = results[n][1]
+        for i, (reqs, c) in enumerate(passes):
             v = c.get(k, 0) / reqs
-            totals[n] += v
+            totals[i] += 0 if "included above" in str(k) or "CPU" in str(k) else v
             row.append(f"{v:.3f}")
         if any(float(x) >= 0.001 for x in row):
-            print(f"| {k[0] or '-'} | {k[1]} | " + " | ".join(row) + " |")
-    print("| | **total** | " + " | ".join(f"**{totals[n]:.2f}**" for n in names) + " |")
-    print("| | requests | " + " | ".join(str(results[n][1][0]) for n in names) + " |")
-
+            print("| " + " | ".join(cells(k)) + " | " + " | ".join(row) + " |")
+    print(f"{pad}| **total** | " + " | ".join(f"**{t:.2f}**" for t in totals) + " |")
+    print(f"{pad}| requests | " + " | ".join(str(reqs) for reqs, _ in passes) + " |")
 
 if __name__ == "__main__":
     main()
