@@ -20,6 +20,7 @@
 #include "common/base/log.h"
 #include "common/base/cidr.h"
 #include "common/http/path.h"
+#include "common/net/edge_read.h"
 #include "common/net/proxy_protocol.h"
 #include "proxy/codec/h1_writer.h"
 #include "proxy/server/server.h"
@@ -381,6 +382,7 @@ asio::awaitable<bool> HttpSession::readHead() {
       auto [rec, rn] = co_await client_.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
       ec = rec;
       n = rn;
+      if (!rec) net::noteRead(client_, rn, room);
     }
     if (ec) {
       if (timed_out_ && !rbuf_.empty()) {
@@ -634,6 +636,7 @@ asio::awaitable<std::pair<boost::system::error_code, size_t>> HttpSession::readC
     co_return std::pair{ec, n};
   }
   auto [ec, n] = co_await client_.async_read_some(b, kNoThrow);
+  if (!ec) net::noteRead(client_, n, b.size());
   co_return std::pair{ec, n};
 }
 
@@ -680,6 +683,7 @@ asio::awaitable<void> HttpSession::spliceWebSocket(upstream::UpstreamConnection&
         auto [e, k] = co_await up.socket.async_read_some(asio::buffer(buf.get(), kBodyChunk), kNoThrow);
         ec = e;
         n = k;
+        if (!e) net::noteRead(up.socket, k, kBodyChunk);
       }
       if (ec) break;
       setPhase(Phase::kWebSocket, idle);
@@ -808,6 +812,7 @@ asio::awaitable<bool> HttpSession::streamRequestBody(upstream::UpstreamConnectio
       auto [rec, rn] = co_await client_.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
       ec = rec;
       n = rn;
+      if (!rec) net::noteRead(client_, rn, room);
     }
     if (ec) {
       if (timed_out_) {
@@ -887,6 +892,7 @@ asio::awaitable<bool> HttpSession::streamResponseBody(upstream::UpstreamConnecti
       auto [rec, rn] = co_await up.socket.async_read_some(asio::buffer(x_->ubuf.tail(), room), kNoThrow);
       ec = rec;
       n = rn;
+      if (!rec) net::noteRead(up.socket, rn, room);
     }
     if (ec) {
       // EOF is the end of an until-close body; anything else truncates the response.
@@ -1161,9 +1167,9 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
         }
         if (st == http::ParseStatus::kError) break;
       }
-      // No readiness wait before the read: Asio re-arms epoll (a syscall) for every wait, while a
-      // read on a socket whose last read came up short is queued without trying, so the common
-      // case costs exactly one recv per response.
+      // No readiness wait before the read: Asio re-arms epoll (a syscall) for every wait. A read
+      // after a short read is queued without trying (net::noteRead), so the common case costs
+      // exactly one recv per response.
       size_t room = x_->ubuf.prepare(4096, limits_.max_request_line + limits_.max_header_bytes + 16);
       if (room == 0) break;
       boost::system::error_code ec;
@@ -1176,6 +1182,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
         auto [rec, rn] = co_await conn->socket.async_read_some(asio::buffer(x_->ubuf.tail(), room), kNoThrow);
         ec = rec;
         n = rn;
+        if (!rec) net::noteRead(conn->socket, rn, room);
       }
       if (ec) {
         if (timed_out_) {
