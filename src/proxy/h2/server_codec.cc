@@ -1,6 +1,7 @@
 #include "proxy/h2/server_codec.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 
 namespace marchproxy::proxy::h2 {
@@ -108,8 +109,15 @@ bool ServerCodec::wantsIo() const {
 }
 
 bool ServerCodec::submitResponse(int32_t stream, int status, const Fields& headers, bool has_body) {
-  std::vector<nghttp2_nv> nv;
-  nv.reserve(headers.size() + 1);
+  // On the stack for a usual response; nghttp2 copies the fields before returning.
+  std::array<nghttp2_nv, 24> small;
+  std::vector<nghttp2_nv> large;
+  nghttp2_nv* nv = small.data();
+  if (headers.size() + 1 > small.size()) {
+    large.resize(headers.size() + 1);
+    nv = large.data();
+  }
+  size_t count = 0;
   char code[4];
   code[0] = static_cast<char>('0' + status / 100 % 10);
   code[1] = static_cast<char>('0' + status / 10 % 10);
@@ -120,11 +128,11 @@ bool ServerCodec::submitResponse(int32_t stream, int status, const Fields& heade
                       reinterpret_cast<uint8_t*>(const_cast<char*>(v.data())), n.size(), v.size(),
                       NGHTTP2_NV_FLAG_NONE};
   };
-  nv.push_back(mk(":status", std::string_view(code, 3)));
-  for (const auto& [n, v] : headers) nv.push_back(mk(n, v));
+  nv[count++] = mk(":status", std::string_view(code, 3));
+  for (const auto& [n, v] : headers) nv[count++] = mk(n, v);
   nghttp2_data_provider prd{};
   prd.read_callback = &ServerCodec::readCallback;
-  return nghttp2_submit_response(session_, stream, nv.data(), nv.size(), has_body ? &prd : nullptr) == 0;
+  return nghttp2_submit_response(session_, stream, nv, count, has_body ? &prd : nullptr) == 0;
 }
 
 void ServerCodec::resume(int32_t stream) { nghttp2_session_resume_data(session_, stream); }
@@ -192,8 +200,11 @@ int ServerCodec::onBeginFrame(nghttp2_session*, const nghttp2_frame_hd* hd, void
 
 int ServerCodec::onBeginHeaders(nghttp2_session*, const nghttp2_frame* frame, void* p) {
   ServerCodec& c = *self(p);
-  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST)
-    c.pending_[frame->hd.stream_id] = Request{};
+  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+    Request& r = c.pending_[frame->hd.stream_id];
+    r = Request{};
+    r.headers.reserve(8);  // one allocation for a usual request's fields, not one per doubling
+  }
   return 0;
 }
 
