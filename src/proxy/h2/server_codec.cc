@@ -154,7 +154,8 @@ void ServerCodec::goaway(bool graceful) {
 
 int ServerCodec::onBeginFrame(nghttp2_session*, const nghttp2_frame_hd* hd, void* p) {
   ServerCodec& c = *self(p);
-  const int64_t now = nowNs();
+  // The clock is read only for the frames that are rate-limited, not for every HEADERS or DATA.
+  const auto now = [] { return nowNs(); };
   const uint32_t control = c.limits_.max_control_frames_per_second;
   switch (hd->type) {
     case NGHTTP2_HEADERS:
@@ -168,26 +169,26 @@ int ServerCodec::onBeginFrame(nghttp2_session*, const nghttp2_frame_hd* hd, void
       }
       break;
     case NGHTTP2_RST_STREAM:
-      if (c.resets_.hit(c.limits_.max_resets_per_second, now)) {
+      if (c.resets_.hit(c.limits_.max_resets_per_second, now())) {
         c.calm("RST_STREAM flood (rapid reset)");
         return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
       break;
     case NGHTTP2_SETTINGS:
     case NGHTTP2_PING:
-      if (!(hd->flags & NGHTTP2_FLAG_ACK) && c.control_.hit(control, now)) {
+      if (!(hd->flags & NGHTTP2_FLAG_ACK) && c.control_.hit(control, now())) {
         c.calm(hd->type == NGHTTP2_PING ? "PING flood" : "SETTINGS flood");
         return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
       break;
     case NGHTTP2_PRIORITY:
-      if (c.control_.hit(control, now)) {
+      if (c.control_.hit(control, now())) {
         c.calm("PRIORITY flood");
         return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
       break;
     case NGHTTP2_DATA:
-      if (hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_STREAM) && c.control_.hit(control, now)) {
+      if (hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_STREAM) && c.control_.hit(control, now())) {
         c.calm("empty DATA flood");
         return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
@@ -201,9 +202,9 @@ int ServerCodec::onBeginFrame(nghttp2_session*, const nghttp2_frame_hd* hd, void
 int ServerCodec::onBeginHeaders(nghttp2_session*, const nghttp2_frame* frame, void* p) {
   ServerCodec& c = *self(p);
   if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
-    Request& r = c.pending_[frame->hd.stream_id];
-    r = Request{};
-    r.headers.reserve(8);  // one allocation for a usual request's fields, not one per doubling
+    c.pending_id_ = frame->hd.stream_id;
+    c.pending_ = Request{};
+    c.pending_.headers.reserve(8);  // one allocation for a usual request's fields, not one per doubling
   }
   return 0;
 }
@@ -212,9 +213,8 @@ int ServerCodec::onHeader(nghttp2_session* s, const nghttp2_frame* frame, const 
                           const uint8_t* value, size_t valuelen, uint8_t, void* p) {
   ServerCodec& c = *self(p);
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;  // trailers: dropped
-  auto it = c.pending_.find(frame->hd.stream_id);
-  if (it == c.pending_.end()) return 0;
-  Request& r = it->second;
+  if (frame->hd.stream_id != c.pending_id_) return 0;
+  Request& r = c.pending_;
   r.header_bytes += namelen + valuelen + 32;
   if (r.header_bytes > c.limits_.max_header_list_bytes) {
     r.too_large = true;  // keep decoding (HPACK state), store nothing more; answered 431
@@ -247,10 +247,9 @@ int ServerCodec::onFrameRecv(nghttp2_session*, const nghttp2_frame* frame, void*
     case NGHTTP2_HEADERS: {
       c.continuation_stream_ = 0;
       if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
-        auto it = c.pending_.find(id);
-        if (it == c.pending_.end()) return 0;
-        Request req = std::move(it->second);
-        c.pending_.erase(it);
+        if (id != c.pending_id_) return 0;
+        c.pending_id_ = 0;
+        Request req = std::move(c.pending_);
         if (req.too_large) {
           c.submitResponse(id, 431, {{"content-length", "0"}}, false);
           return 0;
@@ -277,7 +276,7 @@ int ServerCodec::onDataChunk(nghttp2_session*, uint8_t, int32_t stream, const ui
 
 int ServerCodec::onStreamClose(nghttp2_session*, int32_t stream, uint32_t error, void* p) {
   ServerCodec& c = *self(p);
-  c.pending_.erase(stream);
+  if (c.pending_id_ == stream) c.pending_id_ = 0;
   c.handler_.onClose(stream, error);
   return 0;
 }
