@@ -378,6 +378,7 @@ void responseFields(Fields& out, const http::ResponseHead& resp, Rewrites rw, bo
   const bool any_rewrites = hasRewrites(rw);
   ConnectionTokens conn = connectionTokens(resp);
   FieldsOut f{out};
+  out.reserve(out.size() + resp.headers.size() + (any_rewrites ? 4 : 0));  // one allocation, not one per doubling
   for (const auto& h : resp.headers) {
     Kind k = classify(h.name);
     if (k == Kind::kHop) continue;

@@ -1,6 +1,7 @@
 #include "proxy/h2/server_codec.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 
 namespace marchproxy::proxy::h2 {
@@ -108,8 +109,15 @@ bool ServerCodec::wantsIo() const {
 }
 
 bool ServerCodec::submitResponse(int32_t stream, int status, const Fields& headers, bool has_body) {
-  std::vector<nghttp2_nv> nv;
-  nv.reserve(headers.size() + 1);
+  // On the stack for a usual response; nghttp2 copies the fields before returning.
+  std::array<nghttp2_nv, 24> small;
+  std::vector<nghttp2_nv> large;
+  nghttp2_nv* nv = small.data();
+  if (headers.size() + 1 > small.size()) {
+    large.resize(headers.size() + 1);
+    nv = large.data();
+  }
+  size_t count = 0;
   char code[4];
   code[0] = static_cast<char>('0' + status / 100 % 10);
   code[1] = static_cast<char>('0' + status / 10 % 10);
@@ -120,11 +128,11 @@ bool ServerCodec::submitResponse(int32_t stream, int status, const Fields& heade
                       reinterpret_cast<uint8_t*>(const_cast<char*>(v.data())), n.size(), v.size(),
                       NGHTTP2_NV_FLAG_NONE};
   };
-  nv.push_back(mk(":status", std::string_view(code, 3)));
-  for (const auto& [n, v] : headers) nv.push_back(mk(n, v));
+  nv[count++] = mk(":status", std::string_view(code, 3));
+  for (const auto& [n, v] : headers) nv[count++] = mk(n, v);
   nghttp2_data_provider prd{};
   prd.read_callback = &ServerCodec::readCallback;
-  return nghttp2_submit_response(session_, stream, nv.data(), nv.size(), has_body ? &prd : nullptr) == 0;
+  return nghttp2_submit_response(session_, stream, nv, count, has_body ? &prd : nullptr) == 0;
 }
 
 void ServerCodec::resume(int32_t stream) { nghttp2_session_resume_data(session_, stream); }
@@ -146,7 +154,8 @@ void ServerCodec::goaway(bool graceful) {
 
 int ServerCodec::onBeginFrame(nghttp2_session*, const nghttp2_frame_hd* hd, void* p) {
   ServerCodec& c = *self(p);
-  const int64_t now = nowNs();
+  // The clock is read only for the frames that are rate-limited, not for every HEADERS or DATA.
+  const auto now = [] { return nowNs(); };
   const uint32_t control = c.limits_.max_control_frames_per_second;
   switch (hd->type) {
     case NGHTTP2_HEADERS:
@@ -160,26 +169,26 @@ int ServerCodec::onBeginFrame(nghttp2_session*, const nghttp2_frame_hd* hd, void
       }
       break;
     case NGHTTP2_RST_STREAM:
-      if (c.resets_.hit(c.limits_.max_resets_per_second, now)) {
+      if (c.resets_.hit(c.limits_.max_resets_per_second, now())) {
         c.calm("RST_STREAM flood (rapid reset)");
         return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
       break;
     case NGHTTP2_SETTINGS:
     case NGHTTP2_PING:
-      if (!(hd->flags & NGHTTP2_FLAG_ACK) && c.control_.hit(control, now)) {
+      if (!(hd->flags & NGHTTP2_FLAG_ACK) && c.control_.hit(control, now())) {
         c.calm(hd->type == NGHTTP2_PING ? "PING flood" : "SETTINGS flood");
         return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
       break;
     case NGHTTP2_PRIORITY:
-      if (c.control_.hit(control, now)) {
+      if (c.control_.hit(control, now())) {
         c.calm("PRIORITY flood");
         return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
       break;
     case NGHTTP2_DATA:
-      if (hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_STREAM) && c.control_.hit(control, now)) {
+      if (hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_STREAM) && c.control_.hit(control, now())) {
         c.calm("empty DATA flood");
         return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
@@ -192,8 +201,11 @@ int ServerCodec::onBeginFrame(nghttp2_session*, const nghttp2_frame_hd* hd, void
 
 int ServerCodec::onBeginHeaders(nghttp2_session*, const nghttp2_frame* frame, void* p) {
   ServerCodec& c = *self(p);
-  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST)
-    c.pending_[frame->hd.stream_id] = Request{};
+  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+    c.pending_id_ = frame->hd.stream_id;
+    c.pending_ = Request{};
+    c.pending_.headers.reserve(8);  // one allocation for a usual request's fields, not one per doubling
+  }
   return 0;
 }
 
@@ -201,9 +213,8 @@ int ServerCodec::onHeader(nghttp2_session* s, const nghttp2_frame* frame, const 
                           const uint8_t* value, size_t valuelen, uint8_t, void* p) {
   ServerCodec& c = *self(p);
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;  // trailers: dropped
-  auto it = c.pending_.find(frame->hd.stream_id);
-  if (it == c.pending_.end()) return 0;
-  Request& r = it->second;
+  if (frame->hd.stream_id != c.pending_id_) return 0;
+  Request& r = c.pending_;
   r.header_bytes += namelen + valuelen + 32;
   if (r.header_bytes > c.limits_.max_header_list_bytes) {
     r.too_large = true;  // keep decoding (HPACK state), store nothing more; answered 431
@@ -236,10 +247,9 @@ int ServerCodec::onFrameRecv(nghttp2_session*, const nghttp2_frame* frame, void*
     case NGHTTP2_HEADERS: {
       c.continuation_stream_ = 0;
       if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
-        auto it = c.pending_.find(id);
-        if (it == c.pending_.end()) return 0;
-        Request req = std::move(it->second);
-        c.pending_.erase(it);
+        if (id != c.pending_id_) return 0;
+        c.pending_id_ = 0;
+        Request req = std::move(c.pending_);
         if (req.too_large) {
           c.submitResponse(id, 431, {{"content-length", "0"}}, false);
           return 0;
@@ -266,7 +276,7 @@ int ServerCodec::onDataChunk(nghttp2_session*, uint8_t, int32_t stream, const ui
 
 int ServerCodec::onStreamClose(nghttp2_session*, int32_t stream, uint32_t error, void* p) {
   ServerCodec& c = *self(p);
-  c.pending_.erase(stream);
+  if (c.pending_id_ == stream) c.pending_id_ = 0;
   c.handler_.onClose(stream, error);
   return 0;
 }

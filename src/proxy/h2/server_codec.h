@@ -103,7 +103,10 @@ class ServerCodec {
   config::Http2 limits_;
   Handler& handler_;
   nghttp2_session* session_ = nullptr;
-  std::unordered_map<int32_t, Request> pending_;  // heads being received
+  // The request head being received. Header blocks never interleave (RFC 9113 §4.3: a HEADERS
+  // frame and its CONTINUATIONs are contiguous), so one slot is enough; 0: none.
+  int32_t pending_id_ = 0;
+  Request pending_;
   int32_t continuation_stream_ = 0;
   uint32_t continuations_ = 0;
   Rate resets_, control_;

@@ -6,7 +6,10 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <array>
 #include <charconv>
+#include <optional>
+#include <span>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
@@ -77,6 +80,24 @@ Fields parseTrailers(std::string_view raw) {
   return out;
 }
 
+// The route for a request. Not a coroutine: the header views live on this stack (no allocation for
+// a usual request), not in the caller's coroutine frame.
+std::optional<router::RouteTable::Match> matchRoute(const router::RouteTable& routes, std::string_view host,
+                                                    std::string_view method, std::string_view path,
+                                                    const Fields& headers) {
+  constexpr size_t kOnStack = 16;
+  std::array<http::Header, kOnStack> small;
+  std::vector<http::Header> large;
+  http::Header* hv = small.data();
+  if (headers.size() > kOnStack) {
+    large.resize(headers.size());
+    hv = large.data();
+  }
+  size_t i = 0;
+  for (const auto& [n, v] : headers) hv[i++] = {n, v};
+  return routes.match(host, method, path, std::span<const http::Header>(hv, i));
+}
+
 // One read from / one whole write to an upstream connection, TLS or not.
 asio::awaitable<std::pair<boost::system::error_code, size_t>> readUpstream(upstream::UpstreamConnection& up,
                                                                            asio::mutable_buffer b) {
@@ -128,7 +149,11 @@ struct ServerSession::Stream {
   int status = 0;
   bool grpc = false;
   bool head = false;
-  std::string request_id, path, log_upstream;
+  std::string path, log_upstream;
+  // The client's X-Request-Id when sane (at most 128 bytes), else a generated one; stored inline
+  // (no allocation per stream). A Stream never moves (shared_ptr), so the view stays valid.
+  std::string_view request_id;
+  char request_id_buf[128];
   std::string_view log_cluster;
   uint64_t bytes_in = 0, bytes_out = 0;
 
@@ -141,6 +166,11 @@ struct ServerSession::Stream {
     deadline_ns = coarseNowNs() + t.count() * kNsPerMs;
   }
   size_t pending() const { return out.size() - out_off; }
+  void setRequestId(std::string_view v) {
+    const size_t n = std::min(v.size(), sizeof request_id_buf);
+    std::memcpy(request_id_buf, v.data(), n);
+    request_id = std::string_view(request_id_buf, n);
+  }
 };
 
 ServerSession::ServerSession(Client client, server::Worker& worker, const server::ListenerInfo& listener)
@@ -405,7 +435,7 @@ void ServerSession::respondLocal(Stream& s, int status, std::string_view body, s
   s.status = status;
   Fields f;
   if (!location.empty()) f.emplace_back("location", std::string(location));
-  f.emplace_back("x-request-id", s.request_id);
+  f.emplace_back("x-request-id", std::string(s.request_id));
   if (m) codec::rewriteFields(f, {&m->vhost->response_headers, &m->route->response_headers});
   const bool has_body = !body.empty() && !s.head;
   if (!content_type.empty() && !body.empty()) f.emplace_back("content-type", std::string(content_type));
@@ -427,7 +457,7 @@ void ServerSession::respondError(Stream& s, int status, std::string_view reason)
     Fields f{{"content-type", "application/grpc"},
              {"grpc-status", std::to_string(grpcStatus(status))},
              {"grpc-message", std::string(reason)},
-             {"x-request-id", s.request_id}};
+             {"x-request-id", std::string(s.request_id)}};
     codec_->submitResponse(s.id, 200, f, false);
     flush();
   } else {
@@ -466,7 +496,7 @@ asio::awaitable<bool> ServerSession::admitRate(Stream& s, const config::Route& r
   s.responded = true;
   s.status = 429;
   Fields f{{"retry-after", std::to_string(verdict.retry_after_s)},
-           {"x-request-id", s.request_id},
+           {"x-request-id", std::string(s.request_id)},
            {"content-type", "text/plain"}};
   const std::string_view body = "429 Too Many Requests: rate limit exceeded\n";
   f.emplace_back("content-length", std::to_string(body.size()));
@@ -504,7 +534,7 @@ asio::awaitable<void> ServerSession::serve(std::shared_ptr<Stream> sp) {
   ++worker_.stats().requests_total;
   char id[32];
   worker_.newRequestId(id);
-  s.request_id.assign(id, sizeof id);
+  s.setRequestId(std::string_view(id, sizeof id));
   Request& r = s.req;
   std::string_view host = r.authority;
   std::string_view host_field;
@@ -514,7 +544,7 @@ asio::awaitable<void> ServerSession::serve(std::shared_ptr<Stream> sp) {
     if (n == "content-type" && v.starts_with("application/grpc")) s.grpc = true;
     if (n == "x-request-id" && !v.empty() && v.size() <= 128 &&
         std::all_of(v.begin(), v.end(), [](char c) { return c > 0x20 && c < 0x7f && c != '"'; }))
-      s.request_id = v;
+      s.setRequestId(v);
     if (n == "host") {
       ++host_fields;
       host_field = v;
@@ -577,10 +607,7 @@ asio::awaitable<void> ServerSession::serve(std::shared_ptr<Stream> sp) {
     } else {
       if (pn == http::PathNormalization::kNormalized) routed = norm;
       s.path = routed;
-      std::vector<http::Header> hv;
-      hv.reserve(r.headers.size());
-      for (auto& [n, v] : r.headers) hv.push_back({n, v});
-      auto m = s.wrt->rt->routes->match(host, r.method, s.path, hv);
+      auto m = matchRoute(*s.wrt->rt->routes, host, r.method, s.path, r.headers);
       if (!m) {
         respondError(s, 404, "no route for this host and path");
       } else {
@@ -713,6 +740,7 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
   rh.host = r.authority;
   bool have_cl = false;
   uint64_t cl = 0;
+  rh.headers.reserve(r.headers.size() + 1);  // + the joined cookie
   for (auto& [n, v] : r.headers) {
     if (n == "host") {
       if (rh.host.empty()) rh.host = v;
