@@ -532,7 +532,9 @@ asio::awaitable<void> idleWatch(asio::steady_timer& timer, Clock::time_point& la
 
 struct TunnelResult {
   uint64_t up = 0, down = 0;
-  std::string reason;  // why it ended early: sni_mismatch, not_tls, revoked, idle
+  // Why it ended early: client_closed, sni_mismatch, sni_missing, not_tls, revoked. Always a
+  // literal: the access-log entry keeps a view of it after the tunnel's frame is gone.
+  std::string_view reason;
 };
 
 // Runs an established tunnel: optional ClientHello check, then relays both ways until both sides
