@@ -73,6 +73,18 @@ std::optional<IpAddr> parseIp(std::string_view s) {
 }
 
 std::string formatIp(const IpAddr& a) {
+  if (!a.v6) {  // by hand: glibc's inet_ntop formats each octet with sprintf (per request on the forward path)
+    char buf[16];
+    char* p = buf;
+    for (int i = 0; i < 4; ++i) {
+      const unsigned o = a.bytes[i];
+      if (i) *p++ = '.';
+      if (o >= 100) *p++ = static_cast<char>('0' + o / 100);
+      if (o >= 10) *p++ = static_cast<char>('0' + o / 10 % 10);
+      *p++ = static_cast<char>('0' + o % 10);
+    }
+    return std::string(buf, p);
+  }
   char buf[INET6_ADDRSTRLEN];
   inet_ntop(a.v6 ? AF_INET6 : AF_INET, a.bytes.data(), buf, sizeof buf);
   return buf;

@@ -27,6 +27,15 @@ Rule rule(std::string name, std::vector<std::string> sources, std::vector<std::s
   return r;
 }
 
+TEST(FormatIp, RoundTripsEveryOctetWidthAndIpv6) {
+  for (const char* text : {"0.0.0.0", "9.10.99.100", "127.0.0.1", "192.168.1.254", "255.255.255.255", "::1",
+                           "2001:db8::8:800:200c:417a"}) {
+    auto ip = parseIp(text);
+    ASSERT_TRUE(ip) << text;
+    EXPECT_EQ(formatIp(*ip), text);
+  }
+}
+
 constexpr uint8_t kHttps = static_cast<uint8_t>(Protocol::kHttps);
 constexpr uint8_t kHttp = static_cast<uint8_t>(Protocol::kHttp);
 constexpr uint8_t kTcp = static_cast<uint8_t>(Protocol::kTcp);

@@ -198,6 +198,24 @@ std::string labelValue(std::string_view s) {
 
 class Worker;
 
+// An idle keep-alive connection's destination: resolved address and port (no text built per request).
+struct PoolKey {
+  IpAddr addr;
+  uint16_t port = 0;
+  bool operator==(const PoolKey&) const = default;
+};
+struct PoolKeyHash {
+  size_t operator()(const PoolKey& k) const {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a
+    auto mix = [&h](uint8_t b) { h = (h ^ b) * 1099511628211ull; };
+    for (uint8_t b : k.addr.bytes) mix(b);
+    mix(k.addr.v6);
+    mix(static_cast<uint8_t>(k.port));
+    mix(static_cast<uint8_t>(k.port >> 8));
+    return h;
+  }
+};
+
 // An open tunnel (CONNECT, SOCKS5 CONNECT or UDP ASSOCIATE), registered with its worker so that a
 // reload can re-check it and close it when the new config no longer allows it.
 struct Tunnel {
@@ -273,8 +291,25 @@ class Worker {
   asio::io_context& ioc() { return ioc_; }
   Resolver& resolver() { return resolver_; }
   Stats& stats() { return stats_; }
+  // Counted through a few recently used counters (map nodes are stable): a request of a known
+  // (service, mapping, decision, reason) then costs four short compares, not four string copies
+  // and a map lookup.
   void count(std::string_view service, std::string_view rule, std::string_view decision, std::string_view reason) {
-    ++stats_.decisions[{std::string(service), std::string(rule), std::string(decision), std::string(reason)}];
+    for (auto& c : recent_counts_) {
+      if (!c.counter) break;
+      const auto& [s, r, d, why] = c.key->first;
+      if (s == service && r == rule && d == decision && why == reason) {
+        ++*c.counter;
+        return;
+      }
+    }
+    auto it = stats_.decisions
+                  .try_emplace({std::string(service), std::string(rule), std::string(decision), std::string(reason)}, 0)
+                  .first;
+    ++it->second;
+    RecentCount& slot = recent_counts_[next_recent_++ % recent_counts_.size()];
+    slot.key = &*it;
+    slot.counter = &it->second;
   }
   void addBytes(const std::string& service, uint64_t up, uint64_t down) {
     auto& b = stats_.bytes[service];
@@ -297,7 +332,7 @@ class Worker {
   }
   // Idle keep-alive connections to destinations, per resolved address and port. A connection is
   // taken only for an address the current policy has just allowed, so the pool never widens access.
-  std::optional<tcp::socket> takeIdle(const std::string& key) {
+  std::optional<tcp::socket> takeIdle(const PoolKey& key) {
     auto it = idle_.find(key);
     while (it != idle_.end() && !it->second.empty()) {
       tcp::socket s = std::move(it->second.back());
@@ -308,7 +343,7 @@ class Worker {
     }
     return std::nullopt;
   }
-  void putIdle(const std::string& key, tcp::socket s) {
+  void putIdle(const PoolKey& key, tcp::socket s) {
     auto& v = idle_[key];
     if (v.size() < kMaxIdlePerDestination) v.push_back(std::move(s));
   }
@@ -335,8 +370,14 @@ class Worker {
   std::list<Tunnel*> tunnels_;
   uint64_t next_tunnel_id_ = 0;
   DecisionCache decisions_;
+  struct RecentCount {
+    const std::pair<const std::tuple<std::string, std::string, std::string, std::string>, uint64_t>* key = nullptr;
+    uint64_t* counter = nullptr;
+  };
+  std::array<RecentCount, 8> recent_counts_{};
+  size_t next_recent_ = 0;
   static constexpr size_t kMaxIdlePerDestination = 64;
-  std::unordered_map<std::string, std::vector<tcp::socket>> idle_;
+  std::unordered_map<PoolKey, std::vector<tcp::socket>, PoolKeyHash> idle_;
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
   std::vector<std::shared_ptr<udp::socket>> udp_forwards_;
   std::atomic<size_t> sessions_{0};
@@ -385,7 +426,7 @@ constexpr uint8_t kConnectProtocols = static_cast<uint8_t>(Protocol::kHttps) | s
 
 // Authorise (name, then every resolved address), then connect to the first allowed address that
 // answers. Never connects anywhere the policy refused.
-std::string poolKey(const IpAddr& a, uint16_t port) { return fmt::format("{}|{}", formatIp(a), port); }
+PoolKey poolKey(const IpAddr& a, uint16_t port) { return {a, port}; }
 
 // The two-step decision (name, then every resolved address) without connecting: the allowed
 // addresses with the rule that allows each, best first. Empty: `out` says why (reason_code, reason,
@@ -731,9 +772,16 @@ asio::awaitable<http::ParseStatus> readHead(Stream& s, std::string& buf, Parse p
 // Relays one message body from `src` (whose first bytes are already in `buf` from `start`) to
 // `dst`. Returns false on an error (both connections must then be closed). On return, buf holds
 // what came after the body (a pipelined request) from `start` on.
+// `prefix` (a message head, not counted in `bytes`) is written first, in the same write as the body
+// when the whole body is already in `buf`.
 template <typename Src, typename Dst>
 asio::awaitable<bool> relayBody(Src& src, std::string& buf, size_t start, Dst& dst, http::BodyFraming framing,
-                                uint64_t length, uint64_t& bytes) {
+                                uint64_t length, uint64_t& bytes, std::string_view prefix = {}) {
+  const bool joined = framing == http::BodyFraming::kContentLength && length > 0 && buf.size() > start;
+  if (!prefix.empty() && !joined) {
+    auto [ec, n] = co_await asio::async_write(dst, asio::buffer(prefix), kNoThrow);
+    if (ec) co_return false;
+  }
   if (framing == http::BodyFraming::kNone) {
     buf.erase(0, start);
     co_return true;
@@ -752,9 +800,10 @@ asio::awaitable<bool> relayBody(Src& src, std::string& buf, size_t start, Dst& d
     uint64_t left = length;
     size_t have = std::min<uint64_t>(left, buf.size() - start);
     if (have) {
-      auto [ec, n] = co_await asio::async_write(dst, asio::buffer(buf.data() + start, have), kNoThrow);
+      const std::array<asio::const_buffer, 2> bufs{asio::buffer(prefix), asio::buffer(buf.data() + start, have)};
+      auto [ec, n] = co_await asio::async_write(dst, bufs, kNoThrow);
       if (ec) co_return false;
-      bytes += n;
+      bytes += n - prefix.size();
       left -= have;
     }
     buf.erase(0, start + have);
@@ -819,27 +868,61 @@ Result<std::string> identifyHttp(const Runtime& rt, const std::string& cert_cn, 
                            auth ? rt.identity->fromProxyAuthorization(value, unixNow()) : Result<std::string>(Error{""}));
 }
 
+// The head and response deadlines of one client connection, on one timer re-armed lazily: setting a
+// deadline costs no timer syscall unless it is earlier than the one armed; a wake-up before the
+// current deadline re-arms for it. The socket is closed when its deadline passes before clear().
+class LazyDeadline {
+ public:
+  explicit LazyDeadline(asio::io_context& ioc) : timer_(ioc) {}
+  LazyDeadline(const LazyDeadline&) = delete;
+  LazyDeadline& operator=(const LazyDeadline&) = delete;
+  void set(Clock::duration d, tcp::socket& s) {
+    due_ = Clock::now() + d;
+    target_ = &s;
+    if (!armed_ || armed_at_ > due_) arm();
+  }
+  void clear() { target_ = nullptr; }
+
+ private:
+  void arm() {
+    armed_ = true;
+    armed_at_ = due_;
+    timer_.expires_at(due_);  // a wait still pending completes with operation_aborted
+    timer_.async_wait([this](boost::system::error_code ec) {
+      if (!ec) fired();  // on destruction the wait is aborted: `this` is not touched
+    });
+  }
+  void fired() {
+    armed_ = false;
+    if (!target_) return;
+    if (Clock::now() < due_) return arm();
+    boost::system::error_code ig;
+    target_->close(ig);
+    target_ = nullptr;
+  }
+  asio::steady_timer timer_;
+  Clock::time_point due_{}, armed_at_{};
+  tcp::socket* target_ = nullptr;
+  bool armed_ = false;
+};
+
 // One client connection of an HTTP proxy listener (a TCP socket, or TLS over one).
 template <typename Client>
 asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& client, const std::string& cert_cn) {
   std::string buf;
   bool first = true;
+  LazyDeadline deadline(w.ioc());
   for (;;) {
     const auto rt = w.runtime();
     const Config& cfg = *rt->config;
-    asio::steady_timer head_timer(w.ioc());
-    head_timer.expires_after(first && buf.empty() ? cfg.timeouts.header_read : cfg.timeouts.idle);
-    head_timer.async_wait([&sock](boost::system::error_code ec) {
-      boost::system::error_code ig;
-      if (!ec) lowest(sock).close(ig);
-    });
+    deadline.set(first && buf.empty() ? cfg.timeouts.header_read : cfg.timeouts.idle, lowest(sock));
     first = false;
     http::RequestHead head;
     http::ParseError perr;
     http::ParseLimits limits;
     const http::ParseStatus st =
         co_await readHead(sock, buf, [&] { return http::parseRequest(buf, limits, head, perr); });
-    head_timer.cancel();
+    deadline.clear();
     if (st == http::ParseStatus::kIncomplete) co_return;  // closed or timed out between requests
     if (st == http::ParseStatus::kError) {
       std::string resp = simpleResponse(perr.http_status, "Bad Request", perr.reason, true);
@@ -976,12 +1059,7 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
             co_await relayBody(sock, buf, head_left, up, head.framing, head.content_length, up_bytes);
         head_left = 0;
         if (!body_ok) co_return;
-        asio::steady_timer resp_timer(w.ioc());
-        resp_timer.expires_after(cfg.timeouts.idle);
-        resp_timer.async_wait([&up](boost::system::error_code ec) {
-          boost::system::error_code ig;
-          if (!ec) up.close(ig);
-        });
+        deadline.set(cfg.timeouts.idle, up);
         for (;;) {
           rst = co_await readHead(up, ubuf, [&] { return http::parseResponse(ubuf, limits, is_head, rh, rerr); });
           if (rst == http::ParseStatus::kComplete && rh.status >= 100 && rh.status < 200) {
@@ -990,7 +1068,7 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
           }
           break;
         }
-        resp_timer.cancel();
+        deadline.clear();
       }
       if (!reused || rst == http::ParseStatus::kComplete || !ubuf.empty()) break;
       // The pooled connection was closed by the destination: the request (no body) is re-sent.
@@ -1019,11 +1097,8 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
       rout.append(h.name).append(": ").append(h.value).append("\r\n");
     }
     rout += keep ? "\r\n" : "Connection: close\r\n\r\n";
-    {
-      auto [ec, n] = co_await asio::async_write(sock, asio::buffer(rout), kNoThrow);
-      if (ec) co_return;
-    }
-    const bool resp_ok = co_await relayBody(up, ubuf, rh.head_size, sock, rh.framing, rh.content_length, down_bytes);
+    const bool resp_ok =
+        co_await relayBody(up, ubuf, rh.head_size, sock, rh.framing, rh.content_length, down_bytes, rout);
     if (resp_ok && rh.keep_alive && rh.framing != http::BodyFraming::kUntilClose && ubuf.empty())
       w.putIdle(poolKey(up_addr, port), std::move(up));
     le.bytes_up = up_bytes;
