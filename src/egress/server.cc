@@ -43,6 +43,7 @@
 #include <fmt/format.h>
 
 #include "common/base/cpu.h"
+#include "common/base/hash.h"
 #include "common/base/log.h"
 #include "common/http/h1_parser.h"
 #include "common/net/splice.h"
@@ -206,13 +207,11 @@ struct PoolKey {
 };
 struct PoolKeyHash {
   size_t operator()(const PoolKey& k) const {
-    uint64_t h = 1469598103934665603ull;  // FNV-1a
-    auto mix = [&h](uint8_t b) { h = (h ^ b) * 1099511628211ull; };
-    for (uint8_t b : k.addr.bytes) mix(b);
-    mix(k.addr.v6);
-    mix(static_cast<uint8_t>(k.port));
-    mix(static_cast<uint8_t>(k.port >> 8));
-    return h;
+    // The 16 address bytes as two words, with the port and family, through the shared finaliser.
+    uint64_t lo, hi;
+    std::memcpy(&lo, k.addr.bytes.data(), 8);
+    std::memcpy(&hi, k.addr.bytes.data() + 8, 8);
+    return mix64(lo ^ mix64(hi ^ (uint64_t{k.port} << 1 | uint64_t{k.addr.v6})));
   }
 };
 
