@@ -1,5 +1,9 @@
 #include "manager/manager.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -232,6 +236,13 @@ std::pair<std::string, std::string> controlCertificate(store::Db& db, const auth
 }  // namespace
 
 int run(Options opts) {
+#ifdef __GLIBC__
+  // A page of 1,000 items is a ~300 KiB response body built by doubling. With glibc's defaults such blocks
+  // are mmapped and unmapped, or trimmed off the heap top, on every request, and each then page-faults
+  // afresh (a third of the manager's CPU on 1,000-item reads; p50 22 -> 13 ms). Keep them in the heap.
+  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  ::mallopt(M_TRIM_THRESHOLD, 64 << 20);
+#endif
   if (auto err = resolveOptions(opts); !err.empty()) {
     spdlog::error("manager: {}", err);
     return 2;
