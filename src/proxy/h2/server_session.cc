@@ -18,6 +18,7 @@
 #include "common/base/log.h"
 #include "common/http/h1_parser.h"
 #include "common/http/path.h"
+#include "common/net/edge_read.h"
 #include "proxy/codec/h1_writer.h"
 #include "proxy/h2/upstream_connection.h"
 #include "proxy/limits/rate_limiter.h"
@@ -236,6 +237,7 @@ asio::awaitable<void> ServerSession::readLoop() {
       auto [rec, rn] = co_await client_.socket.async_read_some(asio::buffer(buf), kNoThrow);
       ec = rec;
       n = rn;
+      if (!rec) net::noteRead(client_.socket, rn, buf.size());
     }
     if (ec || stopping_) co_return;
     // Not last_active_ns_: only streams and their data keep a connection alive, never PING or
@@ -943,6 +945,7 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
         auto [e, rn] = co_await s.up->socket.async_read_some(asio::buffer(ubuf.tail(), room), kNoThrow);
         rec = e;
         n = rn;
+        if (!e) net::noteRead(s.up->socket, rn, room);
       }
       if (rec) break;
       ubuf.commit(n);
@@ -1046,6 +1049,7 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
         auto [e, rn] = co_await s.up->socket.async_read_some(asio::buffer(ubuf.tail(), room), kNoThrow);
         ec = e;
         n = rn;
+        if (!e) net::noteRead(s.up->socket, rn, room);
       }
       if (ec) {
         done = framing == BodyFraming::kUntilClose && ec == asio::error::eof;
