@@ -25,6 +25,7 @@
 #include <unordered_map>
 
 #include "common/base/buffer.h"
+#include "common/base/free_list.h"
 #include "common/http/h1_parser.h"
 #include "proxy/h2/server_codec.h"
 #include "proxy/router/route_table.h"
@@ -94,7 +95,10 @@ class ServerSession final : public ServerCodec::Handler {
   server::Worker& worker_;
   const server::ListenerInfo& listener_;
   std::unique_ptr<ServerCodec> codec_;
-  std::unordered_map<int32_t, std::shared_ptr<Stream>> streams_;
+  // Nodes (and the streams, std::allocate_shared) come from per-worker free lists.
+  std::unordered_map<int32_t, std::shared_ptr<Stream>, std::hash<int32_t>, std::equal_to<int32_t>,
+                     FreeListAllocator<std::pair<const int32_t, std::shared_ptr<Stream>>>>
+      streams_;
   boost::asio::steady_timer write_cv_;
   boost::asio::steady_timer done_cv_;
   std::string wbuf_;

@@ -11,6 +11,7 @@
 #include "common/base/clock.h"
 #include "common/base/log.h"
 #include "common/http/h1_parser.h"
+#include "common/net/edge_read.h"
 
 namespace marchproxy::proxy::h2 {
 namespace {
@@ -167,6 +168,7 @@ asio::awaitable<void> UpstreamH2Connection::run(std::shared_ptr<UpstreamH2Connec
       auto [rec, rn] = co_await conn_.socket.async_read_some(asio::buffer(buf), kNoThrow);
       ec = rec;
       n = rn;
+      if (!rec) net::noteRead(conn_.socket, rn, buf.size());
     }
     if (ec || closed_) break;
     const bool ok = codec_.feed(std::string_view(buf.data(), n));
