@@ -475,14 +475,10 @@ asio::awaitable<bool> HttpSession::handleRequest() {
   route_id_ = static_cast<int>(m->route_id);
   const config::Route& route = *m->route;
   if (!listener_.tls && m->vhost->redirect_to_https != 0) {
-    config::RedirectAction to_https;
-    to_https.code = m->vhost->redirect_to_https;
-    to_https.scheme = "https";
-    std::string location =
-        router::redirectLocation(to_https, *m, listener_.scheme, x_->req.host, path_, x_->req.query);
+    const std::string location = httpsRedirectLocation(*m);
     linger_ = has_body;
-    const bool result =
-        co_await respondLocal(to_https.code, {}, !has_body && x_->req.keep_alive, location, {}, &*m);
+    const bool result = co_await respondLocal(m->vhost->redirect_to_https, {}, !has_body && x_->req.keep_alive,
+                                              location, {}, &*m);
     co_return result;
   }
   if (!route.allowed_client_names.empty()) {
@@ -560,6 +556,13 @@ asio::awaitable<bool> HttpSession::handleRequest() {
       }
   }
   co_return false;
+}
+
+std::string HttpSession::httpsRedirectLocation(const router::RouteTable::Match& m) const {
+  config::RedirectAction to_https;
+  to_https.code = m.vhost->redirect_to_https;
+  to_https.scheme = "https";
+  return router::redirectLocation(to_https, m, listener_.scheme, x_->req.host, path_, x_->req.query);
 }
 
 // The rate-limit key of this request. A request without the configured header (or without a

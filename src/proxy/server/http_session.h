@@ -81,6 +81,9 @@ class HttpSession {
   boost::asio::awaitable<bool> respondError(int status, std::string_view reason, bool keep_alive);
   boost::asio::awaitable<bool> respondRateLimited(uint32_t retry_after_s, bool keep_alive);
   limits::RateKeys rateLimitKeys(const config::RequestRateLimit& rl) const;
+  // Not in handleRequest()'s coroutine frame: its locals would push the frame past asio's
+  // recycling size (1,020 bytes), and every request would pay a malloc/free for it.
+  std::string httpsRedirectLocation(const router::RouteTable::Match& m) const;
   boost::asio::awaitable<bool> streamRequestBody(upstream::UpstreamConnection& up, uint64_t already_sent,
                                                  bool& upstream_failed);
   boost::asio::awaitable<bool> streamResponseBody(upstream::UpstreamConnection& up, http::BodyFraming framing,

@@ -2,6 +2,8 @@
 
 #include <pthread.h>
 #include <sys/socket.h>
+#include <array>
+#include <cstring>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -11,6 +13,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "common/base/clock.h"
+#include "common/base/hash.h"
 #include "common/base/cpu.h"
 #include "common/base/log.h"
 #include "proxy/server/http_session.h"
@@ -38,6 +41,8 @@ Worker::Worker(unsigned index, Server& server)
       rng_(std::random_device{}()),
       rate_limiter_(server.rateTable()),
       sweep_timer_(ioc_) {
+  id_seq_ = rng_();
+  id_key_ = rng_();
   work_.emplace(ioc_.get_executor());
 }
 
@@ -284,11 +289,23 @@ void Worker::collect(WorkerStats* out) {
 }
 
 void Worker::newRequestId(char (&out)[32]) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  uint64_t a = rng_(), b = rng_();
-  for (int i = 0; i < 16; ++i) {
-    out[i] = kHex[(a >> (i * 4)) & 0xf];
-    out[16 + i] = kHex[(b >> (i * 4)) & 0xf];
+  // Two hex digits per table entry: 16 lookups per id instead of 32 shifts and masks, and two
+  // splitmix64 steps instead of two Mersenne Twister draws (~240 instructions per request before).
+  static constexpr auto kHexPairs = [] {
+    std::array<char, 512> t{};
+    constexpr char kHex[] = "0123456789abcdef";
+    for (size_t i = 0; i < 256; ++i) {
+      t[2 * i] = kHex[i >> 4];
+      t[2 * i + 1] = kHex[i & 0xf];
+    }
+    return t;
+  }();
+  id_seq_ += 0x9e3779b97f4a7c15ULL;
+  const uint64_t a = mix64(id_seq_);
+  const uint64_t b = mix64(a ^ id_key_);
+  for (int i = 0; i < 8; ++i) {
+    std::memcpy(out + 2 * i, &kHexPairs[((a >> (i * 8)) & 0xff) * 2], 2);
+    std::memcpy(out + 16 + 2 * i, &kHexPairs[((b >> (i * 8)) & 0xff) * 2], 2);
   }
 }
 

@@ -124,6 +124,10 @@ class Worker {
   bool draining_ = false;
   bool stopped_ = false;
   std::mt19937_64 rng_;
+  // Request ids: a splitmix64 sequence (unique per worker: mix64 is a bijection) from a random
+  // start, and a random key for the second half.
+  uint64_t id_seq_ = 0;
+  uint64_t id_key_ = 0;
   limits::RateLimiter rate_limiter_;
   limits::RedisStats redis_stats_;  // outlives the clients that write it (a reload replaces them)
   boost::asio::steady_timer sweep_timer_;
