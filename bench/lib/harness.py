@@ -52,10 +52,13 @@ READING = {
                "handshake's kernel work charged to the proxy, and close."),
     "tls": ("As h1, over TLS (wrk negotiates TLS 1.3 with X25519; each proxy with its default "
             "TLS settings). There is no origin-alone row: the origin speaks plain HTTP."),
-    "tls-new": ("As h1-new, over TLS: wrk makes a full handshake per request (it does not resume "
-                "sessions), so CPU µs/req is dominated by the handshake (ECDSA P-256 signature, "
-                "X25519 key exchange) done by OpenSSL in every proxy."),
-    "tls-new-p384": "As tls-new with an ECDSA P-384 certificate (a costlier signature).",
+    "tls-new": ("As h1-new, over TLS: wrk makes a new connection per request and offers the newest "
+                "session ticket it holds (it keeps its SSL object's session across SSL_clear), so a "
+                "proxy that re-issues a ticket on each resumed TLS 1.3 connection resumes every one "
+                "(PSK + X25519, no signature); one that does not makes a full handshake every other "
+                "connection (ECDSA signature). The handshake, done by OpenSSL, dominates CPU µs/req."),
+    "tls-new-p384": ("As tls-new with an ECDSA P-384 certificate (a full handshake's signature costs "
+                     "~5x P-256's in OpenSSL 3.0; a resumed one has none)."),
     "h2": ("h2load -c 10 -m 10 against each proxy's h2c listener; every proxy speaks HTTP/1.1 to the "
            "origin. h2load gives no percentiles: the p50 column is its mean request time and p99 "
            "its mean + 2 sd. There is no origin-alone row: the origin speaks HTTP/1.1 only."),

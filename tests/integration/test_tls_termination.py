@@ -126,6 +126,25 @@ class TlsTermination(ProxyTestCase):
                 self.assertEqual(c.request(path="/id")[0], 200)
         self.assertGreaterEqual(self.proxy.metric("marchproxy_tls_resumptions_total"), 2)
 
+    def test_tls13_resumed_connection_gets_a_fresh_ticket(self):
+        # A client that keeps reconnecting (wrk, a browser) resumes with the newest ticket it holds:
+        # each resumed TLS 1.3 connection must hand out a new one, or every other connection of
+        # that client is a full handshake (a certificate signature each: costly with P-384).
+        ctx = client_context(ca=self.pki.cert, min_version=ssl.TLSVersion.TLSv1_3)
+        with TlsConn(self.port, ctx, sni="api.example.com") as c:
+            c.request(path="/id")
+            session = c.sock.session
+        seen = {session.id}
+        before = self.proxy.metric("marchproxy_tls_resumptions_total")
+        for i in range(3):
+            with TlsConn(self.port, ctx, sni="api.example.com", session=session) as c:
+                self.assertTrue(c.sock.session_reused, f"resumption {i + 1}")
+                self.assertEqual(c.request(path="/id")[0], 200)  # the new ticket arrives before this
+                session = c.sock.session
+            self.assertNotIn(session.id, seen, f"no new ticket on resumed connection {i + 1}")
+            seen.add(session.id)
+        self.assertEqual(self.proxy.metric("marchproxy_tls_resumptions_total") - before, 3)
+
     def test_alpn_http11(self):
         ctx = client_context(ca=self.pki.cert)
         ctx.set_alpn_protocols(["h2", "http/1.1"])

@@ -352,6 +352,10 @@ int ServerContexts::ticketCallback(SSL* ssl, unsigned char* key_name, unsigned c
   } else {
     if (std::memcmp(key_name, cur.name, sizeof cur.name) == 0) {
       key = &cur;
+      // TLS 1.3: a resumed handshake gets a fresh ticket too. OpenSSL sends none after a resumption
+      // the callback does not ask to renew, and clients use a TLS 1.3 ticket once (RFC 8446 C.4),
+      // so without this every other connection of a client was a full handshake.
+      if (SSL_version(ssl) >= TLS1_3_VERSION) result = 2;
     } else if (has_prev && std::memcmp(key_name, prev.name, sizeof prev.name) == 0) {
       key = &prev;
       result = 2;  // valid, but issue a fresh ticket under the current key
