@@ -49,6 +49,7 @@
 #include "common/net/splice.h"
 #include "egress/acl.h"
 #include "egress/config.h"
+#include "egress/credential_cache.h"
 #include "egress/decision_cache.h"
 #include "egress/identity.h"
 #include "egress/resolver.h"
@@ -166,6 +167,7 @@ struct Stats {
   uint64_t tunnels_revoked = 0;
   uint64_t connections = 0;
   uint64_t decision_cache_hits = 0, decision_cache_misses = 0, decision_cache_entries = 0;
+  uint64_t credential_cache_hits = 0, credential_cache_misses = 0, credential_cache_entries = 0;
 
   void merge(const Stats& o) {
     for (const auto& [k, v] : o.decisions) decisions[k] += v;
@@ -179,6 +181,9 @@ struct Stats {
     decision_cache_hits += o.decision_cache_hits;
     decision_cache_misses += o.decision_cache_misses;
     decision_cache_entries += o.decision_cache_entries;
+    credential_cache_hits += o.credential_cache_hits;
+    credential_cache_misses += o.credential_cache_misses;
+    credential_cache_entries += o.credential_cache_entries;
   }
 };
 
@@ -282,6 +287,9 @@ class Worker {
     out->decision_cache_hits = decisions_.hits();
     out->decision_cache_misses = decisions_.misses();
     out->decision_cache_entries = decisions_.size();
+    out->credential_cache_hits = credentials_.hits();
+    out->credential_cache_misses = credentials_.misses();
+    out->credential_cache_entries = credentials_.size();
   }
   size_t sessionsApprox() const { return sessions_.load(std::memory_order_relaxed); }
 
@@ -319,6 +327,10 @@ class Worker {
   NameDecision decide(const Policy& policy, std::string_view service, uint8_t protocols, std::string_view host,
                       uint16_t port) {
     return decisions_.decide(policy, service, protocols, host, port);
+  }
+  // A Proxy-Authorization value's service, from the per-worker cache (see credential_cache.h).
+  Result<std::string> fromProxyAuthorization(const Identifier& identity, std::string_view value) {
+    return credentials_.fromProxyAuthorization(identity, value, unixNow());
   }
   std::list<Tunnel*>::iterator registerTunnel(Tunnel* t) {
     t->id = ++next_tunnel_id_;
@@ -369,6 +381,7 @@ class Worker {
   std::list<Tunnel*> tunnels_;
   uint64_t next_tunnel_id_ = 0;
   DecisionCache decisions_;
+  CredentialCache credentials_;
   struct RecentCount {
     const std::pair<const std::tuple<std::string, std::string, std::string, std::string>, uint64_t>* key = nullptr;
     uint64_t* counter = nullptr;
@@ -860,11 +873,11 @@ constexpr std::string_view kProxyAuthenticate =
 
 // The verified client certificate's CN on a TLS listener ("" = none, or a plain listener): it names
 // the service; Proxy-Authorization is then optional, and must agree when sent.
-Result<std::string> identifyHttp(const Runtime& rt, const std::string& cert_cn, const http::Header* auth) {
+Result<std::string> identifyHttp(Worker& w, const Runtime& rt, const std::string& cert_cn, const http::Header* auth) {
   const std::string_view value = auth ? auth->value : std::string_view();
-  if (cert_cn.empty()) return rt.identity->fromProxyAuthorization(value, unixNow());
+  if (cert_cn.empty()) return w.fromProxyAuthorization(*rt.identity, value);
   return Identifier::agree(rt.identity->fromCertificate(cert_cn), auth != nullptr,
-                           auth ? rt.identity->fromProxyAuthorization(value, unixNow()) : Result<std::string>(Error{""}));
+                           auth ? w.fromProxyAuthorization(*rt.identity, value) : Result<std::string>(Error{""}));
 }
 
 // The head and response deadlines of one client connection, on one timer re-armed lazily: setting a
@@ -912,9 +925,10 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
   bool first = true;
   LazyDeadline deadline(w.ioc());
   for (;;) {
-    const auto rt = w.runtime();
-    const Config& cfg = *rt->config;
-    deadline.set(first && buf.empty() ? cfg.timeouts.header_read : cfg.timeouts.idle, lowest(sock));
+    {
+      const Config& idle_cfg = *w.runtime()->config;
+      deadline.set(first && buf.empty() ? idle_cfg.timeouts.header_read : idle_cfg.timeouts.idle, lowest(sock));
+    }
     first = false;
     http::RequestHead head;
     http::ParseError perr;
@@ -922,6 +936,10 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
     const http::ParseStatus st =
         co_await readHead(sock, buf, [&] { return http::parseRequest(buf, limits, head, perr); });
     deadline.clear();
+    // The config in force when the request arrived: a keep-alive connection that waited across a
+    // reload is judged (credentials, mappings) by the new one.
+    const auto rt = w.runtime();
+    const Config& cfg = *rt->config;
     if (st == http::ParseStatus::kIncomplete) co_return;  // closed or timed out between requests
     if (st == http::ParseStatus::kError) {
       std::string resp = simpleResponse(perr.http_status, "Bad Request", perr.reason, true);
@@ -953,7 +971,7 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
 
     // Identity first: nothing about the destination is revealed to an unknown caller.
     const http::Header* auth = head.find("proxy-authorization");
-    auto service = identifyHttp(*rt, cert_cn, auth);
+    auto service = identifyHttp(w, *rt, cert_cn, auth);
     if (!service) {
       le.decision = "deny";
       le.reason = auth ? "bad_credentials" : cert_cn.empty() ? "no_credentials" : "bad_client_cert";
@@ -1816,6 +1834,7 @@ void Worker::applyRuntime(std::shared_ptr<const Runtime> rt) {
                            rt->config->dns.timeout != rt_->config->dns.timeout;
   rt_ = std::move(rt);
   decisions_.reset(rt_->policy);  // in the same step as the new config: no stale decision survives it
+  credentials_.reset(rt_->identity);  // likewise: a removed or rotated token stops working now
   if (dns_changed) {
     auto ok = resolver_.configure(rt_->config->dns);
     if (!ok) spdlog::error("egress worker {}: {}", index_, ok.error().message);
@@ -2250,10 +2269,17 @@ std::string Egress::metricsText() {
                  "marchproxy_egress_decision_cache_lookups_total{{result=\"hit\"}} {}\n"
                  "marchproxy_egress_decision_cache_lookups_total{{result=\"miss\"}} {}\n"
                  "# HELP marchproxy_egress_decision_cache_entries Cached mapping decisions, all workers.\n"
-                 "# TYPE marchproxy_egress_decision_cache_entries gauge\nmarchproxy_egress_decision_cache_entries {}\n",
+                 "# TYPE marchproxy_egress_decision_cache_entries gauge\nmarchproxy_egress_decision_cache_entries {}\n"
+                 "# HELP marchproxy_egress_credential_cache_lookups_total Proxy-Authorization values by cache result.\n"
+                 "# TYPE marchproxy_egress_credential_cache_lookups_total counter\n"
+                 "marchproxy_egress_credential_cache_lookups_total{{result=\"hit\"}} {}\n"
+                 "marchproxy_egress_credential_cache_lookups_total{{result=\"miss\"}} {}\n"
+                 "# HELP marchproxy_egress_credential_cache_entries Cached verified Basic credentials, all workers.\n"
+                 "# TYPE marchproxy_egress_credential_cache_entries gauge\nmarchproxy_egress_credential_cache_entries {}\n",
                  total.tunnels_open, total.tunnels_revoked, total.connections, reloads_ok_.load(),
                  reloads_failed_.load(), total.decision_cache_hits, total.decision_cache_misses,
-                 total.decision_cache_entries);
+                 total.decision_cache_entries, total.credential_cache_hits, total.credential_cache_misses,
+                 total.credential_cache_entries);
   if (agent_) out += agent_->metricsText();
   return out;
 }
