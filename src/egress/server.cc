@@ -343,20 +343,28 @@ class Worker {
   }
   // Idle keep-alive connections to destinations, per resolved address and port. A connection is
   // taken only for an address the current policy has just allowed, so the pool never widens access.
-  std::optional<tcp::socket> takeIdle(const PoolKey& key) {
+  // Before it is used, a non-blocking MSG_PEEK checks that the destination has neither closed it nor
+  // sent anything unasked (a 408 before closing) — except for a request the caller can re-send
+  // (`retriable`) on a connection idle for less than kUnprobedIdle: a destination does not time out
+  // a keep-alive connection that fast, and if it did close it, the request gets no response and is
+  // sent again on a fresh connection. That saves one recv per request on a busy pool.
+  std::optional<tcp::socket> takeIdle(const PoolKey& key, bool retriable) {
     auto it = idle_.find(key);
-    while (it != idle_.end() && !it->second.empty()) {
-      tcp::socket s = std::move(it->second.back());
+    if (it == idle_.end()) return std::nullopt;
+    const Clock::time_point now = Clock::now();
+    while (!it->second.empty()) {
+      IdleConnection c = std::move(it->second.back());
       it->second.pop_back();
+      if (retriable && now - c.since < kUnprobedIdle) return std::move(c.sock);
       char b;
-      ssize_t n = ::recv(s.native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return s;  // still open, nothing unread
+      ssize_t n = ::recv(c.sock.native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return std::move(c.sock);  // open, nothing unread
     }
     return std::nullopt;
   }
   void putIdle(const PoolKey& key, tcp::socket s) {
     auto& v = idle_[key];
-    if (v.size() < kMaxIdlePerDestination) v.push_back(std::move(s));
+    if (v.size() < kMaxIdlePerDestination) v.push_back({std::move(s), Clock::now()});
   }
   void log(const LogEntry& e) {
     if (rt_ && rt_->access_log) rt_->access_log->write(formatEntry(e));
@@ -389,7 +397,12 @@ class Worker {
   std::array<RecentCount, 8> recent_counts_{};
   size_t next_recent_ = 0;
   static constexpr size_t kMaxIdlePerDestination = 64;
-  std::unordered_map<PoolKey, std::vector<tcp::socket>, PoolKeyHash> idle_;
+  static constexpr Clock::duration kUnprobedIdle = std::chrono::seconds(1);
+  struct IdleConnection {
+    tcp::socket sock;
+    Clock::time_point since;  // when it was put back
+  };
+  std::unordered_map<PoolKey, std::vector<IdleConnection>, PoolKeyHash> idle_;
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
   std::vector<std::shared_ptr<udp::socket>> udp_forwards_;
   std::atomic<size_t> sessions_{0};
@@ -475,15 +488,24 @@ asio::awaitable<Allowed> authorise(Worker& w, const Runtime& rt, const std::stri
   co_return allowed;
 }
 
-// reuse: an idle pooled connection to an allowed address may be returned (Dial::reused).
+bool isIdempotent(std::string_view method) {
+  return method == "GET" || method == "HEAD" || method == "OPTIONS" || method == "TRACE" || method == "PUT" ||
+         method == "DELETE";
+}
+
+// Whether dial() may return an idle pooled connection (Dial::reused): not at all, or for a request
+// that can be re-sent on a fresh connection if the pooled one turns out closed (kRetriable: a
+// recently pooled connection is then taken without a liveness probe, see Worker::takeIdle).
+enum class Reuse : uint8_t { kNo, kProbed, kRetriable };
+
 asio::awaitable<Dial> dial(Worker& w, std::shared_ptr<const Runtime> rt, std::string service,
-                           uint8_t protocols, std::string host, uint16_t port, bool reuse = false) {
+                           uint8_t protocols, std::string host, uint16_t port, Reuse reuse = Reuse::kNo) {
   Dial out;
   const Allowed allowed = co_await authorise(w, *rt, service, protocols, host, port, out);
   if (allowed.empty()) co_return out;
-  if (reuse) {
+  if (reuse != Reuse::kNo) {
     for (const auto& [addr, rule] : allowed) {
-      auto idle = w.takeIdle(poolKey(addr, port));
+      auto idle = w.takeIdle(poolKey(addr, port), reuse == Reuse::kRetriable);
       if (!idle) continue;
       out.sock.emplace(std::move(*idle));
       out.rule = rule;
@@ -1022,10 +1044,13 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
     le.port = port;
 
     const uint8_t protocols = is_connect ? kConnectProtocols : static_cast<uint8_t>(Protocol::kHttp);
-    // A pooled connection only for requests without a body: those can be re-sent on a fresh
-    // connection if the pooled one turns out to be closed.
+    // A pooled connection only for requests without a body. An idempotent one (RFC 9110 9.2.2) is
+    // re-sent on a fresh connection if the pooled one turns out to be closed; any other gets a
+    // connection that passed the liveness probe, and a 502 if it still got no response.
     const bool may_reuse = !is_connect && head.framing == http::BodyFraming::kNone;
-    Dial d = co_await dial(w, rt, *service, protocols, host, port, may_reuse);
+    const bool retriable = may_reuse && isIdempotent(head.method);
+    Dial d = co_await dial(w, rt, *service, protocols, host, port,
+                           retriable ? Reuse::kRetriable : may_reuse ? Reuse::kProbed : Reuse::kNo);
     std::string addr_text;
     noteDial(w, d, *service, le, addr_text);
     if (!d.sock) {
@@ -1087,9 +1112,9 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
         }
         deadline.clear();
       }
-      if (!reused || rst == http::ParseStatus::kComplete || !ubuf.empty()) break;
+      if (!reused || !retriable || rst == http::ParseStatus::kComplete || !ubuf.empty()) break;
       // The pooled connection was closed by the destination: the request (no body) is re-sent.
-      Dial fresh = co_await dial(w, rt, *service, protocols, host, port, false);
+      Dial fresh = co_await dial(w, rt, *service, protocols, host, port, Reuse::kNo);
       if (!fresh.sock) {
         le.decision = fresh.decision;
         le.reason = fresh.reason_code;
