@@ -1077,8 +1077,12 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
     // caller's credentials never passed on. Upstream connections are kept alive and pooled per
     // worker; the client side stays keep-alive when the response framing allows it.
     le.protocol = "http";
-    std::string out = fmt::format("{} {}{}{} HTTP/1.1\r\nHost: {}\r\n", head.method, head.path,
-                                  head.query.empty() ? "" : "?", head.query, head.host);
+    // Built by appends, not fmt::format (whose parsing was 7 % of a forwarded request's instructions).
+    std::string out;
+    out.reserve(head.head_size + 64);
+    out.append(head.method).append(" ").append(head.path);
+    if (!head.query.empty()) out.append("?").append(head.query);
+    out.append(" HTTP/1.1\r\nHost: ").append(head.host).append("\r\n");
     for (const auto& h : head.headers) {
       if (isHopByHop(h.name)) continue;
       out.append(h.name).append(": ").append(h.value).append("\r\n");
@@ -1133,7 +1137,13 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
       co_return;
     }
     const bool keep = client_keep && rh.framing != http::BodyFraming::kUntilClose;
-    std::string rout = fmt::format("HTTP/1.1 {} {}\r\n", rh.status, rh.reason);
+    std::string rout;
+    rout.reserve(rh.head_size + 32);
+    {
+      char code[4] = {static_cast<char>('0' + rh.status / 100 % 10), static_cast<char>('0' + rh.status / 10 % 10),
+                      static_cast<char>('0' + rh.status % 10), ' '};  // the parser accepts 3 digits only
+      rout.append("HTTP/1.1 ").append(code, 4).append(rh.reason).append("\r\n");
+    }
     for (const auto& h : rh.headers) {
       if (isHopByHop(h.name) && !http::equalsIgnoreCase(h.name, "host")) continue;
       rout.append(h.name).append(": ").append(h.value).append("\r\n");
