@@ -2,8 +2,8 @@
 """Instructions and syscalls per forwarded request of `marchproxy egress` (bench/egress.py's fwd
 scenario, MarchProxy alone): deterministic before/after measures for the forward path.
 
-One worker, one HTTP listener, Basic Proxy-Authorization, one mapping to a one-worker nginx origin
-(31-byte body); `wrk -t1 -c8` sends absolute-form `GET http://127.0.0.1:ORIGIN/` through the proxy.
+One worker, one HTTP listener, Basic Proxy-Authorization, one mapping to bench/egress.py's nginx origin
+(one worker, pinned to CPU 0, 31-byte body); `wrk -t1 -c8` sends absolute-form `GET http://127.0.0.1:ORIGIN/` through the proxy.
   callgrind: valgrind --tool=callgrind --instr-atstart=no, `callgrind_control -i on` after start-up,
              Collected Ir / requests (wrk's count). Writes the callgrind.out file for callgrind_annotate.
   strace:    strace -c -f attached to every thread of a running proxy over the wrk run; calls per
@@ -14,68 +14,32 @@ Usage: bench/egress_profile.py --marchproxy BIN [--tool callgrind|strace|both] [
 import argparse
 import base64
 import hashlib
+import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-TOKEN = "bench-token"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=60):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"nothing listens on {port}")
-
-
-def start_origin(work):
-    port = free_port()
-    conf = os.path.join(work, "origin.conf")
-    with open(conf, "w") as f:
-        f.write(f"""worker_processes 1; daemon off; master_process off;
-pid {work}/origin.pid; error_log {work}/origin-error.log warn;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_timeout 300s; keepalive_requests 1000000;
-  client_body_temp_path {work}; proxy_temp_path {work}; fastcgi_temp_path {work};
-  uwsgi_temp_path {work}; scgi_temp_path {work};
-  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "hello from the origin, 31 b\\n"; }} }} }}
-""")
-    p = subprocess.Popen(["nginx", "-c", conf, "-p", work], stderr=subprocess.DEVNULL)
-    wait_port(port)
-    return p, port
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from egress import TOKEN, free_port, start_origin, wait_port  # noqa: E402
 
 
 def proxy_config(work, origin_port):
+    """bench/egress.py's MarchProxy config without the SOCKS5 listener and the port forward (JSON is YAML)."""
     port = free_port()
     conf = os.path.join(work, "egress.yaml")
     with open(conf, "w") as f:
-        f.write(f"""schema: 1
-kind: egress
-workers: 1
-listeners:
-  - {{name: http, address: 127.0.0.1, port: {port}}}
-admin: {{address: 127.0.0.1, port: 0}}
-services: [{{name: bench, tokens: ["sha256:{hashlib.sha256(TOKEN.encode()).hexdigest()}"]}}]
-mappings:
-  - {{name: bench, sources: [bench], destinations: [127.0.0.1/32], protocols: [http], ports: ["{origin_port}"]}}
-timeouts: {{idle: 10m}}
-""")
+        json.dump({"schema": 1, "kind": "egress", "workers": 1,
+                   "listeners": [{"name": "http", "address": "127.0.0.1", "port": port}],
+                   "admin": {"address": "127.0.0.1", "port": 0},
+                   "services": [{"name": "bench", "tokens": ["sha256:" + hashlib.sha256(TOKEN.encode()).hexdigest()]}],
+                   "mappings": [{"name": "bench", "sources": ["bench"], "destinations": ["127.0.0.1/32"],
+                                 "protocols": ["http"], "ports": [str(origin_port)]}],
+                   "timeouts": {"idle": "10m"}}, f)
     return conf, port
 
 
@@ -155,8 +119,7 @@ def main():
         if a.tool in ("strace", "both"):
             strace(os.path.abspath(a.marchproxy), work, origin_port, a.seconds, out_dir)
     finally:
-        origin.terminate()
-        origin.wait(10)
+        origin.stop()
 
 
 if __name__ == "__main__":
