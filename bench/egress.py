@@ -14,6 +14,7 @@ iperf3 (scripts/setup.sh installs them).
 
 Scenarios
   fwd     wrk -> proxy -> nginx, absolute-form GET http://127.0.0.1:ORIGIN/: MarchProxy, Squid, tinyproxy
+          (MarchProxy and Squid both check Basic credentials on every request; tinyproxy checks none)
   tunnel  iperf3 -c -> path -> iperf3 -s, one stream: direct; TCP port forwards (HAProxy mode tcp,
           MarchProxy forwards:); CONNECT / SOCKS5 tunnels opened by a splice(2) client that iperf3
           connects to (also direct and HAProxy through that client, to show the client's own hop)
@@ -157,10 +158,28 @@ def start_squid(work):
     os.makedirs(d, exist_ok=True)
     os.chmod(d, 0o777)
     conf = os.path.join(d, "squid.conf")
+    # Basic credentials like MarchProxy's (an htpasswd entry for bench:TOKEN through Squid's own
+    # helper; Squid caches a verified credential for credentialsttl, as MarchProxy's worker cache
+    # does): every proxy in the comparison authenticates every request.
+    passwd = os.path.join(d, "passwd")
+    digest = subprocess.run(["openssl", "passwd", "-apr1", TOKEN], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    with open(passwd, "w") as f:
+        f.write(f"bench:{digest}\n")
+    os.chmod(passwd, 0o644)
+    helper = next((h for h in ("/usr/lib/squid/basic_ncsa_auth", "/usr/lib64/squid/basic_ncsa_auth")
+                   if os.access(h, os.X_OK)), None)
+    if not helper:
+        sys.exit("Squid's basic_ncsa_auth helper not found")
     with open(conf, "w") as f:
         f.write(f"""http_port 127.0.0.1:{port}
 workers 1
-http_access allow all
+auth_param basic program {helper} {passwd}
+auth_param basic children 1
+auth_param basic credentialsttl 2 hours
+acl bench proxy_auth bench
+http_access allow bench
+http_access deny all
 cache deny all
 cache_mem 8 MB
 access_log none
@@ -454,13 +473,13 @@ def main():
             ("HAProxy mode tcp, splice client", hp, spl(lambda: socket.create_connection(("127.0.0.1", hp_port)))),
             ("MarchProxy CONNECT", mp, spl(lambda: connect_via(mp_port, iperf_port, auth))),
             ("MarchProxy SOCKS5", mp, spl(lambda: socks5_via(mp_socks, iperf_port, "bench", TOKEN))),
-            ("Squid CONNECT", sq, spl(lambda: connect_via(sq_port, iperf_port, None))),
+            ("Squid CONNECT", sq, spl(lambda: connect_via(sq_port, iperf_port, auth))),
             ("tinyproxy CONNECT", tp, spl(lambda: connect_via(tp_port, iperf_port, None))),
         ]
         tun = {n: {"gbps": [], "cpu_gib": [], "busy": []} for n, *_ in tunnels}
-        fwd_targets = [("MarchProxy", mp, mp_port, auth), ("Squid", sq, sq_port, None), ("tinyproxy", tp, tp_port, None)]
+        fwd_targets = [("MarchProxy", mp, mp_port, auth), ("Squid", sq, sq_port, auth), ("tinyproxy", tp, tp_port, None)]
         setup_targets = [("MarchProxy CONNECT", mp, "connect", mp_port, auth), ("MarchProxy SOCKS5", mp, "socks5", mp_socks, None),
-                         ("Squid CONNECT", sq, "connect", sq_port, None), ("tinyproxy CONNECT", tp, "connect", tp_port, None)]
+                         ("Squid CONNECT", sq, "connect", sq_port, auth), ("tinyproxy CONNECT", tp, "connect", tp_port, None)]
         for r in range(a.rounds):
             for name, proc, port, au in fwd_targets:
                 c0 = cpu_seconds(proc.pid)

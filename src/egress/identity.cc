@@ -25,8 +25,9 @@ const Service* Identifier::find(std::string_view name) const {
   return nullptr;
 }
 
-Result<std::string> Identifier::fromPassword(std::string_view user, std::string_view password,
-                                             int64_t now_unix) const {
+Result<std::string> Identifier::fromPassword(std::string_view user, std::string_view password, int64_t now_unix,
+                                             bool* by_token) const {
+  if (by_token) *by_token = false;
   const Service* s = find(user);
   if (!s) return Error{fmt::format("unknown service \"{}\"", user.substr(0, 128))};
   // A password with two dots is a JWT; it must name this same service.
@@ -41,6 +42,7 @@ Result<std::string> Identifier::fromPassword(std::string_view user, std::string_
   int match = 0;
   for (const auto& h : s->token_sha256) match |= CRYPTO_memcmp(md, h.data(), h.size()) == 0;
   if (!match) return Error{fmt::format("wrong token for service \"{}\"", user)};
+  if (by_token) *by_token = true;
   return std::string(user);
 }
 
@@ -61,7 +63,9 @@ Result<std::string> Identifier::agree(const Result<std::string>& cert, bool sent
   return cert;
 }
 
-Result<std::string> Identifier::fromProxyAuthorization(std::string_view value, int64_t now_unix) const {
+Result<std::string> Identifier::fromProxyAuthorization(std::string_view value, int64_t now_unix,
+                                                      bool* by_token) const {
+  if (by_token) *by_token = false;
   if (value.empty()) return Error{"no credentials"};
   size_t sp = value.find(' ');
   if (sp == std::string_view::npos) return Error{"malformed Proxy-Authorization"};
@@ -74,7 +78,7 @@ Result<std::string> Identifier::fromProxyAuthorization(std::string_view value, i
     size_t colon = decoded.find(':');
     if (colon == std::string::npos) return Error{"malformed Basic credentials"};
     return fromPassword(std::string_view(decoded).substr(0, colon), std::string_view(decoded).substr(colon + 1),
-                        now_unix);
+                        now_unix, by_token);
   }
   if (http::equalsIgnoreCase(scheme, "bearer")) {
     if (jwt_->empty()) return Error{"Bearer token but no JWT keys are configured"};

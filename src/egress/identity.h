@@ -21,10 +21,14 @@ class Identifier {
  public:
   static Result<std::shared_ptr<const Identifier>> create(const Config& config);
 
-  // The value of a Proxy-Authorization header (empty = none sent).
-  Result<std::string> fromProxyAuthorization(std::string_view value, int64_t now_unix) const;
+  // The value of a Proxy-Authorization header (empty = none sent). `by_token`, when given, is set
+  // to whether a success came from a configured token digest (not a JWT, which expires): only such
+  // a success may be cached (credential_cache.h).
+  Result<std::string> fromProxyAuthorization(std::string_view value, int64_t now_unix,
+                                             bool* by_token = nullptr) const;
   // A user name and a password (Basic, SOCKS5).
-  Result<std::string> fromPassword(std::string_view user, std::string_view password, int64_t now_unix) const;
+  Result<std::string> fromPassword(std::string_view user, std::string_view password, int64_t now_unix,
+                                   bool* by_token = nullptr) const;
   // The CN of a verified client certificate (TLS listeners and forwards) names a service.
   Result<std::string> fromCertificate(std::string_view cn) const;
   // A client that presented a certificate (`cert`, from fromCertificate) and maybe credentials too

@@ -268,6 +268,36 @@ class HttpForwardTest(EgressTestCase):
         self.assertIn("Basic", r.getheader("Proxy-Authenticate"))
         self.assertEqual(self.origin.count, 0)  # nothing reached the origin
 
+    def test_a_rotated_token_stops_working_at_the_reload_even_when_cached(self):
+        # One keep-alive client connection: every request lands on the same worker, whose cache
+        # of verified credentials serves the repeats.
+        conn = http.client.HTTPConnection(LOCALHOST, self.http_port, timeout=10)
+
+        def get(auth):
+            conn.request("GET", f"http://origin.test:{self.origin.port}/id", headers={"Proxy-Authorization": auth})
+            r = conn.getresponse()
+            return r.status, r.read()
+
+        for _ in range(3):
+            self.assertEqual(get(basic()), (200, b"o1"))
+        self.assertEqual(self.p.metric("marchproxy_egress_credential_cache_lookups_total", result="miss"), 1)
+        self.assertEqual(self.p.metric("marchproxy_egress_credential_cache_lookups_total", result="hit"), 2)
+        self.assertEqual(self.p.metric("marchproxy_egress_credential_cache_entries"), 1)
+        # A wrong token is never cached: refused every time.
+        for _ in range(2):
+            self.assertEqual(get(basic(password="s3cret-tokeN"))[0], 407)
+        self.assertEqual(self.p.metric("marchproxy_egress_credential_cache_entries"), 1)
+
+        old_hash, new_token = hashlib.sha256(TOKEN.encode()).hexdigest(), "rotated-token"
+        rotated = self.config(ORIGIN_RULE, port=self.origin.port).replace(
+            old_hash, hashlib.sha256(new_token.encode()).hexdigest())
+        self.p.reload(rotated)
+        self.p.wait_log("egress config reloaded")
+        self.assertEqual(get(basic())[0], 407)  # the cached old token is gone with the old config
+        self.assertEqual(get(basic(password=new_token)), (200, b"o1"))
+        self.assertEqual(self.p.metric("marchproxy_egress_credential_cache_entries"), 1)
+        conn.close()
+
     def test_unmapped_destination_and_wrong_port_get_403_with_the_reason(self):
         rc, code, body = curl("-x", self.proxy, "-U", f"billing:{TOKEN}", "http://other.test:80/")
         self.assertEqual(code, 403)
