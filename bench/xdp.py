@@ -205,7 +205,11 @@ def napi_threads(dev=HOST_IF):
 
 def napi_runtime_ns(pids):
     """Exact CPU time of the NAPI kthreads (/proc/PID/schedstat: ns on CPU)."""
-    return sum(int(open(f"/proc/{p}/schedstat").read().split()[0]) for p in pids)
+    try:
+        return sum(int(open(f"/proc/{p}/schedstat").read().split()[0]) for p in pids)
+    except FileNotFoundError:
+        raise RuntimeError(f"a NAPI kthread of {HOST_IF}/{PEER_IF} exited during the measurement "
+                           "(NAPI re-created); run again") from None
 
 
 def rx_polled():
