@@ -30,7 +30,6 @@ import datetime
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -465,8 +464,6 @@ def main():
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/xdp.py needs root (namespaces, XDP, nftables)")
-    # A terminated run still restores kernel.bpf_stats_enabled and removes the veth and namespace.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     work = tempfile.mkdtemp(prefix="mp-xdp-bench-")
     if a.scenario == "overhead":
         try:
