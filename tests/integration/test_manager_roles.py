@@ -158,8 +158,11 @@ class RoleTests(ManagerTestCase):
                          403)
         self.assertEqual(owner.delete(f"/api/v1/clusters/{c['id']}")[0], 403)
         self.assertEqual(owner.patch(f"/api/v1/routes/{r['id']}", {"enabled": False})[0], 403)
-        # A role change applies at once, to tokens already issued.
+        # A role change applies at once: tokens already issued end (review M8), and a new login gets
+        # the new role.
         self.assertEqual(self.admin.patch(f"/api/v1/users/{owner_u['id']}", {"role": "viewer"})[0], 200)
+        self.assertEqual(owner.patch(f"/api/v1/clusters/{c['id']}", {"description": "y"})[0], 401)
+        owner.login("otto", "user-password-123")
         self.assertEqual(owner.patch(f"/api/v1/clusters/{c['id']}", {"description": "y"})[0], 403)
 
 
