@@ -254,6 +254,8 @@ int run(Options opts) {
     int before = store::migrate(*db);
     if (before != store::latestSchemaVersion())
       spdlog::info("manager: database schema migrated from version {} to {}", before, store::latestSchemaVersion());
+    audit::setAnchorKey(master);
+    if (before < 5) audit::sealAnchor(*db);  // the v5 migration anchored an existing log without the key
     auth::KeyRing keys(master);
     keys.load(*db);
     Metrics metrics;

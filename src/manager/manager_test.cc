@@ -20,6 +20,7 @@
 #include "manager/manager.h"
 #include "manager/store/migrations.h"
 #include "manager/test_db.h"
+#include "manager/util/time.h"
 
 namespace mm = marchproxy::manager;
 namespace fs = std::filesystem;
@@ -87,6 +88,62 @@ TEST(ManagerJwt, SignVerifyExpiryAndTamper) {
   EXPECT_THROW(other.load(*t.db), std::runtime_error);
 }
 
+namespace {
+std::string kidOf(const std::string& jwt) {
+  auto h = mm::crypto::base64urlDecode(jwt.substr(0, jwt.find('.')));
+  return nlohmann::json::parse(*h)["kid"].get<std::string>();
+}
+void backdateKey(TempDb& t, const std::string& kid, std::int64_t seconds_ago) {
+  t.db->write([&](mm::store::Conn& c) {
+    c.exec("UPDATE secrets SET created_at = ? WHERE name = ?",
+           {mm::util::isoFromUnixMs((mm::util::unixNow() - seconds_ago) * 1000), "jwt:" + kid});
+  });
+}
+}  // namespace
+
+TEST(ManagerJwt, SecondManagerOnTheSameDatabaseFollowsARotation) {
+  TempDb t;
+  std::string master = mm::crypto::randomBytes(32);
+  mm::auth::KeyRing a(master), b(master);
+  a.load(*t.db);
+  b.load(*t.db);
+  std::int64_t exp = mm::util::unixNow() + 3600;
+  std::string old_kid = a.activeKid();
+  auto kid = t.db->write([&](mm::store::Conn& c) { return a.rotate(c); });
+  a.reload(*t.db);
+  auto from_a = a.sign({{"sub", "1"}, {"exp", exp}});
+  EXPECT_EQ(kidOf(from_a), kid);
+  // B never saw the rotation: it verifies A's new token and signs with the new key all the same.
+  EXPECT_TRUE(b.verify(from_a, exp - 1));
+  auto from_b = b.sign({{"sub", "1"}, {"exp", exp}});
+  EXPECT_EQ(kidOf(from_b), kid);
+  EXPECT_NE(kid, old_kid);
+  EXPECT_TRUE(a.verify(from_b, exp - 1));
+}
+
+TEST(ManagerJwt, RetiredKeyVerifiesForOneTokenLifetimeThenGoes) {
+  TempDb t;
+  mm::auth::KeyRing keys(mm::crypto::randomBytes(32));
+  keys.load(*t.db);
+  std::int64_t exp = mm::util::unixNow() + 3600;
+  std::string k1 = keys.activeKid();
+  auto tok1 = keys.sign({{"sub", "1"}, {"exp", exp}});
+  // The key is old (created 3 h ago) but was in use until now: its tokens must keep working.
+  backdateKey(t, k1, 3 * 3600);
+  auto k2 = t.db->write([&](mm::store::Conn& c) { return keys.rotate(c, 3600); });
+  keys.reload(*t.db);
+  EXPECT_TRUE(keys.verify(tok1, exp - 1)) << "the retired key was dropped at once";
+  auto tok2 = keys.sign({{"sub", "1"}, {"exp", exp}});
+  EXPECT_EQ(kidOf(tok2), k2);
+  // k1 was retired when k2 appeared; make that more than an hour ago and rotate again: k1 goes, k2
+  // (retired just now) stays.
+  backdateKey(t, k2, 3600 + 60);
+  t.db->write([&](mm::store::Conn& c) { keys.rotate(c, 3600); });
+  keys.reload(*t.db);
+  EXPECT_FALSE(keys.verify(tok1, exp - 1));
+  EXPECT_TRUE(keys.verify(tok2, exp - 1));
+}
+
 TEST(ManagerAudit, ChainVerifiesAndNamesTheFirstBrokenRow) {
   TempDb t;
   t.db->write([](mm::store::Conn& c) {
@@ -108,6 +165,46 @@ TEST(ManagerAudit, ChainVerifiesAndNamesTheFirstBrokenRow) {
   auto bad = t.db->read([](mm::store::Conn& c) { return mm::audit::verify(c); });
   EXPECT_FALSE(bad.ok);
   EXPECT_EQ(bad.first_broken_id.value(), 3);
+}
+
+TEST(ManagerAudit, AnchorDetectsARemovedTail) {
+  TempDb t;
+  mm::audit::setAnchorKey(std::string(32, 'k'));
+  auto append = [&](int n) {
+    t.db->write([&](mm::store::Conn& c) {
+      for (int i = 0; i < n; ++i) mm::audit::append(c, {"alice", "127.0.0.1", "x.create", "x/" + std::to_string(i), "s"});
+    });
+  };
+  auto verify = [&] { return t.db->read([](mm::store::Conn& c) { return mm::audit::verify(c); }); };
+  append(5);
+  EXPECT_TRUE(verify().ok);
+  // Drop the trigger and delete the two newest rows: every remaining link is intact.
+  t.db->write([](mm::store::Conn& c) {
+    c.exec("DROP TRIGGER audit_log_no_delete");
+    c.exec("DELETE FROM audit_log WHERE id > 3");
+  });
+  auto v = verify();
+  EXPECT_FALSE(v.ok);
+  EXPECT_EQ(v.first_broken_id.value(), 5);
+  EXPECT_NE(v.reason.find("removed from the end"), std::string::npos) << v.reason;
+  // Appending after the cut does not hide it (the anchor counts rows).
+  append(1);
+  EXPECT_FALSE(verify().ok);
+  // Rewriting the anchor to match the shortened log needs the master key: the MAC gives it away.
+  t.db->write([](mm::store::Conn& c) {
+    c.exec("UPDATE audit_anchor SET last_id = (SELECT MAX(id) FROM audit_log), "
+           "last_hash = (SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1), "
+           "row_count = (SELECT COUNT(*) FROM audit_log)");
+  });
+  v = verify();
+  EXPECT_FALSE(v.ok);
+  EXPECT_NE(v.reason.find("MAC"), std::string::npos) << v.reason;
+  // Deleting the anchor is reported too.
+  t.db->write([](mm::store::Conn& c) { c.exec("DELETE FROM audit_anchor"); });
+  v = verify();
+  EXPECT_FALSE(v.ok);
+  EXPECT_NE(v.reason.find("anchor"), std::string::npos) << v.reason;
+  mm::audit::setAnchorKey("");
 }
 
 TEST(ManagerMigrations, IdempotentAndRefuseNewerSchema) {
@@ -178,17 +275,45 @@ TEST(ManagerOpenApi, EveryRouteIsDocumented) {
   for (const auto& d : documented) EXPECT_TRUE(routed.count(d)) << "documented but not implemented: " << d;
 }
 
-TEST(ManagerThrottle, BlocksAfterTheLimitAndSuccessResets) {
-  mm::auth::Throttle t(3, std::chrono::seconds(60));
-  EXPECT_EQ(t.retryAfter("user:a"), 0);
-  t.failure("user:a");
-  t.failure("user:a");
-  EXPECT_EQ(t.retryAfter("user:a"), 0);
-  t.failure("user:a");
-  EXPECT_GT(t.retryAfter("user:a"), 0);
-  EXPECT_EQ(t.retryAfter("user:b"), 0);  // keys are independent
-  t.success("user:a");
-  EXPECT_EQ(t.retryAfter("user:a"), 0);
+TEST(ManagerThrottle, PerUserAndAddressBacksOffAndNeverLocksOutAKnownAddress) {
+  TempDb t;
+  mm::auth::LoginThrottle th(*t.db);
+  const std::int64_t now = 1'000'000;
+  // The real user logs in from home once: the address is known from then on.
+  th.success("alice", "192.0.2.1", now);
+  // Five failures from one address block alice there only, for 60 s, and the block ends.
+  for (int i = 0; i < 5; ++i) th.failure("alice", "198.51.100.7", now);
+  EXPECT_EQ(th.retryAfter("alice", "198.51.100.7", now), 60);
+  EXPECT_EQ(th.retryAfter("alice", "198.51.100.8", now), 0);
+  EXPECT_EQ(th.retryAfter("bob", "198.51.100.7", now), 0);
+  EXPECT_EQ(th.retryAfter("alice", "198.51.100.7", now + 60), 0);
+  // The next block in a row doubles (back-off), up to the 15-minute cap.
+  for (int i = 0; i < 5; ++i) th.failure("alice", "198.51.100.7", now + 60);
+  EXPECT_EQ(th.retryAfter("alice", "198.51.100.7", now + 60), 120);
+  std::int64_t at = now + 180;
+  for (int round = 0; round < 6; ++round, at += 900)
+    for (int i = 0; i < 5; ++i) th.failure("alice", "198.51.100.7", at);
+  EXPECT_EQ(th.retryAfter("alice", "198.51.100.7", at - 900), 900);
+  // An attacker spraying from 20 addresses blocks erin from unknown addresses, not from home.
+  th.success("erin", "192.0.2.1", now);
+  for (int i = 0; i < 19; ++i) th.failure("erin", "203.0.113." + std::to_string(i), now);
+  EXPECT_EQ(th.retryAfter("erin", "203.0.113.200", now), 0);
+  th.failure("erin", "203.0.113.19", now);
+  EXPECT_EQ(th.retryAfter("erin", "203.0.113.200", now), 60);
+  EXPECT_EQ(th.retryAfter("erin", "192.0.2.1", now), 0);
+  // One address failing for 30 different users is blocked for everyone.
+  for (int i = 0; i < 30; ++i) th.failure("user" + std::to_string(i), "198.18.0.1", now);
+  EXPECT_GT(th.retryAfter("someone-else", "198.18.0.1", now), 0);
+  // The counters are in the database: a restarted (or second) manager sees the same blocks.
+  mm::auth::LoginThrottle again(*t.db);
+  EXPECT_EQ(again.retryAfter("erin", "203.0.113.200", now), 60);
+  EXPECT_EQ(again.retryAfter("erin", "192.0.2.1", now), 0);
+  // Expired rows are pruned, so the table stays bounded: a day later only the known address is left.
+  again.failure("carol", "192.0.2.99", now + 86400);
+  auto n = t.db->read([](mm::store::Conn& c) {
+    return c.exec("SELECT COUNT(*) AS n FROM login_throttle WHERE key NOT LIKE 'known:%'").front().i64("n");
+  });
+  EXPECT_EQ(n, 3);  // carol's three fresh counters
 }
 
 TEST(ManagerRouter, LiteralSegmentsWinAnd405ForKnownPaths) {

@@ -120,9 +120,34 @@ class RoleTests(ManagerTestCase):
         # Mappings from their own service may be requested; from someone else's may not.
         mine = {"cluster_id": c["id"], "name": "req", "source_services": [s["id"]],
                 "destination_services": [s2["id"]], "protocols": ["tcp"], "ports": [80]}
-        self.assertEqual(owner.post("/api/v1/mappings", mine)[0], 201)
+        st, _, own_map = owner.post("/api/v1/mappings", mine)
+        self.assertEqual(st, 201, own_map)
         theirs = {**mine, "name": "req2", "source_services": [s2["id"]]}
         self.assertEqual(owner.post("/api/v1/mappings", theirs)[0], 403)
+        # (review M6) Every other way to a mapping from someone else's services is refused too: a
+        # mix of own and foreign sources, a collection (it may hold foreign services), and editing
+        # or deleting a mapping whose sources are not theirs; their own mapping cannot be edited
+        # into one either.
+        mixed = {**mine, "name": "req3", "source_services": [s["id"], s2["id"]]}
+        self.assertEqual(owner.post("/api/v1/mappings", mixed)[0], 403)
+        coll = {k: v for k, v in mine.items() if k != "source_services"}
+        self.assertEqual(owner.post("/api/v1/mappings", {**coll, "name": "req4", "source_collections": ["tier"]})[0],
+                         403)
+        st, _, foreign_map = self.admin.post("/api/v1/mappings", {**theirs, "name": "admins"})
+        self.assertEqual(st, 201, foreign_map)
+        self.assertEqual(owner.patch(f"/api/v1/mappings/{foreign_map['id']}", {"comment": "mine now"})[0], 403)
+        self.assertEqual(owner.patch(f"/api/v1/mappings/{foreign_map['id']}",
+                                     {"source_services": [s["id"]]})[0], 403)
+        self.assertEqual(owner.delete(f"/api/v1/mappings/{foreign_map['id']}")[0], 403)
+        self.assertEqual(owner.patch(f"/api/v1/mappings/{own_map['id']}", {"source_services": [s2["id"]]})[0], 403)
+        self.assertEqual(owner.patch(f"/api/v1/mappings/{own_map['id']}", {"source_collections": ["tier"]})[0], 403)
+        self.assertEqual(self.admin.get(f"/api/v1/mappings/{foreign_map['id']}")[2], foreign_map)
+        self.assertEqual(self.admin.get(f"/api/v1/mappings/{own_map['id']}")[2]["source_services"], [s["id"]])
+        self.assertEqual(owner.patch(f"/api/v1/mappings/{own_map['id']}", {"comment": "ok"})[0], 200)
+        self.assertEqual(owner.delete(f"/api/v1/mappings/{own_map['id']}")[0], 204)
+        denied = [e for e in self.admin.get("/api/v1/audit?outcome=denied&actor=otto")[2]["items"]
+                  if e["action"].startswith("mapping.")]
+        self.assertGreaterEqual(len(denied), 7)
         self.assertEqual(owner.patch(f"/api/v1/clusters/{c['id']}", {"description": "x"})[0], 403)
         # Assign the cluster: now its services and the cluster itself are theirs to edit.
         self.assertEqual(self.admin.post(f"/api/v1/users/{owner_u['id']}/clusters", {"cluster_id": c["id"]})[0], 201)
@@ -133,8 +158,11 @@ class RoleTests(ManagerTestCase):
                          403)
         self.assertEqual(owner.delete(f"/api/v1/clusters/{c['id']}")[0], 403)
         self.assertEqual(owner.patch(f"/api/v1/routes/{r['id']}", {"enabled": False})[0], 403)
-        # A role change applies at once, to tokens already issued.
+        # A role change applies at once: tokens already issued end (review M8), and a new login gets
+        # the new role.
         self.assertEqual(self.admin.patch(f"/api/v1/users/{owner_u['id']}", {"role": "viewer"})[0], 200)
+        self.assertEqual(owner.patch(f"/api/v1/clusters/{c['id']}", {"description": "y"})[0], 401)
+        owner.login("otto", "user-password-123")
         self.assertEqual(owner.patch(f"/api/v1/clusters/{c['id']}", {"description": "y"})[0], 403)
 
 

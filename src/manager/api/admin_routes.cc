@@ -148,8 +148,12 @@ Response updateUser(App& app, Request& req) {
       c.exec("UPDATE users SET " + set + "updated_at = ?, version = version + 1 WHERE id = ?", params);
       if (adminCount(c) == 0)
         throw ApiError(409, "conflict", "this would leave no enabled admin", b.contains("role") ? "role" : "disabled");
-      if (hash || b.value("disabled", false))
+      if (hash || b.value("disabled", false) ||
+          (b.contains("role") && b["role"].get<std::string>() != u.str("role"))) {
+        // New password, disabled, or another role: every session and access token of the user ends.
         c.exec("UPDATE refresh_tokens SET revoked = 1 WHERE user_id = ?", {std::to_string(id)});
+        bumpTokenEpoch(c, id);
+      }
       std::string fields;
       for (const auto& [k, v] : b.items()) fields += (fields.empty() ? "" : ", ") + k;
       audit::append(c, {p.username, req.remote_ip, "user.update", "users/" + std::to_string(id),
@@ -316,7 +320,7 @@ Response verifyAudit(App& app, Request& req) {
   auto v = app.db.read([](Conn& c) { return audit::verify(c); });
   Json j = {{"ok", v.ok}, {"rows_verified", v.rows}};
   if (!v.ok) {
-    j["first_broken_id"] = *v.first_broken_id;
+    j["first_broken_id"] = v.first_broken_id ? Json(*v.first_broken_id) : Json(nullptr);
     j["reason"] = v.reason;
   }
   return Response::json(200, j);

@@ -33,11 +33,16 @@ void onlyStrings(const Json& b, std::initializer_list<const char*> allowed, std:
 Json issueTokens(App& app, Conn& c, std::int64_t user_id, const std::string& username, const std::string& role,
                  const std::string& family) {
   std::int64_t now = util::unixNow();
+  // "ep" (the user's token epoch) and "sid" (the session) let authenticate() refuse this token once
+  // the password, role or status changes, or the session is logged out (context.cc).
+  auto ep = c.exec("SELECT token_epoch FROM users WHERE id = ?", {std::to_string(user_id)});
   Json claims = {{"sub", std::to_string(user_id)},
                  {"name", username},
                  {"role", role},
                  {"iat", now},
                  {"exp", now + kAccessTtl},
+                 {"ep", ep.empty() ? 0 : ep.front().i64("token_epoch")},
+                 {"sid", family},
                  {"jti", crypto::hex(crypto::randomBytes(12))}};
   std::string refresh = crypto::randomToken("mpr_");
   c.exec("INSERT INTO refresh_tokens (user_id, token_hash, family, expires_at, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -84,8 +89,7 @@ Response login(App& app, Request& req) {
   Json b = parseBody(req);
   onlyStrings(b, {"username", "password", "totp_code"}, {"username", "password"});
   std::string username = b["username"], password = b["password"];
-  std::string ukey = "user:" + username, ikey = "ip:" + req.remote_ip;
-  if (auto r = std::max(app.user_throttle.retryAfter(ukey), app.ip_throttle.retryAfter(ikey)); r > 0) throw tooMany(r);
+  if (auto r = app.throttle.retryAfter(username, req.remote_ip, util::unixNow()); r > 0) throw tooMany(r);
   auto rows = app.db.read([&](Conn& c) {
     return c.exec("SELECT id, username, role, password_hash, disabled, totp_enabled, totp_secret_enc, backup_codes "
                   "FROM users WHERE username = ?",
@@ -96,8 +100,7 @@ Response login(App& app, Request& req) {
   bool ok = crypto::verifyPassword(password, rows.empty() ? dummy : rows.front().str("password_hash"));
   ok = ok && !rows.empty() && !rows.front().i64("disabled");
   auto failed = [&](const std::string& why, const std::string& type) -> ApiError {
-    app.user_throttle.failure(ukey);
-    app.ip_throttle.failure(ikey);
+    app.throttle.failure(username, req.remote_ip, util::unixNow());
     app.metrics.login(false);
     auditOutside(app, {username, req.remote_ip, "auth.login_failed", "users/" + username, why, "failure"});
     ApiError e(401, type, type == "totp-required" ? "this account needs a TOTP code (totp_code)"
@@ -131,7 +134,7 @@ Response login(App& app, Request& req) {
                                            crypto::hex(crypto::randomBytes(12))));
   });
   if (!resp) throw failed(totp_problem == "totp-required" ? "TOTP code missing" : "bad TOTP code", totp_problem);
-  app.user_throttle.success(ukey);
+  app.throttle.success(username, req.remote_ip, util::unixNow());
   app.metrics.login(true);
   return *resp;
 }
@@ -185,6 +188,7 @@ Response logout(App& app, Request& req) {
       if (!rows.empty()) c.exec("UPDATE refresh_tokens SET revoked = 1 WHERE family = ?", {rows.front().str("family")});
     } else {
       c.exec("UPDATE refresh_tokens SET revoked = 1 WHERE user_id = ?", {std::to_string(p.user_id)});
+      bumpTokenEpoch(c, p.user_id);  // every session: the access tokens too
     }
     audit::append(c, {p.username, req.remote_ip, "auth.logout", "users/" + std::to_string(p.user_id), "logged out"});
   });
@@ -219,6 +223,7 @@ Response changePassword(App& app, Request& req) {
     c.exec("UPDATE users SET password_hash = ?, updated_at = ?, version = version + 1 WHERE id = ?",
            {nh, util::nowIso(), std::to_string(p.user_id)});
     c.exec("UPDATE refresh_tokens SET revoked = 1 WHERE user_id = ?", {std::to_string(p.user_id)});
+    bumpTokenEpoch(c, p.user_id);
     audit::append(c, {p.username, req.remote_ip, "auth.password_change", "users/" + std::to_string(p.user_id),
                       "changed own password; sessions revoked"});
   });
@@ -346,10 +351,8 @@ Response rotateSigningKey(App& app, Request& req) {
     throw;
   }
   std::string kid = app.db.write([&](Conn& c) {
-    std::string k = app.keys.rotate(c);
-    // Keys older than two access-token lifetimes can no longer verify anything live.
-    c.exec("DELETE FROM secrets WHERE name LIKE 'jwt:%' AND created_at < ? AND name <> ?",
-           {util::isoFromUnixMs((util::unixNow() - 2 * kAccessTtl) * 1000), "jwt:" + k});
+    // The retired key keeps verifying for one access-token lifetime, then goes (keyring.h).
+    std::string k = app.keys.rotate(c, kAccessTtl);
     audit::append(c, {p.username, req.remote_ip, "auth.signing_key_rotate", "signing-keys/" + k,
                       "rotated the JWT signing key"});
     return k;

@@ -32,9 +32,21 @@ Principal authenticate(App& app, const Request& req) {
     auto claims = app.keys.verify(token, util::unixNow());
     if (!claims || !(*claims)["sub"].is_string()) throw unauthorized("invalid or expired access token");
     std::string sub = (*claims)["sub"].get<std::string>();
+    const auto& ep = (*claims)["ep"];
+    const auto& sid = (*claims)["sid"];
+    std::int64_t epoch = ep.is_number_integer() ? ep.get<std::int64_t>() : 0;  // tokens from before v5: 0
+    bool session_live = true;
     rows = app.db.read([&](store::Conn& c) {
-      return c.exec("SELECT id, username, role, disabled FROM users WHERE id = ?", {sub});
+      if (sid.is_string())
+        session_live = !c.exec("SELECT 1 FROM refresh_tokens WHERE family = ? AND revoked = 0 LIMIT 1",
+                               {sid.get<std::string>()})
+                            .empty();
+      return c.exec("SELECT id, username, role, disabled, token_epoch FROM users WHERE id = ?", {sub});
     });
+    if (!rows.empty() && rows.front().i64("token_epoch") != epoch)
+      throw unauthorized("access token revoked: the account's password, role or status changed, or all its "
+                         "sessions were logged out; log in again");
+    if (!session_live) throw unauthorized("access token revoked: its session was logged out; log in again");
   }
   if (rows.empty()) throw unauthorized("invalid or revoked token");
   const auto& r = rows.front();
@@ -43,6 +55,10 @@ Principal authenticate(App& app, const Request& req) {
   p.username = r.str("username");
   p.role = r.str("role");  // the current role, not the one at token issue time
   return p;
+}
+
+void bumpTokenEpoch(store::Conn& c, std::int64_t user_id) {
+  c.exec("UPDATE users SET token_epoch = token_epoch + 1 WHERE id = ?", {std::to_string(user_id)});
 }
 
 Json parseBody(const Request& req) {

@@ -25,8 +25,7 @@ struct App {
   store::Db& db;
   auth::KeyRing& keys;
   Metrics& metrics;
-  auth::Throttle user_throttle{5, std::chrono::seconds(900)};
-  auth::Throttle ip_throttle{30, std::chrono::seconds(900)};
+  auth::LoginThrottle throttle{db};  // persisted in the database (auth/throttle.h)
   int bcrypt_cost = 12;
   std::string openapi;  // the document served at /api/v1/openapi.json
   ca::Authority* ca = nullptr;             // the certificate authority (ca_routes.cc); set by run()
@@ -49,6 +48,10 @@ struct Principal {
 // Resolves the bearer credential (access JWT or personal API token) to an enabled user.
 // Throws 401 with a WWW-Authenticate header when missing or invalid.
 Principal authenticate(App& app, const Request& req);
+
+// Ends every access token already issued to the user (they carry the old epoch). Call inside the
+// write transaction that changes the password, role or status, or logs out all sessions.
+void bumpTokenEpoch(store::Conn& c, std::int64_t user_id);
 
 // Parses a JSON object body: 415 without a JSON content type, 400 on malformed JSON, 422 when not an
 // object.

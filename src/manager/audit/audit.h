@@ -24,6 +24,16 @@ struct Entry {
 
 void append(store::Conn& c, const Entry& e);
 
+// The chain's anchor (table audit_anchor, one row): the newest row's id and hash and the number of
+// rows, updated by append() in the same transaction and authenticated with an HMAC under a key
+// derived from the master key. The chain alone cannot tell a log whose newest rows were deleted from
+// a shorter log; the anchor can, so verify() reports a removed tail. Call setAnchorKey() once at
+// start-up, before any append (without a key the anchor is kept but not authenticated).
+void setAnchorKey(const std::string& master_key);
+// Authenticates an anchor written by the v5 migration (which has no key). Run right after that
+// migration, at start-up.
+void sealAnchor(store::Db& db);
+
 struct VerifyResult {
   bool ok = true;
   std::int64_t rows = 0;

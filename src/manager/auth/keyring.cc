@@ -25,17 +25,18 @@ std::optional<std::string> KeyRing::open(std::string_view sealed, std::string_vi
   return crypto::open(master_, sealed, context);
 }
 
+namespace {
+constexpr const char* kSelectKeys =
+    "SELECT name, value_enc, created_at FROM secrets WHERE name LIKE 'jwt:%' ORDER BY created_at, name";
+}  // namespace
+
 void KeyRing::load(store::Db& db) {
-  auto rows = db.read([](store::Conn& c) {
-    return c.exec("SELECT name, value_enc, created_at FROM secrets WHERE name LIKE 'jwt:%' ORDER BY created_at");
-  });
+  auto rows = db.read([](store::Conn& c) { return c.exec(kSelectKeys); });
   if (rows.empty()) {
     db.write([&](store::Conn& c) {
       if (c.exec("SELECT name FROM secrets WHERE name LIKE 'jwt:%'").empty()) rotate(c);
     });
-    rows = db.read([](store::Conn& c) {
-      return c.exec("SELECT name, value_enc, created_at FROM secrets WHERE name LIKE 'jwt:%' ORDER BY created_at");
-    });
+    rows = db.read([](store::Conn& c) { return c.exec(kSelectKeys); });
   }
   std::map<std::string, std::string> keys;
   std::string active;
@@ -51,15 +52,50 @@ void KeyRing::load(store::Db& db) {
   std::lock_guard g(mu_);
   keys_ = std::move(keys);
   active_ = active;
+  db_ = &db;
+  loaded_at_ = std::chrono::steady_clock::now();
 }
 
-std::string KeyRing::rotate(store::Conn& c) {
+std::string KeyRing::rotate(store::Conn& c, std::int64_t keep_retired_s) {
   // Sortable ids: creation time then randomness, so "newest" is also the greatest id.
-  std::string kid = util::nowIso() + "-" + crypto::hex(crypto::randomBytes(4));
+  std::string now = util::nowIso();
+  std::string kid = now + "-" + crypto::hex(crypto::randomBytes(4));
   std::string name = "jwt:" + kid;
   c.exec("INSERT INTO secrets (name, value_enc, created_at) VALUES (?, ?, ?)",
-         {name, seal(crypto::randomBytes(32), name), util::nowIso()});
+         {name, seal(crypto::randomBytes(32), name), now});
+  // A key retires when its successor is created, and signs nothing after that; once it has been
+  // retired for an access-token lifetime every token it signed has expired, and it goes.
+  auto rows = c.exec("SELECT name, created_at FROM secrets WHERE name LIKE 'jwt:%' ORDER BY created_at, name");
+  std::string cutoff = util::isoFromUnixMs((util::unixNow() - keep_retired_s) * 1000);
+  for (std::size_t i = 0; i + 1 < rows.rows.size(); ++i)
+    if (rows.rows[i + 1].str("created_at") < cutoff)
+      c.exec("DELETE FROM secrets WHERE name = ?", {rows.rows[i].str("name")});
   return kid;
+}
+
+void KeyRing::syncForSigning() {
+  store::Db* db;
+  bool stale;
+  std::string active;
+  {
+    std::lock_guard g(mu_);
+    db = db_;
+    stale = std::chrono::steady_clock::now() - loaded_at_ > std::chrono::minutes(1);
+    active = active_;
+  }
+  if (!db) return;
+  try {
+    if (!stale) {
+      auto r = db->read([](store::Conn& c) {
+        return c.exec("SELECT name FROM secrets WHERE name LIKE 'jwt:%' ORDER BY created_at DESC, name DESC LIMIT 1");
+      });
+      stale = !r.empty() && r.front().str("name") != "jwt:" + active;
+    }
+    if (stale) load(*db);
+  } catch (const std::exception& e) {
+    // The database is unreachable: keep signing with the key we have (it is still valid).
+    spdlog::warn("manager: cannot re-read the JWT signing keys: {}", e.what());
+  }
 }
 
 std::string KeyRing::activeKid() const {
@@ -67,7 +103,8 @@ std::string KeyRing::activeKid() const {
   return active_;
 }
 
-std::string KeyRing::sign(const nlohmann::json& claims) const {
+std::string KeyRing::sign(const nlohmann::json& claims) {
+  syncForSigning();
   std::string kid, key;
   {
     std::lock_guard g(mu_);
@@ -79,7 +116,33 @@ std::string KeyRing::sign(const nlohmann::json& claims) const {
   return input + "." + crypto::base64urlEncode(crypto::hmacSha256(key, input));
 }
 
-std::optional<nlohmann::json> KeyRing::verify(std::string_view token, std::int64_t now) const {
+std::optional<nlohmann::json> KeyRing::verify(std::string_view token, std::int64_t now) {
+  bool unknown = false;
+  auto claims = verifyWith(token, now, &unknown);
+  store::Db* db;
+  bool reload = false;
+  {
+    std::lock_guard g(mu_);
+    db = db_;
+    auto t = std::chrono::steady_clock::now();
+    if (t - loaded_at_ > std::chrono::minutes(1)) reload = true;  // keys another manager dropped
+    if (unknown && t - unknown_kid_reload_at_ > std::chrono::seconds(1)) {
+      // Another manager may have rotated; a flood of made-up kids costs one query a second.
+      unknown_kid_reload_at_ = t;
+      reload = true;
+    }
+  }
+  if (!db || !reload) return claims;
+  try {
+    load(*db);
+  } catch (const std::exception& e) {
+    spdlog::warn("manager: cannot re-read the JWT signing keys: {}", e.what());
+    return claims;
+  }
+  return verifyWith(token, now, &unknown);
+}
+
+std::optional<nlohmann::json> KeyRing::verifyWith(std::string_view token, std::int64_t now, bool* unknown_kid) const {
   auto d1 = token.find('.');
   if (d1 == std::string_view::npos) return std::nullopt;
   auto d2 = token.find('.', d1 + 1);
@@ -97,7 +160,10 @@ std::optional<nlohmann::json> KeyRing::verify(std::string_view token, std::int64
   {
     std::lock_guard g(mu_);
     auto it = keys_.find(header["kid"].get<std::string>());
-    if (it == keys_.end()) return std::nullopt;
+    if (it == keys_.end()) {
+      *unknown_kid = true;
+      return std::nullopt;
+    }
     key = it->second;
   }
   if (!crypto::safeEqual(crypto::hmacSha256(key, token.substr(0, d2)), *s)) return std::nullopt;

@@ -167,6 +167,25 @@ INSERT INTO certificate_serials (certificate_id, issuer, serial, not_after, issu
   WHERE kind IN ('server', 'client', 'proxy') AND serial IS NOT NULL;
 )SQL";
 
+// v5 (security review M3, M7, M8): a per-user token epoch that every access token carries and every
+// request checks (bumped on password change, disabling, role change, logout of all sessions); the
+// audit chain's anchor (the newest row's id and hash and the row count, updated with every append,
+// HMAC'd under the master key) so a removed tail is detected; and the login throttle's counters, so
+// a restart or a second manager does not reset them.
+constexpr const char* kV5Security = R"SQL(
+ALTER TABLE users ADD COLUMN token_epoch {INT} NOT NULL DEFAULT 0;
+CREATE TABLE audit_anchor (
+  id {INT} PRIMARY KEY, last_id {INT} NOT NULL, last_hash TEXT NOT NULL, row_count {INT} NOT NULL,
+  mac TEXT NOT NULL DEFAULT '', updated_at TEXT NOT NULL);
+CREATE TABLE login_throttle (
+  key TEXT PRIMARY KEY, failures {INT} NOT NULL DEFAULT 0, window_start {INT} NOT NULL DEFAULT 0,
+  blocked_until {INT} NOT NULL DEFAULT 0, strikes {INT} NOT NULL DEFAULT 0, expires_at {INT} NOT NULL);
+CREATE INDEX login_throttle_expires ON login_throttle (expires_at);
+CREATE INDEX refresh_tokens_family ON refresh_tokens (family);
+INSERT INTO audit_anchor (id, last_id, last_hash, row_count, mac, updated_at)
+  SELECT 1, id, hash, (SELECT COUNT(*) FROM audit_log), '', ts FROM audit_log ORDER BY id DESC LIMIT 1;
+)SQL";
+
 std::string expand(std::string sql, Dialect d) {
   auto replaceAll = [&](const std::string& from, const std::string& to) {
     for (std::size_t p = 0; (p = sql.find(from, p)) != std::string::npos; p += to.size()) sql.replace(p, from.size(), to);
@@ -191,6 +210,7 @@ const std::vector<Migration>& migrations() {
       {3, kV3Control, kV3Control},
       // 4 (certificate serials) does not depend on 3 (control loop).
       {4, expand(kV4CertificateSerials, Dialect::sqlite), expand(kV4CertificateSerials, Dialect::postgres)},
+      {5, expand(kV5Security, Dialect::sqlite), expand(kV5Security, Dialect::postgres)},
   };
   return list;
 }
