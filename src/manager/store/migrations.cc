@@ -167,6 +167,15 @@ INSERT INTO certificate_serials (certificate_id, issuer, serial, not_after, issu
   WHERE kind IN ('server', 'client', 'proxy') AND serial IS NOT NULL;
 )SQL";
 
+// v5: the egress TLS listener (docs/control-plane.md). A cluster may name a server certificate; its
+// egress proxies then also listen with TLS at egress_tls_address (an HTTPS proxy whose clients may
+// present CA-issued client certificates, CN = service). The address is kept when the certificate is
+// cleared, so switching TLS off and on again keeps the port. Independent of 3 and 4.
+constexpr const char* kV5EgressTls = R"SQL(
+ALTER TABLE clusters ADD COLUMN egress_tls_certificate_id {INT} REFERENCES certificates(id) ON DELETE RESTRICT;
+ALTER TABLE clusters ADD COLUMN egress_tls_address TEXT NOT NULL DEFAULT '127.0.0.1:3129';
+)SQL";
+
 std::string expand(std::string sql, Dialect d) {
   auto replaceAll = [&](const std::string& from, const std::string& to) {
     for (std::size_t p = 0; (p = sql.find(from, p)) != std::string::npos; p += to.size()) sql.replace(p, from.size(), to);
@@ -191,6 +200,7 @@ const std::vector<Migration>& migrations() {
       {3, kV3Control, kV3Control},
       // 4 (certificate serials) does not depend on 3 (control loop).
       {4, expand(kV4CertificateSerials, Dialect::sqlite), expand(kV4CertificateSerials, Dialect::postgres)},
+      {5, expand(kV5EgressTls, Dialect::sqlite), expand(kV5EgressTls, Dialect::postgres)},
   };
   return list;
 }
