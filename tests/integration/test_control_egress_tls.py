@@ -4,6 +4,7 @@
   * a client certificate issued through the CA API (CN = service) + the cluster's
     egress_tls_certificate_id set through the API -> `curl --proxy https://... --proxy-cert` reaches
     a mapped destination; an unmapped one gets 403
+  * only admins choose the certificate (a service-owner of the cluster gets 403)
   * the client certificate revoked through the API -> once the CRL reaches the proxy, the handshake
     is refused
 """
@@ -66,6 +67,15 @@ class EgressTlsCase(ControlLoopCase):
         self.assertEqual(st, 200, b)
         self.assertEqual(b["egress_tls_certificate_id"], server["id"])
         self.assertEqual(self.config_version(), version + 1)
+        # The certificate's key goes to the proxies: a service-owner of the cluster may edit it but not
+        # choose its certificate (sending the current one back, as the web form does, is fine).
+        owner, oc = self.make_user("owner", "service-owner")
+        st, _, b = self.admin.post(f"/api/v1/users/{owner['id']}/clusters", {"cluster_id": cid})
+        self.assertIn(st, (200, 201, 204), b)
+        self.assertProblem(oc.patch(f"/api/v1/clusters/{cid}", {"egress_tls_certificate_id": None}), 403)
+        st, _, b = oc.patch(f"/api/v1/clusters/{cid}", {"egress_tls_certificate_id": server["id"], "log_debug": True})
+        self.assertEqual(st, 200, b)
+        self.assertEqual(b["egress_tls_certificate_id"], server["id"])
 
         state = os.path.join(self.tmp, "egress-state")
         self.p = self.start_proxy(None, command="egress", expect_listeners=("proxy", "proxy-tls"),
