@@ -192,7 +192,10 @@ const std::vector<Spec>& specs() {
                   {"ingress_http_address", Kind::text, false, true, false, listenAddress},
                   {"ingress_https_address", Kind::text, false, true, false, listenAddress},
                   {"egress_proxy_address", Kind::text, false, true, false, listenAddress},
-                  {"egress_socks5_address", Kind::text, false, true, false, listenAddress}},
+                  {"egress_socks5_address", Kind::text, false, true, false, listenAddress},
+                  // The egress HTTPS proxy listener: on egress_tls_address while a certificate is set.
+                  {"egress_tls_address", Kind::text, false, true, false, listenAddress},
+                  {"egress_tls_certificate_id", Kind::integer, false, true, true, positiveId()}},
                  {{"config_version", Kind::integer}, {"prev_api_key_expires", Kind::text}},
                  {"name"},
                  {"name", "id", "created_at", "updated_at"}});
@@ -415,8 +418,28 @@ void authorize(Ctx& x, Conn& c, Op op, const Json& values) {
   }
 }
 
+// A certificate a proxy serves: it must exist. Throws 422 naming the field.
+void checkServerCertificate(Conn& c, const Json& v, const std::string& field) {
+  if (!v.contains(field) || v[field].is_null()) return;
+  if (c.exec("SELECT 1 FROM certificates WHERE id = ?", {std::to_string(v[field].get<std::int64_t>())}).empty())
+    validate::fail(field, "certificate " + v[field].dump() + " does not exist");
+}
+
+// A cluster after the change: its TLS certificate exists, and the egress TLS listener does not take
+// the address of another egress listener (the proxy would refuse the snapshot).
+void checkClusterListeners(Conn& c, const Json& v) {
+  checkServerCertificate(c, v, "egress_tls_certificate_id");
+  if (!v.contains("egress_tls_certificate_id") || v["egress_tls_certificate_id"].is_null()) return;
+  // Defaults as in the schema (store/migrations.cc), for a create that leaves them out.
+  std::string tls = v.value("egress_tls_address", "127.0.0.1:3129");
+  for (auto [other, dflt] : {std::pair{"egress_proxy_address", "127.0.0.1:3128"}, {"egress_socks5_address", "127.0.0.1:1080"}})
+    if (v.value(other, dflt) == tls)
+      validate::fail("egress_tls_address", tls + " is already the cluster's " + other);
+}
+
 // Checks that referenced objects exist and live in the same cluster. Throws 422 naming the field.
 void checkReferences(Conn& c, const Spec& s, const Json& v) {
+  if (s.res == Res::clusters) return checkClusterListeners(c, v);
   if (!s.cluster_scoped) return;
   std::int64_t cid = v["cluster_id"].get<std::int64_t>();
   if (c.exec("SELECT 1 FROM clusters WHERE id = ?", {std::to_string(cid)}).empty())
@@ -440,10 +463,7 @@ void checkReferences(Conn& c, const Spec& s, const Json& v) {
     if (!icmp_only && v.value("ports", Json::array()).empty())
       validate::fail("ports", "required for tcp, udp, http and https mappings");
   }
-  if (s.res == Res::routes && v.contains("certificate_id") && !v["certificate_id"].is_null() &&
-      c.exec("SELECT 1 FROM certificates WHERE id = ?", {std::to_string(v["certificate_id"].get<std::int64_t>())})
-          .empty())
-    validate::fail("certificate_id", "certificate " + v["certificate_id"].dump() + " does not exist");
+  if (s.res == Res::routes) checkServerCertificate(c, v, "certificate_id");
 }
 
 // The CA's own certificates and proxy certificates belong to the CA and the control channel.
@@ -740,6 +760,11 @@ Response update(Ctx& x) {
       Json after = before;
       for (const auto& [k, v] : body.items()) after[k] = v;
       authorize(x, c, Op::update, after);
+      // The certificate's private key is shipped to the cluster's proxies: as for routes' certificates,
+      // only admins choose it.
+      if (s.res == Res::clusters && !x.who.isAdmin() && body.contains("egress_tls_certificate_id") &&
+          body["egress_tls_certificate_id"] != before["egress_tls_certificate_id"])
+        policy::deny("only admins set egress_tls_certificate_id");
       if (expected && *expected != before_row.i64("version"))
         throw ApiError(412, "precondition-failed",
                        s.noun + " " + std::to_string(id) + " changed since you read it (version " +
@@ -769,10 +794,7 @@ Response update(Ctx& x) {
         for (const auto& [k, v] : body.items()) proxies_see |= k != "name" && k != "description";
         if (proxies_see) bumpCluster(c, id);
       }
-      if (s.res == Res::certificates)
-        c.exec("UPDATE clusters SET config_version = config_version + 1 WHERE id IN "
-               "(SELECT cluster_id FROM ingress_routes WHERE certificate_id = ?)",
-               {std::to_string(id)});
+      if (s.res == Res::certificates) ca::bumpClustersServing(c, id);
       audit::append(c, {x.who.username, x.req.remote_ip, action, resource,
                         "updated " + s.noun + " \"" + after.value("name", "") + "\" (" + fieldList(body) + ")"});
       Row r = loadRow(c, s, id);

@@ -362,6 +362,13 @@ const std::vector<std::string>& revocationReasons() {
   return r;
 }
 
+void bumpClustersServing(Conn& c, std::int64_t certificate_id) {
+  auto id = std::to_string(certificate_id);
+  c.exec("UPDATE clusters SET config_version = config_version + 1 WHERE egress_tls_certificate_id = ? OR id IN "
+         "(SELECT cluster_id FROM ingress_routes WHERE certificate_id = ?)",
+         {id, id});
+}
+
 std::string refusedRevocationReason(const std::string& reason) {
   if (reason == "removeFromCRL")
     return "removeFromCRL is only meaningful in delta CRLs; in this CRL it would leave the certificate trusted "
@@ -800,9 +807,7 @@ Issued Authority::renew(Conn& c, std::int64_t certificate_id) {
          {out.cert_pem, impl_->keys.seal(out.key_pem, kKeyContext), f.serial, f.issuer, f.not_before, f.not_after, now,
           now, std::to_string(certificate_id)});
   Impl::recordSerial(c, certificate_id, f);  // the previous serial stays in the history, revocable
-  c.exec("UPDATE clusters SET config_version = config_version + 1 WHERE id IN "
-         "(SELECT cluster_id FROM ingress_routes WHERE certificate_id = ?)",
-         {std::to_string(certificate_id)});
+  bumpClustersServing(c, certificate_id);
   return out;
 }
 

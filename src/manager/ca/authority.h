@@ -42,6 +42,9 @@ std::optional<CertFacts> parseCertificate(const std::string& pem);
 // Checks an import: both parse and the key belongs to the certificate. Throws http::ApiError 422
 // naming "cert_pem" or "key_pem".
 CertFacts checkImport(const std::string& cert_pem, const std::string& key_pem);
+// Bumps the config_version of every cluster whose proxies serve this certificate (an ingress route's
+// certificate_id, a cluster's egress_tls_certificate_id): called when it is renewed or replaced.
+void bumpClustersServing(store::Conn& c, std::int64_t certificate_id);
 
 // The RFC 5280 reason names revoke() accepts; anything else is recorded as "unspecified". Neither
 // certificateHold (MarchProxy cannot release a hold) nor removeFromCRL (delta CRLs only; OpenSSL

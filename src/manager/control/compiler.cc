@@ -44,6 +44,19 @@ struct RoutePath {
   std::string name;  // unique per virtual host: the route's name, "<route>/<i>" for its i-th path
 };
 
+// Puts certificate `id` and its decrypted key into the snapshot's files as certs/<id>.pem and
+// certs/<id>.key; returns {cert, key} with those paths, null when the row is gone.
+Json shipCertificate(Conn& c, std::int64_t id, std::map<std::string, std::string>& files, const auth::KeyRing& keys) {
+  auto rows = c.exec("SELECT cert_pem, key_enc FROM certificates WHERE id = ?", {std::to_string(id)});
+  if (rows.empty()) return nullptr;
+  auto key = keys.open(rows.front().str("key_enc"), "certificates.key");
+  if (!key) throw std::runtime_error("certificate " + std::to_string(id) + ": the stored key does not decrypt");
+  std::string base = "certs/" + std::to_string(id);
+  files[base + ".pem"] = rows.front().str("cert_pem");
+  files[base + ".key"] = *key;
+  return {{"cert", base + ".pem"}, {"key", base + ".key"}};
+}
+
 Json compileIngress(Conn& c, const Row& cluster, std::map<std::string, std::string>& files, const std::string& ca_chain,
                     const auth::KeyRing& keys) {
   auto cid = std::to_string(cluster.i64("id"));
@@ -130,16 +143,8 @@ Json compileIngress(Conn& c, const Row& cluster, std::map<std::string, std::stri
   Json listeners = Json::array({listenerAt("http", cluster.str("ingress_http_address"))});
   if (!cert_ids.empty()) {
     Json certs = Json::array();
-    for (auto id : cert_ids) {
-      auto rows = c.exec("SELECT cert_pem, key_enc FROM certificates WHERE id = ?", {std::to_string(id)});
-      if (rows.empty()) continue;
-      auto key = keys.open(rows.front().str("key_enc"), "certificates.key");
-      if (!key) throw std::runtime_error("certificate " + std::to_string(id) + ": the stored key does not decrypt");
-      std::string base = "certs/" + std::to_string(id);
-      files[base + ".pem"] = rows.front().str("cert_pem");
-      files[base + ".key"] = *key;
-      certs.push_back({{"cert", base + ".pem"}, {"key", base + ".key"}});
-    }
+    for (auto id : cert_ids)
+      if (Json cert = shipCertificate(c, id, files, keys); !cert.is_null()) certs.push_back(cert);
     Json tls = {{"certificates", certs}};
     if (mtls && !ca_chain.empty()) {
       files["ca/clients.pem"] = ca_chain;
@@ -153,7 +158,8 @@ Json compileIngress(Conn& c, const Row& cluster, std::map<std::string, std::stri
           {"virtual_hosts", vhosts}, {"clusters", clusters}};
 }
 
-Json compileEgress(Conn& c, const Row& cluster, const auth::KeyRing& keys) {
+Json compileEgress(Conn& c, const Row& cluster, std::map<std::string, std::string>& files, const std::string& ca_chain,
+                   const auth::KeyRing& keys) {
   auto cid = std::to_string(cluster.i64("id"));
   auto svc = c.exec("SELECT id, name, ip_fqdn, collection, auth_type, secret_enc FROM services WHERE cluster_id = ? "
                     "ORDER BY name",
@@ -212,6 +218,22 @@ Json compileEgress(Conn& c, const Row& cluster, const auth::KeyRing& keys) {
               {"services", services},
               {"mappings", mappings}};
   if (!jwt_keys.empty()) doc["jwt"] = {{"keys", jwt_keys}};
+  // With a certificate: an HTTPS proxy listener too, where a client certificate the manager's CA
+  // issued names the service by its CN (optional: credentials keep working without one).
+  if (!cluster.isNull("egress_tls_certificate_id")) {
+    Json tls = shipCertificate(c, cluster.i64("egress_tls_certificate_id"), files, keys);
+    if (!tls.is_null()) {
+      if (!ca_chain.empty()) {
+        files["ca/clients.pem"] = ca_chain;
+        tls["client_ca"] = "ca/clients.pem";
+        tls["crl"] = "ca/crl.pem";
+        tls["client_auth"] = "optional";
+      }
+      Json l = listenerAt("proxy-tls", cluster.str("egress_tls_address"));
+      l["tls"] = tls;
+      doc["listeners"].push_back(l);
+    }
+  }
   return doc;
 }
 
@@ -237,7 +259,8 @@ std::shared_ptr<const CompiledSnapshot> Compiler::compile(Conn& c, std::int64_t 
   snap->cluster_id = cluster_id;
   snap->kind = kind;
   snap->version = cluster.i64("config_version");
-  snap->config = kind == "ingress" ? compileIngress(c, cluster, snap->files, ca_chain, keys_) : compileEgress(c, cluster, keys_);
+  snap->config = kind == "ingress" ? compileIngress(c, cluster, snap->files, ca_chain, keys_)
+                                   : compileEgress(c, cluster, snap->files, ca_chain, keys_);
   snap->files["ca/crl.pem"] = crl;
   Json files(snap->files);
   // nlohmann's object keeps keys sorted, so dump() is the canonical form.

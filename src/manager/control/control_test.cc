@@ -7,7 +7,10 @@
 
 #include "config/loader.h"
 #include "egress/config.h"
+#include <fstream>
+
 #include "manager/api/context.h"
+#include "manager/ca/authority.h"
 #include "manager/control/compiler.h"
 #include "manager/control/notifier.h"
 #include "manager/crypto/crypto.h"
@@ -226,6 +229,86 @@ TEST(ControlCompiler, EgressSnapshotLoadsWithTheProxyLoader) {
   EXPECT_TRUE(marchproxy::egress::loadString(empty->config.dump()).ok());
   EXPECT_TRUE(marchproxy::config::loadString(compiler.get(p.other, "ingress")->config.dump()).ok());
   EXPECT_FALSE(compiler.get(999, "egress"));
+}
+
+TEST(ControlCompiler, EgressTlsListenerShipsTheCertificateTheClientCaAndTheCrl) {
+  Populated p;
+  mm::ca::Authority ca(*p.db, p.keys);
+  auto server = ca.issueServer("egress-tls", {"127.0.0.1"});
+  auto st = p.call("PATCH", "/api/v1/clusters/" + std::to_string(p.cluster),
+                   {{"egress_tls_certificate_id", server.certificate_id}, {"egress_tls_address", "127.0.0.1:13129"}});
+  ASSERT_EQ(st.first, 200) << st.second.dump();
+  EXPECT_EQ(st.second["egress_tls_certificate_id"], server.certificate_id);
+  mm::control::Compiler compiler(*p.db, p.keys, {[&] { return ca.chainPem(); }, [&] { return ca.crlPem(); }});
+  auto snap = compiler.get(p.cluster, "egress");
+  ASSERT_TRUE(snap);
+  // The proxy's own loader builds the TLS contexts from the shipped files: write them as the agent does.
+  for (const auto& [name, content] : snap->files) {
+    auto path = p.tmp.dir / "snap" / name;
+    std::filesystem::create_directories(path.parent_path());
+    std::ofstream(path) << content;
+  }
+  auto r = marchproxy::egress::loadString(snap->config.dump(), (p.tmp.dir / "snap").string());
+  ASSERT_TRUE(r.ok()) << errors(r.errors) << snap->config.dump(2);
+  ASSERT_EQ(r.config->listeners.size(), 3u);
+  const auto& l = r.config->listeners[2];
+  EXPECT_EQ(l.name, "proxy-tls");
+  EXPECT_EQ(l.port, 13129);
+  EXPECT_EQ(l.kind, marchproxy::egress::ListenerConfig::Kind::kHttp);
+  ASSERT_TRUE(l.tls);
+  EXPECT_TRUE(l.tls->contexts);
+  EXPECT_FALSE(l.tls->require_client_cert);
+  const auto& tls = snap->config["listeners"][2]["tls"];
+  EXPECT_EQ(tls, json({{"cert", "certs/" + std::to_string(server.certificate_id) + ".pem"},
+                       {"key", "certs/" + std::to_string(server.certificate_id) + ".key"},
+                       {"client_ca", "ca/clients.pem"},
+                       {"crl", "ca/crl.pem"},
+                       {"client_auth", "optional"}}));
+  EXPECT_EQ(snap->files.at(tls["key"].get<std::string>()), server.key_pem);
+  EXPECT_EQ(snap->files.at("ca/clients.pem"), ca.chainPem());
+  // The other cluster has no certificate: no TLS listener, no key shipped.
+  auto other = compiler.get(p.other, "egress");
+  EXPECT_EQ(other->config["listeners"].size(), 2u);
+  EXPECT_EQ(other->files.count(tls["key"].get<std::string>()), 0u);
+
+  // Renewing the certificate moves only the clusters that serve it; the snapshot ships the new key.
+  auto before = std::make_pair(p.version(p.cluster), p.version(p.other));
+  auto renewed = p.db->write([&](mm::store::Conn& c) { return ca.renew(c, server.certificate_id); });
+  EXPECT_EQ(p.version(p.cluster), before.first + 1);
+  EXPECT_EQ(p.version(p.other), before.second);
+  EXPECT_EQ(compiler.get(p.cluster, "egress")->files.at(tls["key"].get<std::string>()), renewed.key_pem);
+
+  // Clearing it removes the listener (and bumps the version).
+  st = p.call("PATCH", "/api/v1/clusters/" + std::to_string(p.cluster), {{"egress_tls_certificate_id", nullptr}});
+  ASSERT_EQ(st.first, 200) << st.second.dump();
+  EXPECT_EQ(compiler.get(p.cluster, "egress")->config["listeners"].size(), 2u);
+}
+
+TEST(ControlCompiler, EgressTlsCertificateIsValidatedWithTheFieldNamed) {
+  Populated p;
+  auto path = "/api/v1/clusters/" + std::to_string(p.other);
+  auto before = p.version(p.other);
+  auto r = p.call("PATCH", path, {{"egress_tls_certificate_id", 424242}});
+  EXPECT_EQ(r.first, 422);
+  EXPECT_EQ(r.second["field"], "egress_tls_certificate_id") << r.second.dump();
+  EXPECT_EQ(r.second["detail"], "egress_tls_certificate_id: certificate 424242 does not exist") << r.second.dump();
+  r = p.call("PATCH", path, {{"egress_tls_certificate_id", "1"}});
+  EXPECT_EQ(r.first, 422);
+  EXPECT_EQ(r.second["field"], "egress_tls_certificate_id");
+  // The TLS listener cannot take the plain proxy's address (default 127.0.0.1:3128).
+  r = p.call("PATCH", path, {{"egress_tls_certificate_id", 1}, {"egress_tls_address", "127.0.0.1:3128"}});
+  EXPECT_EQ(r.first, 422);
+  EXPECT_EQ(r.second["field"], "egress_tls_address") << r.second.dump();
+  r = p.call("POST", "/api/v1/clusters",
+             {{"name", "third"}, {"egress_tls_certificate_id", 1}, {"egress_tls_address", "127.0.0.1:1080"}});
+  EXPECT_EQ(r.first, 422);
+  EXPECT_EQ(r.second["field"], "egress_tls_address") << r.second.dump();
+  EXPECT_EQ(p.version(p.other), before);
+  // Set: replacing the certificate bumps the cluster that serves it (no route of "staging" uses it).
+  ASSERT_EQ(p.call("PATCH", path, {{"egress_tls_certificate_id", 1}}).first, 200);
+  EXPECT_EQ(p.version(p.other), before + 1);
+  ASSERT_EQ(p.call("PATCH", "/api/v1/certificates/1", {{"cert_pem", kCert}, {"key_pem", kKey}}).first, 200);
+  EXPECT_EQ(p.version(p.other), before + 2);
 }
 
 TEST(ControlCompiler, CachedUntilTheVersionMoves) {

@@ -186,6 +186,15 @@ INSERT INTO audit_anchor (id, last_id, last_hash, row_count, mac, updated_at)
   SELECT 1, id, hash, (SELECT COUNT(*) FROM audit_log), '', ts FROM audit_log ORDER BY id DESC LIMIT 1;
 )SQL";
 
+// v6: the egress TLS listener (docs/control-plane.md). A cluster may name a server certificate; its
+// egress proxies then also listen with TLS at egress_tls_address (an HTTPS proxy whose clients may
+// present CA-issued client certificates, CN = service). The address is kept when the certificate is
+// cleared, so switching TLS off and on again keeps the port. Independent of 3, 4 and 5.
+constexpr const char* kV6EgressTls = R"SQL(
+ALTER TABLE clusters ADD COLUMN egress_tls_certificate_id {INT} REFERENCES certificates(id) ON DELETE RESTRICT;
+ALTER TABLE clusters ADD COLUMN egress_tls_address TEXT NOT NULL DEFAULT '127.0.0.1:3129';
+)SQL";
+
 std::string expand(std::string sql, Dialect d) {
   auto replaceAll = [&](const std::string& from, const std::string& to) {
     for (std::size_t p = 0; (p = sql.find(from, p)) != std::string::npos; p += to.size()) sql.replace(p, from.size(), to);
@@ -211,6 +220,7 @@ const std::vector<Migration>& migrations() {
       // 4 (certificate serials) does not depend on 3 (control loop).
       {4, expand(kV4CertificateSerials, Dialect::sqlite), expand(kV4CertificateSerials, Dialect::postgres)},
       {5, expand(kV5Security, Dialect::sqlite), expand(kV5Security, Dialect::postgres)},
+      {6, expand(kV6EgressTls, Dialect::sqlite), expand(kV6EgressTls, Dialect::postgres)},
   };
   return list;
 }

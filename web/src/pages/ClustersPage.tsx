@@ -1,7 +1,7 @@
 import { ResourcePage, rotate } from '../components/ResourcePage';
 import type { Cluster } from '../api/types';
 import type { FieldDef } from '../lib/form';
-import { name, optionalHostPort } from '../lib/validate';
+import { hostPort, name, optionalHostPort } from '../lib/validate';
 
 const fields: FieldDef[] = [
   { name: 'name', label: 'Name', kind: 'text', required: true, check: name },
@@ -10,6 +10,22 @@ const fields: FieldDef[] = [
   { name: 'log_auth', label: 'Log authentication', kind: 'bool', defaultValue: true },
   { name: 'log_netflow', label: 'Log netflow', kind: 'bool' },
   { name: 'log_debug', label: 'Debug logging', kind: 'bool' },
+  {
+    name: 'egress_tls_certificate_id',
+    label: 'Egress TLS certificate',
+    kind: 'select',
+    ref: 'certificates',
+    nullable: true,
+    help: 'Egress proxies also listen as an HTTPS proxy with this certificate; clients may present a CA-issued client certificate whose CN is a service (admins only)',
+  },
+  {
+    name: 'egress_tls_address',
+    label: 'Egress TLS listen address (IP:port)',
+    kind: 'text',
+    required: true,
+    defaultValue: '127.0.0.1:3129',
+    check: hostPort,
+  },
 ];
 
 export default function ClustersPage() {
@@ -26,6 +42,7 @@ export default function ClustersPage() {
         { label: 'Name', render: (c) => c.name },
         { label: 'Description', render: (c) => c.description || '–' },
         { label: 'Syslog', render: (c) => c.syslog_endpoint || '–' },
+        { label: 'Egress TLS', render: (c) => (c.egress_tls_certificate_id ? `cert #${c.egress_tls_certificate_id} on ${c.egress_tls_address}` : '–') },
         { label: 'Config version', render: (c) => c.config_version },
       ]}
     />
