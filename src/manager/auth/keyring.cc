@@ -7,6 +7,7 @@
 #include <sstream>
 #include <spdlog/spdlog.h>
 #include <stdexcept>
+#include <thread>
 
 #include "manager/crypto/crypto.h"
 #include "manager/util/time.h"
@@ -57,8 +58,14 @@ void KeyRing::load(store::Db& db) {
 }
 
 std::string KeyRing::rotate(store::Conn& c, std::int64_t keep_retired_s) {
-  // Sortable ids: creation time then randomness, so "newest" is also the greatest id.
+  // Sortable ids: creation time then randomness, so "newest" is also the greatest id. Two keys made in
+  // the same millisecond would sort by their random part, so the new one waits for a later millisecond.
   std::string now = util::nowIso();
+  auto newest = c.exec("SELECT created_at FROM secrets WHERE name LIKE 'jwt:%' ORDER BY created_at DESC LIMIT 1");
+  for (int i = 0; i < 20 && !newest.empty() && now <= newest.front().str("created_at"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    now = util::nowIso();
+  }
   std::string kid = now + "-" + crypto::hex(crypto::randomBytes(4));
   std::string name = "jwt:" + kid;
   c.exec("INSERT INTO secrets (name, value_enc, created_at) VALUES (?, ?, ?)",
