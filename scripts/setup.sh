@@ -19,7 +19,7 @@ PKGS=(
   testssl.sh bsdextrautils                       # TLS listener audit (tests/integration/test_testssl.py; hexdump)
   # benchmarks (peers and load generators)
   nginx-light haproxy wrk nghttp2-client gnuplot-nox
-  squid tinyproxy                                # egress bench peers (forward proxies)
+  squid tinyproxy ethtool                        # egress bench peers (forward proxies); ethtool for bench/xdp.py
   python3-h2 python3-hyperframe python3-grpcio   # HTTP/2 frame-level abuse tests, gRPC end-to-end tests
   chromium                                       # web UI end-to-end tests (tests/web)
 )
