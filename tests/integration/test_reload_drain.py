@@ -91,6 +91,22 @@ class ReloadTest(ProxyTestCase):
         wait_until(lambda: p.config_info().get("version") == version, timeout,
                    message=f"/config version {version}")
 
+    def test_idle_keepalive_connection_follows_reload(self):
+        # A connection that sits idle across a reload must route its next request on the new
+        # config: the session used to keep the config it had when it began waiting.
+        p = self.start_proxy(self.config(1, "blue"))
+        c = Conn(p.port)
+        try:
+            self.assertEqual(c.request("GET", "/id").text, "A")
+            for i, (cluster, origin) in enumerate([("green", "B"), ("blue", "A"), ("green", "B")]):
+                p.reload(self.config(i + 2, cluster))
+                self.wait_version(p, i + 2)
+                r = c.request("GET", "/id")
+                self.assertEqual(r.text, origin, f"request on a kept connection after reload {i + 1}")
+                self.assertNotEqual((r.header("connection") or "").lower(), "close")
+        finally:
+            c.close()
+
     def test_sighup_reload_under_load(self):
         p = self.start_proxy(self.config(1, "blue"))
         stop = threading.Event()

@@ -357,6 +357,10 @@ asio::awaitable<bool> HttpSession::readHead() {
       auto st = http::parseRequest(rbuf_.view(), limits_, x_->req, perr);
       if (st == http::ParseStatus::kComplete) {
         h2c_ = false;  // HTTP/1.1 it is, for the rest of the connection
+        // A reload may have landed while this connection sat idle: the request routes on the
+        // config current when its head arrived, not the one current when the wait began.
+        // (`snap` dangles after this; it is not used again.)
+        if (wrt_ != worker_.runtime()) wrt_ = worker_.runtime();
         co_return true;
       }
       if (st == http::ParseStatus::kError) {
