@@ -59,7 +59,12 @@ export default function ForwardsPage() {
           label: 'Callers',
           render: (f) => (
             <>
-              {(f.sources ?? []).map((s) => `${s.cidr}`).join(', ')}
+              {(f.sources ?? []).map((s, i) => (
+                <span key={i}>
+                  {i > 0 ? ', ' : ''}
+                  {s.cidr} → <ServiceNames ids={[s.service_id]} />
+                </span>
+              ))}
               {f.mtls ? ' + client certificates' : ''}
             </>
           ),
