@@ -20,7 +20,7 @@ import subprocess
 import unittest
 
 import manager_harness as mh
-from harness import LOCALHOST, free_port, wait_until
+from harness import LOCALHOST, connection_refused, free_port, wait_until
 from test_control_loop import ControlLoopCase
 from test_egress_proxy import EchoServer, recv_exact
 from tls_client import client_context
@@ -112,17 +112,6 @@ class EgressTlsCase(ControlLoopCase):
         s.sendall(b"\x05\x01\x00")
         return s, recv_exact(s, 2)
 
-    def refused(self, port):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.settimeout(5)
-        try:
-            s.connect((LOCALHOST, port))
-            return False
-        except ConnectionRefusedError:
-            return True
-        finally:
-            s.close()
-
     def test_socks5_over_tls_from_the_api_moves_with_its_address(self):
         cid = self.cluster["id"]
         echo = EchoServer()
@@ -159,7 +148,7 @@ class EgressTlsCase(ControlLoopCase):
 
         st, _, b = self.admin.patch(f"/api/v1/clusters/{cid}", {"egress_socks_tls_address": f"{LOCALHOST}:{second}"})
         self.assertEqual(st, 200, b)
-        wait_until(lambda: self.refused(first), timeout=20, message="the old SOCKS5-over-TLS port refuses")
+        wait_until(lambda: connection_refused(first), timeout=20, message="the old SOCKS5-over-TLS port refuses")
         s2, sel2 = self.socks_tls(second, who)
         self.assertEqual(sel2, b"\x05\x00")
         s.sendall(b"still")  # the tunnel opened on the old port is still allowed: it keeps relaying

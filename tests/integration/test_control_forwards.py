@@ -14,30 +14,10 @@ import os
 import socket
 
 import manager_harness as mh
-from harness import LOCALHOST, free_port, wait_until
+from harness import LOCALHOST, connection_refused as refused, free_port, wait_until
 from test_control_loop import ControlLoopCase
 from test_egress_forward import UdpEcho, tcp_client, udp_client
 from test_egress_proxy import EchoServer, closed_by_peer, recv_exact
-
-
-def free_udp_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((LOCALHOST, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def refused(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(5)
-    try:
-        s.connect((LOCALHOST, port))
-        return False
-    except ConnectionRefusedError:
-        return True
-    finally:
-        s.close()
 
 
 class ForwardsCase(ControlLoopCase):
@@ -55,7 +35,7 @@ class ForwardsCase(ControlLoopCase):
             "destination_services": [origin["id"]], "protocols": ["tcp", "udp"], "ports": [echo.port, udp.port]})
         self.assertEqual(st, 201, b)
 
-        pg_port, dns_port = free_port(), free_udp_port()
+        pg_port, dns_port = free_port(), free_port(socket.SOCK_DGRAM)
         version = self.config_version()
         # Refused with the field named: the cluster's SOCKS5 port, an unknown service, udp with mTLS.
         self.assertProblem(self.admin.post("/api/v1/forwards", {

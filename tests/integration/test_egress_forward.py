@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import threading
 
-from harness import LOCALHOST, ProxyTestCase, main, render, wait_until
+from harness import LOCALHOST, ProxyTestCase, connection_refused, main, render, wait_until
 from test_egress_proxy import EchoServer, closed_by_peer, recv_exact
 from tls_certs import Pki
 from tls_client import client_context
@@ -396,17 +396,6 @@ class ForwardReloadTest(ProxyTestCase):
                 return [e for e in map(json.loads, filter(str.strip, f)) if all(e.get(k) == v for k, v in match.items())]
         return wait_until(entries, message=f"access log entry {match}")
 
-    def refused(self, port):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.settimeout(5)
-        try:
-            s.connect((LOCALHOST, port))
-            return False
-        except ConnectionRefusedError:
-            return True
-        finally:
-            s.close()
-
     def test_removed_forward_stops_accepting_and_an_added_one_starts(self):
         old = self.p.ports["a"]
         s = tcp_client(old)
@@ -424,7 +413,7 @@ class ForwardReloadTest(ProxyTestCase):
         s.sendall(b"still")
         self.assertEqual(recv_exact(s, 5), b"still")
         wait_until(lambda: "b" in self.p.ports, message="b listening")
-        wait_until(lambda: self.refused(old), message="the removed forward's port refuses connections")
+        wait_until(lambda: connection_refused(old), message="the removed forward's port refuses connections")
         b = tcp_client(self.p.ports["b"])
         self.addCleanup(b.close)
         b.sendall(b"new")

@@ -102,6 +102,18 @@ std::string errors(const std::vector<marchproxy::config::Diagnostic>& ds) {
   return out;
 }
 
+// The proxy's own loader builds the TLS contexts from the shipped files: write them as the agent
+// does, then load the document against that directory.
+marchproxy::egress::LoadResult loadEgressWithFiles(const mm::control::CompiledSnapshot& snap,
+                                                   const std::filesystem::path& dir) {
+  for (const auto& [name, content] : snap.files) {
+    auto path = dir / name;
+    std::filesystem::create_directories(path.parent_path());
+    std::ofstream(path) << content;
+  }
+  return marchproxy::egress::loadString(snap.config.dump(), dir.string());
+}
+
 mm::control::CaSource testCa() {
   return {[] { return std::string(kCert); }, [] { return std::string("-----BEGIN X509 CRL-----\n-----END X509 CRL-----\n"); }};
 }
@@ -244,13 +256,7 @@ TEST(ControlCompiler, EgressTlsListenerShipsTheCertificateTheClientCaAndTheCrl) 
   mm::control::Compiler compiler(*p.db, p.keys, {[&] { return ca.chainPem(); }, [&] { return ca.crlPem(); }});
   auto snap = compiler.get(p.cluster, "egress");
   ASSERT_TRUE(snap);
-  // The proxy's own loader builds the TLS contexts from the shipped files: write them as the agent does.
-  for (const auto& [name, content] : snap->files) {
-    auto path = p.tmp.dir / "snap" / name;
-    std::filesystem::create_directories(path.parent_path());
-    std::ofstream(path) << content;
-  }
-  auto r = marchproxy::egress::loadString(snap->config.dump(), (p.tmp.dir / "snap").string());
+  auto r = loadEgressWithFiles(*snap, p.tmp.dir / "snap");
   ASSERT_TRUE(r.ok()) << errors(r.errors) << snap->config.dump(2);
   ASSERT_EQ(r.config->listeners.size(), 3u);
   const auto& l = r.config->listeners[2];
@@ -341,12 +347,7 @@ TEST(ControlCompiler, EgressForwardsAndSocksTlsLoadWithTheProxyLoader) {
   mm::control::Compiler compiler(*p.db, p.keys, {[&] { return ca.chainPem(); }, [&] { return ca.crlPem(); }});
   auto snap = compiler.get(p.cluster, "egress");
   ASSERT_TRUE(snap);
-  for (const auto& [name, content] : snap->files) {
-    auto path = p.tmp.dir / "snap" / name;
-    std::filesystem::create_directories(path.parent_path());
-    std::ofstream(path) << content;
-  }
-  auto r = marchproxy::egress::loadString(snap->config.dump(), (p.tmp.dir / "snap").string());
+  auto r = loadEgressWithFiles(*snap, p.tmp.dir / "snap");
   ASSERT_TRUE(r.ok()) << errors(r.errors) << snap->config.dump(2);
   const auto& c = *r.config;
   ASSERT_EQ(c.listeners.size(), 4u);
