@@ -275,11 +275,26 @@ class Worker {
     ioc_.stop();
   }
 
-  void addListener(int fd, const ListenerConfig& l);
+  // `key` names the listen socket for removeListener (Egress::bound_ holds the same keys).
+  void addListener(int fd, const ListenerConfig& l, const std::string& key);
+  // A reload took the listener (or forward) away or changed its address: stop accepting on this
+  // worker's socket and close it. Connections and tunnels it accepted stay (a reload re-checks
+  // them); a UDP forward's flows end with its socket.
+  void removeListener(const std::string& key) {
+    boost::system::error_code ec;
+    if (auto it = acceptors_.find(key); it != acceptors_.end()) {
+      it->second->close(ec);
+      acceptors_.erase(it);
+    }
+    if (auto it = udp_forwards_.find(key); it != udp_forwards_.end()) {
+      it->second->close(ec);
+      udp_forwards_.erase(it);
+    }
+  }
   void stopAccepting() {
     boost::system::error_code ec;
-    for (auto& a : acceptors_) a->close(ec);
-    for (auto& u : udp_forwards_) u->close(ec);
+    for (auto& [k, a] : acceptors_) a->close(ec);
+    for (auto& [k, u] : udp_forwards_) u->close(ec);
   }
   void applyRuntime(std::shared_ptr<const Runtime> rt);
   void collect(Stats* out) const {
@@ -376,7 +391,7 @@ class Worker {
   };
 
  private:
-  asio::awaitable<void> acceptLoop(tcp::acceptor* acceptor, ListenerConfig l);
+  asio::awaitable<void> acceptLoop(std::shared_ptr<tcp::acceptor> acceptor, ListenerConfig l);
   void revoke();
 
   unsigned index_;
@@ -403,8 +418,10 @@ class Worker {
     Clock::time_point since;  // when it was put back
   };
   std::unordered_map<PoolKey, std::vector<IdleConnection>, PoolKeyHash> idle_;
-  std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
-  std::vector<std::shared_ptr<udp::socket>> udp_forwards_;
+  // Listen sockets by listener key; the accept and receive loops hold their own references, so a
+  // socket removed by a reload lives until its loop has seen the close.
+  std::map<std::string, std::shared_ptr<tcp::acceptor>> acceptors_;
+  std::map<std::string, std::shared_ptr<udp::socket>> udp_forwards_;
   std::atomic<size_t> sessions_{0};
   std::atomic<bool>& draining_;
 };
@@ -1806,7 +1823,7 @@ asio::awaitable<void> tlsListenerSession(Worker& w, tcp::socket sock, ListenerCo
 
 // ---------------------------------------------------------------- worker methods
 
-void Worker::addListener(int fd, const ListenerConfig& l) {
+void Worker::addListener(int fd, const ListenerConfig& l, const std::string& key) {
   boost::system::error_code ec;
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
@@ -1821,23 +1838,22 @@ void Worker::addListener(int fd, const ListenerConfig& l) {
       ::close(fd);
       return;
     }
-    udp_forwards_.push_back(fwd->sock);
+    udp_forwards_[key] = fwd->sock;
     asio::co_spawn(ioc_, udpForwardLoop(*this, fwd), asio::detached);
     return;
   }
-  auto a = std::make_unique<tcp::acceptor>(ioc_);
+  auto a = std::make_shared<tcp::acceptor>(ioc_);
   a->assign(ss.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(), fd, ec);
   if (ec) {
     spdlog::error("egress worker {}: cannot adopt listener \"{}\": {}", index_, l.name, ec.message());
     ::close(fd);
     return;
   }
-  tcp::acceptor* raw = a.get();
-  acceptors_.push_back(std::move(a));
-  asio::co_spawn(ioc_, acceptLoop(raw, l), asio::detached);
+  acceptors_[key] = a;
+  asio::co_spawn(ioc_, acceptLoop(std::move(a), l), asio::detached);
 }
 
-asio::awaitable<void> Worker::acceptLoop(tcp::acceptor* acceptor, ListenerConfig l) {
+asio::awaitable<void> Worker::acceptLoop(std::shared_ptr<tcp::acceptor> acceptor, ListenerConfig l) {
   for (;;) {
     auto [ec, sock] = co_await acceptor->async_accept(kNoThrow);
     if (ec) {
@@ -2113,16 +2129,17 @@ std::string Egress::bindListeners(const Config& c) {
     fresh.emplace_back(lc, std::move(fds));
   }
   for (auto& [l, fds] : fresh) {
+    ListenerConfig key = l;
+    for (const auto& cl : all)
+      if (cl.name == l.name) key = cl;  // as configured (port 0 stays 0)
+    const std::string k = listenerKey(key);
     for (size_t i = 0; i < workers_.size(); ++i) {
       Worker* wp = workers_[i].get();
       int f = fds[i];
       ListenerConfig lc = l;
-      wp->post([wp, f, lc] { wp->addListener(f, lc); });
+      wp->post([wp, f, lc, k] { wp->addListener(f, lc, k); });
     }
-    ListenerConfig key = l;
-    for (const auto& cl : all)
-      if (cl.name == l.name) key = cl;  // as configured (port 0 stays 0)
-    bound_.insert(listenerKey(key));
+    bound_.insert(k);
     spdlog::info("listening: listener={} address={} protocol={}", l.name, hostPort(l.address, l.port),
                  listenerProtocol(l.kind));
   }
@@ -2147,11 +2164,13 @@ std::string Egress::reloadFrom(const std::string& path, const char* why) {
   // certificate files a config names (rotated in place). Under a manager each version has its own
   // directory, so files next to an unchanged config.json still apply.
   if (r.config->hash == current_->config->hash && path == loaded_from_ && std::string_view(why) != "SIGHUP") return {};
+  // Listeners (and forwards) the new config no longer has, or has at another address, protocol or
+  // with TLS switched: closed once the new config is published and its new sockets are accepting.
   std::set<std::string> wanted;
   for (const auto& l : allListeners(*r.config)) wanted.insert(listenerKey(l));
+  std::vector<std::string> stale;
   for (const auto& k : bound_)
-    if (!wanted.count(k))
-      spdlog::warn("egress config reload: removing or changing a listener takes effect only after a restart");
+    if (!wanted.count(k)) stale.push_back(k);
   auto rt = build(r.config);
   if (!rt) {
     ++reloads_failed_;
@@ -2164,6 +2183,14 @@ std::string Egress::reloadFrom(const std::string& path, const char* why) {
     return err;
   }
   publish(*rt);
+  for (const auto& k : stale) {
+    for (auto& w : workers_) {
+      Worker* wp = w.get();
+      wp->post([wp, k] { wp->removeListener(k); });
+    }
+    bound_.erase(k);
+    spdlog::info("egress config reload: closed listener {} (name|address|port|kind|tls)", k);
+  }
   loaded_from_ = path;
   ++reloads_ok_;
   spdlog::info("egress config reloaded ({}): hash={}", why, r.config->hash.substr(0, 12));

@@ -97,13 +97,27 @@ def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
         time.sleep(interval)
 
 
-def free_port():
-    """A port that was free a moment ago and has nothing listening (for 'dead endpoint' tests)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def free_port(kind=socket.SOCK_STREAM):
+    """A port that was free a moment ago and has nothing listening (for 'dead endpoint' tests);
+    kind=socket.SOCK_DGRAM for a UDP port."""
+    s = socket.socket(socket.AF_INET, kind)
     s.bind((LOCALHOST, 0))
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def connection_refused(port, host=LOCALHOST):
+    """True when a TCP connect to host:port is refused (nothing listens there any more)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect((host, port))
+        return False
+    except ConnectionRefusedError:
+        return True
+    finally:
+        s.close()
 
 
 def process_tree(pid):

@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import threading
 
-from harness import LOCALHOST, ProxyTestCase, main, render, wait_until
+from harness import LOCALHOST, ProxyTestCase, connection_refused, main, render, wait_until
 from test_egress_proxy import EchoServer, closed_by_peer, recv_exact
 from tls_certs import Pki
 from tls_client import client_context
@@ -355,6 +355,72 @@ class ForwardMtlsTest(ProxyTestCase):
         self.assertFalse(self.echoes(self.billing, listener="pg-tls-sources"))  # from 127.0.0.1
         self.assertTrue(self.entries(method="pg-tls-sources", reason="unknown_source", service="billing"))
         self.assertTrue(self.echoes(self.billing, listener="pg-tls-sources", bind_host="127.0.0.2"))
+
+
+RELOAD_CONFIG = HEAD + """
+forwards:
+${forwards}
+mappings:
+  - name: billing-origin
+    sources: [billing]
+    destinations: [origin.test, 127.0.0.1/32]
+    protocols: [tcp]
+    ports: ["${echo}"]
+    revoke_grace: ${grace}
+"""
+
+FORWARD = """  - name: ${name}
+    listen: 127.0.0.1:0
+    destination: origin.test:${echo}
+    sources: [{cidr: 127.0.0.0/8, service: billing}]
+"""
+
+
+class ForwardReloadTest(ProxyTestCase):
+    """Forwards added and removed by a reload start and stop listening without a restart; what a
+    removed forward already relays keeps its grace period."""
+
+    def setUp(self):
+        self.echo = EchoServer()
+        self.addCleanup(self.echo.close)
+        self.log_path = os.path.join(self.tmpdir(), "access.log")
+        self.p = self.start_proxy(self.config(["a"]), command="egress", expect_listeners=("a",))
+
+    def config(self, names, grace="0s"):
+        forwards = "".join(render(FORWARD, name=n, echo=self.echo.port) for n in names)
+        return render(RELOAD_CONFIG, log=self.log_path, echo=self.echo.port, forwards=forwards, grace=grace)
+
+    def access_log_has(self, **match):
+        def entries():
+            with open(self.log_path) as f:
+                return [e for e in map(json.loads, filter(str.strip, f)) if all(e.get(k) == v for k, v in match.items())]
+        return wait_until(entries, message=f"access log entry {match}")
+
+    def test_removed_forward_stops_accepting_and_an_added_one_starts(self):
+        old = self.p.ports["a"]
+        s = tcp_client(old)
+        self.addCleanup(s.close)
+        s.sendall(b"ping")
+        self.assertEqual(recv_exact(s, 4), b"ping")
+
+        # "a" goes, "b" comes; the mapping gives open tunnels it no longer allows 3 s.
+        mark = self.p.mark()
+        self.p.reload(self.config(["b"], grace="3s"))
+        self.p.wait_log(r"closed listener a\|", since=mark)
+        # The tunnel "a" accepted is no longer identified (its forward is gone): revoked after the grace,
+        # relaying until then.
+        self.p.wait_log(r'revokes the tcp tunnel of service "billing" .* closing it in 3000 ms', since=mark)
+        s.sendall(b"still")
+        self.assertEqual(recv_exact(s, 5), b"still")
+        wait_until(lambda: "b" in self.p.ports, message="b listening")
+        wait_until(lambda: connection_refused(old), message="the removed forward's port refuses connections")
+        b = tcp_client(self.p.ports["b"])
+        self.addCleanup(b.close)
+        b.sendall(b"new")
+        self.assertEqual(recv_exact(b, 3), b"new")
+        self.assertTrue(closed_by_peer(s, timeout=15), "the removed forward's tunnel outlived its grace period")
+        self.assertTrue(self.access_log_has(method="a", reason="revoked"))
+        self.assertEqual(self.p.port_conflicts, [])
 
 
 class ForwardCheckTest(ProxyTestCase):

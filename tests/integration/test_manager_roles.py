@@ -28,6 +28,10 @@ class RoleTests(ManagerTestCase):
             "cluster_id": c["id"], "name": "site", "hosts": ["site.example.com"],
             "backends": [{"address": "10.0.0.1:80"}]})
         self.assertEqual(st, 201, r)
+        st, _, self.forward = self.admin.post("/api/v1/forwards", {
+            "cluster_id": c["id"], "name": "pg", "listen_address": "127.0.0.1:15432", "destination": "db.test:5432",
+            "sources": [{"cidr": "10.0.0.0/8", "service_id": s["id"]}]})
+        self.assertEqual(st, 201, self.forward)
         return c, s, s2, m, r
 
     def valid_body(self, method, path, f):
@@ -42,6 +46,10 @@ class RoleTests(ManagerTestCase):
             "POST /api/v1/mappings": {"cluster_id": c["id"], "name": "new-map", "source_services": [s["id"]],
                                       "destination_services": [s2["id"]], "protocols": ["udp"], "ports": [53]},
             "PATCH /api/v1/mappings/{id}": {"comment": "changed"},
+            "POST /api/v1/forwards": {"cluster_id": c["id"], "name": "new-fwd", "listen_address": "127.0.0.1:15433",
+                                      "destination": "db.test:5432",
+                                      "sources": [{"cidr": "10.0.0.0/8", "service_id": s["id"]}]},
+            "PATCH /api/v1/forwards/{id}": {"comment": "changed"},
             "POST /api/v1/routes": {"cluster_id": c["id"], "name": "new-route", "hosts": ["n.example.com"],
                                     "backends": [{"address": "10.0.0.2:80"}]},
             "PATCH /api/v1/routes/{id}": {"enabled": False},
@@ -58,6 +66,7 @@ class RoleTests(ManagerTestCase):
     def concrete(self, path, f, me_id):
         c, s, s2, m, r = f
         ids = {"/api/v1/clusters/": c["id"], "/api/v1/services/": s2["id"], "/api/v1/mappings/": m["id"],
+               "/api/v1/forwards/": self.forward["id"],
                "/api/v1/routes/": r["id"], "/api/v1/certificates/": 1, "/api/v1/users/": me_id,
                "/api/v1/proxies/": 1}
         out = path
@@ -74,7 +83,7 @@ class RoleTests(ManagerTestCase):
                   if m.upper() in ("POST", "PUT", "PATCH", "DELETE")
                   and f"{m.upper()} {p}" not in SELF_SERVICE and "control" not in item[m].get("tags", [])]
         self.assertGreater(len(writes), 20)
-        before = {t: self.admin.get(f"/api/v1/{t}")[2] for t in ("clusters", "services", "mappings", "routes")}
+        before = {t: self.admin.get(f"/api/v1/{t}")[2] for t in ("clusters", "services", "mappings", "forwards", "routes")}
         users_before = self.admin.get("/api/v1/users")[2]
         viewer_u, viewer = self.make_user("vera", "viewer")
         owner_u, owner = self.make_user("otto", "service-owner")

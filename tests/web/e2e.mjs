@@ -6,7 +6,7 @@
 //   MARCHPROXY_BIN=path  the binary (default build/release/src/cli/marchproxy)
 //
 // Steps: admin enrols TOTP (API), logs in through the UI with the 2FA step (code computed here),
-// creates a cluster (API key shown once), services, a mapping and a route through the forms; sees a
+// creates a cluster (API key shown once), services, a mapping, a port forward and a route through the forms; sees a
 // client-side and a server-side validation error next to the field; sees the audit entries and the
 // chain verification; sees a change made through the API appear live on an open page; a viewer sees
 // no edit controls; the network banner appears when the manager goes away and clears when it is back.
@@ -259,6 +259,25 @@ async function main() {
     await d.getByRole('button', { name: 'Create' }).click();
     await page.getByTestId('row-mappings-web-db').waitFor();
     await shot(page, '08-mappings');
+  });
+
+  await step('create a port forward (a server-side error on the listen port, then fixed)', async () => {
+    await page.getByRole('link', { name: 'Port forwards' }).click();
+    await page.getByRole('button', { name: 'New forward' }).click();
+    const d = page.getByRole('dialog');
+    await choose(d, /Cluster/, ['prod (#1)']);
+    await field(d, 'name').fill('pg');
+    await field(d, 'listen_address').fill('127.0.0.1:3128'); // the cluster's egress proxy port
+    await field(d, 'destination').fill('db.internal:5432');
+    await field(d, 'sources').fill('[{"cidr": "10.1.0.0/16", "service_id": 1}]');
+    await d.getByRole('button', { name: 'Create' }).click();
+    await d.getByText("127.0.0.1:3128 is already the cluster's egress_proxy_address").waitFor();
+    await field(d, 'listen_address').fill('127.0.0.1:15432');
+    await d.getByRole('button', { name: 'Create' }).click();
+    await page.getByTestId('row-forwards-pg').waitFor();
+    const row = await page.getByTestId('row-forwards-pg').innerText();
+    expect(row.includes('tcp 127.0.0.1:15432') && row.includes('db.internal:5432') && row.includes('10.1.0.0/16'), row);
+    await shot(page, '08b-forwards');
   });
 
   await step('create an ingress route with weighted backends', async () => {

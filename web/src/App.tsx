@@ -16,6 +16,7 @@ const DashboardPage = lazy(() => import('./pages/DashboardPage'));
 const ClustersPage = lazy(() => import('./pages/ClustersPage'));
 const ServicesPage = lazy(() => import('./pages/ServicesPage'));
 const MappingsPage = lazy(() => import('./pages/MappingsPage'));
+const ForwardsPage = lazy(() => import('./pages/ForwardsPage'));
 const RoutesPage = lazy(() => import('./pages/RoutesPage'));
 const ProxiesPage = lazy(() => import('./pages/ProxiesPage'));
 const CertificatesPage = lazy(() => import('./pages/CertificatesPage'));
@@ -51,6 +52,7 @@ function Authed() {
           <Route path="/clusters" element={<ClustersPage />} />
           <Route path="/services" element={<ServicesPage />} />
           <Route path="/mappings" element={<MappingsPage />} />
+          <Route path="/forwards" element={<ForwardsPage />} />
           <Route path="/routes" element={<RoutesPage />} />
           <Route path="/proxies" element={<ProxiesPage />} />
           <Route path="/certificates" element={<CertificatesPage />} />

@@ -5,6 +5,7 @@
 
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <arpa/inet.h>
 
 #include <functional>
 #include <memory>
@@ -27,7 +28,7 @@ using store::Conn;
 using store::Row;
 
 enum class Kind { text, integer, boolean, array, object };
-enum class Res { clusters, services, mappings, routes, certificates };
+enum class Res { clusters, services, mappings, routes, certificates, forwards };
 enum class Op { read, create, update, remove, rotate };
 
 using Check = std::function<void(const Json&, const std::string&)>;
@@ -175,6 +176,28 @@ void listenAddress(const Json& v, const std::string& f) {
     validate::fail(f, "must be an IP address and a port (\"0.0.0.0:8080\", \"[::]:8080\")");
 }
 
+// "" (no such listener) or a listen address.
+void optionalListenAddress(const Json& v, const std::string& f) {
+  if (!v.get_ref<const std::string&>().empty()) listenAddress(v, f);
+}
+
+// A network for a forward's sources: address/prefix with no host bits set (the proxy refuses those).
+void networkCidr(const Json& v, const std::string& f) {
+  validate::cidr(v, f);
+  const auto& s = v.get_ref<const std::string&>();
+  std::string addr = s.substr(0, s.find('/'));
+  int prefix = std::stoi(s.substr(s.find('/') + 1));
+  unsigned char b[16] = {};
+  int bits = inet_pton(AF_INET, addr.c_str(), b) == 1 ? 32 : (inet_pton(AF_INET6, addr.c_str(), b), 128);
+  for (int i = prefix; i < bits; ++i)
+    if (b[i / 8] & (0x80 >> (i % 8))) validate::fail(f, "\"" + s + "\" has host bits set");
+}
+
+// A forward's fixed destination: one host (a name or an IP address, no wildcard or CIDR) and a port.
+void forwardDestination(const Json& v, const std::string& f) {
+  if (!v.get_ref<const std::string&>().empty()) validate::hostPort(v, f);
+}
+
 // --- the resources -------------------------------------------------------------------------------
 
 const std::vector<Spec>& specs() {
@@ -195,7 +218,9 @@ const std::vector<Spec>& specs() {
                   {"egress_socks5_address", Kind::text, false, true, false, listenAddress},
                   // The egress HTTPS proxy listener: on egress_tls_address while a certificate is set.
                   {"egress_tls_address", Kind::text, false, true, false, listenAddress},
-                  {"egress_tls_certificate_id", Kind::integer, false, true, true, positiveId()}},
+                  {"egress_tls_certificate_id", Kind::integer, false, true, true, positiveId()},
+                  // SOCKS5 over TLS on this address while the certificate is set ("" = no such listener).
+                  {"egress_socks_tls_address", Kind::text, false, true, false, optionalListenAddress}},
                  {{"config_version", Kind::integer}, {"prev_api_key_expires", Kind::text}},
                  {"name"},
                  {"name", "id", "created_at", "updated_at"}});
@@ -262,6 +287,26 @@ const std::vector<Spec>& specs() {
          {"cluster_id", "name", "enabled", "certificate_id"},
          {"name", "id", "cluster_id", "created_at", "updated_at"},
          true});
+    // L4 port forwards on the cluster's egress proxies (docs/egress.md "Port forwards").
+    v.push_back({Res::forwards, "forwards", "forwards", "forward",
+                 {{"cluster_id", Kind::integer, true, false, false, positiveId()},
+                  {"name", Kind::text, true, true, false, nameCheck},
+                  {"protocol", Kind::text, false, true, false, oneOf({"tcp", "udp"})},
+                  {"listen_address", Kind::text, true, true, false, listenAddress},
+                  {"destination", Kind::text, false, true, false, forwardDestination},
+                  {"destination_service_id", Kind::integer, false, true, true, positiveId()},
+                  {"destination_port", Kind::integer, false, true, true, intIn(1, 65535)},
+                  {"sources", Kind::array, false, true, false,
+                   arrayOf(objectOf({{"cidr", strCheck(networkCidr)}, {"service_id", positiveId()}}, {"cidr", "service_id"}),
+                           100, false)},
+                  {"mtls", Kind::boolean},
+                  {"idle_timeout_seconds", Kind::integer, false, true, false, intRange(0, 7 * 86400)},
+                  {"enabled", Kind::boolean},
+                  {"comment", Kind::text, false, true, false, textMax(1024)}},
+                 {},
+                 {"cluster_id", "name", "protocol", "enabled"},
+                 {"name", "id", "cluster_id", "created_at", "updated_at"},
+                 true});
     v.push_back({Res::certificates, "certificates", "certificates", "certificate",
                  {{"name", Kind::text, true, true, false, nameCheck},
                   {"description", Kind::text, false, true, false, textMax(1024)},
@@ -408,6 +453,21 @@ void authorize(Ctx& x, Conn& c, Op op, const Json& values) {
           policy::deny("source service " + sid.dump() + " is not assigned to you");
       return;
     }
+    case Res::forwards: {
+      // As mappings: the cluster's owner, or a service owner whose services are every caller the
+      // forward names (mTLS admits any service with a certificate, so it needs the cluster).
+      if (op == Op::read) {
+        if (policy::seesCluster(c, p, cid)) return;
+        policy::deny("cluster " + std::to_string(cid) + " is not assigned to you");
+      }
+      if (policy::ownsCluster(c, p, cid)) return;
+      if (values.value("mtls", false)) policy::deny("forwards with mtls need the cluster assigned to you");
+      for (const auto& src : values.value("sources", Json::array()))
+        if (src.is_object() && src.contains("service_id") && src["service_id"].is_number_integer() &&
+            !policy::ownsService(c, p, src["service_id"].get<std::int64_t>()))
+          policy::deny("source service " + src["service_id"].dump() + " is not assigned to you");
+      return;
+    }
     case Res::routes:
       if (op == Op::read && policy::seesCluster(c, p, cid)) return;
       policy::deny(op == Op::read ? "cluster " + std::to_string(cid) + " is not assigned to you"
@@ -425,16 +485,119 @@ void checkServerCertificate(Conn& c, const Json& v, const std::string& field) {
     validate::fail(field, "certificate " + v[field].dump() + " does not exist");
 }
 
-// A cluster after the change: its TLS certificate exists, and the egress TLS listener does not take
-// the address of another egress listener (the proxy would refuse the snapshot).
+// "host:port" / "[v6]:port" (validated) → {host without brackets, port}.
+std::pair<std::string, std::string> splitListen(const std::string& hp) {
+  auto colon = hp.rfind(':');
+  std::string host = hp.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  return {host, hp.substr(colon + 1)};
+}
+
+// Two listen addresses take the same port when their ports match and their hosts are equal or one
+// is the wildcard of the same family (0.0.0.0 covers every IPv4 address, :: every IPv6 one).
+bool sameListenPort(const std::string& a, const std::string& b) {
+  auto [ha, pa] = splitListen(a);
+  auto [hb, pb] = splitListen(b);
+  if (pa != pb) return false;
+  bool va6 = ha.find(':') != std::string::npos, vb6 = hb.find(':') != std::string::npos;
+  auto any = [](const std::string& h) { return h == "0.0.0.0" || h == "::"; };
+  return ha == hb || (va6 == vb6 && (any(ha) || any(hb)));
+}
+
+// The cluster's egress TCP listeners as its snapshot has them: field -> address (schema defaults for
+// a create that leaves them out; the TLS ones only while a certificate is set).
+std::vector<std::pair<std::string, std::string>> egressListeners(const Json& v) {
+  std::vector<std::pair<std::string, std::string>> out = {
+      {"egress_proxy_address", v.value("egress_proxy_address", "127.0.0.1:3128")},
+      {"egress_socks5_address", v.value("egress_socks5_address", "127.0.0.1:1080")}};
+  if (v.contains("egress_tls_certificate_id") && !v["egress_tls_certificate_id"].is_null()) {
+    out.emplace_back("egress_tls_address", v.value("egress_tls_address", "127.0.0.1:3129"));
+    if (std::string socks = v.value("egress_socks_tls_address", ""); !socks.empty())
+      out.emplace_back("egress_socks_tls_address", socks);
+  }
+  return out;
+}
+
+// A cluster after the change: its TLS certificate exists, no two egress listeners take the same
+// address, none takes a TCP forward's port, and mTLS forwards keep their certificate (the proxy
+// would refuse the snapshot otherwise).
 void checkClusterListeners(Conn& c, const Json& v) {
   checkServerCertificate(c, v, "egress_tls_certificate_id");
-  if (!v.contains("egress_tls_certificate_id") || v["egress_tls_certificate_id"].is_null()) return;
-  // Defaults as in the schema (store/migrations.cc), for a create that leaves them out.
-  std::string tls = v.value("egress_tls_address", "127.0.0.1:3129");
-  for (auto [other, dflt] : {std::pair{"egress_proxy_address", "127.0.0.1:3128"}, {"egress_socks5_address", "127.0.0.1:1080"}})
-    if (v.value(other, dflt) == tls)
-      validate::fail("egress_tls_address", tls + " is already the cluster's " + other);
+  auto listeners = egressListeners(v);
+  for (std::size_t i = 2; i < listeners.size(); ++i)
+    for (std::size_t k = 0; k < i; ++k)
+      if (sameListenPort(listeners[i].second, listeners[k].second))
+        validate::fail(listeners[i].first, listeners[i].second + " is already the cluster's " + listeners[k].first);
+  if (!v.contains("id")) return;  // a new cluster has no forwards yet
+  auto fwd = c.exec("SELECT name, protocol, listen_address, mtls FROM forwards WHERE cluster_id = ? ORDER BY name",
+                    {v["id"].dump()});
+  for (const auto& f : fwd.rows) {
+    if (f.i64("mtls") && listeners.size() < 3)
+      validate::fail("egress_tls_certificate_id", "forward \"" + f.str("name") +
+                                                       "\" identifies its callers by client certificate; change or "
+                                                       "delete it first");
+    if (f.str("protocol") != "tcp") continue;
+    for (const auto& [field, addr] : listeners)
+      if (sameListenPort(addr, f.str("listen_address")))
+        validate::fail(field, addr + " is the listen address of forward \"" + f.str("name") + "\"");
+  }
+}
+
+// A forward after the change (`v` has every field the caller set; the rest take the schema's
+// defaults): one destination, callers that can be identified, and a listen port nothing else of the
+// cluster's egress proxies takes. Throws 422 naming the field.
+void checkForward(Conn& c, const Json& v, std::int64_t cid) {
+  // Forwards share the listeners' names in the snapshot.
+  for (const char* reserved : {"proxy", "socks5", "proxy-tls", "socks5-tls"})
+    if (v.value("name", "") == reserved)
+      validate::fail("name", std::string("\"") + reserved + "\" is the name of an egress listener");
+  const std::string protocol = v.value("protocol", "tcp");
+  const bool mtls = v.value("mtls", false);
+  const bool by_service = v.contains("destination_service_id") && !v["destination_service_id"].is_null();
+  const bool has_port = v.contains("destination_port") && !v["destination_port"].is_null();
+  const std::string dest = v.value("destination", "");
+  if (by_service && !dest.empty())
+    validate::fail("destination", "give either destination (host:port) or destination_service_id, not both");
+  if (!by_service && dest.empty())
+    validate::fail("destination", "required: \"host:port\", or destination_service_id with destination_port");
+  if (by_service && !has_port) validate::fail("destination_port", "required with destination_service_id");
+  if (!by_service && has_port) validate::fail("destination_port", "only with destination_service_id");
+  auto serviceIn = [&](std::int64_t sid, const std::string& field) {
+    auto r = c.exec("SELECT cluster_id, ip_fqdn FROM services WHERE id = ?", {std::to_string(sid)});
+    if (r.empty()) validate::fail(field, "service " + std::to_string(sid) + " does not exist");
+    if (r.front().i64("cluster_id") != cid)
+      validate::fail(field, "service " + std::to_string(sid) + " belongs to another cluster");
+    return r.front().str("ip_fqdn");
+  };
+  if (by_service) {
+    std::string host = serviceIn(v["destination_service_id"].get<std::int64_t>(), "destination_service_id");
+    if (host.find('/') != std::string::npos)
+      validate::fail("destination_service_id", "service " + v["destination_service_id"].dump() + " is a network (" +
+                                                   host + "); a forward needs one host");
+  }
+  const Json sources = v.value("sources", Json::array());
+  for (std::size_t i = 0; i < sources.size(); ++i)
+    serviceIn(sources[i]["service_id"].get<std::int64_t>(), "sources[" + std::to_string(i) + "].service_id");
+  if (mtls && protocol == "udp") validate::fail("mtls", "client certificates are for tcp forwards only (this one is udp)");
+  if (!mtls && sources.empty())
+    validate::fail("sources", "a forward needs sources (CIDR -> service) or mtls (client certificate CN = service)");
+  auto cl = c.exec("SELECT * FROM clusters WHERE id = ?", {std::to_string(cid)});
+  Json cluster = Json::object();
+  for (const char* k : {"egress_proxy_address", "egress_socks5_address", "egress_tls_address", "egress_socks_tls_address"})
+    cluster[k] = cl.front().str(k);
+  if (!cl.front().isNull("egress_tls_certificate_id")) cluster["egress_tls_certificate_id"] = cl.front().i64("egress_tls_certificate_id");
+  if (mtls && !cluster.contains("egress_tls_certificate_id"))
+    validate::fail("mtls", "needs the cluster's egress_tls_certificate_id (the certificate the forward serves)");
+  const std::string listen = v["listen_address"].get<std::string>();
+  if (protocol == "tcp")
+    for (const auto& [field, addr] : egressListeners(cluster))
+      if (sameListenPort(addr, listen)) validate::fail("listen_address", listen + " is already the cluster's " + field);
+  auto others = c.exec("SELECT id, name, listen_address FROM forwards WHERE cluster_id = ? AND protocol = ? AND id <> ?",
+                       {std::to_string(cid), protocol, std::to_string(v.value("id", std::int64_t(0)))});
+  for (const auto& o : others.rows)
+    if (sameListenPort(o.str("listen_address"), listen))
+      validate::fail("listen_address", listen + " (" + protocol + ") is already the listen address of forward \"" +
+                                           o.str("name") + "\"");
 }
 
 // Checks that referenced objects exist and live in the same cluster. Throws 422 naming the field.
@@ -464,6 +627,7 @@ void checkReferences(Conn& c, const Spec& s, const Json& v) {
       validate::fail("ports", "required for tcp, udp, http and https mappings");
   }
   if (s.res == Res::routes) checkServerCertificate(c, v, "certificate_id");
+  if (s.res == Res::forwards) checkForward(c, v, cid);
 }
 
 // The CA's own certificates and proxy certificates belong to the CA and the control channel.
@@ -832,7 +996,7 @@ Response remove(Ctx& x) {
                        s.noun + " " + std::to_string(id) + " changed since you read it", "If-Match");
       if (s.res == Res::clusters) {
         // Owned rows must go first; say which kind blocks the delete.
-        for (const char* t : {"services", "mappings", "ingress_routes"})
+        for (const char* t : {"forwards", "services", "mappings", "ingress_routes"})
           if (!c.exec(std::string("SELECT 1 FROM ") + t + " WHERE cluster_id = ? LIMIT 1", {std::to_string(id)}).empty())
             throw ApiError(409, "conflict", "cluster " + std::to_string(id) + " still has " + t + "; delete them first");
       }
@@ -848,6 +1012,16 @@ Response remove(Ctx& x) {
                 throw ApiError(409, "conflict", "service " + std::to_string(id) + " is used by mapping " +
                                                     m.str("id") + "; change or delete the mapping first");
           }
+        }
+        auto fwds = c.exec("SELECT id, sources, destination_service_id FROM forwards WHERE cluster_id = ?",
+                           {std::to_string(before["cluster_id"].get<std::int64_t>())});
+        for (const auto& f : fwds.rows) {
+          bool uses = !f.isNull("destination_service_id") && f.i64("destination_service_id") == id;
+          for (const auto& src : Json::parse(f.str("sources"), nullptr, false))
+            uses |= src.is_object() && src.value("service_id", std::int64_t(0)) == id;
+          if (uses)
+            throw ApiError(409, "conflict", "service " + std::to_string(id) + " is used by forward " + f.str("id") +
+                                                "; change or delete the forward first");
         }
       }
       c.exec("DELETE FROM " + s.table + " WHERE id = ?", {std::to_string(id)});

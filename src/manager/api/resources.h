@@ -9,7 +9,7 @@
 
 namespace marchproxy::manager::api {
 
-// Validates a request body for `resource` ("clusters", "services", "mappings", "routes",
+// Validates a request body for `resource` ("clusters", "services", "mappings", "forwards", "routes",
 // "certificates") as create (all required fields) or update (only updatable fields). Throws
 // ApiError (422 with the field, or 400) on the first problem; checks that need the database
 // (references) are not made here. The fuzz target drives this.

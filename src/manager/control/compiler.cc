@@ -158,6 +158,46 @@ Json compileIngress(Conn& c, const Row& cluster, std::map<std::string, std::stri
           {"virtual_hosts", vhosts}, {"clusters", clusters}};
 }
 
+// The cluster's enabled forwards in the egress's terms (docs/egress.md "Port forwards"): sources by
+// service name, a service destination as its ip_fqdn, mTLS as a `tls` block with the cluster's
+// certificate and the manager's CA. A forward the proxy could not identify callers for (its mTLS
+// certificate or the CA is gone) is left out rather than shipped as a document the proxy refuses.
+Json compileForwards(Conn& c, const std::string& cid, const std::map<std::int64_t, const Row*>& services,
+                     const Json& server_tls, const std::string& ca_chain, std::map<std::string, std::string>& files) {
+  auto rows = c.exec("SELECT * FROM forwards WHERE cluster_id = ? AND enabled = 1 ORDER BY name", {cid});
+  Json out = Json::array();
+  for (const auto& f : rows.rows) {
+    Json fw = {{"name", f.str("name")}, {"listen", f.str("listen_address")}, {"protocol", f.str("protocol")}};
+    if (!f.isNull("destination_service_id")) {
+      auto it = services.find(f.i64("destination_service_id"));
+      if (it == services.end()) continue;
+      std::string host = it->second->str("ip_fqdn");
+      if (host.find(':') != std::string::npos) host = "[" + host + "]";
+      fw["destination"] = host + ":" + std::to_string(f.i64("destination_port"));
+    } else {
+      fw["destination"] = f.str("destination");
+    }
+    Json sources = Json::array();
+    for (const auto& src : parseJson(f.str("sources"), Json::array()))
+      if (auto it = services.find(src.value("service_id", std::int64_t(0))); it != services.end())
+        sources.push_back({{"cidr", src.value("cidr", "")}, {"service", it->second->str("name")}});
+    if (!sources.empty()) fw["sources"] = sources;
+    if (f.i64("mtls")) {
+      if (server_tls.is_null() || ca_chain.empty()) continue;
+      files["ca/clients.pem"] = ca_chain;
+      Json tls = server_tls;
+      tls["client_ca"] = "ca/clients.pem";
+      tls["crl"] = "ca/crl.pem";
+      fw["tls"] = tls;
+    } else if (sources.empty()) {
+      continue;
+    }
+    if (f.i64("idle_timeout_seconds") > 0) fw["idle_timeout"] = std::to_string(f.i64("idle_timeout_seconds")) + "s";
+    out.push_back(fw);
+  }
+  return out;
+}
+
 Json compileEgress(Conn& c, const Row& cluster, std::map<std::string, std::string>& files, const std::string& ca_chain,
                    const auth::KeyRing& keys) {
   auto cid = std::to_string(cluster.i64("id"));
@@ -218,22 +258,32 @@ Json compileEgress(Conn& c, const Row& cluster, std::map<std::string, std::strin
               {"services", services},
               {"mappings", mappings}};
   if (!jwt_keys.empty()) doc["jwt"] = {{"keys", jwt_keys}};
-  // With a certificate: an HTTPS proxy listener too, where a client certificate the manager's CA
-  // issued names the service by its CN (optional: credentials keep working without one).
-  if (!cluster.isNull("egress_tls_certificate_id")) {
-    Json tls = shipCertificate(c, cluster.i64("egress_tls_certificate_id"), files, keys);
-    if (!tls.is_null()) {
-      if (!ca_chain.empty()) {
-        files["ca/clients.pem"] = ca_chain;
-        tls["client_ca"] = "ca/clients.pem";
-        tls["crl"] = "ca/crl.pem";
-        tls["client_auth"] = "optional";
-      }
-      Json l = listenerAt("proxy-tls", cluster.str("egress_tls_address"));
-      l["tls"] = tls;
-      doc["listeners"].push_back(l);
+  // With a certificate: an HTTPS proxy listener too (and SOCKS5 over TLS when the cluster names an
+  // address for it), where a client certificate the manager's CA issued names the service by its CN
+  // (optional: credentials keep working without one).
+  Json server_tls;  // {cert, key} of the cluster's egress certificate, null without one
+  if (!cluster.isNull("egress_tls_certificate_id"))
+    server_tls = shipCertificate(c, cluster.i64("egress_tls_certificate_id"), files, keys);
+  if (!server_tls.is_null()) {
+    Json tls = server_tls;
+    if (!ca_chain.empty()) {
+      files["ca/clients.pem"] = ca_chain;
+      tls["client_ca"] = "ca/clients.pem";
+      tls["crl"] = "ca/crl.pem";
+      tls["client_auth"] = "optional";
+    }
+    Json l = listenerAt("proxy-tls", cluster.str("egress_tls_address"));
+    l["tls"] = tls;
+    doc["listeners"].push_back(l);
+    if (std::string socks = cluster.str("egress_socks_tls_address"); !socks.empty()) {
+      Json sl = listenerAt("socks5-tls", socks);
+      sl["protocol"] = "socks5";
+      sl["tls"] = tls;
+      doc["listeners"].push_back(sl);
     }
   }
+  Json forwards = compileForwards(c, cid, by_id, server_tls, ca_chain, files);
+  if (!forwards.empty()) doc["forwards"] = forwards;
   return doc;
 }
 

@@ -67,12 +67,14 @@ struct Env {
     auto now = mm::util::unixNow();
     token = keys.sign({{"sub", "1"}, {"exp", now + 3600}, {"iat", now}});
   }
-  std::pair<int, json> call(const std::string& method, const std::string& path, const json& body = nullptr) {
+  std::pair<int, json> call(const std::string& method, const std::string& path, const json& body = nullptr,
+                            const std::map<std::string, std::string>& headers = {}) {
     mm::http::Request req;
     req.method = method;
     req.path = path;
     req.remote_ip = "127.0.0.1";
     req.headers["authorization"] = "Bearer " + token;
+    for (const auto& [k, v] : headers) req.headers[k] = v;
     if (!body.is_null()) {
       req.headers["content-type"] = "application/json";
       req.body = body.dump();
@@ -98,6 +100,18 @@ std::string errors(const std::vector<marchproxy::config::Diagnostic>& ds) {
   std::string out;
   for (const auto& d : ds) out += "line " + std::to_string(d.line) + ": " + d.path + ": " + d.message + "\n";
   return out;
+}
+
+// The proxy's own loader builds the TLS contexts from the shipped files: write them as the agent
+// does, then load the document against that directory.
+marchproxy::egress::LoadResult loadEgressWithFiles(const mm::control::CompiledSnapshot& snap,
+                                                   const std::filesystem::path& dir) {
+  for (const auto& [name, content] : snap.files) {
+    auto path = dir / name;
+    std::filesystem::create_directories(path.parent_path());
+    std::ofstream(path) << content;
+  }
+  return marchproxy::egress::loadString(snap.config.dump(), dir.string());
 }
 
 mm::control::CaSource testCa() {
@@ -242,13 +256,7 @@ TEST(ControlCompiler, EgressTlsListenerShipsTheCertificateTheClientCaAndTheCrl) 
   mm::control::Compiler compiler(*p.db, p.keys, {[&] { return ca.chainPem(); }, [&] { return ca.crlPem(); }});
   auto snap = compiler.get(p.cluster, "egress");
   ASSERT_TRUE(snap);
-  // The proxy's own loader builds the TLS contexts from the shipped files: write them as the agent does.
-  for (const auto& [name, content] : snap->files) {
-    auto path = p.tmp.dir / "snap" / name;
-    std::filesystem::create_directories(path.parent_path());
-    std::ofstream(path) << content;
-  }
-  auto r = marchproxy::egress::loadString(snap->config.dump(), (p.tmp.dir / "snap").string());
+  auto r = loadEgressWithFiles(*snap, p.tmp.dir / "snap");
   ASSERT_TRUE(r.ok()) << errors(r.errors) << snap->config.dump(2);
   ASSERT_EQ(r.config->listeners.size(), 3u);
   const auto& l = r.config->listeners[2];
@@ -309,6 +317,213 @@ TEST(ControlCompiler, EgressTlsCertificateIsValidatedWithTheFieldNamed) {
   EXPECT_EQ(p.version(p.other), before + 1);
   ASSERT_EQ(p.call("PATCH", "/api/v1/certificates/1", {{"cert_pem", kCert}, {"key_pem", kKey}}).first, 200);
   EXPECT_EQ(p.version(p.other), before + 2);
+}
+
+// Forwards (L4 port forwards) and SOCKS5 over TLS compile into egress snapshots the proxy's own
+// loader accepts: sources by service name, a service destination as its address, mTLS with the
+// cluster's certificate and the manager's CA; a disabled forward is left out.
+TEST(ControlCompiler, EgressForwardsAndSocksTlsLoadWithTheProxyLoader) {
+  Populated p;
+  mm::ca::Authority ca(*p.db, p.keys);
+  auto server = ca.issueServer("egress-tls", {"127.0.0.1"});
+  auto cl = "/api/v1/clusters/" + std::to_string(p.cluster);
+  ASSERT_EQ(p.call("PATCH", cl, {{"egress_tls_certificate_id", server.certificate_id},
+                                 {"egress_socks_tls_address", "127.0.0.1:11443"}})
+                .first,
+            200);
+  auto pg = p.create("forwards", {{"cluster_id", p.cluster}, {"name", "pg"}, {"listen_address", "127.0.0.1:15432"},
+                                  {"destination", "db.example.com:5432"},
+                                  {"sources", {{{"cidr", "10.1.0.0/16"}, {"service_id", 1}},
+                                               {{"cidr", "10.2.0.0/16"}, {"service_id", 2}}}},
+                                  {"idle_timeout_seconds", 600}});
+  p.create("forwards", {{"cluster_id", p.cluster}, {"name", "dns"}, {"protocol", "udp"},
+                        {"listen_address", "127.0.0.1:15353"}, {"destination_service_id", 4},
+                        {"destination_port", 53}, {"sources", {{{"cidr", "127.0.0.0/8"}, {"service_id", 1}}}}});
+  p.create("forwards", {{"cluster_id", p.cluster}, {"name", "pg-mtls"}, {"listen_address", "[::1]:15433"},
+                        {"destination", "[2001:db8::5]:5432"}, {"mtls", true}});
+  p.create("forwards", {{"cluster_id", p.cluster}, {"name", "off"}, {"listen_address", "127.0.0.1:15434"},
+                        {"destination", "10.9.9.9:22"}, {"sources", {{{"cidr", "10.0.0.0/8"}, {"service_id", 1}}}},
+                        {"enabled", false}});
+  mm::control::Compiler compiler(*p.db, p.keys, {[&] { return ca.chainPem(); }, [&] { return ca.crlPem(); }});
+  auto snap = compiler.get(p.cluster, "egress");
+  ASSERT_TRUE(snap);
+  auto r = loadEgressWithFiles(*snap, p.tmp.dir / "snap");
+  ASSERT_TRUE(r.ok()) << errors(r.errors) << snap->config.dump(2);
+  const auto& c = *r.config;
+  ASSERT_EQ(c.listeners.size(), 4u);
+  EXPECT_EQ(c.listeners[3].name, "socks5-tls");
+  EXPECT_EQ(c.listeners[3].kind, marchproxy::egress::ListenerConfig::Kind::kSocks5);
+  EXPECT_EQ(c.listeners[3].port, 11443);
+  ASSERT_TRUE(c.listeners[3].tls);
+  ASSERT_EQ(c.forwards.size(), 3u);  // sorted by name; "off" is disabled
+  const auto& dns = c.forwards[0];
+  EXPECT_EQ(dns.name, "dns");
+  EXPECT_EQ(dns.protocol, marchproxy::egress::Protocol::kUdp);
+  EXPECT_EQ(dns.host, "1.1.1.1");  // the service's address
+  EXPECT_EQ(dns.dest_port, 53);
+  const auto& fpg = c.forwards[1];
+  EXPECT_EQ(fpg.name, "pg");
+  EXPECT_EQ(fpg.port, 15432);
+  EXPECT_EQ(fpg.host, "db.example.com");
+  ASSERT_EQ(fpg.sources.size(), 2u);
+  EXPECT_EQ(fpg.sources[0].service, "billing");
+  EXPECT_EQ(fpg.sources[1].service, "reports");
+  EXPECT_EQ(fpg.idle_timeout.count(), 600000);
+  EXPECT_FALSE(fpg.tls);
+  const auto& mtls = c.forwards[2];
+  EXPECT_EQ(mtls.address, "::1");
+  EXPECT_EQ(mtls.host, "2001:db8::5");
+  ASSERT_TRUE(mtls.tls);
+  EXPECT_TRUE(mtls.tls->require_client_cert);
+  EXPECT_EQ(snap->files.at("ca/clients.pem"), ca.chainPem());
+
+  // Deleting a forward takes it out of the next snapshot (and bumps the version once).
+  auto v = p.version(p.cluster);
+  ASSERT_EQ(p.call("DELETE", "/api/v1/forwards/" + std::to_string(pg)).first, 204);
+  EXPECT_EQ(p.version(p.cluster), v + 1);
+  EXPECT_EQ(compiler.get(p.cluster, "egress")->config["forwards"].size(), 2u);
+  // The mTLS forward keeps the certificate: clearing it is refused with the field named.
+  auto st = p.call("PATCH", cl, {{"egress_tls_certificate_id", nullptr}});
+  EXPECT_EQ(st.first, 422);
+  EXPECT_EQ(st.second["field"], "egress_tls_certificate_id") << st.second.dump();
+  // A cluster listener cannot take a forward's port.
+  st = p.call("PATCH", cl, {{"egress_proxy_address", "0.0.0.0:15433"}});
+  EXPECT_EQ(st.first, 200) << "IPv4 wildcard vs an IPv6 forward: " << st.second.dump();
+  st = p.call("PATCH", cl, {{"egress_socks5_address", "[::]:15433"}});
+  EXPECT_EQ(st.first, 422);
+  EXPECT_EQ(st.second["field"], "egress_socks5_address") << st.second.dump();
+  // Without a SOCKS5 TLS address there is no such listener.
+  ASSERT_EQ(p.call("PATCH", cl, {{"egress_socks_tls_address", ""}}).first, 200);
+  EXPECT_EQ(compiler.get(p.cluster, "egress")->config["listeners"].size(), 3u);
+}
+
+TEST(ControlCompiler, ForwardsAreValidatedWithTheFieldNamed) {
+  Populated p;
+  auto before = p.version(p.cluster);
+  json base = {{"cluster_id", p.cluster}, {"name", "f"}, {"listen_address", "127.0.0.1:15432"},
+               {"destination", "db.example.com:5432"}, {"sources", {{{"cidr", "10.1.0.0/16"}, {"service_id", 1}}}}};
+  auto expect422 = [&](const json& change, const std::string& field, const std::string& detail = "") {
+    json body = base;
+    for (const auto& [k, v] : change.items()) {
+      if (v.is_null() && k != "destination_service_id") body.erase(k);
+      else body[k] = v;
+    }
+    auto r = p.call("POST", "/api/v1/forwards", body);
+    EXPECT_EQ(r.first, 422) << change.dump() << " " << r.second.dump();
+    EXPECT_EQ(r.second["field"], field) << change.dump() << " " << r.second.dump();
+    if (!detail.empty()) {
+      EXPECT_EQ(r.second["detail"], detail);
+    }
+  };
+  expect422({{"listen_address", "127.0.0.1:0"}}, "listen_address", "listen_address: port must be 1-65535");
+  expect422({{"listen_address", "127.0.0.1:70000"}}, "listen_address");
+  expect422({{"listen_address", "db.example.com:5432"}}, "listen_address");
+  expect422({{"protocol", "sctp"}}, "protocol");
+  expect422({{"destination", "*.example.com:5432"}}, "destination");
+  expect422({{"destination", nullptr}}, "destination");
+  expect422({{"destination_service_id", 3}}, "destination");  // both
+  expect422({{"destination", nullptr}, {"destination_service_id", 2}, {"destination_port", 5432}},
+            "destination_service_id", "destination_service_id: service 2 is a network (10.20.0.0/16); a forward needs one host");
+  expect422({{"destination", nullptr}, {"destination_service_id", 3}}, "destination_port");
+  expect422({{"sources", {{{"cidr", "10.1.2.3/16"}, {"service_id", 1}}}}}, "sources[0].cidr");
+  expect422({{"sources", {{{"cidr", "10.1.0.0/16"}, {"service_id", 999}}}}}, "sources[0].service_id",
+            "sources[0].service_id: service 999 does not exist");
+  expect422({{"sources", json::array()}}, "sources");
+  expect422({{"protocol", "udp"}, {"mtls", true}}, "mtls");
+  expect422({{"mtls", true}}, "mtls",
+            "mtls: needs the cluster's egress_tls_certificate_id (the certificate the forward serves)");
+  expect422({{"listen_address", "127.0.0.1:3128"}}, "listen_address",
+            "listen_address: 127.0.0.1:3128 is already the cluster's egress_proxy_address");
+  expect422({{"name", "socks5"}}, "name");
+  expect422({{"idle_timeout_seconds", -1}}, "idle_timeout_seconds");
+  EXPECT_EQ(p.version(p.cluster), before);
+
+  auto id = p.create("forwards", base);
+  EXPECT_EQ(p.version(p.cluster), before + 1);
+  // The same port again (here through the wildcard address) is taken; udp on it is not.
+  expect422({{"name", "g"}, {"listen_address", "0.0.0.0:15432"}}, "listen_address",
+            "listen_address: 0.0.0.0:15432 (tcp) is already the listen address of forward \"f\"");
+  p.create("forwards", {{"cluster_id", p.cluster}, {"name", "g"}, {"protocol", "udp"}, {"listen_address", "0.0.0.0:15432"},
+                        {"destination", "1.1.1.1:53"}, {"sources", {{{"cidr", "10.1.0.0/16"}, {"service_id", 1}}}}});
+  // Another cluster may use the port; its forwards name its own services only.
+  auto elsewhere = p.create("services", {{"cluster_id", p.other}, {"name", "s"}, {"ip_fqdn", "s.internal"}});
+  json other = base;
+  other["cluster_id"] = p.other;
+  expect422({{"cluster_id", p.other}}, "sources[0].service_id", "sources[0].service_id: service 1 belongs to another cluster");
+  other["sources"] = {{{"cidr", "10.1.0.0/16"}, {"service_id", elsewhere}}};
+  p.create("forwards", other);
+  // Same name in a cluster: 409 naming the field.
+  json dup_body = base;
+  dup_body["listen_address"] = "127.0.0.1:15499";
+  auto dup = p.call("POST", "/api/v1/forwards", dup_body);
+  EXPECT_EQ(dup.first, 409) << dup.second.dump();
+  EXPECT_EQ(dup.second["field"], "name");
+
+  // Updates: a changed port is checked against the rest (but not against the forward itself); a
+  // service a forward uses cannot be deleted; the audit log names the forward.
+  auto path = "/api/v1/forwards/" + std::to_string(id);
+  auto st = p.call("PATCH", path, {{"listen_address", "127.0.0.1:15432"}, {"idle_timeout_seconds", 30}});
+  EXPECT_EQ(st.first, 200) << st.second.dump();
+  EXPECT_EQ(st.second["idle_timeout_seconds"], 30);
+  st = p.call("PATCH", path, {{"protocol", "udp"}});
+  EXPECT_EQ(st.first, 422);
+  EXPECT_EQ(st.second["field"], "listen_address") << st.second.dump();
+  auto spare = p.create("services", {{"cluster_id", p.cluster}, {"name", "spare"}, {"ip_fqdn", "spare.internal"}});
+  ASSERT_EQ(p.call("PATCH", path, {{"destination", ""}, {"destination_service_id", spare}, {"destination_port", 5432}}).first,
+            200);
+  st = p.call("DELETE", "/api/v1/services/" + std::to_string(spare));
+  EXPECT_EQ(st.first, 409);
+  EXPECT_NE(st.second["detail"].get<std::string>().find("forward"), std::string::npos) << st.second.dump();
+  auto audit = p.db->read([](mm::store::Conn& c) {
+    return c.exec("SELECT action, summary FROM audit_log WHERE resource LIKE 'forwards/%' ORDER BY id");
+  });
+  ASSERT_GE(audit.rows.size(), 2u);
+  EXPECT_EQ(audit.rows[0].str("action"), "forward.create");
+  EXPECT_EQ(audit.rows.back().str("action"), "forward.update");
+}
+
+// As for mappings: a cluster's owner writes any forward of it; a service owner only forwards whose
+// every source is one of their services, never mTLS ones; a viewer writes none.
+TEST(ControlCompiler, ForwardRolesFollowTheMappingRules) {
+  Populated p;
+  p.db->write([&](mm::store::Conn& c) {
+    c.exec("INSERT INTO users (username, password_hash, role, created_at, updated_at) "
+           "VALUES ('owner', 'x', 'service-owner', 'now', 'now'), ('viewer', 'x', 'viewer', 'now', 'now')");
+    c.exec("INSERT INTO user_services (user_id, service_id) VALUES (2, 1)");  // billing
+    c.exec("INSERT INTO user_clusters (user_id, cluster_id) VALUES (3, " + std::to_string(p.cluster) + ")");
+  });
+  auto now = mm::util::unixNow();
+  auto as = [&](int uid) { return p.keys.sign({{"sub", std::to_string(uid)}, {"exp", now + 3600}, {"iat", now}}); };
+  std::string admin = p.token;
+  json mine = {{"cluster_id", p.cluster}, {"name", "mine"}, {"listen_address", "127.0.0.1:15432"},
+               {"destination", "db.example.com:5432"}, {"sources", {{{"cidr", "10.1.0.0/16"}, {"service_id", 1}}}}};
+  p.token = as(2);
+  auto st = p.call("POST", "/api/v1/forwards", mine);
+  EXPECT_EQ(st.first, 201) << st.second.dump();
+  json theirs = mine;
+  theirs["name"] = "theirs";
+  theirs["listen_address"] = "127.0.0.1:15433";
+  theirs["sources"].push_back({{"cidr", "10.2.0.0/16"}, {"service_id", 2}});
+  st = p.call("POST", "/api/v1/forwards", theirs);
+  EXPECT_EQ(st.first, 403) << st.second.dump();
+  st = p.call("PATCH", "/api/v1/forwards/1", {{"sources", theirs["sources"]}});
+  EXPECT_EQ(st.first, 403) << st.second.dump();
+  json m = mine;
+  m["name"] = "m";
+  m["listen_address"] = "127.0.0.1:15434";
+  m["mtls"] = true;
+  st = p.call("POST", "/api/v1/forwards", m);
+  EXPECT_EQ(st.first, 403) << st.second.dump();
+  EXPECT_EQ(p.call("GET", "/api/v1/forwards").second["total"], 1);
+  p.token = as(3);
+  EXPECT_EQ(p.call("GET", "/api/v1/forwards/1").first, 200);
+  EXPECT_EQ(p.call("DELETE", "/api/v1/forwards/1").first, 403);
+  p.token = admin;
+  // If-Match: the version read is required to still be current.
+  EXPECT_EQ(p.call("PATCH", "/api/v1/forwards/1", {{"comment", "x"}}, {{"if-match", "\"1\""}}).first, 200);
+  st = p.call("PATCH", "/api/v1/forwards/1", {{"comment", "y"}}, {{"if-match", "\"1\""}});
+  EXPECT_EQ(st.first, 412) << st.second.dump();
+  EXPECT_EQ(p.call("GET", "/api/v1/forwards/1").second["comment"], "x");
 }
 
 TEST(ControlCompiler, CachedUntilTheVersionMoves) {

@@ -195,6 +195,26 @@ ALTER TABLE clusters ADD COLUMN egress_tls_certificate_id {INT} REFERENCES certi
 ALTER TABLE clusters ADD COLUMN egress_tls_address TEXT NOT NULL DEFAULT '127.0.0.1:3129';
 )SQL";
 
+// v7: L4 port forwards compiled into egress snapshots (docs/egress.md "Port forwards",
+// docs/control-plane.md), and the SOCKS5-over-TLS listener address (empty = no such listener; it
+// needs egress_tls_certificate_id too). A forward's destination is a "host:port" text or a service
+// (destination_service_id, whose ip_fqdn is one host) with destination_port; `sources` is a JSON array
+// of {cidr, service_id}; `mtls` identifies callers by client certificate (tcp only). Independent of 3-6
+// apart from the columns it adds to clusters.
+constexpr const char* kV7Forwards = R"SQL(
+CREATE TABLE forwards (
+  id {ID}, cluster_id {INT} NOT NULL REFERENCES clusters(id) ON DELETE RESTRICT,
+  name TEXT NOT NULL, protocol TEXT NOT NULL DEFAULT 'tcp' CHECK (protocol IN ('tcp', 'udp')),
+  listen_address TEXT NOT NULL, destination TEXT NOT NULL DEFAULT '',
+  destination_service_id {INT} REFERENCES services(id) ON DELETE RESTRICT, destination_port {INT},
+  sources TEXT NOT NULL DEFAULT '[]', mtls INTEGER NOT NULL DEFAULT 0, idle_timeout_seconds {INT} NOT NULL DEFAULT 0,
+  enabled INTEGER NOT NULL DEFAULT 1, comment TEXT NOT NULL DEFAULT '',
+  created_at TEXT NOT NULL, updated_at TEXT NOT NULL, version {INT} NOT NULL DEFAULT 1,
+  UNIQUE (cluster_id, name));
+CREATE INDEX forwards_cluster ON forwards (cluster_id);
+ALTER TABLE clusters ADD COLUMN egress_socks_tls_address TEXT NOT NULL DEFAULT '';
+)SQL";
+
 std::string expand(std::string sql, Dialect d) {
   auto replaceAll = [&](const std::string& from, const std::string& to) {
     for (std::size_t p = 0; (p = sql.find(from, p)) != std::string::npos; p += to.size()) sql.replace(p, from.size(), to);
@@ -221,6 +241,7 @@ const std::vector<Migration>& migrations() {
       {4, expand(kV4CertificateSerials, Dialect::sqlite), expand(kV4CertificateSerials, Dialect::postgres)},
       {5, expand(kV5Security, Dialect::sqlite), expand(kV5Security, Dialect::postgres)},
       {6, expand(kV6EgressTls, Dialect::sqlite), expand(kV6EgressTls, Dialect::postgres)},
+      {7, expand(kV7Forwards, Dialect::sqlite), expand(kV7Forwards, Dialect::postgres)},
   };
   return list;
 }

@@ -8,6 +8,7 @@ export type Stored<T> = T & { id: number; version: number; created_at?: string; 
 export type Cluster = Stored<S['Cluster']> & { prev_api_key_expires?: string | null };
 export type Service = Stored<S['Service']> & { has_secret?: boolean };
 export type Mapping = Stored<S['Mapping']>;
+export type Forward = Stored<S['Forward']>;
 export type IngressRoute = Stored<S['IngressRoute']>;
 export type Certificate = Stored<S['Certificate']> & { not_after?: string };
 export type User = Stored<S['User']>;

@@ -15,6 +15,7 @@ const NAV: { to: string; label: string; admin?: boolean }[] = [
   { to: '/clusters', label: 'Clusters' },
   { to: '/services', label: 'Services' },
   { to: '/mappings', label: 'Mappings' },
+  { to: '/forwards', label: 'Port forwards' },
   { to: '/routes', label: 'Ingress routes' },
   { to: '/proxies', label: 'Proxies' },
   { to: '/certificates', label: 'Certificates' },

@@ -43,7 +43,7 @@ export interface Action<T> {
 type Obj = { id: number; version: number; name?: string; cluster_id?: number } & Record<string, unknown>;
 
 export interface ResourcePageProps<T extends Obj> {
-  resource: 'clusters' | 'services' | 'mappings' | 'routes' | 'certificates';
+  resource: 'clusters' | 'services' | 'mappings' | 'forwards' | 'routes' | 'certificates';
   title: string;
   intro: ReactNode;
   noun: string;

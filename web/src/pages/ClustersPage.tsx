@@ -26,6 +26,13 @@ const fields: FieldDef[] = [
     defaultValue: '127.0.0.1:3129',
     check: hostPort,
   },
+  {
+    name: 'egress_socks_tls_address',
+    label: 'Egress SOCKS5-over-TLS listen address (IP:port, empty = none)',
+    kind: 'text',
+    check: optionalHostPort,
+    help: 'SOCKS5 over TLS with the egress TLS certificate, while one is set',
+  },
 ];
 
 export default function ClustersPage() {

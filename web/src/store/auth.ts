@@ -44,12 +44,12 @@ export const useAuth = create<AuthState>((set) => ({
 
 // What the UI lets a role do (the server enforces it; this only hides controls).
 export type Role = Me['role'];
-export function canWrite(role: Role | undefined, what: 'clusters' | 'services' | 'mappings' | 'routes' | 'certificates' | 'users' | 'audit' | 'proxies'): boolean {
+export function canWrite(role: Role | undefined, what: 'clusters' | 'services' | 'mappings' | 'forwards' | 'routes' | 'certificates' | 'users' | 'audit' | 'proxies'): boolean {
   if (role === 'admin') return true;
   if (role !== 'service-owner') return false;
-  return what === 'services' || what === 'mappings' || what === 'clusters';
+  return what === 'services' || what === 'mappings' || what === 'forwards' || what === 'clusters';
 }
 export function canCreate(role: Role | undefined, what: Parameters<typeof canWrite>[1]): boolean {
   if (role === 'admin') return true;
-  return role === 'service-owner' && (what === 'services' || what === 'mappings');
+  return role === 'service-owner' && (what === 'services' || what === 'mappings' || what === 'forwards');
 }
