@@ -100,13 +100,17 @@ static __always_inline int verdict(struct xdp_md *ctx, __u32 reason) {
   return reason >= MP_XDP_DROP_DENY ? XDP_DROP : XDP_PASS;
 }
 
-/* Takes one packet's worth of credit; 0 = bucket empty. */
+/* Takes one packet's worth of credit; 0 = bucket empty. Writes the bucket only when it changes: a
+ * flood's drops within one coarse-clock tick leave it untouched. */
 static __always_inline int take(struct mp_bucket *b, __u64 now, __u64 cost, __u64 cap) {
-  __u64 credit = b->last_ns == 0 ? cap : b->credit_ns + (now - b->last_ns);
-  if (credit > cap) credit = cap;
-  b->last_ns = now;
+  __u64 last = b->last_ns, credit = b->credit_ns;
+  if (now > last) {
+    credit = last == 0 ? cap : credit + (now - last);
+    if (credit > cap) credit = cap;
+    b->last_ns = now;
+  }
   if (credit < cost) {
-    b->credit_ns = credit;
+    if (credit != b->credit_ns) b->credit_ns = credit;
     return 0;
   }
   b->credit_ns = credit - cost;
@@ -122,6 +126,11 @@ static __always_inline int take_source(void *map, struct mp_source_key *key, __u
     return 1; /* cap >= cost always (burst >= 1) */
   }
   return take(b, now, cost, cap);
+}
+
+/* The buckets' clock, read once per packet and only when a bucket is consulted. */
+static __always_inline __u64 clock_ns(const struct mp_settings *set) {
+  return (set->flags & MP_F_FINE_CLOCK) ? bpf_ktime_get_ns() : bpf_ktime_get_coarse_ns();
 }
 
 SEC("xdp")
@@ -162,10 +171,12 @@ int mp_xdp(struct xdp_md *ctx) {
     if (ip->version != 4 || ihl < sizeof(*ip) || bpf_ntohs(ip->tot_len) < ihl)
       return verdict(ctx, MP_XDP_DROP_MALFORMED);
     if (cursor + ihl > data_end) return verdict(ctx, MP_XDP_DROP_MALFORMED);
-    struct mp_lpm4_key k = {.prefixlen = 64, .gen = gen};
-    __builtin_memcpy(k.addr, &ip->saddr, 4);
-    __u32 *v = bpf_map_lookup_elem(&mp_cidr4, &k);
-    if (v) cidr = *v;
+    if (set->flags & MP_F_CIDR4) {
+      struct mp_lpm4_key k = {.prefixlen = 64, .gen = gen};
+      __builtin_memcpy(k.addr, &ip->saddr, 4);
+      __u32 *v = bpf_map_lookup_elem(&mp_cidr4, &k);
+      if (v) cidr = *v;
+    }
     src.addr[10] = 0xff;
     src.addr[11] = 0xff;
     __builtin_memcpy(&src.addr[12], &ip->saddr, 4);
@@ -176,10 +187,12 @@ int mp_xdp(struct xdp_md *ctx) {
     struct ipv6hdr *ip6 = cursor;
     if ((void *)(ip6 + 1) > data_end) return verdict(ctx, MP_XDP_DROP_MALFORMED);
     if (ip6->version != 6) return verdict(ctx, MP_XDP_DROP_MALFORMED);
-    struct mp_lpm6_key k = {.prefixlen = 160, .gen = gen};
-    __builtin_memcpy(k.addr, &ip6->saddr, 16);
-    __u32 *v = bpf_map_lookup_elem(&mp_cidr6, &k);
-    if (v) cidr = *v;
+    if (set->flags & MP_F_CIDR6) {
+      struct mp_lpm6_key k = {.prefixlen = 160, .gen = gen};
+      __builtin_memcpy(k.addr, &ip6->saddr, 16);
+      __u32 *v = bpf_map_lookup_elem(&mp_cidr6, &k);
+      if (v) cidr = *v;
+    }
     __builtin_memcpy(src.addr, &ip6->saddr, 16);
     __u8 next = ip6->nexthdr;
     void *p = ip6 + 1;
@@ -219,7 +232,8 @@ int mp_xdp(struct xdp_md *ctx) {
   if (cidr == MP_CIDR_DENY) return verdict(ctx, MP_XDP_DROP_DENY);
   if (cidr == MP_CIDR_ALLOW) return verdict(ctx, MP_XDP_PASS_ALLOW);
 
-  __u64 now = bpf_ktime_get_ns();
+  __u64 now = 0;
+  if (set->source_cost_ns | set->global_cost_ns) now = clock_ns(set);
   if (set->source_cost_ns &&
       !take_source(&mp_source_buckets, &src, now, set->source_cost_ns, set->source_cap_ns))
     return verdict(ctx, MP_XDP_DROP_SOURCE_RATE);
@@ -239,9 +253,11 @@ int mp_xdp(struct xdp_md *ctx) {
       __u32 bits = pv ? *pv : 0;
       if ((set->flags & MP_F_PORT_FILTER) && !(bits & MP_PORT_SERVED))
         return verdict(ctx, MP_XDP_DROP_PORT);
-      if ((bits & MP_PORT_SYN_GUARD) && set->syn_cost_ns &&
-          !take_source(&mp_syn_buckets, &src, now, set->syn_cost_ns, set->syn_cap_ns))
-        return verdict(ctx, MP_XDP_DROP_SYN_RATE);
+      if ((bits & MP_PORT_SYN_GUARD) && set->syn_cost_ns) {
+        if (!now) now = clock_ns(set);
+        if (!take_source(&mp_syn_buckets, &src, now, set->syn_cost_ns, set->syn_cap_ns))
+          return verdict(ctx, MP_XDP_DROP_SYN_RATE);
+      }
     }
   } else if (l4proto == IPPROTO_UDP) {
     struct udphdr *udp = l4;
