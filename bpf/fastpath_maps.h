@@ -135,6 +135,18 @@ struct mp_bucket {
   __u64 last_ns; /* 0 = never used: full bucket */
 };
 
+/* XDP, per CPU (mp_source_hint[0]): the last source the per-source bucket dropped, and the clock
+ * reading (same clock as its bucket) before which that bucket cannot hold a packet's credit. Until
+ * then the source's packets are dropped without the bucket lookup: exact, because refilling an
+ * empty bucket without taking from it only adds elapsed time, which a later refill adds all the
+ * same. Written under one rules generation (mp_active[0]); any other generation ignores it. */
+struct mp_source_hint {
+  struct mp_source_key src;
+  __u32 generation;
+  __u32 reserved;
+  __u64 until_ns;
+};
+
 /* TC egress: DSCP class by destination (proto, port); value = DSCP code point (0..63). */
 #define MP_DSCP_EF 46
 #define MP_DSCP_AF41 34

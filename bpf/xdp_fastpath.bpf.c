@@ -78,6 +78,13 @@ struct {
 
 struct {
   __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct mp_source_hint);
+} mp_source_hint SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
   __uint(max_entries, MP_XDP_REASONS);
   __type(key, __u32);
   __type(value, struct mp_counter);
@@ -117,15 +124,28 @@ static __always_inline int take(struct mp_bucket *b, __u64 now, __u64 cost, __u6
   return 1;
 }
 
+/* Takes from a source's bucket (created full on its first packet); 0 = empty. When `dropped` is
+ * given, an empty bucket's source and when it can next pass are written there. */
 static __always_inline int take_source(void *map, struct mp_source_key *key, __u64 now, __u64 cost,
-                                       __u64 cap) {
+                                       __u64 cap, struct mp_source_hint *dropped, __u32 generation) {
   struct mp_bucket *b = bpf_map_lookup_elem(map, key);
   if (!b) {
     struct mp_bucket fresh = {.credit_ns = cap - cost, .last_ns = now};
     bpf_map_update_elem(map, key, &fresh, BPF_ANY);
     return 1; /* cap >= cost always (burst >= 1) */
   }
-  return take(b, now, cost, cap);
+  if (take(b, now, cost, cap)) return 1;
+  if (dropped) {
+    __builtin_memcpy(&dropped->src, key, sizeof(*key));
+    dropped->generation = generation;
+    dropped->until_ns = b->last_ns + (cost - b->credit_ns);
+  }
+  return 0;
+}
+
+static __always_inline int same_source(const struct mp_source_key *a, const struct mp_source_key *b) {
+  const __u64 *x = (const __u64 *)a->addr, *y = (const __u64 *)b->addr;
+  return x[0] == y[0] && x[1] == y[1];
 }
 
 /* The buckets' clock, read once per packet and only when a bucket is consulted. */
@@ -141,7 +161,7 @@ int mp_xdp(struct xdp_md *ctx) {
 
   __u32 *active = bpf_map_lookup_elem(&mp_active, &zero);
   if (!active) return XDP_PASS;
-  __u32 gen = *active & 1;
+  __u32 generation = *active, gen = generation & 1;
   struct mp_settings *set = bpf_map_lookup_elem(&mp_settings, &gen);
   if (!set) return XDP_PASS;
 
@@ -158,7 +178,7 @@ int mp_xdp(struct xdp_md *ctx) {
     cursor = vh + 1;
   }
 
-  struct mp_source_key src = {};
+  struct mp_source_key src __attribute__((aligned(8))) = {};
   __u8 l4proto = 0;
   void *l4 = 0;
   int fragment = 0; /* non-first fragment: no L4 header */
@@ -234,9 +254,13 @@ int mp_xdp(struct xdp_md *ctx) {
 
   __u64 now = 0;
   if (set->source_cost_ns | set->global_cost_ns) now = clock_ns(set);
-  if (set->source_cost_ns &&
-      !take_source(&mp_source_buckets, &src, now, set->source_cost_ns, set->source_cap_ns))
-    return verdict(ctx, MP_XDP_DROP_SOURCE_RATE);
+  if (set->source_cost_ns) {
+    struct mp_source_hint *h = bpf_map_lookup_elem(&mp_source_hint, &zero);
+    if (h && now < h->until_ns && h->generation == generation && same_source(&h->src, &src))
+      return verdict(ctx, MP_XDP_DROP_SOURCE_RATE);
+    if (!take_source(&mp_source_buckets, &src, now, set->source_cost_ns, set->source_cap_ns, h, generation))
+      return verdict(ctx, MP_XDP_DROP_SOURCE_RATE);
+  }
   if (set->global_cost_ns) {
     struct mp_bucket *g = bpf_map_lookup_elem(&mp_global_bucket, &zero);
     if (g && !take(g, now, set->global_cost_ns, set->global_cap_ns))
@@ -255,7 +279,7 @@ int mp_xdp(struct xdp_md *ctx) {
         return verdict(ctx, MP_XDP_DROP_PORT);
       if ((bits & MP_PORT_SYN_GUARD) && set->syn_cost_ns) {
         if (!now) now = clock_ns(set);
-        if (!take_source(&mp_syn_buckets, &src, now, set->syn_cost_ns, set->syn_cap_ns))
+        if (!take_source(&mp_syn_buckets, &src, now, set->syn_cost_ns, set->syn_cap_ns, 0, 0))
           return verdict(ctx, MP_XDP_DROP_SYN_RATE);
       }
     }

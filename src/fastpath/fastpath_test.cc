@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -292,25 +293,76 @@ class XdpBucketTest : public XdpTest {
     if (!obj_) return;
     sources_ = mapFdOf(obj_->programFd(), "mp_source_buckets");
     global_ = mapFdOf(obj_->programFd(), "mp_global_bucket");
+    hint_ = mapFdOf(obj_->programFd(), "mp_source_hint");
     ASSERT_GE(sources_, 0);
     ASSERT_GE(global_, 0);
+    ASSERT_GE(hint_, 0);
   }
   void TearDown() override {
-    if (sources_ >= 0) close(sources_);
-    if (global_ >= 0) close(global_);
+    for (int fd : {sources_, global_, hint_})
+      if (fd >= 0) close(fd);
   }
-  // Per-CPU maps: the same value on every CPU in, this CPU's value out.
-  void put(int fd, const void* key, mp_bucket b) {
-    std::vector<mp_bucket> all(static_cast<size_t>(std::max(1, libbpf_num_possible_cpus())), b);
+  // Per-CPU maps: the same value on every CPU in, this CPU's value out. A bucket written from here
+  // also forgets the drop hint (the program never sees a bucket change behind its back).
+  template <typename T>
+  void putAll(int fd, const void* key, const T& v) {
+    std::vector<T> all(static_cast<size_t>(std::max(1, libbpf_num_possible_cpus())), v);
     ASSERT_EQ(bpf_map_update_elem(fd, key, all.data(), BPF_ANY), 0);
   }
-  mp_bucket get(int fd, const void* key) {
-    std::vector<mp_bucket> all(static_cast<size_t>(std::max(1, libbpf_num_possible_cpus())));
+  void put(int fd, const void* key, mp_bucket b) {
+    putAll(fd, key, b);
+    const uint32_t zero = 0;
+    putAll(hint_, &zero, mp_source_hint{});
+  }
+  template <typename T = mp_bucket>
+  T get(int fd, const void* key) {
+    std::vector<T> all(static_cast<size_t>(std::max(1, libbpf_num_possible_cpus())));
     EXPECT_EQ(bpf_map_lookup_elem(fd, key, all.data()), 0);
     return all[static_cast<size_t>(sched_getcpu())];
   }
-  int sources_ = -1, global_ = -1;
+  int sources_ = -1, global_ = -1, hint_ = -1;
 };
+
+TEST_F(XdpBucketTest, AFloodedSourceIsDroppedByTheHintUntilItsBucketCouldPass) {
+  // 1e6 pps, burst 2 (fine clock): a packet costs 1 us. The bucket is stamped 2 ms ahead with no
+  // credit: dropped, and the hint says when it could pass again (stamp + 1 us, to the ns).
+  use("fast_path: {interfaces: [eth0], per_source: {packets_per_second: 1000000, burst: 2}}\n");
+  const uint8_t ip[4] = {203, 0, 113, 5};
+  const mp_source_key key = sourceKey(ip);
+  const Bytes p = ipv4("203.0.113.5", "198.51.100.1", udp(9));
+  const uint64_t stamp = clockNs(CLOCK_MONOTONIC) + 2'000'000;
+  put(sources_, &key, {0, stamp});
+  // The reference leaves buckets out: verdict and counters only.
+  auto expectRate = [&](const Bytes& pkt, mp_xdp_reason reason, const char* what) {
+    SCOPED_TRACE(what);
+    XdpCounters before = obj_->counters();
+    EXPECT_EQ(run(pkt), reason == MP_XDP_PASS ? XDP_PASS : XDP_DROP);
+    XdpCounters after = obj_->counters();
+    for (uint32_t i = 0; i < MP_XDP_REASONS; ++i)
+      EXPECT_EQ(after[i].packets - before[i].packets, i == static_cast<uint32_t>(reason) ? 1u : 0u)
+          << xdpReasonName(i);
+  };
+  expectRate(p, MP_XDP_DROP_SOURCE_RATE, "empty bucket");
+  const uint32_t zero = 0;
+  auto h = get<mp_source_hint>(hint_, &zero);
+  EXPECT_EQ(std::memcmp(h.src.addr, key.addr, 16), 0);
+  EXPECT_EQ(h.until_ns, stamp + 1000);
+  EXPECT_EQ(h.generation, obj_->generation());
+  expectRate(p, MP_XDP_DROP_SOURCE_RATE, "again, before the stamp");
+  expectRate(ipv4("203.0.113.6", "198.51.100.1", udp(9)), MP_XDP_PASS, "another source");
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));  // past the hint: the bucket refilled
+  expectRate(p, MP_XDP_PASS, "after the hint's time");
+
+  // A reload forgets the hint: 1 pps drops the flood (and hints a second ahead), then 1e6 pps
+  // must pass it at once (the flip waits >= 10 ms, 10000 packets' worth of credit at 1 us).
+  use("fast_path: {interfaces: [eth0], per_source: {packets_per_second: 1, burst: 1}}\n");
+  obj_->clearBuckets();
+  expectRate(p, MP_XDP_PASS, "a new bucket is full");
+  expectRate(p, MP_XDP_DROP_SOURCE_RATE, "1 pps: the second is dropped");
+  EXPECT_GT(get<mp_source_hint>(hint_, &zero).until_ns, clockNs(CLOCK_MONOTONIC) + 500'000'000ull);
+  use("fast_path: {interfaces: [eth0], per_source: {packets_per_second: 1000000, burst: 2}}\n");
+  expectRate(p, MP_XDP_PASS, "1e6 pps after the reload: the old hint does not apply");
+}
 
 TEST_F(XdpBucketTest, CoarseClockEdgeCasesKeepEveryNanosecondOfCredit) {
   // 1 pps, burst 3: a packet costs 1 s of credit, the bucket holds 3 s; far deeper than a tick, so
