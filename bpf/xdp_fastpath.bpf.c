@@ -182,7 +182,7 @@ int mp_xdp(struct xdp_md *ctx) {
   __u8 l4proto = 0;
   void *l4 = 0;
   int fragment = 0; /* non-first fragment: no L4 header */
-  __u32 cidr = 0;
+  int v6 = 0;
 
   if (proto == bpf_htons(ETH_P_IP)) {
     struct iphdr *ip = cursor;
@@ -191,12 +191,6 @@ int mp_xdp(struct xdp_md *ctx) {
     if (ip->version != 4 || ihl < sizeof(*ip) || bpf_ntohs(ip->tot_len) < ihl)
       return verdict(ctx, MP_XDP_DROP_MALFORMED);
     if (cursor + ihl > data_end) return verdict(ctx, MP_XDP_DROP_MALFORMED);
-    if (set->flags & MP_F_CIDR4) {
-      struct mp_lpm4_key k = {.prefixlen = 64, .gen = gen};
-      __builtin_memcpy(k.addr, &ip->saddr, 4);
-      __u32 *v = bpf_map_lookup_elem(&mp_cidr4, &k);
-      if (v) cidr = *v;
-    }
     src.addr[10] = 0xff;
     src.addr[11] = 0xff;
     __builtin_memcpy(&src.addr[12], &ip->saddr, 4);
@@ -207,13 +201,8 @@ int mp_xdp(struct xdp_md *ctx) {
     struct ipv6hdr *ip6 = cursor;
     if ((void *)(ip6 + 1) > data_end) return verdict(ctx, MP_XDP_DROP_MALFORMED);
     if (ip6->version != 6) return verdict(ctx, MP_XDP_DROP_MALFORMED);
-    if (set->flags & MP_F_CIDR6) {
-      struct mp_lpm6_key k = {.prefixlen = 160, .gen = gen};
-      __builtin_memcpy(k.addr, &ip6->saddr, 16);
-      __u32 *v = bpf_map_lookup_elem(&mp_cidr6, &k);
-      if (v) cidr = *v;
-    }
     __builtin_memcpy(src.addr, &ip6->saddr, 16);
+    v6 = 1;
     __u8 next = ip6->nexthdr;
     void *p = ip6 + 1;
 #pragma unroll
@@ -249,18 +238,37 @@ int mp_xdp(struct xdp_md *ctx) {
     return verdict(ctx, MP_XDP_PASS_NON_IP);
   }
 
+  /* The source the per-source bucket last dropped under these rules — so neither denied nor
+   * allowed, and the prefix lookup would say so again — while its bucket still cannot pass it. */
+  __u64 now = 0;
+  struct mp_source_hint *h = 0;
+  if (set->source_cost_ns) {
+    h = bpf_map_lookup_elem(&mp_source_hint, &zero);
+    if (h && h->generation == generation && same_source(&h->src, &src)) {
+      now = clock_ns(set);
+      if (now < h->until_ns) return verdict(ctx, MP_XDP_DROP_SOURCE_RATE);
+    }
+  }
+
+  __u32 cidr = 0;
+  if (!v6 && (set->flags & MP_F_CIDR4)) {
+    struct mp_lpm4_key k = {.prefixlen = 64, .gen = gen};
+    __builtin_memcpy(k.addr, &src.addr[12], 4);
+    __u32 *v = bpf_map_lookup_elem(&mp_cidr4, &k);
+    if (v) cidr = *v;
+  } else if (v6 && (set->flags & MP_F_CIDR6)) {
+    struct mp_lpm6_key k = {.prefixlen = 160, .gen = gen};
+    __builtin_memcpy(k.addr, src.addr, 16);
+    __u32 *v = bpf_map_lookup_elem(&mp_cidr6, &k);
+    if (v) cidr = *v;
+  }
   if (cidr == MP_CIDR_DENY) return verdict(ctx, MP_XDP_DROP_DENY);
   if (cidr == MP_CIDR_ALLOW) return verdict(ctx, MP_XDP_PASS_ALLOW);
 
-  __u64 now = 0;
-  if (set->source_cost_ns | set->global_cost_ns) now = clock_ns(set);
-  if (set->source_cost_ns) {
-    struct mp_source_hint *h = bpf_map_lookup_elem(&mp_source_hint, &zero);
-    if (h && now < h->until_ns && h->generation == generation && same_source(&h->src, &src))
-      return verdict(ctx, MP_XDP_DROP_SOURCE_RATE);
-    if (!take_source(&mp_source_buckets, &src, now, set->source_cost_ns, set->source_cap_ns, h, generation))
-      return verdict(ctx, MP_XDP_DROP_SOURCE_RATE);
-  }
+  if (!now && (set->source_cost_ns | set->global_cost_ns)) now = clock_ns(set);
+  if (set->source_cost_ns &&
+      !take_source(&mp_source_buckets, &src, now, set->source_cost_ns, set->source_cap_ns, h, generation))
+    return verdict(ctx, MP_XDP_DROP_SOURCE_RATE);
   if (set->global_cost_ns) {
     struct mp_bucket *g = bpf_map_lookup_elem(&mp_global_bucket, &zero);
     if (g && !take(g, now, set->global_cost_ns, set->global_cap_ns))

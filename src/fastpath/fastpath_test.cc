@@ -362,6 +362,17 @@ TEST_F(XdpBucketTest, AFloodedSourceIsDroppedByTheHintUntilItsBucketCouldPass) {
   EXPECT_GT(get<mp_source_hint>(hint_, &zero).until_ns, clockNs(CLOCK_MONOTONIC) + 500'000'000ull);
   use("fast_path: {interfaces: [eth0], per_source: {packets_per_second: 1000000, burst: 2}}\n");
   expectRate(p, MP_XDP_PASS, "1e6 pps after the reload: the old hint does not apply");
+
+  // The hint is checked before the deny/allow prefixes, for sources they did not match under the
+  // same rules: a reload that denies or allows the flooded source takes effect at once.
+  use("fast_path: {interfaces: [eth0], per_source: {packets_per_second: 1, burst: 1}}\n");
+  obj_->clearBuckets();
+  expectRate(p, MP_XDP_PASS, "full");
+  expectRate(p, MP_XDP_DROP_SOURCE_RATE, "hinted");
+  use("fast_path: {interfaces: [eth0], deny: [203.0.113.0/24], per_source: {packets_per_second: 1, burst: 1}}\n");
+  expect(p, MP_XDP_DROP_DENY, "denied after the reload");
+  use("fast_path: {interfaces: [eth0], allow: [203.0.113.5], per_source: {packets_per_second: 1, burst: 1}}\n");
+  expect(p, MP_XDP_PASS_ALLOW, "allowed after the reload");
 }
 
 TEST_F(XdpBucketTest, CoarseClockEdgeCasesKeepEveryNanosecondOfCredit) {
