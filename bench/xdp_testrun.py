@@ -28,26 +28,12 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from xdp import PROXY_YAML  # noqa: E402  (the same drop configuration as bench/xdp.py)
+
 ROOT = os.path.dirname(HERE)
 NS, IF = "mpxtestrun", "mpxt0"
 
-YAML = """
-schema: 1
-workers: 1
-admin: off
-listeners: [ { name: web, address: 127.0.0.1, port: 0 } ]
-virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, direct_response: { status: 200 } } ] } ]
-fast_path:
-  interfaces: [ %s ]
-  mode: generic
-  deny: [ 192.0.2.0/24, "2001:db8:bad::/48" ]
-  allow: [ 198.51.100.0/24 ]
-  per_source: { packets_per_second: 1, burst: 1 }
-  global: { packets_per_second: 100000000 }
-  syn: { packets_per_second: 100, burst: 100 }
-  port_filter: true
-  extra_tcp_ports: [ 22 ]
-"""
 
 
 def sh(*args, check=True, **kw):
@@ -96,7 +82,7 @@ def main():
             sh("ip", "netns", "exec", NS, "ip", "link", "set", dev, "up")
         sh("ip", "netns", "exec", NS, "ip", "link", "set", "lo", "up")
         cfg = os.path.join(work, "proxy.yaml")
-        open(cfg, "w").write(YAML % IF)
+        open(cfg, "w").write(PROXY_YAML % ("127.0.0.1", IF, "generic"))
         proxy = subprocess.Popen(["ip", "netns", "exec", NS, a.marchproxy, "ingress", "--no-watch", "-c", cfg],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         for line in proxy.stderr:
