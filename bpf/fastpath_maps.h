@@ -19,6 +19,12 @@
 #define MP_F_PORT_FILTER (1u << 0) /* drop TCP SYNs / UDP to ports the proxy does not serve */
 #define MP_F_ICMP_ECHO_DENY (1u << 1) /* TC egress: drop ICMP/ICMPv6 echo request and reply */
 #define MP_F_ROUTED_ENFORCE (1u << 2) /* TC egress: routed TCP/UDP must match a routed rule */
+/* XDP: the buckets read bpf_ktime_get_ns, not bpf_ktime_get_coarse_ns (~26 ns against ~3 ns here).
+ * Set when a bucket is less than 8 coarse-clock ticks deep (burst / rate): the coarse clock moves
+ * once a tick, which such a bucket would feel. */
+#define MP_F_FINE_CLOCK (1u << 3)
+#define MP_F_CIDR4 (1u << 4) /* XDP: this generation has IPv4 deny/allow prefixes (else no lookup) */
+#define MP_F_CIDR6 (1u << 5) /* XDP: ... IPv6 prefixes */
 
 /* TC egress: at most this many IPv6 extension headers are walked to the upper-layer header. */
 #define MP_IPV6_EXT_MAX 4
@@ -68,8 +74,9 @@ struct mp_counter {
 
 /* Per-generation settings (mp_settings[gen]). Token buckets are kept in nanoseconds of credit:
  * a packet costs cost_ns, the bucket holds at most cap_ns (= burst * cost_ns) and refills one
- * nanosecond per nanosecond. cost_ns 0 = that limit is off. Per-CPU buckets: each CPU enforces the
- * configured rate for the packets it receives (global: the rate divided by the CPU count). */
+ * nanosecond per nanosecond of the clock (coarse unless MP_F_FINE_CLOCK). cost_ns 0 = that limit is
+ * off. Per-CPU buckets: each CPU enforces the configured rate for the packets it receives (global:
+ * the rate divided by the CPU count). */
 struct mp_settings {
   __u64 source_cost_ns;
   __u64 source_cap_ns;
@@ -120,9 +127,24 @@ struct mp_source_key {
   __u8 addr[16];
 };
 
+/* A bucket: credit_ns as of the clock reading last_ns. Refilled only when the clock has moved past
+ * last_ns (a stamp ahead of the clock, e.g. from a finer clock before a reload, waits for it), so
+ * elapsed time is added exactly once and no fraction of a packet's credit is ever lost. */
 struct mp_bucket {
   __u64 credit_ns;
   __u64 last_ns; /* 0 = never used: full bucket */
+};
+
+/* XDP, per CPU (mp_source_hint[0]): the last source the per-source bucket dropped, and the clock
+ * reading (same clock as its bucket) before which that bucket cannot hold a packet's credit. Until
+ * then the source's packets are dropped without the bucket lookup: exact, because refilling an
+ * empty bucket without taking from it only adds elapsed time, which a later refill adds all the
+ * same. Written under one rules generation (mp_active[0]); any other generation ignores it. */
+struct mp_source_hint {
+  struct mp_source_key src;
+  __u32 generation;
+  __u32 reserved;
+  __u64 until_ns;
 };
 
 /* TC egress: DSCP class by destination (proto, port); value = DSCP code point (0..63). */

@@ -78,6 +78,13 @@ struct {
 
 struct {
   __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct mp_source_hint);
+} mp_source_hint SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
   __uint(max_entries, MP_XDP_REASONS);
   __type(key, __u32);
   __type(value, struct mp_counter);
@@ -100,28 +107,50 @@ static __always_inline int verdict(struct xdp_md *ctx, __u32 reason) {
   return reason >= MP_XDP_DROP_DENY ? XDP_DROP : XDP_PASS;
 }
 
-/* Takes one packet's worth of credit; 0 = bucket empty. */
+/* Takes one packet's worth of credit; 0 = bucket empty. Writes the bucket only when it changes: a
+ * flood's drops within one coarse-clock tick leave it untouched. */
 static __always_inline int take(struct mp_bucket *b, __u64 now, __u64 cost, __u64 cap) {
-  __u64 credit = b->last_ns == 0 ? cap : b->credit_ns + (now - b->last_ns);
-  if (credit > cap) credit = cap;
-  b->last_ns = now;
+  __u64 last = b->last_ns, credit = b->credit_ns;
+  if (now > last) {
+    credit = last == 0 ? cap : credit + (now - last);
+    if (credit > cap) credit = cap;
+    b->last_ns = now;
+  }
   if (credit < cost) {
-    b->credit_ns = credit;
+    if (credit != b->credit_ns) b->credit_ns = credit;
     return 0;
   }
   b->credit_ns = credit - cost;
   return 1;
 }
 
+/* Takes from a source's bucket (created full on its first packet); 0 = empty. When `dropped` is
+ * given, an empty bucket's source and when it can next pass are written there. */
 static __always_inline int take_source(void *map, struct mp_source_key *key, __u64 now, __u64 cost,
-                                       __u64 cap) {
+                                       __u64 cap, struct mp_source_hint *dropped, __u32 generation) {
   struct mp_bucket *b = bpf_map_lookup_elem(map, key);
   if (!b) {
     struct mp_bucket fresh = {.credit_ns = cap - cost, .last_ns = now};
     bpf_map_update_elem(map, key, &fresh, BPF_ANY);
     return 1; /* cap >= cost always (burst >= 1) */
   }
-  return take(b, now, cost, cap);
+  if (take(b, now, cost, cap)) return 1;
+  if (dropped) {
+    __builtin_memcpy(&dropped->src, key, sizeof(*key));
+    dropped->generation = generation;
+    dropped->until_ns = b->last_ns + (cost - b->credit_ns);
+  }
+  return 0;
+}
+
+static __always_inline int same_source(const struct mp_source_key *a, const struct mp_source_key *b) {
+  const __u64 *x = (const __u64 *)a->addr, *y = (const __u64 *)b->addr;
+  return x[0] == y[0] && x[1] == y[1];
+}
+
+/* The buckets' clock, read once per packet and only when a bucket is consulted. */
+static __always_inline __u64 clock_ns(const struct mp_settings *set) {
+  return (set->flags & MP_F_FINE_CLOCK) ? bpf_ktime_get_ns() : bpf_ktime_get_coarse_ns();
 }
 
 SEC("xdp")
@@ -132,7 +161,7 @@ int mp_xdp(struct xdp_md *ctx) {
 
   __u32 *active = bpf_map_lookup_elem(&mp_active, &zero);
   if (!active) return XDP_PASS;
-  __u32 gen = *active & 1;
+  __u32 generation = *active, gen = generation & 1;
   struct mp_settings *set = bpf_map_lookup_elem(&mp_settings, &gen);
   if (!set) return XDP_PASS;
 
@@ -149,11 +178,11 @@ int mp_xdp(struct xdp_md *ctx) {
     cursor = vh + 1;
   }
 
-  struct mp_source_key src = {};
+  struct mp_source_key src __attribute__((aligned(8))) = {};
   __u8 l4proto = 0;
   void *l4 = 0;
   int fragment = 0; /* non-first fragment: no L4 header */
-  __u32 cidr = 0;
+  int v6 = 0;
 
   if (proto == bpf_htons(ETH_P_IP)) {
     struct iphdr *ip = cursor;
@@ -162,10 +191,6 @@ int mp_xdp(struct xdp_md *ctx) {
     if (ip->version != 4 || ihl < sizeof(*ip) || bpf_ntohs(ip->tot_len) < ihl)
       return verdict(ctx, MP_XDP_DROP_MALFORMED);
     if (cursor + ihl > data_end) return verdict(ctx, MP_XDP_DROP_MALFORMED);
-    struct mp_lpm4_key k = {.prefixlen = 64, .gen = gen};
-    __builtin_memcpy(k.addr, &ip->saddr, 4);
-    __u32 *v = bpf_map_lookup_elem(&mp_cidr4, &k);
-    if (v) cidr = *v;
     src.addr[10] = 0xff;
     src.addr[11] = 0xff;
     __builtin_memcpy(&src.addr[12], &ip->saddr, 4);
@@ -176,11 +201,8 @@ int mp_xdp(struct xdp_md *ctx) {
     struct ipv6hdr *ip6 = cursor;
     if ((void *)(ip6 + 1) > data_end) return verdict(ctx, MP_XDP_DROP_MALFORMED);
     if (ip6->version != 6) return verdict(ctx, MP_XDP_DROP_MALFORMED);
-    struct mp_lpm6_key k = {.prefixlen = 160, .gen = gen};
-    __builtin_memcpy(k.addr, &ip6->saddr, 16);
-    __u32 *v = bpf_map_lookup_elem(&mp_cidr6, &k);
-    if (v) cidr = *v;
     __builtin_memcpy(src.addr, &ip6->saddr, 16);
+    v6 = 1;
     __u8 next = ip6->nexthdr;
     void *p = ip6 + 1;
 #pragma unroll
@@ -216,12 +238,36 @@ int mp_xdp(struct xdp_md *ctx) {
     return verdict(ctx, MP_XDP_PASS_NON_IP);
   }
 
+  /* The source the per-source bucket last dropped under these rules — so neither denied nor
+   * allowed, and the prefix lookup would say so again — while its bucket still cannot pass it. */
+  __u64 now = 0;
+  struct mp_source_hint *h = 0;
+  if (set->source_cost_ns) {
+    h = bpf_map_lookup_elem(&mp_source_hint, &zero);
+    if (h && h->generation == generation && same_source(&h->src, &src)) {
+      now = clock_ns(set);
+      if (now < h->until_ns) return verdict(ctx, MP_XDP_DROP_SOURCE_RATE);
+    }
+  }
+
+  __u32 cidr = 0;
+  if (!v6 && (set->flags & MP_F_CIDR4)) {
+    struct mp_lpm4_key k = {.prefixlen = 64, .gen = gen};
+    __builtin_memcpy(k.addr, &src.addr[12], 4);
+    __u32 *v = bpf_map_lookup_elem(&mp_cidr4, &k);
+    if (v) cidr = *v;
+  } else if (v6 && (set->flags & MP_F_CIDR6)) {
+    struct mp_lpm6_key k = {.prefixlen = 160, .gen = gen};
+    __builtin_memcpy(k.addr, src.addr, 16);
+    __u32 *v = bpf_map_lookup_elem(&mp_cidr6, &k);
+    if (v) cidr = *v;
+  }
   if (cidr == MP_CIDR_DENY) return verdict(ctx, MP_XDP_DROP_DENY);
   if (cidr == MP_CIDR_ALLOW) return verdict(ctx, MP_XDP_PASS_ALLOW);
 
-  __u64 now = bpf_ktime_get_ns();
+  if (!now && (set->source_cost_ns | set->global_cost_ns)) now = clock_ns(set);
   if (set->source_cost_ns &&
-      !take_source(&mp_source_buckets, &src, now, set->source_cost_ns, set->source_cap_ns))
+      !take_source(&mp_source_buckets, &src, now, set->source_cost_ns, set->source_cap_ns, h, generation))
     return verdict(ctx, MP_XDP_DROP_SOURCE_RATE);
   if (set->global_cost_ns) {
     struct mp_bucket *g = bpf_map_lookup_elem(&mp_global_bucket, &zero);
@@ -239,9 +285,11 @@ int mp_xdp(struct xdp_md *ctx) {
       __u32 bits = pv ? *pv : 0;
       if ((set->flags & MP_F_PORT_FILTER) && !(bits & MP_PORT_SERVED))
         return verdict(ctx, MP_XDP_DROP_PORT);
-      if ((bits & MP_PORT_SYN_GUARD) && set->syn_cost_ns &&
-          !take_source(&mp_syn_buckets, &src, now, set->syn_cost_ns, set->syn_cap_ns))
-        return verdict(ctx, MP_XDP_DROP_SYN_RATE);
+      if ((bits & MP_PORT_SYN_GUARD) && set->syn_cost_ns) {
+        if (!now) now = clock_ns(set);
+        if (!take_source(&mp_syn_buckets, &src, now, set->syn_cost_ns, set->syn_cap_ns, 0, 0))
+          return verdict(ctx, MP_XDP_DROP_SYN_RATE);
+      }
     }
   } else if (l4proto == IPPROTO_UDP) {
     struct udphdr *udp = l4;

@@ -152,6 +152,8 @@ void XdpObject::clearBuckets() {
   std::vector<mp_bucket> zero(static_cast<size_t>(cpus));
   uint32_t k = 0;
   bpf_map_update_elem(bpf_map__fd(skel_->maps.mp_global_bucket), &k, zero.data(), BPF_ANY);
+  std::vector<mp_source_hint> noHint(static_cast<size_t>(cpus));
+  bpf_map_update_elem(bpf_map__fd(skel_->maps.mp_source_hint), &k, noHint.data(), BPF_ANY);
 }
 
 Result<uint32_t> XdpObject::publish(const CompiledRules& rules) {

@@ -49,7 +49,7 @@ class XdpObject {
   int programFd() const;          // mp_xdp
   int dropAllProgramFd() const;   // mp_xdp_drop_all (benchmark baseline)
   XdpCounters counters() const;   // summed over CPUs
-  void clearBuckets();            // forget every per-source and global bucket (tests)
+  void clearBuckets();            // forget every bucket and the drop hint (tests)
 
  private:
   XdpObject() = default;

@@ -3,14 +3,19 @@
 // rules on random packets. Needs the right to load BPF programs (root / CAP_BPF+CAP_NET_ADMIN);
 // skips with a message otherwise.
 #include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <gtest/gtest.h>
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <sched.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <fmt/format.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstring>
 #include <random>
 #include <thread>
 
@@ -247,6 +252,242 @@ TEST_F(XdpTest, SynGuardLimitsNewConnectionsOnly) {
   EXPECT_EQ(run(ipv4("203.0.113.5", "198.51.100.1", tcp(8080, 0x10))), XDP_PASS);
   EXPECT_EQ(run(ipv4("203.0.113.5", "198.51.100.1", tcp(5555))), XDP_PASS);
   EXPECT_EQ(run(ipv4("203.0.113.6", "198.51.100.1", tcp(8080))), XDP_PASS);
+}
+
+// The bucket maps, found through the program (test-only access to their raw values).
+int mapFdOf(int progFd, const std::string& name) {
+  uint32_t ids[16] = {};
+  bpf_prog_info info{};
+  info.nr_map_ids = 16;
+  info.map_ids = reinterpret_cast<uintptr_t>(ids);
+  uint32_t len = sizeof info;
+  if (bpf_obj_get_info_by_fd(progFd, &info, &len) != 0) return -1;
+  for (uint32_t i = 0; i < info.nr_map_ids && i < 16; ++i) {
+    int fd = bpf_map_get_fd_by_id(ids[i]);
+    bpf_map_info mi{};
+    uint32_t mlen = sizeof mi;
+    if (fd >= 0 && bpf_obj_get_info_by_fd(fd, &mi, &mlen) == 0 && name.substr(0, BPF_OBJ_NAME_LEN - 1) == mi.name)
+      return fd;
+    if (fd >= 0) close(fd);
+  }
+  return -1;
+}
+
+uint64_t clockNs(clockid_t id) {
+  timespec ts{};
+  clock_gettime(id, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+mp_source_key sourceKey(const uint8_t (&v4)[4]) {
+  mp_source_key k{};
+  k.addr[10] = k.addr[11] = 0xff;
+  std::memcpy(&k.addr[12], v4, 4);
+  return k;
+}
+
+class XdpBucketTest : public XdpTest {
+ protected:
+  void SetUp() override {
+    XdpTest::SetUp();
+    if (!obj_) return;
+    sources_ = mapFdOf(obj_->programFd(), "mp_source_buckets");
+    global_ = mapFdOf(obj_->programFd(), "mp_global_bucket");
+    hint_ = mapFdOf(obj_->programFd(), "mp_source_hint");
+    ASSERT_GE(sources_, 0);
+    ASSERT_GE(global_, 0);
+    ASSERT_GE(hint_, 0);
+  }
+  void TearDown() override {
+    for (int fd : {sources_, global_, hint_})
+      if (fd >= 0) close(fd);
+  }
+  // Per-CPU maps: the same value on every CPU in, this CPU's value out. A bucket written from here
+  // also forgets the drop hint (the program never sees a bucket change behind its back).
+  template <typename T>
+  void putAll(int fd, const void* key, const T& v) {
+    std::vector<T> all(static_cast<size_t>(std::max(1, libbpf_num_possible_cpus())), v);
+    ASSERT_EQ(bpf_map_update_elem(fd, key, all.data(), BPF_ANY), 0);
+  }
+  void put(int fd, const void* key, mp_bucket b) {
+    putAll(fd, key, b);
+    const uint32_t zero = 0;
+    putAll(hint_, &zero, mp_source_hint{});
+  }
+  template <typename T = mp_bucket>
+  T get(int fd, const void* key) {
+    std::vector<T> all(static_cast<size_t>(std::max(1, libbpf_num_possible_cpus())));
+    EXPECT_EQ(bpf_map_lookup_elem(fd, key, all.data()), 0);
+    return all[static_cast<size_t>(sched_getcpu())];
+  }
+  int sources_ = -1, global_ = -1, hint_ = -1;
+};
+
+TEST_F(XdpBucketTest, AFloodedSourceIsDroppedByTheHintUntilItsBucketCouldPass) {
+  // 1e6 pps, burst 2 (fine clock): a packet costs 1 us. The bucket is stamped 2 ms ahead with no
+  // credit: dropped, and the hint says when it could pass again (stamp + 1 us, to the ns).
+  use("fast_path: {interfaces: [eth0], per_source: {packets_per_second: 1000000, burst: 2}}\n");
+  const uint8_t ip[4] = {203, 0, 113, 5};
+  const mp_source_key key = sourceKey(ip);
+  const Bytes p = ipv4("203.0.113.5", "198.51.100.1", udp(9));
+  const uint64_t stamp = clockNs(CLOCK_MONOTONIC) + 2'000'000;
+  put(sources_, &key, {0, stamp});
+  // The reference leaves buckets out: verdict and counters only.
+  auto expectRate = [&](const Bytes& pkt, mp_xdp_reason reason, const char* what) {
+    SCOPED_TRACE(what);
+    XdpCounters before = obj_->counters();
+    EXPECT_EQ(run(pkt), reason == MP_XDP_PASS ? XDP_PASS : XDP_DROP);
+    XdpCounters after = obj_->counters();
+    for (uint32_t i = 0; i < MP_XDP_REASONS; ++i)
+      EXPECT_EQ(after[i].packets - before[i].packets, i == static_cast<uint32_t>(reason) ? 1u : 0u)
+          << xdpReasonName(i);
+  };
+  expectRate(p, MP_XDP_DROP_SOURCE_RATE, "empty bucket");
+  const uint32_t zero = 0;
+  auto h = get<mp_source_hint>(hint_, &zero);
+  EXPECT_EQ(std::memcmp(h.src.addr, key.addr, 16), 0);
+  EXPECT_EQ(h.until_ns, stamp + 1000);
+  EXPECT_EQ(h.generation, obj_->generation());
+  expectRate(p, MP_XDP_DROP_SOURCE_RATE, "again, before the stamp");
+  expectRate(ipv4("203.0.113.6", "198.51.100.1", udp(9)), MP_XDP_PASS, "another source");
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));  // past the hint: the bucket refilled
+  expectRate(p, MP_XDP_PASS, "after the hint's time");
+
+  // A reload forgets the hint: 1 pps drops the flood (and hints a second ahead), then 1e6 pps
+  // must pass it at once (the flip waits >= 10 ms, 10000 packets' worth of credit at 1 us).
+  use("fast_path: {interfaces: [eth0], per_source: {packets_per_second: 1, burst: 1}}\n");
+  obj_->clearBuckets();
+  expectRate(p, MP_XDP_PASS, "a new bucket is full");
+  expectRate(p, MP_XDP_DROP_SOURCE_RATE, "1 pps: the second is dropped");
+  EXPECT_GT(get<mp_source_hint>(hint_, &zero).until_ns, clockNs(CLOCK_MONOTONIC) + 500'000'000ull);
+  use("fast_path: {interfaces: [eth0], per_source: {packets_per_second: 1000000, burst: 2}}\n");
+  expectRate(p, MP_XDP_PASS, "1e6 pps after the reload: the old hint does not apply");
+
+  // The hint is checked before the deny/allow prefixes, for sources they did not match under the
+  // same rules: a reload that denies or allows the flooded source takes effect at once.
+  use("fast_path: {interfaces: [eth0], per_source: {packets_per_second: 1, burst: 1}}\n");
+  obj_->clearBuckets();
+  expectRate(p, MP_XDP_PASS, "full");
+  expectRate(p, MP_XDP_DROP_SOURCE_RATE, "hinted");
+  use("fast_path: {interfaces: [eth0], deny: [203.0.113.0/24], per_source: {packets_per_second: 1, burst: 1}}\n");
+  expect(p, MP_XDP_DROP_DENY, "denied after the reload");
+  use("fast_path: {interfaces: [eth0], allow: [203.0.113.5], per_source: {packets_per_second: 1, burst: 1}}\n");
+  expect(p, MP_XDP_PASS_ALLOW, "allowed after the reload");
+}
+
+TEST_F(XdpBucketTest, CoarseClockEdgeCasesKeepEveryNanosecondOfCredit) {
+  // 1 pps, burst 3: a packet costs 1 s of credit, the bucket holds 3 s; far deeper than a tick, so
+  // the coarse clock. Buckets are written directly; a stamp a minute ahead of both clocks freezes
+  // the refill, so each row's verdict and the bucket left behind are exact.
+  use("fast_path: {interfaces: [eth0], per_source: {packets_per_second: 1, burst: 3}}\n");
+  ASSERT_EQ(rules_.xdp.flags & MP_F_FINE_CLOCK, 0u);
+  const uint64_t cost = 1'000'000'000, cap = 3 * cost;
+  const uint64_t ahead = clockNs(CLOCK_MONOTONIC) + 60 * cost;
+  const uint8_t ip[4] = {203, 0, 113, 5};
+  const mp_source_key key = sourceKey(ip);
+  const Bytes p = ipv4("203.0.113.5", "198.51.100.1", udp(9));
+  struct Row {
+    const char* what;
+    mp_bucket before;
+    std::vector<int> actions;  // one packet each
+    uint64_t creditAfter;
+  };
+  const std::vector<Row> rows = {
+      {"exactly one packet of credit, clock not past the stamp: passes, empties", {cost, ahead}, {XDP_PASS}, 0},
+      {"one nanosecond short: dropped, the credit kept to the nanosecond", {cost - 1, ahead}, {XDP_DROP}, cost - 1},
+      {"stamp ahead of the clock (a finer clock's stamp): no refill, no wrap-around", {0, ahead}, {XDP_DROP}, 0},
+      {"two and a half packets: two pass, the half is kept for later", {2 * cost + cost / 2, ahead},
+       {XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP}, cost / 2},
+      {"full bucket: burst 3, then dropped", {cap, ahead}, {XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP}, 0},
+  };
+  for (const Row& r : rows) {
+    SCOPED_TRACE(r.what);
+    put(sources_, &key, r.before);
+    for (size_t i = 0; i < r.actions.size(); ++i) EXPECT_EQ(run(p), r.actions[i]) << "packet " << i;
+    mp_bucket after = get(sources_, &key);
+    EXPECT_EQ(after.credit_ns, r.creditAfter);
+    EXPECT_EQ(after.last_ns, ahead) << "a stamp is never moved back";
+  }
+  {
+    SCOPED_TRACE("never used (stamp 0): a full bucket");
+    put(sources_, &key, {0, 0});
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(run(p), XDP_PASS) << i;
+    EXPECT_EQ(run(p), XDP_DROP);
+  }
+  {
+    SCOPED_TRACE("idle for a long time: refilled to the cap, not beyond");
+    put(sources_, &key, {0, 1});
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(run(p), XDP_PASS) << i;
+    EXPECT_EQ(run(p), XDP_DROP);
+  }
+  {
+    SCOPED_TRACE("elapsed time is added exactly, fractions included");
+    const uint64_t last = clockNs(CLOCK_MONOTONIC_COARSE) - cost - 7;
+    put(sources_, &key, {5, last});
+    EXPECT_EQ(run(p), XDP_PASS);
+    mp_bucket after = get(sources_, &key);
+    ASSERT_GT(after.last_ns, last);
+    EXPECT_EQ(after.credit_ns, 5 + (after.last_ns - last) - cost);
+  }
+  {
+    SCOPED_TRACE("global bucket stamped ahead of the clock: no refill, no wrap-around");
+    use("fast_path: {interfaces: [eth0], global: {packets_per_second: 1, burst: 2}}\n");
+    const uint32_t zero = 0;
+    put(global_, &zero, {cost - 1, ahead});
+    EXPECT_EQ(run(p), XDP_DROP);
+    EXPECT_EQ(get(global_, &zero).credit_ns, cost - 1);
+  }
+}
+
+TEST_F(XdpBucketTest, BucketsReadTheCoarseClockUnlessOneIsShallowerThanEightTicks) {
+  // A new source's bucket is stamped with the clock the program read. Coarse: exactly the
+  // CLOCK_MONOTONIC_COARSE value user space sees around the run; fine: in between two
+  // CLOCK_MONOTONIC reads, and (at nanosecond resolution) not a coarse value.
+  const uint8_t ip[4] = {203, 0, 113, 77};
+  const mp_source_key key = sourceKey(ip);
+  const Bytes p = ipv4("203.0.113.77", "198.51.100.1", udp(9));
+  ASSERT_GT(coarseClockTickNs(), 0u) << "this kernel has a coarse clock";
+  use("fast_path: {interfaces: [eth0], per_source: {packets_per_second: 1, burst: 3}}\n");
+  ASSERT_EQ(rules_.xdp.flags & MP_F_FINE_CLOCK, 0u);
+  bpf_map_delete_elem(sources_, &key);
+  uint64_t c0 = clockNs(CLOCK_MONOTONIC_COARSE);
+  EXPECT_EQ(run(p), XDP_PASS);
+  uint64_t c1 = clockNs(CLOCK_MONOTONIC_COARSE);
+  uint64_t stamp = get(sources_, &key).last_ns;
+  EXPECT_TRUE(stamp == c0 || stamp == c1) << stamp << " not " << c0 << " or " << c1;
+
+  // 1e6 pps, burst 2: 2 us deep, far less than 8 ticks.
+  use("fast_path: {interfaces: [eth0], per_source: {packets_per_second: 1000000, burst: 2}}\n");
+  ASSERT_EQ(rules_.xdp.flags & MP_F_FINE_CLOCK, MP_F_FINE_CLOCK);
+  bpf_map_delete_elem(sources_, &key);
+  uint64_t f0 = clockNs(CLOCK_MONOTONIC);
+  c0 = clockNs(CLOCK_MONOTONIC_COARSE);
+  EXPECT_EQ(run(p), XDP_PASS);
+  c1 = clockNs(CLOCK_MONOTONIC_COARSE);
+  uint64_t f1 = clockNs(CLOCK_MONOTONIC);
+  stamp = get(sources_, &key).last_ns;
+  EXPECT_GE(stamp, f0);
+  EXPECT_LE(stamp, f1);
+  EXPECT_TRUE(stamp != c0 && stamp != c1) << "a coarse stamp " << stamp;
+}
+
+TEST_F(XdpTest, PrefixesOfOneFamilyOnlyLeaveTheOtherUnchecked) {
+  // The IPv4 trie is not read when the generation has no IPv4 prefix (and the same for IPv6):
+  // the verdicts stay those of the lists, across reloads that add and remove a family.
+  const std::string me = "198.51.100.1", me6 = "2001:db8::1";
+  use("fast_path: {interfaces: [eth0], deny: [\"2001:db8:bad::/48\"]}\n");
+  EXPECT_EQ(rules_.xdp.flags & (MP_F_CIDR4 | MP_F_CIDR6), MP_F_CIDR6);
+  expect(ipv4("10.9.9.9", me, tcp(8080)), MP_XDP_PASS, "IPv4: no IPv4 list");
+  expect(ipv6("2001:db8:bad::1", me6, tcp(8080)), MP_XDP_DROP_DENY, "IPv6 deny");
+  use("fast_path: {interfaces: [eth0], deny: [10.0.0.0/8], allow: [10.1.0.0/16]}\n");
+  EXPECT_EQ(rules_.xdp.flags & (MP_F_CIDR4 | MP_F_CIDR6), MP_F_CIDR4);
+  expect(ipv4("10.9.9.9", me, tcp(8080)), MP_XDP_DROP_DENY, "IPv4 deny");
+  expect(ipv4("10.1.9.9", me, tcp(8080)), MP_XDP_PASS_ALLOW, "IPv4 allow inside the deny");
+  expect(ipv6("2001:db8:bad::1", me6, tcp(8080)), MP_XDP_PASS, "IPv6: no IPv6 list any more");
+  use("fast_path: {interfaces: [eth0]}\n");
+  EXPECT_EQ(rules_.xdp.flags & (MP_F_CIDR4 | MP_F_CIDR6), 0u);
+  expect(ipv4("10.9.9.9", me, tcp(8080)), MP_XDP_PASS, "no lists");
+  expect(ipv6("2001:db8:bad::1", me6, tcp(8080)), MP_XDP_PASS, "no lists");
 }
 
 TEST_F(XdpTest, ReloadRemovesOldRulesAndCountsGenerations) {
@@ -584,6 +825,7 @@ TEST(Rules, CompileTurnsTheSnapshotIntoMapEntries) {
   CompileOptions o;
   o.cpus = 4;
   o.ephemeral_min = 40000;
+  o.clock_tick_ns = 4'000'000;  // HZ=250
   CompiledRules r = compile(s, o);
   ASSERT_EQ(r.cidrs.size(), 2u);
   EXPECT_EQ(r.cidrs[0].prefix.toString(), "10.0.0.0/8");
@@ -595,12 +837,35 @@ TEST(Rules, CompileTurnsTheSnapshotIntoMapEntries) {
   EXPECT_EQ(r.xdp.global_cost_ns, 40'000u) << "each of 4 CPUs gets a quarter of the rate";
   EXPECT_EQ(r.xdp.global_cap_ns, 40'000u * 5000);
   EXPECT_EQ(r.xdp.syn_cost_ns, 20'000'000u);
-  EXPECT_EQ(r.xdp.flags, MP_F_PORT_FILTER);
+  EXPECT_EQ(r.xdp.flags, MP_F_PORT_FILTER | MP_F_CIDR4 | MP_F_CIDR6)
+      << "every bucket at least 8 ticks (32 ms) deep: the coarse clock";
   EXPECT_EQ(r.xdp.ephemeral_min, 40000);
   std::map<PortEntry, uint32_t> want = {{{8080, 6}, MP_PORT_SERVED | MP_PORT_SYN_GUARD},
                                         {{9901, 6}, MP_PORT_SERVED},
                                         {{22, 6}, MP_PORT_SERVED}};
   EXPECT_EQ(r.ports, want);
+}
+
+TEST(Rules, ABucketLessThanEightClockTicksDeepReadsTheFineClock) {
+  CompileOptions o;
+  o.clock_tick_ns = 4'000'000;
+  auto flags = [&](const std::string& fastPath) {
+    return compile(snapshotFrom("fast_path:\n  interfaces: [eth0]\n" + fastPath), o).xdp.flags;
+  };
+  // A bucket 8 ticks (32 ms) deep or more: the coarse clock. 1000 pps, burst 32: 32 ms.
+  EXPECT_EQ(flags("  per_source: {packets_per_second: 1000, burst: 32}\n"), 0u);
+  EXPECT_EQ(flags("  per_source: {packets_per_second: 1, burst: 1}\n"), 0u) << "1 s deep";
+  // Shallower: every packet of a 4 ms tick would meet a bucket refilled at the tick's start, so a
+  // small burst at a rate near HZ could not pass its own rate. The fine clock.
+  EXPECT_EQ(flags("  per_source: {packets_per_second: 1000, burst: 31}\n"), MP_F_FINE_CLOCK);
+  EXPECT_EQ(flags("  per_source: {packets_per_second: 1000, burst: 1}\n"), MP_F_FINE_CLOCK);
+  EXPECT_EQ(flags("  syn: {packets_per_second: 10000, burst: 2}\n"), MP_F_FINE_CLOCK);
+  EXPECT_EQ(flags("  global: {packets_per_second: 1000000, burst: 100}\n"), MP_F_FINE_CLOCK);
+  EXPECT_EQ(flags("  global: {packets_per_second: 1000000}\n"), 0u) << "default burst: one second";
+  EXPECT_EQ(flags("  deny: [\"2001:db8::/32\"]\n"), MP_F_CIDR6) << "IPv4 packets skip the IPv4 trie";
+  EXPECT_EQ(flags("  allow: [192.0.2.0/24]\n"), MP_F_CIDR4);
+  o.clock_tick_ns = 0;  // no coarse clock resolution known
+  EXPECT_EQ(flags("  per_source: {packets_per_second: 1}\n"), MP_F_FINE_CLOCK);
 }
 
 TEST(Rules, RoutedPrefixesCarryTheRulesOfThePrefixesHoldingThem) {

@@ -1,6 +1,7 @@
 #include "fastpath/rules.h"
 
 #include <netinet/in.h>
+#include <time.h>
 
 #include <fstream>
 
@@ -9,6 +10,7 @@ namespace marchproxy::fastpath {
 namespace {
 
 constexpr uint64_t kNsPerSecond = 1'000'000'000;
+constexpr uint64_t kCoarseClockMinTicks = 8;  // a bucket at least this deep reads the coarse clock
 
 void bucket(const config::RateLimit& r, uint64_t share, __u64& cost, __u64& cap) {
   cost = cap = 0;
@@ -81,12 +83,26 @@ uint64_t longestMatch(const std::vector<RoutedPrefix>& prefixes, const Cidr& hos
 
 }  // namespace
 
+uint64_t coarseClockTickNs() {
+  timespec ts{};
+  if (clock_getres(CLOCK_MONOTONIC_COARSE, &ts) != 0) return 0;
+  return static_cast<uint64_t>(ts.tv_sec) * kNsPerSecond + static_cast<uint64_t>(ts.tv_nsec);
+}
+
 CompiledRules compile(const config::Snapshot& s, const CompileOptions& options) {
   const config::FastPath& f = s.fast_path;
   CompiledRules r;
   bucket(f.per_source, 1, r.xdp.source_cost_ns, r.xdp.source_cap_ns);
   bucket(f.syn, 1, r.xdp.syn_cost_ns, r.xdp.syn_cap_ns);
   bucket(f.global, std::max(1u, options.cpus), r.xdp.global_cost_ns, r.xdp.global_cap_ns);
+  // A coarse clock moves once a tick: the bucket then sees every packet of a tick arrive at the
+  // tick's start, a refill up to one tick late. Negligible for a bucket many ticks deep (burst
+  // defaults to one second's worth); a shallower one reads the fine clock, or a rate near HZ with a
+  // small burst could not pass its own rate.
+  auto shallow = [&](__u64 cost, __u64 cap) { return cost != 0 && cap < kCoarseClockMinTicks * options.clock_tick_ns; };
+  if (options.clock_tick_ns == 0 || shallow(r.xdp.source_cost_ns, r.xdp.source_cap_ns) ||
+      shallow(r.xdp.syn_cost_ns, r.xdp.syn_cap_ns) || shallow(r.xdp.global_cost_ns, r.xdp.global_cap_ns))
+    r.xdp.flags |= MP_F_FINE_CLOCK;
   if (f.port_filter) r.xdp.flags |= MP_F_PORT_FILTER;
   r.xdp.ephemeral_min = options.ephemeral_min;
   if (!f.icmp_echo) r.tc.flags |= MP_F_ICMP_ECHO_DENY;
@@ -95,6 +111,7 @@ CompiledRules compile(const config::Snapshot& s, const CompileOptions& options) 
     if (auto c = parseCidr(text)) r.cidrs.push_back({*c, MP_CIDR_DENY});
   for (const auto& text : f.allow)
     if (auto c = parseCidr(text)) r.cidrs.push_back({*c, MP_CIDR_ALLOW});
+  for (const auto& c : r.cidrs) r.xdp.flags |= c.prefix.v6 ? MP_F_CIDR6 : MP_F_CIDR4;
 
   uint32_t served = MP_PORT_SERVED | (r.xdp.syn_cost_ns ? MP_PORT_SYN_GUARD : 0);
   for (const auto& l : s.listeners)

@@ -43,9 +43,15 @@ struct CompiledRules {
   std::vector<mp_routed_rule> routed;    // protocols and port ranges, by rule index
 };
 
+// The coarse clock's tick (clock_getres(CLOCK_MONOTONIC_COARSE): 1e9 / CONFIG_HZ), 0 when unknown.
+uint64_t coarseClockTickNs();
+
 struct CompileOptions {
   unsigned cpus = 1;               // the global bucket is split evenly between CPUs
   uint16_t ephemeral_min = 32768;  // net.ipv4.ip_local_port_range's first port
+  // The buckets read the coarse clock (bpf_ktime_get_coarse_ns, which moves once per tick) unless a
+  // bucket is less than 8 ticks deep (burst / rate), or the tick is unknown (0): MP_F_FINE_CLOCK.
+  uint64_t clock_tick_ns = coarseClockTickNs();
 };
 
 // The snapshot must be valid (config::validate). Served TCP ports: every listener, the admin port,
