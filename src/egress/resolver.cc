@@ -152,17 +152,21 @@ void onAddrinfo(void* arg, int status, int /*timeouts*/, ares_addrinfo* res) {
 
 }  // namespace
 
-asio::awaitable<Result<std::vector<IpAddr>>> Resolver::resolve(std::string host, const DnsConfig& dns) {
-  if (auto ip = parseIp(host)) co_return std::vector<IpAddr>{*ip};
-  if (auto it = dns.hosts.find(host); it != dns.hosts.end()) co_return it->second;
-  const auto now = std::chrono::steady_clock::now();
+std::optional<Result<std::vector<IpAddr>>> Resolver::lookupNow(const std::string& host, const DnsConfig& dns) {
+  if (auto ip = parseIp(host)) return Result<std::vector<IpAddr>>(std::vector<IpAddr>{*ip});
+  if (auto it = dns.hosts.find(host); it != dns.hosts.end()) return Result<std::vector<IpAddr>>(it->second);
   if (auto it = cache_.find(host); it != cache_.end()) {
-    if (it->second.expires > now) {
-      if (!it->second.error.empty()) co_return Error{it->second.error};
-      co_return it->second.addrs;
+    if (it->second.expires > std::chrono::steady_clock::now()) {
+      if (!it->second.error.empty()) return Result<std::vector<IpAddr>>(Error{it->second.error});
+      return Result<std::vector<IpAddr>>(it->second.addrs);
     }
     cache_.erase(it);
   }
+  return std::nullopt;
+}
+
+asio::awaitable<Result<std::vector<IpAddr>>> Resolver::resolve(std::string host, const DnsConfig& dns) {
+  if (auto known = lookupNow(host, dns)) co_return std::move(*known);
   if (!channel_) co_return Error{"DNS is not configured"};
   ++lookups_;
   // c-ares calls back on this thread, from ares_process_fd() (or ares_destroy(), with

@@ -14,6 +14,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -37,6 +38,10 @@ class Resolver {
 
   // Addresses for `host` (lower-case), or an error text such as "no such host".
   boost::asio::awaitable<Result<std::vector<IpAddr>>> resolve(std::string host, const DnsConfig& dns);
+  // The answer when it is known without asking DNS (an IP literal, dns.hosts, an unexpired cache
+  // entry); nullopt when resolve() would have to send a query. Not a coroutine: the forward proxy's
+  // per-request path calls it first.
+  std::optional<Result<std::vector<IpAddr>>> lookupNow(const std::string& host, const DnsConfig& dns);
 
   void clearCache() { cache_.clear(); }  // after a config change (dns.hosts or TTLs may differ)
   uint64_t lookups() const { return lookups_; }  // queries sent to c-ares (cache misses)

@@ -457,23 +457,18 @@ PoolKey poolKey(const IpAddr& a, uint16_t port) { return {a, port}; }
 // addresses with the rule that allows each, best first. Empty: `out` says why (reason_code, reason,
 // statuses).
 using Allowed = std::vector<std::pair<IpAddr, const Rule*>>;
-asio::awaitable<Allowed> authorise(Worker& w, const Runtime& rt, const std::string& service, uint8_t protocols,
-                                   const std::string& host, uint16_t port, Dial& out) {
+
+// The second step, for the addresses (or the DNS failure) of `host`.
+Allowed checkAddresses(const Runtime& rt, const NameDecision& nd, const std::string& host,
+                       const Result<std::vector<IpAddr>>& resolved, Dial& out) {
   Allowed allowed;
-  NameDecision nd = w.decide(*rt.policy, service, protocols, host, port);
-  if (nd.rules.empty()) {
-    out.reason_code = "no_rule";
-    out.reason = nd.reason;
-    co_return allowed;
-  }
-  auto resolved = co_await w.resolver().resolve(host, rt.config->dns);
   if (!resolved) {
     out.decision = "error";
     out.reason_code = "dns_failure";
     out.reason = fmt::format("cannot resolve {}: {}", host, resolved.error().message);
     out.http_status = 502;
     out.socks = socks5::Reply::kHostUnreachable;
-    co_return allowed;
+    return allowed;
   }
   std::string first_denial;
   for (const IpAddr& a : *resolved) {
@@ -485,7 +480,30 @@ asio::awaitable<Allowed> authorise(Worker& w, const Runtime& rt, const std::stri
     out.reason_code = "forbidden_address";
     out.reason = first_denial;
   }
-  co_return allowed;
+  return allowed;
+}
+
+// Both steps when no DNS query is needed (an IP literal, dns.hosts, a cached answer), or a refusal
+// by name; nullopt when DNS must be asked (authorise() does, with `nd` as decided here).
+std::optional<Allowed> authoriseNow(Worker& w, const Runtime& rt, const std::string& service, uint8_t protocols,
+                                    const std::string& host, uint16_t port, NameDecision& nd, Dial& out) {
+  nd = w.decide(*rt.policy, service, protocols, host, port);
+  if (nd.rules.empty()) {
+    out.reason_code = "no_rule";
+    out.reason = nd.reason;
+    return Allowed{};
+  }
+  auto known = w.resolver().lookupNow(host, rt.config->dns);
+  if (!known) return std::nullopt;
+  return checkAddresses(rt, nd, host, *known, out);
+}
+
+asio::awaitable<Allowed> authorise(Worker& w, const Runtime& rt, const std::string& service, uint8_t protocols,
+                                   const std::string& host, uint16_t port, Dial& out) {
+  NameDecision nd;
+  if (auto now = authoriseNow(w, rt, service, protocols, host, port, nd, out)) co_return std::move(*now);
+  const auto resolved = co_await w.resolver().resolve(host, rt.config->dns);
+  co_return checkAddresses(rt, nd, host, resolved, out);
 }
 
 bool isIdempotent(std::string_view method) {
@@ -498,24 +516,41 @@ bool isIdempotent(std::string_view method) {
 // recently pooled connection is then taken without a liveness probe, see Worker::takeIdle).
 enum class Reuse : uint8_t { kNo, kProbed, kRetriable };
 
+// An idle pooled connection to the first allowed address that has one, into `out`.
+bool takePooled(Worker& w, const Allowed& allowed, uint16_t port, Reuse reuse, Dial& out) {
+  if (reuse == Reuse::kNo) return false;
+  for (const auto& [addr, rule] : allowed) {
+    auto idle = w.takeIdle(poolKey(addr, port), reuse == Reuse::kRetriable);
+    if (!idle) continue;
+    out.sock.emplace(std::move(*idle));
+    out.rule = rule;
+    out.addr = addr;
+    out.decision = "allow";
+    out.reason_code = "allowed";
+    out.reused = true;
+    return true;
+  }
+  return false;
+}
+
+// dial() without suspending, when that settles it: a refusal, or a pooled connection with no DNS
+// query needed. False: call dial() (a new connection, or DNS to ask). Keeps the forward proxy's
+// steady state (pooled keep-alive connections) free of per-request coroutine frames.
+bool dialNow(Worker& w, const Runtime& rt, const std::string& service, uint8_t protocols, const std::string& host,
+             uint16_t port, Reuse reuse, Dial& out) {
+  NameDecision nd;
+  auto allowed = authoriseNow(w, rt, service, protocols, host, port, nd, out);
+  if (!allowed) return false;
+  if (allowed->empty()) return true;
+  return takePooled(w, *allowed, port, reuse, out);
+}
+
 asio::awaitable<Dial> dial(Worker& w, std::shared_ptr<const Runtime> rt, std::string service,
                            uint8_t protocols, std::string host, uint16_t port, Reuse reuse = Reuse::kNo) {
   Dial out;
   const Allowed allowed = co_await authorise(w, *rt, service, protocols, host, port, out);
   if (allowed.empty()) co_return out;
-  if (reuse != Reuse::kNo) {
-    for (const auto& [addr, rule] : allowed) {
-      auto idle = w.takeIdle(poolKey(addr, port), reuse == Reuse::kRetriable);
-      if (!idle) continue;
-      out.sock.emplace(std::move(*idle));
-      out.rule = rule;
-      out.addr = addr;
-      out.decision = "allow";
-      out.reason_code = "allowed";
-      out.reused = true;
-      co_return out;
-    }
-  }
+  if (takePooled(w, allowed, port, reuse, out)) co_return out;
   std::string last_error;
   for (const auto& [addr, rule] : allowed) {
     tcp::socket s(w.ioc());
@@ -789,18 +824,23 @@ bool isHopByHop(std::string_view name) {
   return false;
 }
 
-// Reads from `s` into buf until parse() completes, fails, or the deadline passes.
-template <typename Stream, typename Parse>
-asio::awaitable<http::ParseStatus> readHead(Stream& s, std::string& buf, Parse parse) {
-  char tmp[16 * 1024];
-  for (;;) {
-    http::ParseStatus st = parse();
-    if (st != http::ParseStatus::kIncomplete) co_return st;
-    if (buf.size() > kMaxHead) co_return http::ParseStatus::kError;
-    auto [ec, n] = co_await s.async_read_some(asio::buffer(tmp), kNoThrow);
-    if (ec) co_return http::ParseStatus::kIncomplete;
-    buf.append(tmp, n);
-  }
+// Bytes asked of one read of a message head.
+constexpr size_t kHeadRead = 16 * 1024;
+
+// Whether an incomplete head has grown past kMaxHead (then `st` becomes kError).
+bool headTooLong(const std::string& buf, http::ParseStatus& st) {
+  if (buf.size() <= kMaxHead) return false;
+  st = http::ParseStatus::kError;
+  return true;
+}
+
+// The length of a body that is already whole in `buf` after its head (at `start`): none, or a
+// Content-Length body that has fully arrived. kNotWhole otherwise (chunked, until close, or more to read).
+constexpr size_t kNotWhole = static_cast<size_t>(-1);
+size_t wholeBodyLength(http::BodyFraming framing, uint64_t length, const std::string& buf, size_t start) {
+  if (framing == http::BodyFraming::kNone) return 0;
+  if (framing == http::BodyFraming::kContentLength && buf.size() - start >= length) return static_cast<size_t>(length);
+  return kNotWhole;
 }
 
 // Relays one message body from `src` (whose first bytes are already in `buf` from `start`) to
@@ -943,7 +983,11 @@ class LazyDeadline {
 // One client connection of an HTTP proxy listener (a TCP socket, or TLS over one).
 template <typename Client>
 asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& client, const std::string& cert_cn) {
+  // The per-request steady state (a head read, a pooled upstream connection, a response whose body
+  // came with its head) runs in this one frame, allocated once per connection: no nested coroutine
+  // (readHead, dial, relayBody) is called for it, as each costs a frame allocation per call.
   std::string buf;
+  const auto rbuf = std::make_unique_for_overwrite<char[]>(kHeadRead);
   bool first = true;
   LazyDeadline deadline(w.ioc());
   for (;;) {
@@ -955,8 +999,14 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
     http::RequestHead head;
     http::ParseError perr;
     http::ParseLimits limits;
-    const http::ParseStatus st =
-        co_await readHead(sock, buf, [&] { return http::parseRequest(buf, limits, head, perr); });
+    http::ParseStatus st;
+    for (;;) {  // the head, read in this frame
+      st = http::parseRequest(buf, limits, head, perr);
+      if (st != http::ParseStatus::kIncomplete || headTooLong(buf, st)) break;
+      auto [ec, n] = co_await sock.async_read_some(asio::buffer(rbuf.get(), kHeadRead), kNoThrow);
+      if (ec) break;
+      buf.append(rbuf.get(), n);
+    }
     deadline.clear();
     // The config in force when the request arrived: a keep-alive connection that waited across a
     // reload is judged (credentials, mappings) by the new one.
@@ -1049,8 +1099,9 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
     // connection that passed the liveness probe, and a 502 if it still got no response.
     const bool may_reuse = !is_connect && head.framing == http::BodyFraming::kNone;
     const bool retriable = may_reuse && isIdempotent(head.method);
-    Dial d = co_await dial(w, rt, *service, protocols, host, port,
-                           retriable ? Reuse::kRetriable : may_reuse ? Reuse::kProbed : Reuse::kNo);
+    const Reuse reuse = retriable ? Reuse::kRetriable : may_reuse ? Reuse::kProbed : Reuse::kNo;
+    Dial d;
+    if (!dialNow(w, *rt, *service, protocols, host, port, reuse, d)) d = co_await dial(w, rt, *service, protocols, host, port, reuse);
     std::string addr_text;
     noteDial(w, d, *service, le, addr_text);
     if (!d.sock) {
@@ -1101,18 +1152,25 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
     for (;;) {  // at most twice: a pooled connection found closed is replaced by a fresh one
       auto [wec, wn] = co_await asio::async_write(up, asio::buffer(out), kNoThrow);
       if (!wec) {
-        const bool body_ok =
-            co_await relayBody(sock, buf, head_left, up, head.framing, head.content_length, up_bytes);
+        if (head.framing == http::BodyFraming::kNone) {
+          buf.erase(0, head_left);
+        } else {
+          const bool body_ok =
+              co_await relayBody(sock, buf, head_left, up, head.framing, head.content_length, up_bytes);
+          if (!body_ok) co_return;
+        }
         head_left = 0;
-        if (!body_ok) co_return;
         deadline.set(cfg.timeouts.idle, up);
-        for (;;) {
-          rst = co_await readHead(up, ubuf, [&] { return http::parseResponse(ubuf, limits, is_head, rh, rerr); });
+        for (;;) {  // the head, read in this frame
+          rst = http::parseResponse(ubuf, limits, is_head, rh, rerr);
           if (rst == http::ParseStatus::kComplete && rh.status >= 100 && rh.status < 200) {
             ubuf.erase(0, rh.head_size);  // interim responses are not relayed
             continue;
           }
-          break;
+          if (rst != http::ParseStatus::kIncomplete || headTooLong(ubuf, rst)) break;
+          auto [ec, n] = co_await up.async_read_some(asio::buffer(rbuf.get(), kHeadRead), kNoThrow);
+          if (ec) break;
+          ubuf.append(rbuf.get(), n);
         }
         deadline.clear();
       }
@@ -1149,8 +1207,17 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
       rout.append(h.name).append(": ").append(h.value).append("\r\n");
     }
     rout += keep ? "\r\n" : "Connection: close\r\n\r\n";
-    const bool resp_ok =
-        co_await relayBody(up, ubuf, rh.head_size, sock, rh.framing, rh.content_length, down_bytes, rout);
+    bool resp_ok;
+    if (const size_t whole = wholeBodyLength(rh.framing, rh.content_length, ubuf, rh.head_size); whole != kNotWhole) {
+      // The body came with the head: one write, no relay (relayBody() does the same, in its own frame).
+      const std::array<asio::const_buffer, 2> bufs{asio::buffer(rout), asio::buffer(ubuf.data() + rh.head_size, whole)};
+      auto [ec, n] = co_await asio::async_write(sock, bufs, kNoThrow);
+      resp_ok = !ec;
+      if (resp_ok) down_bytes += whole;
+      ubuf.erase(0, rh.head_size + whole);
+    } else {
+      resp_ok = co_await relayBody(up, ubuf, rh.head_size, sock, rh.framing, rh.content_length, down_bytes, rout);
+    }
     if (resp_ok && rh.keep_alive && rh.framing != http::BodyFraming::kUntilClose && ubuf.empty())
       w.putIdle(poolKey(up_addr, port), std::move(up));
     le.bytes_up = up_bytes;
