@@ -328,6 +328,11 @@ class Worker {
                       uint16_t port) {
     return decisions_.decide(policy, service, protocols, host, port);
   }
+  // The same without a copy: valid until the next decision on this worker (copy it before suspending).
+  const NameDecision& decideRef(const Policy& policy, std::string_view service, uint8_t protocols,
+                                std::string_view host, uint16_t port) {
+    return decisions_.decideRef(policy, service, protocols, host, port);
+  }
   // A Proxy-Authorization value's service, from the per-worker cache (see credential_cache.h).
   Result<std::string> fromProxyAuthorization(const Identifier& identity, std::string_view value) {
     return credentials_.fromProxyAuthorization(identity, value, unixNow());
@@ -460,7 +465,7 @@ using Allowed = std::vector<std::pair<IpAddr, const Rule*>>;
 
 // The second step, for the addresses (or the DNS failure) of `host`.
 Allowed checkAddresses(const Runtime& rt, const NameDecision& nd, const std::string& host,
-                       const Result<std::vector<IpAddr>>& resolved, Dial& out) {
+                       const Result<std::span<const IpAddr>>& resolved, Dial& out) {
   Allowed allowed;
   if (!resolved) {
     out.decision = "error";
@@ -483,27 +488,26 @@ Allowed checkAddresses(const Runtime& rt, const NameDecision& nd, const std::str
   return allowed;
 }
 
-// Both steps when no DNS query is needed (an IP literal, dns.hosts, a cached answer), or a refusal
-// by name; nullopt when DNS must be asked (authorise() does, with `nd` as decided here).
-std::optional<Allowed> authoriseNow(Worker& w, const Runtime& rt, const std::string& service, uint8_t protocols,
-                                    const std::string& host, uint16_t port, NameDecision& nd, Dial& out) {
-  nd = w.decide(*rt.policy, service, protocols, host, port);
-  if (nd.rules.empty()) {
-    out.reason_code = "no_rule";
-    out.reason = nd.reason;
-    return Allowed{};
-  }
-  auto known = w.resolver().lookupNow(host, rt.config->dns);
-  if (!known) return std::nullopt;
-  return checkAddresses(rt, nd, host, *known, out);
+void refuseByName(const NameDecision& nd, Dial& out) {
+  out.reason_code = "no_rule";
+  out.reason = nd.reason;
 }
 
 asio::awaitable<Allowed> authorise(Worker& w, const Runtime& rt, const std::string& service, uint8_t protocols,
                                    const std::string& host, uint16_t port, Dial& out) {
-  NameDecision nd;
-  if (auto now = authoriseNow(w, rt, service, protocols, host, port, nd, out)) co_return std::move(*now);
+  const NameDecision& cached = w.decideRef(*rt.policy, service, protocols, host, port);
+  if (cached.rules.empty()) {
+    refuseByName(cached, out);
+    co_return Allowed{};
+  }
+  if (auto known = w.resolver().lookupNow(host, rt.config->dns))
+    co_return checkAddresses(rt, cached, host, *known, out);
+  const NameDecision nd = cached;  // the cache's entry may be gone when DNS answers
   const auto resolved = co_await w.resolver().resolve(host, rt.config->dns);
-  co_return checkAddresses(rt, nd, host, resolved, out);
+  const Result<std::span<const IpAddr>> view =
+      resolved ? Result<std::span<const IpAddr>>(std::span<const IpAddr>(*resolved))
+               : Result<std::span<const IpAddr>>(resolved.error());
+  co_return checkAddresses(rt, nd, host, view, out);
 }
 
 bool isIdempotent(std::string_view method) {
@@ -535,14 +539,38 @@ bool takePooled(Worker& w, const Allowed& allowed, uint16_t port, Reuse reuse, D
 
 // dial() without suspending, when that settles it: a refusal, or a pooled connection with no DNS
 // query needed. False: call dial() (a new connection, or DNS to ask). Keeps the forward proxy's
-// steady state (pooled keep-alive connections) free of per-request coroutine frames.
+// steady state (pooled keep-alive connections) free of per-request coroutine frames and of copies
+// (the cached name decision and the resolver's addresses are used in place).
 bool dialNow(Worker& w, const Runtime& rt, const std::string& service, uint8_t protocols, const std::string& host,
              uint16_t port, Reuse reuse, Dial& out) {
-  NameDecision nd;
-  auto allowed = authoriseNow(w, rt, service, protocols, host, port, nd, out);
-  if (!allowed) return false;
-  if (allowed->empty()) return true;
-  return takePooled(w, *allowed, port, reuse, out);
+  const NameDecision& nd = w.decideRef(*rt.policy, service, protocols, host, port);
+  if (nd.rules.empty()) {
+    refuseByName(nd, out);
+    return true;
+  }
+  auto known = w.resolver().lookupNow(host, rt.config->dns);
+  if (!known) return false;
+  bool any = false;
+  if (*known) {
+    for (const IpAddr& a : **known) {
+      const Rule* rule = rt.policy->checkAddress(nd, host, a).rule;
+      if (!rule) continue;
+      any = true;
+      if (reuse == Reuse::kNo) return false;
+      auto idle = w.takeIdle(poolKey(a, port), reuse == Reuse::kRetriable);
+      if (!idle) continue;
+      out.sock.emplace(std::move(*idle));
+      out.rule = rule;
+      out.addr = a;
+      out.decision = "allow";
+      out.reason_code = "allowed";
+      out.reused = true;
+      return true;
+    }
+  }
+  if (any) return false;  // allowed, nothing pooled: dial() connects
+  (void)checkAddresses(rt, nd, host, *known, out);  // the refusal's reason into `out`
+  return true;
 }
 
 asio::awaitable<Dial> dial(Worker& w, std::shared_ptr<const Runtime> rt, std::string service,
@@ -817,11 +845,25 @@ std::string simpleResponse(int status, std::string_view reason, std::string_view
          "\n";
 }
 
+// Dispatched on the length: one case-insensitive compare at most per header (this runs for every
+// header of every forwarded request and response).
 bool isHopByHop(std::string_view name) {
-  for (auto h : {"connection", "proxy-connection", "keep-alive", "proxy-authorization", "proxy-authenticate", "te",
-                 "upgrade", "host"})
-    if (http::equalsIgnoreCase(name, h)) return true;
-  return false;
+  using namespace std::string_view_literals;
+  switch (name.size()) {
+    case 2: return http::equalsIgnoreCase(name, "te"sv);
+    case 4: return http::equalsIgnoreCase(name, "host"sv);
+    case 7: return http::equalsIgnoreCase(name, "upgrade"sv);
+    case 10: return http::equalsIgnoreCase(name, "connection"sv) || http::equalsIgnoreCase(name, "keep-alive"sv);
+    case 16: return http::equalsIgnoreCase(name, "proxy-connection"sv);
+    case 18: return http::equalsIgnoreCase(name, "proxy-authenticate"sv);
+    case 19: return http::equalsIgnoreCase(name, "proxy-authorization"sv);
+    default: return false;
+  }
+}
+
+// "name: value\r\n"
+void appendField(std::string& out, std::string_view name, std::string_view value) {
+  out.append(name).append(": ", 2).append(value).append("\r\n", 2);
 }
 
 // Bytes asked of one read of a message head.
@@ -1131,14 +1173,13 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
     // Built by appends, not fmt::format (whose parsing was 7 % of a forwarded request's instructions).
     std::string out;
     out.reserve(head.head_size + 64);
-    out.append(head.method).append(" ").append(head.path);
-    if (!head.query.empty()) out.append("?").append(head.query);
-    out.append(" HTTP/1.1\r\nHost: ").append(head.host).append("\r\n");
-    for (const auto& h : head.headers) {
-      if (isHopByHop(h.name)) continue;
-      out.append(h.name).append(": ").append(h.value).append("\r\n");
-    }
-    out += "\r\n";
+    out.append(head.method).push_back(' ');
+    out.append(head.path);
+    if (!head.query.empty()) out.append(1, '?').append(head.query);
+    appendField(out, " HTTP/1.1\r\nHost", head.host);
+    for (const auto& h : head.headers)
+      if (!isHopByHop(h.name)) appendField(out, h.name, h.value);
+    out.append("\r\n", 2);
     uint64_t up_bytes = 0, down_bytes = 0;
     const bool client_keep = head.keep_alive;
     const bool is_head = head.method == "HEAD";
@@ -1200,12 +1241,10 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
     {
       char code[4] = {static_cast<char>('0' + rh.status / 100 % 10), static_cast<char>('0' + rh.status / 10 % 10),
                       static_cast<char>('0' + rh.status % 10), ' '};  // the parser accepts 3 digits only
-      rout.append("HTTP/1.1 ").append(code, 4).append(rh.reason).append("\r\n");
+      rout.append("HTTP/1.1 ", 9).append(code, 4).append(rh.reason).append("\r\n", 2);
     }
-    for (const auto& h : rh.headers) {
-      if (isHopByHop(h.name) && !http::equalsIgnoreCase(h.name, "host")) continue;
-      rout.append(h.name).append(": ").append(h.value).append("\r\n");
-    }
+    for (const auto& h : rh.headers)
+      if (!isHopByHop(h.name) || http::equalsIgnoreCase(h.name, "host")) appendField(rout, h.name, h.value);
     rout += keep ? "\r\n" : "Connection: close\r\n\r\n";
     bool resp_ok;
     if (const size_t whole = wholeBodyLength(rh.framing, rh.content_length, ubuf, rh.head_size); whole != kNotWhole) {
