@@ -528,7 +528,8 @@ def main():
             for n, d in group.items():
                 if d.get("rps") or d.get("gbps") or d.get("rate"):
                     key = "rps" if "rps" in d else "gbps" if "gbps" in d else "rate"
-                    print(f"{n}: {key} {med(d[key]):,.2f}")
+                    cpu = f", CPU {med(d['us']):.1f} µs/unit" if d.get("us") else ""
+                    print(f"{n}: {key} {med(d[key]):,.2f}{cpu}")
         shutil.rmtree(work, ignore_errors=True)
         return
 
