@@ -371,6 +371,7 @@ class Worker {
     auto& v = idle_[key];
     if (v.size() < kMaxIdlePerDestination) v.push_back({std::move(s), Clock::now()});
   }
+  bool logging() const { return rt_ && rt_->access_log; }
   void log(const LogEntry& e) {
     if (rt_ && rt_->access_log) rt_->access_log->write(formatEntry(e));
   }
@@ -520,20 +521,24 @@ bool isIdempotent(std::string_view method) {
 // recently pooled connection is then taken without a liveness probe, see Worker::takeIdle).
 enum class Reuse : uint8_t { kNo, kProbed, kRetriable };
 
+// An idle pooled connection to `addr` (allowed by `rule`), into `out`.
+bool takePooledAt(Worker& w, const IpAddr& addr, const Rule* rule, uint16_t port, Reuse reuse, Dial& out) {
+  auto idle = w.takeIdle(poolKey(addr, port), reuse == Reuse::kRetriable);
+  if (!idle) return false;
+  out.sock.emplace(std::move(*idle));
+  out.rule = rule;
+  out.addr = addr;
+  out.decision = "allow";
+  out.reason_code = "allowed";
+  out.reused = true;
+  return true;
+}
+
 // An idle pooled connection to the first allowed address that has one, into `out`.
 bool takePooled(Worker& w, const Allowed& allowed, uint16_t port, Reuse reuse, Dial& out) {
   if (reuse == Reuse::kNo) return false;
-  for (const auto& [addr, rule] : allowed) {
-    auto idle = w.takeIdle(poolKey(addr, port), reuse == Reuse::kRetriable);
-    if (!idle) continue;
-    out.sock.emplace(std::move(*idle));
-    out.rule = rule;
-    out.addr = addr;
-    out.decision = "allow";
-    out.reason_code = "allowed";
-    out.reused = true;
-    return true;
-  }
+  for (const auto& [addr, rule] : allowed)
+    if (takePooledAt(w, addr, rule, port, reuse, out)) return true;
   return false;
 }
 
@@ -557,15 +562,7 @@ bool dialNow(Worker& w, const Runtime& rt, const std::string& service, uint8_t p
       if (!rule) continue;
       any = true;
       if (reuse == Reuse::kNo) return false;
-      auto idle = w.takeIdle(poolKey(a, port), reuse == Reuse::kRetriable);
-      if (!idle) continue;
-      out.sock.emplace(std::move(*idle));
-      out.rule = rule;
-      out.addr = a;
-      out.decision = "allow";
-      out.reason_code = "allowed";
-      out.reused = true;
-      return true;
+      if (takePooledAt(w, a, rule, port, reuse, out)) return true;
     }
   }
   if (any) return false;  // allowed, nothing pooled: dial() connects
@@ -758,7 +755,7 @@ asio::awaitable<TunnelResult> runTunnel(Worker& w, Client& client, tcp::socket& 
 // What a dial decided, into the access-log entry and the decision counters. `addr_text` holds the
 // address text the entry points to.
 void noteDial(Worker& w, const Dial& d, const std::string& service, LogEntry& le, std::string& addr_text) {
-  addr_text = d.rule ? formatIp(d.addr) : std::string();
+  if (d.rule && w.logging()) addr_text = formatIp(d.addr);  // for the access log only
   le.address = addr_text;
   le.rule = d.rule ? std::string_view(d.rule->name) : std::string_view();
   le.decision = d.decision;
