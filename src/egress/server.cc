@@ -1026,7 +1026,7 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
   // came with its head) runs in this one frame, allocated once per connection: no nested coroutine
   // (readHead, dial, relayBody) is called for it, as each costs a frame allocation per call.
   std::string buf;
-  const auto rbuf = std::make_unique_for_overwrite<char[]>(kHeadRead);
+  auto rbuf = std::make_unique_for_overwrite<char[]>(kHeadRead);
   // Reused from request to request, keeping their capacity: the parsers clear the heads, the
   // strings are cleared where each request starts using them.
   http::RequestHead head;
@@ -1162,6 +1162,11 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
       if (ec) co_return;
       Tunnel t;
       std::string initial = buf.substr(head.head_size);
+      // The tunnel may stay open for hours: it keeps none of the per-request buffers.
+      rbuf.reset();
+      std::string().swap(out);
+      std::string().swap(rout);
+      std::string().swap(ubuf);
       co_await tunnelDialled(w, sock, up, d, *service, host, port, std::move(initial), le, t);
       finish(200);
       co_return;
