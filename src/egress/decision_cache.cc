@@ -7,9 +7,12 @@ void DecisionCache::reset(std::shared_ptr<const Policy> policy) {
   policy_ = std::move(policy);
 }
 
-NameDecision DecisionCache::decide(const Policy& policy, std::string_view service, uint8_t protocols,
-                                   std::string_view host, uint16_t port) {
-  if (&policy != policy_.get()) return policy.decide(service, protocols, host, port);  // not ours: no caching
+const NameDecision& DecisionCache::decideRef(const Policy& policy, std::string_view service, uint8_t protocols,
+                                             std::string_view host, uint16_t port) {
+  if (&policy != policy_.get()) {  // not ours: no caching
+    uncached_ = policy.decide(service, protocols, host, port);
+    return uncached_;
+  }
   // service NUL protocols host NUL port: unambiguous (service names and hosts hold no NUL).
   key_.assign(service);
   key_.push_back('\0');
@@ -28,8 +31,7 @@ NameDecision DecisionCache::decide(const Policy& policy, std::string_view servic
     evictions_ += entries_.size();
     entries_.clear();
   }
-  entries_.emplace(key_, d);
-  return d;
+  return entries_.emplace(key_, std::move(d)).first->second;
 }
 
 }  // namespace marchproxy::egress

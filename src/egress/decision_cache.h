@@ -27,7 +27,13 @@ class DecisionCache {
   void reset(std::shared_ptr<const Policy> policy);
 
   NameDecision decide(const Policy& policy, std::string_view service, uint8_t protocols, std::string_view host,
-                      uint16_t port);
+                      uint16_t port) {
+    return decideRef(policy, service, protocols, host, port);
+  }
+  // decide() without the copy (a vector and a string per call): the reference is valid until the
+  // next call on this cache or reset(), so a caller that suspends must copy it first.
+  const NameDecision& decideRef(const Policy& policy, std::string_view service, uint8_t protocols,
+                                std::string_view host, uint16_t port);
 
   size_t size() const { return entries_.size(); }
   uint64_t hits() const { return hits_; }
@@ -40,7 +46,8 @@ class DecisionCache {
   size_t max_entries_;
   std::shared_ptr<const Policy> policy_;
   std::unordered_map<std::string, NameDecision> entries_;
-  std::string key_;  // reused buffer
+  std::string key_;       // reused buffer
+  NameDecision uncached_;  // decideRef()'s answer for another policy
   uint64_t hits_ = 0, misses_ = 0, evictions_ = 0;
 };
 

@@ -152,16 +152,27 @@ void onAddrinfo(void* arg, int status, int /*timeouts*/, ares_addrinfo* res) {
 
 }  // namespace
 
-asio::awaitable<Result<std::vector<IpAddr>>> Resolver::resolve(std::string host, const DnsConfig& dns) {
-  if (auto ip = parseIp(host)) co_return std::vector<IpAddr>{*ip};
-  if (auto it = dns.hosts.find(host); it != dns.hosts.end()) co_return it->second;
-  const auto now = std::chrono::steady_clock::now();
+std::optional<Result<std::span<const IpAddr>>> Resolver::lookupNow(const std::string& host, const DnsConfig& dns) {
+  using Span = std::span<const IpAddr>;
+  if (auto ip = parseIp(host)) {
+    literal_ = *ip;
+    return Result<Span>(Span(&literal_, 1));
+  }
+  if (auto it = dns.hosts.find(host); it != dns.hosts.end()) return Result<Span>(Span(it->second));
   if (auto it = cache_.find(host); it != cache_.end()) {
-    if (it->second.expires > now) {
-      if (!it->second.error.empty()) co_return Error{it->second.error};
-      co_return it->second.addrs;
+    if (it->second.expires > std::chrono::steady_clock::now()) {
+      if (!it->second.error.empty()) return Result<Span>(Error{it->second.error});
+      return Result<Span>(Span(it->second.addrs));
     }
     cache_.erase(it);
+  }
+  return std::nullopt;
+}
+
+asio::awaitable<Result<std::vector<IpAddr>>> Resolver::resolve(std::string host, const DnsConfig& dns) {
+  if (auto known = lookupNow(host, dns)) {
+    if (!*known) co_return Error{known->error()};
+    co_return std::vector<IpAddr>(known->value().begin(), known->value().end());
   }
   if (!channel_) co_return Error{"DNS is not configured"};
   ++lookups_;

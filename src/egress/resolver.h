@@ -14,6 +14,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -37,6 +39,11 @@ class Resolver {
 
   // Addresses for `host` (lower-case), or an error text such as "no such host".
   boost::asio::awaitable<Result<std::vector<IpAddr>>> resolve(std::string host, const DnsConfig& dns);
+  // The answer when it is known without asking DNS (an IP literal, dns.hosts, an unexpired cache
+  // entry); nullopt when resolve() would have to send a query. Not a coroutine, and no copy: the
+  // forward proxy's per-request path calls it first. The addresses are valid until the next call
+  // on this resolver.
+  std::optional<Result<std::span<const IpAddr>>> lookupNow(const std::string& host, const DnsConfig& dns);
 
   void clearCache() { cache_.clear(); }  // after a config change (dns.hosts or TTLs may differ)
   uint64_t lookups() const { return lookups_; }  // queries sent to c-ares (cache misses)
@@ -64,6 +71,7 @@ class Resolver {
   boost::asio::steady_timer timer_;
   std::unordered_map<std::string, Entry> cache_;
   uint64_t lookups_ = 0;
+  IpAddr literal_;  // lookupNow()'s answer for an IP literal
 };
 
 // Once per process, before any Resolver.

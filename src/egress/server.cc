@@ -343,6 +343,11 @@ class Worker {
                       uint16_t port) {
     return decisions_.decide(policy, service, protocols, host, port);
   }
+  // The same without a copy: valid until the next decision on this worker (copy it before suspending).
+  const NameDecision& decideRef(const Policy& policy, std::string_view service, uint8_t protocols,
+                                std::string_view host, uint16_t port) {
+    return decisions_.decideRef(policy, service, protocols, host, port);
+  }
   // A Proxy-Authorization value's service, from the per-worker cache (see credential_cache.h).
   Result<std::string> fromProxyAuthorization(const Identifier& identity, std::string_view value) {
     return credentials_.fromProxyAuthorization(identity, value, unixNow());
@@ -381,6 +386,7 @@ class Worker {
     auto& v = idle_[key];
     if (v.size() < kMaxIdlePerDestination) v.push_back({std::move(s), Clock::now()});
   }
+  bool logging() const { return rt_ && rt_->access_log; }
   void log(const LogEntry& e) {
     if (rt_ && rt_->access_log) rt_->access_log->write(formatEntry(e));
   }
@@ -474,23 +480,18 @@ PoolKey poolKey(const IpAddr& a, uint16_t port) { return {a, port}; }
 // addresses with the rule that allows each, best first. Empty: `out` says why (reason_code, reason,
 // statuses).
 using Allowed = std::vector<std::pair<IpAddr, const Rule*>>;
-asio::awaitable<Allowed> authorise(Worker& w, const Runtime& rt, const std::string& service, uint8_t protocols,
-                                   const std::string& host, uint16_t port, Dial& out) {
+
+// The second step, for the addresses (or the DNS failure) of `host`.
+Allowed checkAddresses(const Runtime& rt, const NameDecision& nd, const std::string& host,
+                       const Result<std::span<const IpAddr>>& resolved, Dial& out) {
   Allowed allowed;
-  NameDecision nd = w.decide(*rt.policy, service, protocols, host, port);
-  if (nd.rules.empty()) {
-    out.reason_code = "no_rule";
-    out.reason = nd.reason;
-    co_return allowed;
-  }
-  auto resolved = co_await w.resolver().resolve(host, rt.config->dns);
   if (!resolved) {
     out.decision = "error";
     out.reason_code = "dns_failure";
     out.reason = fmt::format("cannot resolve {}: {}", host, resolved.error().message);
     out.http_status = 502;
     out.socks = socks5::Reply::kHostUnreachable;
-    co_return allowed;
+    return allowed;
   }
   std::string first_denial;
   for (const IpAddr& a : *resolved) {
@@ -502,7 +503,29 @@ asio::awaitable<Allowed> authorise(Worker& w, const Runtime& rt, const std::stri
     out.reason_code = "forbidden_address";
     out.reason = first_denial;
   }
-  co_return allowed;
+  return allowed;
+}
+
+void refuseByName(const NameDecision& nd, Dial& out) {
+  out.reason_code = "no_rule";
+  out.reason = nd.reason;
+}
+
+asio::awaitable<Allowed> authorise(Worker& w, const Runtime& rt, const std::string& service, uint8_t protocols,
+                                   const std::string& host, uint16_t port, Dial& out) {
+  const NameDecision& cached = w.decideRef(*rt.policy, service, protocols, host, port);
+  if (cached.rules.empty()) {
+    refuseByName(cached, out);
+    co_return Allowed{};
+  }
+  if (auto known = w.resolver().lookupNow(host, rt.config->dns))
+    co_return checkAddresses(rt, cached, host, *known, out);
+  const NameDecision nd = cached;  // the cache's entry may be gone when DNS answers
+  const auto resolved = co_await w.resolver().resolve(host, rt.config->dns);
+  const Result<std::span<const IpAddr>> view =
+      resolved ? Result<std::span<const IpAddr>>(std::span<const IpAddr>(*resolved))
+               : Result<std::span<const IpAddr>>(resolved.error());
+  co_return checkAddresses(rt, nd, host, view, out);
 }
 
 bool isIdempotent(std::string_view method) {
@@ -515,24 +538,61 @@ bool isIdempotent(std::string_view method) {
 // recently pooled connection is then taken without a liveness probe, see Worker::takeIdle).
 enum class Reuse : uint8_t { kNo, kProbed, kRetriable };
 
+// An idle pooled connection to `addr` (allowed by `rule`), into `out`.
+bool takePooledAt(Worker& w, const IpAddr& addr, const Rule* rule, uint16_t port, Reuse reuse, Dial& out) {
+  auto idle = w.takeIdle(poolKey(addr, port), reuse == Reuse::kRetriable);
+  if (!idle) return false;
+  out.sock.emplace(std::move(*idle));
+  out.rule = rule;
+  out.addr = addr;
+  out.decision = "allow";
+  out.reason_code = "allowed";
+  out.reused = true;
+  return true;
+}
+
+// An idle pooled connection to the first allowed address that has one, into `out`.
+bool takePooled(Worker& w, const Allowed& allowed, uint16_t port, Reuse reuse, Dial& out) {
+  if (reuse == Reuse::kNo) return false;
+  for (const auto& [addr, rule] : allowed)
+    if (takePooledAt(w, addr, rule, port, reuse, out)) return true;
+  return false;
+}
+
+// dial() without suspending, when that settles it: a refusal, or a pooled connection with no DNS
+// query needed. False: call dial() (a new connection, or DNS to ask). Keeps the forward proxy's
+// steady state (pooled keep-alive connections) free of per-request coroutine frames and of copies
+// (the cached name decision and the resolver's addresses are used in place).
+bool dialNow(Worker& w, const Runtime& rt, const std::string& service, uint8_t protocols, const std::string& host,
+             uint16_t port, Reuse reuse, Dial& out) {
+  const NameDecision& nd = w.decideRef(*rt.policy, service, protocols, host, port);
+  if (nd.rules.empty()) {
+    refuseByName(nd, out);
+    return true;
+  }
+  auto known = w.resolver().lookupNow(host, rt.config->dns);
+  if (!known) return false;
+  bool any = false;
+  if (*known) {
+    for (const IpAddr& a : **known) {
+      const Rule* rule = rt.policy->checkAddress(nd, host, a).rule;
+      if (!rule) continue;
+      any = true;
+      if (reuse == Reuse::kNo) return false;
+      if (takePooledAt(w, a, rule, port, reuse, out)) return true;
+    }
+  }
+  if (any) return false;  // allowed, nothing pooled: dial() connects
+  (void)checkAddresses(rt, nd, host, *known, out);  // the refusal's reason into `out`
+  return true;
+}
+
 asio::awaitable<Dial> dial(Worker& w, std::shared_ptr<const Runtime> rt, std::string service,
                            uint8_t protocols, std::string host, uint16_t port, Reuse reuse = Reuse::kNo) {
   Dial out;
   const Allowed allowed = co_await authorise(w, *rt, service, protocols, host, port, out);
   if (allowed.empty()) co_return out;
-  if (reuse != Reuse::kNo) {
-    for (const auto& [addr, rule] : allowed) {
-      auto idle = w.takeIdle(poolKey(addr, port), reuse == Reuse::kRetriable);
-      if (!idle) continue;
-      out.sock.emplace(std::move(*idle));
-      out.rule = rule;
-      out.addr = addr;
-      out.decision = "allow";
-      out.reason_code = "allowed";
-      out.reused = true;
-      co_return out;
-    }
-  }
+  if (takePooled(w, allowed, port, reuse, out)) co_return out;
   std::string last_error;
   for (const auto& [addr, rule] : allowed) {
     tcp::socket s(w.ioc());
@@ -712,7 +772,7 @@ asio::awaitable<TunnelResult> runTunnel(Worker& w, Client& client, tcp::socket& 
 // What a dial decided, into the access-log entry and the decision counters. `addr_text` holds the
 // address text the entry points to.
 void noteDial(Worker& w, const Dial& d, const std::string& service, LogEntry& le, std::string& addr_text) {
-  addr_text = d.rule ? formatIp(d.addr) : std::string();
+  if (d.rule && w.logging()) addr_text = formatIp(d.addr);  // for the access log only
   le.address = addr_text;
   le.rule = d.rule ? std::string_view(d.rule->name) : std::string_view();
   le.decision = d.decision;
@@ -799,25 +859,44 @@ std::string simpleResponse(int status, std::string_view reason, std::string_view
          "\n";
 }
 
+// Dispatched on the length: one case-insensitive compare at most per header (this runs for every
+// header of every forwarded request and response).
 bool isHopByHop(std::string_view name) {
-  for (auto h : {"connection", "proxy-connection", "keep-alive", "proxy-authorization", "proxy-authenticate", "te",
-                 "upgrade", "host"})
-    if (http::equalsIgnoreCase(name, h)) return true;
-  return false;
+  using namespace std::string_view_literals;
+  switch (name.size()) {
+    case 2: return http::equalsIgnoreCase(name, "te"sv);
+    case 4: return http::equalsIgnoreCase(name, "host"sv);
+    case 7: return http::equalsIgnoreCase(name, "upgrade"sv);
+    case 10: return http::equalsIgnoreCase(name, "connection"sv) || http::equalsIgnoreCase(name, "keep-alive"sv);
+    case 16: return http::equalsIgnoreCase(name, "proxy-connection"sv);
+    case 18: return http::equalsIgnoreCase(name, "proxy-authenticate"sv);
+    case 19: return http::equalsIgnoreCase(name, "proxy-authorization"sv);
+    default: return false;
+  }
 }
 
-// Reads from `s` into buf until parse() completes, fails, or the deadline passes.
-template <typename Stream, typename Parse>
-asio::awaitable<http::ParseStatus> readHead(Stream& s, std::string& buf, Parse parse) {
-  char tmp[16 * 1024];
-  for (;;) {
-    http::ParseStatus st = parse();
-    if (st != http::ParseStatus::kIncomplete) co_return st;
-    if (buf.size() > kMaxHead) co_return http::ParseStatus::kError;
-    auto [ec, n] = co_await s.async_read_some(asio::buffer(tmp), kNoThrow);
-    if (ec) co_return http::ParseStatus::kIncomplete;
-    buf.append(tmp, n);
-  }
+// "name: value\r\n"
+void appendField(std::string& out, std::string_view name, std::string_view value) {
+  out.append(name).append(": ", 2).append(value).append("\r\n", 2);
+}
+
+// Bytes asked of one read of a message head.
+constexpr size_t kHeadRead = 16 * 1024;
+
+// Whether an incomplete head has grown past kMaxHead (then `st` becomes kError).
+bool headTooLong(const std::string& buf, http::ParseStatus& st) {
+  if (buf.size() <= kMaxHead) return false;
+  st = http::ParseStatus::kError;
+  return true;
+}
+
+// The length of a body that is already whole in `buf` after its head (at `start`): none, or a
+// Content-Length body that has fully arrived. kNotWhole otherwise (chunked, until close, or more to read).
+constexpr size_t kNotWhole = static_cast<size_t>(-1);
+size_t wholeBodyLength(http::BodyFraming framing, uint64_t length, const std::string& buf, size_t start) {
+  if (framing == http::BodyFraming::kNone) return 0;
+  if (framing == http::BodyFraming::kContentLength && buf.size() - start >= length) return static_cast<size_t>(length);
+  return kNotWhole;
 }
 
 // Relays one message body from `src` (whose first bytes are already in `buf` from `start`) to
@@ -960,7 +1039,16 @@ class LazyDeadline {
 // One client connection of an HTTP proxy listener (a TCP socket, or TLS over one).
 template <typename Client>
 asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& client, const std::string& cert_cn) {
+  // The per-request steady state (a head read, a pooled upstream connection, a response whose body
+  // came with its head) runs in this one frame, allocated once per connection: no nested coroutine
+  // (readHead, dial, relayBody) is called for it, as each costs a frame allocation per call.
   std::string buf;
+  auto rbuf = std::make_unique_for_overwrite<char[]>(kHeadRead);
+  // Reused from request to request, keeping their capacity: the parsers clear the heads, the
+  // strings are cleared where each request starts using them.
+  http::RequestHead head;
+  http::ResponseHead rh;
+  std::string out, rout, ubuf;
   bool first = true;
   LazyDeadline deadline(w.ioc());
   for (;;) {
@@ -969,11 +1057,16 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
       deadline.set(first && buf.empty() ? idle_cfg.timeouts.header_read : idle_cfg.timeouts.idle, lowest(sock));
     }
     first = false;
-    http::RequestHead head;
     http::ParseError perr;
     http::ParseLimits limits;
-    const http::ParseStatus st =
-        co_await readHead(sock, buf, [&] { return http::parseRequest(buf, limits, head, perr); });
+    http::ParseStatus st;
+    for (;;) {  // the head, read in this frame
+      st = http::parseRequest(buf, limits, head, perr);
+      if (st != http::ParseStatus::kIncomplete || headTooLong(buf, st)) break;
+      auto [ec, n] = co_await sock.async_read_some(asio::buffer(rbuf.get(), kHeadRead), kNoThrow);
+      if (ec) break;
+      buf.append(rbuf.get(), n);
+    }
     deadline.clear();
     // The config in force when the request arrived: a keep-alive connection that waited across a
     // reload is judged (credentials, mappings) by the new one.
@@ -1066,8 +1159,9 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
     // connection that passed the liveness probe, and a 502 if it still got no response.
     const bool may_reuse = !is_connect && head.framing == http::BodyFraming::kNone;
     const bool retriable = may_reuse && isIdempotent(head.method);
-    Dial d = co_await dial(w, rt, *service, protocols, host, port,
-                           retriable ? Reuse::kRetriable : may_reuse ? Reuse::kProbed : Reuse::kNo);
+    const Reuse reuse = retriable ? Reuse::kRetriable : may_reuse ? Reuse::kProbed : Reuse::kNo;
+    Dial d;
+    if (!dialNow(w, *rt, *service, protocols, host, port, reuse, d)) d = co_await dial(w, rt, *service, protocols, host, port, reuse);
     std::string addr_text;
     noteDial(w, d, *service, le, addr_text);
     if (!d.sock) {
@@ -1085,6 +1179,11 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
       if (ec) co_return;
       Tunnel t;
       std::string initial = buf.substr(head.head_size);
+      // The tunnel may stay open for hours: it keeps none of the per-request buffers.
+      rbuf.reset();
+      std::string().swap(out);
+      std::string().swap(rout);
+      std::string().swap(ubuf);
       co_await tunnelDialled(w, sock, up, d, *service, host, port, std::move(initial), le, t);
       finish(200);
       co_return;
@@ -1095,21 +1194,19 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
     // worker; the client side stays keep-alive when the response framing allows it.
     le.protocol = "http";
     // Built by appends, not fmt::format (whose parsing was 7 % of a forwarded request's instructions).
-    std::string out;
+    out.clear();
     out.reserve(head.head_size + 64);
-    out.append(head.method).append(" ").append(head.path);
-    if (!head.query.empty()) out.append("?").append(head.query);
-    out.append(" HTTP/1.1\r\nHost: ").append(head.host).append("\r\n");
-    for (const auto& h : head.headers) {
-      if (isHopByHop(h.name)) continue;
-      out.append(h.name).append(": ").append(h.value).append("\r\n");
-    }
-    out += "\r\n";
+    out.append(head.method).push_back(' ');
+    out.append(head.path);
+    if (!head.query.empty()) out.append(1, '?').append(head.query);
+    appendField(out, " HTTP/1.1\r\nHost", head.host);
+    for (const auto& h : head.headers)
+      if (!isHopByHop(h.name)) appendField(out, h.name, h.value);
+    out.append("\r\n", 2);
     uint64_t up_bytes = 0, down_bytes = 0;
     const bool client_keep = head.keep_alive;
     const bool is_head = head.method == "HEAD";
-    std::string ubuf;
-    http::ResponseHead rh;
+    ubuf.clear();
     http::ParseError rerr;
     http::ParseStatus rst = http::ParseStatus::kIncomplete;
     bool reused = d.reused;
@@ -1118,18 +1215,25 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
     for (;;) {  // at most twice: a pooled connection found closed is replaced by a fresh one
       auto [wec, wn] = co_await asio::async_write(up, asio::buffer(out), kNoThrow);
       if (!wec) {
-        const bool body_ok =
-            co_await relayBody(sock, buf, head_left, up, head.framing, head.content_length, up_bytes);
+        if (head.framing == http::BodyFraming::kNone) {
+          buf.erase(0, head_left);
+        } else {
+          const bool body_ok =
+              co_await relayBody(sock, buf, head_left, up, head.framing, head.content_length, up_bytes);
+          if (!body_ok) co_return;
+        }
         head_left = 0;
-        if (!body_ok) co_return;
         deadline.set(cfg.timeouts.idle, up);
-        for (;;) {
-          rst = co_await readHead(up, ubuf, [&] { return http::parseResponse(ubuf, limits, is_head, rh, rerr); });
+        for (;;) {  // the head, read in this frame
+          rst = http::parseResponse(ubuf, limits, is_head, rh, rerr);
           if (rst == http::ParseStatus::kComplete && rh.status >= 100 && rh.status < 200) {
             ubuf.erase(0, rh.head_size);  // interim responses are not relayed
             continue;
           }
-          break;
+          if (rst != http::ParseStatus::kIncomplete || headTooLong(ubuf, rst)) break;
+          auto [ec, n] = co_await up.async_read_some(asio::buffer(rbuf.get(), kHeadRead), kNoThrow);
+          if (ec) break;
+          ubuf.append(rbuf.get(), n);
         }
         deadline.clear();
       }
@@ -1154,20 +1258,27 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
       co_return;
     }
     const bool keep = client_keep && rh.framing != http::BodyFraming::kUntilClose;
-    std::string rout;
+    rout.clear();
     rout.reserve(rh.head_size + 32);
     {
       char code[4] = {static_cast<char>('0' + rh.status / 100 % 10), static_cast<char>('0' + rh.status / 10 % 10),
                       static_cast<char>('0' + rh.status % 10), ' '};  // the parser accepts 3 digits only
-      rout.append("HTTP/1.1 ").append(code, 4).append(rh.reason).append("\r\n");
+      rout.append("HTTP/1.1 ", 9).append(code, 4).append(rh.reason).append("\r\n", 2);
     }
-    for (const auto& h : rh.headers) {
-      if (isHopByHop(h.name) && !http::equalsIgnoreCase(h.name, "host")) continue;
-      rout.append(h.name).append(": ").append(h.value).append("\r\n");
-    }
+    for (const auto& h : rh.headers)
+      if (!isHopByHop(h.name) || http::equalsIgnoreCase(h.name, "host")) appendField(rout, h.name, h.value);
     rout += keep ? "\r\n" : "Connection: close\r\n\r\n";
-    const bool resp_ok =
-        co_await relayBody(up, ubuf, rh.head_size, sock, rh.framing, rh.content_length, down_bytes, rout);
+    bool resp_ok;
+    if (const size_t whole = wholeBodyLength(rh.framing, rh.content_length, ubuf, rh.head_size); whole != kNotWhole) {
+      // The body came with the head: one write, no relay (relayBody() does the same, in its own frame).
+      const std::array<asio::const_buffer, 2> bufs{asio::buffer(rout), asio::buffer(ubuf.data() + rh.head_size, whole)};
+      auto [ec, n] = co_await asio::async_write(sock, bufs, kNoThrow);
+      resp_ok = !ec;
+      if (resp_ok) down_bytes += whole;
+      ubuf.erase(0, rh.head_size + whole);
+    } else {
+      resp_ok = co_await relayBody(up, ubuf, rh.head_size, sock, rh.framing, rh.content_length, down_bytes, rout);
+    }
     if (resp_ok && rh.keep_alive && rh.framing != http::BodyFraming::kUntilClose && ubuf.empty())
       w.putIdle(poolKey(up_addr, port), std::move(up));
     le.bytes_up = up_bytes;

@@ -556,6 +556,75 @@ class TunnelBulkTest(EgressTestCase):
         wait_until(lambda: p.metric("marchproxy_egress_tunnels_open") == 0, message="every tunnel closed")
 
 
+class FramingOrigin(RawServer):
+    """A keep-alive HTTP/1.1 origin written byte by byte: each path answers with one response shape
+    (a body that arrives after its head, no body, HEAD, an interim 100, chunked)."""
+
+    RESPONSES = {
+        "/split": [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", b"world"],
+        "/empty": [b"HTTP/1.1 204 No Content\r\nX-Kind: empty\r\n\r\n"],
+        "/head": [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"],
+        "/interim": [b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+        "/chunked": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n", b"0\r\n\r\n"],
+    }
+
+    def __init__(self):
+        super().__init__(handler=self._serve)
+
+    def _serve(self, c):
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            path = head.split(b" ")[1].decode()
+            for i, part in enumerate(self.RESPONSES[path]):
+                if i:
+                    time.sleep(0.2)  # the rest comes in a later read of the proxy's
+                c.sendall(part)
+
+
+class ResponseFramingTest(EgressTestCase):
+    """Every response shape over one client connection and one pooled origin connection."""
+
+    def setUp(self):
+        self.origin = FramingOrigin()
+        self.addCleanup(self.origin.close)
+        self.start_egress(ORIGIN_RULE, port=self.origin.port)
+
+    def test_each_response_shape_keeps_both_connections(self):
+        conn = http.client.HTTPConnection(LOCALHOST, self.http_port, timeout=10)
+        url = f"http://origin.test:{self.origin.port}"
+        for _ in range(2):
+            for method, path, status, body in (("GET", "/split", 200, b"helloworld"), ("GET", "/empty", 204, b""),
+                                               ("HEAD", "/head", 200, b""), ("GET", "/interim", 200, b"ok"),
+                                               ("GET", "/chunked", 200, b"abc")):
+                conn.request(method, url + path, headers={"Proxy-Authorization": basic()})
+                r = conn.getresponse()
+                self.assertEqual((r.status, r.read()), (status, body), path)
+                if path == "/head":
+                    self.assertEqual(r.getheader("Content-Length"), "100")
+                if path == "/empty":
+                    self.assertEqual(r.getheader("X-Kind"), "empty")
+        conn.close()
+        self.assertEqual(self.origin.accepted, 1)  # every response left the origin connection reusable
+
+    def test_pipelined_requests_are_answered_in_order(self):
+        s = socket.create_connection((LOCALHOST, self.http_port), timeout=10)
+        req = "GET http://origin.test:{}{} HTTP/1.1\r\nHost: origin.test\r\nProxy-Authorization: {}\r\n\r\n"
+        s.sendall("".join(req.format(self.origin.port, p, basic()) for p in ("/empty", "/split", "/empty")).encode())
+        got = b""
+        while got.count(b"HTTP/1.1 ") < 3 or not got.endswith(b"\r\n\r\n"):
+            d = s.recv(65536)
+            self.assertTrue(d, f"closed after {got!r}")
+            got += d
+        s.close()
+        self.assertRegex(got, rb"(?s)^HTTP/1.1 204 .*?\r\n\r\nHTTP/1.1 200 .*?\r\n\r\nhelloworldHTTP/1.1 204 ")
+
+
 @unittest.skipUnless(CURL, "curl not installed")
 class ConnectTest(EgressTestCase):
     def setUp(self):
