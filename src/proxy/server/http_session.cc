@@ -9,6 +9,7 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <tuple>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -905,6 +906,25 @@ asio::awaitable<bool> HttpSession::streamResponseBody(upstream::UpstreamConnecti
   }
 }
 
+namespace {
+
+using IoResult = asio::awaitable<std::tuple<boost::system::error_code, size_t>>;
+
+// The write (or read) of an upstream connection, through TLS when it has it. Plain functions, not
+// coroutines: they return the operation for the caller to co_await, so a caller has one co_await
+// (one frame slot) for both kinds of connection and no frame of its own is allocated.
+IoResult upstreamWrite(upstream::UpstreamConnection& up, const std::array<asio::const_buffer, 2>& bufs) {
+  if (up.tls) return asio::async_write(*up.tls, bufs, kNoThrow);
+  return asio::async_write(up.socket, bufs, kNoThrow);
+}
+
+IoResult upstreamRead(upstream::UpstreamConnection& up, asio::mutable_buffer b) {
+  if (up.tls) return up.tls->async_read_some(b, kNoThrow);
+  return up.socket.async_read_some(b, kNoThrow);
+}
+
+}  // namespace
+
 // The upstream request head, into x_->up_head. Not part of forward()'s coroutine frame: the
 // UpstreamRequest and a rewritten path would each take a slot there for the whole exchange.
 void HttpSession::buildUpstreamHead(const router::RouteTable::Match& m) {
@@ -972,17 +992,6 @@ bool HttpSession::probeHeldBody(size_t& held, bool& whole, Failure& f) {
   return true;
 }
 
-asio::awaitable<bool> HttpSession::writeUpstream(upstream::UpstreamConnection& up, asio::const_buffer a,
-                                                 asio::const_buffer b) {
-  const std::array<asio::const_buffer, 2> bufs{a, b};
-  if (up.tls) {
-    auto [ec, n] = co_await asio::async_write(*up.tls, bufs, kNoThrow);
-    co_return !ec;
-  }
-  auto [ec, n] = co_await asio::async_write(up.socket, bufs, kNoThrow);
-  co_return !ec;
-}
-
 // A 101 from the upstream for a WebSocket upgrade: the 101 to the client, then the splice.
 asio::awaitable<bool> HttpSession::relayUpgrade(upstream::UpstreamConnection& conn, const router::RouteTable::Match& m,
                                                 int idx) {
@@ -1007,7 +1016,8 @@ asio::awaitable<bool> HttpSession::relayUpgrade(upstream::UpstreamConnection& co
   x_->ubuf.clear();
   if (ok && !rbuf_.empty()) {  // frames the client sent right behind its request
     setPhase(Phase::kWritingUpstream, route.websocket_idle_timeout);
-    ok = co_await writeUpstream(conn, asio::buffer(rbuf_.view()));
+    const auto [wec, wn] = co_await upstreamWrite(conn, {asio::buffer(rbuf_.view()), asio::const_buffer()});
+    ok = !wec;
     rbuf_.clear();
   }
   if (ok) co_await spliceWebSocket(conn, route.websocket_idle_timeout);
@@ -1040,57 +1050,6 @@ bool HttpSession::buildDownstreamHead(const router::RouteTable::Match& m, bool& 
   x_->wbuf.clear();
   codec::writeDownstreamResponse(x_->wbuf, x_->resp, down, {&m.vhost->response_headers, &m.route->response_headers});
   return dechunk;
-}
-
-// Relays the response in x_->resp (head parsed, at the front of x_->ubuf) to the client and records
-// the request. upstream_clean: the upstream ended the response exactly where its framing said (the
-// connection may carry another request). Returns whether the client connection may go on.
-asio::awaitable<bool> HttpSession::relayResponse(upstream::UpstreamConnection& conn, const router::RouteTable::Match& m,
-                                                 int idx, bool client_keep, bool& upstream_clean) {
-  const int status = x_->resp.status;
-  const bool dechunk = buildDownstreamHead(m, client_keep);
-  // Head plus the body bytes that came with it, in one write when the framing allows.
-  const http::BodyFraming rframing = x_->resp.framing;
-  uint64_t remaining = x_->resp.content_length;
-  x_->ubuf.consume(x_->resp.head_size);
-  std::string_view first;
-  if (rframing == BodyFraming::kContentLength) {
-    first = x_->ubuf.view().substr(0, static_cast<size_t>(std::min<uint64_t>(remaining, x_->ubuf.size())));
-    remaining -= first.size();
-  } else if (rframing == BodyFraming::kUntilClose) {
-    first = x_->ubuf.view();
-  } else if (rframing == BodyFraming::kChunked && !dechunk) {
-    x_->chunks.reset();
-    auto r = x_->chunks.decode(x_->ubuf.view(), nullptr);
-    if (r.error) {
-      report(m.cluster, idx, upstream::Outcome::k5xx);
-      upstream_clean = false;
-      const bool result = co_await respondError(502, r.reason, false);
-      co_return result;
-    }
-    first = x_->ubuf.view().substr(0, r.consumed);
-    if (r.done) remaining = 0;
-  }
-  setPhase(Phase::kWritingClient, wrt_->rt->snapshot->timeouts.body_read);
-  bool ok = co_await writeClient(x_->wbuf, first);
-  x_->ubuf.consume(first.size());
-  upstream_clean = false;
-  if (ok) {
-    if (rframing == BodyFraming::kNone) {
-      upstream_clean = x_->ubuf.empty();
-    } else if (rframing == BodyFraming::kChunked && !dechunk && x_->chunks.done()) {
-      upstream_clean = x_->ubuf.empty();
-    } else if (rframing == BodyFraming::kContentLength && remaining == 0) {
-      upstream_clean = x_->ubuf.empty();
-    } else {
-      if (dechunk) x_->chunks.reset();
-      ok = co_await streamResponseBody(conn, rframing, remaining, dechunk, upstream_clean);
-    }
-  }
-  if (rframing == BodyFraming::kUntilClose) upstream_clean = false;
-  x_->ubuf.clear();
-  finishRequest(status, ok ? std::string_view{} : std::string_view{"response relay interrupted"});
-  co_return ok && client_keep;
 }
 
 namespace {
@@ -1236,18 +1195,9 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
 
     // --- send the head and the body bytes already held, in one write
     setPhase(Phase::kWritingUpstream, try_timeout);
-    bool head_sent = false;
-    {
-      const std::array<asio::const_buffer, 2> bufs{asio::buffer(x_->up_head), asio::buffer(rbuf_.view().data(), held)};
-      if (conn->tls) {
-        auto [wec, wn] = co_await asio::async_write(*conn->tls, bufs, kNoThrow);
-        head_sent = !wec;
-      } else {
-        auto [wec, wn] = co_await asio::async_write(conn->socket, bufs, kNoThrow);
-        head_sent = !wec;
-      }
-    }
-    if (!head_sent) {
+    const auto [wec, wn] =
+        co_await upstreamWrite(*conn, {asio::buffer(x_->up_head), asio::buffer(rbuf_.view().data(), held)});
+    if (wec) {
       if (reused && !timed_out_ && body_whole) {
         force_fresh = true;  // a pooled connection the upstream had just closed: try a new one
         continue;
@@ -1310,23 +1260,13 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
         hr = HeadRead::kInvalid;
         break;
       }
-      boost::system::error_code ec;
-      size_t n = 0;
-      if (conn->tls) {
-        auto [rec, rn] = co_await conn->tls->async_read_some(asio::buffer(x_->ubuf.tail(), room), kNoThrow);
-        ec = rec;
-        n = rn;
-      } else {
-        auto [rec, rn] = co_await conn->socket.async_read_some(asio::buffer(x_->ubuf.tail(), room), kNoThrow);
-        ec = rec;
-        n = rn;
-        if (!rec) net::noteRead(conn->socket, rn, room);
-      }
-      if (ec) {
+      const auto [rec, rn] = co_await upstreamRead(*conn, asio::buffer(x_->ubuf.tail(), room));
+      if (rec) {
         hr = timed_out_ ? HeadRead::kTimedOut : HeadRead::kClosed;
         break;
       }
-      x_->ubuf.commit(n);
+      if (!conn->tls) net::noteRead(conn->socket, rn, room);
+      x_->ubuf.commit(rn);
     }
     if (hr == HeadRead::kTimedOut) {
       ++wrt.cluster_stats[ci]->timeouts;
@@ -1386,14 +1326,53 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
     rbuf_.consume(held);  // the request body is delivered; what follows is the next request
     req_bytes_ += held;
     held = 0;
-    const bool resp_keep = x_->resp.keep_alive;
+    const bool dechunk = buildDownstreamHead(m, client_keep);
+    // Head plus the body bytes that came with it, in one write when the framing allows.
+    const http::BodyFraming rframing = x_->resp.framing;
+    uint64_t remaining = x_->resp.content_length;
+    x_->ubuf.consume(x_->resp.head_size);
+    std::string_view first;
+    if (rframing == BodyFraming::kContentLength) {
+      first = x_->ubuf.view().substr(0, static_cast<size_t>(std::min<uint64_t>(remaining, x_->ubuf.size())));
+      remaining -= first.size();
+    } else if (rframing == BodyFraming::kUntilClose) {
+      first = x_->ubuf.view();
+    } else if (rframing == BodyFraming::kChunked && !dechunk) {
+      x_->chunks.reset();
+      const auto r = x_->chunks.decode(x_->ubuf.view(), nullptr);
+      if (r.error) {
+        report(m.cluster, idx, upstream::Outcome::k5xx);
+        fail = {502, r.reason, false};
+        break;
+      }
+      first = x_->ubuf.view().substr(0, r.consumed);
+      if (r.done) remaining = 0;
+    }
+    setPhase(Phase::kWritingClient, wrt.rt->snapshot->timeouts.body_read);
+    bool ok = co_await writeClient(x_->wbuf, first);
+    x_->ubuf.consume(first.size());
+    // upstream_clean: the upstream ended the response exactly where its framing said, so the
+    // connection may carry another request.
     bool upstream_clean = false;
-    const bool keep = co_await relayResponse(*conn, m, idx, client_keep, upstream_clean);
-    if (upstream_clean && resp_keep && !send_pp) {
+    if (ok) {
+      if (rframing == BodyFraming::kNone) {
+        upstream_clean = x_->ubuf.empty();
+      } else if (rframing == BodyFraming::kChunked && !dechunk && x_->chunks.done()) {
+        upstream_clean = x_->ubuf.empty();
+      } else if (rframing == BodyFraming::kContentLength && remaining == 0) {
+        upstream_clean = x_->ubuf.empty();
+      } else {
+        if (dechunk) x_->chunks.reset();
+        ok = co_await streamResponseBody(*conn, rframing, remaining, dechunk, upstream_clean);
+      }
+    }
+    if (ok && upstream_clean && x_->resp.keep_alive && rframing != BodyFraming::kUntilClose && !send_pp) {
       ++conn->requests;
       pool.checkin(std::move(conn), coarseNowNs(), cc.max_idle_connections, cc.timeouts.idle.count() * kNsPerMs);
     }
-    co_return keep;
+    x_->ubuf.clear();
+    finishRequest(status, ok ? std::string_view{} : std::string_view{"response relay interrupted"});
+    co_return ok && client_keep;
   }
   const bool result = co_await respondError(fail.status, fail.reason, fail.keep_alive);
   co_return result;

@@ -82,12 +82,8 @@ class HttpSession {
   void buildUpstreamHead(const router::RouteTable::Match& m);
   bool probeHeldBody(size_t& held, bool& whole, Failure& f);
   bool buildDownstreamHead(const router::RouteTable::Match& m, bool& client_keep);
-  boost::asio::awaitable<bool> writeUpstream(upstream::UpstreamConnection& up, boost::asio::const_buffer a,
-                                             boost::asio::const_buffer b = {});
   boost::asio::awaitable<bool> relayUpgrade(upstream::UpstreamConnection& conn, const router::RouteTable::Match& m,
                                             int idx);
-  boost::asio::awaitable<bool> relayResponse(upstream::UpstreamConnection& conn, const router::RouteTable::Match& m,
-                                             int idx, bool client_keep, bool& upstream_clean);
   // forward() to a cluster with `protocol: http2` (http_session_h2up.cc).
   boost::asio::awaitable<bool> forwardH2(const router::RouteTable::Match& m, uint64_t hash);
   // Sends a proxy-generated response. Returns whether the connection may carry another request.
