@@ -26,29 +26,35 @@ def frames(obj):
             funcs[name] = []
         elif name is not None:
             funcs[name].append(line)
+    actors = {k.split("(")[0] for k in funcs if k.endswith("[clone .actor]")}
     result = {}
     for fn, body in funcs.items():
-        if "[clone" in fn or (fn + "::") not in "".join(k for k in funcs if k.endswith("[clone .actor]") and k.startswith(fn)):
-            pass
-        if "[clone" in fn:
+        if "[clone" in fn or fn.split("(")[0] not in actors:
             continue
-        if not any(k.startswith(fn.split("(")[0] + "(") and k.endswith("[clone .actor]") for k in funcs):
-            continue
-        for ins in body[:20]:
+        # The ramp passes the frame size to the promise's operator new (mov $N,%edi), or, with
+        # asio's allocator inlined, the rounded size of the aligned_new for a frame too big for the
+        # cache (mov $N,%esi; mov $0x10,%edi). Not found: a small frame (its size is folded into
+        # the inlined cache lookup).
+        size = None
+        for i, ins in enumerate(body[:60]):
             m = re.search(r"mov\s+\$0x([0-9a-f]+),%edi", ins)
-            if m:
-                result[fn] = int(m.group(1), 16)
+            if m and int(m.group(1), 16) != 0x10:
+                size = int(m.group(1), 16)
                 break
+            m = re.search(r"mov\s+\$0x([0-9a-f]+),%esi", ins)
+            if m and i + 1 < len(body) and re.search(r"mov\s+\$0x10,%edi", body[i + 1]):
+                size = int(m.group(1), 16)
+                break
+        if size is not None:
+            result[fn] = size
     return result
 
 
 def main():
-    worst = 0
     for obj in sys.argv[1:]:
         for fn, size in sorted(frames(obj).items(), key=lambda kv: -kv[1]):
             mark = "!" if size > LIMIT else " "
             print(f"{mark} {size:6d}  {re.sub(r'marchproxy::proxy::', '', fn)[:150]}")
-            worst = max(worst, size)
     return 0
 
 

@@ -1101,9 +1101,11 @@ struct RetryState {
 }  // namespace
 
 // Every frame entered per request must stay within asio's recycling size (1,020 bytes; checked by
-// the frame_sizes test): GCC gives each local and each co_await temporary of a coroutine its own
-// slot, so the work without suspension points is in plain functions above and the rarer or
-// longer-lived phases are coroutines of their own.
+// tests/integration/test_frame_recycling.py). GCC gives each local and each co_await temporary of
+// a coroutine its own slot, so the work without suspension points is in plain functions above,
+// upstream I/O has one co_await site per operation (upstreamWrite/upstreamRead), errors leave
+// through one respondError at the end, and the WebSocket upgrade is a coroutine of its own. More
+// coroutines on the hot path are no fix: each call costs about what a malloc'ed frame does.
 asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
   WorkerRuntime& wrt = *wrt_;
   const size_t ci = static_cast<size_t>(m.cluster);

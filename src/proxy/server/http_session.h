@@ -72,7 +72,8 @@ class HttpSession {
   boost::asio::awaitable<bool> handleRequest();
   boost::asio::awaitable<bool> forward(const router::RouteTable::Match& m);
   // forward()'s parts. Each frame entered per request must fit asio's recycling size (1,020 bytes;
-  // the frame_sizes test), so forward() keeps only what lives across the whole exchange.
+  // tests/integration/test_frame_recycling.py), so forward() keeps only what lives across the
+  // whole exchange (docs/architecture.md, "Coroutine frames per request").
   struct Failure {  // the error response forward() ends with
     int status = 0;
     std::string_view reason;
