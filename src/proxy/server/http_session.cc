@@ -9,6 +9,7 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <tuple>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -909,20 +910,29 @@ asio::awaitable<bool> HttpSession::streamResponseBody(upstream::UpstreamConnecti
   }
 }
 
-asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
-  WorkerRuntime& wrt = *wrt_;
-  const Runtime& rt = *wrt.rt;
-  const config::Snapshot& snap = *rt.snapshot;
-  const size_t ci = static_cast<size_t>(m.cluster);
-  const ClusterRuntime& cr = rt.clusters[ci];
-  const config::Cluster& cc = *cr.config;
-  const config::Route& route = *m.route;
-  const config::RetryPolicy& rp = route.forward.retry;
-  ClusterStats& cstats = *wrt.cluster_stats[ci];
-  upstream::LoadBalancer& lb = *wrt.lbs[ci];
-  log_cluster_ = cc.name;
+namespace {
 
-  // --- the upstream request head; built now because x_->req's views die once rbuf_ moves on
+using IoResult = asio::awaitable<std::tuple<boost::system::error_code, size_t>>;
+
+// The write (or read) of an upstream connection, through TLS when it has it. Plain functions, not
+// coroutines: they return the operation for the caller to co_await, so a caller has one co_await
+// (one frame slot) for both kinds of connection and no frame of its own is allocated.
+IoResult upstreamWrite(upstream::UpstreamConnection& up, const std::array<asio::const_buffer, 2>& bufs) {
+  if (up.tls) return asio::async_write(*up.tls, bufs, kNoThrow);
+  return asio::async_write(up.socket, bufs, kNoThrow);
+}
+
+IoResult upstreamRead(upstream::UpstreamConnection& up, asio::mutable_buffer b) {
+  if (up.tls) return up.tls->async_read_some(b, kNoThrow);
+  return up.socket.async_read_some(b, kNoThrow);
+}
+
+}  // namespace
+
+// The upstream request head, into x_->up_head. Not part of forward()'s coroutine frame: the
+// UpstreamRequest and a rewritten path would each take a slot there for the whole exchange.
+void HttpSession::buildUpstreamHead(const router::RouteTable::Match& m) {
+  const config::Route& route = *m.route;
   std::string rewritten;
   std::string_view path = path_;
   if (router::hasPathRewrite(route)) {
@@ -950,93 +960,196 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
   }
   std::string& up_head = x_->up_head;
   up_head.clear();
-  codec::writeUpstreamRequest(up_head, x_->req, up_req, snap.forwarding,
+  codec::writeUpstreamRequest(up_head, x_->req, up_req, wrt_->rt->snapshot->forwarding,
                               {&m.vhost->request_headers, &route.request_headers});
   if (websocket_) up_head.insert(up_head.size() - 2, "Connection: upgrade\r\nUpgrade: websocket\r\n");
+}
 
-  const uint64_t hash = cc.lb == config::LbPolicy::kRingHash || cc.lb == config::LbPolicy::kMaglev
-                            ? upstream::requestHash(cc.hash, client_ip_, x_->req.headers)
-                            : 0;
-  const bool idempotent = isIdempotent(x_->req.method);
-  const bool expect_continue = x_->req.expect_continue && !http10_;
-  bool client_keep = x_->req.keep_alive;
-  const BodyFraming req_framing = x_->req.framing;
-  // x_->req's views must not be used after the first read below (framing fields are values).
-  if (cc.protocol == config::Cluster::Protocol::kHttp2) {  // HTTP/2 to the upstream: http_session_h2up.cc
-    const bool result = co_await forwardH2(m, hash);
-    co_return result;
-  }
-
-  // --- how much of the body is already here? A body held whole in rbuf_ can be replayed on retry.
-  size_t held = 0;
-  bool body_whole = true;
+// How much of the request body is already in rbuf_ (`held`, sent with the head) and whether that is
+// all of it (a body held whole can be replayed on a retry). False, with f set, for a chunked body
+// that is malformed or over limits.max_body_bytes.
+bool HttpSession::probeHeldBody(size_t& held, bool& whole, Failure& f) {
+  held = 0;
+  whole = true;
   x_->chunks.reset();
-  if (req_framing == BodyFraming::kContentLength) {
+  if (x_->req.framing == BodyFraming::kContentLength) {
     held = static_cast<size_t>(std::min<uint64_t>(x_->req.content_length, rbuf_.size()));
-    body_whole = held == x_->req.content_length;
-  } else if (req_framing == BodyFraming::kChunked) {
+    whole = held == x_->req.content_length;
+  } else if (x_->req.framing == BodyFraming::kChunked) {
     http::ChunkedDecoder probe;
     x_->pieces.clear();
     auto r = probe.decode(rbuf_.view(), &x_->pieces);
     if (r.error) {
-      linger_ = true;
-      {
-        const bool result = co_await respondError(400, r.reason, false);
-        co_return result;
-      }
+      f = {400, r.reason, false};
+      return false;
     }
     uint64_t data = 0;
     for (auto p : x_->pieces) data += p.size();
-    if (snap.limits.max_body_bytes && data > snap.limits.max_body_bytes) {
-      linger_ = true;
-      {
-        const bool result = co_await respondError(413, "request body larger than limits.max_body_bytes", false);
-        co_return result;
-      }
+    const uint64_t max_body = wrt_->rt->snapshot->limits.max_body_bytes;
+    if (max_body && data > max_body) {
+      f = {413, "request body larger than limits.max_body_bytes", false};
+      return false;
     }
-    body_whole = r.done;
-    if (body_whole) held = r.consumed;
+    whole = r.done;
+    if (whole) held = r.consumed;
+  }
+  return true;
+}
+
+// A 101 from the upstream for a WebSocket upgrade: the 101 to the client, then the splice.
+asio::awaitable<bool> HttpSession::relayUpgrade(upstream::UpstreamConnection& conn, const router::RouteTable::Match& m,
+                                                int idx) {
+  const config::Route& route = *m.route;
+  const http::Header* proto = x_->resp.find("upgrade");
+  if (!proto || !http::equalsIgnoreCase(proto->value, "websocket")) {
+    report(m.cluster, idx, upstream::Outcome::k5xx);
+    x_->ubuf.clear();
+    const bool result = co_await respondError(502, "upstream switched to a protocol other than websocket", false);
+    co_return result;
+  }
+  // --- the 101 to the client (with the upgrade headers the codec leaves out), then the splice
+  codec::DownstreamResponse down;
+  down.keep_alive = true;
+  down.request_id = x_->request_id;
+  x_->wbuf.clear();
+  codec::writeDownstreamResponse(x_->wbuf, x_->resp, down, {&m.vhost->response_headers, &route.response_headers});
+  x_->wbuf.insert(x_->wbuf.size() - 2, "Connection: Upgrade\r\nUpgrade: websocket\r\n");
+  x_->ubuf.consume(x_->resp.head_size);
+  setPhase(Phase::kWritingClient, route.websocket_idle_timeout);
+  bool ok = co_await writeClient(x_->wbuf, x_->ubuf.view());  // with any frames that came along
+  x_->ubuf.clear();
+  if (ok && !rbuf_.empty()) {  // frames the client sent right behind its request
+    setPhase(Phase::kWritingUpstream, route.websocket_idle_timeout);
+    const auto [wec, wn] = co_await upstreamWrite(conn, {asio::buffer(rbuf_.view()), asio::const_buffer()});
+    ok = !wec;
+    rbuf_.clear();
+  }
+  if (ok) co_await spliceWebSocket(conn, route.websocket_idle_timeout);
+  finishRequest(101, {});
+  co_return false;
+}
+
+// The downstream head for the response in x_->resp, into x_->wbuf. Clears client_keep when the
+// response's framing ends the client connection. Returns whether a chunked body is de-chunked
+// (HTTP/1.0 client).
+bool HttpSession::buildDownstreamHead(const router::RouteTable::Match& m, bool& client_keep) {
+  codec::DownstreamResponse down;
+  const int status = x_->resp.status;
+  const bool dechunk = x_->resp.framing == BodyFraming::kChunked && http10_;
+  if (x_->resp.framing == BodyFraming::kContentLength) {
+    down.body = codec::BodyOut::kContentLength;
+    down.content_length = x_->resp.content_length;
+  } else if (x_->resp.framing == BodyFraming::kChunked && !dechunk) {
+    down.body = codec::BodyOut::kChunked;
+  } else if (x_->resp.framing == BodyFraming::kNone && (head_request_ || status == 304) &&
+             x_->resp.find("content-length")) {
+    down.body = codec::BodyOut::kContentLength;  // describes the representation, not this message
+    down.content_length = x_->resp.content_length;
+  }
+  if (x_->resp.framing == BodyFraming::kUntilClose || dechunk) client_keep = false;
+  client_keep = client_keep && !worker_.draining();
+  down.keep_alive = client_keep;
+  down.client_http10 = http10_;
+  down.request_id = x_->request_id;
+  x_->wbuf.clear();
+  codec::writeDownstreamResponse(x_->wbuf, x_->resp, down, {&m.vhost->response_headers, &m.route->response_headers});
+  return dechunk;
+}
+
+namespace {
+
+// forward()'s retry bookkeeping, one object in its frame (a lambda capturing each of these by
+// reference would hold a pointer per variable). Counts the request in the cluster's active requests
+// while it lives. A retry is allowed only if the request can be sent again byte for byte and nobody
+// downstream could have seen a side effect; the budget stops retry storms when a cluster is
+// melting. A retry that counts takes one unit of the budget for the rest of the request.
+struct RetryState {
+  RetryState(WorkerRuntime& w, size_t c, const config::RetryPolicy& p, uint32_t budget, bool idem)
+      : wrt(w), rp(p), ci(c), budget_percent(budget), retries_left(p.attempts), idempotent(idem) {
+    ++wrt.active_requests[ci];
+  }
+  ~RetryState() {
+    --wrt.active_requests[ci];
+    if (counted) --wrt.retries_in_flight[ci];
+  }
+  RetryState(const RetryState&) = delete;
+  RetryState& operator=(const RetryState&) = delete;
+
+  // Whether to retry after a failure of `cause` on endpoint idx; if so, idx is excluded next.
+  bool take(config::RetryOn cause, int idx) {
+    if (retries_left == 0 || !idempotent || !body_whole) return false;
+    if (!(rp.on & static_cast<uint8_t>(cause))) return false;
+    const uint32_t budget = std::max<uint32_t>(3, wrt.active_requests[ci] * budget_percent / 100);
+    if (wrt.retries_in_flight[ci] >= budget) return false;
+    --retries_left;
+    ++wrt.cluster_stats[ci]->retries;
+    if (!counted) {
+      counted = true;
+      ++wrt.retries_in_flight[ci];
+    }
+    exclude = idx;
+    return true;
   }
 
-  const Millis response_timeout = route.forward.timeout.count() ? route.forward.timeout : cc.timeouts.response;
-  const Millis try_timeout = rp.per_try_timeout.count() ? rp.per_try_timeout : response_timeout;
-  uint32_t retries_left = rp.attempts;
+  WorkerRuntime& wrt;
+  const config::RetryPolicy& rp;
+  size_t ci;
+  uint32_t budget_percent;
+  uint32_t retries_left;
   int exclude = -1;
+  bool idempotent;
+  bool body_whole = true;  // the request body is held whole in rbuf_ (replayable)
+  bool counted = false;    // holds one unit of the cluster's retry budget
+};
+
+}  // namespace
+
+// Every frame entered per request must stay within asio's recycling size (1,020 bytes; checked by
+// tests/integration/test_frame_recycling.py). GCC gives each local and each co_await temporary of
+// a coroutine its own slot, so the work without suspension points is in plain functions above,
+// upstream I/O has one co_await site per operation (upstreamWrite/upstreamRead), errors leave
+// through one respondError at the end, and the WebSocket upgrade is a coroutine of its own. More
+// coroutines on the hot path are no fix: each call costs about what a malloc'ed frame does.
+asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
+  WorkerRuntime& wrt = *wrt_;
+  const size_t ci = static_cast<size_t>(m.cluster);
+  const ClusterRuntime& cr = wrt.rt->clusters[ci];
+  const config::Cluster& cc = *cr.config;
+  log_cluster_ = cc.name;
+
+  // The upstream request head is built now because x_->req's views die once rbuf_ moves on.
+  buildUpstreamHead(m);
+  const uint64_t hash = cc.lb == config::LbPolicy::kRingHash || cc.lb == config::LbPolicy::kMaglev
+                            ? upstream::requestHash(cc.hash, client_ip_, x_->req.headers)
+                            : 0;
+  if (cc.protocol == config::Cluster::Protocol::kHttp2) {  // HTTP/2 to the upstream: http_session_h2up.cc
+    const bool result = co_await forwardH2(m, hash);
+    co_return result;
+  }
+  const bool expect_continue = x_->req.expect_continue && !http10_;
+  bool client_keep = x_->req.keep_alive;
+  Failure fail;
+  size_t held = 0;  // body bytes in rbuf_ sent with the head
+  RetryState rs(wrt, ci, m.route->forward.retry, cc.retry_budget_percent, isIdempotent(x_->req.method));
+  // x_->req's views must not be used after the first read below (framing fields are values).
+  if (!probeHeldBody(held, rs.body_whole, fail)) linger_ = true;
+  const bool& body_whole = rs.body_whole;
+  const Millis try_timeout = rs.rp.per_try_timeout.count() ? rs.rp.per_try_timeout
+                             : m.route->forward.timeout.count() ? m.route->forward.timeout
+                                                                : cc.timeouts.response;
   bool force_fresh = false;
   bool sent_continue = false;
-  uint32_t& active = wrt.active_requests[ci];
-  ++active;
-  bool counted_retry = false;  // this request holds one unit of the cluster's retry budget
-  struct ActiveGuard {
-    uint32_t& active;
-    uint32_t& retries;
-    bool& counted;
-    ~ActiveGuard() {
-      --active;
-      if (counted) --retries;
-    }
-  } active_guard{active, wrt.retries_in_flight[ci], counted_retry};
 
-  // A retry is allowed only if the request can be sent again byte for byte and nobody downstream
-  // could have seen a side effect; the budget stops retry storms when a cluster is melting.
-  auto may_retry = [&](uint8_t cause) -> bool {
-    if (retries_left == 0 || !idempotent || !body_whole) return false;
-    if (!(rp.on & cause)) return false;
-    uint32_t budget = std::max<uint32_t>(3, active * cc.retry_budget_percent / 100);
-    return wrt.retries_in_flight[ci] < budget;
-  };
-
-  for (;;) {
+  while (!fail.status) {
     const int64_t now = upstream::steadyNowNs();
-    int idx = lb.pick(hash, exclude, [&](size_t i) { return cr.health->available(i, now); });
+    upstream::LoadBalancer& lb = *wrt.lbs[ci];
+    const int idx = lb.pick(hash, rs.exclude, [&](size_t i) { return cr.health->available(i, now); });
     if (idx < 0) {
       linger_ = !body_whole;
       rbuf_.consume(held);  // a body held whole is dropped with the request, never parsed as the next one
       held = 0;
-      {
-        const bool result = co_await respondError(503, "no healthy upstream", client_keep && body_whole);
-        co_return result;
-      }
+      fail = {503, "no healthy upstream", client_keep && body_whole};
+      break;
     }
     const size_t ei = static_cast<size_t>(idx);
     upstream::EndpointPool& pool = *wrt.pools[ci][ei];
@@ -1064,20 +1177,6 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       }
     } endpoint_guard{pool, lb, ei, this};
 
-    bool retrying = false;
-    auto begin_retry = [&](bool counts) {
-      if (counts) {
-        --retries_left;
-        ++cstats.retries;
-        if (!counted_retry) {
-          counted_retry = true;
-          ++wrt.retries_in_flight[ci];
-        }
-      }
-      exclude = idx;
-      retrying = true;
-    };
-
     if (!conn) {
       conn = std::make_unique<upstream::UpstreamConnection>(worker_.ioc());
       upstream_ = conn.get();
@@ -1087,47 +1186,32 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       const ConnectStatus cs = co_await connectUpstream(cr, ei, pool.endpoint(), *conn, proxy_header);
       if (cs != ConnectStatus::kOk) {
         const bool timeout = timed_out_;
-        ++cstats.connect_failures;
+        ++wrt.cluster_stats[ci]->connect_failures;
         report(m.cluster, idx, upstream::Outcome::kConnectFailure);
-        if (may_retry(static_cast<uint8_t>(config::RetryOn::kConnectFailure))) {
-          begin_retry(true);
-          continue;
-        }
+        if (rs.take(config::RetryOn::kConnectFailure, idx)) continue;
         linger_ = !body_whole;
         rbuf_.consume(held);  // see above: a held body must not stay in the buffer
         held = 0;
-        const bool result =
-            co_await respondError(timeout ? 504 : 502, connectError(cs, timeout), client_keep && body_whole);
-        co_return result;
+        fail = {timeout ? 504 : 502, connectError(cs, timeout), client_keep && body_whole};
+        break;
       }
-      ++cstats.connections_opened;
+      ++wrt.cluster_stats[ci]->connections_opened;
     }
     upstream_ = conn.get();
 
     // --- send the head and the body bytes already held, in one write
     setPhase(Phase::kWritingUpstream, try_timeout);
-    {
-      std::array<asio::const_buffer, 2> bufs{asio::buffer(up_head), asio::buffer(rbuf_.view().data(), held)};
-      boost::system::error_code ec;
-      if (conn->tls) {
-        auto [wec, wn] = co_await asio::async_write(*conn->tls, bufs, kNoThrow);
-        ec = wec;
-      } else {
-        auto [wec, wn] = co_await asio::async_write(conn->socket, bufs, kNoThrow);
-        ec = wec;
+    const auto [wec, wn] =
+        co_await upstreamWrite(*conn, {asio::buffer(x_->up_head), asio::buffer(rbuf_.view().data(), held)});
+    if (wec) {
+      if (reused && !timed_out_ && body_whole) {
+        force_fresh = true;  // a pooled connection the upstream had just closed: try a new one
+        continue;
       }
-      if (ec) {
-        if (reused && !timed_out_ && body_whole) {
-          force_fresh = true;  // a pooled connection the upstream had just closed: try a new one
-          continue;
-        }
-        report(m.cluster, idx, upstream::Outcome::kConnectFailure);
-        linger_ = !body_whole;
-        {
-          const bool result = co_await respondError(timed_out_ ? 504 : 502, "upstream write failed", false);
-          co_return result;
-        }
-      }
+      report(m.cluster, idx, upstream::Outcome::kConnectFailure);
+      linger_ = !body_whole;
+      fail = {timed_out_ ? 504 : 502, "upstream write failed", false};
+      break;
     }
     if (!body_whole) {
       const uint64_t already_sent = held;
@@ -1136,11 +1220,9 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       held = 0;
       if (expect_continue && !sent_continue) {
         sent_continue = true;
-        setPhase(Phase::kWritingClient, snap.timeouts.body_read);
-        {
-          const bool ok_step = co_await writeClient("HTTP/1.1 100 Continue\r\n\r\n");
-          if (!ok_step) co_return false;
-        }
+        setPhase(Phase::kWritingClient, wrt.rt->snapshot->timeouts.body_read);
+        const bool continue_sent = co_await writeClient("HTTP/1.1 100 Continue\r\n\r\n");
+        if (!continue_sent) co_return false;
       }
       x_->chunks.reset();  // for chunked nothing was consumed yet: decoding restarts at the body's start
       bool upstream_failed = false;
@@ -1157,9 +1239,9 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
 
     // --- the response head
     setPhase(Phase::kWaitingResponse, try_timeout);
-    bool got_head = false;
     bool any_byte = false;
     http::ParseError perr;
+    HeadRead hr = HeadRead::kOk;
     for (;;) {
       if (!x_->ubuf.empty()) {
         any_byte = true;
@@ -1169,160 +1251,91 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
             x_->ubuf.consume(x_->resp.head_size);  // interim responses are not relayed
             continue;
           }
-          got_head = true;
           break;
         }
-        if (st == http::ParseStatus::kError) break;
+        if (st == http::ParseStatus::kError) {
+          hr = HeadRead::kInvalid;
+          break;
+        }
       }
       // No readiness wait before the read: Asio re-arms epoll (a syscall) for every wait. A read
       // after a short read is queued without trying (net::noteRead), so the common case costs
       // exactly one recv per response.
-      size_t room = x_->ubuf.prepare(4096, limits_.max_request_line + limits_.max_header_bytes + 16);
-      if (room == 0) break;
-      boost::system::error_code ec;
-      size_t n = 0;
-      if (conn->tls) {
-        auto [rec, rn] = co_await conn->tls->async_read_some(asio::buffer(x_->ubuf.tail(), room), kNoThrow);
-        ec = rec;
-        n = rn;
-      } else {
-        auto [rec, rn] = co_await conn->socket.async_read_some(asio::buffer(x_->ubuf.tail(), room), kNoThrow);
-        ec = rec;
-        n = rn;
-        if (!rec) net::noteRead(conn->socket, rn, room);
+      const size_t room = x_->ubuf.prepare(4096, limits_.max_request_line + limits_.max_header_bytes + 16);
+      if (room == 0) {
+        hr = HeadRead::kInvalid;
+        break;
       }
-      if (ec) {
-        if (timed_out_) {
-          ++cstats.timeouts;
-          report(m.cluster, idx, upstream::Outcome::k5xx);
-          x_->ubuf.clear();
-          if (may_retry(static_cast<uint8_t>(config::RetryOn::kStatus504))) {
-            begin_retry(true);
-            break;
-          }
-          linger_ = !body_whole;
-          {
-            const bool result = co_await respondError(504, "upstream response timed out", false);
-            co_return result;
-          }
-        }
-        if (!any_byte && reused && body_whole && x_->ubuf.empty()) {
-          force_fresh = true;  // closed while we sent on a pooled connection: one fresh try
-          retrying = true;
-          break;
-        }
-        report(m.cluster, idx, upstream::Outcome::kConnectFailure);
-        x_->ubuf.clear();
-        if (!any_byte && may_retry(static_cast<uint8_t>(config::RetryOn::kConnectFailure))) {
-          begin_retry(true);
-          break;
-        }
-        linger_ = !body_whole;
-        {
-          const bool result = co_await respondError(502, "upstream closed the connection before responding", false);
-          co_return result;
-        }
+      const auto [rec, rn] = co_await upstreamRead(*conn, asio::buffer(x_->ubuf.tail(), room));
+      if (rec) {
+        hr = timed_out_ ? HeadRead::kTimedOut : HeadRead::kClosed;
+        break;
       }
-      x_->ubuf.commit(n);
+      if (!conn->tls) net::noteRead(conn->socket, rn, room);
+      x_->ubuf.commit(rn);
     }
-    if (retrying) continue;
-    if (!got_head) {
+    if (hr == HeadRead::kTimedOut) {
+      ++wrt.cluster_stats[ci]->timeouts;
+      report(m.cluster, idx, upstream::Outcome::k5xx);
+      x_->ubuf.clear();
+      if (rs.take(config::RetryOn::kStatus504, idx)) continue;
+      linger_ = !body_whole;
+      fail = {504, "upstream response timed out", false};
+      break;
+    }
+    if (hr == HeadRead::kClosed) {
+      if (!any_byte && reused && body_whole && x_->ubuf.empty()) {
+        force_fresh = true;  // closed while we sent on a pooled connection: one fresh try
+        continue;
+      }
+      report(m.cluster, idx, upstream::Outcome::kConnectFailure);
+      x_->ubuf.clear();
+      if (!any_byte && rs.take(config::RetryOn::kConnectFailure, idx)) continue;
+      linger_ = !body_whole;
+      fail = {502, "upstream closed the connection before responding", false};
+      break;
+    }
+    if (hr == HeadRead::kInvalid) {
       report(m.cluster, idx, upstream::Outcome::k5xx);
       x_->ubuf.clear();
       linger_ = !body_whole;
-      {
-        const bool result = co_await respondError(502, perr.reason[0] ? perr.reason : "invalid response from upstream", false);
-        co_return result;
-      }
+      fail = {502, perr.reason[0] ? perr.reason : "invalid response from upstream", false};
+      break;
     }
 
     const int status = x_->resp.status;
     report(m.cluster, idx, status >= 500 ? upstream::Outcome::k5xx : upstream::Outcome::kSuccess);
-    if (status >= 502 && status <= 504) {
-      uint8_t cause = static_cast<uint8_t>(status == 502   ? config::RetryOn::kStatus502
-                                           : status == 503 ? config::RetryOn::kStatus503
-                                                           : config::RetryOn::kStatus504);
-      if (may_retry(cause)) {
-        // Drop this response; keep the connection only if its body is already fully here.
-        bool reusable = x_->resp.keep_alive && x_->resp.framing == BodyFraming::kContentLength &&
-                        x_->ubuf.size() == x_->resp.head_size + x_->resp.content_length &&
-                        x_->resp.content_length <= kMaxRetryDiscard;
-        x_->ubuf.clear();
-        if (reusable && !send_pp) {
-          ++conn->requests;
-          pool.checkin(std::move(conn), coarseNowNs(), cc.max_idle_connections, cc.timeouts.idle.count() * kNsPerMs);
-        }
-        begin_retry(true);
-        continue;
+    if (status >= 502 && status <= 504 &&
+        rs.take(status == 502   ? config::RetryOn::kStatus502
+              : status == 503 ? config::RetryOn::kStatus503
+                              : config::RetryOn::kStatus504,
+              idx)) {
+      // Drop this response; keep the connection only if its body is already fully here.
+      const bool reusable = x_->resp.keep_alive && x_->resp.framing == BodyFraming::kContentLength &&
+                            x_->ubuf.size() == x_->resp.head_size + x_->resp.content_length &&
+                            x_->resp.content_length <= kMaxRetryDiscard;
+      x_->ubuf.clear();
+      if (reusable && !send_pp) {
+        ++conn->requests;
+        pool.checkin(std::move(conn), coarseNowNs(), cc.max_idle_connections, cc.timeouts.idle.count() * kNsPerMs);
       }
+      continue;
     }
     upstream_end_ns_ = monoNowNs();
 
     if (websocket_ && status == 101) {
-      const http::Header* proto = x_->resp.find("upgrade");
-      if (!proto || !http::equalsIgnoreCase(proto->value, "websocket")) {
-        report(m.cluster, idx, upstream::Outcome::k5xx);
-        x_->ubuf.clear();
-        const bool result = co_await respondError(502, "upstream switched to a protocol other than websocket", false);
-        co_return result;
-      }
-      // --- the 101 to the client (with the upgrade headers the codec leaves out), then the splice
-      codec::DownstreamResponse down;
-      down.keep_alive = true;
-      down.request_id = x_->request_id;
-      x_->wbuf.clear();
-      codec::writeDownstreamResponse(x_->wbuf, x_->resp, down, {&m.vhost->response_headers, &route.response_headers});
-      x_->wbuf.insert(x_->wbuf.size() - 2, "Connection: Upgrade\r\nUpgrade: websocket\r\n");
-      x_->ubuf.consume(x_->resp.head_size);
-      setPhase(Phase::kWritingClient, route.websocket_idle_timeout);
-      bool ok = co_await writeClient(x_->wbuf, x_->ubuf.view());  // with any frames that came along
-      x_->ubuf.clear();
-      if (ok && !rbuf_.empty()) {  // frames the client sent right behind its request
-        setPhase(Phase::kWritingUpstream, route.websocket_idle_timeout);
-        boost::system::error_code wec;
-        if (conn->tls) {
-          auto [e, n] = co_await asio::async_write(*conn->tls, asio::buffer(rbuf_.view()), kNoThrow);
-          wec = e;
-        } else {
-          auto [e, n] = co_await asio::async_write(conn->socket, asio::buffer(rbuf_.view()), kNoThrow);
-          wec = e;
-        }
-        ok = !wec;
-        rbuf_.clear();
-      }
-      if (ok) co_await spliceWebSocket(*conn, route.websocket_idle_timeout);
-      finishRequest(101, {});
-      co_return false;
+      const bool result = co_await relayUpgrade(*conn, m, idx);
+      co_return result;
     }
 
     // --- relay the response
     rbuf_.consume(held);  // the request body is delivered; what follows is the next request
     req_bytes_ += held;
     held = 0;
-    codec::DownstreamResponse down;
-    const bool dechunk = x_->resp.framing == BodyFraming::kChunked && http10_;
-    if (x_->resp.framing == BodyFraming::kContentLength) {
-      down.body = codec::BodyOut::kContentLength;
-      down.content_length = x_->resp.content_length;
-    } else if (x_->resp.framing == BodyFraming::kChunked && !dechunk) {
-      down.body = codec::BodyOut::kChunked;
-    } else if (x_->resp.framing == BodyFraming::kNone && (head_request_ || status == 304) &&
-               x_->resp.find("content-length")) {
-      down.body = codec::BodyOut::kContentLength;  // describes the representation, not this message
-      down.content_length = x_->resp.content_length;
-    }
-    if (x_->resp.framing == BodyFraming::kUntilClose || dechunk) client_keep = false;
-    client_keep = client_keep && !worker_.draining();
-    down.keep_alive = client_keep;
-    down.client_http10 = http10_;
-    down.request_id = x_->request_id;
-    x_->wbuf.clear();
-    codec::writeDownstreamResponse(x_->wbuf, x_->resp, down, {&m.vhost->response_headers, &route.response_headers});
-
+    const bool dechunk = buildDownstreamHead(m, client_keep);
     // Head plus the body bytes that came with it, in one write when the framing allows.
     const http::BodyFraming rframing = x_->resp.framing;
     uint64_t remaining = x_->resp.content_length;
-    const bool resp_keep = x_->resp.keep_alive;
     x_->ubuf.consume(x_->resp.head_size);
     std::string_view first;
     if (rframing == BodyFraming::kContentLength) {
@@ -1332,20 +1345,20 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       first = x_->ubuf.view();
     } else if (rframing == BodyFraming::kChunked && !dechunk) {
       x_->chunks.reset();
-      auto r = x_->chunks.decode(x_->ubuf.view(), nullptr);
+      const auto r = x_->chunks.decode(x_->ubuf.view(), nullptr);
       if (r.error) {
         report(m.cluster, idx, upstream::Outcome::k5xx);
-        {
-          const bool result = co_await respondError(502, r.reason, false);
-          co_return result;
-        }
+        fail = {502, r.reason, false};
+        break;
       }
       first = x_->ubuf.view().substr(0, r.consumed);
       if (r.done) remaining = 0;
     }
-    setPhase(Phase::kWritingClient, snap.timeouts.body_read);
+    setPhase(Phase::kWritingClient, wrt.rt->snapshot->timeouts.body_read);
     bool ok = co_await writeClient(x_->wbuf, first);
     x_->ubuf.consume(first.size());
+    // upstream_clean: the upstream ended the response exactly where its framing said, so the
+    // connection may carry another request.
     bool upstream_clean = false;
     if (ok) {
       if (rframing == BodyFraming::kNone) {
@@ -1359,7 +1372,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
         ok = co_await streamResponseBody(*conn, rframing, remaining, dechunk, upstream_clean);
       }
     }
-    if (ok && upstream_clean && resp_keep && rframing != BodyFraming::kUntilClose && !send_pp) {
+    if (ok && upstream_clean && x_->resp.keep_alive && rframing != BodyFraming::kUntilClose && !send_pp) {
       ++conn->requests;
       pool.checkin(std::move(conn), coarseNowNs(), cc.max_idle_connections, cc.timeouts.idle.count() * kNsPerMs);
     }
@@ -1367,6 +1380,8 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
     finishRequest(status, ok ? std::string_view{} : std::string_view{"response relay interrupted"});
     co_return ok && client_keep;
   }
+  const bool result = co_await respondError(fail.status, fail.reason, fail.keep_alive);
+  co_return result;
 }
 
 }  // namespace marchproxy::proxy::server

@@ -71,6 +71,20 @@ class HttpSession {
   boost::asio::awaitable<bool> readHead();
   boost::asio::awaitable<bool> handleRequest();
   boost::asio::awaitable<bool> forward(const router::RouteTable::Match& m);
+  // forward()'s parts. Each frame entered per request must fit asio's recycling size (1,020 bytes;
+  // tests/integration/test_frame_recycling.py), so forward() keeps only what lives across the
+  // whole exchange (docs/architecture.md, "Coroutine frames per request").
+  struct Failure {  // the error response forward() ends with
+    int status = 0;
+    std::string_view reason;
+    bool keep_alive = false;
+  };
+  enum class HeadRead : uint8_t { kOk, kTimedOut, kClosed, kInvalid };
+  void buildUpstreamHead(const router::RouteTable::Match& m);
+  bool probeHeldBody(size_t& held, bool& whole, Failure& f);
+  bool buildDownstreamHead(const router::RouteTable::Match& m, bool& client_keep);
+  boost::asio::awaitable<bool> relayUpgrade(upstream::UpstreamConnection& conn, const router::RouteTable::Match& m,
+                                            int idx);
   // forward() to a cluster with `protocol: http2` (http_session_h2up.cc).
   boost::asio::awaitable<bool> forwardH2(const router::RouteTable::Match& m, uint64_t hash);
   // Sends a proxy-generated response. Returns whether the connection may carry another request.
