@@ -5,6 +5,7 @@ get. A real manager on SQLite and PostgreSQL (review of the L4 forwards API).
     one address and an unprivileged port; 0.0.0.0, [::] and ports below 1024 are refused with 403
     and audited as denied, as are edits and deletes of such a forward; the cluster's owner may
   * IPv6 listen addresses collide however they are spelt ([0::0] is the wildcard [::])
+  * a service a forward sends to cannot be changed into a network (422 ip_fqdn)
   * a cluster holds at most 256 forwards: the next is 422 on cluster_id
   * PostgreSQL: a forward created while another writer's uncommitted transaction holds the same
     listen port waits for it and is refused with 422 on listen_address (not a duplicate port)
@@ -75,6 +76,22 @@ class ForwardPolicyCase(mh.ManagerTestCase):
         # IPv6 sockets are v6-only: the same port on an IPv4 address is another socket.
         st, _, b = self.admin.post("/api/v1/forwards", self.body("v4", "127.0.0.1:15501"))
         self.assertEqual(st, 201, b)
+
+    def test_a_forward_destination_service_cannot_become_a_network(self):
+        db = self.make_service(self.c["id"], "db", ip_fqdn="10.0.0.5")
+        st, _, f = self.admin.post("/api/v1/forwards", {
+            "cluster_id": self.c["id"], "name": "pg", "listen_address": "127.0.0.1:15432",
+            "destination_service_id": db["id"], "destination_port": 5432,
+            "sources": [{"cidr": "10.0.0.0/8", "service_id": self.web["id"]}]})
+        self.assertEqual(st, 201, f)
+        version = self.admin.get(f"/api/v1/clusters/{self.c['id']}")[2]["config_version"]
+        b = self.assertProblem(self.admin.patch(f"/api/v1/services/{db['id']}", {"ip_fqdn": "10.0.0.0/24"}), 422,
+                               "ip_fqdn")
+        self.assertIn('forward "pg"', b["detail"])
+        self.assertEqual(self.admin.get(f"/api/v1/clusters/{self.c['id']}")[2]["config_version"], version)
+        self.assertEqual(self.admin.patch(f"/api/v1/services/{db['id']}", {"ip_fqdn": "10.0.0.6"})[0], 200)
+        # A source service may be a network: the forward names it by CIDR, not by its address.
+        self.assertEqual(self.admin.patch(f"/api/v1/services/{self.web['id']}", {"ip_fqdn": "10.1.0.0/16"})[0], 200)
 
     def test_a_cluster_holds_at_most_256_forwards(self):
         values = ", ".join(f"({self.c['id']}, 'f{i}', '127.0.0.1:{20000 + i}', 'db.test:5432', "

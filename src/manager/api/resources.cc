@@ -661,6 +661,14 @@ void checkReferences(Conn& c, const Spec& s, const Json& v) {
   }
   if (s.res == Res::routes) checkServerCertificate(c, v, "certificate_id");
   if (s.res == Res::forwards) checkForward(c, v, cid);
+  // A forward's destination service stays one host: a network there would compile to a destination
+  // the proxies refuse, and with it the cluster's whole egress snapshot.
+  if (s.res == Res::services && v.contains("id") && v.value("ip_fqdn", "").find('/') != std::string::npos) {
+    auto f = c.exec("SELECT name FROM forwards WHERE destination_service_id = ? ORDER BY name LIMIT 1", {v["id"].dump()});
+    if (!f.empty())
+      validate::fail("ip_fqdn", "\"" + v["ip_fqdn"].get<std::string>() + "\" is a network; forward \"" +
+                                    f.front().str("name") + "\" sends to this service and needs one host");
+  }
 }
 
 // The CA's own certificates and proxy certificates belong to the CA and the control channel.
