@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import threading
 
-from harness import LOCALHOST, ProxyTestCase, connection_refused, main, render, wait_until
+from harness import LOCALHOST, ProxyTestCase, connection_refused, free_port, main, render, wait_until
 from test_egress_proxy import EchoServer, closed_by_peer, recv_exact
 from tls_certs import Pki
 from tls_client import client_context
@@ -154,7 +154,7 @@ class ForwardTest(ProxyTestCase):
         self.assertEqual(recv_exact(s, 4), b"ping")
         s.sendall(b"x" * 100000)
         self.assertEqual(recv_exact(s, 100000), b"x" * 100000)
-        self.assertEqual(self.p.metric("marchproxy_egress_tunnels_open"), 1)
+        wait_until(lambda: self.p.metric("marchproxy_egress_tunnels_open") == 1, message="one UDP flow open")
         s.shutdown(socket.SHUT_WR)
         self.assertTrue(closed_by_peer(s))  # the half-close reached the echo server and came back
         s.close()
@@ -364,14 +364,21 @@ mappings:
   - name: billing-origin
     sources: [billing]
     destinations: [origin.test, 127.0.0.1/32]
-    protocols: [tcp]
-    ports: ["${echo}"]
+    protocols: [tcp, udp]
+    ports: ["${echo}", "${udp}"]
     revoke_grace: ${grace}
 """
 
 FORWARD = """  - name: ${name}
-    listen: 127.0.0.1:0
+    listen: 127.0.0.1:${port}
     destination: origin.test:${echo}
+    sources: [{cidr: 127.0.0.0/8, service: billing}]
+"""
+
+UDP_FORWARD = """  - name: ${name}
+    listen: 127.0.0.1:${port}
+    protocol: udp
+    destination: origin.test:${udp}
     sources: [{cidr: 127.0.0.0/8, service: billing}]
 """
 
@@ -383,12 +390,16 @@ class ForwardReloadTest(ProxyTestCase):
     def setUp(self):
         self.echo = EchoServer()
         self.addCleanup(self.echo.close)
+        self.udp = UdpEcho()
+        self.addCleanup(self.udp.close)
         self.log_path = os.path.join(self.tmpdir(), "access.log")
         self.p = self.start_proxy(self.config(["a"]), command="egress", expect_listeners=("a",))
 
-    def config(self, names, grace="0s"):
-        forwards = "".join(render(FORWARD, name=n, echo=self.echo.port) for n in names)
-        return render(RELOAD_CONFIG, log=self.log_path, echo=self.echo.port, forwards=forwards, grace=grace)
+    def config(self, names, grace="0s", ports=None, udp_forwards=None):
+        forwards = "".join(render(FORWARD, name=n, echo=self.echo.port, port=(ports or {}).get(n, 0)) for n in names)
+        forwards += "".join(render(UDP_FORWARD, name=n, port=p, udp=self.udp.port) for n, p in (udp_forwards or {}).items())
+        return render(RELOAD_CONFIG, log=self.log_path, echo=self.echo.port, udp=self.udp.port, forwards=forwards,
+                      grace=grace)
 
     def access_log_has(self, **match):
         def entries():
@@ -421,6 +432,86 @@ class ForwardReloadTest(ProxyTestCase):
         self.assertTrue(closed_by_peer(s, timeout=15), "the removed forward's tunnel outlived its grace period")
         self.assertTrue(self.access_log_has(method="a", reason="revoked"))
         self.assertEqual(self.p.port_conflicts, [])
+
+
+    def fds(self):
+        return sorted(os.readlink(f"/proc/{self.p.pid}/fd/{n}") for n in os.listdir(f"/proc/{self.p.pid}/fd"))
+
+    def reloaded(self, result, count):
+        wait_until(lambda: self.p.metric("marchproxy_egress_config_reloads_total", result=result) == count,
+                   message=f"{count} reload(s) {result}")
+
+    def echoes(self, port, data):
+        s = tcp_client(port)
+        try:
+            s.sendall(data)
+            return recv_exact(s, len(data)) == data
+        finally:
+            s.close()
+
+    def test_fifty_reloads_leak_no_descriptor_and_a_taken_port_keeps_the_old_config(self):
+        self.assertTrue(self.echoes(self.p.ports["a"], b"ping"))
+        wait_until(lambda: self.p.metric("marchproxy_egress_tunnels_open") == 0, message="the tunnel closed")
+        before = self.fds()
+        b_port = free_port()
+        # "b" added and removed 25 times, each reload right after the previous one applied.
+        for i in range(25):
+            self.p.reload(self.config(["a", "b"], ports={"b": b_port}))
+            self.reloaded("ok", 2 * i + 1)
+            self.p.reload(self.config(["a"]))
+            self.reloaded("ok", 2 * i + 2)
+        wait_until(lambda: connection_refused(b_port), message="the removed forward's port refuses connections")
+        wait_until(lambda: len(self.fds()) <= len(before), message=f"descriptors back to {before}")
+        self.assertTrue(self.echoes(self.p.ports["a"], b"after"))
+
+        # A port another process holds: the reload fails, is counted, says which port, closes what it
+        # had bound for it, and the running forwards keep serving.
+        blocker = socket.socket()
+        self.addCleanup(blocker.close)
+        blocker.bind((LOCALHOST, 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        mark = self.p.mark()
+        self.p.reload(self.config(["a", "b", "c"], ports={"b": b_port, "c": taken}))
+        self.reloaded("failed", 1)
+        self.p.wait_log(rf'listener "c": cannot listen on 127\.0\.0\.1:{taken}: .*in use', since=mark)
+        self.assertTrue(self.echoes(self.p.ports["a"], b"still"))
+        self.assertTrue(connection_refused(b_port), "a failed reload bound a forward of its config")
+        wait_until(lambda: len(self.fds()) <= len(before), message=f"descriptors back to {before}")
+        # Once the port is free the same config applies.
+        blocker.close()
+        self.p.reload(self.config(["a", "b", "c"], ports={"b": b_port, "c": taken}) + "\n")
+        self.reloaded("ok", 51)
+        self.assertTrue(self.echoes(taken, b"c"))
+        self.assertTrue(self.echoes(b_port, b"b"))
+
+
+    def test_removed_udp_forward_ends_its_flows_and_closes_its_port(self):
+        u_port = free_port(socket.SOCK_DGRAM)
+        self.p.reload(self.config(["a"], udp_forwards={"u": u_port}))
+        self.reloaded("ok", 1)
+        c = udp_client(timeout=0.5)
+        self.addCleanup(c.close)
+        c.connect((LOCALHOST, u_port))
+        c.send(b"hi")
+        self.assertEqual(c.recv(65536), b"echo:hi")
+        wait_until(lambda: self.p.metric("marchproxy_egress_tunnels_open") == 1, message="one UDP flow open")
+
+        self.p.reload(self.config(["a"]))
+        self.reloaded("ok", 2)
+        wait_until(lambda: self.p.metric("marchproxy_egress_tunnels_open") == 0, message="the UDP flow ended")
+
+        def refused():  # a datagram to a closed loopback port comes back as ICMP port unreachable
+            try:
+                c.send(b"x")
+                c.recv(65536)
+            except ConnectionRefusedError:
+                return True
+            except socket.timeout:
+                pass
+            return False
+        wait_until(refused, message="the removed UDP forward's port refuses datagrams")
+        self.assertTrue(self.echoes(self.p.ports["a"], b"tcp"))
 
 
 class ForwardCheckTest(ProxyTestCase):

@@ -422,6 +422,29 @@ struct Ctx {
 
 using policy::auditDenied;
 
+// Forwards a cluster may have: each is a listen socket per egress worker.
+constexpr std::int64_t kMaxForwardsPerCluster = 256;
+
+// Takes the cluster row's write lock for the rest of the transaction. Listen-port checks read the
+// cluster's forwards and listeners; without the lock two managers on one PostgreSQL database (READ
+// COMMITTED) would both find a port free and both insert it. SQLite writes are serialised already.
+void lockCluster(Conn& c, std::int64_t cid) {
+  c.exec("UPDATE clusters SET config_version = config_version WHERE id = ?", {std::to_string(cid)});
+}
+
+// "host:port" / "[v6]:port" (validated) → {host without brackets in canonical text, port}: "[0::0]"
+// is "::" and "[::0001]" is "::1", so equal addresses compare equal and every wildcard is seen.
+std::pair<std::string, std::string> splitListen(const std::string& hp) {
+  auto colon = hp.rfind(':');
+  std::string host = hp.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  unsigned char b[16];
+  char text[INET6_ADDRSTRLEN];
+  int family = host.find(':') != std::string::npos ? AF_INET6 : AF_INET;
+  if (inet_pton(family, host.c_str(), b) == 1 && inet_ntop(family, b, text, sizeof text)) host = text;
+  return {host, hp.substr(colon + 1)};
+}
+
 // Throws 403 unless `who` may do `op` on this object. `values` is the object after the change.
 void authorize(Ctx& x, Conn& c, Op op, const Json& values) {
   const Principal& p = x.who;
@@ -462,6 +485,16 @@ void authorize(Ctx& x, Conn& c, Op op, const Json& values) {
       }
       if (policy::ownsCluster(c, p, cid)) return;
       if (values.value("mtls", false)) policy::deny("forwards with mtls need the cluster assigned to you");
+      // A service owner's forward listens on one address and an unprivileged port: every address of
+      // the egress hosts (0.0.0.0, ::) and ports below 1024 are the cluster owner's to hand out.
+      if (values.contains("listen_address") && values["listen_address"].is_string()) {
+        auto [host, port] = splitListen(values["listen_address"].get<std::string>());
+        if (host == "0.0.0.0" || host == "::")
+          policy::deny("listening on every address (" + values["listen_address"].get<std::string>() +
+                       ") needs the cluster assigned to you; name one address");
+        if (port.empty() || std::stoi(port) < 1024)
+          policy::deny("listen ports below 1024 need the cluster assigned to you");
+      }
       for (const auto& src : values.value("sources", Json::array()))
         if (src.is_object() && src.contains("service_id") && src["service_id"].is_number_integer() &&
             !policy::ownsService(c, p, src["service_id"].get<std::int64_t>()))
@@ -483,14 +516,6 @@ void checkServerCertificate(Conn& c, const Json& v, const std::string& field) {
   if (!v.contains(field) || v[field].is_null()) return;
   if (c.exec("SELECT 1 FROM certificates WHERE id = ?", {std::to_string(v[field].get<std::int64_t>())}).empty())
     validate::fail(field, "certificate " + v[field].dump() + " does not exist");
-}
-
-// "host:port" / "[v6]:port" (validated) → {host without brackets, port}.
-std::pair<std::string, std::string> splitListen(const std::string& hp) {
-  auto colon = hp.rfind(':');
-  std::string host = hp.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  return {host, hp.substr(colon + 1)};
 }
 
 // Two listen addresses take the same port when their ports match and their hosts are equal or one
@@ -529,6 +554,7 @@ void checkClusterListeners(Conn& c, const Json& v) {
       if (sameListenPort(listeners[i].second, listeners[k].second))
         validate::fail(listeners[i].first, listeners[i].second + " is already the cluster's " + listeners[k].first);
   if (!v.contains("id")) return;  // a new cluster has no forwards yet
+  lockCluster(c, v["id"].get<std::int64_t>());
   auto fwd = c.exec("SELECT name, protocol, listen_address, mtls FROM forwards WHERE cluster_id = ? ORDER BY name",
                     {v["id"].dump()});
   for (const auto& f : fwd.rows) {
@@ -547,6 +573,13 @@ void checkClusterListeners(Conn& c, const Json& v) {
 // defaults): one destination, callers that can be identified, and a listen port nothing else of the
 // cluster's egress proxies takes. Throws 422 naming the field.
 void checkForward(Conn& c, const Json& v, std::int64_t cid) {
+  lockCluster(c, cid);
+  if (c.exec("SELECT COUNT(*) AS n FROM forwards WHERE cluster_id = ? AND id <> ?",
+             {std::to_string(cid), std::to_string(v.value("id", std::int64_t(0)))})
+          .front()
+          .i64("n") >= kMaxForwardsPerCluster)
+    validate::fail("cluster_id", "cluster " + std::to_string(cid) + " already has " +
+                                     std::to_string(kMaxForwardsPerCluster) + " forwards (the limit)");
   // Forwards share the listeners' names in the snapshot.
   for (const char* reserved : {"proxy", "socks5", "proxy-tls", "socks5-tls"})
     if (v.value("name", "") == reserved)
@@ -628,6 +661,14 @@ void checkReferences(Conn& c, const Spec& s, const Json& v) {
   }
   if (s.res == Res::routes) checkServerCertificate(c, v, "certificate_id");
   if (s.res == Res::forwards) checkForward(c, v, cid);
+  // A forward's destination service stays one host: a network there would compile to a destination
+  // the proxies refuse, and with it the cluster's whole egress snapshot.
+  if (s.res == Res::services && v.contains("id") && v.value("ip_fqdn", "").find('/') != std::string::npos) {
+    auto f = c.exec("SELECT name FROM forwards WHERE destination_service_id = ? ORDER BY name LIMIT 1", {v["id"].dump()});
+    if (!f.empty())
+      validate::fail("ip_fqdn", "\"" + v["ip_fqdn"].get<std::string>() + "\" is a network; forward \"" +
+                                    f.front().str("name") + "\" sends to this service and needs one host");
+  }
 }
 
 // The CA's own certificates and proxy certificates belong to the CA and the control channel.

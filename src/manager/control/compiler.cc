@@ -172,6 +172,9 @@ Json compileForwards(Conn& c, const std::string& cid, const std::map<std::int64_
       auto it = services.find(f.i64("destination_service_id"));
       if (it == services.end()) continue;
       std::string host = it->second->str("ip_fqdn");
+      // The API keeps it one host; a network written behind its back is left out, not shipped as a
+      // destination that makes the proxy refuse the whole snapshot.
+      if (host.find('/') != std::string::npos) continue;
       if (host.find(':') != std::string::npos) host = "[" + host + "]";
       fw["destination"] = host + ":" + std::to_string(f.i64("destination_port"));
     } else {

@@ -397,6 +397,28 @@ TEST(ControlCompiler, EgressForwardsAndSocksTlsLoadWithTheProxyLoader) {
   EXPECT_EQ(compiler.get(p.cluster, "egress")->config["listeners"].size(), 3u);
 }
 
+// A destination service turned into a network behind the API's back (the API refuses it with 422
+// ip_fqdn): the forward is left out and the rest of the snapshot still loads.
+TEST(ControlCompiler, ForwardToAServiceThatBecameANetworkIsLeftOut) {
+  Populated p;
+  p.create("forwards", {{"cluster_id", p.cluster}, {"name", "dns"}, {"protocol", "udp"},
+                        {"listen_address", "127.0.0.1:15353"}, {"destination_service_id", 4},
+                        {"destination_port", 53}, {"sources", {{{"cidr", "127.0.0.0/8"}, {"service_id", 1}}}}});
+  p.create("forwards", {{"cluster_id", p.cluster}, {"name", "pg"}, {"listen_address", "127.0.0.1:15432"},
+                        {"destination", "db.example.com:5432"}, {"sources", {{{"cidr", "10.1.0.0/16"}, {"service_id", 1}}}}});
+  auto st = p.call("PATCH", "/api/v1/services/4", {{"ip_fqdn", "1.1.0.0/16"}});
+  EXPECT_EQ(st.first, 422);
+  EXPECT_EQ(st.second["field"], "ip_fqdn") << st.second.dump();
+  p.db->write([&](mm::store::Conn& c) { c.exec("UPDATE services SET ip_fqdn = '1.1.0.0/16' WHERE id = 4"); });
+  mm::control::Compiler compiler(*p.db, p.keys, testCa());
+  auto snap = compiler.get(p.cluster, "egress");
+  ASSERT_TRUE(snap);
+  auto r = loadEgressWithFiles(*snap, p.tmp.dir / "snap");
+  ASSERT_TRUE(r.ok()) << errors(r.errors) << snap->config.dump(2);
+  ASSERT_EQ(r.config->forwards.size(), 1u);
+  EXPECT_EQ(r.config->forwards[0].name, "pg");
+}
+
 TEST(ControlCompiler, ForwardsAreValidatedWithTheFieldNamed) {
   Populated p;
   auto before = p.version(p.cluster);
