@@ -163,6 +163,9 @@ struct ServerSession::Stream {
   bool out_eof = false;
   bool responded = false;
   Fields trailers;
+  // The response head's fields as submitted: nghttp2 packs the HEADERS frame from them without a
+  // copy, so they stay here, unchanged, until the stream is gone.
+  Fields resp_fields;
   std::unique_ptr<upstream::UpstreamConnection> up;
   int64_t deadline_ns = INT64_MAX;
   bool timed_out = false;
@@ -1006,7 +1009,7 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
     }
 
     // --- relay the response
-    Fields f;
+    Fields& f = s.resp_fields;
     codec::responseFields(f, resp, {&m.vhost->response_headers, &route.response_headers},
                           resp.framing == BodyFraming::kContentLength || s.head || status == 304);
     for (auto it = f.begin(); it != f.end();)
@@ -1014,7 +1017,7 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
     const bool body = resp.framing != BodyFraming::kNone;
     s.status = status;
     s.responded = true;
-    codec_->submitResponse(s.id, status, f, body);
+    codec_->submitResponse(s.id, status, f, body, /*headers_outlive=*/true);
     flush();
     const BodyFraming framing = resp.framing;
     uint64_t remaining = resp.content_length;
@@ -1341,13 +1344,14 @@ asio::awaitable<void> ServerSession::forwardH2(Stream& s, const router::RouteTab
       if (us->head && !s.responded) {
         report(us->status >= 500 ? upstream::Outcome::k5xx : upstream::Outcome::kSuccess);
         s.upstream_end_ns = monoNowNs();
-        Fields f = std::move(us->headers);
+        Fields& f = s.resp_fields;
+        f = std::move(us->headers);
         dropConnectionFields(f);
         codec::rewriteFields(f, rewrites);
         s.status = us->status;
         s.responded = true;
         const bool body = !(us->out_end && us->out.empty() && us->trailers.empty());
-        codec_->submitResponse(s.id, us->status, f, body);
+        codec_->submitResponse(s.id, us->status, f, body, /*headers_outlive=*/true);
         flush();
         if (!body) {
           s.deadline_ns = INT64_MAX;
