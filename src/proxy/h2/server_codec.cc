@@ -1,5 +1,7 @@
 #include "proxy/h2/server_codec.h"
 
+#include "proxy/h2/nghttp2_mem.h"
+
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -56,7 +58,7 @@ ServerCodec::ServerCodec(const config::Http2& limits, Handler& handler) : limits
   nghttp2_option_set_stream_reset_rate_limit(opt, uint64_t{limits_.max_resets_per_second} * 4,
                                              uint64_t{limits_.max_resets_per_second} * 2);
   nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
-  nghttp2_session_server_new2(&session_, cb, this, opt);
+  nghttp2_session_server_new3(&session_, cb, this, opt, pooledNghttp2Mem());
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cb);
 
