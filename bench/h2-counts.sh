@@ -5,6 +5,8 @@
 #   bench/h2-counts.sh strace    [BINARY] [VAR=value ...]   syscalls/req of marchproxy (strace -c -f)
 #   bench/h2-counts.sh haproxy                               syscalls/req of HAProxy (strace -c -f)
 #   bench/h2-counts.sh haproxy-callgrind                     user-space Ir/req of HAProxy
+# marchproxy re-executes itself with GLIBC_TUNABLES (src/cli/main.cc): MARCHPROXY_MALLOC_TUNING=off for glibc defaults.
+# CG_OPTS="--cache-sim=yes --branch-sim=yes" adds simulated cache misses and mispredicted branches.
 # 1,000 (callgrind) / 2,000 (strace) warm-up requests, then 10,000 / 20,000 measured; requests are
 # counted at the origin (stub_status). Ports 18941/18942 must be free.
 set -euo pipefail
@@ -52,10 +54,10 @@ CONF
 nginx -c "$W/origin.conf" -p "$W" > "$W/origin.out" 2>&1 &
 ORIGIN=$!
 case $MODE in
-  callgrind) env "$@" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$W/cg.%p" \
+  callgrind) env "$@" valgrind --tool=callgrind --trace-children=yes --instr-atstart=no ${CG_OPTS:-} --callgrind-out-file="$W/cg.%p" \
                "$BIN" ingress --config "$W/mp.yaml" > "$W/mp.log" 2>&1 & ;;
   strace) env "$@" "$BIN" ingress --config "$W/mp.yaml" > "$W/mp.log" 2>&1 & ;;
-  haproxy-callgrind) valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$W/cg.%p" \
+  haproxy-callgrind) valgrind --tool=callgrind --trace-children=yes --instr-atstart=no ${CG_OPTS:-} --callgrind-out-file="$W/cg.%p" \
                haproxy -db -f "$W/haproxy.cfg" > "$W/mp.log" 2>&1 & ;;
   cpu) env "$@" taskset -c 0 "$BIN" ingress --config "$W/mp.yaml" > "$W/mp.log" 2>&1 & ;;
   haproxy-cpu) taskset -c 0 haproxy -db -f "$W/haproxy.cfg" > "$W/mp.log" 2>&1 & ;;
@@ -78,6 +80,7 @@ if [ "$MODE" = callgrind ] || [ "$MODE" = haproxy-callgrind ]; then
   kill $PROXY; wait $PROXY || true
   f=$(ls -S "$W"/cg.* | head -1)
   ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')
+  callgrind_annotate "$f" 2>/dev/null | grep -E '^Events shown|PROGRAM TOTALS'
   reqs=$((r1 - r0 - 1))
   echo "requests=$reqs Ir=$ir Ir/req=$((ir / reqs)) profile=$f"
 elif [ "$MODE" = cpu ] || [ "$MODE" = haproxy-cpu ]; then
