@@ -87,18 +87,23 @@ inline void* memRealloc(void* p, size_t n, void*) {
 
 }  // namespace mem_detail
 
-// For nghttp2_session_{server,client}_new3; nullptr (nghttp2's malloc) under AddressSanitizer.
-inline nghttp2_mem* pooledNghttp2Mem() {
 #if defined(__SANITIZE_ADDRESS__)
-  return nullptr;
+#define MP_NGHTTP2_MEM_ASAN 1
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer)
+#define MP_NGHTTP2_MEM_ASAN 1
+#endif
+#endif
+
+// For nghttp2_session_{server,client}_new3; nullptr (nghttp2's malloc) under AddressSanitizer.
+inline nghttp2_mem* pooledNghttp2Mem() {
+#ifdef MP_NGHTTP2_MEM_ASAN
   return nullptr;
-#endif
-#endif
+#else
   static nghttp2_mem mem{nullptr, &mem_detail::memMalloc, &mem_detail::memFree, &mem_detail::memCalloc,
                          &mem_detail::memRealloc};
   return &mem;
+#endif
 }
 
 }  // namespace marchproxy::proxy::h2
