@@ -145,7 +145,7 @@ asio::awaitable<boost::system::error_code> writeUpstream(upstream::UpstreamConne
 }  // namespace
 
 struct ServerSession::Stream {
-  explicit Stream(asio::io_context& ioc) : cv(ioc), ws_cv(ioc) {}
+  explicit Stream(asio::io_context& ioc) : cv(ioc) {}
   int32_t id = 0;
   Request req;
   std::string cookie;        // HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one
@@ -155,7 +155,9 @@ struct ServerSession::Stream {
   bool serving = true;       // serve() still runs (its own deadlines bound it)
   int64_t progress_ns = 0;   // serve() ended, or response bytes last went out (http2.stream_idle_timeout)
   asio::steady_timer cv;     // wait/notify (cancel() wakes the waiter)
-  asio::steady_timer ws_cv;  // the second waiter of a WebSocket stream (client -> upstream)
+  // The second waiter of a WebSocket stream (client -> upstream); made by relayWebSocket only, so a
+  // plain request constructs and destroys one timer, not two.
+  std::optional<asio::steady_timer> ws_cv;
   bool websocket = false;    // an RFC 8441 extended CONNECT with :protocol websocket
   bool eof_sent = false;     // the codec took the end of the response body (END_STREAM)
   std::string out;           // response body bytes not yet taken by the codec
@@ -186,7 +188,7 @@ struct ServerSession::Stream {
 
   void notify() {
     cv.cancel();
-    ws_cv.cancel();
+    if (ws_cv) ws_cv->cancel();
   }
   void setDeadline(Millis t) {
     timed_out = false;
@@ -1147,6 +1149,7 @@ asio::awaitable<void> ServerSession::relayWebSocket(Stream& s, const router::Rou
   ubuf.clear();
   flush();
   const server::WebSocketCount counted(worker_.stats());
+  s.ws_cv.emplace(worker_.ioc());
 
   upstream::UpstreamConnection& up = *s.up;
   s.setDeadline(idle);
@@ -1195,7 +1198,7 @@ asio::awaitable<void> ServerSession::relayWebSocket(Stream& s, const router::Rou
         client_done = true;
         break;
       }
-      const bool alive = co_await waitFor(s, &s.ws_cv);
+      const bool alive = co_await waitFor(s, &*s.ws_cv);
       if (!alive) break;
     }
     if (client_done && !up.tls) {
