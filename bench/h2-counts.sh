@@ -15,17 +15,10 @@ shift
 BIN=$(dirname "$0")/../build/release/src/cli/marchproxy
 if [ $# -gt 0 ] && [[ "$1" != *=* ]]; then BIN=$1; shift; fi
 W=$(mktemp -d /tmp/mp-h2-counts.XXXXXX)
-mkdir -p "$W/tmp"
-cat > "$W/origin.conf" <<CONF
-worker_processes 1; daemon off; master_process off; pid $W/origin.pid; error_log $W/origin-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off; default_type text/plain; keepalive_timeout 300s; keepalive_requests 1000000;
-  client_body_temp_path $W/tmp; proxy_temp_path $W/tmp; fastcgi_temp_path $W/tmp; uwsgi_temp_path $W/tmp; scgi_temp_path $W/tmp;
-  server { listen 127.0.0.1:18941; location = /__origin_status { stub_status; }
-           location / { return 200 "marchproxy bench origin 200 ok\n"; } }
-}
-CONF
+mkdir -p "$W/origin-tmp"
+# The bench's own origin (bench/configs/origin-nginx.conf, rendered as bench/lib/targets.py does).
+sed -e "s|@WORK@|$W|g" -e "s|@NOFILE@|65536|" -e "s|@WORKER_CONNECTIONS@|1024|" -e "s|@PORT@|18941|" \
+    -e 's|@BODY@|marchproxy bench origin 200 ok\\n|' "$(dirname "$0")/configs/origin-nginx.conf" > "$W/origin.conf"
 cat > "$W/mp.yaml" <<CONF
 schema: 1
 workers: 1
