@@ -36,11 +36,13 @@ namespace {
 // _int_free): −1.9k instructions per HTTP/2 request (bench/results/callgrind-h2-20261203-3.md).
 // The setting is read by the dynamic loader only, from GLIBC_TUNABLES, so the process re-executes
 // itself once with it (same pid, argv and file descriptors). An operator's own GLIBC_TUNABLES wins,
-// and MARCHPROXY_MALLOC_TUNING=off keeps glibc's defaults. Not under sanitizers (own allocator).
+// and MARCHPROXY_MALLOC_TUNING (any value, e.g. off) keeps glibc's defaults. Not under sanitizers (own allocator).
 void tuneAllocator(int argc, char** argv) {
 #if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
   if (std::getenv("GLIBC_TUNABLES") != nullptr) return;
-  if (const char* off = std::getenv("MARCHPROXY_MALLOC_TUNING"); off && std::string_view(off) == "off") return;
+  // "off": the operator opted out; "done": this is the re-executed image (glibc may drop
+  // GLIBC_TUNABLES from the environment of a privileged, AT_SECURE process: never exec twice).
+  if (std::getenv("MARCHPROXY_MALLOC_TUNING") != nullptr) return;
   bool proxy = false;
   for (int i = 1; i < argc && !proxy; ++i)
     proxy = std::string_view(argv[i]) == "ingress" || std::string_view(argv[i]) == "egress";
@@ -51,6 +53,7 @@ void tuneAllocator(int argc, char** argv) {
   const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
   if (n <= 0) return;  // no /proc: run as is
   self[n] = '\0';
+  if (::setenv("MARCHPROXY_MALLOC_TUNING", "done", 1) != 0) return;
   if (::setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=128", 1) != 0) return;
   ::execv(self, argv);
   ::unsetenv("GLIBC_TUNABLES");  // exec failed: run as is

@@ -48,6 +48,7 @@ class MallocTuning(ProxyTestCase):
     def test_proxy_runs_with_a_larger_tcache(self):
         env = self.start_with()
         self.assertEqual(env.get(b"GLIBC_TUNABLES"), b"glibc.malloc.tcache_count=128")
+        self.assertEqual(env.get(b"MARCHPROXY_MALLOC_TUNING"), b"done")  # the re-executed image does not exec again
 
     def test_operator_tunables_are_kept(self):
         env = self.start_with(GLIBC_TUNABLES="glibc.malloc.tcache_count=9")
