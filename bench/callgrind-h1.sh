@@ -32,7 +32,7 @@ access_log: { enabled: false }
 CONF
 nginx -c "$W/origin.conf" -p "$W" > "$W/origin.out" 2>&1 &
 ORIGIN=$!
-env "$@" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$W/cg.%p" \
+env "$@" valgrind --tool=callgrind --trace-children=yes --instr-atstart=no --callgrind-out-file="$W/cg.%p" \
   "$BIN" ingress --config "$W/mp.yaml" > "$W/mp.log" 2>&1 &
 VG=$!
 trap 'kill $VG $ORIGIN 2>/dev/null || true' EXIT

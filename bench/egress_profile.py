@@ -58,7 +58,8 @@ def wrk(work, port, origin_port, seconds):
 def callgrind(binary, work, origin_port, seconds, out_dir):
     conf, port = proxy_config(work, origin_port)
     out_file = os.path.join(out_dir, "callgrind.out.egress-fwd")
-    p = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}",
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no",
+                          f"--callgrind-out-file={out_file}",
                           binary, "egress", "--config", conf, "--no-watch", "--log-level", "warn"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, 120)

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <vector>
 
+#include "proxy/h2/nghttp2_mem.h"
+
 namespace marchproxy::proxy::h2 {
 namespace {
 
@@ -44,7 +46,7 @@ ClientCodec::ClientCodec(const config::Http2& limits, Handler& handler) : limits
   nghttp2_option_set_no_auto_window_update(opt, 1);  // the window follows what the client took
   nghttp2_option_set_max_continuations(opt, limits_.max_continuation_frames + 1);
   nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
-  nghttp2_session_client_new2(&session_, cb, this, opt);
+  nghttp2_session_client_new3(&session_, cb, this, opt, pooledNghttp2Mem());
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cb);
 

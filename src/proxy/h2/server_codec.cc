@@ -1,5 +1,7 @@
 #include "proxy/h2/server_codec.h"
 
+#include "proxy/h2/nghttp2_mem.h"
+
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -56,7 +58,7 @@ ServerCodec::ServerCodec(const config::Http2& limits, Handler& handler) : limits
   nghttp2_option_set_stream_reset_rate_limit(opt, uint64_t{limits_.max_resets_per_second} * 4,
                                              uint64_t{limits_.max_resets_per_second} * 2);
   nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
-  nghttp2_session_server_new2(&session_, cb, this, opt);
+  nghttp2_session_server_new3(&session_, cb, this, opt, pooledNghttp2Mem());
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cb);
 
@@ -108,8 +110,10 @@ bool ServerCodec::wantsIo() const {
   return nghttp2_session_want_read(session_) || nghttp2_session_want_write(session_);
 }
 
-bool ServerCodec::submitResponse(int32_t stream, int status, const Fields& headers, bool has_body) {
-  // On the stack for a usual response; nghttp2 copies the fields before returning.
+bool ServerCodec::submitResponse(int32_t stream, int status, const Fields& headers, bool has_body,
+                                 bool headers_outlive) {
+  // The nghttp2_nv array is on the stack for a usual response; nghttp2 copies it (and, unless
+  // headers_outlive, every name and value) before returning.
   std::array<nghttp2_nv, 24> small;
   std::vector<nghttp2_nv> large;
   nghttp2_nv* nv = small.data();
@@ -118,18 +122,25 @@ bool ServerCodec::submitResponse(int32_t stream, int status, const Fields& heade
     nv = large.data();
   }
   size_t count = 0;
-  char code[4];
-  code[0] = static_cast<char>('0' + status / 100 % 10);
-  code[1] = static_cast<char>('0' + status / 10 % 10);
-  code[2] = static_cast<char>('0' + status % 10);
-  code[3] = 0;
-  auto mk = [](std::string_view n, std::string_view v) {
+  // ":status" and its value are static: never copied.
+  static const std::array<char, 3 * 1000> kCodes = [] {
+    std::array<char, 3 * 1000> a{};
+    for (int i = 0; i < 1000; ++i) {
+      a[static_cast<size_t>(i) * 3] = static_cast<char>('0' + i / 100);
+      a[static_cast<size_t>(i) * 3 + 1] = static_cast<char>('0' + i / 10 % 10);
+      a[static_cast<size_t>(i) * 3 + 2] = static_cast<char>('0' + i % 10);
+    }
+    return a;
+  }();
+  const int code = status >= 100 && status <= 999 ? status : 500;
+  auto mk = [](std::string_view n, std::string_view v, uint8_t flags) {
     return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(n.data())),
-                      reinterpret_cast<uint8_t*>(const_cast<char*>(v.data())), n.size(), v.size(),
-                      NGHTTP2_NV_FLAG_NONE};
+                      reinterpret_cast<uint8_t*>(const_cast<char*>(v.data())), n.size(), v.size(), flags};
   };
-  nv[count++] = mk(":status", std::string_view(code, 3));
-  for (const auto& [n, v] : headers) nv[count++] = mk(n, v);
+  nv[count++] = mk(":status", std::string_view(kCodes.data() + static_cast<size_t>(code) * 3, 3),
+                   NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE);
+  const uint8_t flags = headers_outlive ? NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE : NGHTTP2_NV_FLAG_NONE;
+  for (const auto& [n, v] : headers) nv[count++] = mk(n, v, flags);
   nghttp2_data_provider prd{};
   prd.read_callback = &ServerCodec::readCallback;
   return nghttp2_submit_response(session_, stream, nv, count, has_body ? &prd : nullptr) == 0;

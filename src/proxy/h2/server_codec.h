@@ -73,7 +73,11 @@ class ServerCodec {
   bool wantsIo() const;  // false: both sides are done (GOAWAY exchanged, no stream left)
 
   // Responses. headers: lower-case names, no connection-specific fields. has_body=false ends the stream.
-  bool submitResponse(int32_t stream, int status, const Fields& headers, bool has_body);
+  // headers_outlive: the caller keeps `headers` (names and values) unchanged until the stream is
+  // closed (onClose) or the codec is destroyed; nghttp2 then packs the HEADERS frame straight from
+  // them instead of copying every name and value first (NGHTTP2_NV_FLAG_NO_COPY_*).
+  bool submitResponse(int32_t stream, int status, const Fields& headers, bool has_body,
+                      bool headers_outlive = false);
   void resume(int32_t stream);                   // more body is ready
   void reset(int32_t stream, uint32_t error);    // RST_STREAM
   void consume(int32_t stream, size_t n);        // request body bytes handed on: window back to the client

@@ -1,5 +1,6 @@
 // ServerCodec without sockets: requests come out, limits trip with GOAWAY ENHANCE_YOUR_CALM.
 #include "proxy/h2/server_codec.h"
+#include "proxy/h2/nghttp2_mem.h"
 
 #include <gtest/gtest.h>
 
@@ -250,6 +251,34 @@ TEST(ServerCodec, PingFloodTripsTheLimitButAFewPingsDoNot) {
   std::string out;
   c.takeOutput(out);
   EXPECT_EQ(goawayCode(out), NGHTTP2_ENHANCE_YOUR_CALM);
+}
+
+// The pooled allocator nghttp2 runs on keeps malloc's contract across its size classes: realloc
+// keeps the bytes (growing from a pooled block into a larger class and into malloc'd memory),
+// calloc zeroes, every block is 16-byte aligned.
+TEST(Nghttp2Mem, ReallocKeepsBytesAcrossClassesAndCallocZeroes) {
+  nghttp2_mem* m = pooledNghttp2Mem();
+  if (!m) GTEST_SKIP() << "nghttp2's own allocator under AddressSanitizer";
+  auto* p = static_cast<unsigned char*>(m->malloc(40, m->mem_user_data));
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 16, 0u);
+  for (int i = 0; i < 40; ++i) p[i] = static_cast<unsigned char>(i);
+  for (size_t n : {100u, 300u, 900u, 5000u}) {
+    p = static_cast<unsigned char*>(m->realloc(p, n, m->mem_user_data));
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 16, 0u);
+    for (int i = 0; i < 40; ++i) ASSERT_EQ(p[i], i) << "after realloc to " << n;
+  }
+  m->free(p, m->mem_user_data);
+  // A block that comes back from a free list is zeroed by calloc.
+  auto* d = static_cast<unsigned char*>(m->malloc(200, m->mem_user_data));
+  std::memset(d, 0xab, 200);
+  m->free(d, m->mem_user_data);
+  auto* z = static_cast<unsigned char*>(m->calloc(25, 8, m->mem_user_data));
+  ASSERT_NE(z, nullptr);
+  for (int i = 0; i < 200; ++i) ASSERT_EQ(z[i], 0) << i;
+  m->free(z, m->mem_user_data);
+  m->free(nullptr, m->mem_user_data);
 }
 
 }  // namespace

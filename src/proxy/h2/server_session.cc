@@ -145,7 +145,7 @@ asio::awaitable<boost::system::error_code> writeUpstream(upstream::UpstreamConne
 }  // namespace
 
 struct ServerSession::Stream {
-  explicit Stream(asio::io_context& ioc) : cv(ioc), ws_cv(ioc) {}
+  explicit Stream(asio::io_context& ioc) : cv(ioc) {}
   int32_t id = 0;
   Request req;
   std::string cookie;        // HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one
@@ -155,7 +155,9 @@ struct ServerSession::Stream {
   bool serving = true;       // serve() still runs (its own deadlines bound it)
   int64_t progress_ns = 0;   // serve() ended, or response bytes last went out (http2.stream_idle_timeout)
   asio::steady_timer cv;     // wait/notify (cancel() wakes the waiter)
-  asio::steady_timer ws_cv;  // the second waiter of a WebSocket stream (client -> upstream)
+  // The second waiter of a WebSocket stream (client -> upstream); made by relayWebSocket only, so a
+  // plain request constructs and destroys one timer, not two.
+  std::optional<asio::steady_timer> ws_cv;
   bool websocket = false;    // an RFC 8441 extended CONNECT with :protocol websocket
   bool eof_sent = false;     // the codec took the end of the response body (END_STREAM)
   std::string out;           // response body bytes not yet taken by the codec
@@ -163,6 +165,9 @@ struct ServerSession::Stream {
   bool out_eof = false;
   bool responded = false;
   Fields trailers;
+  // The response head's fields as submitted: nghttp2 packs the HEADERS frame from them without a
+  // copy, so they stay here, unchanged, until the stream is gone.
+  Fields resp_fields;
   std::unique_ptr<upstream::UpstreamConnection> up;
   int64_t deadline_ns = INT64_MAX;
   bool timed_out = false;
@@ -183,7 +188,7 @@ struct ServerSession::Stream {
 
   void notify() {
     cv.cancel();
-    ws_cv.cancel();
+    if (ws_cv) ws_cv->cancel();
   }
   void setDeadline(Millis t) {
     timed_out = false;
@@ -1006,7 +1011,7 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
     }
 
     // --- relay the response
-    Fields f;
+    Fields& f = s.resp_fields;
     codec::responseFields(f, resp, {&m.vhost->response_headers, &route.response_headers},
                           resp.framing == BodyFraming::kContentLength || s.head || status == 304);
     for (auto it = f.begin(); it != f.end();)
@@ -1014,7 +1019,7 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
     const bool body = resp.framing != BodyFraming::kNone;
     s.status = status;
     s.responded = true;
-    codec_->submitResponse(s.id, status, f, body);
+    codec_->submitResponse(s.id, status, f, body, /*headers_outlive=*/true);
     flush();
     const BodyFraming framing = resp.framing;
     uint64_t remaining = resp.content_length;
@@ -1144,6 +1149,7 @@ asio::awaitable<void> ServerSession::relayWebSocket(Stream& s, const router::Rou
   ubuf.clear();
   flush();
   const server::WebSocketCount counted(worker_.stats());
+  s.ws_cv.emplace(worker_.ioc());
 
   upstream::UpstreamConnection& up = *s.up;
   s.setDeadline(idle);
@@ -1192,7 +1198,7 @@ asio::awaitable<void> ServerSession::relayWebSocket(Stream& s, const router::Rou
         client_done = true;
         break;
       }
-      const bool alive = co_await waitFor(s, &s.ws_cv);
+      const bool alive = co_await waitFor(s, &*s.ws_cv);
       if (!alive) break;
     }
     if (client_done && !up.tls) {
@@ -1341,13 +1347,14 @@ asio::awaitable<void> ServerSession::forwardH2(Stream& s, const router::RouteTab
       if (us->head && !s.responded) {
         report(us->status >= 500 ? upstream::Outcome::k5xx : upstream::Outcome::kSuccess);
         s.upstream_end_ns = monoNowNs();
-        Fields f = std::move(us->headers);
+        Fields& f = s.resp_fields;
+        f = std::move(us->headers);
         dropConnectionFields(f);
         codec::rewriteFields(f, rewrites);
         s.status = us->status;
         s.responded = true;
         const bool body = !(us->out_end && us->out.empty() && us->trailers.empty());
-        codec_->submitResponse(s.id, us->status, f, body);
+        codec_->submitResponse(s.id, us->status, f, body, /*headers_outlive=*/true);
         flush();
         if (!body) {
           s.deadline_ns = INT64_MAX;
