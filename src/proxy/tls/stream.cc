@@ -113,6 +113,16 @@ long Stream::bioCtrl(BIO* b, int cmd, long, void*) {
   }
 }
 
+// After a short read that ended on a record boundary, the socket is empty: the next read waits
+// for epoll instead of trying recv() first (net::noteRead, for TLS). Not in the middle of a record:
+// a FIN that came with its first half would then be seen only at the next epoll edge, which
+// may never come, so a truncated record is read again at once and its EOF seen.
+void Stream::noteDrained() {
+  if (short_fill_ && in_len_ == 0 && spill_off_ == spill_.size() && SSL_has_pending(ssl_) == 0)
+    net::markReadDrained(socket_);
+  short_fill_ = false;
+}
+
 void Stream::spillRest() {
   if (in_len_ == 0) return;
   spill_.append(in_, in_len_);
@@ -173,7 +183,7 @@ asio::awaitable<bool> Stream::fill(asio::mutable_buffer scratch, Error& ec) {
     ec = rec;
     co_return false;
   }
-  net::noteRead(socket_, n, cap);
+  short_fill_ = n < cap;
   in_ = static_cast<const char*>(scratch.data());
   in_len_ = n;
   co_return true;
@@ -195,6 +205,7 @@ asio::awaitable<std::tuple<Stream::Error>> Stream::async_handshake(asio::ssl::st
     const int r = SSL_do_handshake(ssl_);
     spillRest();  // scratch goes away with this frame
     if (r == 1) {
+      noteDrained();
       ERR_clear_error();
       co_return std::tuple<Error>{Error{}};
     }
@@ -222,7 +233,10 @@ asio::awaitable<std::tuple<Stream::Error, size_t>> Stream::async_read_some(asio:
     size_t got = 0;
     const int r = SSL_read_ex(ssl_, b.data(), b.size(), &got);
     spillRest();
-    if (r == 1) co_return std::tuple<Error, size_t>{Error{}, got};
+    if (r == 1) {
+      noteDrained();
+      co_return std::tuple<Error, size_t>{Error{}, got};
+    }
     Error ec;
     const int w = classify(r, ec);
     if (w == 0) co_return std::tuple<Error, size_t>{ec, 0};

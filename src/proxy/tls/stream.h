@@ -74,7 +74,8 @@ class Stream {
   // Reads ciphertext from the socket into scratch for the BIO; false with ec on error/EOF.
   boost::asio::awaitable<bool> fill(boost::asio::mutable_buffer scratch, Error& ec);
   boost::asio::awaitable<bool> waitWritable(Error& ec);
-  void spillRest();  // keeps what OpenSSL left of the last fill (the caller's buffer is reused)
+  void spillRest();
+  void noteDrained();  // right after a successful SSL call that consumed a short fill  // keeps what OpenSSL left of the last fill (the caller's buffer is reused)
 
   static int bioRead(BIO* b, char* out, size_t len, size_t* got);
   static int bioWrite(BIO* b, const char* in, size_t len, size_t* put);
@@ -86,6 +87,7 @@ class Stream {
   size_t in_len_ = 0;
   std::string spill_;         // ciphertext kept across calls (taken before in_)
   size_t spill_off_ = 0;
+  bool short_fill_ = false;  // the last fill read less than it asked: the socket was empty then
   bool eof_ = false;          // the peer closed its side
   int sys_error_ = 0;         // errno of a failed send()
 };
