@@ -249,7 +249,18 @@ asio::awaitable<std::tuple<Stream::Error, size_t>> Stream::async_read_some(asio:
   }
 }
 
+char* Stream::joinBuffer() {
+  thread_local std::unique_ptr<char[]> buf = std::make_unique_for_overwrite<char[]>(kJoinMax);
+  return buf.get();
+}
+
 asio::awaitable<std::tuple<Stream::Error, size_t>> Stream::async_write(asio::const_buffer b, Token) {
+  auto r = co_await writeOne(b, false);  // g++ 12: never co_return co_await
+  co_return r;
+}
+
+asio::awaitable<std::tuple<Stream::Error, size_t>> Stream::writeOne(asio::const_buffer b, bool shared) {
+  std::string own;  // a shared buffer's bytes, once this write has to wait
   for (;;) {
     // No partial writes: a retry passes the same bytes again, as OpenSSL requires.
     size_t put = 0;
@@ -261,6 +272,11 @@ asio::awaitable<std::tuple<Stream::Error, size_t>> Stream::async_write(asio::con
     if (w == 1) {
       // Only a renegotiation makes a write read, and it is refused (SSL_OP_NO_RENEGOTIATION).
       co_return std::tuple<Error, size_t>{Error(asio::error::operation_not_supported), 0};
+    }
+    if (shared && own.empty()) {
+      // The retry must offer the same bytes (SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER lets them move).
+      own.assign(static_cast<const char*>(b.data()), b.size());
+      b = asio::buffer(own);
     }
     const bool ok = co_await waitWritable(ec);
     if (!ok) co_return std::tuple<Error, size_t>{ec, 0};

@@ -51,9 +51,21 @@ class Stream {
   boost::asio::awaitable<std::tuple<Error, size_t>> async_read_some(boost::asio::mutable_buffer b, Token);
   // Writes everything (like asio::async_write); n is the plaintext bytes written.
   boost::asio::awaitable<std::tuple<Error, size_t>> async_write(boost::asio::const_buffer b, Token);
+  // Several small buffers (a response head and its body) go out as one record, one send().
   template <typename Buffers>
   boost::asio::awaitable<std::tuple<Error, size_t>> async_write(const Buffers& bufs, Token t) {
     size_t total = 0;
+    size_t parts = 0;
+    for (auto it = boost::asio::buffer_sequence_begin(bufs); it != boost::asio::buffer_sequence_end(bufs); ++it) {
+      total += it->size();
+      parts += it->size() != 0 ? 1 : 0;
+    }
+    if (parts > 1 && total <= kJoinMax) {
+      const size_t n = boost::asio::buffer_copy(boost::asio::buffer(joinBuffer(), kJoinMax), bufs);
+      auto joined = co_await writeOne(boost::asio::const_buffer(joinBuffer(), n), true);  // g++ 12: not in co_return
+      co_return joined;
+    }
+    total = 0;
     for (auto it = boost::asio::buffer_sequence_begin(bufs); it != boost::asio::buffer_sequence_end(bufs); ++it) {
       const boost::asio::const_buffer one(*it);
       if (one.size() == 0) continue;
@@ -67,7 +79,10 @@ class Stream {
   boost::asio::awaitable<std::tuple<Error>> async_shutdown(Token);
 
  private:
-  enum class Op { kHandshake, kRead, kWrite, kShutdown };
+  static constexpr size_t kJoinMax = 16 * 1024;  // one TLS record
+  static char* joinBuffer();                      // the worker thread's, kJoinMax bytes
+  // shared: b is joinBuffer(), which another connection may reuse while this one waits.
+  boost::asio::awaitable<std::tuple<Error, size_t>> writeOne(boost::asio::const_buffer b, bool shared);
   // One SSL call that did not succeed: 1 wait for readability (ciphertext read into `scratch`),
   // 2 wait for writability, 0 the error in ec.
   int classify(int ret, Error& ec);
