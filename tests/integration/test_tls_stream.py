@@ -111,6 +111,16 @@ class TlsStream(ProxyTestCase):
         self.port = self.proxy.ports["https"]
         self.ctx = client_context(ca=self.pki.cert, min_version=ssl.TLSVersion.TLSv1_3)
 
+    def small_window_get(self, path):
+        """A TLS connection with an 8 KiB receive buffer, a GET sent on it: the proxy's writes fill it fast."""
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        raw.settimeout(10)
+        raw.connect((LOCALHOST, self.port))
+        s = self.ctx.wrap_socket(raw, server_hostname="stream.test")
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: stream.test\r\n\r\n".encode())
+        return s
+
     def assert_serves(self):
         with TlsConn(self.port, self.ctx, sni="stream.test") as c:
             self.assertEqual(c.request(path="/hello")[2], b"hello\n")
@@ -180,12 +190,7 @@ class TlsStream(ProxyTestCase):
 
     def test_one_mib_response_through_a_slow_reader(self):
         n = 1 << 20
-        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        raw.settimeout(10)
-        raw.connect((LOCALHOST, self.port))
-        with self.ctx.wrap_socket(raw, server_hostname="stream.test") as s:
-            s.sendall(f"GET /bytes/{n} HTTP/1.1\r\nHost: stream.test\r\n\r\n".encode())
+        with self.small_window_get(f"/bytes/{n}") as s:
             data = b""
             while b"\r\n\r\n" not in data:
                 data += s.recv(4096)
@@ -208,12 +213,7 @@ class TlsStream(ProxyTestCase):
 
     def test_reader_that_stops_reading_is_cut_off_by_the_write_timeout(self):
         n = 64 << 20
-        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        raw.settimeout(10)
-        raw.connect((LOCALHOST, self.port))
-        with self.ctx.wrap_socket(raw, server_hostname="stream.test") as s:
-            s.sendall(f"GET /bytes/{n} HTTP/1.1\r\nHost: stream.test\r\n\r\n".encode())
+        with self.small_window_get(f"/bytes/{n}") as s:
             time.sleep(0.5)
             self.assert_serves()  # the one worker is not stuck in the blocked write
             time.sleep(2.5)       # well past timeouts.body_read (1s) between writes
