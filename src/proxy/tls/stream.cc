@@ -220,6 +220,7 @@ asio::awaitable<std::tuple<Stream::Error>> Stream::async_handshake(asio::ssl::st
 }
 
 asio::awaitable<std::tuple<Stream::Error, size_t>> Stream::async_read_some(asio::mutable_buffer b, Token) {
+  if (b.size() == 0) co_return std::tuple<Error, size_t>{Error{}, 0};  // as a socket does
   // A partial record counts as pending: after WANT_READ, always read.
   bool need = spill_off_ == spill_.size() && SSL_has_pending(ssl_) == 0;
   for (;;) {
