@@ -298,7 +298,7 @@ asio::awaitable<void> ServerSession::writeLoop() {
     boost::system::error_code ec;
     size_t n = 0;
     if (client_.tls) {
-      auto [wec, wn] = co_await asio::async_write(*client_.tls, asio::buffer(wbuf_), kNoThrow);
+      auto [wec, wn] = co_await client_.tls->async_write(asio::buffer(wbuf_), kNoThrow);
       ec = wec;
       n = wn;
     } else {

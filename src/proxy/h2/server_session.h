@@ -30,6 +30,7 @@
 #include "proxy/h2/server_codec.h"
 #include "proxy/router/route_table.h"
 #include "proxy/tls/session_info.h"
+#include "proxy/tls/stream.h"
 
 namespace marchproxy::proxy::server {
 class Worker;
@@ -45,7 +46,7 @@ class ServerSession final : public ServerCodec::Handler {
  public:
   struct Client {
     boost::asio::ip::tcp::socket& socket;
-    boost::asio::ssl::stream<boost::asio::ip::tcp::socket&>* tls = nullptr;  // null: h2c
+    tls::Stream* tls = nullptr;                                             // null: h2c
     const tls::ClientIdentity* identity = nullptr;                          // verified client certificate
     std::string_view ip;
     uint16_t port = 0;  // with ip: the client as this proxy sees it (PROXY protocol to upstreams)

@@ -29,6 +29,7 @@
 #include "proxy/server/forward_common.h"
 #include "proxy/server/worker.h"
 #include "proxy/tls/session_info.h"
+#include "proxy/tls/stream.h"
 
 namespace marchproxy::proxy::server {
 namespace {
@@ -52,7 +53,7 @@ struct HttpSession::TlsState {
   TlsState(tcp::socket& socket, std::shared_ptr<const tls::ServerContexts> c, SSL* ssl)
       : ctx(std::move(c)), stream(socket, ssl) {}
   std::shared_ptr<const tls::ServerContexts> ctx;  // this connection's certificates, across reloads
-  asio::ssl::stream<tcp::socket&> stream;
+  tls::Stream stream;  // our own: SSL on the socket, no memory BIO pair (proxy/tls/stream.h)
   tls::ClientIdentity identity;
   bool established = false;
 };
@@ -625,7 +626,7 @@ asio::awaitable<bool> HttpSession::writeClient(std::string_view a, std::string_v
   boost::system::error_code ec;
   size_t n = 0;
   if (tls_) {
-    auto [wec, wn] = co_await asio::async_write(tls_->stream, bufs, kNoThrow);
+    auto [wec, wn] = co_await tls_->stream.async_write(bufs, kNoThrow);
     ec = wec;
     n = wn;
   } else {
