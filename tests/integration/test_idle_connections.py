@@ -27,6 +27,7 @@ timeouts: { header_read: 5s, idle: ${IDLE}, drain: 5s }
 
 BUFFERS = "marchproxy_downstream_read_buffers"
 ACTIVE = "marchproxy_downstream_connections_active"
+ASLEEP = "marchproxy_downstream_connections_asleep"
 
 
 class IdleConnectionsTest(ProxyTestCase):
@@ -89,6 +90,35 @@ class IdleConnectionsTest(ProxyTestCase):
             self.assertEqual(bodies[0], b"hi")
             wait_until(lambda: self.p.metric(BUFFERS) == 0, 10, message=f"{BUFFERS} == 0 after the pipeline")
             self.assertStatus(c.request("GET", "/hello"), 200)
+
+    def test_asleep_connections_wake_for_requests(self):
+        self.start()
+        conns = self.open_idle(20)
+        try:
+            # Idle for a sweep or two, every connection is asleep (no coroutine, no buffer).
+            wait_until(lambda: self.p.metric(ASLEEP) == 20, 10, message=f"{ASLEEP} == 20")
+            self.assertEqual(self.p.metric(BUFFERS), 0)
+            # A single request, a pipeline in one write, and a head in two writes each wake one.
+            for c in conns[:10]:
+                r = c.request("GET", "/api/id")
+                self.assertStatus(r, 200)
+            for c in conns[10:15]:
+                c.send(build_request("GET", "/hello") + build_request("GET", "/api/id"))
+                for _ in range(2):
+                    self.assertStatus(c.read_response(), 200)
+            for c in conns[15:]:
+                c.send(b"GET /hello HTTP/1.1\r\n")
+                wait_until(lambda: self.p.metric(BUFFERS) >= 1, 10, message="a buffer for the half head")
+                c.send(b"Host: test.local\r\n\r\n")
+                r = c.read_response()
+                self.assertStatus(r, 200)
+                self.assertEqual(r.body, b"hi")
+            # ...and they all go back to sleep.
+            wait_until(lambda: self.p.metric(ASLEEP) == 20, 10, message=f"{ASLEEP} back to 20")
+        finally:
+            for c in conns:
+                c.close()
+        wait_until(lambda: self.p.metric(ACTIVE) == 0, 10, message=f"{ACTIVE} == 0 once the clients closed")
 
     def test_idle_timeout_closes_idle_connection(self):
         self.start(idle="1s")

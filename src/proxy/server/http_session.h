@@ -63,6 +63,7 @@ class HttpSession {
   void forceClose();        // shutdown: close both sockets; the coroutine unwinds
   void maybeSleep(int64_t now);  // idle keep-alive for kSleepAfterNs: end the coroutine (see serve())
   bool holdsReadBuffer() const { return rbuf_.hasStorage(); }
+  bool asleep() const { return asleep_; }
   HttpSession* prev = nullptr;
   HttpSession* next = nullptr;
 

@@ -259,7 +259,11 @@ void Worker::collect(WorkerStats* out) {
   *out = stats_;
   out->connections_active = session_count_;
   out->read_buffers_held = 0;
-  for (const HttpSession* s = sessions_head_; s; s = s->next) out->read_buffers_held += s->holdsReadBuffer();
+  out->connections_asleep = 0;
+  for (const HttpSession* s = sessions_head_; s; s = s->next) {
+    out->read_buffers_held += s->holdsReadBuffer();
+    out->connections_asleep += s->asleep();
+  }
   out->redis_up = redis_stats_.state == 1;
   out->redis_down = redis_stats_.state == 2;
   out->redis_errors = redis_stats_.errors;
