@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -45,6 +46,19 @@ using namespace asio::experimental::awaitable_operators;  // NOLINT(google-build
 // expression: g++ 12 miscompiles some of those forms (SIGILL on resume, seen here).
 constexpr size_t kBodyChunk = 64 * 1024;  // read size while streaming bodies
 constexpr size_t kMaxRetryDiscard = 64 * 1024;
+
+// operator new/delete, sized exactly (see HttpSession::finished()).
+template <typename T>
+struct ExactAllocator {
+  using value_type = T;
+  ExactAllocator() = default;
+  template <typename U>
+  ExactAllocator(const ExactAllocator<U>&) noexcept {}  // NOLINT(google-explicit-constructor)
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T))); }
+  void deallocate(T* p, size_t n) noexcept { ::operator delete(p, n * sizeof(T)); }
+  template <typename U>
+  bool operator==(const ExactAllocator<U>&) const noexcept { return true; }
+};
 
 }  // namespace
 
@@ -368,7 +382,12 @@ void HttpSession::finished(HttpSession* s, std::exception_ptr e) {
   }
   // Asleep: this object and one readiness wait are all the connection holds. The worker's sweep
   // still sees it (idle timeout, drain and shutdown cancel or close the socket, and wake() ends it).
-  s->client_.async_wait(tcp::socket::wait_read, [s](const boost::system::error_code& ec) { s->wake(ec); });
+  // A plain allocator: the wait is sized exactly, not placed in a larger block of the thread's
+  // recycling cache (which would stay taken for as long as the connection sleeps; asio treats
+  // std::allocator as a request for that cache).
+  s->client_.async_wait(tcp::socket::wait_read,
+                        asio::bind_allocator(ExactAllocator<void>(),
+                                             [s](const boost::system::error_code& ec) { s->wake(ec); }));
 }
 
 void HttpSession::wake(const boost::system::error_code& ec) {
