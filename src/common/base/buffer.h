@@ -57,6 +57,20 @@ class Buffer {
   void commit(size_t n) { end_ += n; }
   size_t capacity() const { return cap_; }
 
+  // Storage hand-over, so that an idle connection owns no buffer at all: release() gives the
+  // storage away (only while empty; the caller may pool it) and adopt() takes a block of `cap`
+  // bytes. Without storage, the next prepare() allocates as at first.
+  bool hasStorage() const { return data_ != nullptr; }
+  std::unique_ptr<char[]> release() {
+    begin_ = end_ = cap_ = 0;
+    return std::move(data_);
+  }
+  void adopt(std::unique_ptr<char[]> p, size_t cap) {
+    data_ = std::move(p);
+    cap_ = cap;
+    begin_ = end_ = 0;
+  }
+
   // If nothing is buffered and the buffer grew beyond `capacity`, goes back to that size.
   void shrinkTo(size_t capacity) {
     if (empty() && cap_ > capacity) {

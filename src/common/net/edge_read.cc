@@ -50,8 +50,14 @@ void markReadDrained(Tcp::socket& socket) noexcept {
   // As Asio itself: only for a descriptor epoll watches (else a non-speculative read is refused).
   if (d != nullptr && d->*get(RegisteredEvents{}) != 0) (d->*get(TrySpeculative{}))[Reactor::read_op] = false;
 }
+
+bool knownDrained(Tcp::socket& socket) noexcept {
+  State* d = (socket.*get(SocketImpl{})).get_implementation().reactor_data_;
+  return d != nullptr && d->*get(RegisteredEvents{}) != 0 && !(d->*get(TrySpeculative{}))[Reactor::read_op];
+}
 #else
 void markReadDrained(boost::asio::ip::tcp::socket&) noexcept {}
+bool knownDrained(boost::asio::ip::tcp::socket&) noexcept { return false; }
 #endif
 
 }  // namespace marchproxy::net

@@ -19,6 +19,13 @@ namespace marchproxy::net {
 
 void markReadDrained(boost::asio::ip::tcp::socket& socket) noexcept;
 
+// Whether the reactor knows the socket holds no unread data: the last read drained it and epoll
+// has reported nothing since (false when unknown, and on any other Asio version or reactor). Only
+// then may a caller wait for readability with async_wait(wait_read) instead of reading: that wait
+// never tries a speculative read, so an edge already consumed while no read was pending would be
+// missed.
+bool knownDrained(boost::asio::ip::tcp::socket& socket) noexcept;
+
 // The usual call: after a successful async_read_some of n bytes into a buffer of room bytes.
 inline void noteRead(boost::asio::ip::tcp::socket& socket, size_t n, size_t room) noexcept {
   if (n > 0 && n < room) markReadDrained(socket);

@@ -193,6 +193,12 @@ std::string renderMetrics(const WorkerStats& t, const std::shared_ptr<const Runt
   fmt::format_to(std::back_inserter(o), "marchproxy_websockets_total {}\n", t.websockets_total);
   header(o, "marchproxy_downstream_connections_active", "gauge", "Open client connections.");
   fmt::format_to(std::back_inserter(o), "marchproxy_downstream_connections_active {}\n", t.connections_active);
+  header(o, "marchproxy_downstream_read_buffers", "gauge",
+         "HTTP/1.1 client connections holding a read buffer (idle keep-alive connections hold none).");
+  fmt::format_to(std::back_inserter(o), "marchproxy_downstream_read_buffers {}\n", t.read_buffers_held);
+  header(o, "marchproxy_downstream_connections_asleep", "gauge",
+         "Idle keep-alive client connections asleep: no coroutine, only a readiness wait.");
+  fmt::format_to(std::back_inserter(o), "marchproxy_downstream_connections_asleep {}\n", t.connections_asleep);
   header(o, "marchproxy_downstream_connections_total", "counter", "Accepted client connections.");
   fmt::format_to(std::back_inserter(o), "marchproxy_downstream_connections_total {}\n", t.connections_total);
   header(o, "marchproxy_downstream_connections_rejected_total", "counter",

@@ -11,6 +11,8 @@
 #include <cstring>
 #include <tuple>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_allocator.hpp>
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/ssl/stream.hpp>
@@ -47,6 +49,19 @@ using namespace asio::experimental::awaitable_operators;  // NOLINT(google-build
 constexpr size_t kBodyChunk = 64 * 1024;  // read size while streaming bodies
 constexpr size_t kMaxRetryDiscard = 64 * 1024;
 
+// operator new/delete, sized exactly (see HttpSession::finished()).
+template <typename T>
+struct ExactAllocator {
+  using value_type = T;
+  ExactAllocator() = default;
+  template <typename U>
+  ExactAllocator(const ExactAllocator<U>&) noexcept {}  // NOLINT(google-explicit-constructor)
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T))); }
+  void deallocate(T* p, size_t n) noexcept { ::operator delete(p, n * sizeof(T)); }
+  template <typename U>
+  bool operator==(const ExactAllocator<U>&) const noexcept { return true; }
+};
+
 }  // namespace
 
 struct HttpSession::TlsState {
@@ -59,8 +74,8 @@ struct HttpSession::TlsState {
 };
 
 HttpSession::HttpSession(tcp::socket socket, const tcp::endpoint& peer, Worker& worker,
-                         const ListenerInfo& listener)
-    : client_(std::move(socket)), worker_(worker), listener_(listener) {
+                         std::shared_ptr<const ListenerInfo> listener)
+    : client_(std::move(socket)), worker_(worker), listener_keep_(std::move(listener)), listener_(*listener_keep_) {
   boost::system::error_code ec;
   client_.set_option(tcp::no_delay(true), ec);
   const auto addr = peer.address();
@@ -76,6 +91,7 @@ HttpSession::~HttpSession() {
   closeClient();
   if (x_) worker_.releaseExchange(std::move(x_));
   worker_.unlink(this);
+  worker_.server().releaseConnection();  // admitted by the accept loop (limits.max_connections)
 }
 
 // For errors found before a request head is complete: nothing of the previous request may leak
@@ -172,7 +188,29 @@ asio::awaitable<void> HttpSession::run() {
     for (const auto& l : worker_.runtime()->rt->snapshot->listeners)
       if (l.name == listener_.name) h2c_ = l.h2c;
   }
+  co_await serve();
+}
+
+// The request loop, from run() and again from wake() after a sleep.
+asio::awaitable<void> HttpSession::serve() {
   for (;;) {
+    if (rbuf_.empty() && !tls_ && net::knownDrained(client_)) {
+      // Idle keep-alive on a plain socket: wait for readability in this frame, holding neither a
+      // read buffer nor the per-request state (nginx does the same). The wait ends in error on the
+      // idle timeout, a drain or shutdown (the worker cancels or closes the socket), or when the
+      // worker's sweep puts the connection to sleep: then this coroutine ends and finished()
+      // waits without one.
+      if (!goIdle()) break;
+      waiting_ = true;
+      auto [wec] = co_await client_.async_wait(tcp::socket::wait_read, kNoThrow);
+      waiting_ = false;
+      if (wec) {
+        if (asleep_) co_return;
+        break;
+      }
+      asleep_ = false;  // the request came in before the sweep's cancel could end the wait
+      readable_ = true;
+    }
     {
       const bool ok_step = co_await readHead();
       if (http2_) {
@@ -320,6 +358,69 @@ asio::awaitable<void> HttpSession::tlsShutdown() {
   (void)ec;
 }
 
+void HttpSession::start(HttpSession* s) { spawn(s, s->run()); }
+
+void HttpSession::spawn(HttpSession* s, asio::awaitable<void> a) {
+  asio::co_spawn(s->worker_.ioc(), std::move(a), [s](std::exception_ptr e) { finished(s, e); });
+}
+
+// The coroutine ended: the connection sleeps (only an idle one the sweep chose) or closes.
+void HttpSession::finished(HttpSession* s, std::exception_ptr e) {
+  if (e) {
+    s->asleep_ = false;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      spdlog::error("session ended by an exception: {}", ex.what());
+    }
+  }
+  if (!s->asleep_ || !s->client_.is_open() || s->worker_.draining() || s->timed_out_) {
+    delete s;
+    return;
+  }
+  if (!net::knownDrained(s->client_)) {  // bytes came in since the wait was cancelled
+    s->wake({});
+    return;
+  }
+  // Asleep: this object and one readiness wait are all the connection holds. The worker's sweep
+  // still sees it (idle timeout, drain and shutdown cancel or close the socket, and wake() ends it).
+  // A plain allocator: the wait is sized exactly, not placed in a larger block of the thread's
+  // recycling cache (which would stay taken for as long as the connection sleeps; asio treats
+  // std::allocator as a request for that cache).
+  s->client_.async_wait(tcp::socket::wait_read,
+                        asio::bind_allocator(ExactAllocator<void>(),
+                                             [s](const boost::system::error_code& ec) { s->wake(ec); }));
+}
+
+void HttpSession::wake(const boost::system::error_code& ec) {
+  asleep_ = false;
+  if (ec || !client_.is_open() || worker_.draining()) {
+    delete this;
+    return;
+  }
+  readable_ = true;
+  spawn(this, serve());
+}
+
+void HttpSession::maybeSleep(int64_t now) {
+  if (waiting_ && !asleep_ && now - idle_since_ns_ >= kSleepAfterNs) {
+    asleep_ = true;
+    boost::system::error_code ec;
+    client_.cancel(ec);
+  }
+}
+
+bool HttpSession::goIdle() {
+  if (worker_.draining()) return false;
+  idle_since_ns_ = coarseNowNs();
+  if (x_) worker_.releaseExchange(std::move(x_));
+  const bool pooled = rbuf_.capacity() == kIdleBufferBytes;
+  std::unique_ptr<char[]> storage = rbuf_.release();
+  if (storage && pooled) worker_.giveReadBuffer(std::move(storage));
+  setPhase(Phase::kIdle, worker_.runtime()->rt->snapshot->timeouts.idle);
+  return true;
+}
+
 // Reads until one complete request head is in rbuf_ (or answers and fails). While the connection
 // is idle it holds no buffer: it waits for readability first, which also saves the speculative
 // read that would fail with EAGAIN.
@@ -372,6 +473,7 @@ asio::awaitable<bool> HttpSession::readHead() {
         co_return false;
       }
     }
+    if (!rbuf_.hasStorage()) rbuf_.adopt(worker_.takeReadBuffer(), kIdleBufferBytes);
     size_t room = rbuf_.prepare(512, max_head);
     if (room == 0) {  // the parser bounds heads itself; this is a backstop
       resetRequestState();
@@ -385,10 +487,16 @@ asio::awaitable<bool> HttpSession::readHead() {
       ec = rec;
       n = rn;
     } else {
-      auto [rec, rn] = co_await client_.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
-      ec = rec;
-      n = rn;
-      if (!rec) net::noteRead(client_, rn, room);
+      // After run() saw the socket readable, the bytes are read at once, without a second trip
+      // through the reactor.
+      const bool read_now = readable_ && readNow(room, ec, n);
+      readable_ = false;
+      if (!read_now) {
+        auto [rec, rn] = co_await client_.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
+        ec = rec;
+        n = rn;
+        if (!rec) net::noteRead(client_, rn, room);
+      }
     }
     if (ec) {
       if (timed_out_ && !rbuf_.empty()) {
@@ -401,6 +509,24 @@ asio::awaitable<bool> HttpSession::readHead() {
     rbuf_.commit(n);
     worker_.stats().bytes_in += n;
   }
+}
+
+// One non-blocking recv into rbuf_'s tail. False when nothing is there yet (the caller then
+// reads asynchronously); true with n bytes, or with ec set (eof on an orderly close).
+bool HttpSession::readNow(size_t room, boost::system::error_code& ec, size_t& n) {
+  const ssize_t r = ::recv(client_.native_handle(), rbuf_.tail(), room, MSG_DONTWAIT);
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return false;
+    ec.assign(errno, boost::system::system_category());
+    return true;
+  }
+  if (r == 0) {
+    ec = asio::error::eof;
+    return true;
+  }
+  n = static_cast<size_t>(r);
+  net::noteRead(client_, n, room);
+  return true;
 }
 
 asio::awaitable<void> HttpSession::runHttp2(std::string_view preread) {

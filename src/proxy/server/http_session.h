@@ -7,13 +7,17 @@
 //                           response body to the client ─▶ return upstream connection to pool
 //   ──▶ next request on the same connection (keep-alive, pipelining) or close.
 //
-// Lives in its coroutine frame on one worker thread. Deadlines are not timers: the session stores
+// Lives on the heap, owned by itself, on one worker thread: a coroutine runs it while busy; an idle
+// keep-alive connection first waits in a small frame holding no buffer, and after kSleepAfterNs
+// goes to sleep: no coroutine, only this object and a readiness wait (issue 2: RSS per idle
+// connection; see docs/operations.md, "Memory per connection"). Deadlines are not timers: the session stores
 // the deadline of the phase it is in, and the worker's sweep (every 100 ms) cancels the sockets of
 // sessions past their deadline; the coroutine then sees operation_aborted with timed_out_ set and
 // answers 408/504 as the phase demands. This costs no syscall per request.
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <string>
 #include <utility>
@@ -38,19 +42,28 @@ class HttpSession {
  public:
   static constexpr size_t kIdleBufferBytes = 1024;
 
+  // An idle keep-alive connection goes to sleep after this long: its coroutine ends, and a plain
+  // readiness wait (no coroutine frames) wakes it when the next request arrives.
+  static constexpr int64_t kSleepAfterNs = 100'000'000;
+
   HttpSession(boost::asio::ip::tcp::socket socket, const boost::asio::ip::tcp::endpoint& peer, Worker& worker,
-              const ListenerInfo& listener);
+              std::shared_ptr<const ListenerInfo> listener);
   ~HttpSession();
   HttpSession(const HttpSession&) = delete;
   HttpSession& operator=(const HttpSession&) = delete;
 
-  boost::asio::awaitable<void> run();
+  // Owns itself from accept to close: start() runs it (co_spawn on the worker) and the session
+  // deletes itself when the connection ends.
+  static void start(HttpSession* s);
 
   // --- called by the worker (same thread)
   int64_t deadline() const { return deadline_ns_; }
   void expire();            // the deadline passed: cancel pending I/O
   void cancelIfIdle();      // draining: idle keep-alive connections close now
   void forceClose();        // shutdown: close both sockets; the coroutine unwinds
+  void maybeSleep(int64_t now);  // idle keep-alive for kSleepAfterNs: end the coroutine (see serve())
+  bool holdsReadBuffer() const { return rbuf_.hasStorage(); }
+  bool asleep() const { return asleep_; }
   HttpSession* prev = nullptr;
   HttpSession* next = nullptr;
 
@@ -62,13 +75,22 @@ class HttpSession {
   };
   struct TlsState;  // the TLS stream and verified client identity (TLS listeners only)
 
+  boost::asio::awaitable<void> run();
+  boost::asio::awaitable<void> serve();
+  static void spawn(HttpSession* s, boost::asio::awaitable<void> a);
+  static void finished(HttpSession* s, std::exception_ptr e);
+  void wake(const boost::system::error_code& ec);
   boost::asio::awaitable<bool> handshake();
   boost::asio::awaitable<bool> readProxyHeader(const config::ProxyProtocol& pp, std::chrono::milliseconds timeout);
   bool admitPerIp(uint32_t max);
   // The HTTP/2 hand-off: ALPN h2, or the h2c preface on a listener with h2c. preread: bytes read so far.
   boost::asio::awaitable<void> runHttp2(std::string_view preread);
   boost::asio::awaitable<void> tlsShutdown();
+  // Going idle between requests: gives the per-request state and the read buffer back to the
+  // worker and starts the idle timeout. False when draining (the connection closes).
+  bool goIdle();
   boost::asio::awaitable<bool> readHead();
+  bool readNow(size_t room, boost::system::error_code& ec, size_t& n);
   boost::asio::awaitable<bool> handleRequest();
   boost::asio::awaitable<bool> forward(const router::RouteTable::Match& m);
   // forward()'s parts. Each frame entered per request must fit asio's recycling size (1,020 bytes;
@@ -119,6 +141,7 @@ class HttpSession {
   boost::asio::ip::tcp::socket client_;
   std::unique_ptr<TlsState> tls_;  // set once the listener is TLS; reads and writes then go through it
   Worker& worker_;
+  std::shared_ptr<const ListenerInfo> listener_keep_;  // the accept loop's, alive while we are
   const ListenerInfo& listener_;
   std::shared_ptr<WorkerRuntime> wrt_;
   std::string client_ip_;
@@ -135,6 +158,10 @@ class HttpSession {
   bool linger_ = false;  // unread request body may be pending: close gently
   bool h2c_ = false;     // h2c listener: the first bytes may be the HTTP/2 preface
   bool http2_ = false;   // readHead() saw the preface
+  bool readable_ = false;  // serve() or wake() saw the idle socket readable: readHead() reads at once
+  bool waiting_ = false;   // serve() waits for the next request, holding nothing
+  bool asleep_ = false;    // its coroutine ended (or is ending) for a plain readiness wait
+  int64_t idle_since_ns_ = 0;
   int64_t deadline_ns_ = INT64_MAX;
 
   // Per request, for the access log and metrics.

@@ -66,6 +66,8 @@ struct WorkerStats {
   uint64_t connections_refused_per_ip = 0;  // over limits.max_connections_per_ip
   std::map<std::string, uint64_t> proxy_protocol_errors;  // connections closed, by reason label
   uint64_t connections_active = 0;    // gauge
+  uint64_t read_buffers_held = 0;     // gauge: HTTP/1.1 client connections holding a read buffer
+  uint64_t connections_asleep = 0;    // gauge: idle keep-alive connections without a coroutine
   uint64_t websockets_total = 0;      // upgrades completed (101 relayed)
   uint64_t websockets_active = 0;     // gauge: spliced WebSocket connections open now
   uint64_t requests_total = 0;
@@ -92,6 +94,8 @@ struct WorkerStats {
     connections_refused_per_ip += o.connections_refused_per_ip;
     for (auto& [k, v] : o.proxy_protocol_errors) proxy_protocol_errors[k] += v;
     connections_active += o.connections_active;
+    read_buffers_held += o.read_buffers_held;
+    connections_asleep += o.connections_asleep;
     websockets_total += o.websockets_total;
     websockets_active += o.websockets_active;
     requests_total += o.requests_total;

@@ -204,24 +204,7 @@ asio::awaitable<void> Worker::acceptLoop(std::shared_ptr<Acceptor> acc) {
       socket.close(cec);
       continue;
     }
-    asio::co_spawn(
-        ioc_,
-        [](tcp::socket s, tcp::endpoint p, Worker* w, std::shared_ptr<Acceptor> a) -> asio::awaitable<void> {
-          struct Release {
-            Server& server;
-            ~Release() { server.releaseConnection(); }
-          } release{w->server()};
-          HttpSession session(std::move(s), p, *w, a->info);
-          co_await session.run();
-        }(std::move(socket), peer, this, acc),
-        [](std::exception_ptr e) {
-          if (!e) return;
-          try {
-            std::rethrow_exception(e);
-          } catch (const std::exception& ex) {
-            spdlog::error("session ended by an exception: {}", ex.what());
-          }
-        });
+    HttpSession::start(new HttpSession(std::move(socket), peer, *this, std::shared_ptr<const ListenerInfo>(acc, &acc->info)));
   }
 }
 
@@ -233,8 +216,10 @@ asio::awaitable<void> Worker::sweepLoop() {
     if (stopped_) co_return;
     const int64_t now = coarseNowNs();
     // expire() only cancels I/O; completions run later, so the list is stable during the walk.
-    for (HttpSession* s = sessions_head_; s; s = s->next)
+    for (HttpSession* s = sessions_head_; s; s = s->next) {
       if (s->deadline() <= now) s->expire();
+      else s->maybeSleep(now);
+    }
     if (++ticks % 10 == 0) {
       pools_.sweep(now);
       if (access_log_) access_log_->flush();
@@ -273,6 +258,12 @@ void Worker::stop() {
 void Worker::collect(WorkerStats* out) {
   *out = stats_;
   out->connections_active = session_count_;
+  out->read_buffers_held = 0;
+  out->connections_asleep = 0;
+  for (const HttpSession* s = sessions_head_; s; s = s->next) {
+    out->read_buffers_held += s->holdsReadBuffer();
+    out->connections_asleep += s->asleep();
+  }
   out->redis_up = redis_stats_.state == 1;
   out->redis_down = redis_stats_.state == 2;
   out->redis_errors = redis_stats_.errors;
@@ -323,6 +314,18 @@ void Worker::releaseExchange(std::unique_ptr<Exchange> x) {
   x->ubuf.shrinkTo(16 * 1024);  // a streaming exchange may have grown it to 64 KiB
   x->pieces.clear();
   exchanges_.push_back(std::move(x));
+}
+
+std::unique_ptr<char[]> Worker::takeReadBuffer() {
+  if (read_buffers_.empty()) return std::unique_ptr<char[]>(new char[HttpSession::kIdleBufferBytes]);
+  std::unique_ptr<char[]> b = std::move(read_buffers_.back());
+  read_buffers_.pop_back();
+  return b;
+}
+
+void Worker::giveReadBuffer(std::unique_ptr<char[]> b) {
+  constexpr size_t kMaxPooled = 256;  // 256 KiB at most, kept for the next burst of requests
+  if (read_buffers_.size() < kMaxPooled) read_buffers_.push_back(std::move(b));
 }
 
 void Worker::link(HttpSession* s) {

@@ -95,6 +95,11 @@ class Worker {
   std::unique_ptr<Exchange> acquireExchange();
   void releaseExchange(std::unique_ptr<Exchange> x);
 
+  // Free list of the sessions' read buffers (HttpSession::kIdleBufferBytes each): an idle
+  // keep-alive connection gives its buffer back and takes one when its next request arrives.
+  std::unique_ptr<char[]> takeReadBuffer();
+  void giveReadBuffer(std::unique_ptr<char[]> b);
+
   // Session registry for deadlines and draining (intrusive, no allocation).
   void link(HttpSession* s);
   void unlink(HttpSession* s);
@@ -118,6 +123,7 @@ class Worker {
   std::unique_ptr<AccessLogWriter> access_log_;
   std::string access_log_path_;
   std::vector<std::unique_ptr<Exchange>> exchanges_;
+  std::vector<std::unique_ptr<char[]>> read_buffers_;
   HttpSession* sessions_head_ = nullptr;
   size_t session_count_ = 0;
   std::atomic<size_t> session_gauge_{0};
