@@ -194,28 +194,17 @@ asio::awaitable<void> HttpSession::run() {
 // The request loop, from run() and again from wake() after a sleep.
 asio::awaitable<void> HttpSession::serve() {
   for (;;) {
-    if (rbuf_.empty() && !tls_ && net::knownDrained(client_)) {
-      // Idle keep-alive on a plain socket: wait for readability in this frame, holding neither a
-      // read buffer nor the per-request state (nginx does the same). The wait ends in error on the
-      // idle timeout, a drain or shutdown (the worker cancels or closes the socket), or when the
-      // worker's sweep puts the connection to sleep: then this coroutine ends and finished()
-      // waits without one.
-      if (!goIdle()) break;
-      waiting_ = true;
-      auto [wec] = co_await client_.async_wait(tcp::socket::wait_read, kNoThrow);
-      waiting_ = false;
-      if (wec) {
-        if (asleep_) co_return;
-        break;
-      }
-      asleep_ = false;  // the request came in before the sweep's cancel could end the wait
-      readable_ = true;
-    }
     {
       const bool ok_step = co_await readHead();
       if (http2_) {
         co_await runHttp2(rbuf_.view());
         closeClient();
+        co_return;
+      }
+      if (!ok_step && asleep_) {
+        // The worker's sweep ended this idle connection's read: it sleeps holding neither a read
+        // buffer nor the per-request state (finished() waits for readability without a coroutine).
+        releaseIdleState();
         co_return;
       }
       if (!ok_step) break;
@@ -410,15 +399,11 @@ void HttpSession::maybeSleep(int64_t now) {
   }
 }
 
-bool HttpSession::goIdle() {
-  if (worker_.draining()) return false;
-  idle_since_ns_ = coarseNowNs();
+void HttpSession::releaseIdleState() {
   if (x_) worker_.releaseExchange(std::move(x_));
   const bool pooled = rbuf_.capacity() == kIdleBufferBytes;
   std::unique_ptr<char[]> storage = rbuf_.release();
   if (storage && pooled) worker_.giveReadBuffer(std::move(storage));
-  setPhase(Phase::kIdle, worker_.runtime()->rt->snapshot->timeouts.idle);
-  return true;
 }
 
 // Reads until one complete request head is in rbuf_ (or answers and fails). While the connection
@@ -439,6 +424,7 @@ asio::awaitable<bool> HttpSession::readHead() {
     if (x_) worker_.releaseExchange(std::move(x_));
     rbuf_.shrinkTo(kIdleBufferBytes);
     setPhase(Phase::kIdle, snap.timeouts.idle);
+    idle_since_ns_ = coarseNowNs();
   } else {
     setPhase(Phase::kReadingHead, snap.timeouts.header_read);
   }
@@ -492,11 +478,20 @@ asio::awaitable<bool> HttpSession::readHead() {
       const bool read_now = readable_ && readNow(room, ec, n);
       readable_ = false;
       if (!read_now) {
+        // Idle keep-alive: the worker's sweep may end this read after kSleepAfterNs (maybeSleep).
+        // A pending read, not async_wait(wait_read): Asio re-arms epoll (one epoll_ctl) for every
+        // wait, but not for a read on a socket known drained.
+        waiting_ = phase_ == Phase::kIdle;
         auto [rec, rn] = co_await client_.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
+        waiting_ = false;
         ec = rec;
         n = rn;
         if (!rec) net::noteRead(client_, rn, room);
       }
+    }
+    if (asleep_) {
+      if (ec == asio::error::operation_aborted) co_return false;  // serve() puts it to sleep
+      asleep_ = false;  // the request came in before the sweep's cancel could end the read
     }
     if (ec) {
       if (timed_out_ && !rbuf_.empty()) {

@@ -86,9 +86,8 @@ class HttpSession {
   // The HTTP/2 hand-off: ALPN h2, or the h2c preface on a listener with h2c. preread: bytes read so far.
   boost::asio::awaitable<void> runHttp2(std::string_view preread);
   boost::asio::awaitable<void> tlsShutdown();
-  // Going idle between requests: gives the per-request state and the read buffer back to the
-  // worker and starts the idle timeout. False when draining (the connection closes).
-  bool goIdle();
+  // Going to sleep: gives the per-request state and the read buffer back to the worker.
+  void releaseIdleState();
   boost::asio::awaitable<bool> readHead();
   bool readNow(size_t room, boost::system::error_code& ec, size_t& n);
   boost::asio::awaitable<bool> handleRequest();
@@ -159,7 +158,7 @@ class HttpSession {
   bool h2c_ = false;     // h2c listener: the first bytes may be the HTTP/2 preface
   bool http2_ = false;   // readHead() saw the preface
   bool readable_ = false;  // serve() or wake() saw the idle socket readable: readHead() reads at once
-  bool waiting_ = false;   // serve() waits for the next request, holding nothing
+  bool waiting_ = false;   // readHead() waits for the next request on an idle plain socket
   bool asleep_ = false;    // its coroutine ended (or is ending) for a plain readiness wait
   int64_t idle_since_ns_ = 0;
   int64_t deadline_ns_ = INT64_MAX;
