@@ -481,7 +481,9 @@ asio::awaitable<bool> HttpSession::readHead() {
         // Idle keep-alive: the worker's sweep may end this read after kSleepAfterNs (maybeSleep).
         // A pending read, not async_wait(wait_read): Asio re-arms epoll (one epoll_ctl) for every
         // wait, but not for a read on a socket known drained.
-        waiting_ = phase_ == Phase::kIdle;
+        // Only a socket known drained: a wake-up re-reads it, and one never read from (a new
+        // connection) would otherwise cycle through sleep and wake, restarting its idle timeout.
+        waiting_ = phase_ == Phase::kIdle && net::knownDrained(client_);
         auto [rec, rn] = co_await client_.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
         waiting_ = false;
         ec = rec;
