@@ -406,9 +406,9 @@ void HttpSession::releaseIdleState() {
   if (storage && pooled) worker_.giveReadBuffer(std::move(storage));
 }
 
-// Reads until one complete request head is in rbuf_ (or answers and fails). While the connection
-// is idle it holds no buffer: it waits for readability first, which also saves the speculative
-// read that would fail with EAGAIN.
+// Reads until one complete request head is in rbuf_ (or answers and fails). An idle keep-alive
+// connection waits here with a pending read into its 1 KiB buffer; after kSleepAfterNs the
+// worker's sweep ends that read (maybeSleep) and the connection sleeps without buffer or coroutine.
 asio::awaitable<bool> HttpSession::readHead() {
   // Each request routes on the newest config; one already in flight keeps its own.
   wrt_ = worker_.runtime();
@@ -473,7 +473,7 @@ asio::awaitable<bool> HttpSession::readHead() {
       ec = rec;
       n = rn;
     } else {
-      // After run() saw the socket readable, the bytes are read at once, without a second trip
+      // After wake() saw the socket readable, the bytes are read at once, without a second trip
       // through the reactor.
       const bool read_now = readable_ && readNow(room, ec, n);
       readable_ = false;

@@ -157,7 +157,7 @@ class HttpSession {
   bool linger_ = false;  // unread request body may be pending: close gently
   bool h2c_ = false;     // h2c listener: the first bytes may be the HTTP/2 preface
   bool http2_ = false;   // readHead() saw the preface
-  bool readable_ = false;  // serve() or wake() saw the idle socket readable: readHead() reads at once
+  bool readable_ = false;  // wake() saw the sleeping socket readable: readHead() reads at once
   bool waiting_ = false;   // readHead() waits for the next request on an idle plain socket
   bool asleep_ = false;    // its coroutine ended (or is ending) for a plain readiness wait
   int64_t idle_since_ns_ = 0;
