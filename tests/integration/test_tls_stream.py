@@ -1,6 +1,7 @@
 """The ingress's own TLS stream (src/proxy/tls/stream.cc) at its edges: a record split across TCP
-segments, a peer that closes in the middle of a record, close_notify both ways, a 1 MiB response
-through a slow reader, a reader that stops reading (the write timeout ends it, the worker keeps
+segments, a peer that closes in the middle of a record, close_notify both ways, the TLS 1.3 ticket
+the proxy holds back after the handshake (sent with the first response, or before it waits for an
+idle client), a 1 MiB response through a slow reader, a reader that stops reading (the write timeout ends it, the worker keeps
 serving), and KeyUpdate from the client (openssl s_client's K/k commands)."""
 import queue
 import shutil
@@ -46,10 +47,10 @@ HELLO = b"GET /hello HTTP/1.1\r\nHost: stream.test\r\n\r\n"
 class RawTls:
     """TLS over memory BIOs, so that the test decides which ciphertext bytes go out and when."""
 
-    def __init__(self, port, ctx):
+    def __init__(self, port, ctx, session=None):
         self.sock = socket.create_connection((LOCALHOST, port), timeout=10)
         self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self.inc, self.out, server_hostname="stream.test")
+        self.obj = ctx.wrap_bio(self.inc, self.out, server_hostname="stream.test", session=session)
         while True:
             try:
                 self.obj.do_handshake()
@@ -185,6 +186,57 @@ class TlsStream(ProxyTestCase):
                     break
                 except ssl.SSLWantReadError:
                     pass
+        finally:
+            t.close()
+
+    def test_connection_close_responses_end_with_close_notify_and_each_carries_a_ticket(self):
+        # Each connection: one request with Connection: close, sent with the client's Finished (as
+        # wrk does); the answer, a fresh ticket and close_notify come back, and the next connection
+        # resumes with that ticket. Local (direct_response) and forwarded responses, TLS 1.3.
+        session = None
+        for i, path in enumerate(["/hello", "/echo", "/hello", "/echo", "/hello"]):
+            t = RawTls(self.port, self.ctx, session=session)
+            try:
+                if i > 0:
+                    self.assertTrue(t.obj.session_reused, f"connection {i + 1} did not resume")
+                t.sock.sendall(t.seal(f"GET {path} HTTP/1.1\r\nHost: stream.test\r\nConnection: close\r\n\r\n".encode()))
+                got, how = t.read_plain(b"never")
+                self.assertTrue(got.startswith(b"HTTP/1.1 200"), got)
+                self.assertIn(b"connection: close", got.lower())
+                self.assertEqual(how, "close_notify")
+                session = t.obj.session
+                self.assertTrue(session.has_ticket, f"no ticket on connection {i + 1}")
+                self.assertEqual(t.sock.recv(100), b"")  # the proxy closed after its close_notify
+            finally:
+                t.close()
+        self.assert_serves()
+
+    def test_ticket_reaches_a_client_that_sends_nothing(self):
+        # The ticket is held back for the first response, but not across a wait for the client.
+        t = RawTls(self.port, self.ctx)
+        try:
+            t.sock.settimeout(0.5)
+            ticket_seen = False
+            try:
+                while not ticket_seen:
+                    t.feed()
+                    try:
+                        t.obj.read(1)
+                    except ssl.SSLWantReadError:
+                        pass
+                    ticket_seen = t.obj.session is not None and t.obj.session.has_ticket
+            except socket.timeout:
+                pass
+            self.assertTrue(ticket_seen, "no session ticket while the connection was idle")
+            session = t.obj.session
+        finally:
+            t.close()
+        t = RawTls(self.port, self.ctx, session=session)
+        try:
+            self.assertTrue(t.obj.session_reused)
+            t.sock.sendall(t.seal(HELLO))
+            got, how = t.read_plain(b"hello\n")
+            self.assertEqual(how, "data")
         finally:
             t.close()
 

@@ -214,7 +214,7 @@ asio::awaitable<void> HttpSession::serve() {
       if (!ok_step) break;
     }
   }
-  if (tls_ && tls_->established && client_.is_open() && !linger_) {
+  if (tls_ && tls_->established && client_.is_open() && !linger_ && !tls_->stream.closeNotifySent()) {
     co_await tlsShutdown();
   }
   if (linger_) {
@@ -714,7 +714,7 @@ asio::awaitable<bool> HttpSession::respondRateLimited(uint32_t retry_after_s, bo
   codec::writeLocalResponse(x_->wbuf, 429, "text/plain", "429 Too Many Requests: rate limit exceeded\n", keep_alive,
                             head_request_, {}, x_->request_id, {&retry, nullptr});
   setPhase(Phase::kWritingClient, wrt_->rt->snapshot->timeouts.body_read);
-  const bool ok = co_await writeClient(x_->wbuf);
+  const bool ok = co_await writeClient(x_->wbuf, {}, !keep_alive);
   finishRequest(429, "rate limited");
   co_return ok && keep_alive;
 }
@@ -739,16 +739,22 @@ asio::awaitable<bool> HttpSession::respondLocal(int status, std::string_view bod
                             x_->request_id, rw);
   const Millis write_timeout = wrt_ ? wrt_->rt->snapshot->timeouts.body_read : Millis(10'000);
   setPhase(Phase::kWritingClient, write_timeout);
-  bool ok = co_await writeClient(x_->wbuf);
+  bool ok = co_await writeClient(x_->wbuf, {}, !keep_alive);
   if (m) finishRequest(status, {});
   co_return ok && keep_alive;
 }
 
-asio::awaitable<bool> HttpSession::writeClient(std::string_view a, std::string_view b) {
+asio::awaitable<bool> HttpSession::writeClient(std::string_view a, std::string_view b, bool last) {
   std::array<asio::const_buffer, 2> bufs{asio::buffer(a.data(), a.size()), asio::buffer(b.data(), b.size())};
   boost::system::error_code ec;
   size_t n = 0;
-  if (tls_) {
+  if (tls_ && last && !linger_ && rbuf_.empty()) {
+    // Nothing more from the client is expected (no pipelined bytes): the response and close_notify
+    // leave in one send() and serve() closes without waiting for the client's close_notify.
+    auto [wec, wn] = co_await tls_->stream.async_write_last(bufs, kNoThrow);
+    ec = wec;
+    n = wn;
+  } else if (tls_) {
     auto [wec, wn] = co_await tls_->stream.async_write(bufs, kNoThrow);
     ec = wec;
     n = wn;
@@ -1478,8 +1484,11 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       first = x_->ubuf.view().substr(0, r.consumed);
       if (r.done) remaining = 0;
     }
+    // The whole response is in this write: the last one of a connection that closes after it.
+    const bool whole = rframing == BodyFraming::kNone || (rframing == BodyFraming::kContentLength && remaining == 0) ||
+                       (rframing == BodyFraming::kChunked && !dechunk && x_->chunks.done());
     setPhase(Phase::kWritingClient, wrt.rt->snapshot->timeouts.body_read);
-    bool ok = co_await writeClient(x_->wbuf, first);
+    bool ok = co_await writeClient(x_->wbuf, first, whole && !client_keep);
     x_->ubuf.consume(first.size());
     // upstream_clean: the upstream ended the response exactly where its framing said, so the
     // connection may carry another request.

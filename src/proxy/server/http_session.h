@@ -123,7 +123,8 @@ class HttpSession {
                                                  bool& upstream_failed);
   boost::asio::awaitable<bool> streamResponseBody(upstream::UpstreamConnection& up, http::BodyFraming framing,
                                                   uint64_t remaining, bool dechunk, bool& upstream_clean);
-  boost::asio::awaitable<bool> writeClient(std::string_view a, std::string_view b = {});
+  // last: the whole final response of a connection about to close (TLS: close_notify goes with it).
+  boost::asio::awaitable<bool> writeClient(std::string_view a, std::string_view b = {}, bool last = false);
   // One read from the client (through TLS when the listener has it).
   boost::asio::awaitable<std::pair<boost::system::error_code, size_t>> readClient(boost::asio::mutable_buffer b);
   boost::asio::awaitable<void> lingerClose();

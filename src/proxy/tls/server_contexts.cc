@@ -334,6 +334,18 @@ bool ServerContexts::ticketKeys(TicketKey* current, TicketKey* previous) const {
   return have_previous_;
 }
 
+namespace {
+// The ticket cipher, fetched once: EVP_aes_256_cbc() in EVP_*Init_ex makes OpenSSL 3 look the
+// algorithm up in its provider store on every ticket sealed or opened.
+const EVP_CIPHER* ticketCipher() {
+  static EVP_CIPHER* const c = [] {
+    EVP_CIPHER* f = EVP_CIPHER_fetch(nullptr, "AES-256-CBC", nullptr);
+    return f;
+  }();
+  return c != nullptr ? c : EVP_aes_256_cbc();
+}
+}  // namespace
+
 int ServerContexts::ticketCallback(SSL* ssl, unsigned char* key_name, unsigned char* iv, EVP_CIPHER_CTX* cctx,
                                    EVP_MAC_CTX* hctx, int enc) {
   // Tickets are handled by the session context: the one the connection started on.
@@ -347,8 +359,8 @@ int ServerContexts::ticketCallback(SSL* ssl, unsigned char* key_name, unsigned c
   if (enc) {
     key = &cur;
     std::memcpy(key_name, key->name, sizeof key->name);
-    if (RAND_bytes(iv, EVP_CIPHER_get_iv_length(EVP_aes_256_cbc())) != 1) return -1;
-    if (EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), nullptr, key->aes, iv) != 1) return -1;
+    if (RAND_bytes(iv, EVP_CIPHER_get_iv_length(ticketCipher())) != 1) return -1;
+    if (EVP_EncryptInit_ex(cctx, ticketCipher(), nullptr, key->aes, iv) != 1) return -1;
   } else {
     if (std::memcmp(key_name, cur.name, sizeof cur.name) == 0) {
       key = &cur;
@@ -362,7 +374,7 @@ int ServerContexts::ticketCallback(SSL* ssl, unsigned char* key_name, unsigned c
     } else {
       return 0;  // unknown or expired key: full handshake
     }
-    if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), nullptr, key->aes, iv) != 1) return -1;
+    if (EVP_DecryptInit_ex(cctx, ticketCipher(), nullptr, key->aes, iv) != 1) return -1;
   }
   char digest[] = "SHA256";
   OSSL_PARAM params[] = {

@@ -2,6 +2,7 @@
 
 #include <openssl/err.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -85,8 +86,34 @@ int Stream::bioWrite(BIO* b, const char* in, size_t len, size_t* put) {
   auto* s = static_cast<Stream*>(BIO_get_data(b));
   BIO_clear_retry_flags(b);
   *put = 0;
+  if (s->hold_) {
+    s->held_.append(in, len);
+    *put = len;
+    return 1;
+  }
   for (;;) {
-    const ssize_t n = ::send(s->socket_.native_handle(), in, len, MSG_NOSIGNAL);
+    ssize_t n;
+    size_t before = 0;  // held bytes this send carries ahead of `in`
+    if (s->held_.empty()) {
+      n = ::send(s->socket_.native_handle(), in, len, MSG_NOSIGNAL);
+    } else {
+      before = s->held_.size();
+      iovec iov[2] = {{s->held_.data(), before}, {const_cast<char*>(in), len}};
+      msghdr m{};
+      m.msg_iov = iov;
+      m.msg_iovlen = 2;
+      n = ::sendmsg(s->socket_.native_handle(), &m, MSG_NOSIGNAL);
+    }
+    if (n >= 0 && before > 0) {
+      const size_t k = static_cast<size_t>(n);
+      s->held_.erase(0, std::min(k, before));
+      if (k <= before) {  // none of `in` went out: OpenSSL retries it once the socket is writable
+        BIO_set_retry_write(b);
+        return 0;
+      }
+      *put = k - before;
+      return 1;
+    }
     if (n >= 0) {
       *put = static_cast<size_t>(n);
       return 1;
@@ -195,27 +222,65 @@ asio::awaitable<bool> Stream::waitWritable(Error& ec) {
   co_return !wec;
 }
 
+void Stream::trySendHeld() {
+  while (!held_.empty()) {
+    const ssize_t n = ::send(socket_.native_handle(), held_.data(), held_.size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    held_.erase(0, static_cast<size_t>(n));
+  }
+}
+
+asio::awaitable<bool> Stream::flushHeld(Error& ec) {
+  while (!held_.empty()) {
+    const ssize_t n = ::send(socket_.native_handle(), held_.data(), held_.size(), MSG_NOSIGNAL);
+    if (n >= 0) {
+      held_.erase(0, static_cast<size_t>(n));
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      ec = Error(errno, asio::error::get_system_category());
+      co_return false;
+    }
+    const bool writable = co_await waitWritable(ec);
+    if (!writable) co_return false;
+  }
+  co_return true;
+}
+
 asio::awaitable<std::tuple<Stream::Error>> Stream::async_handshake(asio::ssl::stream_base::handshake_type, Token) {
   ERR_clear_error();  // callbacks (SNI, tickets, verification) run inside; start clean
   auto scratch = std::make_unique_for_overwrite<char[]>(kScratch);
   Error ec;
   bool ok = co_await fill(asio::buffer(scratch.get(), kScratch), ec);  // the ClientHello
+  hold_ = true;  // each flight leaves in one send, before the wait for the client's answer
   for (;;) {
-    if (!ok) co_return std::tuple<Error>{ec};
+    if (!ok) {
+      hold_ = false;
+      co_return std::tuple<Error>{ec};
+    }
     const int r = SSL_do_handshake(ssl_);
     spillRest();  // scratch goes away with this frame
     if (r == 1) {
+      hold_ = false;
       noteDrained();
       ERR_clear_error();
-      co_return std::tuple<Error>{Error{}};
+      // TLS 1.3: what the last step wrote is the session ticket, and the client sends its request
+      // without waiting for it, so it goes out with the first response (or before the first read
+      // that has to wait). TLS 1.2: the server's Finished, which the client does wait for.
+      bool sent = true;
+      if (SSL_version(ssl_) != TLS1_3_VERSION) sent = co_await flushHeld(ec);
+      co_return std::tuple<Error>{sent ? Error{} : ec};
     }
     const int w = classify(r, ec);
-    if (w == 0) co_return std::tuple<Error>{ec};
-    if (w == 1) {
-      ok = co_await fill(asio::buffer(scratch.get(), kScratch), ec);
-    } else {
-      ok = co_await waitWritable(ec);
+    if (w == 0) {
+      hold_ = false;
+      trySendHeld();  // the alert, if OpenSSL wrote one
+      co_return std::tuple<Error>{ec};
     }
+    ok = co_await flushHeld(ec);
+    if (ok && w == 1) ok = co_await fill(asio::buffer(scratch.get(), kScratch), ec);
   }
 }
 
@@ -226,8 +291,13 @@ asio::awaitable<std::tuple<Stream::Error, size_t>> Stream::async_read_some(asio:
   for (;;) {
     if (need && !eof_) {
       // Nothing buffered: read ciphertext first (into b; OpenSSL copies it out before it writes
-      // plaintext there), so the SSL_read below does not fail for want of data.
+      // plaintext there), so the SSL_read below does not fail for want of data. A ticket still
+      // held from the handshake goes out before the wait.
       Error ec;
+      if (!held_.empty()) {
+        const bool sent = co_await flushHeld(ec);
+        if (!sent) co_return std::tuple<Error, size_t>{ec, 0};
+      }
       const bool ok = co_await fill(b, ec);
       if (!ok) co_return std::tuple<Error, size_t>{ec, 0};
     }
@@ -282,6 +352,29 @@ asio::awaitable<std::tuple<Stream::Error, size_t>> Stream::writeOne(asio::const_
     const bool ok = co_await waitWritable(ec);
     if (!ok) co_return std::tuple<Error, size_t>{ec, 0};
   }
+}
+
+asio::awaitable<std::tuple<Stream::Error, size_t>> Stream::writeLast(asio::const_buffer b) {
+  // Held, the record and the alert cannot fail for want of room: OpenSSL hands them over at once
+  // (b, the thread's join buffer, is not needed after SSL_write_ex returns).
+  hold_ = true;
+  size_t put = 0;
+  const int r = SSL_write_ex(ssl_, b.data(), b.size(), &put);
+  Error ec;
+  if (r != 1) {
+    hold_ = false;
+    classify(r, ec);
+    if (!ec) ec = asio::error::operation_not_supported;
+    trySendHeld();
+    co_return std::tuple<Error, size_t>{ec, 0};
+  }
+  // close_notify; the peer's is not waited for (RFC 8446 6.1 does not require it): the socket is
+  // closed next, as nginx does. A failure here only means no alert goes out.
+  if (SSL_shutdown(ssl_) < 0) ERR_clear_error();
+  hold_ = false;
+  const bool sent = co_await flushHeld(ec);
+  if (!sent) co_return std::tuple<Error, size_t>{ec, 0};
+  co_return std::tuple<Error, size_t>{Error{}, put};
 }
 
 asio::awaitable<std::tuple<Stream::Error>> Stream::async_shutdown(Token) {
