@@ -9,7 +9,7 @@ import threading
 import time
 import unittest
 
-from harness import ProxyTestCase, Conn, render, pattern_chunks, pattern_sha256
+from harness import ProxyTestCase, Conn, render, pattern_bytes, pattern_chunks, pattern_sha256
 
 BIG = int(os.environ.get("MARCHPROXY_ITEST_BIG", str(1 << 30)))
 RSS_LIMIT_KIB = int(os.environ.get("MARCHPROXY_ITEST_RSS_LIMIT_MIB", "100")) * 1024
@@ -139,6 +139,22 @@ class StreamingTest(ProxyTestCase):
                     r = c.read_response()
                     self.assertStatus(r, 200)
                     self.assertEqual(r.json()["sha256"], hashlib.sha256(body).hexdigest())
+
+    def test_pipelined_responses_to_a_stalled_reader(self):
+        # 64 pipelined GETs while the client reads nothing for a second: the proxy's sends to the
+        # client stop part-way once the socket buffers are full (a partial or refused non-blocking
+        # send, finished by an asynchronous write) and every response still arrives whole, in order.
+        n, size = 64, 48 << 10
+        body = pattern_bytes(size)
+        with Conn(self.p.port, timeout=30) as c:
+            c.send("".join(f"GET /bytes/{size}?i={i} HTTP/1.1\r\nHost: t\r\n\r\n" for i in range(n)))
+            time.sleep(1)
+            for i in range(n):
+                r = c.read_response()
+                self.assertStatus(r, 200)
+                self.assertEqual(r.header("content-length"), str(size))
+                self.assertEqual(len(r.body), size, f"response {i}")
+                self.assertTrue(r.body == body, f"response {i}: body differs")
 
     def test_many_medium_bodies_keepalive(self):
         # 64 x 1 MiB both ways on one client connection: framing stays in step across requests.

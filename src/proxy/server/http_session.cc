@@ -62,6 +62,43 @@ struct ExactAllocator {
   bool operator==(const ExactAllocator<U>&) const noexcept { return true; }
 };
 
+using Bufs = std::array<asio::const_buffer, 2>;
+
+// One non-blocking sendmsg of bufs on a plain TCP socket, made before asio's async_write would
+// make the same call: a head (and body) that fits the socket buffer, nearly every one, is then
+// sent without the write op, its post to the scheduler and the coroutine resume around it (what
+// async_write costs even when its first, speculative send succeeds). Returns 1 when everything
+// was sent, -1 on an error (the socket is then useless; the caller closes it), 0 when the rest
+// (bufs, advanced past what was sent) must go through async_write; sent counts the bytes sent here.
+int sendNow(tcp::socket& socket, Bufs& bufs, size_t& sent) {
+  iovec iov[2];
+  int count = 0;
+  for (const asio::const_buffer& b : bufs) {
+    if (b.size() == 0) continue;
+    iov[count].iov_base = const_cast<void*>(b.data());
+    iov[count].iov_len = b.size();
+    ++count;
+  }
+  sent = 0;
+  if (count == 0) return 1;
+  msghdr msg{};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = static_cast<size_t>(count);
+  ssize_t r;
+  do {
+    r = ::sendmsg(socket.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+  sent = static_cast<size_t>(r);
+  size_t left = sent;
+  for (asio::const_buffer& b : bufs) {
+    const size_t k = std::min(left, b.size());
+    b += k;
+    left -= k;
+  }
+  return bufs[0].size() == 0 && bufs[1].size() == 0 ? 1 : 0;
+}
+
 }  // namespace
 
 struct HttpSession::TlsState {
@@ -210,7 +247,15 @@ asio::awaitable<void> HttpSession::serve() {
       if (!ok_step) break;
     }
     {
-      const bool ok_step = co_await handleRequest();
+      // The common case (a plain forward) goes straight to forward(): one coroutine fewer per
+      // request than through handleRequest(), which handles everything else.
+      bool ok_step;
+      const std::optional<router::RouteTable::Match> m = beginRequest();
+      if (m) {
+        ok_step = co_await forward(*m);
+      } else {
+        ok_step = co_await handleRequest();
+      }
       if (!ok_step) break;
     }
   }
@@ -537,7 +582,11 @@ asio::awaitable<void> HttpSession::runHttp2(std::string_view preread) {
   co_await session.run(preread);
 }
 
-asio::awaitable<bool> HttpSession::handleRequest() {
+// The start of every request (counters, request id, log fields; the head leaves rbuf_), then the
+// routing decision without suspending: the route when the request is a plain forward, nothing
+// when handleRequest() must decide (local responses, rate limits, WebSocket, client-certificate
+// checks). Nothing here answers the client, so handleRequest() may redo the checks.
+std::optional<router::RouteTable::Match> HttpSession::beginRequest() {
   WorkerStats& stats = worker_.stats();
   ++stats.requests_total;
   resetRequestState();
@@ -555,13 +604,43 @@ asio::awaitable<bool> HttpSession::handleRequest() {
     x_->log_host.assign(x_->req.host);
     x_->log_path.assign(x_->req.path);
   }
-  const config::Snapshot& snap = *wrt_->rt->snapshot;
-  const bool has_body = x_->req.framing == BodyFraming::kChunked ||
-                        (x_->req.framing == BodyFraming::kContentLength && x_->req.content_length > 0);
   // The head leaves the buffer now. Its views stay valid until the next read into rbuf_, and
   // everything below that uses them (routing, the upstream head) runs before any read. A body, if
   // any, follows in rbuf_; local responses never read it (the connection closes and lingers).
   rbuf_.consume(x_->req.head_size);
+
+  // The same checks as handleRequest(), in its order; any that is not a plain pass goes there.
+  const config::Snapshot& snap = *wrt_->rt->snapshot;
+  if (snap.limits.max_body_bytes && x_->req.framing == BodyFraming::kContentLength &&
+      x_->req.content_length > snap.limits.max_body_bytes)
+    return std::nullopt;
+  if (x_->req.upgrade || x_->req.method == "CONNECT") return std::nullopt;
+  path_ = x_->req.path;
+  switch (http::normalizePath(path_, &x_->norm_path)) {
+    case http::PathNormalization::kNormalized:
+      path_ = x_->norm_path;
+      break;
+    case http::PathNormalization::kInvalid:
+      return std::nullopt;
+    case http::PathNormalization::kUnchanged:
+      break;
+  }
+  const auto m = wrt_->rt->routes->match(x_->req.host, x_->req.method, path_, x_->req.headers);
+  if (!m) return std::nullopt;
+  const config::Route& route = *m->route;
+  if ((!listener_.tls && m->vhost->redirect_to_https != 0) || !route.allowed_client_names.empty() ||
+      (route.rate_limit && route.rate_limit->requests_per_second) || route.action != config::ActionKind::kForward)
+    return std::nullopt;
+  route_id_ = static_cast<int>(m->route_id);
+  websocket_ = false;
+  return m;
+}
+
+// Everything beginRequest() did not pass straight to forward().
+asio::awaitable<bool> HttpSession::handleRequest() {
+  const config::Snapshot& snap = *wrt_->rt->snapshot;
+  const bool has_body = x_->req.framing == BodyFraming::kChunked ||
+                        (x_->req.framing == BodyFraming::kContentLength && x_->req.content_length > 0);
 
   if (snap.limits.max_body_bytes && x_->req.framing == BodyFraming::kContentLength &&
       x_->req.content_length > snap.limits.max_body_bytes) {
@@ -745,9 +824,12 @@ asio::awaitable<bool> HttpSession::respondLocal(int status, std::string_view bod
 }
 
 asio::awaitable<bool> HttpSession::writeClient(std::string_view a, std::string_view b, bool last) {
-  std::array<asio::const_buffer, 2> bufs{asio::buffer(a.data(), a.size()), asio::buffer(b.data(), b.size())};
+  Bufs bufs{asio::buffer(a.data(), a.size()), asio::buffer(b.data(), b.size())};
   boost::system::error_code ec;
   size_t n = 0;
+  const int now = tls_ ? 0 : sendNow(client_, bufs, n);
+  countWritten(n);
+  if (now != 0) co_return now > 0;
   if (tls_ && last && !linger_ && rbuf_.empty()) {
     // Nothing more from the client is expected (no pipelined bytes): the response and close_notify
     // leave in one send() and serve() closes without waiting for the client's close_notify.
@@ -763,9 +845,13 @@ asio::awaitable<bool> HttpSession::writeClient(std::string_view a, std::string_v
     ec = wec;
     n = wn;
   }
+  countWritten(n);
+  co_return !ec;
+}
+
+void HttpSession::countWritten(size_t n) {
   worker_.stats().bytes_out += n;
   resp_bytes_ += n;
-  co_return !ec;
 }
 
 asio::awaitable<std::pair<boost::system::error_code, size_t>> HttpSession::readClient(asio::mutable_buffer b) {
@@ -1057,6 +1143,13 @@ IoResult upstreamRead(upstream::UpstreamConnection& up, asio::mutable_buffer b) 
   return up.socket.async_read_some(b, kNoThrow);
 }
 
+// The same for a write to the client: forward() awaits it directly instead of through the
+// writeClient() coroutine (a coroutine call per response costs about what a malloc does).
+IoResult clientWrite(tcp::socket& client, tls::Stream* tls, const std::array<asio::const_buffer, 2>& bufs) {
+  if (tls) return tls->async_write(bufs, kNoThrow);
+  return asio::async_write(client, bufs, kNoThrow);
+}
+
 }  // namespace
 
 // The upstream request head, into x_->up_head. Not part of forward()'s coroutine frame: the
@@ -1269,6 +1362,8 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
                                                                 : cc.timeouts.response;
   bool force_fresh = false;
   bool sent_continue = false;
+  Bufs out;         // what is left of a write
+  size_t sent = 0;  // bytes a write sent without waiting
 
   while (!fail.status) {
     const int64_t now = upstream::steadyNowNs();
@@ -1284,7 +1379,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
     const size_t ei = static_cast<size_t>(idx);
     upstream::EndpointPool& pool = *wrt.pools[ci][ei];
     x_->log_upstream = cr.keys[ei];
-    if (!upstream_start_ns_) upstream_start_ns_ = monoNowNs();
+    if (!upstream_start_ns_ && worker_.accessLog()) upstream_start_ns_ = monoNowNs();  // for upstream_ms only
 
     std::unique_ptr<upstream::UpstreamConnection> conn;
     // A cluster that is sent the PROXY protocol gets one connection per request: a pooled
@@ -1331,9 +1426,13 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
 
     // --- send the head and the body bytes already held, in one write
     setPhase(Phase::kWritingUpstream, try_timeout);
-    const auto [wec, wn] =
-        co_await upstreamWrite(*conn, {asio::buffer(x_->up_head), asio::buffer(rbuf_.view().data(), held)});
-    if (wec) {
+    out = {asio::buffer(x_->up_head), asio::buffer(rbuf_.view().data(), held)};
+    int written = conn->tls ? 0 : sendNow(conn->socket, out, sent);
+    if (written == 0) {
+      const auto [wec, wn] = co_await upstreamWrite(*conn, out);
+      written = wec ? -1 : 1;
+    }
+    if (written < 0) {
       if (reused && !timed_out_ && body_whole) {
         force_fresh = true;  // a pooled connection the upstream had just closed: try a new one
         continue;
@@ -1451,7 +1550,7 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
       }
       continue;
     }
-    upstream_end_ns_ = monoNowNs();
+    if (upstream_start_ns_) upstream_end_ns_ = monoNowNs();
 
     if (websocket_ && status == 101) {
       const bool result = co_await relayUpgrade(*conn, m, idx);
@@ -1488,7 +1587,18 @@ asio::awaitable<bool> HttpSession::forward(const router::RouteTable::Match& m) {
     const bool whole = rframing == BodyFraming::kNone || (rframing == BodyFraming::kContentLength && remaining == 0) ||
                        (rframing == BodyFraming::kChunked && !dechunk && x_->chunks.done());
     setPhase(Phase::kWritingClient, wrt.rt->snapshot->timeouts.body_read);
-    bool ok = co_await writeClient(x_->wbuf, first, whole && !client_keep);
+    out = {asio::buffer(x_->wbuf), asio::buffer(first.data(), first.size())};
+    written = tls_ ? 0 : sendNow(client_, out, sent);
+    countWritten(sent);
+    if (written == 0 && tls_ && whole && !client_keep) {
+      // The final response of a TLS connection goes out with close_notify (writeClient's last path).
+      written = co_await writeClient(x_->wbuf, first, true) ? 1 : -1;
+    } else if (written == 0) {
+      const auto [cwec, cwn] = co_await clientWrite(client_, tls_ ? &tls_->stream : nullptr, out);
+      countWritten(cwn);
+      written = cwec ? -1 : 1;
+    }
+    bool ok = written > 0;
     x_->ubuf.consume(first.size());
     // upstream_clean: the upstream ended the response exactly where its framing said, so the
     // connection may carry another request.

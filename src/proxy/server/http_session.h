@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -90,6 +91,7 @@ class HttpSession {
   void releaseIdleState();
   boost::asio::awaitable<bool> readHead();
   bool readNow(size_t room, boost::system::error_code& ec, size_t& n);
+  std::optional<router::RouteTable::Match> beginRequest();
   boost::asio::awaitable<bool> handleRequest();
   boost::asio::awaitable<bool> forward(const router::RouteTable::Match& m);
   // forward()'s parts. Each frame entered per request must fit asio's recycling size (1,020 bytes;
@@ -125,6 +127,7 @@ class HttpSession {
                                                   uint64_t remaining, bool dechunk, bool& upstream_clean);
   // last: the whole final response of a connection about to close (TLS: close_notify goes with it).
   boost::asio::awaitable<bool> writeClient(std::string_view a, std::string_view b = {}, bool last = false);
+  void countWritten(size_t n);  // response bytes sent to the client (stats, access log)
   // One read from the client (through TLS when the listener has it).
   boost::asio::awaitable<std::pair<boost::system::error_code, size_t>> readClient(boost::asio::mutable_buffer b);
   boost::asio::awaitable<void> lingerClose();
