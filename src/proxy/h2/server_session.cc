@@ -12,6 +12,9 @@
 #include <span>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <sys/socket.h>
+
+#include <cerrno>
 
 #include "common/base/buffer.h"
 #include "common/base/clock.h"
@@ -142,10 +145,25 @@ asio::awaitable<boost::system::error_code> writeUpstream(upstream::UpstreamConne
   co_return e;
 }
 
+// One non-blocking send of what a plain TCP socket takes now. Most writes (a request head, a
+// batch of frames) complete here, without an asynchronous operation and the handler hops it costs
+// (same syscall); the caller writes the rest, if any, asynchronously. Only while no other write is
+// pending on the socket. Returns the bytes sent; ec only for a real error (not EAGAIN).
+size_t sendNow(tcp::socket& socket, std::string_view data, boost::system::error_code& ec) {
+  for (;;) {
+    const ssize_t n = ::send(socket.native_handle(), data.data(), data.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n >= 0) return static_cast<size_t>(n);
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) ec.assign(errno, boost::system::system_category());
+    return 0;
+  }
+}
+
 }  // namespace
 
 struct ServerSession::Stream {
-  explicit Stream(asio::io_context& ioc) : cv(ioc) {}
+  explicit Stream(asio::io_context& context) : ioc(context) {}
+  asio::io_context& ioc;
   int32_t id = 0;
   Request req;
   std::string cookie;        // HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one
@@ -154,9 +172,11 @@ struct ServerSession::Stream {
   bool gone = false;         // closed or reset: stop working on it
   bool serving = true;       // serve() still runs (its own deadlines bound it)
   int64_t progress_ns = 0;   // serve() ended, or response bytes last went out (http2.stream_idle_timeout)
-  asio::steady_timer cv;     // wait/notify (cancel() wakes the waiter)
-  // The second waiter of a WebSocket stream (client -> upstream); made by relayWebSocket only, so a
-  // plain request constructs and destroys one timer, not two.
+  // Wait/notify (cancel() wakes the waiter), made by the first wait: a plain request never waits,
+  // and a timer constructed and destroyed per stream costs a service lookup and a type-erased
+  // executor each time.
+  std::optional<asio::steady_timer> cv_;
+  // The second waiter of a WebSocket stream (client -> upstream); made by relayWebSocket only.
   std::optional<asio::steady_timer> ws_cv;
   bool websocket = false;    // an RFC 8441 extended CONNECT with :protocol websocket
   bool eof_sent = false;     // the codec took the end of the response body (END_STREAM)
@@ -185,9 +205,13 @@ struct ServerSession::Stream {
   char request_id_buf[128];
   std::string_view log_cluster;
   uint64_t bytes_in = 0, bytes_out = 0;
+  // The route (set once routed) and, for a redirect, the host and query it is built from: views
+  // into req, which does not change while the stream lives.
+  router::RouteTable::Match match;
+  std::string_view host, query;
 
   void notify() {
-    cv.cancel();
+    if (cv_) cv_->cancel();
     if (ws_cv) ws_cv->cancel();
   }
   void setDeadline(Millis t) {
@@ -195,6 +219,10 @@ struct ServerSession::Stream {
     deadline_ns = coarseNowNs() + t.count() * kNsPerMs;
   }
   size_t pending() const { return out.size() - out_off; }
+  asio::steady_timer& cv() {
+    if (!cv_) cv_.emplace(ioc);
+    return *cv_;
+  }
   void setRequestId(std::string_view v) {
     const size_t n = std::min(v.size(), sizeof request_id_buf);
     std::memcpy(request_id_buf, v.data(), n);
@@ -294,19 +322,22 @@ asio::awaitable<void> ServerSession::writeLoop() {
       (void)ec;
       continue;
     }
-    writing_ = true;
     boost::system::error_code ec;
-    size_t n = 0;
-    if (client_.tls) {
-      auto [wec, wn] = co_await client_.tls->async_write(asio::buffer(wbuf_), kNoThrow);
-      ec = wec;
-      n = wn;
-    } else {
-      auto [wec, wn] = co_await asio::async_write(client_.socket, asio::buffer(wbuf_), kNoThrow);
-      ec = wec;
-      n = wn;
+    size_t n = client_.tls ? 0 : sendNow(client_.socket, wbuf_, ec);
+    if (!ec && n < wbuf_.size()) {
+      writing_ = true;
+      const asio::const_buffer rest = asio::buffer(wbuf_) + n;
+      if (client_.tls) {
+        auto [wec, wn] = co_await client_.tls->async_write(rest, kNoThrow);
+        ec = wec;
+        n += wn;
+      } else {
+        auto [wec, wn] = co_await asio::async_write(client_.socket, rest, kNoThrow);
+        ec = wec;
+        n += wn;
+      }
+      writing_ = false;
     }
-    writing_ = false;
     worker_.stats().bytes_out += n;
     if (ec) {
       boost::system::error_code cec;
@@ -380,7 +411,7 @@ void ServerSession::onRequest(int32_t id, Request& req, bool end_stream) {
   s->progress_ns = last_active_ns_ = coarseNowNs();
   streams_[id] = s;
   ++tasks_;
-  asio::co_spawn(worker_.ioc(), serve(s), asio::detached);
+  serve(s);
 }
 
 void ServerSession::onData(int32_t id, std::string_view data) {
@@ -451,7 +482,7 @@ BodyChunk ServerSession::readBody(int32_t id, uint8_t* buf, size_t len) {
 
 asio::awaitable<bool> ServerSession::waitFor(Stream& s, asio::steady_timer* on) {
   if (s.gone) co_return false;
-  asio::steady_timer& t = on ? *on : s.cv;
+  asio::steady_timer& t = on ? *on : s.cv();
   t.expires_at(asio::steady_timer::time_point::max());
   auto [ec] = co_await t.async_wait(kNoThrow);
   (void)ec;
@@ -557,7 +588,7 @@ void ServerSession::finish(Stream& s, std::string_view error) {
   server::recordRequest(worker_, s.wrt.get(), s.route_id, e, s.start_ns, s.upstream_start_ns, s.upstream_end_ns);
 }
 
-asio::awaitable<void> ServerSession::serve(std::shared_ptr<Stream> sp) {
+void ServerSession::serve(const std::shared_ptr<Stream>& sp) {
   Stream& s = *sp;
   s.wrt = worker_.runtime();  // each request routes on the newest config
   s.start_ns = monoNowNs();
@@ -642,40 +673,76 @@ asio::awaitable<void> ServerSession::serve(std::shared_ptr<Stream> sp) {
         respondError(s, 404, "no route for this host and path");
       } else {
         s.route_id = static_cast<int>(m->route_id);
+        s.match = *m;
+        s.host = host;
+        s.query = q == std::string_view::npos ? std::string_view{} : target.substr(q + 1);
         const config::Route& route = *m->route;
-        const std::string_view query = q == std::string_view::npos ? std::string_view{} : target.substr(q + 1);
         if (!listener_.tls && m->vhost->redirect_to_https != 0) {
           config::RedirectAction to_https;
           to_https.code = m->vhost->redirect_to_https;
           to_https.scheme = "https";
           respondLocal(s, to_https.code, {}, {},
-                       router::redirectLocation(to_https, *m, listener_.scheme, host, s.path, query), &*m);
+                       router::redirectLocation(to_https, *m, listener_.scheme, host, s.path, s.query), &*m);
           finish(s, {});
         } else if (!route.allowed_client_names.empty() &&
                    !(client_.identity && client_.identity->allows(route.allowed_client_names))) {
           respondError(s, 403, "client certificate not allowed on this route");
-        } else {
-          // admitRate() only for a limited route: a coroutine frame less per stream otherwise.
-          bool admitted = true;
-          if (route.rate_limit && route.rate_limit->requests_per_second != 0) admitted = co_await admitRate(s, route);
-          if (!admitted) {
-            // answered 429 (gRPC: grpc-status 8 RESOURCE_EXHAUSTED)
-          } else if (s.websocket && !route.websocket) {
-            respondError(s, 403, "WebSocket is disabled on this route");
-          } else if (route.action == config::ActionKind::kDirectResponse) {
-            respondLocal(s, route.direct.status, route.direct.body, route.direct.content_type, {}, &*m);
-            finish(s, {});
-          } else if (route.action == config::ActionKind::kRedirect) {
-            respondLocal(s, route.redirect.code, {}, {},
-                         router::redirectLocation(route.redirect, *m, listener_.scheme, host, s.path, query), &*m);
-            finish(s, {});
-          } else {
-            co_await forward(s, *m);
-          }
+        } else if (route.rate_limit && route.rate_limit->requests_per_second != 0) {
+          spawnStream(sp, admitAndServe(sp));  // the limiter may wait (a shared store)
+          return;
+        } else if (routeAction(s) == Action::kForward) {
+          spawnStream(sp, forward(sp));
+          return;
         }
       }
     }
   }
+  endServe(s);
+}
+
+ServerSession::Action ServerSession::routeAction(Stream& s) {
+  const router::RouteTable::Match& m = s.match;
+  const config::Route& route = *m.route;
+  if (s.websocket && !route.websocket) {
+    respondError(s, 403, "WebSocket is disabled on this route");
+  } else if (route.action == config::ActionKind::kDirectResponse) {
+    respondLocal(s, route.direct.status, route.direct.body, route.direct.content_type, {}, &m);
+    finish(s, {});
+  } else if (route.action == config::ActionKind::kRedirect) {
+    respondLocal(s, route.redirect.code, {}, {},
+                 router::redirectLocation(route.redirect, m, listener_.scheme, s.host, s.path, s.query), &m);
+    finish(s, {});
+  } else {
+    return Action::kForward;
+  }
+  return Action::kDone;
+}
+
+asio::awaitable<void> ServerSession::admitAndServe(std::shared_ptr<Stream> sp) {
+  const bool admitted = co_await admitRate(*sp, *sp->match.route);
+  // Not admitted: answered 429 (gRPC: grpc-status 8 RESOURCE_EXHAUSTED).
+  if (admitted && routeAction(*sp) == Action::kForward) co_await forward(sp);
+}
+
+// One coroutine (plus asio's entry frame) per forwarded stream; its completion handler ends the
+// stream, so there is no frame of a caller waiting for it. Dropped unrun only when the io_context
+// is destroyed, together with this session.
+void ServerSession::spawnStream(const std::shared_ptr<Stream>& sp, asio::awaitable<void> work) {
+  asio::co_spawn(worker_.ioc(), std::move(work), [this, sp](const std::exception_ptr& e) {
+    if (e) {
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        spdlog::error("http2: stream {} from {} failed: {}", sp->id, client_.ip, ex.what());
+      } catch (...) {
+        spdlog::error("http2: stream {} from {} failed", sp->id, client_.ip);
+      }
+    }
+    endServe(*sp);
+  });
+}
+
+void ServerSession::endServe(Stream& s) {
   // A request body nobody read: its window goes back so the connection does not stall.
   if (!s.in.empty()) {
     codec_->consume(s.id, s.in.size());
@@ -751,7 +818,19 @@ asio::awaitable<bool> ServerSession::sendBody(Stream& s, bool chunked) {
   co_return true;
 }
 
-asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable::Match& m) {
+// What forward() sends and how it may retry, built outside its coroutine frame (the HTTP/1.1 view
+// of the request and the writer's inputs are not needed once the head is written).
+struct ServerSession::ForwardPlan {
+  std::string up_head;
+  bool has_body = false;
+  bool have_cl = false;
+  uint64_t hash = 0;
+  Millis try_timeout{0};
+  uint32_t retries_left = 0;
+};
+
+void ServerSession::prepareForward(Stream& s, ForwardPlan& plan) {
+  const router::RouteTable::Match& m = s.match;
   server::WorkerRuntime& wrt = *s.wrt;
   const server::Runtime& rt = *wrt.rt;
   const config::Snapshot& snap = *rt.snapshot;
@@ -760,8 +839,6 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
   const config::Cluster& cc = *cr.config;
   const config::Route& route = *m.route;
   const config::RetryPolicy& rp = route.forward.retry;
-  server::ClusterStats& cstats = *wrt.cluster_stats[ci];
-  upstream::LoadBalancer& lb = *wrt.lbs[ci];
   s.log_cluster = cc.name;
   Request& r = s.req;
 
@@ -773,7 +850,7 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
   rh.path = s.path;
   rh.query = q == std::string::npos ? std::string_view{} : std::string_view(r.path).substr(q + 1);
   rh.host = r.authority;
-  bool have_cl = false;
+  bool& have_cl = plan.have_cl;
   uint64_t cl = 0;
   rh.headers.reserve(r.headers.size() + 1);  // + the joined cookie
   for (auto& [n, v] : r.headers) {
@@ -791,7 +868,7 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
   }
   if (!s.cookie.empty()) rh.headers.push_back({"cookie", s.cookie});
   // A WebSocket stream stays open for the relay, but its upgrade request has no body.
-  const bool has_body = !s.websocket && !(s.in_end && s.in.empty() && (!have_cl || cl == 0));
+  const bool has_body = plan.has_body = !s.websocket && !(s.in_end && s.in.empty() && (!have_cl || cl == 0));
   codec::UpstreamRequest up_req;
   std::string rewritten;
   up_req.method = r.method;
@@ -816,7 +893,7 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
   } else if (has_body) {
     up_req.body = codec::BodyOut::kChunked;
   }
-  std::string up_head;
+  std::string& up_head = plan.up_head;
   codec::writeUpstreamRequest(up_head, rh, up_req, snap.forwarding, {&m.vhost->request_headers, &route.request_headers});
   if (s.websocket) {
     // The HTTP/1.1 upgrade the upstream expects (RFC 6455 §4.1): HTTP/2 has no key, so a fresh
@@ -832,13 +909,36 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
                                                    has_version ? "" : "Sec-WebSocket-Version: 13\r\n"));
   }
 
-  const uint64_t hash = cc.lb == config::LbPolicy::kRingHash || cc.lb == config::LbPolicy::kMaglev
+  plan.hash = cc.lb == config::LbPolicy::kRingHash || cc.lb == config::LbPolicy::kMaglev
                             ? upstream::requestHash(cc.hash, client_.ip, rh.headers)
                             : 0;
   const Millis response_timeout = route.forward.timeout.count() ? route.forward.timeout : cc.timeouts.response;
-  const Millis try_timeout = rp.per_try_timeout.count() ? rp.per_try_timeout : response_timeout;
+  plan.try_timeout = rp.per_try_timeout.count() ? rp.per_try_timeout : response_timeout;
   // Retries here: connect failures (and a pooled connection found closed) of requests without a body.
-  uint32_t retries_left = server::isIdempotent(r.method) && !has_body ? rp.attempts : 0;
+  plan.retries_left = server::isIdempotent(r.method) && !has_body ? rp.attempts : 0;
+}
+
+asio::awaitable<void> ServerSession::forward(std::shared_ptr<Stream> sp) {
+  Stream& s = *sp;
+  const router::RouteTable::Match& m = s.match;
+  server::WorkerRuntime& wrt = *s.wrt;
+  const server::Runtime& rt = *wrt.rt;
+  const config::Snapshot& snap = *rt.snapshot;
+  const size_t ci = static_cast<size_t>(m.cluster);
+  const server::ClusterRuntime& cr = rt.clusters[ci];
+  const config::Cluster& cc = *cr.config;
+  const config::Route& route = *m.route;
+  const config::RetryPolicy& rp = route.forward.retry;
+  server::ClusterStats& cstats = *wrt.cluster_stats[ci];
+  upstream::LoadBalancer& lb = *wrt.lbs[ci];
+  ForwardPlan plan;
+  prepareForward(s, plan);
+  const std::string& up_head = plan.up_head;
+  const bool has_body = plan.has_body;
+  const bool have_cl = plan.have_cl;
+  const uint64_t hash = plan.hash;
+  const Millis try_timeout = plan.try_timeout;
+  uint32_t retries_left = plan.retries_left;
   int exclude = -1;
   bool force_fresh = false;
   const bool send_pp = cc.send_proxy_protocol != config::Cluster::SendProxyProtocol::kOff;
@@ -919,12 +1019,16 @@ asio::awaitable<void> ServerSession::forward(Stream& s, const router::RouteTable
     s.setDeadline(try_timeout);
     {
       boost::system::error_code ec;
-      if (s.up->tls) {
-        auto [wec, wn] = co_await asio::async_write(*s.up->tls, asio::buffer(up_head), kNoThrow);
-        ec = wec;
-      } else {
-        auto [wec, wn] = co_await asio::async_write(s.up->socket, asio::buffer(up_head), kNoThrow);
-        ec = wec;
+      const size_t sent = s.up->tls ? 0 : sendNow(s.up->socket, up_head, ec);
+      if (!ec && sent < up_head.size()) {
+        const asio::const_buffer rest = asio::buffer(up_head) + sent;
+        if (s.up->tls) {
+          auto [wec, wn] = co_await asio::async_write(*s.up->tls, rest, kNoThrow);
+          ec = wec;
+        } else {
+          auto [wec, wn] = co_await asio::async_write(s.up->socket, rest, kNoThrow);
+          ec = wec;
+        }
       }
       if (s.gone) co_return;
       if (ec) {
@@ -1303,7 +1407,7 @@ asio::awaitable<void> ServerSession::forwardH2(Stream& s, const router::RouteTab
         UpstreamH2Connection::acquire(worker_.ioc(), pool, wrt.rt, ci, ei, &opened);
     if (opened) ++cstats.connections_opened;
     auto us = std::make_shared<UpstreamStream>();
-    us->waker = &s.cv;
+    us->waker = &s.cv();
     us->in_end = !has_body;
     struct StreamGuard {
       UpstreamH2Connection& conn;

@@ -2,10 +2,12 @@
 // ServerSession: one downstream HTTP/2 connection (TLS with ALPN "h2", or h2c with prior
 // knowledge), handed over by HttpSession::run() once the protocol is known.
 //
-//   reader ──▶ ServerCodec (frames, limits) ──▶ per stream: a coroutine that routes the request,
-//   forwards it over HTTP/1.1 (pools, load balancer, health, forwarding headers, rewrites: the same
-//   pieces as the HTTP/1.1 path) and feeds the response back as HEADERS/DATA/trailers
-//   writer ◀── ServerCodec output (one writer; any stream or callback wakes it)
+//   reader ──▶ ServerCodec (frames, limits) ──▶ per stream: checks and routing in the codec's
+//   callback (local answers end there), then one coroutine that forwards it over HTTP/1.1 (pools,
+//   load balancer, health, forwarding headers, rewrites: the same pieces as the HTTP/1.1 path) and
+//   feeds the response back as HEADERS/DATA/trailers
+//   writer ◀── ServerCodec output (one writer; any stream or callback wakes it; one send per wake,
+//   tried at once, asynchronous only for what the socket did not take)
 //
 // Memory per connection is bounded: request bodies by the stream windows (given back only once the
 // upstream took the bytes), response bodies by a 64 KiB buffer per stream that is refilled only
@@ -71,8 +73,19 @@ class ServerSession final : public ServerCodec::Handler {
   boost::asio::awaitable<void> readLoop();
   boost::asio::awaitable<void> writeLoop();
   boost::asio::awaitable<void> sweepLoop();
-  boost::asio::awaitable<void> serve(std::shared_ptr<Stream> s);
-  boost::asio::awaitable<void> forward(Stream& s, const router::RouteTable::Match& m);
+  // A new request: checks, routing and local answers run here, synchronously; a forwarded stream
+  // (or one behind a rate limit) continues in one spawned coroutine, whose completion ends it.
+  void serve(const std::shared_ptr<Stream>& s);
+  enum class Action { kDone, kForward };
+  // The route's action once the request was admitted; kForward: forward() has to run.
+  Action routeAction(Stream& s);
+  boost::asio::awaitable<void> admitAndServe(std::shared_ptr<Stream> s);
+  void spawnStream(const std::shared_ptr<Stream>& s, boost::asio::awaitable<void> work);
+  // The end of a stream's work: unread body window back, a reset if nothing was answered.
+  void endServe(Stream& s);
+  struct ForwardPlan;
+  void prepareForward(Stream& s, ForwardPlan& plan);
+  boost::asio::awaitable<void> forward(std::shared_ptr<Stream> s);
   // The same over an HTTP/2 upstream connection (cluster protocol http2).
   boost::asio::awaitable<void> forwardH2(Stream& s, const router::RouteTable::Match& m, std::string_view up_head,
                                          bool has_body, uint64_t hash, uint32_t retries_left);
