@@ -9,7 +9,8 @@ then runs each packet below `--repeat` times through our program and through the
 `mp_xdp_drop_all` of the same object, `--rounds` times, median. Packets:
 
   flood     UDP to port 9 from one source, which the per-source bucket (1 pps, burst 1) drops:
-            the drop path bench/xdp.py measures (deny/allow lookup, clock, bucket, counter)
+            the drop path bench/xdp.py measures: after the first drop, the per-CPU drop hint
+            (hint lookup and compare, jiffies, counter; no clock call, no prefix or bucket lookup)
   denied    the same from a deny-listed source (dropped after the LPM lookup)
   allowed   the same from an allow-listed source (passed after the LPM lookup)
 

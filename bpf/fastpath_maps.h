@@ -88,6 +88,7 @@ struct mp_settings {
   __u16 ephemeral_min; /* UDP to ports >= this passes the port filter (replies to our sockets) */
   __u16 reserved;
   __u64 routed_any_source; /* TC: the routed rules that allow every source (bit i = rule i) */
+  __u64 tick_ns; /* XDP: the coarse clock's tick (clock_getres(CLOCK_MONOTONIC_COARSE)), one jiffy */
 };
 
 /* One routed rule (mp_routed_rules[gen * MP_ROUTED_RULES + i]). Ports in host byte order,
@@ -135,17 +136,28 @@ struct mp_bucket {
   __u64 last_ns; /* 0 = never used: full bucket */
 };
 
-/* XDP, per CPU (mp_source_hint[0]): the last source the per-source bucket dropped, and the clock
- * reading (same clock as its bucket) before which that bucket cannot hold a packet's credit. Until
- * then the source's packets are dropped without the bucket lookup: exact, because refilling an
- * empty bucket without taking from it only adds elapsed time, which a later refill adds all the
- * same. Written under one rules generation (mp_active[0]); any other generation ignores it. */
+/* XDP, per CPU (mp_source_hint[0]): the last source the per-source bucket dropped, and when that
+ * bucket can next hold a packet's credit; until then the source's packets are dropped without the
+ * prefix and bucket lookups: exact, because refilling an empty bucket without taking from it only
+ * adds elapsed time, which a later refill adds all the same. Written under one rules generation
+ * (mp_active[0]); any other generation ignores it.
+ *
+ * `until` is in jiffies (bpf_jiffies64, which the verifier inlines to one load: no clock call on
+ * the flood's path) when the buckets read the coarse clock, MP_HINT_MARGIN_TICKS early: jiffies
+ * and the coarse clock move together in the same tick update (jiffies first), so a hint that
+ * expires 2 ticks early never outlives the bucket's own verdict; the packets of those last ticks
+ * take the bucket path. 0 = no hint (a bucket less than 3 ticks from holding a packet). Under
+ * MP_F_FINE_CLOCK, `until` is in the fine clock's nanoseconds, exact to the ns. */
 struct mp_source_hint {
-  struct mp_source_key src;
+  union {
+    struct mp_source_key src;
+    __u64 src_words[2];
+  };
   __u32 generation;
-  __u32 reserved;
-  __u64 until_ns;
+  __u32 fine_clock; /* 1: `until` is in the fine clock's ns (MP_F_FINE_CLOCK), 0: in jiffies */
+  __u64 until;
 };
+#define MP_HINT_MARGIN_TICKS 2
 
 /* TC egress: DSCP class by destination (proto, port); value = DSCP code point (0..63). */
 #define MP_DSCP_EF 46

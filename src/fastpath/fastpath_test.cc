@@ -346,7 +346,8 @@ TEST_F(XdpBucketTest, AFloodedSourceIsDroppedByTheHintUntilItsBucketCouldPass) {
   const uint32_t zero = 0;
   auto h = get<mp_source_hint>(hint_, &zero);
   EXPECT_EQ(std::memcmp(h.src.addr, key.addr, 16), 0);
-  EXPECT_EQ(h.until_ns, stamp + 1000);
+  EXPECT_EQ(h.fine_clock, 1u);
+  EXPECT_EQ(h.until, stamp + 1000);
   EXPECT_EQ(h.generation, obj_->generation());
   expectRate(p, MP_XDP_DROP_SOURCE_RATE, "again, before the stamp");
   expectRate(ipv4("203.0.113.6", "198.51.100.1", udp(9)), MP_XDP_PASS, "another source");
@@ -359,7 +360,8 @@ TEST_F(XdpBucketTest, AFloodedSourceIsDroppedByTheHintUntilItsBucketCouldPass) {
   obj_->clearBuckets();
   expectRate(p, MP_XDP_PASS, "a new bucket is full");
   expectRate(p, MP_XDP_DROP_SOURCE_RATE, "1 pps: the second is dropped");
-  EXPECT_GT(get<mp_source_hint>(hint_, &zero).until_ns, clockNs(CLOCK_MONOTONIC) + 500'000'000ull);
+  EXPECT_EQ(get<mp_source_hint>(hint_, &zero).fine_clock, 0u) << "1 pps: the coarse clock, a hint in jiffies";
+  EXPECT_GT(get<mp_source_hint>(hint_, &zero).until, 0u);
   use("fast_path: {interfaces: [eth0], per_source: {packets_per_second: 1000000, burst: 2}}\n");
   expectRate(p, MP_XDP_PASS, "1e6 pps after the reload: the old hint does not apply");
 
@@ -373,6 +375,36 @@ TEST_F(XdpBucketTest, AFloodedSourceIsDroppedByTheHintUntilItsBucketCouldPass) {
   expect(p, MP_XDP_DROP_DENY, "denied after the reload");
   use("fast_path: {interfaces: [eth0], allow: [203.0.113.5], per_source: {packets_per_second: 1, burst: 1}}\n");
   expect(p, MP_XDP_PASS_ALLOW, "allowed after the reload");
+}
+
+TEST_F(XdpBucketTest, ACoarseClockHintCountsJiffiesAndEndsBeforeItsBucketCouldPass) {
+  // 100 pps, burst 10 (100 ms deep: the coarse clock): a packet costs 10 ms. The bucket, empty,
+  // is stamped 20 ms ahead of the coarse clock: it can pass again 30 ms from now. The drop leaves
+  // a hint in jiffies (the program then reads no clock for the source's packets), which must end
+  // before then: a hint that outlived its bucket (a wrong unit, a missing margin) would drop
+  // packets the bucket passes.
+  use("fast_path: {interfaces: [eth0], per_source: {packets_per_second: 100, burst: 10}}\n");
+  ASSERT_EQ(rules_.xdp.flags & MP_F_FINE_CLOCK, 0u);
+  ASSERT_EQ(rules_.xdp.tick_ns, coarseClockTickNs());
+  const uint8_t ip[4] = {203, 0, 113, 9};
+  const mp_source_key key = sourceKey(ip);
+  const Bytes p = ipv4("203.0.113.9", "198.51.100.1", udp(9));
+  const uint64_t stamp = clockNs(CLOCK_MONOTONIC_COARSE) + 20'000'000;
+  put(sources_, &key, {0, stamp});
+  EXPECT_EQ(run(p), XDP_DROP);
+  const uint32_t zero = 0;
+  auto h = get<mp_source_hint>(hint_, &zero);
+  EXPECT_EQ(std::memcmp(h.src.addr, key.addr, 16), 0);
+  EXPECT_EQ(h.fine_clock, 0u);
+  EXPECT_EQ(h.generation, obj_->generation());
+  // 30 ms is >= 7 ticks at HZ <= 250 (a 2-tick margin still leaves a hint); at HZ 100 it is 3.
+  if (rules_.xdp.tick_ns <= 4'000'000) EXPECT_GT(h.until, 0u) << "a hint in jiffies";
+  EXPECT_EQ(run(p), XDP_DROP) << "before the bucket could pass";
+  EXPECT_EQ(get(sources_, &key).credit_ns, 0u);
+  // Once the coarse clock passes the bucket's time, the packet passes: the hint has ended.
+  while (clockNs(CLOCK_MONOTONIC_COARSE) < stamp + 10'000'000)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_EQ(run(p), XDP_PASS) << "the bucket holds a packet: the hint no longer drops";
 }
 
 TEST_F(XdpBucketTest, CoarseClockEdgeCasesKeepEveryNanosecondOfCredit) {

@@ -105,6 +105,7 @@ CompiledRules compile(const config::Snapshot& s, const CompileOptions& options) 
     r.xdp.flags |= MP_F_FINE_CLOCK;
   if (f.port_filter) r.xdp.flags |= MP_F_PORT_FILTER;
   r.xdp.ephemeral_min = options.ephemeral_min;
+  r.xdp.tick_ns = options.clock_tick_ns;  // the drop hint counts jiffies under the coarse clock
   if (!f.icmp_echo) r.tc.flags |= MP_F_ICMP_ECHO_DENY;
 
   for (const auto& text : f.deny)
