@@ -385,7 +385,7 @@ UDP_FORWARD = """  - name: ${name}
 
 class ForwardReloadTest(ProxyTestCase):
     """Forwards added and removed by a reload start and stop listening without a restart; what a
-    removed forward already relays keeps its grace period."""
+    removed forward already relays (TCP connections and UDP flows) keeps its grace period."""
 
     def setUp(self):
         self.echo = EchoServer()
@@ -485,6 +485,49 @@ class ForwardReloadTest(ProxyTestCase):
         self.assertTrue(self.echoes(taken, b"c"))
         self.assertTrue(self.echoes(b_port, b"b"))
 
+
+    def test_removed_udp_forward_drains_its_flows_for_the_grace_then_closes(self):
+        u_port = free_port(socket.SOCK_DGRAM)
+        self.p.reload(self.config(["a"], grace="6s", udp_forwards={"u": u_port}))
+        self.reloaded("ok", 1)
+        c = udp_client(timeout=0.5)
+        self.addCleanup(c.close)
+        c.connect((LOCALHOST, u_port))
+        c.send(b"hi")
+        self.assertEqual(c.recv(65536), b"echo:hi")
+
+        # "u" goes; the mapping gives the tunnels it no longer allows 6 s, as for a TCP forward.
+        mark = self.p.mark()
+        self.p.reload(self.config(["a"], grace="6s"))
+        self.reloaded("ok", 2)
+        self.p.wait_log(r'revokes the udp tunnel of service "billing" .* closing it in 6000 ms', since=mark)
+        # The open flow is still relayed both ways until then...
+        c.send(b"still")
+        self.assertEqual(c.recv(65536), b"echo:still")
+        # ...while a new client address gets no flow.
+        n = udp_client(timeout=0.5)
+        self.addCleanup(n.close)
+        n.connect((LOCALHOST, u_port))
+        n.send(b"new")
+        with self.assertRaises((socket.timeout, ConnectionRefusedError)):
+            n.recv(65536)
+        self.assertEqual(self.p.metric("marchproxy_egress_tunnels_open"), 1)
+
+        # After the grace the flow ends and the port closes.
+        wait_until(lambda: self.p.metric("marchproxy_egress_tunnels_open") == 0, timeout=30,
+                   message="the UDP flow ended after its grace")
+        self.assertTrue(self.access_log_has(method="u", protocol="udp", reason="revoked"))
+
+        def refused():
+            try:
+                c.send(b"x")
+                c.recv(65536)
+            except ConnectionRefusedError:
+                return True
+            except socket.timeout:
+                pass
+            return False
+        wait_until(refused, message="the drained UDP forward's port refuses datagrams")
 
     def test_removed_udp_forward_ends_its_flows_and_closes_its_port(self):
         u_port = free_port(socket.SOCK_DGRAM)
