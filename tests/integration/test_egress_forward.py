@@ -109,6 +109,18 @@ def udp_client(bind_host=LOCALHOST, timeout=5.0):
     return c
 
 
+def refuses_datagrams(c):
+    """A datagram to a closed loopback port comes back as ICMP port unreachable (c is connected)."""
+    try:
+        c.send(b"x")
+        c.recv(65536)
+    except ConnectionRefusedError:
+        return True
+    except socket.timeout:
+        pass
+    return False
+
+
 def tcp_client(port, bind_host=None, timeout=5.0):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(timeout)
@@ -517,17 +529,7 @@ class ForwardReloadTest(ProxyTestCase):
         wait_until(lambda: self.p.metric("marchproxy_egress_tunnels_open") == 0, timeout=30,
                    message="the UDP flow ended after its grace")
         self.assertTrue(self.access_log_has(method="u", protocol="udp", reason="revoked"))
-
-        def refused():
-            try:
-                c.send(b"x")
-                c.recv(65536)
-            except ConnectionRefusedError:
-                return True
-            except socket.timeout:
-                pass
-            return False
-        wait_until(refused, message="the drained UDP forward's port refuses datagrams")
+        wait_until(lambda: refuses_datagrams(c), message="the drained UDP forward's port refuses datagrams")
 
     def test_removed_udp_forward_ends_its_flows_and_closes_its_port(self):
         u_port = free_port(socket.SOCK_DGRAM)
@@ -543,17 +545,7 @@ class ForwardReloadTest(ProxyTestCase):
         self.p.reload(self.config(["a"]))
         self.reloaded("ok", 2)
         wait_until(lambda: self.p.metric("marchproxy_egress_tunnels_open") == 0, message="the UDP flow ended")
-
-        def refused():  # a datagram to a closed loopback port comes back as ICMP port unreachable
-            try:
-                c.send(b"x")
-                c.recv(65536)
-            except ConnectionRefusedError:
-                return True
-            except socket.timeout:
-                pass
-            return False
-        wait_until(refused, message="the removed UDP forward's port refuses datagrams")
+        wait_until(lambda: refuses_datagrams(c), message="the removed UDP forward's port refuses datagrams")
         self.assertTrue(self.echoes(self.p.ports["a"], b"tcp"))
 
 
