@@ -203,6 +203,20 @@ std::string labelValue(std::string_view s) {
 // ---------------------------------------------------------------- worker
 
 class Worker;
+struct UdpForward;
+
+// A UDP forward a reload removed, across the workers. Each worker's socket stays open while any
+// worker still relays a flow of it: SO_REUSEPORT hashes a client address over the sockets bound to
+// the port, so closing one worker's socket early would move other workers' clients onto sockets
+// that do not know them. When the last worker's flows have ended, `done` closes them all.
+struct UdpDrain {
+  std::atomic<size_t> busy;      // workers that have not released it yet
+  std::function<void()> done;    // posts closeDrainedUdp to every worker
+  explicit UdpDrain(size_t workers) : busy(workers) {}
+  void release() {
+    if (busy.fetch_sub(1) == 1 && done) done();
+  }
+};
 
 // An idle keep-alive connection's destination: resolved address and port (no text built per request).
 struct PoolKey {
@@ -279,23 +293,26 @@ class Worker {
   void addListener(int fd, const ListenerConfig& l, const std::string& key);
   // A reload took the listener (or forward) away or changed its address: stop accepting on this
   // worker's socket and close it. Connections and tunnels it accepted stay (a reload re-checks
-  // them); a UDP forward's flows end with its socket.
-  void removeListener(const std::string& key) {
+  // them, and closes the ones it no longer allows after their grace). A UDP forward drains the same
+  // way: it takes no new client addresses, relays its open flows both ways (replies leave from its
+  // socket), and closes its socket when the last flow ends (see drainUdpForward).
+  void removeListener(const std::string& key, const std::shared_ptr<UdpDrain>& drain = nullptr) {
     boost::system::error_code ec;
     if (auto it = acceptors_.find(key); it != acceptors_.end()) {
       it->second->close(ec);
       acceptors_.erase(it);
     }
     if (auto it = udp_forwards_.find(key); it != udp_forwards_.end()) {
-      it->second->close(ec);
+      std::shared_ptr<UdpForward> fwd = it->second;
       udp_forwards_.erase(it);
+      drainUdpForward(fwd, drain);
+    } else if (drain) {
+      drain->release();  // nothing of it on this worker
     }
   }
-  void stopAccepting() {
-    boost::system::error_code ec;
-    for (auto& [k, a] : acceptors_) a->close(ec);
-    for (auto& [k, u] : udp_forwards_) u->close(ec);
-  }
+  // Every worker's socket of a drained UDP forward: closed together (see UdpDrain).
+  void closeDrainedUdp(const std::shared_ptr<UdpDrain>& drain);
+  void stopAccepting();
   void applyRuntime(std::shared_ptr<const Runtime> rt);
   void collect(Stats* out) const {
     *out = stats_;
@@ -427,7 +444,9 @@ class Worker {
   // Listen sockets by listener key; the accept and receive loops hold their own references, so a
   // socket removed by a reload lives until its loop has seen the close.
   std::map<std::string, std::shared_ptr<tcp::acceptor>> acceptors_;
-  std::map<std::string, std::shared_ptr<udp::socket>> udp_forwards_;
+  std::map<std::string, std::shared_ptr<UdpForward>> udp_forwards_;
+  std::vector<std::shared_ptr<UdpForward>> draining_udp_;  // removed, relaying their open flows
+  void drainUdpForward(const std::shared_ptr<UdpForward>& fwd, const std::shared_ptr<UdpDrain>& drain);
   std::atomic<size_t> sessions_{0};
   std::atomic<bool>& draining_;
 };
@@ -1763,9 +1782,25 @@ struct UdpFlow {
 struct UdpForward {
   std::shared_ptr<udp::socket> sock;
   std::string name;
+  udp::endpoint local;  // the bound address
   std::map<udp::endpoint, std::shared_ptr<UdpFlow>> flows;
+  // Removed by a reload: no new client addresses; released to the drain with its last flow.
+  std::shared_ptr<UdpDrain> drain;
+  bool released = false;
   void erase(const udp::endpoint& client, const std::shared_ptr<UdpFlow>& flow) {
     if (auto it = flows.find(client); it != flows.end() && it->second == flow) flows.erase(it);
+    releaseIfDrained();
+  }
+  void releaseIfDrained() {
+    if (drain && flows.empty() && !released) {
+      released = true;
+      drain->release();
+    }
+  }
+  void closeNow() {  // its receive loop ends and closes its flows
+    boost::system::error_code ig;
+    sock->close(ig);
+    releaseIfDrained();  // with flows open, the last one to end releases it
   }
 };
 
@@ -1892,8 +1927,8 @@ asio::awaitable<void> udpForwardLoop(Worker& w, std::shared_ptr<UdpForward> fwd)
     }
     auto it = fwd->flows.find(from);
     if (it == fwd->flows.end()) {
-      startUdpFlow(w, fwd, from, std::string(buf.data(), n));
-      continue;
+      if (!fwd->drain) startUdpFlow(w, fwd, from, std::string(buf.data(), n));
+      continue;  // a removed forward takes no new callers
     }
     const std::shared_ptr<UdpFlow> flow = it->second;
     if (!flow->ready) {
@@ -1949,7 +1984,17 @@ void Worker::addListener(int fd, const ListenerConfig& l, const std::string& key
       ::close(fd);
       return;
     }
-    udp_forwards_[key] = fwd->sock;
+    fwd->local = fwd->sock->local_endpoint(ec);
+    // A removed forward still draining on this address gives the port up (see drainUdpForward).
+    for (auto it = draining_udp_.begin(); it != draining_udp_.end();) {
+      if ((*it)->local != fwd->local) {
+        ++it;
+        continue;
+      }
+      (*it)->closeNow();
+      it = draining_udp_.erase(it);
+    }
+    udp_forwards_[key] = fwd;
     asio::co_spawn(ioc_, udpForwardLoop(*this, fwd), asio::detached);
     return;
   }
@@ -1962,6 +2007,39 @@ void Worker::addListener(int fd, const ListenerConfig& l, const std::string& key
   }
   acceptors_[key] = a;
   asio::co_spawn(ioc_, acceptLoop(std::move(a), l), asio::detached);
+}
+
+void Worker::drainUdpForward(const std::shared_ptr<UdpForward>& fwd, const std::shared_ptr<UdpDrain>& drain) {
+  fwd->drain = drain ? drain : std::make_shared<UdpDrain>(1);
+  // A forward this reload bound on the same address (renamed, say) takes the port at once: with both
+  // bound, the kernel would share client addresses between them.
+  for (const auto& [k, other] : udp_forwards_)
+    if (other->local == fwd->local) {
+      fwd->closeNow();
+      return;
+    }
+  draining_udp_.push_back(fwd);
+  fwd->releaseIfDrained();
+}
+
+void Worker::closeDrainedUdp(const std::shared_ptr<UdpDrain>& drain) {
+  for (auto it = draining_udp_.begin(); it != draining_udp_.end();) {
+    if ((*it)->drain != drain) {
+      ++it;
+      continue;
+    }
+    boost::system::error_code ig;
+    (*it)->sock->close(ig);
+    it = draining_udp_.erase(it);
+  }
+}
+
+void Worker::stopAccepting() {
+  boost::system::error_code ec;
+  for (auto& [k, a] : acceptors_) a->close(ec);
+  for (auto& [k, u] : udp_forwards_) u->sock->close(ec);
+  for (auto& u : draining_udp_) u->sock->close(ec);
+  draining_udp_.clear();
 }
 
 asio::awaitable<void> Worker::acceptLoop(std::shared_ptr<tcp::acceptor> acceptor, ListenerConfig l) {
@@ -2295,9 +2373,19 @@ std::string Egress::reloadFrom(const std::string& path, const char* why) {
   }
   publish(*rt);
   for (const auto& k : stale) {
+    // A UDP forward's sockets close together once no worker relays a flow of it (UdpDrain).
+    auto drain = std::make_shared<UdpDrain>(workers_.size());
+    drain->done = [this, weak = std::weak_ptr<UdpDrain>(drain)] {
+      for (auto& w : workers_) {
+        Worker* wp = w.get();
+        wp->post([wp, weak] {
+          if (auto d = weak.lock()) wp->closeDrainedUdp(d);
+        });
+      }
+    };
     for (auto& w : workers_) {
       Worker* wp = w.get();
-      wp->post([wp, k] { wp->removeListener(k); });
+      wp->post([wp, k, drain] { wp->removeListener(k, drain); });
     }
     bound_.erase(k);
     spdlog::info("egress config reload: closed listener {} (name|address|port|kind|tls)", k);

@@ -5,7 +5,8 @@
     destination service's address; a caller from an unlisted address (127.0.0.2) is closed, logged
     and counted, and nothing reaches the destination
   * a UDP forward echoes
-  * bad forwards are refused with 422 naming the field, and change no config version
+  * bad forwards are refused with 422 naming the field (409 for a port the cluster's listeners hold),
+    and change no config version
   * deleting the forward through the API closes its port on the running proxy (no restart); a
     forward added afterwards starts listening
 """
@@ -40,7 +41,7 @@ class ForwardsCase(ControlLoopCase):
         # Refused with the field named: the cluster's SOCKS5 port, an unknown service, udp with mTLS.
         self.assertProblem(self.admin.post("/api/v1/forwards", {
             "cluster_id": cid, "name": "x", "listen_address": "127.0.0.1:1080", "destination": "db.test:5432",
-            "sources": [{"cidr": "127.0.0.0/8", "service_id": billing["id"]}]}), 422, "listen_address")
+            "sources": [{"cidr": "127.0.0.0/8", "service_id": billing["id"]}]}), 409, "listen_address")
         self.assertProblem(self.admin.post("/api/v1/forwards", {
             "cluster_id": cid, "name": "x", "listen_address": f"127.0.0.1:{pg_port}", "destination": "db.test:5432",
             "sources": [{"cidr": "127.0.0.0/8", "service_id": 999999}]}), 422, "sources[0].service_id")

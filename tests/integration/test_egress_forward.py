@@ -109,6 +109,18 @@ def udp_client(bind_host=LOCALHOST, timeout=5.0):
     return c
 
 
+def refuses_datagrams(c):
+    """A datagram to a closed loopback port comes back as ICMP port unreachable (c is connected)."""
+    try:
+        c.send(b"x")
+        c.recv(65536)
+    except ConnectionRefusedError:
+        return True
+    except socket.timeout:
+        pass
+    return False
+
+
 def tcp_client(port, bind_host=None, timeout=5.0):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(timeout)
@@ -385,7 +397,7 @@ UDP_FORWARD = """  - name: ${name}
 
 class ForwardReloadTest(ProxyTestCase):
     """Forwards added and removed by a reload start and stop listening without a restart; what a
-    removed forward already relays keeps its grace period."""
+    removed forward already relays (TCP connections and UDP flows) keeps its grace period."""
 
     def setUp(self):
         self.echo = EchoServer()
@@ -486,6 +498,39 @@ class ForwardReloadTest(ProxyTestCase):
         self.assertTrue(self.echoes(b_port, b"b"))
 
 
+    def test_removed_udp_forward_drains_its_flows_for_the_grace_then_closes(self):
+        u_port = free_port(socket.SOCK_DGRAM)
+        self.p.reload(self.config(["a"], grace="6s", udp_forwards={"u": u_port}))
+        self.reloaded("ok", 1)
+        c = udp_client(timeout=0.5)
+        self.addCleanup(c.close)
+        c.connect((LOCALHOST, u_port))
+        c.send(b"hi")
+        self.assertEqual(c.recv(65536), b"echo:hi")
+
+        # "u" goes; the mapping gives the tunnels it no longer allows 6 s, as for a TCP forward.
+        mark = self.p.mark()
+        self.p.reload(self.config(["a"], grace="6s"))
+        self.reloaded("ok", 2)
+        self.p.wait_log(r'revokes the udp tunnel of service "billing" .* closing it in 6000 ms', since=mark)
+        # The open flow is still relayed both ways until then...
+        c.send(b"still")
+        self.assertEqual(c.recv(65536), b"echo:still")
+        # ...while a new client address gets no flow.
+        n = udp_client(timeout=0.5)
+        self.addCleanup(n.close)
+        n.connect((LOCALHOST, u_port))
+        n.send(b"new")
+        with self.assertRaises((socket.timeout, ConnectionRefusedError)):
+            n.recv(65536)
+        self.assertEqual(self.p.metric("marchproxy_egress_tunnels_open"), 1)
+
+        # After the grace the flow ends and the port closes.
+        wait_until(lambda: self.p.metric("marchproxy_egress_tunnels_open") == 0, timeout=30,
+                   message="the UDP flow ended after its grace")
+        self.assertTrue(self.access_log_has(method="u", protocol="udp", reason="revoked"))
+        wait_until(lambda: refuses_datagrams(c), message="the drained UDP forward's port refuses datagrams")
+
     def test_removed_udp_forward_ends_its_flows_and_closes_its_port(self):
         u_port = free_port(socket.SOCK_DGRAM)
         self.p.reload(self.config(["a"], udp_forwards={"u": u_port}))
@@ -500,17 +545,7 @@ class ForwardReloadTest(ProxyTestCase):
         self.p.reload(self.config(["a"]))
         self.reloaded("ok", 2)
         wait_until(lambda: self.p.metric("marchproxy_egress_tunnels_open") == 0, message="the UDP flow ended")
-
-        def refused():  # a datagram to a closed loopback port comes back as ICMP port unreachable
-            try:
-                c.send(b"x")
-                c.recv(65536)
-            except ConnectionRefusedError:
-                return True
-            except socket.timeout:
-                pass
-            return False
-        wait_until(refused, message="the removed UDP forward's port refuses datagrams")
+        wait_until(lambda: refuses_datagrams(c), message="the removed UDP forward's port refuses datagrams")
         self.assertTrue(self.echoes(self.p.ports["a"], b"tcp"))
 
 

@@ -1,6 +1,8 @@
 """The audit log: writes, logins, failed logins and rotations are recorded with actor, source IP and
 outcome; the database refuses UPDATE/DELETE on it; verify re-walks the SHA-256 chain and names the
-first row an attacker with database access edited or removed. Both backends."""
+first row an attacker with database access edited or removed. Every write an authenticated actor
+attempts and the API refuses (403, and 400/404/409/412/422) is audited with the status and reason,
+never the body; unauthenticated attempts write nothing. Both backends."""
 from manager_harness import ADMIN_PASSWORD, ManagerTestCase, both_backends, run
 
 
@@ -76,6 +78,63 @@ class AuditTests(ManagerTestCase):
         self.assertFalse(v["ok"])
         self.assertEqual(v["first_broken_id"], 4)
         self.assertIn("removed", v["reason"])
+
+    def test_refused_writes_are_audited_with_status_and_reason(self):
+        c = self.make_cluster("prod")
+        web = self.make_service(c["id"], "web")
+        _, otto = self.make_user("otto", "service-owner")
+        n = self.admin.get("/api/v1/audit/verify")[2]["rows_verified"]
+        key = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n-----END PRIVATE KEY-----\n"
+        refusals = [
+            # (response, status, action, resource, text the summary names)
+            (self.admin.post("/api/v1/services", {"cluster_id": c["id"], "name": "bad name", "ip_fqdn": "10.0.0.1"}),
+             422, "service.create", "services", "name:"),
+            (self.admin.post("/api/v1/services", {"cluster_id": c["id"], "name": "web", "ip_fqdn": "10.0.0.2"}),
+             409, "service.create", "services", "already exists"),
+            (self.admin.patch(f"/api/v1/services/{web['id']}", {"description": "x"}, headers={"If-Match": '"99"'}),
+             412, "service.update", f"services/{web['id']}", "changed since you read it"),
+            (self.admin.delete("/api/v1/mappings/999999"), 404, "mapping.delete", "mappings/999999", "does not exist"),
+            (self.admin.delete(f"/api/v1/clusters/{c['id']}"), 409, "cluster.delete", f"clusters/{c['id']}",
+             "still has services"),
+            (self.admin.post("/api/v1/certificates", {"name": "imp", "cert_pem": "not a pem", "key_pem": key}),
+             422, "certificate.create", "certificates", "cert_pem:"),
+            (self.admin.post("/api/v1/services", raw=b'{"name": "hunter2-in-a-broken-body"'),
+             400, "service.create", "services", "not valid JSON"),
+            (self.admin.post("/api/v1/users", {"username": "u2", "password": "pw-tiny7", "role": "viewer"}),
+             422, "user.create", "users", "password: must be at least 12"),
+            (self.admin.post(f"/api/v1/users/{999999}/clusters", {"cluster_id": c["id"]}),
+             404, "user.assign", "users/999999", ""),
+            (self.admin.post("/api/v1/certificates/999999/revoke"), 404, "certificate.revoke", "certificates/999999",
+             ""),
+            (otto.patch(f"/api/v1/services/{web['id']}", {"description": "mine"}), 403, "service.update",
+             f"services/{web['id']}", "not assigned to you"),
+        ]
+        for (st, _, b), status, *_ in refusals:
+            self.assertEqual(st, status, b)
+        # Unauthenticated attempts are not attributable and write nothing (a flood cannot grow the log).
+        anon = self.mgr.client()
+        for _ in range(20):
+            self.assertEqual(anon.post("/api/v1/clusters", {"name": "x"})[0], 401)
+            self.assertEqual(anon.post("/api/v1/clusters", {"name": "x"}, token="forged.jwt.token")[0], 401)
+        rows = self.admin.get("/api/v1/audit?limit=1000")[2]["items"]
+        refused = [e for e in rows if e["outcome"] in ("refused", "denied")]
+        self.assertEqual(len(refused), len(refusals), refused)
+        for (_, _, b), status, action, resource, text in refusals:
+            outcome = "denied" if status == 403 else "refused"
+            prefix = "" if status == 403 else f"{status} {b['type'].rsplit('/', 1)[-1]}: "
+            match = [e for e in refused if (e["action"], e["resource"], e["outcome"]) == (action, resource, outcome)
+                     and e["summary"].startswith(prefix) and text in e["summary"]]
+            self.assertEqual(len(match), 1, (status, action, resource, text, refused))
+            self.assertEqual((match[0]["actor"], match[0]["source_ip"]),
+                             ("otto" if status == 403 else "admin", "127.0.0.1"), match[0])
+        # Bodies and secrets stay out: the key, the broken body, the short password.
+        ok, dump = self.sql("SELECT actor, action, resource, summary FROM audit_log")
+        self.assertTrue(ok, dump)
+        for secret in ("c2VjcmV0LWtleS1tYXRlcmlhbA", "hunter2", "pw-tiny7"):
+            self.assertNotIn(secret, dump)
+        # The refusals are links of the same chain.
+        v = self.admin.get("/api/v1/audit/verify")[2]
+        self.assertEqual((v["ok"], v["rows_verified"]), (True, n + len(refusals)), v)
 
 
 both_backends(AuditTests, globals())

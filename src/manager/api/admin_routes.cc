@@ -20,20 +20,17 @@ Json userJson(const Row& r) {
           {"created_at", r.str("created_at")}, {"updated_at", r.str("updated_at")}, {"version", r.i64("version")}};
 }
 
-// Runs fn as an admin-only write; a refusal is itself audited.
+// Runs fn as an admin-only write; a refusal (403, or 404/409/412/422 for an admin) is itself audited.
 template <typename F>
 Response adminWrite(App& app, Request& req, const std::string& action, const std::string& resource, F&& fn) {
   Principal p = authenticate(app, req);
-  if (!p.isAdmin()) {
-    try {
-      app.db.write([&](Conn& c) {
-        audit::append(c, {p.username, req.remote_ip, action, resource, "needs the admin role", "denied"});
-      });
-    } catch (const std::exception&) {
-    }
+  try {
     policy::requireAdmin(p);
+    return fn(p);
+  } catch (const ApiError& e) {
+    policy::auditRefused(app, p, req, action, resource, e);
+    throw;
   }
-  return fn(p);
 }
 
 void checkUserBody(const Json& b, bool create) {

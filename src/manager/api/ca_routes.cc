@@ -228,6 +228,23 @@ Response createIntermediate(App& app, Request& req) {
   return Response::json(created ? 201 : 200, authority(app).info());
 }
 
+// A CA write whose refusals past the admin check (404, 409, 422: the admin check audits its own) are
+// audited too.
+template <typename F>
+Response refusalsAudited(App& app, Request& req, const std::string& action, const std::string& resource, F&& fn) {
+  try {
+    return fn(app, req);
+  } catch (const ApiError& e) {
+    if (e.status != 403 && e.status != 401) {
+      try {
+        policy::auditRefused(app, authenticate(app, req), req, action, resource, e);
+      } catch (const ApiError&) {  // not authenticated: nothing to attribute, nothing written
+      }
+    }
+    throw;
+  }
+}
+
 }  // namespace
 
 void addCaRoutes(App& app, http::Router& r) {
@@ -238,9 +255,18 @@ void addCaRoutes(App& app, http::Router& r) {
   // The CA chain and the CRL are public by nature: proxies fetch them before they trust anything.
   r.add("GET", "/api/v1/ca.pem", [&app](Request&) { return pem(authority(app).chainPem()); });
   r.add("GET", "/api/v1/ca/crl.pem", [&app](Request&) { return pem(authority(app).crlPem()); });
-  r.add("POST", "/api/v1/ca/intermediate", [&app](Request& req) { return createIntermediate(app, req); });
-  r.add("POST", "/api/v1/certificates/issue", [&app](Request& req) { return issue(app, req); });
-  r.add("POST", "/api/v1/certificates/{id}/revoke", [&app](Request& req) { return revoke(app, req); });
+  r.add("POST", "/api/v1/ca/intermediate",
+        [&app](Request& req) { return refusalsAudited(app, req, "ca.intermediate", "ca", createIntermediate); });
+  r.add("POST", "/api/v1/certificates/issue",
+        [&app](Request& req) { return refusalsAudited(app, req, "certificate.issue", "certificates", issue); });
+  r.add("POST", "/api/v1/certificates/{id}/revoke", [&app](Request& req) {
+    std::string resource = "certificates";
+    try {
+      resource += "/" + std::to_string(pathId(req));
+    } catch (const ApiError&) {  // not an id
+    }
+    return refusalsAudited(app, req, "certificate.revoke", resource, revoke);
+  });
   r.add("GET", "/api/v1/certificates/{id}/download", [&app](Request& req) { return download(app, req); });
   r.add("GET", "/api/v1/license", [&app](Request& req) {
     authenticate(app, req);

@@ -16,6 +16,26 @@ void auditDenied(App& app, const Principal& who, const Request& req, const std::
   }
 }
 
+void auditRefused(App& app, const Principal& who, const Request& req, const std::string& action,
+                  const std::string& resource, const ApiError& e) {
+  if (e.status == 403) return auditDenied(app, who, req, action, resource, e.detail);
+  if (e.status < 400 || e.status >= 500 || e.status == 401) return;
+  std::string summary = std::to_string(e.status) + " " + e.type + ": " +
+                        (e.type == "malformed-json" ? std::string("the body is not valid JSON") : e.detail);
+  constexpr std::size_t kMaxSummary = 1024;  // details quote field values; keep a row bounded
+  if (summary.size() > kMaxSummary) {
+    std::size_t cut = kMaxSummary - 3;
+    while (cut > 0 && (static_cast<unsigned char>(summary[cut]) & 0xC0) == 0x80) --cut;  // not inside a UTF-8 character
+    summary = summary.substr(0, cut) + "...";
+  }
+  try {
+    app.db.write([&](store::Conn& c) {
+      audit::append(c, {who.username, req.remote_ip, action, resource, summary, "refused"});
+    });
+  } catch (const std::exception&) {
+  }
+}
+
 void requireFeature(App& app, const std::string& feature) {
   if (app.license && app.license->hasFeature(feature)) return;
   std::string why = "the feature \"" + feature + "\" needs an enterprise licence that includes it";

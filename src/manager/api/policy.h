@@ -17,6 +17,13 @@ namespace marchproxy::manager::api::policy {
 // Appends a "denied" audit row for a refused request (best effort: a failing write is ignored).
 void auditDenied(App& app, const Principal& who, const Request& req, const std::string& action,
                  const std::string& resource, const std::string& why);
+// Appends the audit row for a write an authenticated actor attempted and the API refused (best
+// effort, as auditDenied): 403 is outcome "denied" with the reason as summary; every other refusal
+// (400, 404, 409, 412, 415, 422) is outcome "refused" with summary "<status> <type>: <detail>"
+// (a malformed body's parser message is left out: it quotes the body). Only callers that passed
+// authenticate() get here, so an unauthenticated flood writes nothing (docs/manager.md "Audit log").
+void auditRefused(App& app, const Principal& who, const Request& req, const std::string& action,
+                  const std::string& resource, const ApiError& e);
 // Enterprise-only features: throws 403 (type feature-not-licensed) naming the missing feature and
 // the licence state, unless the installed licence lists `feature` (see docs/licensing.md).
 void requireFeature(App& app, const std::string& feature);

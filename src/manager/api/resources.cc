@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <set>
 
 #include "manager/api/context.h"
@@ -181,16 +182,36 @@ void optionalListenAddress(const Json& v, const std::string& f) {
   if (!v.get_ref<const std::string&>().empty()) listenAddress(v, f);
 }
 
+// A network and the prefix length: {16 address bytes (IPv4 in the first 4), prefix, bits}.
+struct Net {
+  unsigned char b[16] = {};
+  int prefix = 0, bits = 0;
+};
+std::optional<Net> parseNet(const std::string& cidr) {
+  Net n;
+  auto slash = cidr.find('/');
+  std::string addr = cidr.substr(0, slash);
+  if (inet_pton(AF_INET, addr.c_str(), n.b) == 1) n.bits = 32;
+  else if (inet_pton(AF_INET6, addr.c_str(), n.b) == 1) n.bits = 128;
+  else return std::nullopt;
+  n.prefix = slash == std::string::npos ? n.bits : std::atoi(cidr.c_str() + slash + 1);
+  return n;
+}
+// Is `inner` inside `outer` (same family, at least as long a prefix, the same leading bits)?
+bool netWithin(const Net& inner, const Net& outer) {
+  if (inner.bits != outer.bits || inner.prefix < outer.prefix) return false;
+  for (int i = 0; i < outer.prefix; ++i)
+    if ((inner.b[i / 8] ^ outer.b[i / 8]) & (0x80 >> (i % 8))) return false;
+  return true;
+}
+
 // A network for a forward's sources: address/prefix with no host bits set (the proxy refuses those).
 void networkCidr(const Json& v, const std::string& f) {
   validate::cidr(v, f);
   const auto& s = v.get_ref<const std::string&>();
-  std::string addr = s.substr(0, s.find('/'));
-  int prefix = std::stoi(s.substr(s.find('/') + 1));
-  unsigned char b[16] = {};
-  int bits = inet_pton(AF_INET, addr.c_str(), b) == 1 ? 32 : (inet_pton(AF_INET6, addr.c_str(), b), 128);
-  for (int i = prefix; i < bits; ++i)
-    if (b[i / 8] & (0x80 >> (i % 8))) validate::fail(f, "\"" + s + "\" has host bits set");
+  auto n = parseNet(s);
+  for (int i = n ? n->prefix : 0; n && i < n->bits; ++i)
+    if (n->b[i / 8] & (0x80 >> (i % 8))) validate::fail(f, "\"" + s + "\" has host bits set");
 }
 
 // A forward's fixed destination: one host (a name or an IP address, no wildcard or CIDR) and a port.
@@ -220,7 +241,13 @@ const std::vector<Spec>& specs() {
                   {"egress_tls_address", Kind::text, false, true, false, listenAddress},
                   {"egress_tls_certificate_id", Kind::integer, false, true, true, positiveId()},
                   // SOCKS5 over TLS on this address while the certificate is set ("" = no such listener).
-                  {"egress_socks_tls_address", Kind::text, false, true, false, optionalListenAddress}},
+                  {"egress_socks_tls_address", Kind::text, false, true, false, optionalListenAddress},
+                  // Where the egress proxies serve /metrics and /ready (not compiled: they bind it at
+                  // start, by default or --admin); no forward may take it. Admins only.
+                  {"egress_admin_address", Kind::text, false, true, false, listenAddress},
+                  // The networks service owners may name in forwards' sources. Admins only.
+                  {"forward_source_networks", Kind::array, false, true, false,
+                   arrayOf(strCheck(networkCidr), 100, false)}},
                  {{"config_version", Kind::integer}, {"prev_api_key_expires", Kind::text}},
                  {"name"},
                  {"name", "id", "created_at", "updated_at"}});
@@ -420,8 +447,6 @@ struct Ctx {
   const Request& req;
 };
 
-using policy::auditDenied;
-
 // Forwards a cluster may have: each is a listen socket per egress worker.
 constexpr std::int64_t kMaxForwardsPerCluster = 256;
 
@@ -511,6 +536,52 @@ void authorize(Ctx& x, Conn& c, Op op, const Json& values) {
   }
 }
 
+// The change collides with another stored object (a listen port another forward or a listener of
+// the cluster holds): 409 naming the field, as validate::fail does with 422.
+[[noreturn]] void conflict(const std::string& field, const std::string& reason) {
+  throw ApiError(409, "conflict", field + ": " + reason, field);
+}
+
+// Least privilege for a forward's callers: a non-admin may name, in `sources`, only networks inside
+// the cluster's forward_source_networks, which only admins set. On update only the CIDRs the change
+// adds are checked (an admin narrowing the list does not lock owners out of their other edits).
+// Throws 403 (audited as denied) naming the entry.
+void checkOwnerSources(Ctx& x, Conn& c, const Json& after, const Json* before) {
+  if (x.who.isAdmin() || !after.contains("sources") || !after["sources"].is_array()) return;
+  std::set<std::string> had;
+  if (before)
+    for (const auto& src : before->value("sources", Json::array()))
+      if (src.is_object() && src.contains("cidr")) had.insert(src["cidr"].dump());
+  std::int64_t cid = after["cluster_id"].get<std::int64_t>();
+  auto row = c.exec("SELECT forward_source_networks FROM clusters WHERE id = ?", {std::to_string(cid)});
+  Json allowed = row.empty() ? Json::array() : Json::parse(row.front().str("forward_source_networks"), nullptr, false);
+  if (!allowed.is_array()) allowed = Json::array();
+  std::vector<Net> nets;
+  std::string list;
+  for (const auto& a : allowed)
+    if (a.is_string())
+      if (auto n = parseNet(a.get<std::string>())) {
+        nets.push_back(*n);
+        list += (list.empty() ? "" : ", ") + a.get<std::string>();
+      }
+  const Json& sources = after["sources"];
+  for (std::size_t i = 0; i < sources.size(); ++i) {
+    if (!sources[i].is_object() || !sources[i].contains("cidr") || !sources[i]["cidr"].is_string()) continue;
+    if (had.count(sources[i]["cidr"].dump())) continue;
+    const std::string cidr = sources[i]["cidr"].get<std::string>();
+    auto n = parseNet(cidr);
+    bool inside = false;
+    for (const auto& net : nets) inside |= n && netWithin(*n, net);
+    if (inside) continue;
+    const std::string field = "sources[" + std::to_string(i) + "]";
+    throw ApiError(403, "forbidden",
+                   field + ": " + cidr + " is outside the networks an admin allowed for forwards of cluster " +
+                       std::to_string(cid) + " (forward_source_networks: " + (list.empty() ? "none" : list) +
+                       "); ask an admin to widen them or to create this forward",
+                   field + ".cidr");
+  }
+}
+
 // A certificate a proxy serves: it must exist. Throws 422 naming the field.
 void checkServerCertificate(Conn& c, const Json& v, const std::string& field) {
   if (!v.contains(field) || v[field].is_null()) return;
@@ -529,12 +600,14 @@ bool sameListenPort(const std::string& a, const std::string& b) {
   return ha == hb || (va6 == vb6 && (any(ha) || any(hb)));
 }
 
-// The cluster's egress TCP listeners as its snapshot has them: field -> address (schema defaults for
-// a create that leaves them out; the TLS ones only while a certificate is set).
+// The cluster's egress TCP listeners as its snapshot has them, and the admin endpoint: field ->
+// address (schema defaults for a create that leaves them out; the TLS ones only while a certificate
+// is set).
 std::vector<std::pair<std::string, std::string>> egressListeners(const Json& v) {
   std::vector<std::pair<std::string, std::string>> out = {
       {"egress_proxy_address", v.value("egress_proxy_address", "127.0.0.1:3128")},
-      {"egress_socks5_address", v.value("egress_socks5_address", "127.0.0.1:1080")}};
+      {"egress_socks5_address", v.value("egress_socks5_address", "127.0.0.1:1080")},
+      {"egress_admin_address", v.value("egress_admin_address", "127.0.0.1:9902")}};
   if (v.contains("egress_tls_certificate_id") && !v["egress_tls_certificate_id"].is_null()) {
     out.emplace_back("egress_tls_address", v.value("egress_tls_address", "127.0.0.1:3129"));
     if (std::string socks = v.value("egress_socks_tls_address", ""); !socks.empty())
@@ -553,19 +626,20 @@ void checkClusterListeners(Conn& c, const Json& v) {
     for (std::size_t k = 0; k < i; ++k)
       if (sameListenPort(listeners[i].second, listeners[k].second))
         validate::fail(listeners[i].first, listeners[i].second + " is already the cluster's " + listeners[k].first);
+  const bool has_tls = v.contains("egress_tls_certificate_id") && !v["egress_tls_certificate_id"].is_null();
   if (!v.contains("id")) return;  // a new cluster has no forwards yet
   lockCluster(c, v["id"].get<std::int64_t>());
   auto fwd = c.exec("SELECT name, protocol, listen_address, mtls FROM forwards WHERE cluster_id = ? ORDER BY name",
                     {v["id"].dump()});
   for (const auto& f : fwd.rows) {
-    if (f.i64("mtls") && listeners.size() < 3)
+    if (f.i64("mtls") && !has_tls)
       validate::fail("egress_tls_certificate_id", "forward \"" + f.str("name") +
                                                        "\" identifies its callers by client certificate; change or "
                                                        "delete it first");
     if (f.str("protocol") != "tcp") continue;
     for (const auto& [field, addr] : listeners)
       if (sameListenPort(addr, f.str("listen_address")))
-        validate::fail(field, addr + " is the listen address of forward \"" + f.str("name") + "\"");
+        conflict(field, addr + " is the listen address of forward \"" + f.str("name") + "\"");
   }
 }
 
@@ -616,21 +690,26 @@ void checkForward(Conn& c, const Json& v, std::int64_t cid) {
     validate::fail("sources", "a forward needs sources (CIDR -> service) or mtls (client certificate CN = service)");
   auto cl = c.exec("SELECT * FROM clusters WHERE id = ?", {std::to_string(cid)});
   Json cluster = Json::object();
-  for (const char* k : {"egress_proxy_address", "egress_socks5_address", "egress_tls_address", "egress_socks_tls_address"})
+  for (const char* k : {"egress_proxy_address", "egress_socks5_address", "egress_tls_address", "egress_socks_tls_address",
+                        "egress_admin_address"})
     cluster[k] = cl.front().str(k);
   if (!cl.front().isNull("egress_tls_certificate_id")) cluster["egress_tls_certificate_id"] = cl.front().i64("egress_tls_certificate_id");
   if (mtls && !cluster.contains("egress_tls_certificate_id"))
     validate::fail("mtls", "needs the cluster's egress_tls_certificate_id (the certificate the forward serves)");
+  // A port something else of the cluster's egress proxies holds: 409, the other holder named.
   const std::string listen = v["listen_address"].get<std::string>();
   if (protocol == "tcp")
     for (const auto& [field, addr] : egressListeners(cluster))
-      if (sameListenPort(addr, listen)) validate::fail("listen_address", listen + " is already the cluster's " + field);
+      if (sameListenPort(addr, listen))
+        conflict("listen_address", listen + " is already the cluster's " + field +
+                                       (field == "egress_admin_address" ? " (the egress proxies' /metrics and /ready)"
+                                                                         : " (an egress proxy listener)"));
   auto others = c.exec("SELECT id, name, listen_address FROM forwards WHERE cluster_id = ? AND protocol = ? AND id <> ?",
                        {std::to_string(cid), protocol, std::to_string(v.value("id", std::int64_t(0)))});
   for (const auto& o : others.rows)
     if (sameListenPort(o.str("listen_address"), listen))
-      validate::fail("listen_address", listen + " (" + protocol + ") is already the listen address of forward \"" +
-                                           o.str("name") + "\"");
+      conflict("listen_address", listen + " (" + protocol + ") is already the listen address of forward \"" +
+                                     o.str("name") + "\"");
 }
 
 // Checks that referenced objects exist and live in the same cluster. Throws 422 naming the field.
@@ -806,7 +885,7 @@ Row loadRow(Conn& c, const Spec& s, std::int64_t id) {
 
 // Role-level refusals that need no object: made before the body is parsed so a viewer gets 403, not
 // a validation error about a body it may not send at all.
-void earlyDeny(Ctx& x, Op op, const std::string& action, const std::string& resource) {
+void earlyDeny(Ctx& x, Op op) {
   const Principal& p = x.who;
   if (p.isAdmin()) return;
   std::string why;
@@ -814,8 +893,8 @@ void earlyDeny(Ctx& x, Op op, const std::string& action, const std::string& reso
   else if (x.spec.res == Res::routes || x.spec.res == Res::certificates) why = "only admins edit " + x.spec.path;
   else if (x.spec.res == Res::clusters && op != Op::update) why = "only admins create, delete or re-key clusters";
   if (why.empty()) return;
-  auditDenied(x.app, p, x.req, action, resource, why);
-  policy::deny(why);
+  policy::deny(why);  // audited by the route's wrapper, as every refused write
+
 }
 
 Response list(Ctx& x) {
@@ -905,12 +984,13 @@ Response getOne(Ctx& x) {
 Response create(Ctx& x) {
   const Spec& s = x.spec;
   std::string action = s.noun + ".create";
-  earlyDeny(x, Op::create, action, s.path);
+  earlyDeny(x, Op::create);
   Json body = parseBody(x.req);
   validateResourceBody(s.path, body, true);
   try {
     return x.app.db.write([&](Conn& c) {
       authorize(x, c, Op::create, body);
+      if (s.res == Res::forwards) checkOwnerSources(x, c, body, nullptr);
       checkReferences(c, s, body);
       std::vector<std::pair<std::string, store::Param>> cols;
       for (const auto& [k, v] : body.items()) {
@@ -942,9 +1022,6 @@ Response create(Ctx& x) {
     });
   } catch (const store::DbError& e) {
     rethrowDb(e, s);
-  } catch (const ApiError& e) {
-    if (e.status == 403) auditDenied(x.app, x.who, x.req, action, s.path, e.detail);
-    throw;
   }
 }
 
@@ -952,7 +1029,7 @@ Response update(Ctx& x) {
   const Spec& s = x.spec;
   auto id = pathId(x.req);
   std::string action = s.noun + ".update", resource = s.path + "/" + std::to_string(id);
-  earlyDeny(x, Op::update, action, resource);
+  earlyDeny(x, Op::update);
   Json body = parseBody(x.req);
   validateResourceBody(s.path, body, false);
   auto expected = ifMatch(x.req);
@@ -970,6 +1047,11 @@ Response update(Ctx& x) {
       if (s.res == Res::clusters && !x.who.isAdmin() && body.contains("egress_tls_certificate_id") &&
           body["egress_tls_certificate_id"] != before["egress_tls_certificate_id"])
         policy::deny("only admins set egress_tls_certificate_id");
+      // Bounds on what the cluster's owners may do with forwards: set by admins only.
+      for (const char* guard : {"forward_source_networks", "egress_admin_address"})
+        if (s.res == Res::clusters && !x.who.isAdmin() && body.contains(guard) && body[guard] != before[guard])
+          policy::deny(std::string("only admins set ") + guard);
+      if (s.res == Res::forwards) checkOwnerSources(x, c, after, &before);
       if (expected && *expected != before_row.i64("version"))
         throw ApiError(412, "precondition-failed",
                        s.noun + " " + std::to_string(id) + " changed since you read it (version " +
@@ -1011,9 +1093,6 @@ Response update(Ctx& x) {
     });
   } catch (const store::DbError& e) {
     rethrowDb(e, s);
-  } catch (const ApiError& e) {
-    if (e.status == 403) auditDenied(x.app, x.who, x.req, action, resource, e.detail);
-    throw;
   }
 }
 
@@ -1021,7 +1100,7 @@ Response remove(Ctx& x) {
   const Spec& s = x.spec;
   auto id = pathId(x.req);
   std::string action = s.noun + ".delete", resource = s.path + "/" + std::to_string(id);
-  earlyDeny(x, Op::remove, action, resource);
+  earlyDeny(x, Op::remove);
   auto expected = ifMatch(x.req);
   try {
     return x.app.db.write([&](Conn& c) {
@@ -1073,15 +1152,12 @@ Response remove(Ctx& x) {
     });
   } catch (const store::DbError& e) {
     rethrowDb(e, s);
-  } catch (const ApiError& e) {
-    if (e.status == 403) auditDenied(x.app, x.who, x.req, action, resource, e.detail);
-    throw;
   }
 }
 
 Response rotateClusterKey(Ctx& x) {
   auto id = pathId(x.req);
-  earlyDeny(x, Op::rotate, "cluster.rotate_key", "clusters/" + std::to_string(id));
+  earlyDeny(x, Op::rotate);
   std::int64_t grace = 3600;
   if (!x.req.body.empty()) {
     Json b = parseBody(x.req);
@@ -1093,50 +1169,40 @@ Response rotateClusterKey(Ctx& x) {
     }
   }
   std::string resource = "clusters/" + std::to_string(id);
-  try {
-    return x.app.db.write([&](Conn& c) {
-      Row r = loadRow(c, x.spec, id);
-      authorize(x, c, Op::rotate, rowJson(x.spec, r));
-      std::string key = crypto::randomToken("mpk_");
-      std::string until = util::isoFromUnixMs((util::unixNow() + grace) * 1000);
-      c.exec("UPDATE clusters SET prev_api_key_hash = api_key_hash, prev_api_key_expires = ?, api_key_hash = ?, "
-             "updated_at = ?, version = version + 1 WHERE id = ?",
-             {until, crypto::sha256Hex(key), util::nowIso(), std::to_string(id)});
-      audit::append(c, {x.who.username, x.req.remote_ip, "cluster.rotate_key", resource,
-                        "rotated the API key; the previous key works until " + until});
-      return Response::json(200, {{"api_key", key}, {"previous_key_valid_until", until}});
-    });
-  } catch (const ApiError& e) {
-    if (e.status == 403) auditDenied(x.app, x.who, x.req, "cluster.rotate_key", resource, e.detail);
-    throw;
-  }
+  return x.app.db.write([&](Conn& c) {
+    Row r = loadRow(c, x.spec, id);
+    authorize(x, c, Op::rotate, rowJson(x.spec, r));
+    std::string key = crypto::randomToken("mpk_");
+    std::string until = util::isoFromUnixMs((util::unixNow() + grace) * 1000);
+    c.exec("UPDATE clusters SET prev_api_key_hash = api_key_hash, prev_api_key_expires = ?, api_key_hash = ?, "
+           "updated_at = ?, version = version + 1 WHERE id = ?",
+           {until, crypto::sha256Hex(key), util::nowIso(), std::to_string(id)});
+    audit::append(c, {x.who.username, x.req.remote_ip, "cluster.rotate_key", resource,
+                      "rotated the API key; the previous key works until " + until});
+    return Response::json(200, {{"api_key", key}, {"previous_key_valid_until", until}});
+  });
 }
 
 Response rotateServiceSecret(Ctx& x) {
   auto id = pathId(x.req);
   std::string resource = "services/" + std::to_string(id);
-  earlyDeny(x, Op::rotate, "service.rotate_secret", resource);
-  try {
-    return x.app.db.write([&](Conn& c) {
-      Row r = loadRow(c, x.spec, id);
-      Json j = rowJson(x.spec, r);
-      authorize(x, c, Op::rotate, j);
-      std::string type = j["auth_type"];
-      if (type == "none") validate::fail("auth_type", "service " + std::to_string(id) + " has no secret to rotate");
-      std::string secret =
-          type == "jwt" ? crypto::base64urlEncode(crypto::randomBytes(32)) : crypto::randomToken("mps_");
-      c.exec("UPDATE services SET secret_enc = ?, secret_rotated_at = ?, updated_at = ?, version = version + 1 "
-             "WHERE id = ?",
-             {x.app.keys.seal(secret, "services.secret"), util::nowIso(), util::nowIso(), std::to_string(id)});
-      bumpCluster(c, j["cluster_id"].get<std::int64_t>());
-      audit::append(c, {x.who.username, x.req.remote_ip, "service.rotate_secret", resource, "rotated the " + type +
-                                                                                           " secret"});
-      return Response::json(200, {{"secret", secret}});
-    });
-  } catch (const ApiError& e) {
-    if (e.status == 403) auditDenied(x.app, x.who, x.req, "service.rotate_secret", resource, e.detail);
-    throw;
-  }
+  earlyDeny(x, Op::rotate);
+  return x.app.db.write([&](Conn& c) {
+    Row r = loadRow(c, x.spec, id);
+    Json j = rowJson(x.spec, r);
+    authorize(x, c, Op::rotate, j);
+    std::string type = j["auth_type"];
+    if (type == "none") validate::fail("auth_type", "service " + std::to_string(id) + " has no secret to rotate");
+    std::string secret =
+        type == "jwt" ? crypto::base64urlEncode(crypto::randomBytes(32)) : crypto::randomToken("mps_");
+    c.exec("UPDATE services SET secret_enc = ?, secret_rotated_at = ?, updated_at = ?, version = version + 1 "
+           "WHERE id = ?",
+           {x.app.keys.seal(secret, "services.secret"), util::nowIso(), util::nowIso(), std::to_string(id)});
+    bumpCluster(c, j["cluster_id"].get<std::int64_t>());
+    audit::append(c, {x.who.username, x.req.remote_ip, "service.rotate_secret", resource, "rotated the " + type +
+                                                                                         " secret"});
+    return Response::json(200, {{"secret", secret}});
+  });
 }
 
 // Proxies (next issue) authenticate with their cluster's API key; this endpoint lets them (and
@@ -1159,6 +1225,22 @@ Response clusterWhoami(App& app, const Request& req) {
   return Response::json(200, {{"cluster_id", r.i64("id")},
                               {"name", r.str("name")},
                               {"config_version", r.i64("config_version")}});
+}
+
+// The audit action and resource of a write route: ("forward.update", "forwards/7"), as the
+// handlers name them in the rows they append on success.
+std::pair<std::string, std::string> writeAction(const Spec& s, const Request& req) {
+  std::string resource = s.path;
+  if (auto it = req.params.find("id"); it != req.params.end()) {
+    try {
+      resource += "/" + std::to_string(pathId(req));
+    } catch (const ApiError&) {  // not an id: the path names no object
+    }
+  }
+  std::string verb = req.method == "PATCH" ? "update" : req.method == "DELETE" ? "delete" : "create";
+  if (req.path.ends_with("/rotate-key")) verb = "rotate_key";
+  if (req.path.ends_with("/rotate-secret")) verb = "rotate_secret";
+  return {s.noun + "." + verb, resource};
 }
 
 void publishChange(const Spec& s, const Request& req, const Response& resp, const Json& before) {
@@ -1227,7 +1309,15 @@ void addResourceRoutes(App& app, http::Router& router) {
           } catch (const std::exception&) {
           }
         }
-        Response resp = fn(x);
+        Response resp;
+        try {
+          resp = fn(x);
+        } catch (const ApiError& e) {
+          // Every refused change attempt is audited (actor, source IP, action, resource, reason).
+          auto [action, resource] = writeAction(*s, req);
+          policy::auditRefused(app, x.who, req, action, resource, e);
+          throw;
+        }
         if (resp.status < 300) publishChange(*s, req, resp, before);
         // Every write above bumps the config_version of the clusters it affects inside its
         // transaction; now that it has committed, wake the proxies' long-polls.

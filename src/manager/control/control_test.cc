@@ -390,7 +390,7 @@ TEST(ControlCompiler, EgressForwardsAndSocksTlsLoadWithTheProxyLoader) {
   st = p.call("PATCH", cl, {{"egress_proxy_address", "0.0.0.0:15433"}});
   EXPECT_EQ(st.first, 200) << "IPv4 wildcard vs an IPv6 forward: " << st.second.dump();
   st = p.call("PATCH", cl, {{"egress_socks5_address", "[::]:15433"}});
-  EXPECT_EQ(st.first, 422);
+  EXPECT_EQ(st.first, 409);  // a conflict with another object
   EXPECT_EQ(st.second["field"], "egress_socks5_address") << st.second.dump();
   // Without a SOCKS5 TLS address there is no such listener.
   ASSERT_EQ(p.call("PATCH", cl, {{"egress_socks_tls_address", ""}}).first, 200);
@@ -424,14 +424,15 @@ TEST(ControlCompiler, ForwardsAreValidatedWithTheFieldNamed) {
   auto before = p.version(p.cluster);
   json base = {{"cluster_id", p.cluster}, {"name", "f"}, {"listen_address", "127.0.0.1:15432"},
                {"destination", "db.example.com:5432"}, {"sources", {{{"cidr", "10.1.0.0/16"}, {"service_id", 1}}}}};
-  auto expect422 = [&](const json& change, const std::string& field, const std::string& detail = "") {
+  // Listen ports another object holds are 409 (conflict), the rest 422.
+  auto expect422 = [&](const json& change, const std::string& field, const std::string& detail = "", int status = 422) {
     json body = base;
     for (const auto& [k, v] : change.items()) {
       if (v.is_null() && k != "destination_service_id") body.erase(k);
       else body[k] = v;
     }
     auto r = p.call("POST", "/api/v1/forwards", body);
-    EXPECT_EQ(r.first, 422) << change.dump() << " " << r.second.dump();
+    EXPECT_EQ(r.first, status) << change.dump() << " " << r.second.dump();
     EXPECT_EQ(r.second["field"], field) << change.dump() << " " << r.second.dump();
     if (!detail.empty()) {
       EXPECT_EQ(r.second["detail"], detail);
@@ -455,7 +456,12 @@ TEST(ControlCompiler, ForwardsAreValidatedWithTheFieldNamed) {
   expect422({{"mtls", true}}, "mtls",
             "mtls: needs the cluster's egress_tls_certificate_id (the certificate the forward serves)");
   expect422({{"listen_address", "127.0.0.1:3128"}}, "listen_address",
-            "listen_address: 127.0.0.1:3128 is already the cluster's egress_proxy_address");
+            "listen_address: 127.0.0.1:3128 is already the cluster's egress_proxy_address (an egress proxy listener)",
+            409);
+  expect422({{"listen_address", "127.0.0.1:9902"}}, "listen_address",
+            "listen_address: 127.0.0.1:9902 is already the cluster's egress_admin_address (the egress proxies' "
+            "/metrics and /ready)",
+            409);
   expect422({{"name", "socks5"}}, "name");
   expect422({{"idle_timeout_seconds", -1}}, "idle_timeout_seconds");
   EXPECT_EQ(p.version(p.cluster), before);
@@ -464,7 +470,7 @@ TEST(ControlCompiler, ForwardsAreValidatedWithTheFieldNamed) {
   EXPECT_EQ(p.version(p.cluster), before + 1);
   // The same port again (here through the wildcard address) is taken; udp on it is not.
   expect422({{"name", "g"}, {"listen_address", "0.0.0.0:15432"}}, "listen_address",
-            "listen_address: 0.0.0.0:15432 (tcp) is already the listen address of forward \"f\"");
+            "listen_address: 0.0.0.0:15432 (tcp) is already the listen address of forward \"f\"", 409);
   p.create("forwards", {{"cluster_id", p.cluster}, {"name", "g"}, {"protocol", "udp"}, {"listen_address", "0.0.0.0:15432"},
                         {"destination", "1.1.1.1:53"}, {"sources", {{{"cidr", "10.1.0.0/16"}, {"service_id", 1}}}}});
   // Another cluster may use the port; its forwards name its own services only.
@@ -488,7 +494,7 @@ TEST(ControlCompiler, ForwardsAreValidatedWithTheFieldNamed) {
   EXPECT_EQ(st.first, 200) << st.second.dump();
   EXPECT_EQ(st.second["idle_timeout_seconds"], 30);
   st = p.call("PATCH", path, {{"protocol", "udp"}});
-  EXPECT_EQ(st.first, 422);
+  EXPECT_EQ(st.first, 409);
   EXPECT_EQ(st.second["field"], "listen_address") << st.second.dump();
   auto spare = p.create("services", {{"cluster_id", p.cluster}, {"name", "spare"}, {"ip_fqdn", "spare.internal"}});
   ASSERT_EQ(p.call("PATCH", path, {{"destination", ""}, {"destination_service_id", spare}, {"destination_port", 5432}}).first,
@@ -513,6 +519,8 @@ TEST(ControlCompiler, ForwardRolesFollowTheMappingRules) {
            "VALUES ('owner', 'x', 'service-owner', 'now', 'now'), ('viewer', 'x', 'viewer', 'now', 'now')");
     c.exec("INSERT INTO user_services (user_id, service_id) VALUES (2, 1)");  // billing
     c.exec("INSERT INTO user_clusters (user_id, cluster_id) VALUES (3, " + std::to_string(p.cluster) + ")");
+    // What an admin lets non-admins name in sources (docs/api.md, forwards).
+    c.exec("UPDATE clusters SET forward_source_networks = '[\"10.0.0.0/8\"]' WHERE id = " + std::to_string(p.cluster));
   });
   auto now = mm::util::unixNow();
   auto as = [&](int uid) { return p.keys.sign({{"sub", std::to_string(uid)}, {"exp", now + 3600}, {"iat", now}}); };

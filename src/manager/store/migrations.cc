@@ -215,6 +215,16 @@ CREATE INDEX forwards_cluster ON forwards (cluster_id);
 ALTER TABLE clusters ADD COLUMN egress_socks_tls_address TEXT NOT NULL DEFAULT '';
 )SQL";
 
+// v8: what the manager checks forwards against. egress_admin_address: where the cluster's egress
+// proxies serve /metrics and /ready (the `marchproxy egress` default; not compiled into snapshots: set
+// it when they run with --admin elsewhere), so no forward takes that port. forward_source_networks:
+// a JSON array of CIDRs an admin allows service owners to name in a forward's sources (empty: none).
+// Independent of 3-7 apart from the table it alters.
+constexpr const char* kV8ForwardGuards = R"SQL(
+ALTER TABLE clusters ADD COLUMN egress_admin_address TEXT NOT NULL DEFAULT '127.0.0.1:9902';
+ALTER TABLE clusters ADD COLUMN forward_source_networks TEXT NOT NULL DEFAULT '[]';
+)SQL";
+
 std::string expand(std::string sql, Dialect d) {
   auto replaceAll = [&](const std::string& from, const std::string& to) {
     for (std::size_t p = 0; (p = sql.find(from, p)) != std::string::npos; p += to.size()) sql.replace(p, from.size(), to);
@@ -242,6 +252,7 @@ const std::vector<Migration>& migrations() {
       {5, expand(kV5Security, Dialect::sqlite), expand(kV5Security, Dialect::postgres)},
       {6, expand(kV6EgressTls, Dialect::sqlite), expand(kV6EgressTls, Dialect::postgres)},
       {7, expand(kV7Forwards, Dialect::sqlite), expand(kV7Forwards, Dialect::postgres)},
+      {8, kV8ForwardGuards, kV8ForwardGuards},
   };
   return list;
 }

@@ -1,7 +1,7 @@
 import { ResourcePage, rotate } from '../components/ResourcePage';
 import type { Cluster } from '../api/types';
 import type { FieldDef } from '../lib/form';
-import { hostPort, name, optionalHostPort } from '../lib/validate';
+import { cidr, hostPort, name, optionalHostPort } from '../lib/validate';
 
 const fields: FieldDef[] = [
   { name: 'name', label: 'Name', kind: 'text', required: true, check: name },
@@ -32,6 +32,22 @@ const fields: FieldDef[] = [
     kind: 'text',
     check: optionalHostPort,
     help: 'SOCKS5 over TLS with the egress TLS certificate, while one is set',
+  },
+  {
+    name: 'egress_admin_address',
+    label: 'Egress admin address (IP:port)',
+    kind: 'text',
+    required: true,
+    defaultValue: '127.0.0.1:9902',
+    check: hostPort,
+    help: 'Where the egress proxies serve /metrics and /ready (their --admin); no forward may take this port (admins only)',
+  },
+  {
+    name: 'forward_source_networks',
+    label: 'Forward source networks (comma-separated CIDRs)',
+    kind: 'list',
+    itemCheck: cidr,
+    help: "The networks non-admins may name in a forward's sources; empty = none (admins only)",
   },
 ];
 
