@@ -6,6 +6,9 @@
 # off) under `valgrind --tool=callgrind --instr-atstart=no`; 2,000 warm-up requests, then
 # instrumentation on for 20,000 requests over 4 keep-alive connections (h2load --h1).
 # Prints total Ir / requests the origin served. Ports 18931/18932 must be free.
+# CG_NEW_CONNECTIONS=1 (in this script's environment): scenario h1-new instead, one new client
+# connection per request (wrk -c 4 -H 'Connection: close' for 10 s, warm-up 2 s); Ir per request is
+# then Ir per connection.
 set -euo pipefail
 BIN=${1:-$(dirname "$0")/../build/release/src/cli/marchproxy}
 shift || true
@@ -38,10 +41,17 @@ VG=$!
 trap 'kill $VG $ORIGIN 2>/dev/null || true' EXIT
 for _ in $(seq 60); do curl -s -o /dev/null http://127.0.0.1:18932/ && break; sleep 1; done
 served() { curl -s http://127.0.0.1:18931/__origin_status | awk '/^ [0-9]/{print $3}'; }
-h2load --h1 -n 2000 -c 4 http://127.0.0.1:18932/ > /dev/null
+load() {  # $1: requests (keep-alive) or seconds (new connections)
+  if [ -n "${CG_NEW_CONNECTIONS:-}" ]; then
+    wrk -t 1 -c 4 -d "$(( $1 < 100 ? $1 : 2 ))s" -H 'Connection: close' http://127.0.0.1:18932/ | grep -E "requests in"
+  else
+    h2load --h1 -n "$1" -c 4 http://127.0.0.1:18932/ | grep -E "^requests:"
+  fi
+}
+load 2000 > /dev/null
 callgrind_control -i on $VG > /dev/null 2>&1
 r0=$(served)
-h2load --h1 -n 20000 -c 4 http://127.0.0.1:18932/ | grep -E "^requests:"
+load "$([ -n "${CG_NEW_CONNECTIONS:-}" ] && echo 10 || echo 20000)"
 r1=$(served)
 callgrind_control -i off $VG > /dev/null 2>&1
 callgrind_control -d $VG > /dev/null 2>&1

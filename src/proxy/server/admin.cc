@@ -205,6 +205,9 @@ std::string renderMetrics(const WorkerStats& t, const std::shared_ptr<const Runt
          "Client connections closed at once because limits.max_connections was reached.");
   fmt::format_to(std::back_inserter(o), "marchproxy_downstream_connections_rejected_total {}\n",
                  t.connections_rejected);
+  header(o, "marchproxy_downstream_accept_errors_total", "counter",
+         "Failed accepts on the listeners (out of descriptors or memory); each pauses that listener 50 ms.");
+  fmt::format_to(std::back_inserter(o), "marchproxy_downstream_accept_errors_total {}\n", t.accept_errors);
   header(o, "marchproxy_connections_refused_total", "counter",
          "Client connections closed at once by a per-client limit (per_ip: limits.max_connections_per_ip).");
   fmt::format_to(std::back_inserter(o), "marchproxy_connections_refused_total{{reason=\"per_ip\"}} {}\n",

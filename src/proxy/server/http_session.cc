@@ -113,8 +113,7 @@ struct HttpSession::TlsState {
 HttpSession::HttpSession(tcp::socket socket, const tcp::endpoint& peer, Worker& worker,
                          std::shared_ptr<const ListenerInfo> listener)
     : client_(std::move(socket)), worker_(worker), listener_keep_(std::move(listener)), listener_(*listener_keep_) {
-  boost::system::error_code ec;
-  client_.set_option(tcp::no_delay(true), ec);
+  // TCP_NODELAY comes from the listening socket (server.cc, listenSocket).
   const auto addr = peer.address();
   client_ip_ = addr.is_v6() && addr.to_v6().is_v4_mapped()
                    ? asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6()).to_string()

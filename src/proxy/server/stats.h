@@ -64,6 +64,7 @@ struct WorkerStats {
   uint64_t connections_total = 0;
   uint64_t connections_rejected = 0;  // over limits.max_connections
   uint64_t connections_refused_per_ip = 0;  // over limits.max_connections_per_ip
+  uint64_t accept_errors = 0;         // accept4() failures: out of descriptors or memory
   std::map<std::string, uint64_t> proxy_protocol_errors;  // connections closed, by reason label
   uint64_t connections_active = 0;    // gauge
   uint64_t read_buffers_held = 0;     // gauge: HTTP/1.1 client connections holding a read buffer
@@ -92,6 +93,7 @@ struct WorkerStats {
     connections_total += o.connections_total;
     connections_rejected += o.connections_rejected;
     connections_refused_per_ip += o.connections_refused_per_ip;
+    accept_errors += o.accept_errors;
     for (auto& [k, v] : o.proxy_protocol_errors) proxy_protocol_errors[k] += v;
     connections_active += o.connections_active;
     read_buffers_held += o.read_buffers_held;

@@ -2,6 +2,8 @@
 
 #include <pthread.h>
 #include <sys/socket.h>
+#include <unistd.h>
+#include <algorithm>
 #include <array>
 #include <cstring>
 
@@ -16,6 +18,7 @@
 #include "common/base/hash.h"
 #include "common/base/cpu.h"
 #include "common/base/log.h"
+#include "common/net/accept.h"
 #include "proxy/server/http_session.h"
 #include "proxy/server/server.h"
 
@@ -26,9 +29,13 @@ using tcp = asio::ip::tcp;
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 
 struct Worker::Acceptor {
-  Acceptor(asio::io_context& ioc, ListenerInfo i) : acceptor(ioc), info(std::move(i)) {}
+  Acceptor(asio::io_context& ioc, ListenerInfo i) : acceptor(ioc), info(std::move(i)), backoff(ioc) {}
   tcp::acceptor acceptor;
   ListenerInfo info;
+  tcp protocol = tcp::v4();
+  std::optional<net::AcceptWait> wait;  // set once the acceptor is open
+  asio::steady_timer backoff;           // after an accept error (out of descriptors or memory)
+  int64_t last_error_log = 0;
   bool closed = false;
 };
 
@@ -150,8 +157,9 @@ void Worker::addListener(const std::string& key, int fd, ListenerInfo info) {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  acc->protocol = ss.ss_family == AF_INET6 ? tcp::v6() : tcp::v4();
   boost::system::error_code ec;
-  acc->acceptor.assign(ss.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(), fd, ec);
+  acc->acceptor.assign(acc->protocol, fd, ec);
   if (ec) {
     spdlog::error("worker {}: listener {}: {}", index_, acc->info.name, ec.message());
     ::close(fd);
@@ -162,7 +170,11 @@ void Worker::addListener(const std::string& key, int fd, ListenerInfo info) {
     return;
   }
   acceptors_[key] = acc;
-  asio::co_spawn(ioc_, acceptLoop(acc), asio::detached);
+  // The pending wait holds acc (keep) and hands it back to the callback.
+  Acceptor* raw = acc.get();
+  acc->wait.emplace(acc->acceptor,
+                    [this, raw](const net::Accepted& a, std::shared_ptr<void> keep) { onAccept(*raw, a, std::move(keep)); });
+  acc->wait->start(std::move(acc), false);
 }
 
 void Worker::removeListener(const std::string& key) {
@@ -170,42 +182,72 @@ void Worker::removeListener(const std::string& key) {
   if (it == acceptors_.end()) return;
   it->second->closed = true;
   boost::system::error_code ec;
-  it->second->acceptor.close(ec);
+  it->second->acceptor.close(ec);  // completes a pending wait with ECANCELED
+  it->second->backoff.cancel();
   acceptors_.erase(it);
 }
 
-asio::awaitable<void> Worker::acceptLoop(std::shared_ptr<Acceptor> acc) {
-  int64_t last_error_log = 0;
-  for (;;) {
-    tcp::endpoint peer;  // filled by accept itself: no getpeername() per connection
-    auto [ec, socket] = co_await acc->acceptor.async_accept(peer, kNoThrow);
-    if (acc->closed || draining_) co_return;
-    if (ec) {
-      if (ec == asio::error::operation_aborted) co_return;
-      // Out of descriptors or memory: say so at most once a second and back off briefly, rather
-      // than spinning on a listener that stays readable.
-      int64_t now = coarseNowNs();
-      if (now - last_error_log > 1'000'000'000) {
-        spdlog::warn("listener {}: accept failed: {}", acc->info.name, ec.message());
-        last_error_log = now;
-      }
-      asio::steady_timer t(ioc_, std::chrono::milliseconds(50));
-      co_await t.async_wait(kNoThrow);
-      continue;
-    }
-    if (!server_.fastPathAdmit(peer.data())) {
-      boost::system::error_code cec;
-      socket.close(cec);
-      continue;
-    }
-    if (!server_.admitConnection()) {
-      ++stats_.connections_rejected;
-      boost::system::error_code cec;
-      socket.close(cec);
-      continue;
-    }
-    HttpSession::start(new HttpSession(std::move(socket), peer, *this, std::shared_ptr<const ListenerInfo>(acc, &acc->info)));
+// One readiness event of a listener: the connection the wait accepted, then more with accept4()
+// until the backlog is empty (the next wait then skips the attempt known to fail) or a batch is
+// done (the next wait tries at once; its result is queued behind the sessions started here).
+void Worker::onAccept(Acceptor& acc, const net::Accepted& first, std::shared_ptr<void> keep) {
+  constexpr int kBatch = 32;
+  if (acc.closed || draining_ || first.error == ECANCELED) {
+    if (first.fd >= 0) ::close(first.fd);
+    return;
   }
+  net::Accepted a = first;
+  for (int n = 0;; ++n) {
+    if (a.fd < 0) {
+      if (a.error == EAGAIN) {
+        acc.wait->start(std::move(keep), true);
+        return;
+      }
+      // Out of descriptors or memory: say so at most once a second and back off briefly, rather
+      // than spinning on a listener that stays readable. The wait after the pause tries at once.
+      const int64_t now = coarseNowNs();
+      if (now - acc.last_error_log > 1'000'000'000) {
+        spdlog::warn("listener {}: accept failed: {}", acc.info.name, std::strerror(a.error));
+        acc.last_error_log = now;
+      }
+      ++stats_.accept_errors;
+      acc.backoff.expires_after(std::chrono::milliseconds(50));
+      acc.backoff.async_wait([&acc, keep = std::move(keep)](const boost::system::error_code& ec) mutable {
+        if (!ec && !acc.closed) acc.wait->start(std::move(keep), false);
+      });
+      return;
+    }
+    acceptConnection(acc, a, keep);
+    if (n + 1 == kBatch) break;
+    a = net::acceptOne(acc.acceptor.native_handle());
+  }
+  acc.wait->start(std::move(keep), false);
+}
+
+// Limits first, on the raw descriptor: a refused connection is closed before Asio registers it.
+void Worker::acceptConnection(Acceptor& acc, const net::Accepted& a, const std::shared_ptr<void>& keep) {
+  tcp::endpoint peer;  // from accept4 itself: no getpeername() per connection
+  std::memcpy(peer.data(), &a.peer, std::min<size_t>(a.peer_len, peer.capacity()));
+  peer.resize(std::min<size_t>(a.peer_len, peer.capacity()));
+  if (!server_.fastPathAdmit(peer.data())) {
+    ::close(a.fd);
+    return;
+  }
+  if (!server_.admitConnection()) {
+    ++stats_.connections_rejected;
+    ::close(a.fd);
+    return;
+  }
+  boost::system::error_code ec;
+  tcp::socket socket = net::adoptAccepted(ioc_, acc.protocol, a.fd, ec);
+  if (ec) {  // the reactor refused it (epoll_ctl: out of memory)
+    spdlog::warn("listener {}: accepted connection dropped: {}", acc.info.name, ec.message());
+    ::close(a.fd);
+    server_.releaseConnection();
+    return;
+  }
+  // keep owns acc: the session holds the listener's settings as long as it lives.
+  HttpSession::start(new HttpSession(std::move(socket), peer, *this, std::shared_ptr<const ListenerInfo>(keep, &acc.info)));
 }
 
 asio::awaitable<void> Worker::sweepLoop() {
@@ -233,6 +275,7 @@ void Worker::beginDrain() {
     acc->closed = true;
     boost::system::error_code ec;
     acc->acceptor.close(ec);
+    acc->backoff.cancel();
   }
   acceptors_.clear();
   for (HttpSession* s = sessions_head_; s; s = s->next) s->cancelIfIdle();
@@ -246,6 +289,7 @@ void Worker::stop() {
     acc->closed = true;
     boost::system::error_code ec;
     acc->acceptor.close(ec);
+    acc->backoff.cancel();
   }
   acceptors_.clear();
   for (HttpSession* s = sessions_head_; s; s = s->next) s->forceClose();

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/net/accept.h"
 #include "proxy/limits/rate_limiter.h"
 #include "proxy/limits/redis_client.h"
 #include "proxy/server/access_log.h"
@@ -108,7 +109,8 @@ class Worker {
 
  private:
   struct Acceptor;
-  boost::asio::awaitable<void> acceptLoop(std::shared_ptr<Acceptor> acc);
+  void onAccept(Acceptor& acc, const net::Accepted& first, std::shared_ptr<void> keep);
+  void acceptConnection(Acceptor& acc, const net::Accepted& a, const std::shared_ptr<void>& keep);
   boost::asio::awaitable<void> sweepLoop();
   void applyRedis(const Runtime& rt);
 
