@@ -1,6 +1,9 @@
 #include "common/net/edge_read.h"
 
+#include "common/net/readable_wait.h"
+
 #include <boost/asio/version.hpp>
+#include <cstdlib>
 #include <type_traits>
 
 #if BOOST_ASIO_VERSION == 102600 && defined(BOOST_ASIO_HAS_EPOLL) && !defined(BOOST_ASIO_HAS_IO_URING_AS_DEFAULT)
@@ -39,9 +42,14 @@ struct RegisteredEvents {
   using type = uint32_t State::*;
   friend type get(RegisteredEvents);
 };
+struct ReactorOf {
+  using type = Reactor* State::*;
+  friend type get(ReactorOf);
+};
 template struct Grant<SocketImpl, &boost::asio::basic_socket<Tcp, boost::asio::any_io_executor>::impl_>;
 template struct Grant<TrySpeculative, &State::try_speculative_>;
 template struct Grant<RegisteredEvents, &State::registered_events_>;
+template struct Grant<ReactorOf, &State::reactor_>;
 
 }  // namespace
 
@@ -55,9 +63,32 @@ bool knownDrained(Tcp::socket& socket) noexcept {
   State* d = (socket.*get(SocketImpl{})).get_implementation().reactor_data_;
   return d != nullptr && d->*get(RegisteredEvents{}) != 0 && !(d->*get(TrySpeculative{}))[Reactor::read_op];
 }
+void startReadableWait(Tcp::socket& socket, ad::reactor_op* op) noexcept {
+  auto& impl = (socket.*get(SocketImpl{})).get_implementation();
+  // allow_speculative with try_speculative_ false (knownDrained): queued, neither performed nor
+  // re-armed with epoll_ctl (epoll_reactor::start_op).
+  (impl.reactor_data_->*get(ReactorOf{}))->start_op(Reactor::read_op, impl.socket_, impl.reactor_data_, op, false, true);
+}
 #else
 void markReadDrained(boost::asio::ip::tcp::socket&) noexcept {}
 bool knownDrained(boost::asio::ip::tcp::socket&) noexcept { return false; }
+// Never called: knownDrained() is false here.
+void startReadableWait(boost::asio::ip::tcp::socket&, boost::asio::detail::reactor_op*) noexcept { std::abort(); }
 #endif
+
+ReadableWait::ReadableWait(Fn fn, void* arg) noexcept
+    : reactor_op(boost::system::error_code(), &ReadableWait::doPerform, &ReadableWait::doComplete), fn_(fn), arg_(arg) {}
+
+void ReadableWait::start(boost::asio::ip::tcp::socket& socket) noexcept {
+  ec_ = boost::system::error_code();
+  bytes_transferred_ = 0;
+  startReadableWait(socket, this);
+}
+
+void ReadableWait::doComplete(void* owner, boost::asio::detail::scheduler_operation* base,
+                            const boost::system::error_code&, std::size_t) {
+  auto* w = static_cast<ReadableWait*>(base);
+  if (owner) w->fn_(w->arg_, w->ec_);
+}
 
 }  // namespace marchproxy::net
