@@ -1,7 +1,11 @@
 """Idle keep-alive client connections are cheap (issue 2): between requests an HTTP/1.1 connection
 gives its read buffer back to the worker (gauge marchproxy_downstream_read_buffers), and still
 serves its next request, pipelined bytes included; idle timeout and drain still close it."""
+import os
+import shutil
 import signal
+import subprocess
+import tempfile
 import unittest
 
 from harness import ProxyTestCase, Conn, build_request, render, wait_until
@@ -119,6 +123,60 @@ class IdleConnectionsTest(ProxyTestCase):
             for c in conns:
                 c.close()
         wait_until(lambda: self.p.metric(ACTIVE) == 0, 10, message=f"{ACTIVE} == 0 once the clients closed")
+
+    def test_waiting_and_sleeping_make_no_epoll_ctl(self):
+        """Waiting for the next request, going to sleep and waking up cost no epoll_ctl: every
+        readiness wait is queued on a socket known drained, so epoll is never re-armed for it."""
+        strace = shutil.which("strace")
+        if not strace:
+            self.skipTest("strace is not installed")
+        self.start()
+        conns = self.open_idle(10)
+        out = tempfile.NamedTemporaryFile(prefix="epoll_ctl-", suffix=".txt", delete=False)
+        out.close()
+        tracer = None
+        try:
+            wait_until(lambda: self.p.metric(ASLEEP) == 10, 10, message=f"{ASLEEP} == 10")
+            tasks = [int(t) for t in os.listdir(f"/proc/{self.p.pid}/task")]
+            workers = set()
+            for t in tasks:
+                with open(f"/proc/{self.p.pid}/task/{t}/comm") as f:
+                    if f.read().startswith("worker"):
+                        workers.add(t)
+            self.assertTrue(workers, "no worker threads found")
+            tracer = subprocess.Popen([strace, "-f", "-qq", "-e", "trace=epoll_ctl", "-o", out.name,
+                                       "-p", str(self.p.pid)], stderr=subprocess.PIPE)
+
+            def traced():
+                for t in workers:
+                    with open(f"/proc/{self.p.pid}/task/{t}/status") as f:
+                        if "TracerPid:\t0\n" in f.read():
+                            return False
+                return True
+            try:
+                wait_until(lambda: tracer.poll() is None and traced(), 10, message="strace attached")
+            except AssertionError:
+                self.skipTest(f"strace cannot attach here: {tracer.stderr.read()[-300:] if tracer.poll() is not None else ''}")
+            # Three rounds: every connection wakes for a request (forwarded or answered locally),
+            # waits for the next one, and goes back to sleep.
+            for _ in range(3):
+                for i, c in enumerate(conns):
+                    self.assertStatus(c.request("GET", "/api/id" if i % 2 else "/hello"), 200)
+                wait_until(lambda: self.p.metric(ASLEEP) == 10, 10, message=f"{ASLEEP} back to 10")
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(10)
+            with open(out.name) as f:
+                calls = [line for line in f if "epoll_ctl(" in line and int(line.split()[0]) in workers]
+            self.assertEqual(calls, [], "the workers called epoll_ctl for idle keep-alive connections")
+        finally:
+            if tracer is not None:
+                if tracer.poll() is None:
+                    tracer.kill()
+                    tracer.wait()
+                tracer.stderr.close()
+            os.unlink(out.name)
+            for c in conns:
+                c.close()
 
     def test_idle_timeout_closes_idle_connection(self):
         self.start(idle="1s")

@@ -31,10 +31,15 @@ struct RegisteredEventsField {
   using type = uint32_t DescriptorState::*;
   friend type get(RegisteredEventsField);
 };
+struct ReactorField {
+  using type = Reactor* DescriptorState::*;
+  friend type get(ReactorField);
+};
 template struct Grant<SocketField, &boost::asio::basic_socket<Tcp, Executor>::impl_>;
 template struct Grant<AcceptorField, &boost::asio::basic_socket_acceptor<Tcp, Executor>::impl_>;
 template struct Grant<TrySpeculativeField, &DescriptorState::try_speculative_>;
 template struct Grant<RegisteredEventsField, &DescriptorState::registered_events_>;
+template struct Grant<ReactorField, &DescriptorState::reactor_>;
 
 }  // namespace
 
@@ -42,6 +47,7 @@ SocketImpl& impl(Tcp::socket& s) noexcept { return (s.*get(SocketField{})).get_i
 SocketImpl& impl(Tcp::acceptor& a) noexcept { return (a.*get(AcceptorField{})).get_implementation(); }
 uint32_t registeredEvents(const DescriptorState* d) noexcept { return d->*get(RegisteredEventsField{}); }
 bool& trySpeculative(DescriptorState* d, int op_type) noexcept { return (d->*get(TrySpeculativeField{}))[op_type]; }
+Reactor& reactorOf(DescriptorState* d) noexcept { return *(d->*get(ReactorField{})); }
 
 }  // namespace marchproxy::net::asio_access
 #endif

@@ -1,6 +1,6 @@
 #pragma once
 // Access to the Asio epoll reactor's per-socket state that its public interface does not offer:
-// edge_read.h (skipping a speculative read known to fail) and accept.h (accept4() and an adopted
+// edge_read.h (skipping a speculative read known to fail; readiness waits without epoll_ctl) and accept.h (accept4() and an adopted
 // socket's state flags). Internal to common/net.
 //
 // MP_ASIO_ACCESS is defined only for the Asio these were written against: Boost.Asio 1.26
@@ -25,6 +25,7 @@ SocketImpl& impl(boost::asio::ip::tcp::acceptor& a) noexcept;
 // The reactor's view of a descriptor (nullptr when closed):
 uint32_t registeredEvents(const DescriptorState* d) noexcept;  // 0: epoll does not watch it
 bool& trySpeculative(DescriptorState* d, int op_type) noexcept;  // op_type: Reactor::read_op, ...
+Reactor& reactorOf(DescriptorState* d) noexcept;  // the reactor that watches d
 
 }  // namespace marchproxy::net::asio_access
 #endif

@@ -2,6 +2,7 @@
 // short read never loses bytes, whether the peer's next bytes arrive after the next read is started
 // or before it (the epoll event already handled), and a read that filled its buffer is not marked.
 #include "common/net/edge_read.h"
+#include "common/net/readable_wait.h"
 
 #include <gtest/gtest.h>
 
@@ -47,6 +48,11 @@ struct Pair {
     ioc.restart();
     ioc.run();
   }
+  // Runs the reactor for a while with an operation pending (run() would wait for it to end).
+  void settle() {
+    ioc.restart();
+    ioc.run_for(50ms);
+  }
 };
 
 TEST(EdgeRead, BytesSentAfterADrainedReadArrive) {
@@ -80,6 +86,66 @@ TEST(EdgeRead, AReadThatFilledItsBufferLeavesTheRestReadable) {
   p.ioc.restart();
   p.ioc.run_for(5s);
   EXPECT_EQ(eof, asio::error::eof);  // the peer's close after a drained read is seen
+}
+
+// The readiness waits queued on a drained socket (asyncReadable, ReadableWait): they end when the
+// peer sends, when the peer closes, and with operation_aborted on cancel; they never end early.
+TEST(EdgeRead, ReadableWaitEndsWhenBytesArrive) {
+  Pair p;
+  p.send("first");
+  EXPECT_EQ(p.read(1024), "first");
+  ASSERT_TRUE(knownDrained(p.reader));
+  std::optional<boost::system::error_code> got;
+  asyncReadable(p.reader, [&](boost::system::error_code ec) { got = ec; });
+  p.settle();
+  EXPECT_FALSE(got) << "the wait ended with nothing to read";
+  p.send("second");
+  p.ioc.restart();
+  p.ioc.run_for(5s);
+  ASSERT_TRUE(got);
+  EXPECT_FALSE(*got);
+  EXPECT_EQ(p.read(1024), "second");
+}
+
+TEST(EdgeRead, EmbeddedReadableWaitEndsOnCloseAndOnCancel) {
+  Pair p;
+  p.send("x");
+  EXPECT_EQ(p.read(1024), "x");
+  std::optional<boost::system::error_code> got;
+  ReadableWait w([](void* arg, const boost::system::error_code& ec) {
+    *static_cast<std::optional<boost::system::error_code>*>(arg) = ec;
+  }, &got);
+  w.start(p.reader);
+  p.settle();
+  EXPECT_FALSE(got);
+  p.reader.cancel();
+  p.ioc.restart();
+  p.ioc.run_for(5s);
+  ASSERT_TRUE(got);
+  EXPECT_EQ(*got, asio::error::operation_aborted);
+  // Reused: the peer's close ends the second wait (the socket is still known drained).
+  got.reset();
+  ASSERT_TRUE(knownDrained(p.reader));
+  w.start(p.reader);
+  p.writer.shutdown(tcp::socket::shutdown_send);
+  p.ioc.restart();
+  p.ioc.run_for(5s);
+  ASSERT_TRUE(got);
+  EXPECT_FALSE(*got);
+}
+
+TEST(EdgeRead, AsyncReadableOnASocketNotKnownDrainedStillWaits) {
+  Pair p;  // never read from: Asio's own async_wait is used
+  ASSERT_FALSE(knownDrained(p.reader));
+  std::optional<boost::system::error_code> got;
+  asyncReadable(p.reader, [&](boost::system::error_code ec) { got = ec; });
+  p.settle();
+  EXPECT_FALSE(got);
+  p.send("y");
+  p.ioc.restart();
+  p.ioc.run_for(5s);
+  ASSERT_TRUE(got);
+  EXPECT_FALSE(*got);
 }
 
 }  // namespace

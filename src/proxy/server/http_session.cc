@@ -11,7 +11,6 @@
 #include <cstring>
 #include <tuple>
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -48,19 +47,6 @@ using namespace asio::experimental::awaitable_operators;  // NOLINT(google-build
 // expression: g++ 12 miscompiles some of those forms (SIGILL on resume, seen here).
 constexpr size_t kBodyChunk = 64 * 1024;  // read size while streaming bodies
 constexpr size_t kMaxRetryDiscard = 64 * 1024;
-
-// operator new/delete, sized exactly (see HttpSession::finished()).
-template <typename T>
-struct ExactAllocator {
-  using value_type = T;
-  ExactAllocator() = default;
-  template <typename U>
-  ExactAllocator(const ExactAllocator<U>&) noexcept {}  // NOLINT(google-explicit-constructor)
-  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T))); }
-  void deallocate(T* p, size_t n) noexcept { ::operator delete(p, n * sizeof(T)); }
-  template <typename U>
-  bool operator==(const ExactAllocator<U>&) const noexcept { return true; }
-};
 
 using Bufs = std::array<asio::const_buffer, 2>;
 
@@ -415,14 +401,10 @@ void HttpSession::finished(HttpSession* s, std::exception_ptr e) {
     s->wake({});
     return;
   }
-  // Asleep: this object and one readiness wait are all the connection holds. The worker's sweep
-  // still sees it (idle timeout, drain and shutdown cancel or close the socket, and wake() ends it).
-  // A plain allocator: the wait is sized exactly, not placed in a larger block of the thread's
-  // recycling cache (which would stay taken for as long as the connection sleeps; asio treats
-  // std::allocator as a request for that cache).
-  s->client_.async_wait(tcp::socket::wait_read,
-                        asio::bind_allocator(ExactAllocator<void>(),
-                                             [s](const boost::system::error_code& ec) { s->wake(ec); }));
+  // Asleep: this object (with its embedded readiness wait) and the socket are all the connection
+  // holds. The worker's sweep still sees it (idle timeout, drain and shutdown cancel or close the
+  // socket, and wake() ends it). The wait is queued without epoll_ctl and allocates nothing.
+  s->sleep_wait_.start(s->client_);
 }
 
 void HttpSession::wake(const boost::system::error_code& ec) {
@@ -431,8 +413,7 @@ void HttpSession::wake(const boost::system::error_code& ec) {
     delete this;
     return;
   }
-  readable_ = true;
-  spawn(this, serve());
+  spawn(this, serve());  // epoll reported data: readHead() reads at once
 }
 
 void HttpSession::maybeSleep(int64_t now) {
@@ -445,14 +426,18 @@ void HttpSession::maybeSleep(int64_t now) {
 
 void HttpSession::releaseIdleState() {
   if (x_) worker_.releaseExchange(std::move(x_));
+  releaseReadBuffer();
+}
+
+void HttpSession::releaseReadBuffer() {
   const bool pooled = rbuf_.capacity() == kIdleBufferBytes;
   std::unique_ptr<char[]> storage = rbuf_.release();
   if (storage && pooled) worker_.giveReadBuffer(std::move(storage));
 }
 
 // Reads until one complete request head is in rbuf_ (or answers and fails). An idle keep-alive
-// connection waits here with a pending read into its 1 KiB buffer; after kSleepAfterNs the
-// worker's sweep ends that read (maybeSleep) and the connection sleeps without buffer or coroutine.
+// connection waits here for readability holding no read buffer; after kSleepAfterNs the worker's
+// sweep ends that wait (maybeSleep) and the connection sleeps without coroutine.
 asio::awaitable<bool> HttpSession::readHead() {
   // Each request routes on the newest config; one already in flight keeps its own.
   wrt_ = worker_.runtime();
@@ -503,41 +488,45 @@ asio::awaitable<bool> HttpSession::readHead() {
         co_return false;
       }
     }
-    if (!rbuf_.hasStorage()) rbuf_.adopt(worker_.takeReadBuffer(), kIdleBufferBytes);
-    size_t room = rbuf_.prepare(512, max_head);
-    if (room == 0) {  // the parser bounds heads itself; this is a backstop
-      resetRequestState();
-      co_await respondError(431, "request head too large", false);
-      co_return false;
-    }
     boost::system::error_code ec;
     size_t n = 0;
-    if (tls_) {
-      auto [rec, rn] = co_await tls_->stream.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
-      ec = rec;
-      n = rn;
-    } else {
-      // After wake() saw the socket readable, the bytes are read at once, without a second trip
-      // through the reactor.
-      const bool read_now = readable_ && readNow(room, ec, n);
-      readable_ = false;
-      if (!read_now) {
-        // Idle keep-alive: the worker's sweep may end this read after kSleepAfterNs (maybeSleep).
-        // A pending read, not async_wait(wait_read): Asio re-arms epoll (one epoll_ctl) for every
-        // wait, but not for a read on a socket known drained.
-        // Only a socket known drained: a wake-up re-reads it, and one never read from (a new
-        // connection) would otherwise cycle through sleep and wake, restarting its idle timeout.
-        waiting_ = phase_ == Phase::kIdle && net::knownDrained(client_);
-        auto [rec, rn] = co_await client_.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
+    // A plain socket known drained has nothing to read until epoll says so: it waits for
+    // readability holding no read buffer (an idle keep-alive connection gives it back to the
+    // worker at once). The wait is queued with no syscall (net::asyncReadable) and the read after
+    // it is one recv, as with a pending read. Idle, the worker's sweep may end the wait after
+    // kSleepAfterNs (maybeSleep). Only a socket known drained sleeps: a wake-up reads at once.
+    bool wait = !tls_ && net::knownDrained(client_);
+    for (;;) {
+      if (wait) {
+        if (rbuf_.empty() && rbuf_.hasStorage()) releaseReadBuffer();
+        waiting_ = phase_ == Phase::kIdle;
+        auto [wec] = co_await net::asyncReadable(client_, kNoThrow);
         waiting_ = false;
+        ec = wec;
+        if (ec) break;
+      }
+      if (!rbuf_.hasStorage()) rbuf_.adopt(worker_.takeReadBuffer(), kIdleBufferBytes);
+      const size_t room = rbuf_.prepare(512, max_head);
+      if (room == 0) {  // the parser bounds heads itself; this is a backstop
+        resetRequestState();
+        co_await respondError(431, "request head too large", false);
+        co_return false;
+      }
+      if (tls_) {
+        auto [rec, rn] = co_await tls_->stream.async_read_some(asio::buffer(rbuf_.tail(), room), kNoThrow);
         ec = rec;
         n = rn;
-        if (!rec) net::noteRead(client_, rn, room);
+        break;
       }
+      if (readNow(room, ec, n)) break;
+      // Nothing there yet (a new connection, the rest of a head, a spurious wake-up): the recv
+      // drained the socket, so the wait above needs no syscall of its own.
+      net::markReadDrained(client_);
+      wait = true;
     }
     if (asleep_) {
       if (ec == asio::error::operation_aborted) co_return false;  // serve() puts it to sleep
-      asleep_ = false;  // the request came in before the sweep's cancel could end the read
+      asleep_ = false;  // the request came in before the sweep's cancel could end the wait
     }
     if (ec) {
       if (timed_out_ && !rbuf_.empty()) {

@@ -8,8 +8,9 @@
 //   ──▶ next request on the same connection (keep-alive, pipelining) or close.
 //
 // Lives on the heap, owned by itself, on one worker thread: a coroutine runs it while busy; an idle
-// keep-alive connection first waits in a small frame holding no buffer, and after kSleepAfterNs
-// goes to sleep: no coroutine, only this object and a readiness wait (issue 2: RSS per idle
+// keep-alive connection first waits for readability holding no buffer (no syscall: net::asyncReadable),
+// and after kSleepAfterNs goes to sleep: no coroutine, only this object with its embedded
+// readiness wait (issue 2: RSS per idle
 // connection; see docs/operations.md, "Memory per connection"). Deadlines are not timers: the session stores
 // the deadline of the phase it is in, and the worker's sweep (every 100 ms) cancels the sockets of
 // sessions past their deadline; the coroutine then sees operation_aborted with timed_out_ set and
@@ -24,6 +25,7 @@
 #include <utility>
 
 #include "common/base/buffer.h"
+#include "common/net/readable_wait.h"
 #include "common/http/h1_parser.h"
 #include "config/model.h"
 #include "proxy/limits/connection_limiter.h"
@@ -81,6 +83,7 @@ class HttpSession {
   static void spawn(HttpSession* s, boost::asio::awaitable<void> a);
   static void finished(HttpSession* s, std::exception_ptr e);
   void wake(const boost::system::error_code& ec);
+  static void wakeFn(void* s, const boost::system::error_code& ec) { static_cast<HttpSession*>(s)->wake(ec); }
   boost::asio::awaitable<bool> handshake();
   boost::asio::awaitable<bool> readProxyHeader(const config::ProxyProtocol& pp, std::chrono::milliseconds timeout);
   bool admitPerIp(uint32_t max);
@@ -89,6 +92,7 @@ class HttpSession {
   boost::asio::awaitable<void> tlsShutdown();
   // Going to sleep: gives the per-request state and the read buffer back to the worker.
   void releaseIdleState();
+  void releaseReadBuffer();  // an empty rbuf_'s storage, back to the worker's free list
   boost::asio::awaitable<bool> readHead();
   bool readNow(size_t room, boost::system::error_code& ec, size_t& n);
   std::optional<router::RouteTable::Match> beginRequest();
@@ -151,6 +155,7 @@ class HttpSession {
   uint16_t client_port_ = 0;
   limits::ConnectionSlot conn_slot_;  // this connection's count in limits.max_connections_per_ip
 
+  net::ReadableWait sleep_wait_{&HttpSession::wakeFn, this};  // pending while asleep: its only op
   Buffer rbuf_{kIdleBufferBytes};  // downstream bytes: request heads, buffered body, pipelined requests
   std::unique_ptr<Exchange> x_;     // per-request state, borrowed from the worker while not idle
   http::ParseLimits limits_;
@@ -161,7 +166,6 @@ class HttpSession {
   bool linger_ = false;  // unread request body may be pending: close gently
   bool h2c_ = false;     // h2c listener: the first bytes may be the HTTP/2 preface
   bool http2_ = false;   // readHead() saw the preface
-  bool readable_ = false;  // wake() saw the sleeping socket readable: readHead() reads at once
   bool waiting_ = false;   // readHead() waits for the next request on an idle plain socket
   bool asleep_ = false;    // its coroutine ended (or is ending) for a plain readiness wait
   int64_t idle_since_ns_ = 0;
