@@ -55,7 +55,18 @@ bool knownDrained(Tcp::socket& socket) noexcept {
   State* d = (socket.*get(SocketImpl{})).get_implementation().reactor_data_;
   return d != nullptr && d->*get(RegisteredEvents{}) != 0 && !(d->*get(TrySpeculative{}))[Reactor::read_op];
 }
+void markWriteBlocked(Tcp::socket& socket) noexcept {
+  State* d = (socket.*get(SocketImpl{})).get_implementation().reactor_data_;
+  if (d != nullptr && d->*get(RegisteredEvents{}) != 0) (d->*get(TrySpeculative{}))[Reactor::write_op] = false;
+}
+
+void* reactorState(Tcp::socket& socket) noexcept {
+  State* d = (socket.*get(SocketImpl{})).get_implementation().reactor_data_;
+  return d != nullptr && d->*get(RegisteredEvents{}) != 0 ? d : nullptr;
+}
 #else
+void* reactorState(boost::asio::ip::tcp::socket&) noexcept { return nullptr; }
+void markWriteBlocked(boost::asio::ip::tcp::socket&) noexcept {}
 void markReadDrained(boost::asio::ip::tcp::socket&) noexcept {}
 bool knownDrained(boost::asio::ip::tcp::socket&) noexcept { return false; }
 #endif
