@@ -46,6 +46,7 @@
 #include "common/base/hash.h"
 #include "common/base/log.h"
 #include "common/http/h1_parser.h"
+#include "common/net/edge_read.h"
 #include "common/net/splice.h"
 #include "egress/acl.h"
 #include "egress/config.h"
@@ -902,6 +903,15 @@ void appendField(std::string& out, std::string_view name, std::string_view value
 // Bytes asked of one read of a message head.
 constexpr size_t kHeadRead = 16 * 1024;
 
+// After a read of n bytes into room on a plain TCP socket: a short read drained the socket, so the
+// next read waits for epoll instead of first trying a recv that fails with EAGAIN (net::noteRead;
+// the next request or response is rarely there yet). A no-op for TLS (decrypted bytes say nothing
+// about the socket).
+template <typename Stream>
+void noteRead(Stream& s, size_t n, size_t room) {
+  if constexpr (std::is_same_v<Stream, tcp::socket>) net::noteRead(s, n, room);
+}
+
 // Whether an incomplete head has grown past kMaxHead (then `st` becomes kError).
 bool headTooLong(const std::string& buf, http::ParseStatus& st) {
   if (buf.size() <= kMaxHead) return false;
@@ -957,8 +967,10 @@ asio::awaitable<bool> relayBody(Src& src, std::string& buf, size_t start, Dst& d
     }
     buf.erase(0, start + have);
     while (left) {
-      auto [ec, n] = co_await src.async_read_some(asio::buffer(tmp_buf(), std::min<uint64_t>(left, tmp_size)), kNoThrow);
+      const size_t room = std::min<uint64_t>(left, tmp_size);
+      auto [ec, n] = co_await src.async_read_some(asio::buffer(tmp_buf(), room), kNoThrow);
       if (ec) co_return false;
+      noteRead(src, n, room);
       auto [wec, m] = co_await asio::async_write(dst, asio::buffer(tmp_buf(), n), kNoThrow);
       if (wec) co_return false;
       bytes += m;
@@ -985,6 +997,7 @@ asio::awaitable<bool> relayBody(Src& src, std::string& buf, size_t start, Dst& d
       pending.erase(0, r.consumed);
       auto [ec, n] = co_await src.async_read_some(asio::buffer(tmp_buf(), tmp_size), kNoThrow);
       if (ec) co_return false;
+      noteRead(src, n, tmp_size);
       pending.append(tmp_buf(), n);
     }
   }
@@ -999,6 +1012,7 @@ asio::awaitable<bool> relayBody(Src& src, std::string& buf, size_t start, Dst& d
     auto [ec, n] = co_await src.async_read_some(asio::buffer(tmp_buf(), tmp_size), kNoThrow);
     if (ec == asio::error::eof) co_return true;
     if (ec) co_return false;
+    noteRead(src, n, tmp_size);
     auto [wec, m] = co_await asio::async_write(dst, asio::buffer(tmp_buf(), n), kNoThrow);
     if (wec) co_return false;
     bytes += m;
@@ -1084,6 +1098,7 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
       if (st != http::ParseStatus::kIncomplete || headTooLong(buf, st)) break;
       auto [ec, n] = co_await sock.async_read_some(asio::buffer(rbuf.get(), kHeadRead), kNoThrow);
       if (ec) break;
+      noteRead(sock, n, kHeadRead);
       buf.append(rbuf.get(), n);
     }
     deadline.clear();
@@ -1252,6 +1267,7 @@ asio::awaitable<void> httpExchange(Worker& w, Client& sock, const std::string& c
           if (rst != http::ParseStatus::kIncomplete || headTooLong(ubuf, rst)) break;
           auto [ec, n] = co_await up.async_read_some(asio::buffer(rbuf.get(), kHeadRead), kNoThrow);
           if (ec) break;
+          net::noteRead(up, n, kHeadRead);
           ubuf.append(rbuf.get(), n);
         }
         deadline.clear();

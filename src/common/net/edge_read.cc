@@ -27,7 +27,20 @@ void startReadableWait(boost::asio::ip::tcp::socket& socket, boost::asio::detail
   // re-armed with epoll_ctl (epoll_reactor::start_op).
   reactorOf(im.reactor_data_).start_op(Reactor::read_op, im.socket_, im.reactor_data_, op, false, true);
 }
+void markWriteBlocked(boost::asio::ip::tcp::socket& socket) noexcept {
+  using namespace asio_access;
+  DescriptorState* d = impl(socket).reactor_data_;
+  if (d != nullptr && registeredEvents(d) != 0) trySpeculative(d, Reactor::write_op) = false;
+}
+
+void* reactorState(boost::asio::ip::tcp::socket& socket) noexcept {
+  using namespace asio_access;
+  DescriptorState* d = impl(socket).reactor_data_;
+  return d != nullptr && registeredEvents(d) != 0 ? d : nullptr;
+}
 #else
+void* reactorState(boost::asio::ip::tcp::socket&) noexcept { return nullptr; }
+void markWriteBlocked(boost::asio::ip::tcp::socket&) noexcept {}
 void markReadDrained(boost::asio::ip::tcp::socket&) noexcept {}
 bool knownDrained(boost::asio::ip::tcp::socket&) noexcept { return false; }
 // Never called: knownDrained() is false here.

@@ -26,6 +26,14 @@ void markReadDrained(boost::asio::ip::tcp::socket& socket) noexcept;
 // missed.
 bool knownDrained(boost::asio::ip::tcp::socket& socket) noexcept;
 
+// After a non-blocking send that failed with EAGAIN, done outside Asio (splice.cc): the next write
+// operation waits for epoll instead of first trying. Same rules as markReadDrained().
+void markWriteBlocked(boost::asio::ip::tcp::socket& socket) noexcept;
+
+// The socket's per-descriptor state in Asio's epoll reactor (for reactor operations of our own, see
+// splice.cc), or nullptr: not registered yet, or any other Asio version or reactor.
+void* reactorState(boost::asio::ip::tcp::socket& socket) noexcept;
+
 // The usual call: after a successful async_read_some of n bytes into a buffer of room bytes.
 inline void noteRead(boost::asio::ip::tcp::socket& socket, size_t n, size_t room) noexcept {
   if (n > 0 && n < room) markReadDrained(socket);

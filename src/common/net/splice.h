@@ -1,7 +1,8 @@
 #pragma once
 // Zero-copy relaying of one direction of a TCP tunnel with splice(2): socket → pipe → socket, so
 // the payload moves between kernel buffers and never crosses into user space (no read/write copy,
-// no user-space buffer per tunnel). Used by the egress CONNECT and SOCKS5 tunnels.
+// no user-space buffer per tunnel). Used by the egress CONNECT and SOCKS5 tunnels and TCP port
+// forwards.
 //
 // Threading: a SplicePipe belongs to one coroutine; the sockets to one worker's io_context.
 // The process must ignore SIGPIPE (splice has no MSG_NOSIGNAL; the proxies ignore it at start).
@@ -15,6 +16,11 @@ namespace marchproxy::net {
 
 // A non-blocking pipe (both ends closed by the destructor). valid() is false when the process is
 // out of file descriptors or pipes: the caller then copies through user space instead.
+// It starts at the kernel's default size (64 KiB) and grows once, to 1 MiB, when a splice fills at
+// least half of it:
+// a bulk transfer then moves up to 1 MiB per pair of splices, while an interactive or idle tunnel
+// keeps the small pipe (pipe pages count against the user's /proc/sys/fs/pipe-user-pages-soft
+// when the process is not privileged: past it, a new pipe gets 2 pages and no pipe can grow).
 class SplicePipe {
  public:
   SplicePipe();
@@ -25,10 +31,14 @@ class SplicePipe {
   int readEnd() const { return fds_[0]; }
   int writeEnd() const { return fds_[1]; }
   size_t capacity() const { return capacity_; }
+  // After a splice into the pipe moved capacity() / 2 bytes or more: grows it (once; where the kernel refuses
+  // 1 MiB, 256 KiB; else it stays as it is).
+  void grow();
 
  private:
   int fds_[2] = {-1, -1};
   size_t capacity_ = 0;
+  bool grown_ = false;
 };
 
 enum class PumpEnd {
